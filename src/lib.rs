@@ -1,0 +1,8 @@
+//! unlearn — remove specific knowledge from a language model, prove it is gone, and keep the
+//! model working.
+//!
+//! The library follows the data's way through the program: a model is loaded ([`model`]),
+//! run with hooks and trained on a chosen subset of its weights.
+
+pub mod model;
+pub mod util;

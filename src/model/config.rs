@@ -1,0 +1,287 @@
+//! Model configuration: the architecture-independent description of a decoder-only transformer
+//! that the hooked transformer runs (Gemma 3 and the Llama family: Llama 2/3, SmolLM2, Qwen2).
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// Which block layout the model uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Gemma 3: 4 norms per block, q/k norms, GELU-tanh, embedding scale, (1+w) norms,
+    /// sliding-window and global attention layers.
+    Gemma3,
+    /// Llama family (Llama 2/3, SmolLM2, Mistral without sliding window, Qwen2 with qkv bias).
+    Llama,
+}
+
+impl Arch {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Arch::Gemma3 => "gemma3",
+            Arch::Llama => "llama",
+        }
+    }
+}
+
+/// Activation of the gated MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// SiLU / swish (Llama).
+    Silu,
+}
+
+/// Llama 3 style RoPE frequency scaling.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+/// Everything the forward pass needs to know about a model's shape and numerics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    /// RoPE base of global layers.
+    pub rope_theta: f64,
+    /// RoPE base of sliding-window (local) layers (Gemma 3: 10 000).
+    pub rope_local_theta: Option<f64>,
+    /// Sliding window of local layers (Gemma 3 270M: 512).
+    pub sliding_window: Option<usize>,
+    /// Every `n`-th layer (1-based: layers n-1, 2n-1, …) is global; the others use the window.
+    pub sliding_window_pattern: Option<usize>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (Qwen2).
+    pub attention_bias: bool,
+    /// Attention scores are scaled by 1/sqrt(query_pre_attn_scalar) (Gemma) instead of
+    /// 1/sqrt(head_dim).
+    pub query_pre_attn_scalar: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub activation: Activation,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// True when layer `l` attends only within the sliding window.
+    pub fn is_sliding(&self, l: usize) -> bool {
+        match (self.sliding_window, self.sliding_window_pattern) {
+            (Some(_), Some(p)) if p > 0 => (l + 1) % p != 0,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// RoPE base used by layer `l`.
+    pub fn rope_base(&self, l: usize) -> f64 {
+        if self.is_sliding(l) {
+            self.rope_local_theta.unwrap_or(self.rope_theta)
+        } else {
+            self.rope_theta
+        }
+    }
+
+    /// Scale applied to q·k.
+    pub fn attn_scale(&self) -> f64 {
+        1.0 / self.query_pre_attn_scalar.unwrap_or(self.head_dim as f64).sqrt()
+    }
+
+    /// Scale applied to the token embeddings (Gemma: sqrt(hidden)).
+    pub fn embed_scale(&self) -> f64 {
+        match self.arch {
+            Arch::Gemma3 => (self.hidden_size as f64).sqrt(),
+            Arch::Llama => 1.0,
+        }
+    }
+
+    /// Number of parameters (embedding counted once when tied).
+    pub fn param_count(&self) -> usize {
+        let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let q = self.num_heads * hd;
+        let kv = self.num_kv_heads * hd;
+        let mut per_layer = d * q + 2 * d * kv + q * d + 3 * d * f;
+        if self.attention_bias {
+            per_layer += q + 2 * kv;
+        }
+        per_layer += match self.arch {
+            Arch::Gemma3 => 4 * d + 2 * hd,
+            Arch::Llama => 2 * d,
+        };
+        let mut n = self.vocab_size * d + self.num_layers * per_layer + d;
+        if !self.tie_word_embeddings {
+            n += self.vocab_size * d;
+        }
+        n
+    }
+
+    /// Check that the numbers make sense before any tensor is built.
+    pub fn validate(&self) -> Result<()> {
+        let checks: [(&str, usize); 6] = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (name, v) in checks {
+            if v == 0 {
+                bail!("model config: `{name}` must be positive, got 0");
+            }
+        }
+        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+            bail!(
+                "model config: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_heads,
+                self.num_kv_heads
+            );
+        }
+        if self.head_dim % 2 != 0 {
+            bail!("model config: head_dim ({}) must be even for RoPE", self.head_dim);
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            bail!("model config: rms_norm_eps must be a positive number, got {}", self.rms_norm_eps);
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            bail!("model config: rope_theta must be a positive number, got {}", self.rope_theta);
+        }
+        Ok(())
+    }
+
+    /// The Hugging Face `config.json` for this model (what transformers needs to load it).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let mut v = match self.arch {
+            Arch::Gemma3 => json!({
+                "architectures": ["Gemma3ForCausalLM"],
+                "model_type": "gemma3_text",
+                "hidden_activation": "gelu_pytorch_tanh",
+                "query_pre_attn_scalar": self.query_pre_attn_scalar.unwrap_or(self.head_dim as f64),
+                "rope_local_base_freq": self.rope_local_theta.unwrap_or(10000.0),
+                "sliding_window": self.sliding_window,
+                "sliding_window_pattern": self.sliding_window_pattern,
+                "layer_types": (0..self.num_layers)
+                    .map(|l| if self.is_sliding(l) { "sliding_attention" } else { "full_attention" })
+                    .collect::<Vec<_>>(),
+                "final_logit_softcapping": self.final_logit_softcapping,
+                "attn_logit_softcapping": self.attn_logit_softcapping,
+            }),
+            Arch::Llama => json!({
+                "architectures": [if self.attention_bias { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+                "model_type": if self.attention_bias { "qwen2" } else { "llama" },
+                "hidden_act": "silu",
+                "attention_bias": self.attention_bias,
+                "mlp_bias": false,
+            }),
+        };
+        let o = v.as_object_mut().expect("object");
+        o.insert("vocab_size".into(), self.vocab_size.into());
+        o.insert("hidden_size".into(), self.hidden_size.into());
+        o.insert("intermediate_size".into(), self.intermediate_size.into());
+        o.insert("num_hidden_layers".into(), self.num_layers.into());
+        o.insert("num_attention_heads".into(), self.num_heads.into());
+        o.insert("num_key_value_heads".into(), self.num_kv_heads.into());
+        o.insert("head_dim".into(), self.head_dim.into());
+        o.insert("rms_norm_eps".into(), self.rms_norm_eps.into());
+        o.insert("rope_theta".into(), self.rope_theta.into());
+        o.insert("max_position_embeddings".into(), self.max_position_embeddings.into());
+        o.insert("tie_word_embeddings".into(), self.tie_word_embeddings.into());
+        o.insert("torch_dtype".into(), "float32".into());
+        if let Some(b) = self.bos_token_id {
+            o.insert("bos_token_id".into(), b.into());
+        }
+        if !self.eos_token_ids.is_empty() {
+            let eos: serde_json::Value = if self.eos_token_ids.len() == 1 {
+                self.eos_token_ids[0].into()
+            } else {
+                self.eos_token_ids.clone().into()
+            };
+            o.insert("eos_token_id".into(), eos);
+        }
+        if let Some(p) = self.pad_token_id {
+            o.insert("pad_token_id".into(), p.into());
+        }
+        if let Some(s) = &self.rope_scaling {
+            o.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                       "high_freq_factor": s.high_freq_factor,
+                       "original_max_position_embeddings": s.original_max_position_embeddings}),
+            );
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn gemma_like() -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Gemma3,
+            vocab_size: 262144,
+            hidden_size: 640,
+            intermediate_size: 2048,
+            num_layers: 18,
+            num_heads: 4,
+            num_kv_heads: 1,
+            head_dim: 256,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            rope_local_theta: Some(10_000.0),
+            sliding_window: Some(512),
+            sliding_window_pattern: Some(6),
+            max_position_embeddings: 32768,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            query_pre_attn_scalar: Some(256.0),
+            final_logit_softcapping: None,
+            attn_logit_softcapping: None,
+            activation: Activation::GeluTanh,
+            rope_scaling: None,
+            bos_token_id: Some(2),
+            eos_token_ids: vec![1],
+            pad_token_id: Some(0),
+        }
+    }
+
+    #[test]
+    fn gemma3_270m_parameter_count_and_layer_types() {
+        let c = gemma_like();
+        // 268,098,176 parameters in the HF checkpoint of Gemma 3 270M.
+        assert_eq!(c.param_count(), 268_098_176);
+        let globals: Vec<usize> = (0..18).filter(|&l| !c.is_sliding(l)).collect();
+        assert_eq!(globals, vec![5, 11, 17]);
+        assert_eq!(c.rope_base(0), 10_000.0);
+        assert_eq!(c.rope_base(5), 1_000_000.0);
+    }
+
+    #[test]
+    fn validate_rejects_nonsense() {
+        let mut c = gemma_like();
+        c.num_kv_heads = 3;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("num_key_value_heads"), "{e}");
+        let mut c = gemma_like();
+        c.rms_norm_eps = f64::NAN;
+        assert!(c.validate().unwrap_err().to_string().contains("rms_norm_eps"));
+    }
+}

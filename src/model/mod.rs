@@ -1,0 +1,40 @@
+//! Models: where they come from ([`source`]), how their files are read ([`gguf`], [`hf_dir`]),
+//! their tokenizer ([`tokenizer`]), the differentiable ops ([`ops`]) and the hooked, trainable
+//! transformer ([`transformer`]).
+
+pub mod config;
+pub mod gguf;
+pub mod hf_dir;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Activation, Arch, ModelConfig};
+pub use source::ModelOrigin;
+pub use tokenizer::TextTokenizer;
+pub use weights::Weights;
+
+use anyhow::Result;
+use candle_core::Device;
+
+/// A model as loaded from disk: configuration, weights in Hugging Face naming and conventions,
+/// tokenizer, and where it came from.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub tokenizer: TextTokenizer,
+    pub origin: ModelOrigin,
+}
+
+/// Load a model from a `--model` argument: an alias (`gemma3-270m`, `smollm2-135m`), a path to
+/// a `.gguf` file, or a path to a Hugging Face model directory.
+pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
+    let origin = source::resolve(spec)?;
+    let (config, weights, tokenizer) = match origin.format {
+        source::Format::Gguf => gguf::load_gguf(&origin.path, device)?,
+        source::Format::HfDir => hf_dir::load_hf_dir(&origin.path, device)?,
+    };
+    config.validate()?;
+    weights.check_against(&config)?;
+    Ok(LoadedModel { config, weights, tokenizer, origin })
+}
