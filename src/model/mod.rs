@@ -2,16 +2,24 @@
 //! their tokenizer ([`tokenizer`]), the differentiable ops ([`ops`]) and the hooked, trainable
 //! transformer ([`transformer`]).
 
+pub mod batch;
 pub mod config;
+pub mod generate;
 pub mod gguf;
 pub mod hf_dir;
+pub mod hooks;
+pub mod ops;
 pub mod source;
 pub mod tokenizer;
+pub mod transformer;
 pub mod weights;
 
+pub use batch::{Batch, PadSide};
 pub use config::{Activation, Arch, ModelConfig};
 pub use source::ModelOrigin;
+pub use hooks::{HookPoint, Hooks, Patch, PatchMode, Selection};
 pub use tokenizer::TextTokenizer;
+pub use transformer::{Grads, LogitsAt, RunOpts, RunOutput, Transformer};
 pub use weights::Weights;
 
 use anyhow::Result;

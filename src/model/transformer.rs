@@ -1,0 +1,900 @@
+//! The hooked, trainable transformer: one forward that runs any layer range of Gemma 3 or a
+//! Llama-family model on a padded batch, applies hooks (cache / patch / gradient), computes
+//! logits only where asked, and keeps what its hand-written backward needs — only for the
+//! layers at and above the lowest one that needs a gradient.
+
+use crate::model::batch::Batch;
+use crate::model::config::{Activation, Arch, ModelConfig};
+use crate::model::hooks::{selection_mask, ActivationCache, HookPoint, Hooks, PatchMode};
+use crate::model::ops;
+use crate::model::weights::Weights;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where logits are computed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum LogitsAt {
+    /// No logits (e.g. a representation loss or a run stopped early).
+    None,
+    /// Every position: `[B, T, V]`.
+    All,
+    /// Each row's last real token: `[B, V]`.
+    #[default]
+    Last,
+    /// Chosen (row, position) pairs: `[N, V]`.
+    Rows(Vec<(usize, usize)>),
+}
+
+/// Options of one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOpts<'a> {
+    pub hooks: Option<&'a Hooks>,
+    /// Start from this residual stream (`resid_pre` of the given block) instead of the
+    /// embeddings.
+    pub start: Option<(usize, Tensor)>,
+    /// Run blocks below this index only; the run's `resid` is then `resid_pre` of it.
+    pub stop_at: Option<usize>,
+    pub logits: LogitsAt,
+    /// Keep what the backward needs.
+    pub grad: bool,
+    /// The backward also returns d(metric)/d(starting residual).
+    pub grad_start: bool,
+}
+
+/// Result of a run.
+pub struct RunOutput {
+    pub logits: Option<Tensor>,
+    /// Residual stream after the last block run (before the final norm).
+    pub resid: Tensor,
+    pub cache: ActivationCache,
+    tape: Option<Tape>,
+}
+
+/// Gradients from [`Transformer::backward`].
+#[derive(Default)]
+pub struct Grads {
+    /// d(metric)/d(parameter) for every trainable parameter reached.
+    pub params: BTreeMap<String, Tensor>,
+    /// d(metric)/d(activation) at the requested hook points.
+    pub hooks: BTreeMap<HookPoint, Tensor>,
+    /// d(metric)/d(starting residual) when `grad_start` was set.
+    pub start: Option<Tensor>,
+}
+
+/// Keys and values of earlier positions, for generation.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per row: (is real, position) of every cached key slot.
+    keys: Vec<Vec<(bool, u32)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache { layers: vec![None; n_layers], keys: Vec::new() }
+    }
+
+    /// Number of cached slots.
+    pub fn len(&self) -> usize {
+        self.keys.first().map_or(0, |r| r.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Position the next token of each row gets.
+    pub fn next_positions(&self) -> Vec<u32> {
+        self.keys.iter().map(|r| r.iter().filter(|k| k.0).map(|k| k.1 + 1).max().unwrap_or(0)).collect()
+    }
+}
+
+struct LayerNames {
+    q: String,
+    k: String,
+    v: String,
+    o: String,
+    qb: String,
+    kb: String,
+    vb: String,
+    gate: String,
+    up: String,
+    down: String,
+    ln_in: String,
+    ln_post_attn: String,
+    ln_pre_ff: String,
+    ln_post_ff: String,
+    q_norm: String,
+    k_norm: String,
+}
+
+impl LayerNames {
+    fn new(l: usize) -> Self {
+        let p = format!("model.layers.{l}");
+        LayerNames {
+            q: format!("{p}.self_attn.q_proj.weight"),
+            k: format!("{p}.self_attn.k_proj.weight"),
+            v: format!("{p}.self_attn.v_proj.weight"),
+            o: format!("{p}.self_attn.o_proj.weight"),
+            qb: format!("{p}.self_attn.q_proj.bias"),
+            kb: format!("{p}.self_attn.k_proj.bias"),
+            vb: format!("{p}.self_attn.v_proj.bias"),
+            gate: format!("{p}.mlp.gate_proj.weight"),
+            up: format!("{p}.mlp.up_proj.weight"),
+            down: format!("{p}.mlp.down_proj.weight"),
+            ln_in: format!("{p}.input_layernorm.weight"),
+            ln_post_attn: format!("{p}.post_attention_layernorm.weight"),
+            ln_pre_ff: format!("{p}.pre_feedforward_layernorm.weight"),
+            ln_post_ff: format!("{p}.post_feedforward_layernorm.weight"),
+            q_norm: format!("{p}.self_attn.q_norm.weight"),
+            k_norm: format!("{p}.self_attn.k_norm.weight"),
+        }
+    }
+
+    fn attn_params(&self) -> [&String; 9] {
+        [&self.q, &self.k, &self.v, &self.o, &self.qb, &self.kb, &self.vb, &self.q_norm, &self.k_norm]
+    }
+}
+
+/// Per-layer tensors kept for the backward.
+struct LayerTape {
+    x: Tensor,
+    h1: Tensor,
+    r1: Tensor,
+    q_lin: Tensor,
+    k_lin: Tensor,
+    rq: Option<Tensor>,
+    rk: Option<Tensor>,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    p: Tensor,
+    z_flat: Tensor,
+    o: Tensor,
+    r_pa: Option<Tensor>,
+    mid: Tensor,
+    h2: Tensor,
+    r2: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    act: Tensor,
+    post: Tensor,
+    m: Tensor,
+    r_pf: Option<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+struct HeadTape {
+    rows: Option<Tensor>,
+    xr: Tensor,
+    hn: Tensor,
+    rstd: Tensor,
+    capped: Option<Tensor>,
+}
+
+struct Tape {
+    start_layer: usize,
+    lowest: usize,
+    end_layer: usize,
+    layers: BTreeMap<usize, LayerTape>,
+    /// Gradient masks (1 = passes) of entries replaced by patches.
+    keep: BTreeMap<HookPoint, Vec<Tensor>>,
+    grad_points: BTreeSet<HookPoint>,
+    head: Option<HeadTape>,
+    ids: Option<Tensor>,
+    shape: (usize, usize),
+    grad_start: bool,
+}
+
+/// The hooked transformer over a model's weights.
+pub struct Transformer {
+    pub config: ModelConfig,
+    weights: Weights,
+    trainable: BTreeSet<String>,
+    names: Vec<LayerNames>,
+    /// RoPE tables (cos, sin) `[max_pos, hd]` by base.
+    rope: Vec<(f64, Tensor, Tensor)>,
+    device: Device,
+    dtype: DType,
+}
+
+/// Largest context the RoPE tables are built for up front.
+const ROPE_TABLE_LEN: usize = 8192;
+
+impl Transformer {
+    /// Build from a config and weights (checked against each other).
+    pub fn new(config: ModelConfig, weights: Weights) -> Result<Self> {
+        config.validate()?;
+        weights.check_against(&config)?;
+        if config.attn_logit_softcapping.is_some() {
+            bail!("model config: attention logit soft-capping (Gemma 2) is not supported");
+        }
+        let emb = weights.get("model.embed_tokens.weight")?;
+        let (device, dtype) = (emb.device().clone(), emb.dtype());
+        let max_pos = config.max_position_embeddings.clamp(1, ROPE_TABLE_LEN);
+        let mut rope = Vec::new();
+        for l in 0..config.num_layers {
+            let base = config.rope_base(l);
+            if !rope.iter().any(|(b, _, _)| *b == base) {
+                let (c, s) = ops::rope_tables(max_pos, config.head_dim, base, config.rope_scaling.as_ref(), &device)?;
+                rope.push((base, c.to_dtype(dtype)?, s.to_dtype(dtype)?));
+            }
+        }
+        let names = (0..config.num_layers).map(LayerNames::new).collect();
+        Ok(Transformer { config, weights, trainable: BTreeSet::new(), names, rope, device, dtype })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    pub fn into_weights(self) -> Weights {
+        self.weights
+    }
+
+    /// Replace one parameter (same shape), e.g. after an optimizer step.
+    pub fn set_param(&mut self, name: &str, value: Tensor) -> Result<()> {
+        let old = self.weights.get(name)?;
+        if old.dims() != value.dims() {
+            bail!("parameter `{name}`: new value has shape {:?}, expected {:?}", value.dims(), old.dims());
+        }
+        self.weights.tensors.insert(name.to_string(), value);
+        Ok(())
+    }
+
+    /// Choose the trainable parameters (HF names); all others are frozen and cost no gradient.
+    pub fn set_trainable<S: AsRef<str>>(&mut self, names: &[S]) -> Result<()> {
+        let mut set = BTreeSet::new();
+        for n in names {
+            let n = n.as_ref();
+            if !self.weights.tensors.contains_key(n) {
+                bail!("cannot train `{n}`: the model has no such parameter (names look like `model.layers.3.mlp.down_proj.weight`)");
+            }
+            set.insert(n.to_string());
+        }
+        self.trainable = set;
+        Ok(())
+    }
+
+    pub fn trainable(&self) -> &BTreeSet<String> {
+        &self.trainable
+    }
+
+    /// Names of every parameter of the given blocks' MLPs.
+    pub fn mlp_param_names(&self, layers: &[usize]) -> Vec<String> {
+        layers
+            .iter()
+            .flat_map(|&l| {
+                let n = &self.names[l];
+                [n.gate.clone(), n.up.clone(), n.down.clone()]
+            })
+            .collect()
+    }
+
+    fn is_trainable(&self, name: &str) -> bool {
+        self.trainable.contains(name)
+    }
+
+    fn w(&self, name: &str) -> Result<&Tensor> {
+        self.weights.get(name)
+    }
+
+    /// Effective RMSNorm multiplier (Gemma stores w and multiplies by 1 + w).
+    fn norm_scale(&self, name: &str) -> Result<Tensor> {
+        let w = self.w(name)?;
+        Ok(match self.config.arch {
+            Arch::Gemma3 => w.affine(1.0, 1.0)?,
+            Arch::Llama => w.clone(),
+        })
+    }
+
+    fn param_layer(name: &str) -> Option<usize> {
+        name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+    }
+
+    fn rope_for(&self, l: usize, pos: &Tensor, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let base = self.config.rope_base(l);
+        let (_, c, s) = self.rope.iter().find(|(bb, _, _)| *bb == base).expect("table built for every base");
+        let hd = self.config.head_dim;
+        Ok((
+            c.index_select(pos, 0)?.reshape((b, 1, t, hd))?,
+            s.index_select(pos, 0)?.reshape((b, 1, t, hd))?,
+        ))
+    }
+
+    /// Token embeddings `[B, T, D]` (Gemma: scaled by sqrt(D)).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let e = self.w("model.embed_tokens.weight")?;
+        let x = e.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?;
+        let s = self.config.embed_scale();
+        Ok(if s != 1.0 { x.affine(s, 0.0)? } else { x })
+    }
+
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        let max = self.config.max_position_embeddings.min(ROPE_TABLE_LEN);
+        let longest = batch.positions.iter().flatten().copied().max().unwrap_or(0) as usize + 1;
+        if longest > max {
+            bail!("prompt of {longest} tokens is longer than the context this model is run with ({max} tokens)");
+        }
+        Ok(())
+    }
+
+    /// Run the model on a batch.
+    pub fn run(&self, batch: &Batch, opts: &RunOpts) -> Result<RunOutput> {
+        self.check_batch(batch)?;
+        let n_layers = self.config.num_layers;
+        let (b, t) = (batch.size(), batch.len());
+        let empty = Hooks::default();
+        let hooks = opts.hooks.unwrap_or(&empty);
+        for p in hooks.cache.iter().chain(hooks.grads.iter()).chain(hooks.patches.iter().map(|p| &p.point)) {
+            if p.layer().is_some_and(|l| l >= n_layers) {
+                bail!("hook `{p}`: layer does not exist (the model has {n_layers} blocks)");
+            }
+        }
+        let start_layer = opts.start.as_ref().map_or(0, |s| s.0);
+        let end_layer = opts.stop_at.unwrap_or(n_layers).min(n_layers);
+        if start_layer > end_layer {
+            bail!("run: start layer {start_layer} is above the stop layer {end_layer}");
+        }
+        let want_logits = end_layer == n_layers && opts.logits != LogitsAt::None;
+        if opts.stop_at.is_some_and(|s| s < n_layers) && opts.logits != LogitsAt::None {
+            bail!("run: logits asked for, but the run stops at block {end_layer}");
+        }
+        // The lowest layer whose backward is needed.
+        let lowest = if !opts.grad {
+            usize::MAX
+        } else {
+            let mut lo = end_layer;
+            for n in &self.trainable {
+                match Self::param_layer(n) {
+                    Some(l) => lo = lo.min(l),
+                    None if n == "model.embed_tokens.weight" => lo = lo.min(start_layer),
+                    None => {}
+                }
+            }
+            for p in &hooks.grads {
+                lo = lo.min(p.layer().unwrap_or(start_layer));
+            }
+            if opts.grad_start {
+                lo = start_layer;
+            }
+            lo.max(start_layer)
+        };
+
+        let mut cache = ActivationCache::new();
+        let mut keep: BTreeMap<HookPoint, Vec<Tensor>> = BTreeMap::new();
+        let mut x = match &opts.start {
+            Some((_, r)) => {
+                if r.dims() != [b, t, self.config.hidden_size] {
+                    bail!("run: starting residual has shape {:?}, expected {:?}", r.dims(), [b, t, self.config.hidden_size]);
+                }
+                r.clone()
+            }
+            None => {
+                let e = self.embed(&batch.ids)?;
+                self.hook(HookPoint::Embed, e, hooks, &mut cache, &mut keep)?
+            }
+        };
+        let pos = batch.position_tensor(&self.device)?;
+        let mask_global = batch.attn_mask(&[], None, self.dtype, &self.device)?;
+        let mask_local = match self.config.sliding_window {
+            Some(w) if (0..n_layers).any(|l| self.config.is_sliding(l)) => {
+                Some(batch.attn_mask(&[], Some(w), self.dtype, &self.device)?)
+            }
+            _ => None,
+        };
+        let mut layers = BTreeMap::new();
+        for l in start_layer..end_layer {
+            let mask = if self.config.is_sliding(l) { mask_local.as_ref().unwrap_or(&mask_global) } else { &mask_global };
+            let (c, s) = self.rope_for(l, &pos, b, t)?;
+            let record = l >= lowest;
+            let (nx, tape) = self.layer_forward(l, x, mask, &c, &s, None, hooks, &mut cache, &mut keep, record)?;
+            x = nx;
+            if let Some(tp) = tape {
+                layers.insert(l, tp);
+            }
+        }
+        let (logits, head) = if want_logits {
+            let (lg, ht) = self.head_forward(&x, &opts.logits, batch)?;
+            (Some(lg), Some(ht))
+        } else {
+            (None, None)
+        };
+        let tape = opts.grad.then(|| Tape {
+            start_layer,
+            lowest,
+            end_layer,
+            layers,
+            keep,
+            grad_points: hooks.grads.clone(),
+            head,
+            ids: (start_layer == 0 && opts.start.is_none()).then(|| batch.ids.clone()),
+            shape: (b, t),
+            grad_start: opts.grad_start,
+        });
+        Ok(RunOutput { logits, resid: x, cache, tape })
+    }
+
+    /// Apply the hooks of one point to an activation.
+    fn hook(
+        &self,
+        p: HookPoint,
+        mut a: Tensor,
+        hooks: &Hooks,
+        cache: &mut ActivationCache,
+        keep: &mut BTreeMap<HookPoint, Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        for patch in hooks.patches.iter().filter(|x| x.point == p) {
+            let z = matches!(p, HookPoint::AttnZ(_));
+            let m = selection_mask(&patch.sel, a.dims(), z, &self.device)?.to_dtype(self.dtype)?;
+            let v = patch
+                .value
+                .broadcast_as(a.dims())
+                .with_context(|| format!("patch at `{p}`: value of shape {:?} does not fit the activation {:?}", patch.value.dims(), a.dims()))?;
+            a = match patch.mode {
+                PatchMode::Replace => {
+                    let inv = m.affine(-1.0, 1.0)?;
+                    keep.entry(p).or_default().push(inv.clone());
+                    (a.broadcast_mul(&inv)? + v.broadcast_mul(&m)?)?
+                }
+                PatchMode::Add => (a + v.broadcast_mul(&m)?)?,
+            };
+        }
+        if hooks.cache.contains(&p) {
+            cache.insert(p, a.clone());
+        }
+        Ok(a)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        l: usize,
+        x: Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        hooks: &Hooks,
+        cache: &mut ActivationCache,
+        keep: &mut BTreeMap<HookPoint, Vec<Tensor>>,
+        record: bool,
+    ) -> Result<(Tensor, Option<LayerTape>)> {
+        let c = &self.config;
+        let n = &self.names[l];
+        let gemma = c.arch == Arch::Gemma3;
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let x = self.hook(HookPoint::ResidPre(l), x, hooks, cache, keep)?;
+        let (h1, r1) = ops::rms_norm(&x, &self.norm_scale(&n.ln_in)?, c.rms_norm_eps)?;
+        let mut q_lin = ops::linear(&h1, self.w(&n.q)?)?;
+        let mut k_lin = ops::linear(&h1, self.w(&n.k)?)?;
+        let mut v_lin = ops::linear(&h1, self.w(&n.v)?)?;
+        if c.attention_bias {
+            q_lin = q_lin.broadcast_add(self.w(&n.qb)?)?;
+            k_lin = k_lin.broadcast_add(self.w(&n.kb)?)?;
+            v_lin = v_lin.broadcast_add(self.w(&n.vb)?)?;
+        }
+        let q_lin = q_lin.reshape((b, t, h, hd))?;
+        let k_lin = k_lin.reshape((b, t, kvh, hd))?;
+        let v4 = v_lin.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let (qn, rq, kn, rk) = if gemma {
+            let (qn, rq) = ops::rms_norm(&q_lin, &self.norm_scale(&n.q_norm)?, c.rms_norm_eps)?;
+            let (kn, rk) = ops::rms_norm(&k_lin, &self.norm_scale(&n.k_norm)?, c.rms_norm_eps)?;
+            (qn, Some(rq), kn, Some(rk))
+        } else {
+            (q_lin.clone(), None, k_lin.clone(), None)
+        };
+        let q = ops::rope(&qn.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let k = ops::rope(&kn.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let (k_all, v_all) = match kv {
+            Some(slot) => {
+                let (ka, va) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v4], 2)?),
+                    None => (k.clone(), v4.clone()),
+                };
+                *slot = Some((ka.clone(), va.clone()));
+                (ka, va)
+            }
+            None => (k.clone(), v4.clone()),
+        };
+        let (z, p) = ops::attention(&q, &k_all, &v_all, mask, c.attn_scale())?;
+        let z_tl = z.transpose(1, 2)?.contiguous()?;
+        let z_tl = self.hook(HookPoint::AttnZ(l), z_tl, hooks, cache, keep)?;
+        let z_flat = z_tl.reshape((b, t, h * hd))?;
+        let o = ops::linear(&z_flat, self.w(&n.o)?)?;
+        let (attn_out, r_pa) = if gemma {
+            let (a, r) = ops::rms_norm(&o, &self.norm_scale(&n.ln_post_attn)?, c.rms_norm_eps)?;
+            (a, Some(r))
+        } else {
+            (o.clone(), None)
+        };
+        let attn_out = self.hook(HookPoint::AttnOut(l), attn_out, hooks, cache, keep)?;
+        let mid = (&x + attn_out)?;
+        let mid = self.hook(HookPoint::ResidMid(l), mid, hooks, cache, keep)?;
+        let ln2 = if gemma { &n.ln_pre_ff } else { &n.ln_post_attn };
+        let (h2, r2) = ops::rms_norm(&mid, &self.norm_scale(ln2)?, c.rms_norm_eps)?;
+        let gate = ops::linear(&h2, self.w(&n.gate)?)?;
+        let gate = self.hook(HookPoint::MlpPre(l), gate, hooks, cache, keep)?;
+        let up = ops::linear(&h2, self.w(&n.up)?)?;
+        let act = match c.activation {
+            Activation::GeluTanh => ops::gelu_tanh(&gate)?,
+            Activation::Silu => ops::silu(&gate)?,
+        };
+        let post = (&act * &up)?;
+        let post = self.hook(HookPoint::MlpPost(l), post, hooks, cache, keep)?;
+        let m = ops::linear(&post, self.w(&n.down)?)?;
+        let (mlp_out, r_pf) = if gemma {
+            let (a, r) = ops::rms_norm(&m, &self.norm_scale(&n.ln_post_ff)?, c.rms_norm_eps)?;
+            (a, Some(r))
+        } else {
+            (m.clone(), None)
+        };
+        let mlp_out = self.hook(HookPoint::MlpOut(l), mlp_out, hooks, cache, keep)?;
+        let out = (&mid + mlp_out)?;
+        let out = self.hook(HookPoint::ResidPost(l), out, hooks, cache, keep)?;
+        let tape = record.then(|| LayerTape {
+            x,
+            h1,
+            r1,
+            q_lin,
+            k_lin,
+            rq,
+            rk,
+            q,
+            k,
+            v: v4,
+            p,
+            z_flat,
+            o,
+            r_pa,
+            mid,
+            h2,
+            r2,
+            gate,
+            up,
+            act,
+            post,
+            m,
+            r_pf,
+            cos: cos.clone(),
+            sin: sin.clone(),
+        });
+        Ok((out, tape))
+    }
+
+    fn lm_weight(&self) -> Result<&Tensor> {
+        if self.config.tie_word_embeddings {
+            self.w("model.embed_tokens.weight")
+        } else {
+            self.w("lm_head.weight")
+        }
+    }
+
+    fn lm_name(&self) -> &'static str {
+        if self.config.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        }
+    }
+
+    fn head_forward(&self, x: &Tensor, at: &LogitsAt, batch: &Batch) -> Result<(Tensor, HeadTape)> {
+        let (b, t, d) = x.dims3()?;
+        let flat = x.reshape((b * t, d))?;
+        let rows: Option<Vec<u32>> = match at {
+            LogitsAt::All | LogitsAt::None => None,
+            LogitsAt::Last => Some(batch.last.iter().enumerate().map(|(i, &p)| (i * t + p) as u32).collect()),
+            LogitsAt::Rows(v) => {
+                for &(r, p) in v {
+                    if r >= b || p >= t {
+                        bail!("logits asked at row {r}, position {p}, outside the batch ({b} × {t})");
+                    }
+                }
+                Some(v.iter().map(|&(r, p)| (r * t + p) as u32).collect())
+            }
+        };
+        let rows = match rows {
+            Some(v) => {
+                let n = v.len();
+                Some(Tensor::from_vec(v, n, &self.device)?)
+            }
+            None => None,
+        };
+        let xr = match &rows {
+            Some(r) => flat.index_select(r, 0)?,
+            None => flat,
+        };
+        let (hn, rstd) = ops::rms_norm(&xr, &self.norm_scale("model.norm.weight")?, self.config.rms_norm_eps)?;
+        let mut logits = ops::linear(&hn, self.lm_weight()?)?;
+        let mut capped = None;
+        if let Some(cap) = self.config.final_logit_softcapping {
+            logits = ops::softcap(&logits, cap)?;
+            capped = Some(logits.clone());
+        }
+        if *at == LogitsAt::All {
+            logits = logits.reshape((b, t, ()))?;
+        }
+        Ok((logits, HeadTape { rows, xr, hn, rstd, capped }))
+    }
+
+    /// Backward from the gradient of a metric with respect to the run's logits and/or its final
+    /// residual. Returns the gradients of trainable parameters, of requested hook points and,
+    /// when asked, of the starting residual.
+    pub fn backward(&self, out: &RunOutput, d_logits: Option<&Tensor>, d_resid: Option<&Tensor>) -> Result<Grads> {
+        let tape = out.tape.as_ref().context("backward: the run was made without `grad: true`")?;
+        let (b, t) = tape.shape;
+        let d = self.config.hidden_size;
+        let mut grads = Grads::default();
+        let mut g: Option<Tensor> = d_resid.cloned();
+        if let Some(dl) = d_logits {
+            let head = tape.head.as_ref().context("backward: d_logits given but the run computed no logits")?;
+            let dl = dl.reshape(((), self.config.vocab_size))?;
+            let dl = match (&head.capped, self.config.final_logit_softcapping) {
+                (Some(y), Some(cap)) => ops::softcap_bwd(y, &dl, cap)?,
+                _ => dl,
+            };
+            let lm = self.lm_weight()?;
+            let (dhn, dlm) = ops::linear_bwd(&head.hn, lm, &dl, self.is_trainable(self.lm_name()))?;
+            if let Some(dlm) = dlm {
+                add_grad(&mut grads.params, self.lm_name(), dlm)?;
+            }
+            let (dxr, dns) = ops::rms_norm_bwd(
+                &head.xr,
+                &self.norm_scale("model.norm.weight")?,
+                &head.rstd,
+                &dhn,
+                self.is_trainable("model.norm.weight"),
+            )?;
+            if let Some(dn) = dns {
+                add_grad(&mut grads.params, "model.norm.weight", dn)?;
+            }
+            let full = match &head.rows {
+                Some(r) => Tensor::zeros((b * t, d), self.dtype, &self.device)?.index_add(r, &dxr, 0)?,
+                None => dxr,
+            }
+            .reshape((b, t, d))?;
+            g = Some(match g {
+                Some(x) => (x + full)?,
+                None => full,
+            });
+        }
+        let mut g = g.context("backward: give d_logits or d_resid")?;
+        if tape.lowest > tape.end_layer {
+            return Ok(grads);
+        }
+        let need_below_lowest = tape.grad_start
+            || (tape.ids.is_some()
+                && (self.is_trainable("model.embed_tokens.weight") || tape.grad_points.contains(&HookPoint::Embed)));
+        for l in (tape.lowest..tape.end_layer).rev() {
+            let lt = tape.layers.get(&l).context("backward: missing layer tape")?;
+            let need_dx = l > tape.lowest || need_below_lowest;
+            g = self.layer_backward(l, lt, g, need_dx, tape, &mut grads)?;
+        }
+        if tape.lowest == tape.start_layer {
+            if let Some(ids) = &tape.ids {
+                g = self.grad_point(HookPoint::Embed, g, tape, &mut grads)?;
+                if self.is_trainable("model.embed_tokens.weight") {
+                    let s = self.config.embed_scale();
+                    let de = (g.reshape((b * t, d))? * s)?;
+                    let z = Tensor::zeros((self.config.vocab_size, d), self.dtype, &self.device)?;
+                    add_grad(&mut grads.params, "model.embed_tokens.weight", z.index_add(&ids.flatten_all()?, &de, 0)?)?;
+                }
+            }
+            if tape.grad_start {
+                grads.start = Some(g);
+            }
+        }
+        Ok(grads)
+    }
+
+    /// At a hook point on the way down: record the gradient if asked, then stop it at entries
+    /// that a patch replaced.
+    fn grad_point(&self, p: HookPoint, mut g: Tensor, tape: &Tape, grads: &mut Grads) -> Result<Tensor> {
+        if tape.grad_points.contains(&p) {
+            grads.hooks.insert(p, g.clone());
+        }
+        if let Some(ms) = tape.keep.get(&p) {
+            for m in ms {
+                g = g.broadcast_mul(m)?;
+            }
+        }
+        Ok(g)
+    }
+
+    fn layer_backward(
+        &self,
+        l: usize,
+        lt: &LayerTape,
+        g_out: Tensor,
+        need_dx: bool,
+        tape: &Tape,
+        grads: &mut Grads,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let n = &self.names[l];
+        let gemma = c.arch == Arch::Gemma3;
+        let (b, t, _) = lt.x.dims3()?;
+        let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let tp = |name: &str| self.is_trainable(name);
+        let wants = |p: HookPoint| tape.grad_points.contains(&p);
+        let attn_trainable = n.attn_params().iter().any(|x| tp(x)) || tp(&n.ln_in) || (gemma && tp(&n.ln_post_attn));
+        let need_attn = need_dx || attn_trainable || wants(HookPoint::AttnZ(l)) || wants(HookPoint::AttnOut(l)) || wants(HookPoint::ResidPre(l));
+        let need_dmid = need_attn || wants(HookPoint::ResidMid(l));
+        let ln2 = if gemma { &n.ln_pre_ff } else { &n.ln_post_attn };
+
+        let g = self.grad_point(HookPoint::ResidPost(l), g_out, tape, grads)?;
+        // MLP branch.
+        let d_mlp_out = self.grad_point(HookPoint::MlpOut(l), g.clone(), tape, grads)?;
+        let d_m = match &lt.r_pf {
+            Some(r) => {
+                let (dm, ds) = ops::rms_norm_bwd(&lt.m, &self.norm_scale(&n.ln_post_ff)?, r, &d_mlp_out, tp(&n.ln_post_ff))?;
+                if let Some(ds) = ds {
+                    add_grad(&mut grads.params, &n.ln_post_ff, ds)?;
+                }
+                dm
+            }
+            None => d_mlp_out,
+        };
+        let need_inner = need_dmid || tp(&n.gate) || tp(&n.up) || tp(ln2) || wants(HookPoint::MlpPost(l)) || wants(HookPoint::MlpPre(l));
+        let mut g_mid = g;
+        if tp(&n.down) {
+            add_grad(&mut grads.params, &n.down, ops::linear_dw(&lt.post, &d_m)?)?;
+        }
+        if need_inner {
+            let (d_post, _) = ops::linear_bwd(&lt.post, self.w(&n.down)?, &d_m, false)?;
+            let d_post = self.grad_point(HookPoint::MlpPost(l), d_post, tape, grads)?;
+            let d_act = (&d_post * &lt.up)?;
+            let d_up = (&d_post * &lt.act)?;
+            let d_gate = match c.activation {
+                Activation::GeluTanh => ops::gelu_tanh_bwd(&lt.gate, &d_act)?,
+                Activation::Silu => ops::silu_bwd(&lt.gate, &d_act)?,
+            };
+            let d_gate = self.grad_point(HookPoint::MlpPre(l), d_gate, tape, grads)?;
+            if tp(&n.gate) {
+                add_grad(&mut grads.params, &n.gate, ops::linear_dw(&lt.h2, &d_gate)?)?;
+            }
+            if tp(&n.up) {
+                add_grad(&mut grads.params, &n.up, ops::linear_dw(&lt.h2, &d_up)?)?;
+            }
+            if need_dmid || tp(ln2) {
+                let d_h2 = (ops::linear_bwd(&lt.h2, self.w(&n.gate)?, &d_gate, false)?.0
+                    + ops::linear_bwd(&lt.h2, self.w(&n.up)?, &d_up, false)?.0)?;
+                let (dmid, ds) = ops::rms_norm_bwd(&lt.mid, &self.norm_scale(ln2)?, &lt.r2, &d_h2, tp(ln2))?;
+                if let Some(ds) = ds {
+                    add_grad(&mut grads.params, ln2, ds)?;
+                }
+                g_mid = (g_mid + dmid)?;
+            }
+        }
+        if !need_dmid {
+            return Ok(g_mid);
+        }
+        let g_mid = self.grad_point(HookPoint::ResidMid(l), g_mid, tape, grads)?;
+        if !need_attn {
+            return Ok(g_mid);
+        }
+        // Attention branch.
+        let d_attn_out = self.grad_point(HookPoint::AttnOut(l), g_mid.clone(), tape, grads)?;
+        let d_o = match &lt.r_pa {
+            Some(r) => {
+                let (d, ds) = ops::rms_norm_bwd(&lt.o, &self.norm_scale(&n.ln_post_attn)?, r, &d_attn_out, tp(&n.ln_post_attn))?;
+                if let Some(ds) = ds {
+                    add_grad(&mut grads.params, &n.ln_post_attn, ds)?;
+                }
+                d
+            }
+            None => d_attn_out,
+        };
+        let (d_zflat, dwo) = ops::linear_bwd(&lt.z_flat, self.w(&n.o)?, &d_o, tp(&n.o))?;
+        if let Some(dw) = dwo {
+            add_grad(&mut grads.params, &n.o, dw)?;
+        }
+        let d_z_tl = self.grad_point(HookPoint::AttnZ(l), d_zflat.reshape((b, t, h, hd))?, tape, grads)?;
+        let d_z = d_z_tl.transpose(1, 2)?.contiguous()?;
+        let (dq, dk, dv) = ops::attention_bwd(&lt.q, &lt.k, &lt.v, &lt.p, &d_z, c.attn_scale())?;
+        let dqn = ops::rope_bwd(&dq, &lt.cos, &lt.sin)?.transpose(1, 2)?.contiguous()?;
+        let dkn = ops::rope_bwd(&dk, &lt.cos, &lt.sin)?.transpose(1, 2)?.contiguous()?;
+        let dv = dv.transpose(1, 2)?.contiguous()?;
+        let (dq_lin, dk_lin) = match (&lt.rq, &lt.rk) {
+            (Some(rq), Some(rk)) => {
+                let (a, dsq) = ops::rms_norm_bwd(&lt.q_lin, &self.norm_scale(&n.q_norm)?, rq, &dqn, tp(&n.q_norm))?;
+                let (bb, dsk) = ops::rms_norm_bwd(&lt.k_lin, &self.norm_scale(&n.k_norm)?, rk, &dkn, tp(&n.k_norm))?;
+                if let Some(ds) = dsq {
+                    add_grad(&mut grads.params, &n.q_norm, ds)?;
+                }
+                if let Some(ds) = dsk {
+                    add_grad(&mut grads.params, &n.k_norm, ds)?;
+                }
+                (a, bb)
+            }
+            _ => (dqn, dkn),
+        };
+        let dq_lin = dq_lin.reshape((b, t, h * hd))?;
+        let dk_lin = dk_lin.reshape((b, t, kvh * hd))?;
+        let dv_lin = dv.reshape((b, t, kvh * hd))?;
+        for (name, bias, dy) in [(&n.q, &n.qb, &dq_lin), (&n.k, &n.kb, &dk_lin), (&n.v, &n.vb, &dv_lin)] {
+            if tp(name) {
+                add_grad(&mut grads.params, name, ops::linear_dw(&lt.h1, dy)?)?;
+            }
+            if c.attention_bias && tp(bias) {
+                let width = dy.dim(2)?;
+                add_grad(&mut grads.params, bias, dy.reshape(((), width))?.sum(0)?)?;
+            }
+        }
+        let need_dh1 = need_dx || tp(&n.ln_in) || wants(HookPoint::ResidPre(l));
+        if !need_dh1 {
+            return Ok(g_mid);
+        }
+        let d_h1 = ((ops::linear_bwd(&lt.h1, self.w(&n.q)?, &dq_lin, false)?.0
+            + ops::linear_bwd(&lt.h1, self.w(&n.k)?, &dk_lin, false)?.0)?
+            + ops::linear_bwd(&lt.h1, self.w(&n.v)?, &dv_lin, false)?.0)?;
+        let (dx, ds) = ops::rms_norm_bwd(&lt.x, &self.norm_scale(&n.ln_in)?, &lt.r1, &d_h1, tp(&n.ln_in))?;
+        if let Some(ds) = ds {
+            add_grad(&mut grads.params, &n.ln_in, ds)?;
+        }
+        let dx = (g_mid + dx)?;
+        self.grad_point(HookPoint::ResidPre(l), dx, tape, grads)
+    }
+
+    /// Forward of new tokens with a KV cache (generation). `seqs` holds each row's new tokens;
+    /// on the first call they are padded on the left. Returns last-position logits `[B, V]`.
+    pub fn step(&self, seqs: &[Vec<u32>], pad_id: u32, kv: &mut KvCache) -> Result<Tensor> {
+        let mut batch = Batch::new(seqs, pad_id, crate::model::batch::PadSide::Left, &self.device)?;
+        if !kv.is_empty() {
+            let next = kv.next_positions();
+            if next.len() != batch.size() {
+                bail!("generation: {} rows given, the cache holds {}", batch.size(), next.len());
+            }
+            for (row, start) in batch.positions.iter_mut().zip(next) {
+                for (i, p) in row.iter_mut().enumerate() {
+                    *p = start + i as u32;
+                }
+            }
+        }
+        self.check_batch(&batch)?;
+        let (b, t) = (batch.size(), batch.len());
+        let hooks = Hooks::default();
+        let (mut cache, mut keep) = (ActivationCache::new(), BTreeMap::new());
+        let mut x = self.embed(&batch.ids)?;
+        let pos = batch.position_tensor(&self.device)?;
+        let mask_global = batch.attn_mask(&kv.keys, None, self.dtype, &self.device)?;
+        let mask_local = match self.config.sliding_window {
+            Some(w) => Some(batch.attn_mask(&kv.keys, Some(w), self.dtype, &self.device)?),
+            None => None,
+        };
+        for l in 0..self.config.num_layers {
+            let mask = if self.config.is_sliding(l) { mask_local.as_ref().unwrap_or(&mask_global) } else { &mask_global };
+            let (c, s) = self.rope_for(l, &pos, b, t)?;
+            let slot = &mut kv.layers[l];
+            x = self.layer_forward(l, x, mask, &c, &s, Some(slot), &hooks, &mut cache, &mut keep, false)?.0;
+        }
+        if kv.keys.is_empty() {
+            kv.keys = vec![Vec::new(); b];
+        }
+        for (bi, row) in kv.keys.iter_mut().enumerate() {
+            row.extend(batch.valid[bi].iter().copied().zip(batch.positions[bi].iter().copied()));
+        }
+        Ok(self.head_forward(&x, &LogitsAt::Last, &batch)?.0)
+    }
+}
+
+fn add_grad(map: &mut BTreeMap<String, Tensor>, name: &str, g: Tensor) -> Result<()> {
+    match map.get_mut(name) {
+        Some(old) => *old = (&*old + g)?,
+        None => {
+            map.insert(name.to_string(), g);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "transformer_tests.rs"]
+mod tests;
