@@ -4,5 +4,7 @@
 //! The library follows the data's way through the program: a model is loaded ([`model`]),
 //! run with hooks and trained on a chosen subset of its weights.
 
+pub mod bench;
+pub mod cli;
 pub mod model;
 pub mod util;

