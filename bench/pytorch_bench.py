@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `unlearn bench`: the same work on the same GGUF, printed as JSON.
+
+Needs torch, transformers and gguf (`pip install torch transformers gguf`). Run by
+`unlearn bench --pytorch`, or by hand:
+
+    OMP_NUM_THREADS=1 python3 bench/pytorch_bench.py --gguf ~/.cache/unlearn/gemma-3-270m-q4_k_m.gguf
+
+Work (mirrors src/bench.rs): batch 8 x 32 of token ids 1000 + ((i*32+j)*7919) % 20000;
+forward with logits at every position and at the last position only; forward+backward of the
+cross-entropy of each row's last-position logits against token 1000 with (a) the MLPs of the 3
+middle decoder layers trainable and (b) all weights trainable. Median of --repeats after one
+warm-up. float32, CPU.
+"""
+import argparse, json, os, statistics, sys, time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:  # reported as "skipped" by unlearn bench
+        print(f"torch/transformers not installed: {e}", file=sys.stderr)
+        sys.exit(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    d, f = os.path.split(os.path.abspath(args.gguf))
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    load_s = time.perf_counter() - t0
+    B, T = 8, 32
+    ids = torch.tensor([[1000 + ((i * T + j) * 7919) % 20000 for j in range(T)] for i in range(B)])
+    mask = torch.ones_like(ids)
+    target = torch.full((B,), 1000)
+
+    def timeit(fn):
+        fn()
+        ts = []
+        for _ in range(max(1, args.repeats)):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+
+    res = {}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        res["forward_full_logits"] = timeit(lambda: model(input_ids=ids, attention_mask=mask).logits)
+        res["forward_last_logits"] = timeit(lambda: model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]
+        torch.nn.functional.cross_entropy(out, target).backward()
+
+    L = model.config.num_hidden_layers
+    for l in (L // 2 - 1, L // 2, L // 2 + 1):
+        for p in model.model.layers[l].mlp.parameters():
+            p.requires_grad_(True)
+    res["fwd_bwd_3_mlps"] = timeit(step)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    res["fwd_bwd_all_weights"] = timeit(step)
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "load_seconds": load_s, "seconds": res}))
+
+
+if __name__ == "__main__":
+    main()
