@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod fastmath;
 pub mod generate;
 pub mod gguf;
 pub mod hf_dir;

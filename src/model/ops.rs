@@ -73,6 +73,9 @@ pub fn rms_norm_bwd(
 
 /// GELU with the tanh approximation (`gelu_pytorch_tanh`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = crate::model::fastmath::gelu(x)? {
+        return Ok(y);
+    }
     Ok(x.gelu()?)
 }
 
@@ -80,6 +83,9 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 pub fn gelu_tanh_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     // y = 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x³), c = sqrt(2/π)
     // dy/dx = 0.5 (1 + t) + 0.5 x (1 - t²) c (1 + 3·0.044715 x²)
+    if let Some(d) = crate::model::fastmath::gelu_bwd(x, dy)? {
+        return Ok(d);
+    }
     let c = (2.0f64 / std::f64::consts::PI).sqrt();
     let x2 = x.sqr()?;
     let u = ((x * (x2.affine(0.044715, 1.0)?))? * c)?;

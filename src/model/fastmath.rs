@@ -1,0 +1,107 @@
+//! Fast element-wise kernels for f32 tensors on the CPU: GELU-tanh and its derivative.
+//! candle's `tanh` calls libm once per element (≈ 20 ns each, 11 ms for one MLP activation of
+//! a 8 × 32 batch of Gemma 3 270M); these loops use a polynomial `exp` that the compiler
+//! vectorizes. Absolute error of `tanh` below 2e-7, far inside the float32 rounding of the
+//! results. Other devices and dtypes fall back to candle's ops.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Storage, Tensor};
+
+/// `e^x` for f32, relative error below 2e-7 over the whole range (flush to 0 / saturate to
+/// `f32::MAX` outside [-87, 88]).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    // Cody–Waite: ln 2 split in a high part exact in f32 and a low correction.
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// `tanh(x)` for f32 with absolute error below 2e-7.
+#[inline(always)]
+pub fn tanh_f32(x: f32) -> f32 {
+    let e = exp_f32(2.0 * x.clamp(-20.0, 20.0));
+    1.0 - 2.0 / (e + 1.0)
+}
+
+const GELU_C: f32 = 0.797_884_6; // sqrt(2/π)
+const GELU_A: f32 = 0.044715;
+
+#[inline(always)]
+fn gelu_one(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh_f32(GELU_C * (x + GELU_A * x * x * x)))
+}
+
+#[inline(always)]
+fn gelu_grad_one(x: f32) -> f32 {
+    let t = tanh_f32(GELU_C * (x + GELU_A * x * x * x));
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
+}
+
+/// Run `f` over the f32 data of CPU tensors when all are contiguous f32 on the CPU.
+fn with_cpu_f32(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Vec<f32>) -> Result<Option<Tensor>> {
+    let first = ts[0];
+    if !matches!(first.device(), Device::Cpu)
+        || ts.iter().any(|t| t.dtype() != DType::F32 || !t.is_contiguous() || t.dims() != first.dims())
+    {
+        return Ok(None);
+    }
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(ts.len());
+    for (g, l) in &guards {
+        let Storage::Cpu(cpu) = &**g else { return Ok(None) };
+        let all = cpu.as_slice::<f32>()?;
+        let start = l.start_offset();
+        slices.push(&all[start..start + l.shape().elem_count()]);
+    }
+    let out = f(&slices);
+    Ok(Some(Tensor::from_vec(out, first.dims(), first.device())?))
+}
+
+/// GELU-tanh of a contiguous CPU f32 tensor (None: use the generic path).
+pub fn gelu(x: &Tensor) -> Result<Option<Tensor>> {
+    with_cpu_f32(&[x], |s| s[0].iter().map(|&v| gelu_one(v)).collect())
+}
+
+/// `dy · gelu'(x)` (None: use the generic path).
+pub fn gelu_bwd(x: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    with_cpu_f32(&[x, dy], |s| s[0].iter().zip(s[1]).map(|(&v, &g)| g * gelu_grad_one(v)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_tanh_are_accurate() {
+        let mut worst_exp = 0f64;
+        let mut worst_tanh = 0f64;
+        let mut x = -30.0f32;
+        while x < 30.0 {
+            let e = (exp_f32(x) as f64 - (x as f64).exp()).abs() / (x as f64).exp();
+            worst_exp = worst_exp.max(e);
+            worst_tanh = worst_tanh.max((tanh_f32(x) as f64 - (x as f64).tanh()).abs());
+            x += 0.001_37;
+        }
+        assert!(worst_exp < 3e-7, "exp relative error {worst_exp}");
+        assert!(worst_tanh < 3e-7, "tanh absolute error {worst_tanh}");
+        assert_eq!(tanh_f32(100.0), 1.0);
+        assert_eq!(tanh_f32(-100.0), -1.0);
+    }
+
+    #[test]
+    fn fast_gelu_matches_candle() {
+        let x = Tensor::randn(0f32, 3.0, (64, 33), &Device::Cpu).unwrap();
+        let a: Vec<f32> = gelu(&x).unwrap().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = x.gelu().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for (p, q) in a.iter().zip(b) {
+            assert!((p - q).abs() < 1e-6 * (1.0 + q.abs()), "{p} vs {q}");
+        }
+        // Non-contiguous or non-f32 input takes the generic path.
+        assert!(gelu(&x.t().unwrap()).unwrap().is_none());
+        assert!(gelu(&x.to_dtype(DType::F64).unwrap()).unwrap().is_none());
+    }
+}
