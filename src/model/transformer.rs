@@ -681,10 +681,15 @@ impl Transformer {
             if let Some(ids) = &tape.ids {
                 g = self.grad_point(HookPoint::Embed, g, tape, &mut grads)?;
                 if self.is_trainable("model.embed_tokens.weight") {
-                    let s = self.config.embed_scale();
-                    let de = (g.reshape((b * t, d))? * s)?;
-                    let z = Tensor::zeros((self.config.vocab_size, d), self.dtype, &self.device)?;
-                    add_grad(&mut grads.params, "model.embed_tokens.weight", z.index_add(&ids.flatten_all()?, &de, 0)?)?;
+                    // Sparse rows added into the (tied) head gradient when there is one: one
+                    // pass over the vocabulary-sized matrix instead of three.
+                    let name = "model.embed_tokens.weight";
+                    let de = (g.reshape((b * t, d))? * self.config.embed_scale())?;
+                    let base = match grads.params.remove(name) {
+                        Some(x) => x,
+                        None => Tensor::zeros((self.config.vocab_size, d), self.dtype, &self.device)?,
+                    };
+                    grads.params.insert(name.to_string(), base.index_add(&ids.flatten_all()?, &de, 0)?);
                 }
             }
             if tape.grad_start {
