@@ -12,7 +12,9 @@ use candle_core::{DType, Device, Storage, Tensor};
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest with the 1.5·2²³ trick (no libm call, so loops vectorize).
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     // Cody–Waite: ln 2 split in a high part exact in f32 and a low correction.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
@@ -61,14 +63,45 @@ fn with_cpu_f32(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Vec<f32>) -> Result
     Ok(Some(Tensor::from_vec(out, first.dims(), first.device())?))
 }
 
+/// Apply `f` element-wise into a new vector, compiled for AVX2+FMA when the CPU has them.
+macro_rules! map_kernel {
+    ($name:ident, $avx:ident, ($($arg:ident),+), $body:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn $avx($($arg: &[f32]),+) -> Vec<f32> {
+            let n = [$($arg.len()),+][0];
+            let mut out = vec![0f32; n];
+            for i in 0..n {
+                out[i] = $body($($arg[i]),+);
+            }
+            out
+        }
+
+        fn $name($($arg: &[f32]),+) -> Vec<f32> {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports the features the function was compiled for.
+                    return unsafe { $avx($($arg),+) };
+                }
+            }
+            let n = [$($arg.len()),+][0];
+            (0..n).map(|i| $body($($arg[i]),+)).collect()
+        }
+    };
+}
+
+map_kernel!(gelu_slice, gelu_slice_avx2, (x), gelu_one);
+map_kernel!(gelu_bwd_slice, gelu_bwd_slice_avx2, (x, dy), |v: f32, g: f32| g * gelu_grad_one(v));
+
 /// GELU-tanh of a contiguous CPU f32 tensor (None: use the generic path).
 pub fn gelu(x: &Tensor) -> Result<Option<Tensor>> {
-    with_cpu_f32(&[x], |s| s[0].iter().map(|&v| gelu_one(v)).collect())
+    with_cpu_f32(&[x], |s| gelu_slice(s[0]))
 }
 
 /// `dy · gelu'(x)` (None: use the generic path).
 pub fn gelu_bwd(x: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-    with_cpu_f32(&[x, dy], |s| s[0].iter().zip(s[1]).map(|(&v, &g)| g * gelu_grad_one(v)).collect())
+    with_cpu_f32(&[x, dy], |s| gelu_bwd_slice(s[0], s[1]))
 }
 
 #[cfg(test)]
