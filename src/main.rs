@@ -94,6 +94,7 @@ enum Command {
 }
 
 fn main() {
+    unlearn::util::tune_allocator();
     let cli = Cli::parse();
     let default_threads = matches!(cli.command, Command::Bench { .. }).then_some(1);
     if let Some(n) = cli.threads.or(default_threads) {

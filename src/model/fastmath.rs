@@ -104,6 +104,56 @@ pub fn gelu_bwd(x: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
     with_cpu_f32(&[x, dy], |s| gelu_bwd_slice(s[0], s[1]))
 }
 
+/// Gradient of a vocabulary-sized matrix `[V, D]` (embedding / LM head): `dlᵀ · h` for a few
+/// rows (`dl`: `[N, V]`, `h`: `[N, D]`) plus `g[j]` added at row `ids[j]` (embedding lookups),
+/// in one pass that writes the big matrix once. CPU f32 only.
+pub fn vocab_grad_cpu(dense: Option<(&[f32], &[f32], usize)>, rows: Option<(&[u32], &[f32])>, v: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v * d];
+    if let Some((dl, h, n)) = dense {
+        vocab_dense_kernel(&mut out, dl, h, n, v, d);
+    }
+    if let Some((ids, g)) = rows {
+        for (j, &id) in ids.iter().enumerate() {
+            let o = &mut out[id as usize * d..(id as usize + 1) * d];
+            for (a, b) in o.iter_mut().zip(&g[j * d..(j + 1) * d]) {
+                *a += b;
+            }
+        }
+    }
+    out
+}
+
+fn vocab_dense_kernel(out: &mut [f32], dl: &[f32], h: &[f32], n: usize, v: usize, d: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { vocab_dense_avx2(out, dl, h, n, v, d) };
+        }
+    }
+    vocab_dense_generic(out, dl, h, n, v, d)
+}
+
+#[inline(always)]
+fn vocab_dense_generic(out: &mut [f32], dl: &[f32], h: &[f32], n: usize, v: usize, d: usize) {
+    for (row, o) in out.chunks_exact_mut(d).enumerate().take(v) {
+        for i in 0..n {
+            let c = dl[i * v + row];
+            if c != 0.0 {
+                for (a, b) in o.iter_mut().zip(&h[i * d..(i + 1) * d]) {
+                    *a += c * b;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn vocab_dense_avx2(out: &mut [f32], dl: &[f32], h: &[f32], n: usize, v: usize, d: usize) {
+    vocab_dense_generic(out, dl, h, n, v, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +173,27 @@ mod tests {
         assert!(worst_tanh < 3e-7, "tanh absolute error {worst_tanh}");
         assert_eq!(tanh_f32(100.0), 1.0);
         assert_eq!(tanh_f32(-100.0), -1.0);
+    }
+
+    #[test]
+    fn vocab_grad_is_dense_outer_product_plus_rows() {
+        let (n, v, d) = (3, 7, 5);
+        let dl: Vec<f32> = (0..n * v).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
+        let h: Vec<f32> = (0..n * d).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
+        let ids = [4u32, 1, 4];
+        let g: Vec<f32> = (0..3 * d).map(|i| i as f32 * 0.25).collect();
+        let out = vocab_grad_cpu(Some((&dl, &h, n)), Some((&ids, &g)), v, d);
+        for r in 0..v {
+            for c in 0..d {
+                let mut want: f32 = (0..n).map(|i| dl[i * v + r] * h[i * d + c]).sum();
+                for (j, &id) in ids.iter().enumerate() {
+                    if id as usize == r {
+                        want += g[j * d + c];
+                    }
+                }
+                assert!((out[r * d + c] - want).abs() < 1e-5, "({r},{c})");
+            }
+        }
     }
 
     #[test]

@@ -243,6 +243,40 @@ pub fn attention_bwd(
     Ok((dq, dk, dv))
 }
 
+/// Gradient of a vocabulary-sized matrix `[vocab, d]` (embedding or LM head): `dlᵀ · h` from
+/// the logits rows (`dl`: `[N, vocab]`, `h`: `[N, d]`) plus `g[j]` added at row `ids[j]` from
+/// embedding lookups. On the CPU the big matrix is written once.
+pub fn vocab_grad(dense: Option<(&Tensor, &Tensor)>, rows: Option<(&Tensor, &Tensor)>, vocab: usize, d: usize, device: &Device) -> Result<Tensor> {
+    let all_f32 = dense.iter().all(|(a, b)| a.dtype() == DType::F32 && b.dtype() == DType::F32)
+        && rows.iter().all(|(_, g)| g.dtype() == DType::F32);
+    if matches!(device, Device::Cpu) && all_f32 {
+        let dense_v = match dense {
+            Some((dl, h)) => Some((dl.flatten_all()?.to_vec1::<f32>()?, h.flatten_all()?.to_vec1::<f32>()?, dl.dim(0)?)),
+            None => None,
+        };
+        let rows_v = match rows {
+            Some((ids, g)) => Some((ids.flatten_all()?.to_vec1::<u32>()?, g.flatten_all()?.to_vec1::<f32>()?)),
+            None => None,
+        };
+        let out = crate::model::fastmath::vocab_grad_cpu(
+            dense_v.as_ref().map(|(a, b, n)| (a.as_slice(), b.as_slice(), *n)),
+            rows_v.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
+            vocab,
+            d,
+        );
+        return Ok(Tensor::from_vec(out, (vocab, d), device)?);
+    }
+    let dtype = dense.map(|x| x.0.dtype()).or(rows.map(|x| x.1.dtype())).unwrap_or(DType::F32);
+    let mut out = match dense {
+        Some((dl, h)) => dl.t()?.matmul(h)?,
+        None => Tensor::zeros((vocab, d), dtype, device)?,
+    };
+    if let Some((ids, g)) = rows {
+        out = out.index_add(&ids.flatten_all()?, g, 0)?;
+    }
+    Ok(out)
+}
+
 /// `cap · tanh(x / cap)` (Gemma's logit soft-capping).
 pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
     Ok(((x / cap)?.tanh()? * cap)?)

@@ -633,6 +633,7 @@ impl Transformer {
         let d = self.config.hidden_size;
         let mut grads = Grads::default();
         let mut g: Option<Tensor> = d_resid.cloned();
+        let mut head_dense: Option<(Tensor, Tensor)> = None;
         if let Some(dl) = d_logits {
             let head = tape.head.as_ref().context("backward: d_logits given but the run computed no logits")?;
             let dl = dl.reshape(((), self.config.vocab_size))?;
@@ -641,9 +642,10 @@ impl Transformer {
                 _ => dl,
             };
             let lm = self.lm_weight()?;
-            let (dhn, dlm) = ops::linear_bwd(&head.hn, lm, &dl, self.is_trainable(self.lm_name()))?;
-            if let Some(dlm) = dlm {
-                add_grad(&mut grads.params, self.lm_name(), dlm)?;
+            let (dhn, _) = ops::linear_bwd(&head.hn, lm, &dl, false)?;
+            if self.is_trainable(self.lm_name()) {
+                // Kept for the end, where a tied embedding adds its lookup rows in the same pass.
+                head_dense = Some((dl.clone(), head.hn.clone()));
             }
             let (dxr, dns) = ops::rms_norm_bwd(
                 &head.xr,
@@ -666,7 +668,20 @@ impl Transformer {
             });
         }
         let mut g = g.context("backward: give d_logits or d_resid")?;
+        let (vocab, tied) = (self.config.vocab_size, self.config.tie_word_embeddings);
+        let dense_grad = |dense: &Option<(Tensor, Tensor)>, rows: Option<(&Tensor, &Tensor)>| {
+            ops::vocab_grad(dense.as_ref().map(|(a, b)| (a, b)), rows, vocab, d, &self.device)
+        };
+        if let Some(hd) = &head_dense {
+            if !tied {
+                grads.params.insert("lm_head.weight".into(), dense_grad(&Some(hd.clone()), None)?);
+                head_dense = None;
+            }
+        }
         if tape.lowest > tape.end_layer {
+            if head_dense.is_some() {
+                grads.params.insert(self.lm_name().into(), dense_grad(&head_dense, None)?);
+            }
             return Ok(grads);
         }
         let need_below_lowest = tape.grad_start
@@ -681,20 +696,19 @@ impl Transformer {
             if let Some(ids) = &tape.ids {
                 g = self.grad_point(HookPoint::Embed, g, tape, &mut grads)?;
                 if self.is_trainable("model.embed_tokens.weight") {
-                    // Sparse rows added into the (tied) head gradient when there is one: one
-                    // pass over the vocabulary-sized matrix instead of three.
-                    let name = "model.embed_tokens.weight";
+                    // Lookup rows and (tied) head gradient in one pass over the big matrix.
                     let de = (g.reshape((b * t, d))? * self.config.embed_scale())?;
-                    let base = match grads.params.remove(name) {
-                        Some(x) => x,
-                        None => Tensor::zeros((self.config.vocab_size, d), self.dtype, &self.device)?,
-                    };
-                    grads.params.insert(name.to_string(), base.index_add(&ids.flatten_all()?, &de, 0)?);
+                    let flat = ids.flatten_all()?;
+                    grads.params.insert("model.embed_tokens.weight".into(), dense_grad(&head_dense, Some((&flat, &de)))?);
+                    head_dense = None;
                 }
             }
             if tape.grad_start {
                 grads.start = Some(g);
             }
+        }
+        if head_dense.is_some() {
+            grads.params.insert(self.lm_name().into(), dense_grad(&head_dense, None)?);
         }
         Ok(grads)
     }

@@ -282,3 +282,31 @@ fn prompts_longer_than_the_context_are_rejected() {
     let e = m.run(&b, &RunOpts::default()).err().expect("must fail").to_string();
     assert!(e.contains("longer than the context"), "{e}");
 }
+
+#[test]
+fn float32_gradients_agree_with_float64() {
+    // The f32 CPU path uses fused kernels (GELU, vocabulary gradient) that the f64 path does not.
+    for arch in [Arch::Gemma3, Arch::Llama] {
+        let m64 = tiny_model(arch);
+        let mut w32 = Weights::default();
+        for (k, t) in &m64.weights().tensors {
+            w32.tensors.insert(k.clone(), t.to_dtype(DType::F32).unwrap());
+        }
+        let mut m32 = Transformer::new(m64.config.clone(), w32).unwrap();
+        let mut m64 = m64;
+        let names: Vec<String> = m64.weights().tensors.keys().cloned().collect();
+        m64.set_trainable(&names).unwrap();
+        m32.set_trainable(&names).unwrap();
+        let b = batch(&m64, PadSide::Left);
+        let dl = metric_weights(&m64, 2);
+        let o64 = m64.run(&b, &RunOpts { logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
+        let g64 = m64.backward(&o64, Some(&dl), None).unwrap();
+        let o32 = m32.run(&b, &RunOpts { logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
+        let g32 = m32.backward(&o32, Some(&dl.to_dtype(DType::F32).unwrap()), None).unwrap();
+        for n in &names {
+            let scale = v(&g64.params[n]).iter().fold(0f64, |a, b| a.max(b.abs()));
+            let d = max_diff(&g64.params[n], &g32.params[n]);
+            assert!(d <= 1e-4 * (1.0 + scale), "{arch:?} {n}: f32 vs f64 gradient differ by {d} (scale {scale})");
+        }
+    }
+}
