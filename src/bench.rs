@@ -112,7 +112,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         }));
     };
 
-    for (name, at) in [("forward_full_logits", LogitsAt::All), ("forward_last_logits", LogitsAt::Last)] {
+    for (name, at) in [("forward_last_logits", LogitsAt::Last), ("forward_full_logits", LogitsAt::All)] {
         let (s, peak) = time_it(repeats, || {
             lm.model.run(&batch, &RunOpts { logits: at.clone(), ..Default::default() })?;
             Ok(())

@@ -154,6 +154,173 @@ fn vocab_dense_avx2(out: &mut [f32], dl: &[f32], h: &[f32], n: usize, v: usize, 
     vocab_dense_generic(out, dl, h, n, v, d)
 }
 
+/// `a · bᵀ` for a few rows `a` (`[m, k]`) against a tall matrix `b` (`[n, k]`), reading `b`
+/// once from memory (the LM head at a few positions: `b` is the 671 MB embedding of Gemma 3).
+/// Returns None when the tensors are not contiguous CPU f32 or `m` is large (GEMM is better).
+pub fn few_rows_matmul_nt(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    let (Ok((m, k)), Ok((n, k2))) = (a.dims2(), b.dims2()) else { return Ok(None) };
+    if m > 32 || k != k2 || !cpu_f32_contiguous(&[a, b]) {
+        return Ok(None);
+    }
+    let av = a.flatten_all()?.to_vec1::<f32>()?;
+    let (g, l) = b.storage_and_layout();
+    let Storage::Cpu(cpu) = &*g else { return Ok(None) };
+    let bv = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n * k];
+    let mut out = vec![0f32; m * n];
+    few_rows_nt(&av, bv, m, n, k, &mut out);
+    Ok(Some(Tensor::from_vec(out, (m, n), a.device())?))
+}
+
+/// `a · b` for a few rows `a` (`[m, n]`) and a tall `b` (`[n, k]`), reading `b` once.
+pub fn few_rows_matmul_nn(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    let (Ok((m, n)), Ok((n2, k))) = (a.dims2(), b.dims2()) else { return Ok(None) };
+    if m > 32 || n != n2 || !cpu_f32_contiguous(&[a, b]) {
+        return Ok(None);
+    }
+    let av = a.flatten_all()?.to_vec1::<f32>()?;
+    let (g, l) = b.storage_and_layout();
+    let Storage::Cpu(cpu) = &*g else { return Ok(None) };
+    let bv = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n * k];
+    let mut out = vec![0f32; m * k];
+    few_rows_nn(&av, bv, m, n, k, &mut out);
+    Ok(Some(Tensor::from_vec(out, (m, k), a.device())?))
+}
+
+fn cpu_f32_contiguous(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous())
+}
+
+#[inline(always)]
+fn dot_generic(x: &[f32], y: &[f32]) -> f32 {
+    // Eight partial sums so the compiler can keep them in one vector register.
+    let mut acc = [0f32; 8];
+    let chunks = x.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += x[c * 8 + l] * y[c * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for j in chunks * 8..x.len() {
+        s += x[j] * y[j];
+    }
+    s
+}
+
+#[inline(always)]
+fn few_rows_nt_generic(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) {
+    for v in 0..n {
+        let bv = &b[v * k..(v + 1) * k];
+        for i in 0..m {
+            out[i * n + v] = dot_generic(&a[i * k..(i + 1) * k], bv);
+        }
+    }
+}
+
+#[inline(always)]
+fn few_rows_nn_generic(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) {
+    for v in 0..n {
+        let bv = &b[v * k..(v + 1) * k];
+        for i in 0..m {
+            let c = a[i * n + v];
+            if c != 0.0 {
+                for (o, x) in out[i * k..(i + 1) * k].iter_mut().zip(bv) {
+                    *o += c * x;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn few_rows_nt_avx2(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k8 = k / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); 32];
+    for v in 0..n {
+        let bv = &b[v * k..(v + 1) * k];
+        for a_i in acc.iter_mut().take(m) {
+            *a_i = _mm256_setzero_ps();
+        }
+        let mut c = 0;
+        while c < k8 {
+            // SAFETY: c + 8 <= k, so the loads stay inside the rows.
+            unsafe {
+                let bx = _mm256_loadu_ps(bv.as_ptr().add(c));
+                for (i, a_i) in acc.iter_mut().enumerate().take(m) {
+                    let ax = _mm256_loadu_ps(a.as_ptr().add(i * k + c));
+                    *a_i = _mm256_fmadd_ps(ax, bx, *a_i);
+                }
+            }
+            c += 8;
+        }
+        for (i, a_i) in acc.iter().enumerate().take(m) {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a_i) };
+            let mut sum: f32 = lanes.iter().sum();
+            for j in k8..k {
+                sum += a[i * k + j] * bv[j];
+            }
+            out[i * n + v] = sum;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn few_rows_nn_avx2(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k8 = k / 8 * 8;
+    for v in 0..n {
+        let bv = &b[v * k..(v + 1) * k];
+        for i in 0..m {
+            let c = a[i * n + v];
+            if c == 0.0 {
+                continue;
+            }
+            let o = &mut out[i * k..(i + 1) * k];
+            let cx = _mm256_set1_ps(c);
+            let mut j = 0;
+            while j < k8 {
+                // SAFETY: j + 8 <= k for both rows.
+                unsafe {
+                    let ox = _mm256_loadu_ps(o.as_ptr().add(j));
+                    let bx = _mm256_loadu_ps(bv.as_ptr().add(j));
+                    _mm256_storeu_ps(o.as_mut_ptr().add(j), _mm256_fmadd_ps(cx, bx, ox));
+                }
+                j += 8;
+            }
+            for j in k8..k {
+                o[j] += c * bv[j];
+            }
+        }
+    }
+}
+
+fn few_rows_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { few_rows_nt_avx2(a, b, m, n, k, out) };
+        }
+    }
+    few_rows_nt_generic(a, b, m, n, k, out)
+}
+
+fn few_rows_nn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { few_rows_nn_avx2(a, b, m, n, k, out) };
+        }
+    }
+    few_rows_nn_generic(a, b, m, n, k, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +361,22 @@ mod tests {
                 assert!((out[r * d + c] - want).abs() < 1e-5, "({r},{c})");
             }
         }
+    }
+
+    #[test]
+    fn few_row_products_match_matmul() {
+        let a = Tensor::randn(0f32, 1.0, (5, 37), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (301, 37), &Device::Cpu).unwrap();
+        let want = a.matmul(&b.t().unwrap()).unwrap();
+        let got = few_rows_matmul_nt(&a, &b).unwrap().unwrap();
+        let d = (want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "nt {d}");
+        let dl = Tensor::randn(0f32, 1.0, (5, 301), &Device::Cpu).unwrap();
+        let want = dl.matmul(&b).unwrap();
+        let got = few_rows_matmul_nn(&dl, &b).unwrap().unwrap();
+        let d = (want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "nn {d}");
+        assert!(few_rows_matmul_nt(&Tensor::zeros((64, 37), DType::F32, &Device::Cpu).unwrap(), &b).unwrap().is_none());
     }
 
     #[test]

@@ -15,7 +15,11 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let inp = *dims.last().expect("rank >= 1");
     let n = x.elem_count() / inp.max(1);
-    let y = x.reshape((n, inp))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((n, inp))?;
+    let y = match crate::model::fastmath::few_rows_matmul_nt(&x2, w)? {
+        Some(y) => y,
+        None => x2.matmul(&w.t()?)?,
+    };
     let mut out = dims;
     *out.last_mut().expect("rank >= 1") = w.dim(0)?;
     Ok(y.reshape(out)?)
@@ -27,7 +31,11 @@ pub fn linear_bwd(x: &Tensor, w: &Tensor, dy: &Tensor, need_dw: bool) -> Result<
     let (out, inp) = w.dims2()?;
     let n = dy.elem_count() / out.max(1);
     let dy2 = dy.reshape((n, out))?;
-    let dx = dy2.matmul(w)?.reshape(x.dims())?;
+    let dx = match crate::model::fastmath::few_rows_matmul_nn(&dy2, w)? {
+        Some(d) => d,
+        None => dy2.matmul(w)?,
+    }
+    .reshape(x.dims())?;
     let dw = if need_dw { Some(dy2.t()?.matmul(&x.reshape((n, inp))?)?) } else { None };
     Ok((dx, dw))
 }
