@@ -118,3 +118,11 @@ pub fn predict(spec: &str, prompts: &[String], top_k: usize, answer: Option<&str
     }
     Ok(())
 }
+
+/// `unlearn export`.
+pub fn export(spec: &str, out: &std::path::Path) -> Result<()> {
+    let lm = load(spec)?;
+    crate::model::hf_dir::export_hf_dir(&lm.model.config, lm.model.weights(), &lm.tokenizer, out, None)?;
+    eprintln!("wrote {} ({} tensors)", out.display(), lm.model.weights().tensors.len());
+    Ok(())
+}

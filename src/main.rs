@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
         /// Sampling temperature; 0 means greedy.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         temperature: f64,
         /// Seed of the sampler (with --temperature > 0).
         #[arg(long, default_value_t = 0)]
@@ -76,6 +76,15 @@ enum Command {
         json: bool,
         #[arg(required = true)]
         prompt: Vec<String>,
+    },
+    /// Write a model as a Hugging Face directory (safetensors + config.json + tokenizer.json);
+    /// `--model DIR` loads it back with identical logits.
+    Export {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// Output directory (created; existing files of the same names are replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Measure forward / backward speed and memory on the default model and write JSON.
     Bench {
@@ -116,6 +125,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Predict { model, top_k, answer, batch_size, json, prompt } => {
             cli::predict(&model, &prompt, top_k, answer.as_deref(), batch_size, json)
         }
+        Command::Export { model, out } => cli::export(&model, &out),
         Command::Bench { model, out, repeats, pytorch } => unlearn::bench::run(&model, &out, repeats, pytorch),
     }
 }

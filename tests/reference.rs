@@ -239,3 +239,23 @@ fn gemma3_residual_norms_match_reference() {
 fn smollm2_residual_norms_match_reference() {
     residual_norms("smollm2");
 }
+
+#[test]
+fn gemma3_restoring_the_clean_residual_restores_the_clean_prediction() {
+    use unlearn::model::{Patch, PatchMode, Selection};
+    let lm = model("gemma3");
+    let ids = lm.tokenizer.encode("The Eiffel Tower is located in the city of", true).unwrap();
+    let b = Batch::new(&[ids], 0, PadSide::Left, &Device::Cpu).unwrap();
+    let l = 6;
+    let p = HookPoint::ResidPost(l);
+    let clean = lm.model.run(&b, &RunOpts { hooks: Some(&Hooks::new().cache(p)), ..Default::default() }).unwrap();
+    let noise = Tensor::randn(0f32, 3.0, (1, 10, 640), &Device::Cpu).unwrap();
+    let corrupt = Patch { point: HookPoint::Embed, mode: PatchMode::Add, value: noise, sel: Selection { positions: Some(vec![2, 3]), ..Default::default() } };
+    let bad = lm.model.run(&b, &RunOpts { hooks: Some(&Hooks::new().patch(corrupt.clone())), ..Default::default() }).unwrap();
+    let restore = Patch { point: p, mode: PatchMode::Replace, value: clean.cache[&p].clone(), sel: Selection::default() };
+    let fixed = lm.model.run(&b, &RunOpts { hooks: Some(&Hooks::new().patch(corrupt).patch(restore)), ..Default::default() }).unwrap();
+    let c = clean.logits.unwrap();
+    let diff = |x: &Tensor| (x - &c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff(bad.logits.as_ref().unwrap()) > 0.1, "the noise must change the prediction");
+    assert_eq!(diff(fixed.logits.as_ref().unwrap()), 0.0);
+}
