@@ -25,7 +25,13 @@ const PYTORCH_1T: [(&str, Option<f64>); 4] = [
 
 /// Token ids of the benchmark batch: `B × T`, the same formula as bench/pytorch_bench.py.
 pub fn bench_ids(b: usize, t: usize) -> Vec<Vec<u32>> {
-    (0..b).map(|i| (0..t).map(|j| 1000 + ((i * t + j) as u32 * 7919) % 20000).collect()).collect()
+    (0..b)
+        .map(|i| {
+            (0..t)
+                .map(|j| 1000 + ((i * t + j) as u32 * 7919) % 20000)
+                .collect()
+        })
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -79,10 +85,20 @@ pub fn gemm_gflops(n: usize, repeats: usize) -> Result<f64> {
 
 /// One forward+backward of last-position cross-entropy with the current trainable set.
 fn fwd_bwd(lm: &LanguageModel, batch: &Batch, targets: &Tensor) -> Result<()> {
-    let out = lm.model.run(batch, &RunOpts { logits: LogitsAt::Last, grad: true, ..Default::default() })?;
+    let out = lm.model.run(
+        batch,
+        &RunOpts {
+            logits: LogitsAt::Last,
+            grad: true,
+            ..Default::default()
+        },
+    )?;
     let (_, g) = ops::cross_entropy_with_grad(out.logits.as_ref().expect("logits"), targets)?;
     let grads = lm.model.backward(&out, Some(&g), None)?;
-    anyhow::ensure!(grads.params.len() == lm.model.trainable().len(), "backward missed a trainable parameter");
+    anyhow::ensure!(
+        grads.params.len() == lm.model.trainable().len(),
+        "backward missed a trainable parameter"
+    );
     Ok(())
 }
 
@@ -95,15 +111,26 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     let rss_model = current_rss();
     eprintln!("loaded {spec} in {load_s:.1}s; {threads} thread(s)");
     let (b, t) = (8, 32);
-    let batch = Batch::new(&bench_ids(b, t), lm.pad_id(), PadSide::Left, lm.model.device())?;
+    let batch = Batch::new(
+        &bench_ids(b, t),
+        lm.pad_id(),
+        PadSide::Left,
+        lm.model.device(),
+    )?;
     let targets = Tensor::from_vec(vec![1000u32; b], b, lm.model.device())?;
     let mut rows = Vec::new();
     let mut record = |name: &str, secs: f64, peak: Option<u64>, extra: Value| {
-        let torch = PYTORCH_1T.iter().find(|(n, _)| *n == name).and_then(|(_, v)| *v);
+        let torch = PYTORCH_1T
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| *v);
         eprintln!(
             "{name:<22} {secs:>7.3} s   peak RSS {:>6.0} MiB{}",
             peak.map_or(f64::NAN, |p| p as f64 / 1048576.0),
-            torch.map_or(String::new(), |p| format!("   PyTorch {p:.2} s, speed-up ×{:.2}", p / secs))
+            torch.map_or(String::new(), |p| format!(
+                "   PyTorch {p:.2} s, speed-up ×{:.2}",
+                p / secs
+            ))
         );
         rows.push(json!({
             "name": name, "seconds": secs, "peak_rss_bytes": peak,
@@ -112,9 +139,18 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         }));
     };
 
-    for (name, at) in [("forward_last_logits", LogitsAt::Last), ("forward_full_logits", LogitsAt::All)] {
+    for (name, at) in [
+        ("forward_last_logits", LogitsAt::Last),
+        ("forward_full_logits", LogitsAt::All),
+    ] {
         let (s, peak) = time_it(repeats, || {
-            lm.model.run(&batch, &RunOpts { logits: at.clone(), ..Default::default() })?;
+            lm.model.run(
+                &batch,
+                &RunOpts {
+                    logits: at.clone(),
+                    ..Default::default()
+                },
+            )?;
             Ok(())
         })?;
         record(name, s, peak, json!({"batch": b, "tokens": t}));
@@ -123,18 +159,35 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     let mid: Vec<usize> = vec![n / 2 - 1, n / 2, n / 2 + 1];
     let names = lm.model.mlp_param_names(&mid);
     lm.model.set_trainable(&names)?;
-    let trainable_params: usize = names.iter().map(|x| lm.model.weights().tensors[x].elem_count()).sum();
+    let trainable_params: usize = names
+        .iter()
+        .map(|x| lm.model.weights().tensors[x].elem_count())
+        .sum();
     let (s, peak) = time_it(repeats, || fwd_bwd(&lm, &batch, &targets))?;
-    record("fwd_bwd_3_mlps", s, peak, json!({"layers": mid, "trainable_params": trainable_params, "loss": "CE of last-position logits"}));
+    record(
+        "fwd_bwd_3_mlps",
+        s,
+        peak,
+        json!({"layers": mid, "trainable_params": trainable_params, "loss": "CE of last-position logits"}),
+    );
     let all: Vec<String> = lm.model.weights().tensors.keys().cloned().collect();
     lm.model.set_trainable(&all)?;
     let (s, peak) = time_it(repeats, || fwd_bwd(&lm, &batch, &targets))?;
-    record("fwd_bwd_all_weights", s, peak, json!({"trainable_params": lm.model.weights().num_params(), "loss": "CE of last-position logits"}));
+    record(
+        "fwd_bwd_all_weights",
+        s,
+        peak,
+        json!({"trainable_params": lm.model.weights().num_params(), "loss": "CE of last-position logits"}),
+    );
     lm.model.set_trainable::<&str>(&[])?;
 
     let gflops = gemm_gflops(1024, repeats)?;
     eprintln!("gemm 1024³            {gflops:>7.1} GFLOP/s");
-    let pytorch_run = if pytorch { run_pytorch(&lm, repeats) } else { Value::Null };
+    let pytorch_run = if pytorch {
+        run_pytorch(&lm, repeats)
+    } else {
+        Value::Null
+    };
     let report = json!({
         "tool": "unlearn bench",
         "version": env!("CARGO_PKG_VERSION"),
@@ -163,12 +216,19 @@ fn run_pytorch(lm: &LanguageModel, repeats: usize) -> Value {
         .arg(&lm.origin.path)
         .arg("--repeats")
         .arg(repeats.to_string())
-        .env("OMP_NUM_THREADS", candle_core::utils::get_num_threads().to_string())
+        .env(
+            "OMP_NUM_THREADS",
+            candle_core::utils::get_num_threads().to_string(),
+        )
         .output()
         .with_context(|| format!("running {}", script.display()));
     match res {
-        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({"error": e.to_string()})),
-        Ok(o) => json!({"skipped": String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string()}),
+        Ok(o) if o.status.success() => {
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({"error": e.to_string()}))
+        }
+        Ok(o) => {
+            json!({"skipped": String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string()})
+        }
         Err(e) => json!({"skipped": format!("{e:#}")}),
     }
 }

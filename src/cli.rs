@@ -21,7 +21,11 @@ pub fn device() -> Result<Device> {
 fn load(spec: &str) -> Result<LanguageModel> {
     let t = std::time::Instant::now();
     let lm = LanguageModel::load(spec, &device()?)?;
-    eprintln!("loaded {} in {:.1}s", lm.origin.path.display(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} in {:.1}s",
+        lm.origin.path.display(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(lm)
 }
 
@@ -30,7 +34,9 @@ pub fn inspect(spec: &str, as_json: bool) -> Result<()> {
     let lm = load(spec)?;
     let c = &lm.model.config;
     let o = &lm.origin;
-    let layer_types: Vec<&str> = (0..c.num_layers).map(|l| if c.is_sliding(l) { "sliding" } else { "global" }).collect();
+    let layer_types: Vec<&str> = (0..c.num_layers)
+        .map(|l| if c.is_sliding(l) { "sliding" } else { "global" })
+        .collect();
     let v = json!({
         "model": spec,
         "path": o.path,
@@ -53,36 +59,77 @@ pub fn inspect(spec: &str, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!("model        {spec}");
-    println!("file         {} ({})", o.path.display(), v["format"].as_str().unwrap_or(""));
+    println!(
+        "file         {} ({})",
+        o.path.display(),
+        v["format"].as_str().unwrap_or("")
+    );
     println!("from         {}", o.provenance);
     if let Some(h) = &o.sha256 {
         println!("sha256       {h}");
     }
     println!("architecture {}", c.arch.name());
-    println!("parameters   {} ({:.1} M)", lm.model.weights().num_params(), lm.model.weights().num_params() as f64 / 1e6);
-    println!("layers       {} (d_model {}, d_mlp {}, activation {:?})", c.num_layers, c.hidden_size, c.intermediate_size, c.activation);
-    println!("attention    {} heads, {} key/value heads, head dim {}", c.num_heads, c.num_kv_heads, c.head_dim);
+    println!(
+        "parameters   {} ({:.1} M)",
+        lm.model.weights().num_params(),
+        lm.model.weights().num_params() as f64 / 1e6
+    );
+    println!(
+        "layers       {} (d_model {}, d_mlp {}, activation {:?})",
+        c.num_layers, c.hidden_size, c.intermediate_size, c.activation
+    );
+    println!(
+        "attention    {} heads, {} key/value heads, head dim {}",
+        c.num_heads, c.num_kv_heads, c.head_dim
+    );
     if let Some(w) = c.sliding_window {
         let globals: Vec<usize> = (0..c.num_layers).filter(|&l| !c.is_sliding(l)).collect();
         println!("             sliding window {w}, global layers {globals:?}");
     }
-    println!("rope         base {} (local {:?})", c.rope_theta, c.rope_local_theta);
-    println!("vocabulary   {} (embeddings tied: {})", c.vocab_size, c.tie_word_embeddings);
+    println!(
+        "rope         base {} (local {:?})",
+        c.rope_theta, c.rope_local_theta
+    );
+    println!(
+        "vocabulary   {} (embeddings tied: {})",
+        c.vocab_size, c.tie_word_embeddings
+    );
     println!(
         "tokenizer    {:?}, bos {:?}, eos {:?}, pad {:?}, adds bos: {}",
-        lm.tokenizer.kind, lm.tokenizer.bos_id, lm.tokenizer.eos_ids, lm.tokenizer.pad_id, lm.tokenizer.add_bos
+        lm.tokenizer.kind,
+        lm.tokenizer.bos_id,
+        lm.tokenizer.eos_ids,
+        lm.tokenizer.pad_id,
+        lm.tokenizer.add_bos
     );
     Ok(())
 }
 
 /// `unlearn generate`.
-pub fn generate(spec: &str, prompts: &[String], max_new: usize, temperature: f64, seed: u64, as_json: bool) -> Result<()> {
+pub fn generate(
+    spec: &str,
+    prompts: &[String],
+    max_new: usize,
+    temperature: f64,
+    seed: u64,
+    as_json: bool,
+) -> Result<()> {
     if !(temperature.is_finite() && temperature >= 0.0) {
         anyhow::bail!("--temperature must be a number ≥ 0, got {temperature}");
     }
     let lm = load(spec)?;
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| lm.tokenizer.encode(p, true)).collect::<Result<_>>()?;
-    let out = gen(&lm.model, &ids, max_new, &lm.stop_ids(), lm.pad_id(), Sampling { temperature, seed })?;
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| lm.tokenizer.encode(p, true))
+        .collect::<Result<_>>()?;
+    let out = gen(
+        &lm.model,
+        &ids,
+        max_new,
+        &lm.stop_ids(),
+        lm.pad_id(),
+        Sampling { temperature, seed },
+    )?;
     let mut rows = Vec::new();
     for (p, new) in prompts.iter().zip(&out) {
         let text = lm.tokenizer.decode(new)?;
@@ -99,7 +146,14 @@ pub fn generate(spec: &str, prompts: &[String], max_new: usize, temperature: f64
 }
 
 /// `unlearn predict`.
-pub fn predict(spec: &str, prompts: &[String], top_k: usize, answer: Option<&str>, batch: usize, as_json: bool) -> Result<()> {
+pub fn predict(
+    spec: &str,
+    prompts: &[String],
+    top_k: usize,
+    answer: Option<&str>,
+    batch: usize,
+    as_json: bool,
+) -> Result<()> {
     let lm = load(spec)?;
     let preds = pred(&lm, prompts, top_k, answer, batch)?;
     if as_json {
@@ -109,11 +163,25 @@ pub fn predict(spec: &str, prompts: &[String], top_k: usize, answer: Option<&str
     for p in &preds {
         println!("{:?} ({} tokens)", p.prompt, p.n_tokens);
         for (i, t) in p.top.iter().enumerate() {
-            println!("  {:>3}. {:<20} {:>8.4}  (logit {:.3}, id {})", i + 1, format!("{:?}", t.token), t.prob, t.logit, t.id);
+            println!(
+                "  {:>3}. {:<20} {:>8.4}  (logit {:.3}, id {})",
+                i + 1,
+                format!("{:?}", t.token),
+                t.prob,
+                t.logit,
+                t.id
+            );
         }
         if let Some(a) = &p.answer {
-            let note = if a.multi_token { " (first token only)" } else { "" };
-            println!("  answer {:?}: p = {:.4}, rank {}{note}", a.answer, a.prob, a.rank);
+            let note = if a.multi_token {
+                " (first token only)"
+            } else {
+                ""
+            };
+            println!(
+                "  answer {:?}: p = {:.4}, rank {}{note}",
+                a.answer, a.prob, a.rank
+            );
         }
     }
     Ok(())
@@ -122,7 +190,17 @@ pub fn predict(spec: &str, prompts: &[String], top_k: usize, answer: Option<&str
 /// `unlearn export`.
 pub fn export(spec: &str, out: &std::path::Path) -> Result<()> {
     let lm = load(spec)?;
-    crate::model::hf_dir::export_hf_dir(&lm.model.config, lm.model.weights(), &lm.tokenizer, out, None)?;
-    eprintln!("wrote {} ({} tensors)", out.display(), lm.model.weights().tensors.len());
+    crate::model::hf_dir::export_hf_dir(
+        &lm.model.config,
+        lm.model.weights(),
+        &lm.tokenizer,
+        out,
+        None,
+    )?;
+    eprintln!(
+        "wrote {} ({} tensors)",
+        out.display(),
+        lm.model.weights().tensors.len()
+    );
     Ok(())
 }

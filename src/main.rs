@@ -119,13 +119,28 @@ fn main() {
 fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Inspect { model, json } => cli::inspect(&model, json),
-        Command::Generate { model, max_new_tokens, temperature, seed, json, prompt } => {
-            cli::generate(&model, &prompt, max_new_tokens, temperature, seed, json)
-        }
-        Command::Predict { model, top_k, answer, batch_size, json, prompt } => {
-            cli::predict(&model, &prompt, top_k, answer.as_deref(), batch_size, json)
-        }
+        Command::Generate {
+            model,
+            max_new_tokens,
+            temperature,
+            seed,
+            json,
+            prompt,
+        } => cli::generate(&model, &prompt, max_new_tokens, temperature, seed, json),
+        Command::Predict {
+            model,
+            top_k,
+            answer,
+            batch_size,
+            json,
+            prompt,
+        } => cli::predict(&model, &prompt, top_k, answer.as_deref(), batch_size, json),
         Command::Export { model, out } => cli::export(&model, &out),
-        Command::Bench { model, out, repeats, pytorch } => unlearn::bench::run(&model, &out, repeats, pytorch),
+        Command::Bench {
+            model,
+            out,
+            repeats,
+            pytorch,
+        } => unlearn::bench::run(&model, &out, repeats, pytorch),
     }
 }

@@ -21,20 +21,36 @@ fn model(name: &str) -> &'static LanguageModel {
 }
 
 fn reference(name: &str, file: &str) -> Value {
-    let p = format!("{}/tests/fixtures/reference/{name}/{file}", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/tests/fixtures/reference/{name}/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(&p).expect(&p)).unwrap()
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn row(t: &Tensor, i: usize) -> Vec<f32> {
-    t.get(i).unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+    t.get(i)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn log_softmax(r: &[f32]) -> Vec<f64> {
@@ -45,7 +61,13 @@ fn log_softmax(r: &[f32]) -> Vec<f64> {
 
 /// The same top-k ids as the reference, where the order may differ only between logits closer
 /// than 1e-4, and log-probabilities within 1e-3.
-fn check_top(name: &str, what: &str, logits: &[f32], ref_ids: &[u32], ref_logprobs: Option<&[f64]>) {
+fn check_top(
+    name: &str,
+    what: &str,
+    logits: &[f32],
+    ref_ids: &[u32],
+    ref_logprobs: Option<&[f64]>,
+) {
     let k = ref_ids.len();
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -64,13 +86,20 @@ fn check_top(name: &str, what: &str, logits: &[f32], ref_ids: &[u32], ref_logpro
     if s1 != s2 {
         let last = logits[ref_ids[k - 1] as usize];
         let kth = logits[ours[k - 1] as usize];
-        assert!((last - kth).abs() < 1e-4, "{name} {what}: top-{k} sets differ: {ours:?} vs {ref_ids:?}");
+        assert!(
+            (last - kth).abs() < 1e-4,
+            "{name} {what}: top-{k} sets differ: {ours:?} vs {ref_ids:?}"
+        );
     }
     if let Some(lp) = ref_logprobs {
         let ls = log_softmax(logits);
         for (&id, &want) in ref_ids.iter().zip(lp) {
             let d = (ls[id as usize] - want).abs();
-            assert!(d <= 1e-3, "{name} {what}: log-softmax of token {id}: ours {}, reference {want}", ls[id as usize]);
+            assert!(
+                d <= 1e-3,
+                "{name} {what}: log-softmax of token {id}: ours {}, reference {want}",
+                ls[id as usize]
+            );
         }
     }
 }
@@ -80,17 +109,42 @@ fn single_prompts(name: &str) {
     let r = reference(name, "prompts.json");
     for (i, p) in r["prompts"].as_array().unwrap().iter().enumerate() {
         let ids = ids_of(&p["input_ids"]);
-        assert_eq!(lm.tokenizer.encode(p["prompt"].as_str().unwrap(), true).unwrap(), ids, "{name} prompt {i}: token ids");
+        assert_eq!(
+            lm.tokenizer
+                .encode(p["prompt"].as_str().unwrap(), true)
+                .unwrap(),
+            ids,
+            "{name} prompt {i}: token ids"
+        );
         let b = Batch::new(&[ids], lm.pad_id(), PadSide::Left, &Device::Cpu).unwrap();
-        let logits = lm.model.run(&b, &RunOpts::default()).unwrap().logits.unwrap();
+        let logits = lm
+            .model
+            .run(&b, &RunOpts::default())
+            .unwrap()
+            .logits
+            .unwrap();
         let l = row(&logits, 0);
-        check_top(name, &format!("prompt {i}"), &l, &ids_of(&p["top20_ids"]), Some(&floats(&p["top20_logprobs"])));
+        check_top(
+            name,
+            &format!("prompt {i}"),
+            &l,
+            &ids_of(&p["top20_ids"]),
+            Some(&floats(&p["top20_logprobs"])),
+        );
         let ls = log_softmax(&l);
         let a = p["answer_token_id"].as_u64().unwrap() as usize;
         let want = p["answer_logprob"].as_f64().unwrap();
-        assert!((ls[a] - want).abs() <= 1e-3, "{name} prompt {i}: answer log-prob {} vs {want}", ls[a]);
+        assert!(
+            (ls[a] - want).abs() <= 1e-3,
+            "{name} prompt {i}: answer log-prob {} vs {want}",
+            ls[a]
+        );
         let rank = l.iter().filter(|&&x| x > l[a]).count();
-        assert_eq!(rank as u64, p["answer_rank"].as_u64().unwrap(), "{name} prompt {i}: answer rank");
+        assert_eq!(
+            rank as u64,
+            p["answer_rank"].as_u64().unwrap(),
+            "{name} prompt {i}: answer rank"
+        );
     }
 }
 
@@ -98,20 +152,39 @@ fn padded_batches(name: &str) {
     let lm = model(name);
     let r = reference(name, "batch.json");
     let prompts = reference(name, "prompts.json");
-    let seqs: Vec<Vec<u32>> = prompts["prompts"].as_array().unwrap().iter().map(|p| ids_of(&p["input_ids"])).collect();
+    let seqs: Vec<Vec<u32>> = prompts["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| ids_of(&p["input_ids"]))
+        .collect();
     for (variant, side) in [("left", PadSide::Left), ("right", PadSide::Right)] {
         let b = Batch::new(&seqs, lm.pad_id(), side, &Device::Cpu).unwrap();
-        let want_ids: Vec<Vec<u32>> = r[variant]["input_ids"].as_array().unwrap().iter().map(ids_of).collect();
+        let want_ids: Vec<Vec<u32>> = r[variant]["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids_of)
+            .collect();
         let got_ids: Vec<Vec<u32>> = b.ids.to_vec2().unwrap();
         assert_eq!(got_ids, want_ids, "{name} {variant}: padded ids");
-        let logits = lm.model.run(&b, &RunOpts::default()).unwrap().logits.unwrap();
+        let logits = lm
+            .model
+            .run(&b, &RunOpts::default())
+            .unwrap()
+            .logits
+            .unwrap();
         for (i, rr) in r[variant]["rows"].as_array().unwrap().iter().enumerate() {
             let l = row(&logits, i);
             let top = ids_of(&rr["top5_ids"]);
             check_top(name, &format!("{variant} row {i}"), &l, &top, None);
             for (&id, want) in top.iter().zip(floats(&rr["top5_logits"])) {
                 let d = (l[id as usize] as f64 - want).abs();
-                assert!(d < 2e-3 * (1.0 + want.abs()), "{name} {variant} row {i}: logit of {id} {} vs {want}", l[id as usize]);
+                assert!(
+                    d < 2e-3 * (1.0 + want.abs()),
+                    "{name} {variant} row {i}: logit of {id} {} vs {want}",
+                    l[id as usize]
+                );
             }
         }
     }
@@ -120,40 +193,105 @@ fn padded_batches(name: &str) {
 fn gradients(name: &str) {
     // Clone the weights so this test can mark a parameter trainable without touching the shared model.
     let base = model(name);
-    let mut m = unlearn::model::Transformer::new(base.model.config.clone(), base.model.weights().clone()).unwrap();
+    let mut m =
+        unlearn::model::Transformer::new(base.model.config.clone(), base.model.weights().clone())
+            .unwrap();
     let r = reference(name, "grad.json");
     let ids = ids_of(&r["input_ids"]);
     let mid = r["mid_layer"].as_u64().unwrap() as usize;
     let pname = format!("model.layers.{mid}.mlp.down_proj.weight");
     let w = m.weights().get(&pname).unwrap();
-    let wrow: Vec<f32> = w.get(0).unwrap().narrow(0, 0, 8).unwrap().to_vec1().unwrap();
+    let wrow: Vec<f32> = w
+        .get(0)
+        .unwrap()
+        .narrow(0, 0, 8)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     for (a, b) in wrow.iter().zip(floats(&r["weight_row0_cols0_8"])) {
-        assert!((*a as f64 - b).abs() < 1e-6, "{name}: dequantized weight {a} vs {b}");
+        assert!(
+            (*a as f64 - b).abs() < 1e-6,
+            "{name}: dequantized weight {a} vs {b}"
+        );
     }
     m.set_trainable(&[&pname]).unwrap();
-    let b = Batch::new(&[ids.clone()], 0, PadSide::Left, &Device::Cpu).unwrap();
+    let b = Batch::new(std::slice::from_ref(&ids), 0, PadSide::Left, &Device::Cpu).unwrap();
     let hooks = Hooks::new().grad(HookPoint::ResidPre(mid));
-    let out = m.run(&b, &RunOpts { hooks: Some(&hooks), logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
-    let target = Tensor::new(&[r["answer_token_id"].as_u64().unwrap() as u32], &Device::Cpu).unwrap();
+    let out = m
+        .run(
+            &b,
+            &RunOpts {
+                hooks: Some(&hooks),
+                logits: LogitsAt::Last,
+                grad: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let target = Tensor::new(
+        &[r["answer_token_id"].as_u64().unwrap() as u32],
+        &Device::Cpu,
+    )
+    .unwrap();
     let (loss, g) = ops::cross_entropy_with_grad(out.logits.as_ref().unwrap(), &target).unwrap();
     let want_loss = r["loss"].as_f64().unwrap();
-    assert!((loss - want_loss).abs() < 1e-3 * want_loss.abs().max(1.0), "{name}: loss {loss} vs {want_loss}");
+    assert!(
+        (loss - want_loss).abs() < 1e-3 * want_loss.abs().max(1.0),
+        "{name}: loss {loss} vs {want_loss}"
+    );
     let grads = m.backward(&out, Some(&g), None).unwrap();
     let gw = &grads.params[&pname];
-    let gv: Vec<f64> = gw.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let gv: Vec<f64> = gw
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let norm = gv.iter().map(|x| x * x).sum::<f64>().sqrt();
     let want = r["grad_frobenius_norm"].as_f64().unwrap();
-    assert!((norm - want).abs() <= 1e-3 * want, "{name}: gradient norm {norm} vs {want}");
-    let g0: Vec<f32> = gw.get(0).unwrap().narrow(0, 0, 8).unwrap().to_vec1().unwrap();
+    assert!(
+        (norm - want).abs() <= 1e-3 * want,
+        "{name}: gradient norm {norm} vs {want}"
+    );
+    let g0: Vec<f32> = gw
+        .get(0)
+        .unwrap()
+        .narrow(0, 0, 8)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let want0 = floats(&r["grad_entries_row0_cols0_8"]);
     let scale = want0.iter().fold(0f64, |a, b| a.max(b.abs()));
     for (a, b) in g0.iter().zip(&want0) {
-        assert!((*a as f64 - b).abs() <= 1e-3 * scale, "{name}: gradient entry {a} vs {b}");
+        assert!(
+            (*a as f64 - b).abs() <= 1e-3 * scale,
+            "{name}: gradient entry {a} vs {b}"
+        );
     }
     let gr = &grads.hooks[&HookPoint::ResidPre(mid)];
-    let per_pos: Vec<f64> = gr.get(0).unwrap().sqr().unwrap().sum(1).unwrap().sqrt().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap();
-    for (t, (a, b)) in per_pos.iter().zip(floats(&r["residual_input_grad_l2_per_position"])).enumerate() {
-        assert!((a - b).abs() <= 1e-3 * b.abs() + 1e-6, "{name}: residual gradient norm at position {t}: {a} vs {b}");
+    let per_pos: Vec<f64> = gr
+        .get(0)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for (t, (a, b)) in per_pos
+        .iter()
+        .zip(floats(&r["residual_input_grad_l2_per_position"]))
+        .enumerate()
+    {
+        assert!(
+            (a - b).abs() <= 1e-3 * b.abs() + 1e-6,
+            "{name}: residual gradient norm at position {t}: {a} vs {b}"
+        );
     }
 }
 
@@ -163,9 +301,24 @@ fn greedy_generation(name: &str) {
     for g in r["generations"].as_array().unwrap() {
         let ids = ids_of(&g["input_ids"]);
         let want = ids_of(&g["new_token_ids"]);
-        let got = generate(&lm.model, &[ids], 12, &lm.stop_ids(), lm.pad_id(), Sampling::default()).unwrap();
-        assert_eq!(got[0], want, "{name}: greedy generation of {:?}", g["prompt"]);
-        assert_eq!(lm.tokenizer.decode(&got[0]).unwrap(), g["new_text"].as_str().unwrap());
+        let got = generate(
+            &lm.model,
+            &[ids],
+            12,
+            &lm.stop_ids(),
+            lm.pad_id(),
+            Sampling::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            got[0], want,
+            "{name}: greedy generation of {:?}",
+            g["prompt"]
+        );
+        assert_eq!(
+            lm.tokenizer.decode(&got[0]).unwrap(),
+            g["new_text"].as_str().unwrap()
+        );
     }
 }
 
@@ -179,13 +332,47 @@ fn residual_norms(name: &str) {
         hooks = hooks.cache(HookPoint::ResidPost(l));
     }
     let b = Batch::new(&[ids], 0, PadSide::Left, &Device::Cpu).unwrap();
-    let out = lm.model.run(&b, &RunOpts { hooks: Some(&hooks), logits: LogitsAt::None, ..Default::default() }).unwrap();
-    for (i, want) in r["raw_residual_norms"].as_array().unwrap().iter().enumerate() {
-        let p = if i == 0 { HookPoint::Embed } else { HookPoint::ResidPost(i - 1) };
+    let out = lm
+        .model
+        .run(
+            &b,
+            &RunOpts {
+                hooks: Some(&hooks),
+                logits: LogitsAt::None,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for (i, want) in r["raw_residual_norms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let p = if i == 0 {
+            HookPoint::Embed
+        } else {
+            HookPoint::ResidPost(i - 1)
+        };
         let a = &out.cache[&p];
-        let got: Vec<f64> = a.get(0).unwrap().sqr().unwrap().sum(1).unwrap().sqrt().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+        let got: Vec<f64> = a
+            .get(0)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for (t, (g, w)) in got.iter().zip(floats(want)).enumerate() {
-            assert!((g - w).abs() <= 1e-4 * w.abs() + 1e-3, "{name}: residual norm at {p}, position {t}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs() + 1e-3,
+                "{name}: residual norm at {p}, position {t}: {g} vs {w}"
+            );
         }
     }
 }
@@ -244,18 +431,73 @@ fn smollm2_residual_norms_match_reference() {
 fn gemma3_restoring_the_clean_residual_restores_the_clean_prediction() {
     use unlearn::model::{Patch, PatchMode, Selection};
     let lm = model("gemma3");
-    let ids = lm.tokenizer.encode("The Eiffel Tower is located in the city of", true).unwrap();
+    let ids = lm
+        .tokenizer
+        .encode("The Eiffel Tower is located in the city of", true)
+        .unwrap();
     let b = Batch::new(&[ids], 0, PadSide::Left, &Device::Cpu).unwrap();
     let l = 6;
     let p = HookPoint::ResidPost(l);
-    let clean = lm.model.run(&b, &RunOpts { hooks: Some(&Hooks::new().cache(p)), ..Default::default() }).unwrap();
+    let clean = lm
+        .model
+        .run(
+            &b,
+            &RunOpts {
+                hooks: Some(&Hooks::new().cache(p)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let noise = Tensor::randn(0f32, 3.0, (1, 10, 640), &Device::Cpu).unwrap();
-    let corrupt = Patch { point: HookPoint::Embed, mode: PatchMode::Add, value: noise, sel: Selection { positions: Some(vec![2, 3]), ..Default::default() } };
-    let bad = lm.model.run(&b, &RunOpts { hooks: Some(&Hooks::new().patch(corrupt.clone())), ..Default::default() }).unwrap();
-    let restore = Patch { point: p, mode: PatchMode::Replace, value: clean.cache[&p].clone(), sel: Selection::default() };
-    let fixed = lm.model.run(&b, &RunOpts { hooks: Some(&Hooks::new().patch(corrupt).patch(restore)), ..Default::default() }).unwrap();
+    let corrupt = Patch {
+        point: HookPoint::Embed,
+        mode: PatchMode::Add,
+        value: noise,
+        sel: Selection {
+            positions: Some(vec![2, 3]),
+            ..Default::default()
+        },
+    };
+    let bad = lm
+        .model
+        .run(
+            &b,
+            &RunOpts {
+                hooks: Some(&Hooks::new().patch(corrupt.clone())),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let restore = Patch {
+        point: p,
+        mode: PatchMode::Replace,
+        value: clean.cache[&p].clone(),
+        sel: Selection::default(),
+    };
+    let fixed = lm
+        .model
+        .run(
+            &b,
+            &RunOpts {
+                hooks: Some(&Hooks::new().patch(corrupt).patch(restore)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let c = clean.logits.unwrap();
-    let diff = |x: &Tensor| (x - &c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(diff(bad.logits.as_ref().unwrap()) > 0.1, "the noise must change the prediction");
+    let diff = |x: &Tensor| {
+        (x - &c)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(
+        diff(bad.logits.as_ref().unwrap()) > 0.1,
+        "the noise must change the prediction"
+    );
     assert_eq!(diff(fixed.logits.as_ref().unwrap()), 0.0);
 }

@@ -62,13 +62,23 @@ impl Batch {
                 row_valid.extend(std::iter::repeat_n(false, npad));
                 row_pos.extend(std::iter::repeat_n(s.len() as u32 - 1, npad));
             }
-            last.push(if side == PadSide::Left { t - 1 } else { s.len() - 1 });
+            last.push(if side == PadSide::Left {
+                t - 1
+            } else {
+                s.len() - 1
+            });
             ids.extend(row_ids);
             valid.push(row_valid);
             positions.push(row_pos);
         }
         let ids = Tensor::from_vec(ids, (seqs.len(), t), device)?;
-        Ok(Batch { ids, valid, positions, last, side })
+        Ok(Batch {
+            ids,
+            valid,
+            positions,
+            last,
+            side,
+        })
     }
 
     pub fn size(&self) -> usize {
@@ -93,7 +103,13 @@ impl Batch {
     /// earlier key slots (all valid, from a KV cache) followed by this batch's slots.
     /// A query sees a key when the key is real, not in the future, and (with a window)
     /// fewer than `window` positions back.
-    pub fn attn_mask(&self, past: &[Vec<(bool, u32)>], window: Option<usize>, dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn attn_mask(
+        &self,
+        past: &[Vec<(bool, u32)>],
+        window: Option<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let (b, t) = (self.size(), self.len());
         let p = past.first().map_or(0, |r| r.len());
         let s = p + t;
@@ -104,7 +120,12 @@ impl Batch {
                 .cloned()
                 .unwrap_or_default()
                 .into_iter()
-                .chain(self.valid[bi].iter().copied().zip(self.positions[bi].iter().copied()))
+                .chain(
+                    self.valid[bi]
+                        .iter()
+                        .copied()
+                        .zip(self.positions[bi].iter().copied()),
+                )
                 .collect();
             for qi in 0..t {
                 let qpos = self.positions[bi][qi] as i64;
@@ -143,11 +164,26 @@ mod tests {
     fn mask_is_causal_padded_and_windowed() {
         let d = Device::Cpu;
         let b = Batch::new(&[vec![1, 2, 3], vec![4, 5]], 0, PadSide::Left, &d).unwrap();
-        let m = b.attn_mask(&[], None, DType::F32, &d).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let m = b
+            .attn_mask(&[], None, DType::F32, &d)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let seen = |bi: usize, q: usize, k: usize| m[(bi * 3 + q) * 3 + k] == 0.0;
         assert!(seen(0, 2, 0) && seen(0, 2, 2) && !seen(0, 0, 1));
         assert!(!seen(1, 2, 0) && seen(1, 2, 1) && seen(1, 2, 2));
-        let w = b.attn_mask(&[], Some(2), DType::F32, &d).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(w[2 * 3] != 0.0 && w[2 * 3 + 1] == 0.0, "window 2: position 2 sees 1 and 2 only");
+        let w = b
+            .attn_mask(&[], Some(2), DType::F32, &d)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            w[2 * 3] != 0.0 && w[2 * 3 + 1] == 0.0,
+            "window 2: position 2 sees 1 and 2 only"
+        );
     }
 }

@@ -83,7 +83,7 @@ impl ModelConfig {
     /// True when layer `l` attends only within the sliding window.
     pub fn is_sliding(&self, l: usize) -> bool {
         match (self.sliding_window, self.sliding_window_pattern) {
-            (Some(_), Some(p)) if p > 0 => (l + 1) % p != 0,
+            (Some(_), Some(p)) if p > 0 => !(l + 1).is_multiple_of(p),
             (Some(_), None) => true,
             _ => false,
         }
@@ -100,7 +100,10 @@ impl ModelConfig {
 
     /// Scale applied to q·k.
     pub fn attn_scale(&self) -> f64 {
-        1.0 / self.query_pre_attn_scalar.unwrap_or(self.head_dim as f64).sqrt()
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
     }
 
     /// Scale applied to the token embeddings (Gemma: sqrt(hidden)).
@@ -146,21 +149,30 @@ impl ModelConfig {
                 bail!("model config: `{name}` must be positive, got 0");
             }
         }
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!(
                 "model config: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_heads,
                 self.num_kv_heads
             );
         }
-        if self.head_dim % 2 != 0 {
-            bail!("model config: head_dim ({}) must be even for RoPE", self.head_dim);
+        if !self.head_dim.is_multiple_of(2) {
+            bail!(
+                "model config: head_dim ({}) must be even for RoPE",
+                self.head_dim
+            );
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            bail!("model config: rms_norm_eps must be a positive number, got {}", self.rms_norm_eps);
+            bail!(
+                "model config: rms_norm_eps must be a positive number, got {}",
+                self.rms_norm_eps
+            );
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            bail!("model config: rope_theta must be a positive number, got {}", self.rope_theta);
+            bail!(
+                "model config: rope_theta must be a positive number, got {}",
+                self.rope_theta
+            );
         }
         Ok(())
     }
@@ -201,8 +213,14 @@ impl ModelConfig {
         o.insert("head_dim".into(), self.head_dim.into());
         o.insert("rms_norm_eps".into(), self.rms_norm_eps.into());
         o.insert("rope_theta".into(), self.rope_theta.into());
-        o.insert("max_position_embeddings".into(), self.max_position_embeddings.into());
-        o.insert("tie_word_embeddings".into(), self.tie_word_embeddings.into());
+        o.insert(
+            "max_position_embeddings".into(),
+            self.max_position_embeddings.into(),
+        );
+        o.insert(
+            "tie_word_embeddings".into(),
+            self.tie_word_embeddings.into(),
+        );
         o.insert("torch_dtype".into(), "float32".into());
         if let Some(b) = self.bos_token_id {
             o.insert("bos_token_id".into(), b.into());
@@ -282,6 +300,10 @@ mod tests {
         assert!(e.contains("num_key_value_heads"), "{e}");
         let mut c = gemma_like();
         c.rms_norm_eps = f64::NAN;
-        assert!(c.validate().unwrap_err().to_string().contains("rms_norm_eps"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("rms_norm_eps"));
     }
 }

@@ -17,7 +17,12 @@ pub fn exp_f32(x: f32) -> f32 {
     let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     // Cody–Waite: ln 2 split in a high part exact in f32 and a low correction.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let bits = ((n as i32 + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }
@@ -47,14 +52,18 @@ fn gelu_grad_one(x: f32) -> f32 {
 fn with_cpu_f32(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Vec<f32>) -> Result<Option<Tensor>> {
     let first = ts[0];
     if !matches!(first.device(), Device::Cpu)
-        || ts.iter().any(|t| t.dtype() != DType::F32 || !t.is_contiguous() || t.dims() != first.dims())
+        || ts
+            .iter()
+            .any(|t| t.dtype() != DType::F32 || !t.is_contiguous() || t.dims() != first.dims())
     {
         return Ok(None);
     }
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices: Vec<&[f32]> = Vec::with_capacity(ts.len());
     for (g, l) in &guards {
-        let Storage::Cpu(cpu) = &**g else { return Ok(None) };
+        let Storage::Cpu(cpu) = &**g else {
+            return Ok(None);
+        };
         let all = cpu.as_slice::<f32>()?;
         let start = l.start_offset();
         slices.push(&all[start..start + l.shape().elem_count()]);
@@ -92,7 +101,12 @@ macro_rules! map_kernel {
 }
 
 map_kernel!(gelu_slice, gelu_slice_avx2, (x), gelu_one);
-map_kernel!(gelu_bwd_slice, gelu_bwd_slice_avx2, (x, dy), |v: f32, g: f32| g * gelu_grad_one(v));
+map_kernel!(
+    gelu_bwd_slice,
+    gelu_bwd_slice_avx2,
+    (x, dy),
+    |v: f32, g: f32| g * gelu_grad_one(v)
+);
 
 /// GELU-tanh of a contiguous CPU f32 tensor (None: use the generic path).
 pub fn gelu(x: &Tensor) -> Result<Option<Tensor>> {
@@ -107,7 +121,12 @@ pub fn gelu_bwd(x: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
 /// Gradient of a vocabulary-sized matrix `[V, D]` (embedding / LM head): `dlᵀ · h` for a few
 /// rows (`dl`: `[N, V]`, `h`: `[N, D]`) plus `g[j]` added at row `ids[j]` (embedding lookups),
 /// in one pass that writes the big matrix once. CPU f32 only.
-pub fn vocab_grad_cpu(dense: Option<(&[f32], &[f32], usize)>, rows: Option<(&[u32], &[f32])>, v: usize, d: usize) -> Vec<f32> {
+pub fn vocab_grad_cpu(
+    dense: Option<(&[f32], &[f32], usize)>,
+    rows: Option<(&[u32], &[f32])>,
+    v: usize,
+    d: usize,
+) -> Vec<f32> {
     let mut out = vec![0f32; v * d];
     if let Some((dl, h, n)) = dense {
         vocab_dense_kernel(&mut out, dl, h, n, v, d);
@@ -126,7 +145,8 @@ pub fn vocab_grad_cpu(dense: Option<(&[f32], &[f32], usize)>, rows: Option<(&[u3
 fn vocab_dense_kernel(out: &mut [f32], dl: &[f32], h: &[f32], n: usize, v: usize, d: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU supports the features the function was compiled for.
             return unsafe { vocab_dense_avx2(out, dl, h, n, v, d) };
         }
@@ -158,13 +178,17 @@ fn vocab_dense_avx2(out: &mut [f32], dl: &[f32], h: &[f32], n: usize, v: usize, 
 /// once from memory (the LM head at a few positions: `b` is the 671 MB embedding of Gemma 3).
 /// Returns None when the tensors are not contiguous CPU f32 or `m` is large (GEMM is better).
 pub fn few_rows_matmul_nt(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
-    let (Ok((m, k)), Ok((n, k2))) = (a.dims2(), b.dims2()) else { return Ok(None) };
+    let (Ok((m, k)), Ok((n, k2))) = (a.dims2(), b.dims2()) else {
+        return Ok(None);
+    };
     if m > 32 || k != k2 || !cpu_f32_contiguous(&[a, b]) {
         return Ok(None);
     }
     let av = a.flatten_all()?.to_vec1::<f32>()?;
     let (g, l) = b.storage_and_layout();
-    let Storage::Cpu(cpu) = &*g else { return Ok(None) };
+    let Storage::Cpu(cpu) = &*g else {
+        return Ok(None);
+    };
     let bv = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n * k];
     let mut out = vec![0f32; m * n];
     few_rows_nt(&av, bv, m, n, k, &mut out);
@@ -173,13 +197,17 @@ pub fn few_rows_matmul_nt(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
 
 /// `a · b` for a few rows `a` (`[m, n]`) and a tall `b` (`[n, k]`), reading `b` once.
 pub fn few_rows_matmul_nn(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
-    let (Ok((m, n)), Ok((n2, k))) = (a.dims2(), b.dims2()) else { return Ok(None) };
+    let (Ok((m, n)), Ok((n2, k))) = (a.dims2(), b.dims2()) else {
+        return Ok(None);
+    };
     if m > 32 || n != n2 || !cpu_f32_contiguous(&[a, b]) {
         return Ok(None);
     }
     let av = a.flatten_all()?.to_vec1::<f32>()?;
     let (g, l) = b.storage_and_layout();
-    let Storage::Cpu(cpu) = &*g else { return Ok(None) };
+    let Storage::Cpu(cpu) = &*g else {
+        return Ok(None);
+    };
     let bv = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n * k];
     let mut out = vec![0f32; m * k];
     few_rows_nn(&av, bv, m, n, k, &mut out);
@@ -187,7 +215,8 @@ pub fn few_rows_matmul_nn(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
 }
 
 fn cpu_f32_contiguous(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous())
+    ts.iter()
+        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous())
 }
 
 #[inline(always)]
@@ -302,7 +331,8 @@ fn few_rows_nn_avx2(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mu
 fn few_rows_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU supports the features the function was compiled for.
             return unsafe { few_rows_nt_avx2(a, b, m, n, k, out) };
         }
@@ -313,7 +343,8 @@ fn few_rows_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f3
 fn few_rows_nn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU supports the features the function was compiled for.
             return unsafe { few_rows_nn_avx2(a, b, m, n, k, out) };
         }
@@ -345,8 +376,12 @@ mod tests {
     #[test]
     fn vocab_grad_is_dense_outer_product_plus_rows() {
         let (n, v, d) = (3, 7, 5);
-        let dl: Vec<f32> = (0..n * v).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
-        let h: Vec<f32> = (0..n * d).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
+        let dl: Vec<f32> = (0..n * v)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let h: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0)
+            .collect();
         let ids = [4u32, 1, 4];
         let g: Vec<f32> = (0..3 * d).map(|i| i as f32 * 0.25).collect();
         let out = vocab_grad_cpu(Some((&dl, &h, n)), Some((&ids, &g)), v, d);
@@ -369,20 +404,45 @@ mod tests {
         let b = Tensor::randn(0f32, 1.0, (301, 37), &Device::Cpu).unwrap();
         let want = a.matmul(&b.t().unwrap()).unwrap();
         let got = few_rows_matmul_nt(&a, &b).unwrap().unwrap();
-        let d = (want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (want - &got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-4, "nt {d}");
         let dl = Tensor::randn(0f32, 1.0, (5, 301), &Device::Cpu).unwrap();
         let want = dl.matmul(&b).unwrap();
         let got = few_rows_matmul_nn(&dl, &b).unwrap().unwrap();
-        let d = (want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (want - &got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-4, "nn {d}");
-        assert!(few_rows_matmul_nt(&Tensor::zeros((64, 37), DType::F32, &Device::Cpu).unwrap(), &b).unwrap().is_none());
+        assert!(few_rows_matmul_nt(
+            &Tensor::zeros((64, 37), DType::F32, &Device::Cpu).unwrap(),
+            &b
+        )
+        .unwrap()
+        .is_none());
     }
 
     #[test]
     fn fast_gelu_matches_candle() {
         let x = Tensor::randn(0f32, 3.0, (64, 33), &Device::Cpu).unwrap();
-        let a: Vec<f32> = gelu(&x).unwrap().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let a: Vec<f32> = gelu(&x)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let b: Vec<f32> = x.gelu().unwrap().flatten_all().unwrap().to_vec1().unwrap();
         for (p, q) in a.iter().zip(b) {
             assert!((p - q).abs() < 1e-6 * (1.0 + q.abs()), "{p} vs {q}");

@@ -15,7 +15,10 @@ pub struct Sampling {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 0.0, seed: 0 }
+        Sampling {
+            temperature: 0.0,
+            seed: 0,
+        }
     }
 }
 
@@ -63,7 +66,10 @@ pub fn choose(logits: &Tensor, s: Sampling, rng: &mut impl Rng) -> Result<Vec<u3
                 argmax(r)
             } else {
                 let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-                let w: Vec<f64> = r.iter().map(|&x| ((x as f64 - m) / s.temperature).exp()).collect();
+                let w: Vec<f64> = r
+                    .iter()
+                    .map(|&x| ((x as f64 - m) / s.temperature).exp())
+                    .collect();
                 let total: f64 = w.iter().sum();
                 let mut u = rng.random::<f64>() * total;
                 let mut pick = r.len() - 1;

@@ -12,18 +12,31 @@ use std::path::Path;
 
 /// Read and check a GGUF header and metadata.
 pub fn read_content(path: &Path) -> Result<(std::fs::File, Content)> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let len = f.metadata()?.len();
     let mut magic = [0u8; 4];
     if len < 4 || f.read_exact(&mut magic).is_err() {
-        bail!("{}: file too short ({len} bytes) to be a GGUF file", path.display());
+        bail!(
+            "{}: file too short ({len} bytes) to be a GGUF file",
+            path.display()
+        );
     }
     if &magic != b"GGUF" {
-        bail!("{}: not a GGUF file (magic {:?}, expected \"GGUF\")", path.display(), String::from_utf8_lossy(&magic));
+        bail!(
+            "{}: not a GGUF file (magic {:?}, expected \"GGUF\")",
+            path.display(),
+            String::from_utf8_lossy(&magic)
+        );
     }
     use std::io::Seek;
     f.seek(std::io::SeekFrom::Start(0))?;
-    let ct = Content::read(&mut f).map_err(|e| anyhow::anyhow!("{}: cannot read the GGUF header (truncated or corrupt?): {e}", path.display()))?;
+    let ct = Content::read(&mut f).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot read the GGUF header (truncated or corrupt?): {e}",
+            path.display()
+        )
+    })?;
     // Every tensor must lie inside the file.
     for (name, info) in &ct.tensor_infos {
         let elems = info.shape.elem_count();
@@ -40,19 +53,37 @@ pub fn read_content(path: &Path) -> Result<(std::fs::File, Content)> {
 }
 
 fn key_u32(ct: &Content, path: &Path, key: &str) -> Result<usize> {
-    let v = ct.metadata.get(key).with_context(|| format!("{}: GGUF metadata key `{key}` is missing", path.display()))?;
+    let v = ct
+        .metadata
+        .get(key)
+        .with_context(|| format!("{}: GGUF metadata key `{key}` is missing", path.display()))?;
     v.to_u32()
         .map(|x| x as usize)
         .or_else(|_| v.to_u64().map(|x| x as usize))
-        .map_err(|_| anyhow::anyhow!("{}: GGUF metadata `{key}` is not an integer", path.display()))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{}: GGUF metadata `{key}` is not an integer",
+                path.display()
+            )
+        })
 }
 
 fn opt_u32(ct: &Content, key: &str) -> Option<usize> {
-    ct.metadata.get(key).and_then(|v| v.to_u32().ok().map(|x| x as usize).or_else(|| v.to_u64().ok().map(|x| x as usize)))
+    ct.metadata.get(key).and_then(|v| {
+        v.to_u32()
+            .ok()
+            .map(|x| x as usize)
+            .or_else(|| v.to_u64().ok().map(|x| x as usize))
+    })
 }
 
 fn opt_f64(ct: &Content, key: &str) -> Option<f64> {
-    ct.metadata.get(key).and_then(|v| v.to_f32().ok().map(|x| x as f64).or_else(|| v.to_f64().ok()))
+    ct.metadata.get(key).and_then(|v| {
+        v.to_f32()
+            .ok()
+            .map(|x| x as f64)
+            .or_else(|| v.to_f64().ok())
+    })
 }
 
 /// Build the model configuration from GGUF metadata.
@@ -61,7 +92,12 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         .metadata
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
-        .with_context(|| format!("{}: GGUF metadata key `general.architecture` is missing", path.display()))?
+        .with_context(|| {
+            format!(
+                "{}: GGUF metadata key `general.architecture` is missing",
+                path.display()
+            )
+        })?
         .clone();
     let arch = match arch_name.as_str() {
         "gemma3" => Arch::Gemma3,
@@ -77,15 +113,22 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
     let heads = key_u32(ct, path, &k("attention.head_count"))?;
     let kv = opt_u32(ct, &k("attention.head_count_kv")).unwrap_or(heads);
     let head_dim = opt_u32(ct, &k("attention.key_length")).unwrap_or(hidden / heads.max(1));
-    let emb = ct.tensor_infos.get("token_embd.weight").with_context(|| format!("{}: tensor `token_embd.weight` is missing", path.display()))?;
+    let emb = ct
+        .tensor_infos
+        .get("token_embd.weight")
+        .with_context(|| format!("{}: tensor `token_embd.weight` is missing", path.display()))?;
     let vocab = emb.shape.dims()[0];
     let gemma = arch == Arch::Gemma3;
     if ct.tensor_infos.contains_key("rope_freqs.weight") {
         bail!("{}: Llama 3.1 style RoPE frequency factors (`rope_freqs.weight`) are not supported yet; load the Hugging Face directory instead", path.display());
     }
     let tok_id = |key: &str| opt_u32(ct, key).map(|x| x as u32);
-    let eps = opt_f64(ct, &k("attention.layer_norm_rms_epsilon"))
-        .with_context(|| format!("{}: GGUF metadata key `{a}.attention.layer_norm_rms_epsilon` is missing", path.display()))?;
+    let eps = opt_f64(ct, &k("attention.layer_norm_rms_epsilon")).with_context(|| {
+        format!(
+            "{}: GGUF metadata key `{a}.attention.layer_norm_rms_epsilon` is missing",
+            path.display()
+        )
+    })?;
     Ok(ModelConfig {
         arch,
         vocab_size: vocab,
@@ -96,10 +139,18 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         num_kv_heads: kv,
         head_dim,
         rms_norm_eps: eps,
-        rope_theta: opt_f64(ct, &k("rope.freq_base")).unwrap_or(if gemma { 1_000_000.0 } else { 10_000.0 }),
+        rope_theta: opt_f64(ct, &k("rope.freq_base")).unwrap_or(if gemma {
+            1_000_000.0
+        } else {
+            10_000.0
+        }),
         // The Gemma 3 GGUF lacks the local RoPE base and the layer pattern: HF's values.
         rope_local_theta: gemma.then_some(10_000.0),
-        sliding_window: if gemma { Some(opt_u32(ct, &k("attention.sliding_window")).unwrap_or(512)) } else { None },
+        sliding_window: if gemma {
+            Some(opt_u32(ct, &k("attention.sliding_window")).unwrap_or(512))
+        } else {
+            None
+        },
         sliding_window_pattern: gemma.then_some(6),
         max_position_embeddings: opt_u32(ct, &k("context_length")).unwrap_or(4096),
         tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
@@ -107,7 +158,11 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         query_pre_attn_scalar: gemma.then_some(head_dim as f64),
         final_logit_softcapping: opt_f64(ct, &k("final_logit_softcapping")),
         attn_logit_softcapping: opt_f64(ct, &k("attn_logit_softcapping")),
-        activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+        activation: if gemma {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
         rope_scaling: None,
         bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
         eos_token_ids: tok_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
@@ -151,7 +206,10 @@ fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
     let rest: usize = dims[1..].iter().product();
-    Ok(t.reshape((heads, rows / heads / 2, 2, rest))?.transpose(1, 2)?.reshape(dims)?.contiguous()?)
+    Ok(t.reshape((heads, rows / heads / 2, 2, rest))?
+        .transpose(1, 2)?
+        .reshape(dims)?
+        .contiguous()?)
 }
 
 /// Load config, weights and tokenizer from a GGUF file.
@@ -164,11 +222,15 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
     let bar = crate::util::progress(names.len() as u64, "dequantizing");
     for name in names {
         bar.inc(1);
-        let Some(hf) = hf_name(&name, config.arch) else { continue };
+        let Some(hf) = hf_name(&name, config.arch) else {
+            continue;
+        };
         let q = ct
             .tensor(&mut f, &name, device)
             .map_err(|e| anyhow::anyhow!("{}: cannot read tensor `{name}`: {e}", path.display()))?;
-        let mut t = q.dequantize(device).map_err(|e| anyhow::anyhow!("{}: cannot dequantize tensor `{name}`: {e}", path.display()))?;
+        let mut t = q.dequantize(device).map_err(|e| {
+            anyhow::anyhow!("{}: cannot dequantize tensor `{name}`: {e}", path.display())
+        })?;
         if config.arch == Arch::Gemma3 && hf.contains("norm") {
             t = t.affine(1.0, -1.0)?;
         }
@@ -191,10 +253,22 @@ mod tests {
 
     #[test]
     fn names_map_to_hugging_face() {
-        assert_eq!(hf_name("blk.3.ffn_down.weight", Arch::Llama).unwrap(), "model.layers.3.mlp.down_proj.weight");
-        assert_eq!(hf_name("blk.0.ffn_norm.weight", Arch::Gemma3).unwrap(), "model.layers.0.pre_feedforward_layernorm.weight");
-        assert_eq!(hf_name("blk.0.ffn_norm.weight", Arch::Llama).unwrap(), "model.layers.0.post_attention_layernorm.weight");
-        assert_eq!(hf_name("blk.1.attn_q.bias", Arch::Llama).unwrap(), "model.layers.1.self_attn.q_proj.bias");
+        assert_eq!(
+            hf_name("blk.3.ffn_down.weight", Arch::Llama).unwrap(),
+            "model.layers.3.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight", Arch::Gemma3).unwrap(),
+            "model.layers.0.pre_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight", Arch::Llama).unwrap(),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.1.attn_q.bias", Arch::Llama).unwrap(),
+            "model.layers.1.self_attn.q_proj.bias"
+        );
         assert!(hf_name("rope_freqs.weight", Arch::Llama).is_none());
     }
 
@@ -202,8 +276,17 @@ mod tests {
     fn unpermute_inverts_the_llama_cpp_permutation() {
         // llama.cpp: reshape(heads, 2, hd/2, in).swapaxes(1, 2).
         let (heads, hd, inp) = (2, 4, 3);
-        let hf = Tensor::arange(0f32, (heads * hd * inp) as f32, &Device::Cpu).unwrap().reshape((heads * hd, inp)).unwrap();
-        let permuted = hf.reshape((heads, 2, hd / 2, inp)).unwrap().transpose(1, 2).unwrap().reshape((heads * hd, inp)).unwrap();
+        let hf = Tensor::arange(0f32, (heads * hd * inp) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((heads * hd, inp))
+            .unwrap();
+        let permuted = hf
+            .reshape((heads, 2, hd / 2, inp))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((heads * hd, inp))
+            .unwrap();
         let back = unpermute(&permuted, heads).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
     }
@@ -216,11 +299,19 @@ mod tests {
         let e = read_content(&p).unwrap_err().to_string();
         assert!(e.contains("x.gguf") && e.contains("not a GGUF file"), "{e}");
         std::fs::write(&p, b"GG").unwrap();
-        assert!(read_content(&p).unwrap_err().to_string().contains("too short"));
+        assert!(read_content(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("too short"));
         std::fs::write(&p, b"GGUF\x03\x00\x00\x00").unwrap();
         let e = read_content(&p).unwrap_err().to_string();
         assert!(e.contains("cannot read the GGUF header"), "{e}");
-        let e = read_content(&dir.path().join("missing.gguf")).unwrap_err().to_string();
-        assert!(e.contains("missing.gguf") && e.contains("cannot open"), "{e}");
+        let e = read_content(&dir.path().join("missing.gguf"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing.gguf") && e.contains("cannot open"),
+            "{e}"
+        );
     }
 }

@@ -13,36 +13,72 @@ use std::path::Path;
 /// Model configuration from an HF `config.json` value.
 pub fn config_from_hf(v: &Value, file: &Path) -> Result<ModelConfig> {
     if let Some(exact) = v.get("unlearn") {
-        return serde_json::from_value(exact.clone()).with_context(|| format!("{}: bad `unlearn` section", file.display()));
+        return serde_json::from_value(exact.clone())
+            .with_context(|| format!("{}: bad `unlearn` section", file.display()));
     }
     let get_u = |k: &str| -> Result<usize> {
-        v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("{}: field `{k}` is missing or not an integer", file.display()))
+        v.get(k)
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize)
+            .with_context(|| {
+                format!(
+                    "{}: field `{k}` is missing or not an integer",
+                    file.display()
+                )
+            })
     };
     let opt_f = |k: &str| v.get(k).and_then(|x| x.as_f64());
-    let model_type = v.get("model_type").and_then(|x| x.as_str()).with_context(|| format!("{}: field `model_type` is missing", file.display()))?;
+    let model_type = v
+        .get("model_type")
+        .and_then(|x| x.as_str())
+        .with_context(|| format!("{}: field `model_type` is missing", file.display()))?;
     let (arch, activation) = match model_type {
         "gemma3_text" | "gemma3" => (Arch::Gemma3, Activation::GeluTanh),
         "llama" | "qwen2" | "mistral" => (Arch::Llama, Activation::Silu),
         other => bail!("{}: model_type {other:?} is not supported (supported: gemma3_text, llama, qwen2, mistral)", file.display()),
     };
-    let v = if model_type == "gemma3" { v.get("text_config").unwrap_or(v) } else { v };
+    let v = if model_type == "gemma3" {
+        v.get("text_config").unwrap_or(v)
+    } else {
+        v
+    };
     let hidden = get_u("hidden_size")?;
     let heads = get_u("num_attention_heads")?;
-    let head_dim = v.get("head_dim").and_then(|x| x.as_u64()).map(|x| x as usize).unwrap_or(hidden / heads.max(1));
+    let head_dim = v
+        .get("head_dim")
+        .and_then(|x| x.as_u64())
+        .map(|x| x as usize)
+        .unwrap_or(hidden / heads.max(1));
     let gemma = arch == Arch::Gemma3;
     if model_type == "mistral" && v.get("sliding_window").is_some_and(|x| !x.is_null()) {
-        bail!("{}: Mistral with a sliding window is not supported", file.display());
+        bail!(
+            "{}: Mistral with a sliding window is not supported",
+            file.display()
+        );
     }
     let ids = |k: &str| -> Vec<u32> {
         match v.get(k) {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect(),
             _ => vec![],
         }
     };
     let rope_scaling = match v.get("rope_scaling") {
-        Some(Value::Object(o)) if o.get("rope_type").or(o.get("type")).and_then(|x| x.as_str()) == Some("llama3") => {
-            let f = |k: &str| o.get(k).and_then(|x| x.as_f64()).with_context(|| format!("{}: rope_scaling.{k} is missing", file.display()));
+        Some(Value::Object(o))
+            if o.get("rope_type")
+                .or(o.get("type"))
+                .and_then(|x| x.as_str())
+                == Some("llama3") =>
+        {
+            let f = |k: &str| {
+                o.get(k)
+                    .and_then(|x| x.as_f64())
+                    .with_context(|| format!("{}: rope_scaling.{k} is missing", file.display()))
+            };
             Some(Llama3RopeScaling {
                 factor: f("factor")?,
                 low_freq_factor: f("low_freq_factor")?,
@@ -50,18 +86,26 @@ pub fn config_from_hf(v: &Value, file: &Path) -> Result<ModelConfig> {
                 original_max_position_embeddings: f("original_max_position_embeddings")? as usize,
             })
         }
-        Some(Value::Object(o)) if gemma && o.get("rope_type").and_then(|x| x.as_str()) == Some("linear") => {
+        Some(Value::Object(o))
+            if gemma && o.get("rope_type").and_then(|x| x.as_str()) == Some("linear") =>
+        {
             bail!("{}: linear RoPE scaling is not supported", file.display())
         }
         Some(Value::Null) | None => None,
         Some(Value::Object(_)) if gemma => None,
         Some(other) => bail!("{}: rope_scaling {other} is not supported", file.display()),
     };
-    let pattern = v.get("sliding_window_pattern").and_then(|x| x.as_u64()).map(|x| x as usize).or_else(|| {
-        let types = v.get("layer_types")?.as_array()?;
-        let first_global = types.iter().position(|t| t.as_str() == Some("full_attention"))?;
-        Some(first_global + 1)
-    });
+    let pattern = v
+        .get("sliding_window_pattern")
+        .and_then(|x| x.as_u64())
+        .map(|x| x as usize)
+        .or_else(|| {
+            let types = v.get("layer_types")?.as_array()?;
+            let first_global = types
+                .iter()
+                .position(|t| t.as_str() == Some("full_attention"))?;
+            Some(first_global + 1)
+        });
     Ok(ModelConfig {
         arch,
         vocab_size: get_u("vocab_size")?,
@@ -69,17 +113,45 @@ pub fn config_from_hf(v: &Value, file: &Path) -> Result<ModelConfig> {
         intermediate_size: get_u("intermediate_size")?,
         num_layers: get_u("num_hidden_layers")?,
         num_heads: heads,
-        num_kv_heads: v.get("num_key_value_heads").and_then(|x| x.as_u64()).map(|x| x as usize).unwrap_or(heads),
+        num_kv_heads: v
+            .get("num_key_value_heads")
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize)
+            .unwrap_or(heads),
         head_dim,
         rms_norm_eps: opt_f("rms_norm_eps").unwrap_or(1e-6),
         rope_theta: opt_f("rope_theta").unwrap_or(if gemma { 1_000_000.0 } else { 10_000.0 }),
-        rope_local_theta: if gemma { Some(opt_f("rope_local_base_freq").unwrap_or(10_000.0)) } else { None },
-        sliding_window: if gemma { v.get("sliding_window").and_then(|x| x.as_u64()).map(|x| x as usize) } else { None },
+        rope_local_theta: if gemma {
+            Some(opt_f("rope_local_base_freq").unwrap_or(10_000.0))
+        } else {
+            None
+        },
+        sliding_window: if gemma {
+            v.get("sliding_window")
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+        } else {
+            None
+        },
         sliding_window_pattern: if gemma { pattern.or(Some(6)) } else { None },
-        max_position_embeddings: v.get("max_position_embeddings").and_then(|x| x.as_u64()).map(|x| x as usize).unwrap_or(4096),
-        tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(gemma),
-        attention_bias: v.get("attention_bias").and_then(|x| x.as_bool()).unwrap_or(model_type == "qwen2"),
-        query_pre_attn_scalar: if gemma { Some(opt_f("query_pre_attn_scalar").unwrap_or(head_dim as f64)) } else { None },
+        max_position_embeddings: v
+            .get("max_position_embeddings")
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize)
+            .unwrap_or(4096),
+        tie_word_embeddings: v
+            .get("tie_word_embeddings")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(gemma),
+        attention_bias: v
+            .get("attention_bias")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(model_type == "qwen2"),
+        query_pre_attn_scalar: if gemma {
+            Some(opt_f("query_pre_attn_scalar").unwrap_or(head_dim as f64))
+        } else {
+            None
+        },
         final_logit_softcapping: opt_f("final_logit_softcapping"),
         attn_logit_softcapping: opt_f("attn_logit_softcapping"),
         activation,
@@ -103,15 +175,21 @@ pub fn load_safetensors(dir: &Path, device: &Device) -> Result<Weights> {
     }
     let mut w = Weights::default();
     for f in files {
-        let map: HashMap<String, Tensor> =
-            candle_core::safetensors::load(&f, device).map_err(|e| anyhow::anyhow!("{}: cannot read safetensors: {e}", f.display()))?;
+        let map: HashMap<String, Tensor> = candle_core::safetensors::load(&f, device)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read safetensors: {e}", f.display()))?;
         for (name, t) in map {
             let t = match t.dtype() {
                 DType::F32 => t,
                 DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
-                other => bail!("{}: tensor `{name}` has dtype {other:?}; expected f32, f16 or bf16", f.display()),
+                other => bail!(
+                    "{}: tensor `{name}` has dtype {other:?}; expected f32, f16 or bf16",
+                    f.display()
+                ),
             };
-            let name = name.strip_prefix("language_model.").unwrap_or(&name).to_string();
+            let name = name
+                .strip_prefix("language_model.")
+                .unwrap_or(&name)
+                .to_string();
             w.tensors.insert(name, t);
         }
     }
@@ -121,14 +199,18 @@ pub fn load_safetensors(dir: &Path, device: &Device) -> Result<Weights> {
 /// Load config, weights and tokenizer from a Hugging Face model directory.
 pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<(ModelConfig, Weights, TextTokenizer)> {
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
     let config = config_from_hf(&v, &cfg_path)?;
     let mut weights = load_safetensors(dir, device)?;
     if config.tie_word_embeddings {
         weights.tensors.remove("lm_head.weight");
     }
-    weights.check_against(&config).with_context(|| format!("{}", dir.display()))?;
+    weights
+        .check_against(&config)
+        .with_context(|| format!("{}", dir.display()))?;
     let tokenizer = TextTokenizer::from_hf_dir(dir)?;
     Ok((config, weights, tokenizer))
 }
@@ -136,12 +218,23 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<(ModelConfig, Weights,
 /// Write a model as a Hugging Face directory: `model.safetensors` (every tensor, or only the
 /// named ones), `config.json`, tokenizer files. Each file is written atomically; an existing
 /// directory's other files are left alone.
-pub fn export_hf_dir(config: &ModelConfig, weights: &Weights, tokenizer: &TextTokenizer, dir: &Path, only: Option<&[String]>) -> Result<()> {
+pub fn export_hf_dir(
+    config: &ModelConfig,
+    weights: &Weights,
+    tokenizer: &TextTokenizer,
+    dir: &Path,
+    only: Option<&[String]>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut chosen: Vec<(String, Tensor)> = Vec::new();
     for (name, t) in &weights.tensors {
         if only.is_none_or(|o| o.contains(name)) {
-            chosen.push((name.clone(), t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?));
+            chosen.push((
+                name.clone(),
+                t.to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?
+                    .contiguous()?,
+            ));
         }
     }
     if let Some(o) = only {
@@ -154,10 +247,16 @@ pub fn export_hf_dir(config: &ModelConfig, weights: &Weights, tokenizer: &TextTo
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     candle_core::safetensors::save(&chosen.into_iter().collect::<HashMap<_, _>>(), tmp.path())
         .map_err(|e| anyhow::anyhow!("writing safetensors: {e}"))?;
-    tmp.persist(dir.join("model.safetensors")).context("moving model.safetensors into place")?;
+    tmp.persist(dir.join("model.safetensors"))
+        .context("moving model.safetensors into place")?;
     let mut cfg = config.to_hf_json();
-    cfg.as_object_mut().expect("object").insert("unlearn".into(), serde_json::to_value(config)?);
-    crate::util::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    cfg.as_object_mut()
+        .expect("object")
+        .insert("unlearn".into(), serde_json::to_value(config)?);
+    crate::util::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     tokenizer.save_hf(dir)?;
     Ok(())
 }
@@ -170,9 +269,16 @@ mod tests {
     #[test]
     fn config_errors_name_the_field() {
         let p = Path::new("m/config.json");
-        let e = config_from_hf(&json!({"model_type": "llama", "hidden_size": 8}), p).unwrap_err().to_string();
-        assert!(e.contains("m/config.json") && e.contains("num_attention_heads"), "{e}");
-        let e = config_from_hf(&json!({"model_type": "bert"}), p).unwrap_err().to_string();
+        let e = config_from_hf(&json!({"model_type": "llama", "hidden_size": 8}), p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m/config.json") && e.contains("num_attention_heads"),
+            "{e}"
+        );
+        let e = config_from_hf(&json!({"model_type": "bert"}), p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bert"), "{e}");
     }
 
@@ -182,7 +288,10 @@ mod tests {
             "intermediate_size": 1536, "num_hidden_layers": 30, "vocab_size": 49152, "rms_norm_eps": 1e-5,
             "rope_theta": 100000.0, "tie_word_embeddings": true, "eos_token_id": [2, 0]});
         let c = config_from_hf(&v, Path::new("config.json")).unwrap();
-        assert_eq!((c.head_dim, c.num_kv_heads, c.eos_token_ids.clone()), (64, 3, vec![2, 0]));
+        assert_eq!(
+            (c.head_dim, c.num_kv_heads, c.eos_token_ids.clone()),
+            (64, 3, vec![2, 0])
+        );
         assert_eq!(c.activation, Activation::Silu);
     }
 
@@ -195,7 +304,10 @@ mod tests {
             candle_core::safetensors::save(&m, d.path().join("a.safetensors")).unwrap();
             let w = load_safetensors(d.path(), &Device::Cpu).unwrap();
             assert_eq!(w.tensors["x"].dtype(), DType::F32);
-            assert_eq!(w.tensors["x"].to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap());
+            assert_eq!(
+                w.tensors["x"].to_vec2::<f32>().unwrap(),
+                t.to_vec2::<f32>().unwrap()
+            );
         }
     }
 }

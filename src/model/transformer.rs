@@ -71,7 +71,10 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
-        KvCache { layers: vec![None; n_layers], keys: Vec::new() }
+        KvCache {
+            layers: vec![None; n_layers],
+            keys: Vec::new(),
+        }
     }
 
     /// Number of cached slots.
@@ -85,7 +88,10 @@ impl KvCache {
 
     /// Position the next token of each row gets.
     pub fn next_positions(&self) -> Vec<u32> {
-        self.keys.iter().map(|r| r.iter().filter(|k| k.0).map(|k| k.1 + 1).max().unwrap_or(0)).collect()
+        self.keys
+            .iter()
+            .map(|r| r.iter().filter(|k| k.0).map(|k| k.1 + 1).max().unwrap_or(0))
+            .collect()
     }
 }
 
@@ -132,7 +138,17 @@ impl LayerNames {
     }
 
     fn attn_params(&self) -> [&String; 9] {
-        [&self.q, &self.k, &self.v, &self.o, &self.qb, &self.kb, &self.vb, &self.q_norm, &self.k_norm]
+        [
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.o,
+            &self.qb,
+            &self.kb,
+            &self.vb,
+            &self.q_norm,
+            &self.k_norm,
+        ]
     }
 }
 
@@ -217,12 +233,26 @@ impl Transformer {
         for l in 0..config.num_layers {
             let base = config.rope_base(l);
             if !rope.iter().any(|(b, _, _)| *b == base) {
-                let (c, s) = ops::rope_tables(max_pos, config.head_dim, base, config.rope_scaling.as_ref(), &device)?;
+                let (c, s) = ops::rope_tables(
+                    max_pos,
+                    config.head_dim,
+                    base,
+                    config.rope_scaling.as_ref(),
+                    &device,
+                )?;
                 rope.push((base, c.to_dtype(dtype)?, s.to_dtype(dtype)?));
             }
         }
         let names = (0..config.num_layers).map(LayerNames::new).collect();
-        Ok(Transformer { config, weights, trainable: BTreeSet::new(), names, rope, device, dtype })
+        Ok(Transformer {
+            config,
+            weights,
+            trainable: BTreeSet::new(),
+            names,
+            rope,
+            device,
+            dtype,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -241,7 +271,11 @@ impl Transformer {
     pub fn set_param(&mut self, name: &str, value: Tensor) -> Result<()> {
         let old = self.weights.get(name)?;
         if old.dims() != value.dims() {
-            bail!("parameter `{name}`: new value has shape {:?}, expected {:?}", value.dims(), old.dims());
+            bail!(
+                "parameter `{name}`: new value has shape {:?}, expected {:?}",
+                value.dims(),
+                old.dims()
+            );
         }
         self.weights.tensors.insert(name.to_string(), value);
         Ok(())
@@ -294,12 +328,20 @@ impl Transformer {
     }
 
     fn param_layer(name: &str) -> Option<usize> {
-        name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+        name.strip_prefix("model.layers.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
     }
 
     fn rope_for(&self, l: usize, pos: &Tensor, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
         let base = self.config.rope_base(l);
-        let (_, c, s) = self.rope.iter().find(|(bb, _, _)| *bb == base).expect("table built for every base");
+        let (_, c, s) = self
+            .rope
+            .iter()
+            .find(|(bb, _, _)| *bb == base)
+            .expect("table built for every base");
         let hd = self.config.head_dim;
         Ok((
             c.index_select(pos, 0)?.reshape((b, 1, t, hd))?,
@@ -311,7 +353,9 @@ impl Transformer {
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let e = self.w("model.embed_tokens.weight")?;
-        let x = e.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?;
+        let x = e
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
         let s = self.config.embed_scale();
         Ok(if s != 1.0 { x.affine(s, 0.0)? } else { x })
     }
@@ -332,7 +376,12 @@ impl Transformer {
         let (b, t) = (batch.size(), batch.len());
         let empty = Hooks::default();
         let hooks = opts.hooks.unwrap_or(&empty);
-        for p in hooks.cache.iter().chain(hooks.grads.iter()).chain(hooks.patches.iter().map(|p| &p.point)) {
+        for p in hooks
+            .cache
+            .iter()
+            .chain(hooks.grads.iter())
+            .chain(hooks.patches.iter().map(|p| &p.point))
+        {
             if p.layer().is_some_and(|l| l >= n_layers) {
                 bail!("hook `{p}`: layer does not exist (the model has {n_layers} blocks)");
             }
@@ -372,7 +421,11 @@ impl Transformer {
         let mut x = match &opts.start {
             Some((_, r)) => {
                 if r.dims() != [b, t, self.config.hidden_size] {
-                    bail!("run: starting residual has shape {:?}, expected {:?}", r.dims(), [b, t, self.config.hidden_size]);
+                    bail!(
+                        "run: starting residual has shape {:?}, expected {:?}",
+                        r.dims(),
+                        [b, t, self.config.hidden_size]
+                    );
                 }
                 r.clone()
             }
@@ -391,10 +444,16 @@ impl Transformer {
         };
         let mut layers = BTreeMap::new();
         for l in start_layer..end_layer {
-            let mask = if self.config.is_sliding(l) { mask_local.as_ref().unwrap_or(&mask_global) } else { &mask_global };
+            let mask = if self.config.is_sliding(l) {
+                mask_local.as_ref().unwrap_or(&mask_global)
+            } else {
+                &mask_global
+            };
             let (c, s) = self.rope_for(l, &pos, b, t)?;
             let record = l >= lowest;
-            let (nx, tape) = self.layer_forward(l, x, mask, &c, &s, None, hooks, &mut cache, &mut keep, record)?;
+            let (nx, tape) = self.layer_forward(
+                l, x, mask, &c, &s, None, hooks, &mut cache, &mut keep, record,
+            )?;
             x = nx;
             if let Some(tp) = tape {
                 layers.insert(l, tp);
@@ -418,7 +477,12 @@ impl Transformer {
             shape: (b, t),
             grad_start: opts.grad_start,
         });
-        Ok(RunOutput { logits, resid: x, cache, tape })
+        Ok(RunOutput {
+            logits,
+            resid: x,
+            cache,
+            tape,
+        })
     }
 
     /// Apply the hooks of one point to an activation.
@@ -433,10 +497,13 @@ impl Transformer {
         for patch in hooks.patches.iter().filter(|x| x.point == p) {
             let z = matches!(p, HookPoint::AttnZ(_));
             let m = selection_mask(&patch.sel, a.dims(), z, &self.device)?.to_dtype(self.dtype)?;
-            let v = patch
-                .value
-                .broadcast_as(a.dims())
-                .with_context(|| format!("patch at `{p}`: value of shape {:?} does not fit the activation {:?}", patch.value.dims(), a.dims()))?;
+            let v = patch.value.broadcast_as(a.dims()).with_context(|| {
+                format!(
+                    "patch at `{p}`: value of shape {:?} does not fit the activation {:?}",
+                    patch.value.dims(),
+                    a.dims()
+                )
+            })?;
             a = match patch.mode {
                 PatchMode::Replace => {
                     let inv = m.affine(-1.0, 1.0)?;
@@ -483,7 +550,10 @@ impl Transformer {
         }
         let q_lin = q_lin.reshape((b, t, h, hd))?;
         let k_lin = k_lin.reshape((b, t, kvh, hd))?;
-        let v4 = v_lin.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let v4 = v_lin
+            .reshape((b, t, kvh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let (qn, rq, kn, rk) = if gemma {
             let (qn, rq) = ops::rms_norm(&q_lin, &self.norm_scale(&n.q_norm)?, c.rms_norm_eps)?;
             let (kn, rk) = ops::rms_norm(&k_lin, &self.norm_scale(&n.k_norm)?, c.rms_norm_eps)?;
@@ -590,11 +660,20 @@ impl Transformer {
         let flat = x.reshape((b * t, d))?;
         let rows: Option<Vec<u32>> = match at {
             LogitsAt::All | LogitsAt::None => None,
-            LogitsAt::Last => Some(batch.last.iter().enumerate().map(|(i, &p)| (i * t + p) as u32).collect()),
+            LogitsAt::Last => Some(
+                batch
+                    .last
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| (i * t + p) as u32)
+                    .collect(),
+            ),
             LogitsAt::Rows(v) => {
                 for &(r, p) in v {
                     if r >= b || p >= t {
-                        bail!("logits asked at row {r}, position {p}, outside the batch ({b} × {t})");
+                        bail!(
+                            "logits asked at row {r}, position {p}, outside the batch ({b} × {t})"
+                        );
                     }
                 }
                 Some(v.iter().map(|&(r, p)| (r * t + p) as u32).collect())
@@ -611,7 +690,11 @@ impl Transformer {
             Some(r) => flat.index_select(r, 0)?,
             None => flat,
         };
-        let (hn, rstd) = ops::rms_norm(&xr, &self.norm_scale("model.norm.weight")?, self.config.rms_norm_eps)?;
+        let (hn, rstd) = ops::rms_norm(
+            &xr,
+            &self.norm_scale("model.norm.weight")?,
+            self.config.rms_norm_eps,
+        )?;
         let mut logits = ops::linear(&hn, self.lm_weight()?)?;
         let mut capped = None;
         if let Some(cap) = self.config.final_logit_softcapping {
@@ -621,21 +704,41 @@ impl Transformer {
         if *at == LogitsAt::All {
             logits = logits.reshape((b, t, ()))?;
         }
-        Ok((logits, HeadTape { rows, xr, hn, rstd, capped }))
+        Ok((
+            logits,
+            HeadTape {
+                rows,
+                xr,
+                hn,
+                rstd,
+                capped,
+            },
+        ))
     }
 
     /// Backward from the gradient of a metric with respect to the run's logits and/or its final
     /// residual. Returns the gradients of trainable parameters, of requested hook points and,
     /// when asked, of the starting residual.
-    pub fn backward(&self, out: &RunOutput, d_logits: Option<&Tensor>, d_resid: Option<&Tensor>) -> Result<Grads> {
-        let tape = out.tape.as_ref().context("backward: the run was made without `grad: true`")?;
+    pub fn backward(
+        &self,
+        out: &RunOutput,
+        d_logits: Option<&Tensor>,
+        d_resid: Option<&Tensor>,
+    ) -> Result<Grads> {
+        let tape = out
+            .tape
+            .as_ref()
+            .context("backward: the run was made without `grad: true`")?;
         let (b, t) = tape.shape;
         let d = self.config.hidden_size;
         let mut grads = Grads::default();
         let mut g: Option<Tensor> = d_resid.cloned();
         let mut head_dense: Option<(Tensor, Tensor)> = None;
         if let Some(dl) = d_logits {
-            let head = tape.head.as_ref().context("backward: d_logits given but the run computed no logits")?;
+            let head = tape
+                .head
+                .as_ref()
+                .context("backward: d_logits given but the run computed no logits")?;
             let dl = dl.reshape(((), self.config.vocab_size))?;
             let dl = match (&head.capped, self.config.final_logit_softcapping) {
                 (Some(y), Some(cap)) => ops::softcap_bwd(y, &dl, cap)?,
@@ -658,7 +761,9 @@ impl Transformer {
                 add_grad(&mut grads.params, "model.norm.weight", dn)?;
             }
             let full = match &head.rows {
-                Some(r) => Tensor::zeros((b * t, d), self.dtype, &self.device)?.index_add(r, &dxr, 0)?,
+                Some(r) => {
+                    Tensor::zeros((b * t, d), self.dtype, &self.device)?.index_add(r, &dxr, 0)?
+                }
                 None => dxr,
             }
             .reshape((b, t, d))?;
@@ -670,25 +775,40 @@ impl Transformer {
         let mut g = g.context("backward: give d_logits or d_resid")?;
         let (vocab, tied) = (self.config.vocab_size, self.config.tie_word_embeddings);
         let dense_grad = |dense: &Option<(Tensor, Tensor)>, rows: Option<(&Tensor, &Tensor)>| {
-            ops::vocab_grad(dense.as_ref().map(|(a, b)| (a, b)), rows, vocab, d, &self.device)
+            ops::vocab_grad(
+                dense.as_ref().map(|(a, b)| (a, b)),
+                rows,
+                vocab,
+                d,
+                &self.device,
+            )
         };
         if let Some(hd) = &head_dense {
             if !tied {
-                grads.params.insert("lm_head.weight".into(), dense_grad(&Some(hd.clone()), None)?);
+                grads.params.insert(
+                    "lm_head.weight".into(),
+                    dense_grad(&Some(hd.clone()), None)?,
+                );
                 head_dense = None;
             }
         }
         if tape.lowest > tape.end_layer {
             if head_dense.is_some() {
-                grads.params.insert(self.lm_name().into(), dense_grad(&head_dense, None)?);
+                grads
+                    .params
+                    .insert(self.lm_name().into(), dense_grad(&head_dense, None)?);
             }
             return Ok(grads);
         }
         let need_below_lowest = tape.grad_start
             || (tape.ids.is_some()
-                && (self.is_trainable("model.embed_tokens.weight") || tape.grad_points.contains(&HookPoint::Embed)));
+                && (self.is_trainable("model.embed_tokens.weight")
+                    || tape.grad_points.contains(&HookPoint::Embed)));
         for l in (tape.lowest..tape.end_layer).rev() {
-            let lt = tape.layers.get(&l).context("backward: missing layer tape")?;
+            let lt = tape
+                .layers
+                .get(&l)
+                .context("backward: missing layer tape")?;
             let need_dx = l > tape.lowest || need_below_lowest;
             g = self.layer_backward(l, lt, g, need_dx, tape, &mut grads)?;
         }
@@ -699,7 +819,10 @@ impl Transformer {
                     // Lookup rows and (tied) head gradient in one pass over the big matrix.
                     let de = (g.reshape((b * t, d))? * self.config.embed_scale())?;
                     let flat = ids.flatten_all()?;
-                    grads.params.insert("model.embed_tokens.weight".into(), dense_grad(&head_dense, Some((&flat, &de)))?);
+                    grads.params.insert(
+                        "model.embed_tokens.weight".into(),
+                        dense_grad(&head_dense, Some((&flat, &de)))?,
+                    );
                     head_dense = None;
                 }
             }
@@ -708,14 +831,22 @@ impl Transformer {
             }
         }
         if head_dense.is_some() {
-            grads.params.insert(self.lm_name().into(), dense_grad(&head_dense, None)?);
+            grads
+                .params
+                .insert(self.lm_name().into(), dense_grad(&head_dense, None)?);
         }
         Ok(grads)
     }
 
     /// At a hook point on the way down: record the gradient if asked, then stop it at entries
     /// that a patch replaced.
-    fn grad_point(&self, p: HookPoint, mut g: Tensor, tape: &Tape, grads: &mut Grads) -> Result<Tensor> {
+    fn grad_point(
+        &self,
+        p: HookPoint,
+        mut g: Tensor,
+        tape: &Tape,
+        grads: &mut Grads,
+    ) -> Result<Tensor> {
         if tape.grad_points.contains(&p) {
             grads.hooks.insert(p, g.clone());
         }
@@ -743,8 +874,13 @@ impl Transformer {
         let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let tp = |name: &str| self.is_trainable(name);
         let wants = |p: HookPoint| tape.grad_points.contains(&p);
-        let attn_trainable = n.attn_params().iter().any(|x| tp(x)) || tp(&n.ln_in) || (gemma && tp(&n.ln_post_attn));
-        let need_attn = need_dx || attn_trainable || wants(HookPoint::AttnZ(l)) || wants(HookPoint::AttnOut(l)) || wants(HookPoint::ResidPre(l));
+        let attn_trainable =
+            n.attn_params().iter().any(|x| tp(x)) || tp(&n.ln_in) || (gemma && tp(&n.ln_post_attn));
+        let need_attn = need_dx
+            || attn_trainable
+            || wants(HookPoint::AttnZ(l))
+            || wants(HookPoint::AttnOut(l))
+            || wants(HookPoint::ResidPre(l));
         let need_dmid = need_attn || wants(HookPoint::ResidMid(l));
         let ln2 = if gemma { &n.ln_pre_ff } else { &n.ln_post_attn };
 
@@ -753,7 +889,13 @@ impl Transformer {
         let d_mlp_out = self.grad_point(HookPoint::MlpOut(l), g.clone(), tape, grads)?;
         let d_m = match &lt.r_pf {
             Some(r) => {
-                let (dm, ds) = ops::rms_norm_bwd(&lt.m, &self.norm_scale(&n.ln_post_ff)?, r, &d_mlp_out, tp(&n.ln_post_ff))?;
+                let (dm, ds) = ops::rms_norm_bwd(
+                    &lt.m,
+                    &self.norm_scale(&n.ln_post_ff)?,
+                    r,
+                    &d_mlp_out,
+                    tp(&n.ln_post_ff),
+                )?;
                 if let Some(ds) = ds {
                     add_grad(&mut grads.params, &n.ln_post_ff, ds)?;
                 }
@@ -761,7 +903,12 @@ impl Transformer {
             }
             None => d_mlp_out,
         };
-        let need_inner = need_dmid || tp(&n.gate) || tp(&n.up) || tp(ln2) || wants(HookPoint::MlpPost(l)) || wants(HookPoint::MlpPre(l));
+        let need_inner = need_dmid
+            || tp(&n.gate)
+            || tp(&n.up)
+            || tp(ln2)
+            || wants(HookPoint::MlpPost(l))
+            || wants(HookPoint::MlpPre(l));
         let mut g_mid = g;
         if tp(&n.down) {
             add_grad(&mut grads.params, &n.down, ops::linear_dw(&lt.post, &d_m)?)?;
@@ -785,7 +932,8 @@ impl Transformer {
             if need_dmid || tp(ln2) {
                 let d_h2 = (ops::linear_bwd(&lt.h2, self.w(&n.gate)?, &d_gate, false)?.0
                     + ops::linear_bwd(&lt.h2, self.w(&n.up)?, &d_up, false)?.0)?;
-                let (dmid, ds) = ops::rms_norm_bwd(&lt.mid, &self.norm_scale(ln2)?, &lt.r2, &d_h2, tp(ln2))?;
+                let (dmid, ds) =
+                    ops::rms_norm_bwd(&lt.mid, &self.norm_scale(ln2)?, &lt.r2, &d_h2, tp(ln2))?;
                 if let Some(ds) = ds {
                     add_grad(&mut grads.params, ln2, ds)?;
                 }
@@ -803,7 +951,13 @@ impl Transformer {
         let d_attn_out = self.grad_point(HookPoint::AttnOut(l), g_mid.clone(), tape, grads)?;
         let d_o = match &lt.r_pa {
             Some(r) => {
-                let (d, ds) = ops::rms_norm_bwd(&lt.o, &self.norm_scale(&n.ln_post_attn)?, r, &d_attn_out, tp(&n.ln_post_attn))?;
+                let (d, ds) = ops::rms_norm_bwd(
+                    &lt.o,
+                    &self.norm_scale(&n.ln_post_attn)?,
+                    r,
+                    &d_attn_out,
+                    tp(&n.ln_post_attn),
+                )?;
                 if let Some(ds) = ds {
                     add_grad(&mut grads.params, &n.ln_post_attn, ds)?;
                 }
@@ -815,16 +969,37 @@ impl Transformer {
         if let Some(dw) = dwo {
             add_grad(&mut grads.params, &n.o, dw)?;
         }
-        let d_z_tl = self.grad_point(HookPoint::AttnZ(l), d_zflat.reshape((b, t, h, hd))?, tape, grads)?;
+        let d_z_tl = self.grad_point(
+            HookPoint::AttnZ(l),
+            d_zflat.reshape((b, t, h, hd))?,
+            tape,
+            grads,
+        )?;
         let d_z = d_z_tl.transpose(1, 2)?.contiguous()?;
         let (dq, dk, dv) = ops::attention_bwd(&lt.q, &lt.k, &lt.v, &lt.p, &d_z, c.attn_scale())?;
-        let dqn = ops::rope_bwd(&dq, &lt.cos, &lt.sin)?.transpose(1, 2)?.contiguous()?;
-        let dkn = ops::rope_bwd(&dk, &lt.cos, &lt.sin)?.transpose(1, 2)?.contiguous()?;
+        let dqn = ops::rope_bwd(&dq, &lt.cos, &lt.sin)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let dkn = ops::rope_bwd(&dk, &lt.cos, &lt.sin)?
+            .transpose(1, 2)?
+            .contiguous()?;
         let dv = dv.transpose(1, 2)?.contiguous()?;
         let (dq_lin, dk_lin) = match (&lt.rq, &lt.rk) {
             (Some(rq), Some(rk)) => {
-                let (a, dsq) = ops::rms_norm_bwd(&lt.q_lin, &self.norm_scale(&n.q_norm)?, rq, &dqn, tp(&n.q_norm))?;
-                let (bb, dsk) = ops::rms_norm_bwd(&lt.k_lin, &self.norm_scale(&n.k_norm)?, rk, &dkn, tp(&n.k_norm))?;
+                let (a, dsq) = ops::rms_norm_bwd(
+                    &lt.q_lin,
+                    &self.norm_scale(&n.q_norm)?,
+                    rq,
+                    &dqn,
+                    tp(&n.q_norm),
+                )?;
+                let (bb, dsk) = ops::rms_norm_bwd(
+                    &lt.k_lin,
+                    &self.norm_scale(&n.k_norm)?,
+                    rk,
+                    &dkn,
+                    tp(&n.k_norm),
+                )?;
                 if let Some(ds) = dsq {
                     add_grad(&mut grads.params, &n.q_norm, ds)?;
                 }
@@ -838,7 +1013,11 @@ impl Transformer {
         let dq_lin = dq_lin.reshape((b, t, h * hd))?;
         let dk_lin = dk_lin.reshape((b, t, kvh * hd))?;
         let dv_lin = dv.reshape((b, t, kvh * hd))?;
-        for (name, bias, dy) in [(&n.q, &n.qb, &dq_lin), (&n.k, &n.kb, &dk_lin), (&n.v, &n.vb, &dv_lin)] {
+        for (name, bias, dy) in [
+            (&n.q, &n.qb, &dq_lin),
+            (&n.k, &n.kb, &dk_lin),
+            (&n.v, &n.vb, &dv_lin),
+        ] {
             if tp(name) {
                 add_grad(&mut grads.params, name, ops::linear_dw(&lt.h1, dy)?)?;
             }
@@ -854,7 +1033,13 @@ impl Transformer {
         let d_h1 = ((ops::linear_bwd(&lt.h1, self.w(&n.q)?, &dq_lin, false)?.0
             + ops::linear_bwd(&lt.h1, self.w(&n.k)?, &dk_lin, false)?.0)?
             + ops::linear_bwd(&lt.h1, self.w(&n.v)?, &dv_lin, false)?.0)?;
-        let (dx, ds) = ops::rms_norm_bwd(&lt.x, &self.norm_scale(&n.ln_in)?, &lt.r1, &d_h1, tp(&n.ln_in))?;
+        let (dx, ds) = ops::rms_norm_bwd(
+            &lt.x,
+            &self.norm_scale(&n.ln_in)?,
+            &lt.r1,
+            &d_h1,
+            tp(&n.ln_in),
+        )?;
         if let Some(ds) = ds {
             add_grad(&mut grads.params, &n.ln_in, ds)?;
         }
@@ -865,11 +1050,20 @@ impl Transformer {
     /// Forward of new tokens with a KV cache (generation). `seqs` holds each row's new tokens;
     /// on the first call they are padded on the left. Returns last-position logits `[B, V]`.
     pub fn step(&self, seqs: &[Vec<u32>], pad_id: u32, kv: &mut KvCache) -> Result<Tensor> {
-        let mut batch = Batch::new(seqs, pad_id, crate::model::batch::PadSide::Left, &self.device)?;
+        let mut batch = Batch::new(
+            seqs,
+            pad_id,
+            crate::model::batch::PadSide::Left,
+            &self.device,
+        )?;
         if !kv.is_empty() {
             let next = kv.next_positions();
             if next.len() != batch.size() {
-                bail!("generation: {} rows given, the cache holds {}", batch.size(), next.len());
+                bail!(
+                    "generation: {} rows given, the cache holds {}",
+                    batch.size(),
+                    next.len()
+                );
             }
             for (row, start) in batch.positions.iter_mut().zip(next) {
                 for (i, p) in row.iter_mut().enumerate() {
@@ -889,16 +1083,38 @@ impl Transformer {
             None => None,
         };
         for l in 0..self.config.num_layers {
-            let mask = if self.config.is_sliding(l) { mask_local.as_ref().unwrap_or(&mask_global) } else { &mask_global };
+            let mask = if self.config.is_sliding(l) {
+                mask_local.as_ref().unwrap_or(&mask_global)
+            } else {
+                &mask_global
+            };
             let (c, s) = self.rope_for(l, &pos, b, t)?;
             let slot = &mut kv.layers[l];
-            x = self.layer_forward(l, x, mask, &c, &s, Some(slot), &hooks, &mut cache, &mut keep, false)?.0;
+            x = self
+                .layer_forward(
+                    l,
+                    x,
+                    mask,
+                    &c,
+                    &s,
+                    Some(slot),
+                    &hooks,
+                    &mut cache,
+                    &mut keep,
+                    false,
+                )?
+                .0;
         }
         if kv.keys.is_empty() {
             kv.keys = vec![Vec::new(); b];
         }
         for (bi, row) in kv.keys.iter_mut().enumerate() {
-            row.extend(batch.valid[bi].iter().copied().zip(batch.positions[bi].iter().copied()));
+            row.extend(
+                batch.valid[bi]
+                    .iter()
+                    .copied()
+                    .zip(batch.positions[bi].iter().copied()),
+            );
         }
         Ok(self.head_forward(&x, &LogitsAt::Last, &batch)?.0)
     }

@@ -28,7 +28,11 @@ pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
         query_pre_attn_scalar: (arch == Arch::Gemma3).then_some(6.0),
         final_logit_softcapping: (arch == Arch::Gemma3).then_some(3.0),
         attn_logit_softcapping: None,
-        activation: if arch == Arch::Gemma3 { Activation::GeluTanh } else { Activation::Silu },
+        activation: if arch == Arch::Gemma3 {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
         rope_scaling: (arch == Arch::Llama).then_some(Llama3RopeScaling {
             factor: 8.0,
             low_freq_factor: 1.0,
@@ -60,11 +64,19 @@ fn batch(m: &Transformer, side: PadSide) -> Batch {
 }
 
 fn v(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    v(a).iter().zip(v(b)).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    v(a).iter()
+        .zip(v(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 /// A scalar metric of last-position logits: Σ w ⊙ logits with a fixed random w.
@@ -73,9 +85,23 @@ fn metric_weights(m: &Transformer, rows: usize) -> Tensor {
 }
 
 fn metric(m: &Transformer, b: &Batch, hooks: Option<&Hooks>) -> f64 {
-    let out = m.run(b, &RunOpts { hooks, logits: LogitsAt::Last, ..Default::default() }).unwrap();
+    let out = m
+        .run(
+            b,
+            &RunOpts {
+                hooks,
+                logits: LogitsAt::Last,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let w = metric_weights(m, b.size());
-    (out.logits.unwrap() * w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    (out.logits.unwrap() * w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 #[test]
@@ -85,26 +111,49 @@ fn parameter_gradients_match_finite_differences() {
         let names: Vec<String> = m.weights().tensors.keys().cloned().collect();
         m.set_trainable(&names).unwrap();
         let b = batch(&m, PadSide::Left);
-        let out = m.run(&b, &RunOpts { logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
-        let grads = m.backward(&out, Some(&metric_weights(&m, 2)), None).unwrap();
+        let out = m
+            .run(
+                &b,
+                &RunOpts {
+                    logits: LogitsAt::Last,
+                    grad: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let grads = m
+            .backward(&out, Some(&metric_weights(&m, 2)), None)
+            .unwrap();
         for name in &names {
-            let g = grads.params.get(name).unwrap_or_else(|| panic!("{arch:?}: no gradient for {name}"));
+            let g = grads
+                .params
+                .get(name)
+                .unwrap_or_else(|| panic!("{arch:?}: no gradient for {name}"));
             let w0 = m.weights().get(name).unwrap().clone();
             let gv = v(g);
             let n = w0.elem_count();
             // A few entries of each parameter (all of the small ones).
-            let picks: Vec<usize> = if n <= 12 { (0..n).collect() } else { (0..6).map(|i| (i * 7919 + 13) % n).collect() };
+            let picks: Vec<usize> = if n <= 12 {
+                (0..n).collect()
+            } else {
+                (0..6).map(|i| (i * 7919 + 13) % n).collect()
+            };
             for i in picks {
                 let mut f = |d: f64| {
                     let mut wv = v(&w0);
                     wv[i] += d;
-                    m.set_param(name, Tensor::from_vec(wv, w0.dims(), &Device::Cpu).unwrap()).unwrap();
+                    m.set_param(name, Tensor::from_vec(wv, w0.dims(), &Device::Cpu).unwrap())
+                        .unwrap();
                     let r = metric(&m, &b, None);
                     m.set_param(name, w0.clone()).unwrap();
                     r
                 };
                 let num = (f(1e-6) - f(-1e-6)) / 2e-6;
-                assert!((num - gv[i]).abs() < 1e-5 * (1.0 + num.abs()), "{arch:?} {name}[{i}]: numeric {num}, analytic {}", gv[i]);
+                assert!(
+                    (num - gv[i]).abs() < 1e-5 * (1.0 + num.abs()),
+                    "{arch:?} {name}[{i}]: numeric {num}, analytic {}",
+                    gv[i]
+                );
             }
         }
     }
@@ -116,12 +165,34 @@ fn frozen_parameters_get_no_gradient_and_same_values() {
     let b = batch(&m, PadSide::Right);
     let all: Vec<String> = m.weights().tensors.keys().cloned().collect();
     m.set_trainable(&all).unwrap();
-    let out = m.run(&b, &RunOpts { logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
-    let full = m.backward(&out, Some(&metric_weights(&m, 2)), None).unwrap();
+    let out = m
+        .run(
+            &b,
+            &RunOpts {
+                logits: LogitsAt::Last,
+                grad: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let full = m
+        .backward(&out, Some(&metric_weights(&m, 2)), None)
+        .unwrap();
     let some = m.mlp_param_names(&[1]);
     m.set_trainable(&some).unwrap();
-    let out = m.run(&b, &RunOpts { logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
-    let part = m.backward(&out, Some(&metric_weights(&m, 2)), None).unwrap();
+    let out = m
+        .run(
+            &b,
+            &RunOpts {
+                logits: LogitsAt::Last,
+                grad: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let part = m
+        .backward(&out, Some(&metric_weights(&m, 2)), None)
+        .unwrap();
     assert_eq!(part.params.keys().cloned().collect::<Vec<_>>(), {
         let mut s = some.clone();
         s.sort();
@@ -130,7 +201,11 @@ fn frozen_parameters_get_no_gradient_and_same_values() {
     for n in &some {
         assert!(max_diff(&part.params[n], &full.params[n]) < 1e-12, "{n}");
     }
-    assert!(m.set_trainable(&["model.layers.9.mlp.up_proj.weight"]).unwrap_err().to_string().contains("no such parameter"));
+    assert!(m
+        .set_trainable(&["model.layers.9.mlp.up_proj.weight"])
+        .unwrap_err()
+        .to_string()
+        .contains("no such parameter"));
 }
 
 #[test]
@@ -143,8 +218,20 @@ fn hook_gradients_match_finite_differences() {
         for &p in &points {
             hooks = hooks.grad(p).cache(p);
         }
-        let out = m.run(&b, &RunOpts { hooks: Some(&hooks), logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
-        let grads = m.backward(&out, Some(&metric_weights(&m, 2)), None).unwrap();
+        let out = m
+            .run(
+                &b,
+                &RunOpts {
+                    hooks: Some(&hooks),
+                    logits: LogitsAt::Last,
+                    grad: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let grads = m
+            .backward(&out, Some(&metric_weights(&m, 2)), None)
+            .unwrap();
         for &p in &points {
             let g = v(&grads.hooks[&p]);
             let a = out.cache[&p].clone();
@@ -154,11 +241,20 @@ fn hook_gradients_match_finite_differences() {
                     let mut dv = vec![0.0; n];
                     dv[i] = d;
                     let delta = Tensor::from_vec(dv, a.dims(), &Device::Cpu).unwrap();
-                    let h = Hooks::new().patch(Patch { point: p, mode: PatchMode::Add, value: delta, sel: Selection::default() });
+                    let h = Hooks::new().patch(Patch {
+                        point: p,
+                        mode: PatchMode::Add,
+                        value: delta,
+                        sel: Selection::default(),
+                    });
                     metric(&m, &b, Some(&h))
                 };
                 let num = (f(1e-6) - f(-1e-6)) / 2e-6;
-                assert!((num - g[i]).abs() < 1e-5 * (1.0 + num.abs()), "{arch:?} {p}[{i}]: numeric {num}, analytic {}", g[i]);
+                assert!(
+                    (num - g[i]).abs() < 1e-5 * (1.0 + num.abs()),
+                    "{arch:?} {p}[{i}]: numeric {num}, analytic {}",
+                    g[i]
+                );
             }
         }
     }
@@ -170,33 +266,79 @@ fn patching_the_clean_activation_restores_the_clean_output_exactly() {
         let m = tiny_model(arch);
         let clean = batch(&m, PadSide::Left);
         let all = Hooks::new().cache_all(m.config.num_layers);
-        let cref = m.run(&clean, &RunOpts { hooks: Some(&all), logits: LogitsAt::All, ..Default::default() }).unwrap();
+        let cref = m
+            .run(
+                &clean,
+                &RunOpts {
+                    hooks: Some(&all),
+                    logits: LogitsAt::All,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         // Corrupt: noise on the embeddings of positions 1..3.
         let noise = rnd(&[2, 6, 8], 5, 3.0);
-        let corrupt_sel = Selection { rows: None, positions: Some(vec![1, 2, 3]), heads: None };
-        let corrupt = Patch { point: HookPoint::Embed, mode: PatchMode::Add, value: noise, sel: corrupt_sel };
+        let corrupt_sel = Selection {
+            rows: None,
+            positions: Some(vec![1, 2, 3]),
+            heads: None,
+        };
+        let corrupt = Patch {
+            point: HookPoint::Embed,
+            mode: PatchMode::Add,
+            value: noise,
+            sel: corrupt_sel,
+        };
         let h = Hooks::new().patch(corrupt.clone());
-        let bad = m.run(&clean, &RunOpts { hooks: Some(&h), logits: LogitsAt::All, ..Default::default() }).unwrap();
+        let bad = m
+            .run(
+                &clean,
+                &RunOpts {
+                    hooks: Some(&h),
+                    logits: LogitsAt::All,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert!(max_diff(&bad.logits.clone().unwrap(), cref.logits.as_ref().unwrap()) > 1e-3);
         for p in HookPoint::all(m.config.num_layers) {
             if p == HookPoint::Embed {
                 continue;
             }
             // Residual stream points carry everything: restoring them fully restores the output.
-            let full = matches!(p, HookPoint::ResidPre(_) | HookPoint::ResidPost(_) | HookPoint::ResidMid(_));
+            let full = matches!(
+                p,
+                HookPoint::ResidPre(_) | HookPoint::ResidPost(_) | HookPoint::ResidMid(_)
+            );
             let h = Hooks::new().patch(corrupt.clone()).patch(Patch {
                 point: p,
                 mode: PatchMode::Replace,
                 value: cref.cache[&p].clone(),
                 sel: Selection::default(),
             });
-            let out = m.run(&clean, &RunOpts { hooks: Some(&h), logits: LogitsAt::All, ..Default::default() }).unwrap();
+            let out = m
+                .run(
+                    &clean,
+                    &RunOpts {
+                        hooks: Some(&h),
+                        logits: LogitsAt::All,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
             let d = max_diff(out.logits.as_ref().unwrap(), cref.logits.as_ref().unwrap());
             if full && p.layer() == Some(0) || matches!(p, HookPoint::ResidPost(_)) {
-                assert_eq!(d, 0.0, "{arch:?} {p}: restoring the clean residual must give the clean logits exactly");
+                assert_eq!(
+                    d, 0.0,
+                    "{arch:?} {p}: restoring the clean residual must give the clean logits exactly"
+                );
             }
             if !full {
-                assert!(d > 0.0 || p.layer() == Some(m.config.num_layers - 1) && matches!(p, HookPoint::MlpOut(_)));
+                assert!(
+                    d > 0.0
+                        || p.layer() == Some(m.config.num_layers - 1)
+                            && matches!(p, HookPoint::MlpOut(_))
+                );
             }
         }
         // Patching only one row leaves the other row corrupted.
@@ -205,12 +347,28 @@ fn patching_the_clean_activation_restores_the_clean_output_exactly() {
             point: p,
             mode: PatchMode::Replace,
             value: cref.cache[&p].clone(),
-            sel: Selection { rows: Some(vec![0]), positions: None, heads: None },
+            sel: Selection {
+                rows: Some(vec![0]),
+                positions: None,
+                heads: None,
+            },
         });
-        let out = m.run(&clean, &RunOpts { hooks: Some(&h), logits: LogitsAt::All, ..Default::default() }).unwrap();
+        let out = m
+            .run(
+                &clean,
+                &RunOpts {
+                    hooks: Some(&h),
+                    logits: LogitsAt::All,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         let lo = out.logits.unwrap();
         let cl = cref.logits.clone().unwrap();
-        assert_eq!(max_diff(&lo.narrow(0, 0, 1).unwrap(), &cl.narrow(0, 0, 1).unwrap()), 0.0);
+        assert_eq!(
+            max_diff(&lo.narrow(0, 0, 1).unwrap(), &cl.narrow(0, 0, 1).unwrap()),
+            0.0
+        );
         assert!(max_diff(&lo.narrow(0, 1, 1).unwrap(), &cl.narrow(0, 1, 1).unwrap()) > 1e-3);
     }
 }
@@ -225,7 +383,10 @@ fn padded_batches_match_single_runs_on_both_sides() {
             for (i, s) in seqs().iter().enumerate() {
                 let one = Batch::new(std::slice::from_ref(s), 0, side, m.device()).unwrap();
                 let l1 = m.run(&one, &RunOpts::default()).unwrap().logits.unwrap();
-                assert!(max_diff(&lb.narrow(0, i, 1).unwrap(), &l1) < 1e-12, "{arch:?} {side:?} row {i}");
+                assert!(
+                    max_diff(&lb.narrow(0, i, 1).unwrap(), &l1) < 1e-12,
+                    "{arch:?} {side:?} row {i}"
+                );
             }
         }
     }
@@ -235,24 +396,105 @@ fn padded_batches_match_single_runs_on_both_sides() {
 fn layer_ranges_compose() {
     let m = tiny_model(Arch::Gemma3);
     let b = batch(&m, PadSide::Left);
-    let h = Hooks::new().cache(HookPoint::ResidPre(2)).cache(HookPoint::ResidPost(0));
-    let full = m.run(&b, &RunOpts { hooks: Some(&h), logits: LogitsAt::Rows(vec![(0, 2), (1, 5)]), ..Default::default() }).unwrap();
-    let stop = m.run(&b, &RunOpts { stop_at: Some(2), logits: LogitsAt::None, ..Default::default() }).unwrap();
-    assert_eq!(max_diff(&stop.resid, &full.cache[&HookPoint::ResidPre(2)]), 0.0);
-    let rest = m
-        .run(&b, &RunOpts { start: Some((2, stop.resid.clone())), logits: LogitsAt::Rows(vec![(0, 2), (1, 5)]), ..Default::default() })
+    let h = Hooks::new()
+        .cache(HookPoint::ResidPre(2))
+        .cache(HookPoint::ResidPost(0));
+    let full = m
+        .run(
+            &b,
+            &RunOpts {
+                hooks: Some(&h),
+                logits: LogitsAt::Rows(vec![(0, 2), (1, 5)]),
+                ..Default::default()
+            },
+        )
         .unwrap();
-    assert_eq!(max_diff(&rest.logits.unwrap(), full.logits.as_ref().unwrap()), 0.0);
+    let stop = m
+        .run(
+            &b,
+            &RunOpts {
+                stop_at: Some(2),
+                logits: LogitsAt::None,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        max_diff(&stop.resid, &full.cache[&HookPoint::ResidPre(2)]),
+        0.0
+    );
+    let rest = m
+        .run(
+            &b,
+            &RunOpts {
+                start: Some((2, stop.resid.clone())),
+                logits: LogitsAt::Rows(vec![(0, 2), (1, 5)]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        max_diff(&rest.logits.unwrap(), full.logits.as_ref().unwrap()),
+        0.0
+    );
     // Gradient with respect to the starting residual equals the hook gradient of a full run.
     let hooks = Hooks::new().grad(HookPoint::ResidPre(1));
-    let out = m.run(&b, &RunOpts { hooks: Some(&hooks), logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
-    let g_full = m.backward(&out, Some(&metric_weights(&m, 2)), None).unwrap();
-    let mid = m.run(&b, &RunOpts { stop_at: Some(1), logits: LogitsAt::None, ..Default::default() }).unwrap().resid;
-    let out = m.run(&b, &RunOpts { start: Some((1, mid)), grad: true, grad_start: true, ..Default::default() }).unwrap();
-    let g_part = m.backward(&out, Some(&metric_weights(&m, 2)), None).unwrap();
-    assert!(max_diff(&g_part.start.unwrap(), &g_full.hooks[&HookPoint::ResidPre(1)]) < 1e-12);
+    let out = m
+        .run(
+            &b,
+            &RunOpts {
+                hooks: Some(&hooks),
+                logits: LogitsAt::Last,
+                grad: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let g_full = m
+        .backward(&out, Some(&metric_weights(&m, 2)), None)
+        .unwrap();
+    let mid = m
+        .run(
+            &b,
+            &RunOpts {
+                stop_at: Some(1),
+                logits: LogitsAt::None,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .resid;
+    let out = m
+        .run(
+            &b,
+            &RunOpts {
+                start: Some((1, mid)),
+                grad: true,
+                grad_start: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let g_part = m
+        .backward(&out, Some(&metric_weights(&m, 2)), None)
+        .unwrap();
+    assert!(
+        max_diff(
+            &g_part.start.unwrap(),
+            &g_full.hooks[&HookPoint::ResidPre(1)]
+        ) < 1e-12
+    );
     // Asking for logits in a run stopped early is an error.
-    assert!(m.run(&b, &RunOpts { stop_at: Some(1), logits: LogitsAt::Last, ..Default::default() }).is_err());
+    assert!(m
+        .run(
+            &b,
+            &RunOpts {
+                stop_at: Some(1),
+                logits: LogitsAt::Last,
+                ..Default::default()
+            }
+        )
+        .is_err());
 }
 
 #[test]
@@ -260,14 +502,26 @@ fn kv_cache_generation_matches_recomputation() {
     for arch in [Arch::Gemma3, Arch::Llama] {
         let m = tiny_model(arch);
         let prompts = seqs();
-        let fast = crate::model::generate::generate(&m, &prompts, 6, &[], 0, Default::default()).unwrap();
+        let fast =
+            crate::model::generate::generate(&m, &prompts, 6, &[], 0, Default::default()).unwrap();
         for (i, p) in prompts.iter().enumerate() {
             let mut ids = p.clone();
-            for step in 0..6 {
-                let b = Batch::new(std::slice::from_ref(&ids), 0, PadSide::Left, m.device()).unwrap();
-                let l: Vec<f32> = m.run(&b, &RunOpts::default()).unwrap().logits.unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            for (step, &want) in fast[i].iter().enumerate() {
+                let b =
+                    Batch::new(std::slice::from_ref(&ids), 0, PadSide::Left, m.device()).unwrap();
+                let l: Vec<f32> = m
+                    .run(&b, &RunOpts::default())
+                    .unwrap()
+                    .logits
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
                 let next = crate::model::generate::argmax(&l);
-                assert_eq!(next, fast[i][step], "{arch:?} row {i} step {step}");
+                assert_eq!(next, want, "{arch:?} row {i} step {step}");
                 ids.push(next);
             }
         }
@@ -279,7 +533,11 @@ fn prompts_longer_than_the_context_are_rejected() {
     let m = tiny_model(Arch::Llama);
     let long = vec![(0..70u32).map(|i| i % 20).collect::<Vec<_>>()];
     let b = Batch::new(&long, 0, PadSide::Left, m.device()).unwrap();
-    let e = m.run(&b, &RunOpts::default()).err().expect("must fail").to_string();
+    let e = m
+        .run(&b, &RunOpts::default())
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(e.contains("longer than the context"), "{e}");
 }
 
@@ -290,7 +548,8 @@ fn float32_gradients_agree_with_float64() {
         let m64 = tiny_model(arch);
         let mut w32 = Weights::default();
         for (k, t) in &m64.weights().tensors {
-            w32.tensors.insert(k.clone(), t.to_dtype(DType::F32).unwrap());
+            w32.tensors
+                .insert(k.clone(), t.to_dtype(DType::F32).unwrap());
         }
         let mut m32 = Transformer::new(m64.config.clone(), w32).unwrap();
         let mut m64 = m64;
@@ -299,14 +558,37 @@ fn float32_gradients_agree_with_float64() {
         m32.set_trainable(&names).unwrap();
         let b = batch(&m64, PadSide::Left);
         let dl = metric_weights(&m64, 2);
-        let o64 = m64.run(&b, &RunOpts { logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
+        let o64 = m64
+            .run(
+                &b,
+                &RunOpts {
+                    logits: LogitsAt::Last,
+                    grad: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         let g64 = m64.backward(&o64, Some(&dl), None).unwrap();
-        let o32 = m32.run(&b, &RunOpts { logits: LogitsAt::Last, grad: true, ..Default::default() }).unwrap();
-        let g32 = m32.backward(&o32, Some(&dl.to_dtype(DType::F32).unwrap()), None).unwrap();
+        let o32 = m32
+            .run(
+                &b,
+                &RunOpts {
+                    logits: LogitsAt::Last,
+                    grad: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let g32 = m32
+            .backward(&o32, Some(&dl.to_dtype(DType::F32).unwrap()), None)
+            .unwrap();
         for n in &names {
             let scale = v(&g64.params[n]).iter().fold(0f64, |a, b| a.max(b.abs()));
             let d = max_diff(&g64.params[n], &g32.params[n]);
-            assert!(d <= 1e-4 * (1.0 + scale), "{arch:?} {n}: f32 vs f64 gradient differ by {d} (scale {scale})");
+            assert!(
+                d <= 1e-4 * (1.0 + scale),
+                "{arch:?} {n}: f32 vs f64 gradient differ by {d} (scale {scale})"
+            );
         }
     }
 }

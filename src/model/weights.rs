@@ -24,7 +24,10 @@ impl Weights {
     pub fn expected_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q, kv) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, d])];
+        let mut v = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![c.vocab_size, d],
+        )];
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}");
             v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d]));
