@@ -6,6 +6,8 @@ use crate::model::config::{Activation, Arch, ModelConfig};
 use crate::model::{TextTokenizer, Weights};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Content;
+#[cfg(test)]
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor};
 use std::io::Read;
 use std::path::Path;
@@ -289,6 +291,86 @@ mod tests {
             .unwrap();
         let back = unpermute(&permuted, heads).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
+    }
+
+    /// A tiny GGUF with the given metadata and one f32 embedding tensor.
+    fn tiny_gguf(path: &Path, meta: &[(&str, Value)]) {
+        use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+        let emb = QTensor::quantize(
+            &Tensor::zeros((4, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap();
+        let mut f = std::fs::File::create(path).unwrap();
+        let m: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        gguf_file::write(&mut f, &m, &[("token_embd.weight", &emb)]).unwrap();
+    }
+
+    #[test]
+    fn unknown_architecture_and_tokenizer_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("odd.gguf");
+        tiny_gguf(
+            &p,
+            &[("general.architecture", Value::String("bert".into()))],
+        );
+        let e = load_gguf(&p, &Device::Cpu)
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(
+            e.contains("odd.gguf") && e.contains("\"bert\"") && e.contains("not supported"),
+            "{e}"
+        );
+        let llama = |extra: Vec<(&'static str, Value)>| {
+            let mut m = vec![
+                ("general.architecture", Value::String("llama".into())),
+                ("llama.embedding_length", Value::U32(8)),
+                ("llama.attention.head_count", Value::U32(2)),
+                ("llama.feed_forward_length", Value::U32(16)),
+                ("llama.block_count", Value::U32(1)),
+                ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ];
+            m.extend(extra);
+            m
+        };
+        tiny_gguf(&p, &llama(vec![]));
+        let e = format!(
+            "{:#}",
+            load_gguf(&p, &Device::Cpu).err().expect("must fail")
+        );
+        assert!(e.contains("tokenizer.ggml.model"), "{e}");
+        let toks = Value::Array(
+            ["a", "b", "c", "d"]
+                .iter()
+                .map(|t| Value::String(t.to_string()))
+                .collect(),
+        );
+        tiny_gguf(
+            &p,
+            &llama(vec![
+                ("tokenizer.ggml.model", Value::String("rwkv".into())),
+                ("tokenizer.ggml.tokens", toks),
+            ]),
+        );
+        let e = format!(
+            "{:#}",
+            load_gguf(&p, &Device::Cpu).err().expect("must fail")
+        );
+        assert!(
+            e.contains("rwkv") && e.contains("unsupported tokenizer"),
+            "{e}"
+        );
+        let mut bad = llama(vec![]);
+        bad.retain(|(k, _)| *k != "llama.block_count");
+        tiny_gguf(&p, &bad);
+        let e = config_from_gguf(&read_content(&p).unwrap().1, &p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("llama.block_count") && e.contains("missing"),
+            "{e}"
+        );
     }
 
     #[test]
