@@ -67,7 +67,10 @@ def main():
     for p in model.parameters():
         p.requires_grad_(True)
     res["fwd_bwd_all_weights"] = timeit(step)
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "load_seconds": load_s, "seconds": res}))
+    a = torch.randn(1024, 1024)
+    b = torch.randn(1024, 1024)
+    gemm = 2 * 1024**3 / timeit(lambda: a @ b) / 1e9
+    print(json.dumps({"gemm_1024_gflops": gemm, "torch": torch.__version__, "threads": torch.get_num_threads(), "load_seconds": load_s, "seconds": res}))
 
 
 if __name__ == "__main__":

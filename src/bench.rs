@@ -183,11 +183,17 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
 
     let gflops = gemm_gflops(1024, repeats)?;
     eprintln!("gemm 1024³            {gflops:>7.1} GFLOP/s");
-    let pytorch_run = if pytorch {
-        run_pytorch(&lm, repeats)
-    } else {
-        Value::Null
-    };
+    let pytorch_run = if pytorch { run_pytorch(&lm, repeats) } else { Value::Null };
+    // Ratios against PyTorch measured in this run, on this machine.
+    for r in rows.iter_mut() {
+        let name = r["name"].as_str().unwrap_or("").to_string();
+        if let Some(p) = pytorch_run["seconds"][&name].as_f64() {
+            let ours = r["seconds"].as_f64().unwrap_or(f64::NAN);
+            r["pytorch_same_run_seconds"] = json!(p);
+            r["speedup_vs_pytorch_same_run"] = json!(p / ours);
+            eprintln!("{name:<22} ours {ours:.3} s, PyTorch (same run) {p:.3} s: ×{:.2}", p / ours);
+        }
+    }
     let report = json!({
         "tool": "unlearn bench",
         "version": env!("CARGO_PKG_VERSION"),
