@@ -6,5 +6,6 @@
 
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod model;
 pub mod util;

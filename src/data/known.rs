@@ -1,0 +1,171 @@
+//! What a model knows: score every fact at its last prompt position (batched, last-position
+//! logits only), keep the known ones, and split them deterministically into forget and retain.
+
+use super::Fact;
+use crate::model::transformer::{LogitsAt, RunOpts};
+use crate::model::{Batch, LanguageModel, PadSide};
+use anyhow::{bail, Result};
+use candle_core::DType;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+/// How a model does on one fact.
+#[derive(Clone, Debug, Serialize)]
+pub struct FactScore {
+    pub p_answer: f64,
+    /// Tokens with a larger logit than the answer's first token (0 = top-1).
+    pub rank: usize,
+    /// The answer beats the other candidates (true when there are none).
+    pub top1_among_candidates: bool,
+}
+
+/// First token of an answer (answers are scored by their first token).
+pub fn answer_token(lm: &LanguageModel, answer: &str) -> Result<u32> {
+    match lm.tokenizer.encode(answer, false)?.first() {
+        Some(&t) => Ok(t),
+        None => bail!("answer {answer:?} has no tokens"),
+    }
+}
+
+/// Score facts in batches.
+pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Vec<FactScore>> {
+    let mut out = Vec::with_capacity(facts.len());
+    let bar = crate::util::progress(facts.len() as u64, "scoring facts");
+    for chunk in facts.chunks(batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|f| lm.tokenizer.encode(&f.prompt, true)).collect::<Result<_>>()?;
+        let b = Batch::new(&ids, lm.pad_id(), PadSide::Left, lm.model.device())?;
+        let logits = lm.model.run(&b, &RunOpts { logits: LogitsAt::Last, ..Default::default() })?.logits.expect("logits");
+        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        for (f, row) in chunk.iter().zip(rows) {
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            let a = answer_token(lm, &f.answer)? as usize;
+            let x = row[a];
+            let mut top1 = true;
+            for c in &f.candidates {
+                let ci = answer_token(lm, c)? as usize;
+                if ci != a && row[ci] >= x {
+                    top1 = false;
+                }
+            }
+            out.push(FactScore { p_answer: (x as f64 - lse).exp(), rank: row.iter().filter(|&&y| y > x).count(), top1_among_candidates: top1 });
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// Which facts count as known.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub enum KnownRule {
+    /// P(answer) at least this.
+    MinProb(f64),
+    /// The answer is the top-1 token over the vocabulary.
+    Top1,
+    /// The answer beats the task's other candidates.
+    Top1AmongCandidates,
+}
+
+impl KnownRule {
+    pub fn parse(s: &str) -> Result<KnownRule> {
+        Ok(match s {
+            "top1" => KnownRule::Top1,
+            "candidates" => KnownRule::Top1AmongCandidates,
+            p => match p.strip_prefix("p>=").and_then(|x| x.parse::<f64>().ok()) {
+                Some(v) if (0.0..=1.0).contains(&v) => KnownRule::MinProb(v),
+                _ => bail!("--known {s:?}: use top1, candidates or p>=0.5 (a probability in [0, 1])"),
+            },
+        })
+    }
+
+    pub fn holds(&self, s: &FactScore) -> bool {
+        match *self {
+            KnownRule::MinProb(p) => s.p_answer >= p,
+            KnownRule::Top1 => s.rank == 0,
+            KnownRule::Top1AmongCandidates => s.top1_among_candidates,
+        }
+    }
+}
+
+/// Split known facts into (forget, retain) by a named rule: `first-N`, `random-N` (with seed),
+/// `half-a` / `half-b` (first or second half), or an attribute value such as `basketball`.
+pub fn split(known: &[Fact], spec: &str, seed: u64) -> Result<(Vec<Fact>, Vec<Fact>)> {
+    let n_of = |s: &str| -> Result<usize> {
+        let n: usize = s.parse().map_err(|_| anyhow::anyhow!("split {spec:?}: {s:?} is not a number"))?;
+        if n == 0 || n > known.len() {
+            bail!("split {spec:?}: asks for {n} facts but {} are known", known.len());
+        }
+        Ok(n)
+    };
+    let idx: Vec<usize> = if let Some(n) = spec.strip_prefix("first-") {
+        (0..n_of(n)?).collect()
+    } else if let Some(n) = spec.strip_prefix("random-") {
+        let n = n_of(n)?;
+        let mut all: Vec<usize> = (0..known.len()).collect();
+        all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        let mut v = all[..n].to_vec();
+        v.sort();
+        v
+    } else if spec == "half-a" {
+        (0..known.len() / 2).collect()
+    } else if spec == "half-b" {
+        (known.len() / 2..known.len()).collect()
+    } else {
+        let v: Vec<usize> = (0..known.len()).filter(|&i| known[i].attribute.as_deref() == Some(spec)).collect();
+        if v.is_empty() {
+            bail!("split {spec:?}: not first-N, random-N, half-a, half-b, nor an attribute of any known fact");
+        }
+        v
+    };
+    let set: std::collections::HashSet<usize> = idx.iter().copied().collect();
+    let forget = idx.iter().map(|&i| known[i].clone()).collect();
+    let retain = (0..known.len()).filter(|i| !set.contains(i)).map(|i| known[i].clone()).collect();
+    Ok((forget, retain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(n: usize) -> Vec<Fact> {
+        (0..n)
+            .map(|i| Fact {
+                id: i.to_string(),
+                prompt: format!("P{i} is"),
+                subject: format!("P{i}"),
+                answer: " x".into(),
+                new_answer: None,
+                paraphrases: vec![],
+                neighborhood: vec![],
+                candidates: vec![],
+                attribute: Some(if i % 2 == 0 { "even".into() } else { "odd".into() }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn splits_are_deterministic_and_disjoint() {
+        let k = facts(10);
+        let (f, r) = split(&k, "first-3", 0).unwrap();
+        assert_eq!((f.len(), r.len()), (3, 7));
+        let (a, _) = split(&k, "random-4", 7).unwrap();
+        let (b, _) = split(&k, "random-4", 7).unwrap();
+        assert_eq!(a, b);
+        let (c, _) = split(&k, "random-4", 8).unwrap();
+        assert_ne!(a, c);
+        let (e, r) = split(&k, "even", 0).unwrap();
+        assert_eq!(e.len(), 5);
+        assert!(r.iter().all(|x| x.attribute.as_deref() == Some("odd")));
+        assert!(split(&k, "first-11", 0).unwrap_err().to_string().contains("10 are known"));
+        assert!(split(&k, "curling", 0).is_err());
+    }
+
+    #[test]
+    fn known_rules_parse() {
+        assert!(matches!(KnownRule::parse("p>=0.5").unwrap(), KnownRule::MinProb(p) if p == 0.5));
+        assert!(KnownRule::parse("p>=2").is_err());
+        assert!(KnownRule::parse("sometimes").is_err());
+    }
+}

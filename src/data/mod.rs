@@ -1,0 +1,79 @@
+//! Facts: what a model may know and what unlearning targets. A [`Fact`] is a prompt whose
+//! completion is an answer about a subject; loaders read Sports Facts ([`sports`]), CounterFact
+//! ([`counterfact`]) and a user's own file ([`user`]); [`known`] keeps the facts a model actually
+//! knows and splits them deterministically.
+
+pub mod counterfact;
+pub mod known;
+pub mod sports;
+pub mod user;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One fact: `prompt` completed by `answer` (with its leading space, e.g. `" basketball"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fact {
+    /// Stable identifier within its dataset (row id, case id).
+    pub id: String,
+    pub prompt: String,
+    /// The subject as it appears in the prompt (its last occurrence is the subject span).
+    pub subject: String,
+    pub answer: String,
+    /// Replacement answer for editing (CounterFact target_new; another sport).
+    pub new_answer: Option<String>,
+    pub paraphrases: Vec<String>,
+    pub neighborhood: Vec<String>,
+    /// Closed answer set of the task (e.g. the three sports), answer included.
+    pub candidates: Vec<String>,
+    /// Grouping attribute (sport, relation id) for splits such as `basketball`.
+    pub attribute: Option<String>,
+}
+
+impl Fact {
+    /// Check the fields a fact needs; `what` names where it came from.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        if self.prompt.trim().is_empty() {
+            bail!("{what}: field `prompt` is empty");
+        }
+        if self.subject.trim().is_empty() {
+            bail!("{what}: field `subject` is empty");
+        }
+        if !self.prompt.contains(&self.subject) {
+            bail!("{what}: the subject {:?} does not occur in the prompt {:?}", self.subject, self.prompt);
+        }
+        if self.answer.trim().is_empty() {
+            bail!("{what}: field `answer` is empty");
+        }
+        Ok(())
+    }
+}
+
+/// Where the datasets live: `$UNLEARN_DATA`, else `data/` of this repository.
+pub fn data_dir() -> PathBuf {
+    match std::env::var_os("UNLEARN_DATA").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data"),
+    }
+}
+
+/// Give an answer its leading space (answers are completions of a prompt).
+pub fn as_completion(answer: &str) -> String {
+    if answer.starts_with(' ') {
+        answer.to_string()
+    } else {
+        format!(" {answer}")
+    }
+}
+
+/// Load a task by name: `sports`, `counterfact`, or a path to a user facts file.
+pub fn load_task(task: &str) -> Result<Vec<Fact>> {
+    match task {
+        "sports" => sports::load(&data_dir().join("sports_facts/sports.csv")),
+        "counterfact" => counterfact::load_full(&data_dir().join("counterfact/counterfact_full_schema_subset.json")),
+        "counterfact-rewrites" => counterfact::load_rewrites(&data_dir().join("counterfact/counterfact_requested_rewrites_all.jsonl")),
+        path if std::path::Path::new(path).is_file() => user::load(std::path::Path::new(path)),
+        other => bail!("unknown task {other:?}: use sports, counterfact, counterfact-rewrites, or a path to a .jsonl/.tsv facts file"),
+    }
+}
