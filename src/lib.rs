@@ -7,5 +7,6 @@
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod locate;
 pub mod model;
 pub mod util;

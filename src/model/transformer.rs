@@ -86,6 +86,17 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// A cache made of given per-layer keys/values `[B, KV, S, hd]` (None for layers that will
+    /// not be run) and, per row, which of the S slots are real and their positions.
+    pub fn from_parts(layers: Vec<Option<(Tensor, Tensor)>>, keys: Vec<Vec<(bool, u32)>>) -> Self {
+        KvCache { layers, keys }
+    }
+
+    /// Keys and values of one layer.
+    pub fn layer(&self, l: usize) -> Option<&(Tensor, Tensor)> {
+        self.layers.get(l).and_then(|x| x.as_ref())
+    }
+
     /// Position the next token of each row gets.
     pub fn next_positions(&self) -> Vec<u32> {
         self.keys
@@ -639,6 +650,16 @@ impl Transformer {
         Ok((out, tape))
     }
 
+    /// Logits `[N, V]` of final residual rows `[N, D]` (final norm, LM head, soft-capping).
+    pub fn head(&self, rows: &Tensor) -> Result<Tensor> {
+        let (hn, _) = ops::rms_norm(rows, &self.norm_scale("model.norm.weight")?, self.config.rms_norm_eps)?;
+        let logits = ops::linear(&hn, self.lm_weight()?)?;
+        Ok(match self.config.final_logit_softcapping {
+            Some(cap) => ops::softcap(&logits, cap)?,
+            None => logits,
+        })
+    }
+
     fn lm_weight(&self) -> Result<&Tensor> {
         if self.config.tie_word_embeddings {
             self.w("model.embed_tokens.weight")
@@ -1050,20 +1071,11 @@ impl Transformer {
     /// Forward of new tokens with a KV cache (generation). `seqs` holds each row's new tokens;
     /// on the first call they are padded on the left. Returns last-position logits `[B, V]`.
     pub fn step(&self, seqs: &[Vec<u32>], pad_id: u32, kv: &mut KvCache) -> Result<Tensor> {
-        let mut batch = Batch::new(
-            seqs,
-            pad_id,
-            crate::model::batch::PadSide::Left,
-            &self.device,
-        )?;
+        let mut batch = Batch::new(seqs, pad_id, crate::model::batch::PadSide::Left, &self.device)?;
         if !kv.is_empty() {
             let next = kv.next_positions();
             if next.len() != batch.size() {
-                bail!(
-                    "generation: {} rows given, the cache holds {}",
-                    batch.size(),
-                    next.len()
-                );
+                bail!("generation: {} rows given, the cache holds {}", batch.size(), next.len());
             }
             for (row, start) in batch.positions.iter_mut().zip(next) {
                 for (i, p) in row.iter_mut().enumerate() {
@@ -1071,52 +1083,74 @@ impl Transformer {
                 }
             }
         }
-        self.check_batch(&batch)?;
+        let x = self.embed(&batch.ids)?;
+        let (_, logits) = self.run_cached(&batch, x, 0, kv, &Hooks::default(), &mut ActivationCache::new(), &LogitsAt::Last)?;
+        Ok(logits.expect("logits asked"))
+    }
+
+    /// Run blocks `start..` on the batch's slots (residual `x`, `[B, T, D]`) after the keys and
+    /// values already in `kv` (per row: which cached slots are real, and their positions), and
+    /// append this batch's keys and values. Used for generation and for causal-tracing
+    /// restorations, where the positions before the restored one are the corrupted run's cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_cached(
+        &self,
+        batch: &Batch,
+        x: Tensor,
+        start: usize,
+        kv: &mut KvCache,
+        hooks: &Hooks,
+        cache: &mut ActivationCache,
+        at: &LogitsAt,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        self.run_cached_range(batch, x, start..self.config.num_layers, kv, hooks, cache, at)
+    }
+
+    /// [`run_cached`](Self::run_cached) over the blocks of `layers` only (logits only when the
+    /// range ends at the last block).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_cached_range(
+        &self,
+        batch: &Batch,
+        mut x: Tensor,
+        layers: std::ops::Range<usize>,
+        kv: &mut KvCache,
+        hooks: &Hooks,
+        cache: &mut ActivationCache,
+        at: &LogitsAt,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if layers.end > self.config.num_layers {
+            bail!("run: block range {layers:?} goes past the {} blocks", self.config.num_layers);
+        }
+        if layers.end < self.config.num_layers && *at != LogitsAt::None {
+            bail!("run: logits asked for, but the run stops at block {}", layers.end);
+        }
+        self.check_batch(batch)?;
         let (b, t) = (batch.size(), batch.len());
-        let hooks = Hooks::default();
-        let (mut cache, mut keep) = (ActivationCache::new(), BTreeMap::new());
-        let mut x = self.embed(&batch.ids)?;
+        let mut keep = BTreeMap::new();
         let pos = batch.position_tensor(&self.device)?;
         let mask_global = batch.attn_mask(&kv.keys, None, self.dtype, &self.device)?;
         let mask_local = match self.config.sliding_window {
             Some(w) => Some(batch.attn_mask(&kv.keys, Some(w), self.dtype, &self.device)?),
             None => None,
         };
-        for l in 0..self.config.num_layers {
-            let mask = if self.config.is_sliding(l) {
-                mask_local.as_ref().unwrap_or(&mask_global)
-            } else {
-                &mask_global
-            };
+        for l in layers {
+            let mask = if self.config.is_sliding(l) { mask_local.as_ref().unwrap_or(&mask_global) } else { &mask_global };
             let (c, s) = self.rope_for(l, &pos, b, t)?;
             let slot = &mut kv.layers[l];
-            x = self
-                .layer_forward(
-                    l,
-                    x,
-                    mask,
-                    &c,
-                    &s,
-                    Some(slot),
-                    &hooks,
-                    &mut cache,
-                    &mut keep,
-                    false,
-                )?
-                .0;
+            x = self.layer_forward(l, x, mask, &c, &s, Some(slot), hooks, cache, &mut keep, false)?.0;
         }
         if kv.keys.is_empty() {
             kv.keys = vec![Vec::new(); b];
         }
         for (bi, row) in kv.keys.iter_mut().enumerate() {
-            row.extend(
-                batch.valid[bi]
-                    .iter()
-                    .copied()
-                    .zip(batch.positions[bi].iter().copied()),
-            );
+            row.extend(batch.valid[bi].iter().copied().zip(batch.positions[bi].iter().copied()));
         }
-        Ok(self.head_forward(&x, &LogitsAt::Last, &batch)?.0)
+        let logits = match at {
+            LogitsAt::None => None,
+            other => Some(self.head_forward(&x, other, batch)?.0),
+        };
+        Ok((x, logits))
     }
 }
 
@@ -1132,4 +1166,4 @@ fn add_grad(map: &mut BTreeMap<String, Tensor>, name: &str, g: Tensor) -> Result
 
 #[cfg(test)]
 #[path = "transformer_tests.rs"]
-mod tests;
+pub(crate) mod tests;
