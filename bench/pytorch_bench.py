@@ -17,6 +17,45 @@ import argparse, json, os, statistics, sys, time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def ids_for_trace(gguf_path):
+    """Token ids of the tracing prompt (Gemma 3 tokenizer ids, the same as unlearn's)."""
+    return [2, 818, 94648, 25822, 563, 5628, 528, 506, 3207, 529]
+
+
+def trace_sweep(model, ids, torch):
+    """The naive ROME sweep with forward hooks: one batch of 10 noise samples per (layer, token)."""
+    x = torch.tensor([ids])
+    s0, s1, ans, n = 2, 4, 9079, 10
+    L, T = model.config.num_hidden_layers, len(ids)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        std = model.model.embed_tokens(torch.randint(0, model.config.vocab_size, (20000,), generator=g)).std().item()
+        noise = torch.randn(n, s1 - s0, model.config.hidden_size, generator=g) * 3 * std
+        clean = {}
+        hs = [model.model.layers[l].register_forward_hook(lambda m, i, o, l=l: clean.__setitem__(l, o.detach().clone())) for l in range(L)]
+        model(x, logits_to_keep=1)
+        [h.remove() for h in hs]
+
+        def corrupt(m, i, o):
+            o = o.clone()
+            o[:, s0:s1] += noise
+            return o
+
+        he = model.model.embed_tokens.register_forward_hook(corrupt)
+        t0 = time.perf_counter()
+        for l in range(L):
+            for t in range(T):
+                def restore(m, i, o, l=l, t=t):
+                    o = o.clone()
+                    o[:, t] = clean[l][0, t]
+                    return o
+                h = model.model.layers[l].register_forward_hook(restore)
+                model(x.repeat(n, 1), logits_to_keep=1)
+                h.remove()
+        he.remove()
+        return time.perf_counter() - t0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", required=True)
@@ -67,6 +106,7 @@ def main():
     for p in model.parameters():
         p.requires_grad_(True)
     res["fwd_bwd_all_weights"] = timeit(step)
+    res["trace_sweep"] = trace_sweep(model, ids_for_trace(args.gguf), torch)
     a = torch.randn(1024, 1024)
     b = torch.randn(1024, 1024)
     gemm = 2 * 1024**3 / timeit(lambda: a @ b) / 1e9

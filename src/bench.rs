@@ -16,7 +16,8 @@ use std::path::Path;
 use std::time::Instant;
 
 /// PyTorch 2.15 on this kind of machine, 1 thread (SPEC.md §6), seconds.
-const PYTORCH_1T: [(&str, Option<f64>); 4] = [
+const PYTORCH_1T: [(&str, Option<f64>); 5] = [
+    ("trace_sweep", Some(79.0)),
     ("forward_full_logits", Some(1.18)),
     ("forward_last_logits", None),
     ("fwd_bwd_3_mlps", Some(1.06)),
@@ -181,9 +182,47 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     );
     lm.model.set_trainable::<&str>(&[])?;
 
+    // Causal-tracing sweep (SPEC §6): the reference prompt, 10 noise samples, the residual
+    // restored at every (layer, token), P(" Paris") from the full softmax.
+    let (ids, span) = lm.tokenizer.encode_with_span(
+        "The Eiffel Tower is located in the city of",
+        "Eiffel Tower",
+        true,
+    )?;
+    let answer = lm.tokenizer.encode(" Paris", false)?[0];
+    let opts = crate::locate::trace::TraceOpts::default();
+    let t = Instant::now();
+    let grid = crate::locate::trace::trace(&lm.model, &ids, span.clone(), answer, &opts)?;
+    let secs = t.elapsed().as_secs_f64();
+    let c = &lm.model.config;
+    let layer_params =
+        (c.param_count() - c.vocab_size * c.hidden_size - c.hidden_size) / c.num_layers;
+    let (l_n, t_n, n) = (c.num_layers, ids.len(), opts.samples);
+    let token_layers: usize = (0..l_n - 1)
+        .map(|l| {
+            (span.start..t_n)
+                .map(|t| (t_n - t) * (l_n - 1 - l) * n)
+                .sum::<usize>()
+        })
+        .sum();
+    let head_rows = (l_n - 1) * (t_n - span.start) * n;
+    let flops = 2.0 * (token_layers * layer_params) as f64
+        + 2.0 * (head_rows * c.vocab_size * c.hidden_size) as f64;
+    record(
+        "trace_sweep",
+        secs,
+        peak_rss(),
+        json!({"tokens": t_n, "samples": n, "p_clean": grid.p_clean, "p_corrupt": grid.p_corrupt,
+               "useful_gflop": flops / 1e9, "gflops_achieved": flops / secs / 1e9,
+               "note": "useful FLOPs only: restored suffixes through the later blocks plus one LM-head row per restoration"}),
+    );
     let gflops = gemm_gflops(1024, repeats)?;
     eprintln!("gemm 1024³            {gflops:>7.1} GFLOP/s");
-    let pytorch_run = if pytorch { run_pytorch(&lm, repeats) } else { Value::Null };
+    let pytorch_run = if pytorch {
+        run_pytorch(&lm, repeats)
+    } else {
+        Value::Null
+    };
     // Ratios against PyTorch measured in this run, on this machine.
     for r in rows.iter_mut() {
         let name = r["name"].as_str().unwrap_or("").to_string();
@@ -191,7 +230,10 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
             let ours = r["seconds"].as_f64().unwrap_or(f64::NAN);
             r["pytorch_same_run_seconds"] = json!(p);
             r["speedup_vs_pytorch_same_run"] = json!(p / ours);
-            eprintln!("{name:<22} ours {ours:.3} s, PyTorch (same run) {p:.3} s: ×{:.2}", p / ours);
+            eprintln!(
+                "{name:<22} ours {ours:.3} s, PyTorch (same run) {p:.3} s: ×{:.2}",
+                p / ours
+            );
         }
     }
     let report = json!({

@@ -9,4 +9,5 @@ pub mod cli;
 pub mod data;
 pub mod locate;
 pub mod model;
+pub mod report;
 pub mod util;

@@ -77,6 +77,43 @@ enum Command {
         #[arg(required = true)]
         prompt: Vec<String>,
     },
+    /// Find where the facts of a task live: causal tracing over the known facts of the forget
+    /// split, then the chosen MLP layers (top-k by indirect effect, KUDA's best window, or a
+    /// control). Writes OUT/localization.json, OUT/trace.svg and OUT/components.svg.
+    Locate {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// sports, counterfact, counterfact-rewrites, or a .jsonl/.tsv facts file.
+        #[arg(long, default_value = "sports")]
+        task: String,
+        /// Which known facts to locate: first-N, random-N, half-a, half-b, or an attribute (basketball).
+        #[arg(long, default_value = "first-16")]
+        forget: String,
+        /// When a fact counts as known: top1 (over the vocabulary), candidates (beats the other answers), p>=X.
+        #[arg(long, default_value = "top1")]
+        known: String,
+        /// causal-trace (top-k MLPs), kuda-window (best window of --window MLPs), random, all-mlps.
+        #[arg(long, default_value = "kuda-window")]
+        method: String,
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        /// Layers in KUDA's window (and restored together in the MLP trace when larger than 1).
+        #[arg(long, default_value_t = 3)]
+        window: usize,
+        /// Noise samples per fact.
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+        /// Trace at most this many facts of the split.
+        #[arg(long, default_value_t = 16)]
+        max_facts: usize,
+        /// Choose as many parameters as this other localization.json has (fair comparisons).
+        #[arg(long)]
+        budget_of: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a model as a Hugging Face directory (safetensors + config.json + tokenizer.json);
     /// `--model DIR` loads it back with identical logits.
     Export {
@@ -136,6 +173,36 @@ fn run(cmd: Command) -> Result<()> {
             prompt,
         } => cli::predict(&model, &prompt, top_k, answer.as_deref(), batch_size, json),
         Command::Export { model, out } => cli::export(&model, &out),
+        Command::Locate {
+            model,
+            task,
+            forget,
+            known,
+            method,
+            top_k,
+            window,
+            samples,
+            max_facts,
+            budget_of,
+            seed,
+            out,
+        } => {
+            let args = unlearn::locate::run::LocateArgs {
+                model,
+                task,
+                forget,
+                known,
+                seed,
+                method,
+                top_k,
+                window,
+                samples,
+                max_facts,
+                budget_of,
+                out,
+            };
+            unlearn::locate::run::run(&args, &cli::device()?)
+        }
         Command::Bench {
             model,
             out,

@@ -13,9 +13,22 @@ fn read_npy_f32(path: &str) -> (Vec<usize>, Vec<f32>) {
     let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
     let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
     assert!(header.contains("'<f4'"), "{header}");
-    let shape_txt = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = shape_txt.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
-    let data = b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data = b[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     (shape, data)
 }
 
@@ -33,11 +46,17 @@ fn gemma3_residual_trace_matches_the_reference_grid() {
     let lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
     let prompt = "The Eiffel Tower is located in the city of";
     // The reference corrupts " Eiffel", " Tower" (the subject's tokens minus those of "The").
-    let (ids, span) = lm.tokenizer.encode_with_span(prompt, "Eiffel Tower", true).unwrap();
+    let (ids, span) = lm
+        .tokenizer
+        .encode_with_span(prompt, "Eiffel Tower", true)
+        .unwrap();
     assert_eq!((ids.len(), span.clone()), (10, 2..4));
     let answer = lm.tokenizer.encode(" Paris", false).unwrap()[0];
     let g = trace(&lm.model, &ids, span, answer, &TraceOpts::default()).unwrap();
-    let (shape, want) = read_npy_f32(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference/trace_gemma3_grid.npy"));
+    let (shape, want) = read_npy_f32(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/reference/trace_gemma3_grid.npy"
+    ));
     assert_eq!(shape, vec![18, 10]);
     assert_eq!((g.grid.len(), g.grid[0].len()), (18, 10));
     assert!((g.p_clean - 0.7594).abs() < 1e-3, "p_clean {}", g.p_clean);
@@ -47,14 +66,34 @@ fn gemma3_residual_trace_matches_the_reference_grid() {
     let r = pearson(&ours, &theirs);
     assert!(r >= 0.9, "correlation with the reference grid {r}");
     // Peaks: the last token in late layers; the last subject token in early-middle layers.
-    let (best_l, best_t) = (0..18).flat_map(|l| (0..10).map(move |t| (l, t))).max_by(|a, b| g.grid[a.0][a.1].total_cmp(&g.grid[b.0][b.1])).unwrap();
+    let (best_l, best_t) = (0..18)
+        .flat_map(|l| (0..10).map(move |t| (l, t)))
+        .max_by(|a, b| g.grid[a.0][a.1].total_cmp(&g.grid[b.0][b.1]))
+        .unwrap();
     assert_eq!(best_t, 9);
     assert!(best_l >= 12, "best layer {best_l}");
     let subj: Vec<f64> = (0..18).map(|l| g.grid[l][3]).collect();
-    let peak = (0..18).max_by(|&a, &b| subj[a].total_cmp(&subj[b])).unwrap();
-    assert!((2..=9).contains(&peak), "last subject token peaks at layer {peak}: {subj:?}");
+    let peak = (0..18)
+        .max_by(|&a, &b| subj[a].total_cmp(&subj[b]))
+        .unwrap();
+    assert!(
+        (2..=9).contains(&peak),
+        "last subject token peaks at layer {peak}: {subj:?}"
+    );
     // KUDA's window over the MLP effects falls where the subject is processed.
-    let mlp = trace(&lm.model, &ids, 2..4, answer, &TraceOpts { kind: TraceKind::Mlp, window: 5, samples: 4, ..Default::default() }).unwrap();
+    let mlp = trace(
+        &lm.model,
+        &ids,
+        2..4,
+        answer,
+        &TraceOpts {
+            kind: TraceKind::Mlp,
+            window: 5,
+            samples: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let eff: Vec<f64> = (0..18).map(|l| mlp.grid[l][3] - mlp.p_corrupt).collect();
     let w = best_window(&eff, 3).unwrap();
     assert!(w <= 10, "MLP window starts at layer {w}: {eff:?}");

@@ -8,16 +8,27 @@ use std::path::Path;
 
 fn rewrite_to_fact(rw: &Value, case: &Value, what: &str) -> Result<Fact> {
     let s = |v: &Value, name: &str| -> Result<String> {
-        v.as_str().map(|x| x.to_string()).with_context(|| format!("{what}: field `{name}` is missing or not a string"))
+        v.as_str()
+            .map(|x| x.to_string())
+            .with_context(|| format!("{what}: field `{name}` is missing or not a string"))
     };
     let template = s(&rw["prompt"], "requested_rewrite.prompt")?;
     let subject = s(&rw["subject"], "requested_rewrite.subject")?;
     if !template.contains("{}") {
         anyhow::bail!("{what}: requested_rewrite.prompt {template:?} has no {{}} for the subject");
     }
-    let answer = as_completion(&s(&rw["target_true"]["str"], "requested_rewrite.target_true.str")?);
-    let new = as_completion(&s(&rw["target_new"]["str"], "requested_rewrite.target_new.str")?);
-    let id = case.as_u64().map(|c| c.to_string()).with_context(|| format!("{what}: field `case_id` is missing"))?;
+    let answer = as_completion(&s(
+        &rw["target_true"]["str"],
+        "requested_rewrite.target_true.str",
+    )?);
+    let new = as_completion(&s(
+        &rw["target_new"]["str"],
+        "requested_rewrite.target_new.str",
+    )?);
+    let id = case
+        .as_u64()
+        .map(|c| c.to_string())
+        .with_context(|| format!("{what}: field `case_id` is missing"))?;
     Ok(Fact {
         id,
         prompt: template.replace("{}", &subject),
@@ -33,15 +44,23 @@ fn rewrite_to_fact(rw: &Value, case: &Value, what: &str) -> Result<Fact> {
 
 /// The full-schema subset (a JSON array).
 pub fn load_full(path: &Path) -> Result<Vec<Fact>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let v: Vec<Value> = serde_json::from_str(&text).with_context(|| format!("{}: not a JSON array", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let v: Vec<Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a JSON array", path.display()))?;
     v.iter()
         .enumerate()
         .map(|(i, r)| {
             let what = format!("{}: record {i}", path.display());
             let mut f = rewrite_to_fact(&r["requested_rewrite"], &r["case_id"], &what)?;
             let list = |k: &str| -> Vec<String> {
-                r[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(|s| s.to_string())).collect()).unwrap_or_default()
+                r[k].as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(|s| s.to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
             };
             f.paraphrases = list("paraphrase_prompts");
             f.neighborhood = list("neighborhood_prompts");
@@ -53,13 +72,15 @@ pub fn load_full(path: &Path) -> Result<Vec<Fact>> {
 
 /// The requested rewrites (JSON lines); errors name the line.
 pub fn load_rewrites(path: &Path) -> Result<Vec<Fact>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             let what = format!("{}: line {}", path.display(), i + 1);
-            let r: Value = serde_json::from_str(l).with_context(|| format!("{what}: not valid JSON"))?;
+            let r: Value =
+                serde_json::from_str(l).with_context(|| format!("{what}: not valid JSON"))?;
             let f = rewrite_to_fact(&r["requested_rewrite"], &r["case_id"], &what)?;
             f.validate(&what)?;
             Ok(f)
@@ -77,8 +98,14 @@ mod tests {
         let full = load_full(&d.join("counterfact_full_schema_subset.json")).unwrap();
         assert_eq!(full.len(), 5614);
         assert_eq!(full[0].prompt, "The mother tongue of Danielle Darrieux is");
-        assert_eq!((full[0].answer.as_str(), full[0].new_answer.as_deref()), (" French", Some(" English")));
-        assert_eq!((full[0].paraphrases.len(), full[0].neighborhood.len()), (2, 10));
+        assert_eq!(
+            (full[0].answer.as_str(), full[0].new_answer.as_deref()),
+            (" French", Some(" English"))
+        );
+        assert_eq!(
+            (full[0].paraphrases.len(), full[0].neighborhood.len()),
+            (2, 10)
+        );
         let rw = load_rewrites(&d.join("counterfact_requested_rewrites_all.jsonl")).unwrap();
         assert_eq!(rw.len(), 21919);
     }

@@ -33,9 +33,22 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
     let mut out = Vec::with_capacity(facts.len());
     let bar = crate::util::progress(facts.len() as u64, "scoring facts");
     for chunk in facts.chunks(batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|f| lm.tokenizer.encode(&f.prompt, true)).collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|f| lm.tokenizer.encode(&f.prompt, true))
+            .collect::<Result<_>>()?;
         let b = Batch::new(&ids, lm.pad_id(), PadSide::Left, lm.model.device())?;
-        let logits = lm.model.run(&b, &RunOpts { logits: LogitsAt::Last, ..Default::default() })?.logits.expect("logits");
+        let logits = lm
+            .model
+            .run(
+                &b,
+                &RunOpts {
+                    logits: LogitsAt::Last,
+                    ..Default::default()
+                },
+            )?
+            .logits
+            .expect("logits");
         let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         for (f, row) in chunk.iter().zip(rows) {
             let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -49,7 +62,11 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
                     top1 = false;
                 }
             }
-            out.push(FactScore { p_answer: (x as f64 - lse).exp(), rank: row.iter().filter(|&&y| y > x).count(), top1_among_candidates: top1 });
+            out.push(FactScore {
+                p_answer: (x as f64 - lse).exp(),
+                rank: row.iter().filter(|&&y| y > x).count(),
+                top1_among_candidates: top1,
+            });
         }
         bar.inc(chunk.len() as u64);
     }
@@ -75,7 +92,9 @@ impl KnownRule {
             "candidates" => KnownRule::Top1AmongCandidates,
             p => match p.strip_prefix("p>=").and_then(|x| x.parse::<f64>().ok()) {
                 Some(v) if (0.0..=1.0).contains(&v) => KnownRule::MinProb(v),
-                _ => bail!("--known {s:?}: use top1, candidates or p>=0.5 (a probability in [0, 1])"),
+                _ => {
+                    bail!("--known {s:?}: use top1, candidates or p>=0.5 (a probability in [0, 1])")
+                }
             },
         })
     }
@@ -93,9 +112,14 @@ impl KnownRule {
 /// `half-a` / `half-b` (first or second half), or an attribute value such as `basketball`.
 pub fn split(known: &[Fact], spec: &str, seed: u64) -> Result<(Vec<Fact>, Vec<Fact>)> {
     let n_of = |s: &str| -> Result<usize> {
-        let n: usize = s.parse().map_err(|_| anyhow::anyhow!("split {spec:?}: {s:?} is not a number"))?;
+        let n: usize = s
+            .parse()
+            .map_err(|_| anyhow::anyhow!("split {spec:?}: {s:?} is not a number"))?;
         if n == 0 || n > known.len() {
-            bail!("split {spec:?}: asks for {n} facts but {} are known", known.len());
+            bail!(
+                "split {spec:?}: asks for {n} facts but {} are known",
+                known.len()
+            );
         }
         Ok(n)
     };
@@ -113,7 +137,9 @@ pub fn split(known: &[Fact], spec: &str, seed: u64) -> Result<(Vec<Fact>, Vec<Fa
     } else if spec == "half-b" {
         (known.len() / 2..known.len()).collect()
     } else {
-        let v: Vec<usize> = (0..known.len()).filter(|&i| known[i].attribute.as_deref() == Some(spec)).collect();
+        let v: Vec<usize> = (0..known.len())
+            .filter(|&i| known[i].attribute.as_deref() == Some(spec))
+            .collect();
         if v.is_empty() {
             bail!("split {spec:?}: not first-N, random-N, half-a, half-b, nor an attribute of any known fact");
         }
@@ -121,7 +147,10 @@ pub fn split(known: &[Fact], spec: &str, seed: u64) -> Result<(Vec<Fact>, Vec<Fa
     };
     let set: std::collections::HashSet<usize> = idx.iter().copied().collect();
     let forget = idx.iter().map(|&i| known[i].clone()).collect();
-    let retain = (0..known.len()).filter(|i| !set.contains(i)).map(|i| known[i].clone()).collect();
+    let retain = (0..known.len())
+        .filter(|i| !set.contains(i))
+        .map(|i| known[i].clone())
+        .collect();
     Ok((forget, retain))
 }
 
@@ -140,7 +169,11 @@ mod tests {
                 paraphrases: vec![],
                 neighborhood: vec![],
                 candidates: vec![],
-                attribute: Some(if i % 2 == 0 { "even".into() } else { "odd".into() }),
+                attribute: Some(if i % 2 == 0 {
+                    "even".into()
+                } else {
+                    "odd".into()
+                }),
             })
             .collect()
     }
@@ -158,7 +191,10 @@ mod tests {
         let (e, r) = split(&k, "even", 0).unwrap();
         assert_eq!(e.len(), 5);
         assert!(r.iter().all(|x| x.attribute.as_deref() == Some("odd")));
-        assert!(split(&k, "first-11", 0).unwrap_err().to_string().contains("10 are known"));
+        assert!(split(&k, "first-11", 0)
+            .unwrap_err()
+            .to_string()
+            .contains("10 are known"));
         assert!(split(&k, "curling", 0).is_err());
     }
 

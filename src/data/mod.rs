@@ -41,7 +41,11 @@ impl Fact {
             bail!("{what}: field `subject` is empty");
         }
         if !self.prompt.contains(&self.subject) {
-            bail!("{what}: the subject {:?} does not occur in the prompt {:?}", self.subject, self.prompt);
+            bail!(
+                "{what}: the subject {:?} does not occur in the prompt {:?}",
+                self.subject,
+                self.prompt
+            );
         }
         if self.answer.trim().is_empty() {
             bail!("{what}: field `answer` is empty");

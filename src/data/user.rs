@@ -6,9 +6,13 @@ use super::{as_completion, Fact};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
+/// Reads one field of the current row.
+type Getter = Box<dyn Fn(&str) -> Option<String>>;
+
 /// Load a `.jsonl` or `.tsv` facts file.
 pub fn load(path: &Path) -> Result<Vec<Fact>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let tsv = path.extension().is_some_and(|e| e == "tsv");
     let mut facts = Vec::new();
     let mut header: Vec<String> = Vec::new();
@@ -17,7 +21,7 @@ pub fn load(path: &Path) -> Result<Vec<Fact>> {
         if line.trim().is_empty() {
             continue;
         }
-        let get: Box<dyn Fn(&str) -> Option<String>> = if tsv {
+        let get: Getter = if tsv {
             if header.is_empty() {
                 header = line.split('\t').map(|s| s.trim().to_string()).collect();
                 for need in ["prompt", "subject", "answer"] {
@@ -29,18 +33,31 @@ pub fn load(path: &Path) -> Result<Vec<Fact>> {
             }
             let cells: Vec<String> = line.split('\t').map(|s| s.to_string()).collect();
             let h = header.clone();
-            Box::new(move |k: &str| h.iter().position(|x| x == k).and_then(|c| cells.get(c).cloned()).filter(|s| !s.is_empty()))
+            Box::new(move |k: &str| {
+                h.iter()
+                    .position(|x| x == k)
+                    .and_then(|c| cells.get(c).cloned())
+                    .filter(|s| !s.is_empty())
+            })
         } else {
-            let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{what}: not valid JSON"))?;
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{what}: not valid JSON"))?;
             Box::new(move |k: &str| match &v[k] {
                 serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Array(a) => Some(a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("|")),
+                serde_json::Value::Array(a) => Some(
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
                 _ => None,
             })
         };
         let need = |k: &str| get(k).with_context(|| format!("{what}: field `{k}` is missing"));
         let answer = as_completion(&need("answer")?);
-        let mut candidates: Vec<String> = get("candidates").map(|c| c.split('|').map(as_completion).collect()).unwrap_or_default();
+        let mut candidates: Vec<String> = get("candidates")
+            .map(|c| c.split('|').map(as_completion).collect())
+            .unwrap_or_default();
         if !candidates.is_empty() && !candidates.contains(&answer) {
             candidates.push(answer.clone());
         }
@@ -88,7 +105,11 @@ mod tests {
         std::fs::write(&j, "{\"prompt\": \"a b\", \"subject\": \"a\", \"answer\": \"c\"}\n{\"prompt\": \"x y\", \"answer\": \"z\"}\n").unwrap();
         let e = load(&j).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("subject"), "{e}");
-        std::fs::write(&j, "{\"prompt\": \"a b\", \"subject\": \"q\", \"answer\": \"c\"}\n").unwrap();
+        std::fs::write(
+            &j,
+            "{\"prompt\": \"a b\", \"subject\": \"q\", \"answer\": \"c\"}\n",
+        )
+        .unwrap();
         assert!(load(&j).unwrap_err().to_string().contains("does not occur"));
     }
 }

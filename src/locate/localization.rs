@@ -21,10 +21,12 @@ impl Component {
     pub fn params(&self, model: &Transformer) -> Vec<String> {
         match *self {
             Component::Mlp { layer } => model.mlp_param_names(&[layer]),
-            Component::Attn { layer } | Component::Head { layer, .. } => ["q_proj", "k_proj", "v_proj", "o_proj"]
-                .iter()
-                .map(|m| format!("model.layers.{layer}.self_attn.{m}.weight"))
-                .collect(),
+            Component::Attn { layer } | Component::Head { layer, .. } => {
+                ["q_proj", "k_proj", "v_proj", "o_proj"]
+                    .iter()
+                    .map(|m| format!("model.layers.{layer}.self_attn.{m}.weight"))
+                    .collect()
+            }
         }
     }
 }
@@ -43,7 +45,14 @@ pub struct Localization {
 }
 
 impl Localization {
-    pub fn new(method: &str, model_id: &str, data: &str, ranked: Vec<(Component, f64)>, chosen: Vec<Component>, model: &Transformer) -> Result<Self> {
+    pub fn new(
+        method: &str,
+        model_id: &str,
+        data: &str,
+        ranked: Vec<(Component, f64)>,
+        chosen: Vec<Component>,
+        model: &Transformer,
+    ) -> Result<Self> {
         let mut params: Vec<String> = chosen.iter().flat_map(|c| c.params(model)).collect();
         params.sort();
         params.dedup();
@@ -51,7 +60,15 @@ impl Localization {
         for p in &params {
             count += model.weights().get(p)?.elem_count();
         }
-        Ok(Localization { method: method.into(), model: model_id.into(), data: data.into(), ranked, chosen, params, param_count: count })
+        Ok(Localization {
+            method: method.into(),
+            model: model_id.into(),
+            data: data.into(),
+            ranked,
+            chosen,
+            params,
+            param_count: count,
+        })
     }
 }
 

@@ -42,11 +42,21 @@ pub struct TraceOpts {
     /// Noise standard deviation as a multiple of the embedding output's standard deviation.
     pub noise_scale: f64,
     pub seed: u64,
+    /// Restore only at these token positions (None: every position from the subject on).
+    #[serde(default)]
+    pub positions: Option<Vec<usize>>,
 }
 
 impl Default for TraceOpts {
     fn default() -> Self {
-        TraceOpts { kind: TraceKind::Resid, window: 1, samples: 10, noise_scale: 3.0, seed: 0 }
+        TraceOpts {
+            kind: TraceKind::Resid,
+            window: 1,
+            samples: 10,
+            noise_scale: 3.0,
+            seed: 0,
+            positions: None,
+        }
     }
 }
 
@@ -66,7 +76,10 @@ pub struct TraceGrid {
 impl TraceGrid {
     /// Indirect effect: restored minus corrupted probability.
     pub fn effects(&self) -> Vec<Vec<f64>> {
-        self.grid.iter().map(|r| r.iter().map(|p| p - self.p_corrupt).collect()).collect()
+        self.grid
+            .iter()
+            .map(|r| r.iter().map(|p| p - self.p_corrupt).collect())
+            .collect()
     }
 }
 
@@ -98,7 +111,13 @@ fn answer_probs(logits: &Tensor, answer: u32) -> Result<Vec<f64>> {
 
 /// Trace one prompt. `ids` are the prompt's tokens, `subject` its subject token range; the
 /// grid's `tokens` are left empty for the caller to fill.
-pub fn trace(model: &Transformer, ids: &[u32], subject: std::ops::Range<usize>, answer: u32, opts: &TraceOpts) -> Result<TraceGrid> {
+pub fn trace(
+    model: &Transformer,
+    ids: &[u32],
+    subject: std::ops::Range<usize>,
+    answer: u32,
+    opts: &TraceOpts,
+) -> Result<TraceGrid> {
     let t_len = ids.len();
     if subject.is_empty() || subject.end > t_len {
         bail!("trace: subject tokens {subject:?} are outside the prompt of {t_len} tokens");
@@ -107,7 +126,10 @@ pub fn trace(model: &Transformer, ids: &[u32], subject: std::ops::Range<usize>, 
         bail!("trace: samples and window must be at least 1");
     }
     if !(opts.noise_scale.is_finite() && opts.noise_scale >= 0.0) {
-        bail!("trace: noise scale must be a number ≥ 0, got {}", opts.noise_scale);
+        bail!(
+            "trace: noise scale must be a number ≥ 0, got {}",
+            opts.noise_scale
+        );
     }
     let dev = model.device().clone();
     let (n_layers, d) = (model.config.num_layers, model.config.hidden_size);
@@ -124,8 +146,14 @@ pub fn trace(model: &Transformer, ids: &[u32], subject: std::ops::Range<usize>, 
             }
         }
     }
-    let noise = Tensor::from_vec(noise, (n, t_len, d), &dev)?.to_dtype(model.weights().get("model.embed_tokens.weight")?.dtype())?;
-    let corrupt = Patch { point: HookPoint::Embed, mode: PatchMode::Add, value: noise, sel: Selection::default() };
+    let noise = Tensor::from_vec(noise, (n, t_len, d), &dev)?
+        .to_dtype(model.weights().get("model.embed_tokens.weight")?.dtype())?;
+    let corrupt = Patch {
+        point: HookPoint::Embed,
+        mode: PatchMode::Add,
+        value: noise,
+        sel: Selection::default(),
+    };
     let point = |l: usize| match opts.kind {
         TraceKind::Resid => HookPoint::ResidPost(l),
         TraceKind::Mlp => HookPoint::MlpOut(l),
@@ -137,15 +165,38 @@ pub fn trace(model: &Transformer, ids: &[u32], subject: std::ops::Range<usize>, 
     for l in 0..n_layers {
         hooks = hooks.cache(point(l));
     }
-    let clean = model.run(&one, &RunOpts { hooks: Some(&hooks), ..Default::default() })?;
+    let clean = model.run(
+        &one,
+        &RunOpts {
+            hooks: Some(&hooks),
+            ..Default::default()
+        },
+    )?;
     let p_clean = answer_probs(clean.logits.as_ref().expect("logits"), answer)?[0];
     let tokens = Vec::new();
     let grid = match opts.kind {
-        TraceKind::Resid if opts.window == 1 => trace_resid_fast(model, ids, &subject, answer, &corrupt, &clean.cache, p_clean)?,
+        TraceKind::Resid if opts.window == 1 && opts.positions.is_none() => trace_resid_fast(
+            model,
+            ids,
+            &subject,
+            answer,
+            &corrupt,
+            &clean.cache,
+            p_clean,
+        )?,
         _ => trace_generic(model, ids, &subject, answer, opts, &corrupt, &clean.cache)?,
     };
     let (grid, p_corrupt) = grid;
-    Ok(TraceGrid { kind: opts.kind, window: opts.window, tokens, subject: (subject.start, subject.end), p_clean, p_corrupt, grid, noise_std: std })
+    Ok(TraceGrid {
+        kind: opts.kind,
+        window: opts.window,
+        tokens,
+        subject: (subject.start, subject.end),
+        p_clean,
+        p_corrupt,
+        grid,
+        noise_std: std,
+    })
 }
 
 type Grid = (Vec<Vec<f64>>, f64);
@@ -176,7 +227,8 @@ fn trace_resid_fast(
     let mut cache = Default::default();
     // The noise is zero outside the subject, so adding all of it corrupts only the subject.
     let x = (model.embed(&batch.ids)? + &corrupt.value)?;
-    let (_, logits) = model.run_cached(&batch, x, 0, &mut kv, &hooks, &mut cache, &LogitsAt::Last)?;
+    let (_, logits) =
+        model.run_cached(&batch, x, 0, &mut kv, &hooks, &mut cache, &LogitsAt::Last)?;
     let pc = answer_probs(logits.as_ref().expect("logits"), answer)?;
     let p_corrupt = pc.iter().sum::<f64>() / n as f64;
     let mut grid = vec![vec![p_corrupt; t_len]; n_layers];
@@ -194,7 +246,8 @@ fn trace_resid_fast(
         bar.inc(1);
         let len = t_len - bucket[0];
         let mut x_run: Option<Tensor> = None;
-        let (mut valid, mut positions, mut last, mut keys, mut sample_of) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut valid, mut positions, mut last, mut keys, mut sample_of) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for j in 1..n_layers {
             let l = j - 1;
             let corrupted = &cache[&HookPoint::ResidPost(l)];
@@ -209,11 +262,19 @@ fn trace_resid_fast(
                         parts.push(corrupted.get(s)?.narrow(0, t + 1, real - 1)?);
                     }
                     if real < len {
-                        parts.push(Tensor::zeros((len - real, clean_l.dim(1)?), clean_l.dtype(), &dev)?);
+                        parts.push(Tensor::zeros(
+                            (len - real, clean_l.dim(1)?),
+                            clean_l.dtype(),
+                            &dev,
+                        )?);
                     }
                     new_rows.push(Tensor::cat(&parts, 0)?);
                     valid.push((0..len).map(|i| i < real).collect::<Vec<_>>());
-                    positions.push((0..len).map(|i| (t + i.min(real - 1)) as u32).collect::<Vec<_>>());
+                    positions.push(
+                        (0..len)
+                            .map(|i| (t + i.min(real - 1)) as u32)
+                            .collect::<Vec<_>>(),
+                    );
                     last.push(real - 1);
                     keys.push((0..t_len).map(|k| (k < t, k as u32)).collect::<Vec<_>>());
                     sample_of.push(s as u32);
@@ -239,7 +300,15 @@ fn trace_resid_fast(
                 side: PadSide::Right,
             };
             let t_run = std::time::Instant::now();
-            let (out, _) = model.run_cached_range(&b, x, j..j + 1, &mut past, &Hooks::default(), &mut Default::default(), &LogitsAt::None)?;
+            let (out, _) = model.run_cached_range(
+                &b,
+                x,
+                j..j + 1,
+                &mut past,
+                &Hooks::default(),
+                &mut Default::default(),
+                &LogitsAt::None,
+            )?;
             run_secs += t_run.elapsed().as_secs_f64();
             x_run = Some(out);
         }
@@ -255,10 +324,18 @@ fn trace_resid_fast(
     let mut probs = Vec::with_capacity(finals.len());
     for start in (0..finals.len()).step_by(HEAD_CHUNK) {
         let len = HEAD_CHUNK.min(finals.len() - start);
-        probs.extend(answer_probs(&model.head(&rows.narrow(0, start, len)?)?, answer)?);
+        probs.extend(answer_probs(
+            &model.head(&rows.narrow(0, start, len)?)?,
+            answer,
+        )?);
     }
     if std::env::var("UNLEARN_TRACE_TIMING").is_ok() {
-        eprintln!("head pass: {:.2}s for {} rows; blocks {run_secs:.2}s of {:.2}s", t_head.elapsed().as_secs_f64(), finals.len(), t_all.elapsed().as_secs_f64());
+        eprintln!(
+            "head pass: {:.2}s for {} rows; blocks {run_secs:.2}s of {:.2}s",
+            t_head.elapsed().as_secs_f64(),
+            finals.len(),
+            t_all.elapsed().as_secs_f64()
+        );
     }
     let mut sums = vec![vec![0f64; t_len]; n_layers];
     for (&(l, t, _), p) in cells.iter().zip(&probs) {
@@ -290,15 +367,35 @@ fn trace_generic(
     for l in 0..n_layers {
         hooks = hooks.cache(HookPoint::ResidPre(l));
     }
-    let cor = model.run(&batch_n, &RunOpts { hooks: Some(&hooks), ..Default::default() })?;
-    let p_corrupt = answer_probs(cor.logits.as_ref().expect("logits"), answer)?.iter().sum::<f64>() / n as f64;
+    let cor = model.run(
+        &batch_n,
+        &RunOpts {
+            hooks: Some(&hooks),
+            ..Default::default()
+        },
+    )?;
+    let p_corrupt = answer_probs(cor.logits.as_ref().expect("logits"), answer)?
+        .iter()
+        .sum::<f64>()
+        / n as f64;
     let mut grid = vec![vec![p_corrupt; t_len]; n_layers];
-    let ts: Vec<usize> = (subject.start..t_len).collect();
+    let ts: Vec<usize> = match &opts.positions {
+        Some(p) => {
+            if let Some(bad) = p.iter().find(|&&t| t >= t_len) {
+                bail!("trace: position {bad} is outside the prompt of {t_len} tokens");
+            }
+            p.iter().copied().filter(|&t| t >= subject.start).collect()
+        }
+        None => (subject.start..t_len).collect(),
+    };
+    if ts.is_empty() {
+        return Ok((grid, p_corrupt));
+    }
     let rows = ts.len() * n;
     let seqs = vec![ids.to_vec(); rows];
     let batch = Batch::new(&seqs, 0, PadSide::Left, &dev)?;
     let bar = crate::util::progress(n_layers as u64, "tracing layers");
-    for l in 0..n_layers {
+    for (l, grid_row) in grid.iter_mut().enumerate() {
         bar.inc(1);
         let lo = l.saturating_sub(opts.window / 2);
         let hi = (l + opts.window.div_ceil(2)).min(n_layers);
@@ -315,16 +412,27 @@ fn trace_generic(
                     point: p,
                     mode: PatchMode::Replace,
                     value: clean[&p].clone(),
-                    sel: Selection { rows: Some(rows_t.clone()), positions: Some(vec![t]), heads: None },
+                    sel: Selection {
+                        rows: Some(rows_t.clone()),
+                        positions: Some(vec![t]),
+                        heads: None,
+                    },
                 });
             }
         }
         // Start from the corrupted residual entering the first restored block.
         let start = cor.cache[&HookPoint::ResidPre(lo)].repeat((ts.len(), 1, 1))?;
-        let out = model.run(&batch, &RunOpts { hooks: Some(&h), start: Some((lo, start)), ..Default::default() })?;
+        let out = model.run(
+            &batch,
+            &RunOpts {
+                hooks: Some(&h),
+                start: Some((lo, start)),
+                ..Default::default()
+            },
+        )?;
         let p = answer_probs(out.logits.as_ref().expect("logits"), answer)?;
         for (ti, &t) in ts.iter().enumerate() {
-            grid[l][t] = p[ti * n..(ti + 1) * n].iter().sum::<f64>() / n as f64;
+            grid_row[t] = p[ti * n..(ti + 1) * n].iter().sum::<f64>() / n as f64;
         }
     }
     bar.finish_and_clear();
@@ -342,7 +450,10 @@ mod tests {
         for arch in [Arch::Gemma3, Arch::Llama] {
             let m = tiny_model(arch);
             let ids = [1u32, 5, 9, 3, 7, 11, 4];
-            let o = TraceOpts { samples: 3, ..Default::default() };
+            let o = TraceOpts {
+                samples: 3,
+                ..Default::default()
+            };
             let fast = trace(&m, &ids, 2..4, 6, &o).unwrap();
             let mut slow_opts = o.clone();
             slow_opts.kind = TraceKind::Resid;
@@ -352,9 +463,18 @@ mod tests {
             assert!((fast.noise_std - std).abs() < 1e-12);
             let generic = {
                 let mut g = fast.clone();
-                let clean_hooks = (0..m.config.num_layers).fold(Hooks::new(), |h, l| h.cache(HookPoint::ResidPost(l)));
+                let clean_hooks = (0..m.config.num_layers)
+                    .fold(Hooks::new(), |h, l| h.cache(HookPoint::ResidPost(l)));
                 let one = Batch::new(&[ids2.to_vec()], 0, PadSide::Left, m.device()).unwrap();
-                let clean = m.run(&one, &RunOpts { hooks: Some(&clean_hooks), ..Default::default() }).unwrap();
+                let clean = m
+                    .run(
+                        &one,
+                        &RunOpts {
+                            hooks: Some(&clean_hooks),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
                 let noise = {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
                     let normal = Normal::new(0.0f32, std as f32).unwrap();
@@ -367,22 +487,40 @@ mod tests {
                             }
                         }
                     }
-                    Tensor::from_vec(v, (3, t_len, d), m.device()).unwrap().to_dtype(DType::F64).unwrap()
+                    Tensor::from_vec(v, (3, t_len, d), m.device())
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
                 };
-                let corrupt = Patch { point: HookPoint::Embed, mode: PatchMode::Add, value: noise, sel: Selection::default() };
-                let (grid, pc) = trace_generic(&m, &ids, &(2..4), 6, &slow_opts, &corrupt, &clean.cache).unwrap();
+                let corrupt = Patch {
+                    point: HookPoint::Embed,
+                    mode: PatchMode::Add,
+                    value: noise,
+                    sel: Selection::default(),
+                };
+                let (grid, pc) =
+                    trace_generic(&m, &ids, &(2..4), 6, &slow_opts, &corrupt, &clean.cache)
+                        .unwrap();
                 g.grid = grid;
                 g.p_corrupt = pc;
                 g
             };
-            assert!((fast.p_corrupt - generic.p_corrupt).abs() < 1e-9, "{arch:?}");
+            assert!(
+                (fast.p_corrupt - generic.p_corrupt).abs() < 1e-9,
+                "{arch:?}"
+            );
             for (l, (a, b)) in fast.grid.iter().zip(&generic.grid).enumerate() {
                 for (t, (x, y)) in a.iter().zip(b).enumerate() {
-                    assert!((x - y).abs() < 1e-9, "{arch:?} layer {l} token {t}: fast {x}, generic {y}");
+                    assert!(
+                        (x - y).abs() < 1e-9,
+                        "{arch:?} layer {l} token {t}: fast {x}, generic {y}"
+                    );
                 }
             }
             // Restoring the last token after the last block gives the clean probability.
-            assert!((fast.grid[m.config.num_layers - 1][ids.len() - 1] - fast.p_clean).abs() < 1e-12);
+            assert!(
+                (fast.grid[m.config.num_layers - 1][ids.len() - 1] - fast.p_clean).abs() < 1e-12
+            );
             // Tokens before the subject are never corrupted: restoring them changes nothing.
             for row in &fast.grid {
                 assert_eq!(row[0], fast.p_corrupt);

@@ -355,20 +355,29 @@ fn few_rows_nn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f3
 /// log P(column `pick`) of each row of logits `[N, V]` (a full log-softmax read in one pass,
 /// without temporaries). None when not contiguous CPU f32.
 pub fn log_prob_of(logits: &Tensor, pick: usize) -> Result<Option<Vec<f64>>> {
-    let Ok((n, v)) = logits.dims2() else { return Ok(None) };
+    let Ok((n, v)) = logits.dims2() else {
+        return Ok(None);
+    };
     if pick >= v || !cpu_f32_contiguous(&[logits]) {
         return Ok(None);
     }
     let (g, l) = logits.storage_and_layout();
-    let Storage::Cpu(cpu) = &*g else { return Ok(None) };
+    let Storage::Cpu(cpu) = &*g else {
+        return Ok(None);
+    };
     let all = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n * v];
-    Ok(Some(all.chunks_exact(v).map(|row| row_log_prob(row, pick)).collect()))
+    Ok(Some(
+        all.chunks_exact(v)
+            .map(|row| row_log_prob(row, pick))
+            .collect(),
+    ))
 }
 
 fn row_log_prob(row: &[f32], pick: usize) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU supports the features the function was compiled for.
             return unsafe { row_log_prob_avx2(row, pick) };
         }
@@ -387,7 +396,10 @@ fn row_log_prob_generic(row: &[f32], pick: usize) -> f64 {
             mx[i] = mx[i].max(c[i]);
         }
     }
-    let m = tail.iter().fold(mx.iter().cloned().fold(f32::NEG_INFINITY, f32::max), |a, &b| a.max(b));
+    let m = tail.iter().fold(
+        mx.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
+        |a, &b| a.max(b),
+    );
     let mut acc = [0f32; 8];
     let chunks = row.chunks_exact(8);
     for c in chunks {
@@ -395,7 +407,8 @@ fn row_log_prob_generic(row: &[f32], pick: usize) -> f64 {
             acc[i] += exp_f32(c[i] - m);
         }
     }
-    let s: f64 = acc.iter().map(|&x| x as f64).sum::<f64>() + tail.iter().map(|&x| exp_f32(x - m) as f64).sum::<f64>();
+    let s: f64 = acc.iter().map(|&x| x as f64).sum::<f64>()
+        + tail.iter().map(|&x| exp_f32(x - m) as f64).sum::<f64>();
     (row[pick] - m) as f64 - s.ln()
 }
 
@@ -411,7 +424,9 @@ pub fn mean_std(t: &Tensor) -> Result<Option<(f64, f64)>> {
         return Ok(None);
     }
     let (g, l) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*g else { return Ok(None) };
+    let Storage::Cpu(cpu) = &*g else {
+        return Ok(None);
+    };
     let n = t.elem_count();
     let all = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n];
     let (mut s, mut s2) = (0f64, 0f64);
@@ -520,10 +535,20 @@ mod tests {
             assert!((got - (r[17] as f64 - lse)).abs() < 1e-5, "{got}");
         }
         let (mean, std) = mean_std(&x).unwrap().unwrap();
-        let v: Vec<f64> = x.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&a| a as f64).collect();
+        let v: Vec<f64> = x
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&a| a as f64)
+            .collect();
         let m2 = v.iter().sum::<f64>() / v.len() as f64;
         let s2 = (v.iter().map(|a| (a - m2).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-        assert!((mean - m2).abs() < 1e-4 && (std - s2).abs() < 1e-4, "{mean} {std} vs {m2} {s2}");
+        assert!(
+            (mean - m2).abs() < 1e-4 && (std - s2).abs() < 1e-4,
+            "{mean} {std} vs {m2} {s2}"
+        );
     }
 
     #[test]

@@ -402,17 +402,33 @@ impl TextTokenizer {
 
     /// Token ids of a prompt and the token range of the last occurrence of `subject` in it:
     /// the tokens whose characters overlap the subject's.
-    pub fn encode_with_span(&self, text: &str, subject: &str, special: bool) -> Result<(Vec<u32>, std::ops::Range<usize>)> {
-        let Some(start) = text.rfind(subject) else { bail!("the subject {subject:?} does not occur in {text:?}") };
+    pub fn encode_with_span(
+        &self,
+        text: &str,
+        subject: &str,
+        special: bool,
+    ) -> Result<(Vec<u32>, std::ops::Range<usize>)> {
+        let Some(start) = text.rfind(subject) else {
+            bail!("the subject {subject:?} does not occur in {text:?}")
+        };
         let end = start + subject.len();
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
         let shift = usize::from(special && self.add_bos && self.bos_id.is_some());
         let mut ids = Vec::with_capacity(enc.len() + shift);
         if shift == 1 {
             ids.push(self.bos_id.expect("checked"));
         }
         ids.extend_from_slice(enc.get_ids());
-        let hits: Vec<usize> = enc.get_offsets().iter().enumerate().filter(|(_, &(a, b))| a < end && b > start && b > a).map(|(i, _)| i + shift).collect();
+        let hits: Vec<usize> = enc
+            .get_offsets()
+            .iter()
+            .enumerate()
+            .filter(|(_, &(a, b))| a < end && b > start && b > a)
+            .map(|(i, _)| i + shift)
+            .collect();
         match (hits.first(), hits.last()) {
             (Some(&a), Some(&b)) => Ok((ids, a..b + 1)),
             _ => bail!("the subject {subject:?} covers no token of {text:?}"),

@@ -652,7 +652,11 @@ impl Transformer {
 
     /// Logits `[N, V]` of final residual rows `[N, D]` (final norm, LM head, soft-capping).
     pub fn head(&self, rows: &Tensor) -> Result<Tensor> {
-        let (hn, _) = ops::rms_norm(rows, &self.norm_scale("model.norm.weight")?, self.config.rms_norm_eps)?;
+        let (hn, _) = ops::rms_norm(
+            rows,
+            &self.norm_scale("model.norm.weight")?,
+            self.config.rms_norm_eps,
+        )?;
         let logits = ops::linear(&hn, self.lm_weight()?)?;
         Ok(match self.config.final_logit_softcapping {
             Some(cap) => ops::softcap(&logits, cap)?,
@@ -1071,11 +1075,20 @@ impl Transformer {
     /// Forward of new tokens with a KV cache (generation). `seqs` holds each row's new tokens;
     /// on the first call they are padded on the left. Returns last-position logits `[B, V]`.
     pub fn step(&self, seqs: &[Vec<u32>], pad_id: u32, kv: &mut KvCache) -> Result<Tensor> {
-        let mut batch = Batch::new(seqs, pad_id, crate::model::batch::PadSide::Left, &self.device)?;
+        let mut batch = Batch::new(
+            seqs,
+            pad_id,
+            crate::model::batch::PadSide::Left,
+            &self.device,
+        )?;
         if !kv.is_empty() {
             let next = kv.next_positions();
             if next.len() != batch.size() {
-                bail!("generation: {} rows given, the cache holds {}", batch.size(), next.len());
+                bail!(
+                    "generation: {} rows given, the cache holds {}",
+                    batch.size(),
+                    next.len()
+                );
             }
             for (row, start) in batch.positions.iter_mut().zip(next) {
                 for (i, p) in row.iter_mut().enumerate() {
@@ -1084,7 +1097,15 @@ impl Transformer {
             }
         }
         let x = self.embed(&batch.ids)?;
-        let (_, logits) = self.run_cached(&batch, x, 0, kv, &Hooks::default(), &mut ActivationCache::new(), &LogitsAt::Last)?;
+        let (_, logits) = self.run_cached(
+            &batch,
+            x,
+            0,
+            kv,
+            &Hooks::default(),
+            &mut ActivationCache::new(),
+            &LogitsAt::Last,
+        )?;
         Ok(logits.expect("logits asked"))
     }
 
@@ -1103,7 +1124,15 @@ impl Transformer {
         cache: &mut ActivationCache,
         at: &LogitsAt,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        self.run_cached_range(batch, x, start..self.config.num_layers, kv, hooks, cache, at)
+        self.run_cached_range(
+            batch,
+            x,
+            start..self.config.num_layers,
+            kv,
+            hooks,
+            cache,
+            at,
+        )
     }
 
     /// [`run_cached`](Self::run_cached) over the blocks of `layers` only (logits only when the
@@ -1120,10 +1149,16 @@ impl Transformer {
         at: &LogitsAt,
     ) -> Result<(Tensor, Option<Tensor>)> {
         if layers.end > self.config.num_layers {
-            bail!("run: block range {layers:?} goes past the {} blocks", self.config.num_layers);
+            bail!(
+                "run: block range {layers:?} goes past the {} blocks",
+                self.config.num_layers
+            );
         }
         if layers.end < self.config.num_layers && *at != LogitsAt::None {
-            bail!("run: logits asked for, but the run stops at block {}", layers.end);
+            bail!(
+                "run: logits asked for, but the run stops at block {}",
+                layers.end
+            );
         }
         self.check_batch(batch)?;
         let (b, t) = (batch.size(), batch.len());
@@ -1135,16 +1170,38 @@ impl Transformer {
             None => None,
         };
         for l in layers {
-            let mask = if self.config.is_sliding(l) { mask_local.as_ref().unwrap_or(&mask_global) } else { &mask_global };
+            let mask = if self.config.is_sliding(l) {
+                mask_local.as_ref().unwrap_or(&mask_global)
+            } else {
+                &mask_global
+            };
             let (c, s) = self.rope_for(l, &pos, b, t)?;
             let slot = &mut kv.layers[l];
-            x = self.layer_forward(l, x, mask, &c, &s, Some(slot), hooks, cache, &mut keep, false)?.0;
+            x = self
+                .layer_forward(
+                    l,
+                    x,
+                    mask,
+                    &c,
+                    &s,
+                    Some(slot),
+                    hooks,
+                    cache,
+                    &mut keep,
+                    false,
+                )?
+                .0;
         }
         if kv.keys.is_empty() {
             kv.keys = vec![Vec::new(); b];
         }
         for (bi, row) in kv.keys.iter_mut().enumerate() {
-            row.extend(batch.valid[bi].iter().copied().zip(batch.positions[bi].iter().copied()));
+            row.extend(
+                batch.valid[bi]
+                    .iter()
+                    .copied()
+                    .zip(batch.positions[bi].iter().copied()),
+            );
         }
         let logits = match at {
             LogitsAt::None => None,

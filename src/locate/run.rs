@@ -1,0 +1,263 @@
+//! `unlearn locate`: known facts of a task → forget split → causal traces averaged over the
+//! facts (by token role, as ROME does) → a [`Localization`] written as JSON with an SVG heat map
+//! and bar chart.
+
+use super::localization::{best_window, random_mlps, Component, Localization};
+use super::trace::{trace, TraceKind, TraceOpts};
+use crate::data::{self, known};
+use crate::model::LanguageModel;
+use crate::report::svg;
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// Token roles the residual grid is averaged over (ROME's categories).
+pub const ROLES: [&str; 6] = [
+    "first subject",
+    "middle subject",
+    "last subject",
+    "first after",
+    "further",
+    "last token",
+];
+
+/// Options of `unlearn locate`.
+pub struct LocateArgs {
+    pub model: String,
+    pub task: String,
+    pub forget: String,
+    pub known: String,
+    pub seed: u64,
+    pub method: String,
+    pub top_k: usize,
+    pub window: usize,
+    pub samples: usize,
+    pub max_facts: usize,
+    pub budget_of: Option<PathBuf>,
+    pub out: PathBuf,
+}
+
+/// Mean of a residual grid row over the positions of each role (NaN when a role is empty).
+fn by_role(row: &[f64], s0: usize, s1: usize) -> Vec<f64> {
+    let t = row.len();
+    let mean = |r: std::ops::Range<usize>| {
+        if r.is_empty() {
+            f64::NAN
+        } else {
+            r.clone().map(|i| row[i]).sum::<f64>() / r.len() as f64
+        }
+    };
+    vec![
+        mean(s0..s0 + 1),
+        mean(s0 + 1..s1.saturating_sub(1).max(s0 + 1)),
+        mean(s1 - 1..s1),
+        mean(s1..(s1 + 1).min(t - 1).max(s1)),
+        mean((s1 + 1).min(t - 1)..t - 1),
+        mean(t - 1..t),
+    ]
+}
+
+/// Run `unlearn locate`.
+pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
+    if a.samples == 0 || a.window == 0 || a.top_k == 0 || a.max_facts == 0 {
+        bail!("--samples, --window, --top-k and --max-facts must be at least 1");
+    }
+    let rule = known::KnownRule::parse(&a.known)?;
+    let lm = LanguageModel::load(&a.model, device)?;
+    let n_layers = lm.model.config.num_layers;
+    let facts = data::load_task(&a.task)?;
+    let scores = known::score(&lm, &facts, 32)?;
+    let known_facts: Vec<_> = facts
+        .iter()
+        .zip(&scores)
+        .filter(|(_, s)| rule.holds(s))
+        .map(|(f, _)| f.clone())
+        .collect();
+    eprintln!(
+        "{} of {} facts known ({})",
+        known_facts.len(),
+        facts.len(),
+        a.known
+    );
+    if known_facts.is_empty() {
+        bail!(
+            "the model knows none of the {} facts of {} under --known {}",
+            facts.len(),
+            a.task,
+            a.known
+        );
+    }
+    let (forget, _) = known::split(&known_facts, &a.forget, a.seed)?;
+    let traced: Vec<_> = forget.iter().take(a.max_facts).collect();
+    let needs_trace = matches!(a.method.as_str(), "causal-trace" | "kuda-window");
+    let mut per_fact = Vec::new();
+    let mut resid_roles = vec![vec![0f64; ROLES.len()]; n_layers];
+    let mut role_counts = vec![vec![0usize; ROLES.len()]; n_layers];
+    let mut mlp_effect = vec![0f64; n_layers];
+    if needs_trace {
+        let bar = crate::util::progress(traced.len() as u64, "tracing facts");
+        for f in &traced {
+            bar.inc(1);
+            let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+            let answer = known::answer_token(&lm, &f.answer)?;
+            let base = TraceOpts {
+                samples: a.samples,
+                seed: a.seed,
+                ..Default::default()
+            };
+            let resid = trace(&lm.model, &ids, span.clone(), answer, &base)?;
+            let mlp_opts = TraceOpts {
+                kind: TraceKind::Mlp,
+                window: a.window.min(n_layers),
+                positions: Some(vec![span.end - 1]),
+                ..base.clone()
+            };
+            let mlp = trace(&lm.model, &ids, span.clone(), answer, &mlp_opts)?;
+            for l in 0..n_layers {
+                let roles = by_role(&resid.effects()[l], span.start, span.end);
+                for (r, v) in roles.iter().enumerate() {
+                    if v.is_finite() {
+                        resid_roles[l][r] += v;
+                        role_counts[l][r] += 1;
+                    }
+                }
+                mlp_effect[l] += mlp.grid[l][span.end - 1] - mlp.p_corrupt;
+            }
+            per_fact.push(json!({"id": f.id, "subject": f.subject, "answer": f.answer, "p_clean": resid.p_clean,
+                "p_corrupt": resid.p_corrupt, "resid_grid": resid.grid, "mlp_last_subject": (0..n_layers).map(|l| mlp.grid[l][span.end - 1]).collect::<Vec<_>>()}));
+        }
+        bar.finish_and_clear();
+        let n = traced.len() as f64;
+        for l in 0..n_layers {
+            mlp_effect[l] /= n;
+            for r in 0..ROLES.len() {
+                resid_roles[l][r] = if role_counts[l][r] > 0 {
+                    resid_roles[l][r] / role_counts[l][r] as f64
+                } else {
+                    f64::NAN
+                };
+            }
+        }
+    }
+    let mut ranked: Vec<(Component, f64)> = (0..n_layers)
+        .map(|l| (Component::Mlp { layer: l }, mlp_effect[l]))
+        .collect();
+    ranked.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let budget = match &a.budget_of {
+        Some(p) => {
+            let other: Localization = serde_json::from_str(
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read", p.display()))?,
+            )
+            .with_context(|| format!("{}: not a localization.json", p.display()))?;
+            Some(other.param_count)
+        }
+        None => None,
+    };
+    let mlp_params = lm
+        .model
+        .mlp_param_names(&[0])
+        .iter()
+        .map(|n| lm.model.weights().get(n).map(|t| t.elem_count()))
+        .sum::<Result<usize>>()?;
+    let k = match budget {
+        Some(b) => b.div_ceil(mlp_params.max(1)).clamp(1, n_layers),
+        None => a.top_k.min(n_layers),
+    };
+    let chosen_layers: Vec<usize> = match a.method.as_str() {
+        "causal-trace" => ranked.iter().take(k).map(|(c, _)| if let Component::Mlp { layer } = c { *layer } else { 0 }).collect(),
+        "kuda-window" => {
+            let w = if budget.is_some() { k } else { a.window.min(n_layers) };
+            let s = best_window(&mlp_effect, w)?;
+            (s..s + w).collect()
+        }
+        "random" => random_mlps(n_layers, k, a.seed),
+        "all-mlps" => (0..n_layers).collect(),
+        other => bail!("--method {other:?}: use causal-trace, kuda-window, random or all-mlps (attribution, probe and path-patch are not built yet)"),
+    };
+    let chosen: Vec<Component> = chosen_layers
+        .iter()
+        .map(|&l| Component::Mlp { layer: l })
+        .collect();
+    let data_id = format!("{}:{}:{}:seed{}", a.task, a.known, a.forget, a.seed);
+    let loc = Localization::new(
+        &a.method,
+        &lm.origin.spec,
+        &data_id,
+        ranked,
+        chosen,
+        &lm.model,
+    )?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut v = serde_json::to_value(&loc)?;
+    let o = v.as_object_mut().expect("object");
+    o.insert("known_facts".into(), json!(known_facts.len()));
+    o.insert(
+        "forget_facts".into(),
+        json!(forget.iter().map(|f| &f.id).collect::<Vec<_>>()),
+    );
+    o.insert("traced_facts".into(), json!(traced.len()));
+    if needs_trace {
+        o.insert("mlp_indirect_effect_last_subject".into(), json!(mlp_effect));
+        o.insert(
+            "resid_indirect_effect_by_role".into(),
+            json!({"roles": ROLES, "grid": resid_roles}),
+        );
+        o.insert("per_fact".into(), json!(per_fact));
+    }
+    write(
+        &a.out.join("localization.json"),
+        &serde_json::to_string_pretty(&v)?,
+    )?;
+    let layers: Vec<String> = (0..n_layers).map(|l| l.to_string()).collect();
+    if needs_trace {
+        let roles: Vec<String> = ROLES.iter().map(|s| s.to_string()).collect();
+        let title = format!(
+            "Residual restoration: indirect effect on P(answer), {} facts",
+            traced.len()
+        );
+        write(
+            &a.out.join("trace.svg"),
+            &svg::heatmap(&title, &layers, &roles, &resid_roles, "ΔP"),
+        )?;
+    }
+    let hl: Vec<bool> = (0..n_layers).map(|l| chosen_layers.contains(&l)).collect();
+    let title = format!(
+        "MLP indirect effect at the last subject token ({}: red = chosen)",
+        a.method
+    );
+    write(
+        &a.out.join("components.svg"),
+        &svg::bars(&title, &layers, &mlp_effect, &hl),
+    )?;
+    println!(
+        "{}: {} MLP layers {:?}, {} parameters → {}",
+        a.method,
+        chosen_layers.len(),
+        chosen_layers,
+        loc.param_count,
+        a.out.join("localization.json").display()
+    );
+    Ok(())
+}
+
+fn write(p: &Path, s: &str) -> Result<()> {
+    crate::util::write_atomic(p, s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_average_the_right_positions() {
+        // bos, The, [s0 A, B, C s1-1], is, in, the, last
+        let row: Vec<f64> = (0..9).map(|i| i as f64).collect();
+        let r = by_role(&row, 2, 5);
+        assert_eq!(r, vec![2.0, 3.0, 4.0, 5.0, 6.5, 8.0]);
+        // A one-token subject has no middle.
+        let r = by_role(&row, 2, 3);
+        assert!(r[1].is_nan());
+        assert_eq!(r[2], 2.0);
+    }
+}
