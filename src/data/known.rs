@@ -2,10 +2,8 @@
 //! logits only), keep the known ones, and split them deterministically into forget and retain.
 
 use super::Fact;
-use crate::model::transformer::{LogitsAt, RunOpts};
-use crate::model::{Batch, LanguageModel, PadSide};
+use crate::model::LanguageModel;
 use anyhow::{bail, Result};
-use candle_core::DType;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -37,22 +35,9 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
             .iter()
             .map(|f| lm.tokenizer.encode(&f.prompt, true))
             .collect::<Result<_>>()?;
-        let b = Batch::new(&ids, lm.pad_id(), PadSide::Left, lm.model.device())?;
-        let logits = lm
-            .model
-            .run(
-                &b,
-                &RunOpts {
-                    logits: LogitsAt::Last,
-                    ..Default::default()
-                },
-            )?
-            .logits
-            .expect("logits");
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let rows = lm.last_logits(&ids)?;
         for (f, row) in chunk.iter().zip(rows) {
-            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            let lse = crate::model::predict::logsumexp(&row);
             let a = answer_token(lm, &f.answer)? as usize;
             let x = row[a];
             let mut top1 = true;

@@ -185,14 +185,14 @@ pub fn few_rows_matmul_nt(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let av = a.flatten_all()?.to_vec1::<f32>()?;
-    let (g, l) = b.storage_and_layout();
-    let Storage::Cpu(cpu) = &*g else {
-        return Ok(None);
-    };
-    let bv = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n * k];
-    let mut out = vec![0f32; m * n];
-    few_rows_nt(&av, bv, m, n, k, &mut out);
-    Ok(Some(Tensor::from_vec(out, (m, n), a.device())?))
+    let out = with_slice(b, |bv| {
+        let mut out = vec![0f32; m * n];
+        few_rows_nt(&av, bv, m, n, k, &mut out);
+        out
+    })?;
+    out.map(|o| Tensor::from_vec(o, (m, n), a.device()))
+        .transpose()
+        .map_err(Into::into)
 }
 
 /// `a · b` for a few rows `a` (`[m, n]`) and a tall `b` (`[n, k]`), reading `b` once.
@@ -204,14 +204,29 @@ pub fn few_rows_matmul_nn(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let av = a.flatten_all()?.to_vec1::<f32>()?;
-    let (g, l) = b.storage_and_layout();
+    let out = with_slice(b, |bv| {
+        let mut out = vec![0f32; m * k];
+        few_rows_nn(&av, bv, m, n, k, &mut out);
+        out
+    })?;
+    out.map(|o| Tensor::from_vec(o, (m, k), a.device()))
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// Run `f` on the f32 data of a contiguous CPU tensor (None otherwise).
+fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
+    if !cpu_f32_contiguous(&[t]) {
+        return Ok(None);
+    }
+    let (g, l) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*g else {
         return Ok(None);
     };
-    let bv = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n * k];
-    let mut out = vec![0f32; m * k];
-    few_rows_nn(&av, bv, m, n, k, &mut out);
-    Ok(Some(Tensor::from_vec(out, (m, k), a.device())?))
+    let n = l.shape().elem_count();
+    Ok(Some(f(
+        &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n]
+    )))
 }
 
 fn cpu_f32_contiguous(ts: &[&Tensor]) -> bool {
@@ -355,22 +370,17 @@ fn few_rows_nn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, out: &mut [f3
 /// log P(column `pick`) of each row of logits `[N, V]` (a full log-softmax read in one pass,
 /// without temporaries). None when not contiguous CPU f32.
 pub fn log_prob_of(logits: &Tensor, pick: usize) -> Result<Option<Vec<f64>>> {
-    let Ok((n, v)) = logits.dims2() else {
+    let Ok((_, v)) = logits.dims2() else {
         return Ok(None);
     };
-    if pick >= v || !cpu_f32_contiguous(&[logits]) {
+    if pick >= v {
         return Ok(None);
     }
-    let (g, l) = logits.storage_and_layout();
-    let Storage::Cpu(cpu) = &*g else {
-        return Ok(None);
-    };
-    let all = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n * v];
-    Ok(Some(
+    with_slice(logits, |all| {
         all.chunks_exact(v)
             .map(|row| row_log_prob(row, pick))
-            .collect(),
-    ))
+            .collect()
+    })
 }
 
 fn row_log_prob(row: &[f32], pick: usize) -> f64 {
@@ -420,27 +430,21 @@ fn row_log_prob_avx2(row: &[f32], pick: usize) -> f64 {
 
 /// Mean and standard deviation of a CPU f32 tensor in one pass (f64 accumulation).
 pub fn mean_std(t: &Tensor) -> Result<Option<(f64, f64)>> {
-    if !cpu_f32_contiguous(&[t]) {
-        return Ok(None);
-    }
-    let (g, l) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*g else {
-        return Ok(None);
-    };
-    let n = t.elem_count();
-    let all = &cpu.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n];
-    let (mut s, mut s2) = (0f64, 0f64);
-    for c in all.chunks(4096) {
-        let (mut a, mut b) = (0f32, 0f32);
-        for &x in c {
-            a += x;
-            b += x * x;
+    with_slice(t, |all| {
+        let (mut s, mut s2) = (0f64, 0f64);
+        for c in all.chunks(4096) {
+            let (mut a, mut b) = (0f32, 0f32);
+            for &x in c {
+                a += x;
+                b += x * x;
+            }
+            s += a as f64;
+            s2 += b as f64;
         }
-        s += a as f64;
-        s2 += b as f64;
-    }
-    let mean = s / n as f64;
-    Ok(Some((mean, (s2 / n as f64 - mean * mean).max(0.0).sqrt())))
+        let n = all.len().max(1) as f64;
+        let mean = s / n;
+        (mean, (s2 / n - mean * mean).max(0.0).sqrt())
+    })
 }
 
 #[cfg(test)]

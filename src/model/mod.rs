@@ -87,6 +87,17 @@ impl LanguageModel {
             .unwrap_or(0)
     }
 
+    /// Last-position logits of prompts given as token ids (one left-padded batch), as rows.
+    pub fn last_logits(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let b = Batch::new(ids, self.pad_id(), PadSide::Left, self.model.device())?;
+        let opts = RunOpts {
+            logits: LogitsAt::Last,
+            ..Default::default()
+        };
+        let logits = self.model.run(&b, &opts)?.logits.expect("logits asked for");
+        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+    }
+
     /// Token ids that end generation.
     pub fn stop_ids(&self) -> Vec<u32> {
         let mut v = self.tokenizer.eos_ids.clone();

@@ -2,10 +2,8 @@
 //! and a given answer's probability and rank. Prompts are batched with left padding and only
 //! the last position's logits are computed.
 
-use crate::model::transformer::{LogitsAt, RunOpts};
-use crate::model::{Batch, LanguageModel, PadSide};
+use crate::model::LanguageModel;
 use anyhow::{bail, Result};
-use candle_core::DType;
 use serde::Serialize;
 
 /// One token and its probability.
@@ -39,6 +37,12 @@ pub struct Prediction {
     pub answer: Option<AnswerScore>,
 }
 
+/// log Σ exp over a row of logits (f64 accumulation).
+pub fn logsumexp(row: &[f32]) -> f64 {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+}
+
 /// Predict the next token of every prompt, `batch_size` prompts at a time.
 pub fn predict(
     lm: &LanguageModel,
@@ -57,29 +61,15 @@ pub fn predict(
         }
         None => None,
     };
-    let pad = lm.pad_id();
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = chunk
             .iter()
             .map(|p| lm.tokenizer.encode(p, true))
             .collect::<Result<_>>()?;
-        let batch = Batch::new(&ids, pad, PadSide::Left, lm.model.device())?;
-        let logits = lm
-            .model
-            .run(
-                &batch,
-                &RunOpts {
-                    logits: LogitsAt::Last,
-                    ..Default::default()
-                },
-            )?
-            .logits
-            .expect("logits");
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let rows = lm.last_logits(&ids)?;
         for ((prompt, row), toks) in chunk.iter().zip(rows).zip(&ids) {
-            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            let lse = logsumexp(&row);
             let prob = |x: f32| (x as f64 - lse).exp();
             let mut idx: Vec<usize> = (0..row.len()).collect();
             let k = top_k.min(row.len());
