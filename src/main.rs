@@ -92,7 +92,8 @@ enum Command {
         /// When a fact counts as known: top1 (over the vocabulary), candidates (beats the other answers), p>=X.
         #[arg(long, default_value = "top1")]
         known: String,
-        /// causal-trace (top-k MLPs), kuda-window (best window of --window MLPs), random, all-mlps.
+        /// causal-trace (top-k MLPs), kuda-window (best window of --window MLPs), attribution
+        /// (top-k MLPs by attribution patching), random, all-mlps.
         #[arg(long, default_value = "kuda-window")]
         method: String,
         #[arg(long, default_value_t = 3)]

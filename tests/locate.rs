@@ -98,3 +98,95 @@ fn gemma3_residual_trace_matches_the_reference_grid() {
     let w = best_window(&eff, 3).unwrap();
     assert!(w <= 10, "MLP window starts at layer {w}: {eff:?}");
 }
+
+#[test]
+fn cli_locate_writes_localization_and_pictures() {
+    let dir = tempfile::tempdir().unwrap();
+    let facts = dir.path().join("facts.tsv");
+    std::fs::write(
+        &facts,
+        "prompt\tsubject\tanswer\tcandidates\n\
+         The Eiffel Tower is located in the city of\tEiffel Tower\tParis\tParis|London\n\
+         Toyota is headquartered in\tToyota\tJapan\tJapan|Germany\n\
+         The official language of Brazil is\tBrazil\tPortuguese\tPortuguese|Spanish\n",
+    )
+    .unwrap();
+    for method in ["kuda-window", "attribution", "random"] {
+        let out = dir.path().join(method);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_unlearn"))
+            .args([
+                "locate",
+                "--model",
+                "smollm2-135m",
+                "--known",
+                "p>=0",
+                "--forget",
+                "first-2",
+                "--samples",
+                "2",
+                "--max-facts",
+                "2",
+            ])
+            .args([
+                "--method",
+                method,
+                "--task",
+                facts.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("localization.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["method"], method);
+        assert_eq!(
+            v["chosen"].as_array().unwrap().len(),
+            3,
+            "{method}: {}",
+            v["chosen"]
+        );
+        assert_eq!(v["known_facts"], 3);
+        assert!(v["param_count"].as_u64().unwrap() > 0);
+        assert!(out.join("components.svg").exists());
+        if method == "kuda-window" {
+            assert!(out.join("trace.svg").exists());
+            let layers: Vec<u64> = v["chosen"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["layer"].as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                layers[1],
+                layers[0] + 1,
+                "a window is contiguous: {layers:?}"
+            );
+        }
+    }
+    // Bad arguments are errors, not panics.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_unlearn"))
+        .args([
+            "locate",
+            "--model",
+            "smollm2-135m",
+            "--known",
+            "p>=0",
+            "--method",
+            "telepathy",
+            "--task",
+            facts.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("telepathy"));
+}

@@ -1,7 +1,8 @@
-//! Where does a fact live? Causal tracing ([`trace`]) and the selection of components
+//! Where does a fact live? Causal tracing ([`trace`]), attribution patching ([`attribution`]) and the selection of components
 //! ([`localization`]: KUDA's layer window, controls, parameter budgets); [`run`] is the
 //! `unlearn locate` command.
 
+pub mod attribution;
 pub mod localization;
 pub mod run;
 pub mod trace;

@@ -62,6 +62,20 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     if a.samples == 0 || a.window == 0 || a.top_k == 0 || a.max_facts == 0 {
         bail!("--samples, --window, --top-k and --max-facts must be at least 1");
     }
+    const METHODS: [&str; 5] = [
+        "causal-trace",
+        "kuda-window",
+        "attribution",
+        "random",
+        "all-mlps",
+    ];
+    if !METHODS.contains(&a.method.as_str()) {
+        bail!(
+            "--method {:?}: use one of {} (probe and path-patch are not built yet)",
+            a.method,
+            METHODS.join(", ")
+        );
+    }
     let rule = known::KnownRule::parse(&a.known)?;
     let lm = LanguageModel::load(&a.model, device)?;
     let n_layers = lm.model.config.num_layers;
@@ -139,9 +153,41 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
             }
         }
     }
+    let mut attribution = None;
+    if a.method == "attribution" {
+        let mut items = Vec::new();
+        for f in &traced {
+            let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+            let alt = f
+                .candidates
+                .iter()
+                .find(|c| **c != f.answer)
+                .or(f.new_answer.as_ref())
+                .with_context(|| format!("fact {}: attribution needs an alternative answer (candidates or new_answer)", f.id))?;
+            items.push(super::attribution::AttributionItem {
+                ids,
+                subject: span,
+                answer: known::answer_token(&lm, &f.answer)?,
+                alternative: known::answer_token(&lm, alt)?,
+            });
+        }
+        let std = super::trace::embedding_std(&lm.model)? * 3.0;
+        let s = super::attribution::attribute(&lm.model, &items, std, a.seed)?;
+        mlp_effect = s.mlps.clone();
+        attribution = Some(s);
+    }
     let mut ranked: Vec<(Component, f64)> = (0..n_layers)
         .map(|l| (Component::Mlp { layer: l }, mlp_effect[l]))
         .collect();
+    if let Some(s) = &attribution {
+        for (l, hs) in s.heads.iter().enumerate() {
+            ranked.extend(
+                hs.iter()
+                    .enumerate()
+                    .map(|(h, &v)| (Component::Head { layer: l, head: h }, v)),
+            );
+        }
+    }
     ranked.sort_by(|x, y| y.1.total_cmp(&x.1));
     let budget = match &a.budget_of {
         Some(p) => {
@@ -165,7 +211,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         None => a.top_k.min(n_layers),
     };
     let chosen_layers: Vec<usize> = match a.method.as_str() {
-        "causal-trace" => ranked.iter().take(k).map(|(c, _)| if let Component::Mlp { layer } = c { *layer } else { 0 }).collect(),
+        "causal-trace" | "attribution" => ranked.iter().filter_map(|(c, _)| if let Component::Mlp { layer } = c { Some(*layer) } else { None }).take(k).collect(),
         "kuda-window" => {
             let w = if budget.is_some() { k } else { a.window.min(n_layers) };
             let s = best_window(&mlp_effect, w)?;
@@ -173,7 +219,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         }
         "random" => random_mlps(n_layers, k, a.seed),
         "all-mlps" => (0..n_layers).collect(),
-        other => bail!("--method {other:?}: use causal-trace, kuda-window, random or all-mlps (attribution, probe and path-patch are not built yet)"),
+        other => bail!("--method {other:?}: use causal-trace, kuda-window, attribution, random or all-mlps (probe and path-patch are not built yet)"),
     };
     let chosen: Vec<Component> = chosen_layers
         .iter()
@@ -197,6 +243,9 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         json!(forget.iter().map(|f| &f.id).collect::<Vec<_>>()),
     );
     o.insert("traced_facts".into(), json!(traced.len()));
+    if let Some(s) = &attribution {
+        o.insert("attribution".into(), serde_json::to_value(s)?);
+    }
     if needs_trace {
         o.insert("mlp_indirect_effect_last_subject".into(), json!(mlp_effect));
         o.insert(
@@ -223,7 +272,12 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     }
     let hl: Vec<bool> = (0..n_layers).map(|l| chosen_layers.contains(&l)).collect();
     let title = format!(
-        "MLP indirect effect at the last subject token ({}: red = chosen)",
+        "{} ({}: red = chosen)",
+        if a.method == "attribution" {
+            "MLP attribution score"
+        } else {
+            "MLP indirect effect at the last subject token"
+        },
         a.method
     );
     write(
