@@ -84,6 +84,27 @@ fn metric_weights(m: &Transformer, rows: usize) -> Tensor {
     rnd(&[rows, m.config.vocab_size], 77, 1.0)
 }
 
+/// A run with last-position logits and a tape, then the backward of the fixed metric.
+fn run_and_backward(m: &Transformer, b: &Batch, hooks: Option<&Hooks>) -> (RunOutput, Grads) {
+    let opts = RunOpts {
+        hooks,
+        logits: LogitsAt::Last,
+        grad: true,
+        ..Default::default()
+    };
+    let out = m.run(b, &opts).unwrap();
+    let dl = metric_weights(m, b.size())
+        .to_dtype(
+            m.weights()
+                .get("model.embed_tokens.weight")
+                .unwrap()
+                .dtype(),
+        )
+        .unwrap();
+    let grads = m.backward(&out, Some(&dl), None).unwrap();
+    (out, grads)
+}
+
 fn metric(m: &Transformer, b: &Batch, hooks: Option<&Hooks>) -> f64 {
     let out = m
         .run(
@@ -111,19 +132,7 @@ fn parameter_gradients_match_finite_differences() {
         let names: Vec<String> = m.weights().tensors.keys().cloned().collect();
         m.set_trainable(&names).unwrap();
         let b = batch(&m, PadSide::Left);
-        let out = m
-            .run(
-                &b,
-                &RunOpts {
-                    logits: LogitsAt::Last,
-                    grad: true,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        let grads = m
-            .backward(&out, Some(&metric_weights(&m, 2)), None)
-            .unwrap();
+        let (_, grads) = run_and_backward(&m, &b, None);
         for name in &names {
             let g = grads
                 .params
@@ -165,34 +174,10 @@ fn frozen_parameters_get_no_gradient_and_same_values() {
     let b = batch(&m, PadSide::Right);
     let all: Vec<String> = m.weights().tensors.keys().cloned().collect();
     m.set_trainable(&all).unwrap();
-    let out = m
-        .run(
-            &b,
-            &RunOpts {
-                logits: LogitsAt::Last,
-                grad: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let full = m
-        .backward(&out, Some(&metric_weights(&m, 2)), None)
-        .unwrap();
+    let (_, full) = run_and_backward(&m, &b, None);
     let some = m.mlp_param_names(&[1]);
     m.set_trainable(&some).unwrap();
-    let out = m
-        .run(
-            &b,
-            &RunOpts {
-                logits: LogitsAt::Last,
-                grad: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let part = m
-        .backward(&out, Some(&metric_weights(&m, 2)), None)
-        .unwrap();
+    let (_, part) = run_and_backward(&m, &b, None);
     assert_eq!(part.params.keys().cloned().collect::<Vec<_>>(), {
         let mut s = some.clone();
         s.sort();
@@ -218,20 +203,7 @@ fn hook_gradients_match_finite_differences() {
         for &p in &points {
             hooks = hooks.grad(p).cache(p);
         }
-        let out = m
-            .run(
-                &b,
-                &RunOpts {
-                    hooks: Some(&hooks),
-                    logits: LogitsAt::Last,
-                    grad: true,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        let grads = m
-            .backward(&out, Some(&metric_weights(&m, 2)), None)
-            .unwrap();
+        let (out, grads) = run_and_backward(&m, &b, Some(&hooks));
         for &p in &points {
             let g = v(&grads.hooks[&p]);
             let a = out.cache[&p].clone();
@@ -439,20 +411,7 @@ fn layer_ranges_compose() {
     );
     // Gradient with respect to the starting residual equals the hook gradient of a full run.
     let hooks = Hooks::new().grad(HookPoint::ResidPre(1));
-    let out = m
-        .run(
-            &b,
-            &RunOpts {
-                hooks: Some(&hooks),
-                logits: LogitsAt::Last,
-                grad: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let g_full = m
-        .backward(&out, Some(&metric_weights(&m, 2)), None)
-        .unwrap();
+    let (_, g_full) = run_and_backward(&m, &b, Some(&hooks));
     let mid = m
         .run(
             &b,
