@@ -129,6 +129,21 @@ fn tokenizer_round_trips_text() {
     }
 }
 
+/// SmolLM2 and its export into `parent/name`.
+fn exported_smollm2(parent: &Path, name: &str) -> (LanguageModel, std::path::PathBuf) {
+    let lm = LanguageModel::load("smollm2-135m", &Device::Cpu).unwrap();
+    let out = parent.join(name);
+    export_hf_dir(
+        &lm.model.config,
+        lm.model.weights(),
+        &lm.tokenizer,
+        &out,
+        None,
+    )
+    .unwrap();
+    (lm, out)
+}
+
 fn smollm2_path() -> std::path::PathBuf {
     source::resolve("smollm2-135m").unwrap().path
 }
@@ -156,17 +171,8 @@ fn truncated_gguf_is_reported_with_the_file() {
 
 #[test]
 fn mis_shaped_or_missing_tensors_and_bad_configs_are_named() {
-    let lm = LanguageModel::load("smollm2-135m", &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
-    export_hf_dir(
-        &lm.model.config,
-        lm.model.weights(),
-        &lm.tokenizer,
-        &out,
-        None,
-    )
-    .unwrap();
+    let (_, out) = exported_smollm2(dir.path(), "m");
     let st = out.join("model.safetensors");
     let mut map: HashMap<String, Tensor> =
         candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
@@ -223,17 +229,8 @@ fn mis_shaped_or_missing_tensors_and_bad_configs_are_named() {
 #[test]
 fn half_precision_export_of_a_real_model_loads() {
     // bf16 weights in a HF directory load as f32 and stay close to the f32 model.
-    let lm = LanguageModel::load("smollm2-135m", &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("bf16");
-    export_hf_dir(
-        &lm.model.config,
-        lm.model.weights(),
-        &lm.tokenizer,
-        &out,
-        None,
-    )
-    .unwrap();
+    let (lm, out) = exported_smollm2(dir.path(), "bf16");
     let st = out.join("model.safetensors");
     let map: HashMap<String, Tensor> = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
     let half: HashMap<String, Tensor> = map

@@ -181,18 +181,12 @@ pub fn few_rows_matmul_nt(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     let (Ok((m, k)), Ok((n, k2))) = (a.dims2(), b.dims2()) else {
         return Ok(None);
     };
-    if m > 32 || k != k2 || !cpu_f32_contiguous(&[a, b]) {
+    if k != k2 {
         return Ok(None);
     }
-    let av = a.flatten_all()?.to_vec1::<f32>()?;
-    let out = with_slice(b, |bv| {
-        let mut out = vec![0f32; m * n];
-        few_rows_nt(&av, bv, m, n, k, &mut out);
-        out
-    })?;
-    out.map(|o| Tensor::from_vec(o, (m, n), a.device()))
-        .transpose()
-        .map_err(Into::into)
+    few_rows(a, b, (m, n), |av, bv, out| {
+        few_rows_nt(av, bv, m, n, k, out)
+    })
 }
 
 /// `a · b` for a few rows `a` (`[m, n]`) and a tall `b` (`[n, k]`), reading `b` once.
@@ -200,16 +194,31 @@ pub fn few_rows_matmul_nn(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     let (Ok((m, n)), Ok((n2, k))) = (a.dims2(), b.dims2()) else {
         return Ok(None);
     };
-    if m > 32 || n != n2 || !cpu_f32_contiguous(&[a, b]) {
+    if n != n2 {
+        return Ok(None);
+    }
+    few_rows(a, b, (m, k), |av, bv, out| {
+        few_rows_nn(av, bv, m, n, k, out)
+    })
+}
+
+/// Shared frame of the few-row products: checks, data access, output of shape `out_shape`.
+fn few_rows(
+    a: &Tensor,
+    b: &Tensor,
+    out_shape: (usize, usize),
+    kernel: impl FnOnce(&[f32], &[f32], &mut [f32]),
+) -> Result<Option<Tensor>> {
+    if out_shape.0 > 32 || !cpu_f32_contiguous(&[a, b]) {
         return Ok(None);
     }
     let av = a.flatten_all()?.to_vec1::<f32>()?;
     let out = with_slice(b, |bv| {
-        let mut out = vec![0f32; m * k];
-        few_rows_nn(&av, bv, m, n, k, &mut out);
+        let mut out = vec![0f32; out_shape.0 * out_shape.1];
+        kernel(&av, bv, &mut out);
         out
     })?;
-    out.map(|o| Tensor::from_vec(o, (m, k), a.device()))
+    out.map(|o| Tensor::from_vec(o, out_shape, a.device()))
         .transpose()
         .map_err(Into::into)
 }
