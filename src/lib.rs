@@ -7,6 +7,8 @@
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod eval;
+pub mod forget;
 pub mod locate;
 pub mod model;
 pub mod report;

@@ -115,6 +115,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Unlearn the known facts of a split: update only located weights (or the whole model)
+    /// with KUDA, localized fine-tuning or a baseline, evaluate before and after, and write
+    /// OUT/changed.safetensors + OUT/manifest.json (+ a full model with --full). An
+    /// interrupted run resumes from OUT/checkpoint when started again with the same settings.
+    #[command(after_help = FORGET_HELP)]
+    Forget(ForgetCli),
+    /// Edit facts: teach new answers (the task's target_new, or the next candidate: sports →
+    /// another sport) with localized fine-tuning, in one batch or sequentially in partitions.
+    #[command(after_help = FORGET_HELP)]
+    Edit(ForgetCli),
     /// Write a model as a Hugging Face directory (safetensors + config.json + tokenizer.json);
     /// `--model DIR` loads it back with identical logits.
     Export {
@@ -138,6 +148,128 @@ enum Command {
         #[arg(long)]
         pytorch: bool,
     },
+}
+
+/// Options shared by `forget` and `edit`.
+#[derive(clap::Args)]
+struct ForgetCli {
+    #[arg(long, short, default_value = "gemma3-270m")]
+    model: String,
+    /// sports, counterfact, counterfact-rewrites, or a .jsonl/.tsv facts file.
+    #[arg(long, default_value = "sports")]
+    task: String,
+    /// Which known facts: first-N, random-N, half-a, half-b, or an attribute (basketball).
+    #[arg(long, default_value = "first-16")]
+    forget: String,
+    /// When a fact counts as known: top1, candidates, p>=X.
+    #[arg(long, default_value = "top1")]
+    known: String,
+    /// kuda, localized-ft, ga, graddiff, npo, simnpo, rmu (edit: localized-ft).
+    #[arg(long, default_value = "kuda")]
+    method: String,
+    /// A localization.json from `unlearn locate`: its parameters are the ones updated.
+    #[arg(long)]
+    localization: Option<PathBuf>,
+    /// Or MLP layers to update (`2-4`, `2,3,4`), or `all` for every block parameter. Baselines
+    /// without either update the whole model (all blocks; embeddings stay frozen).
+    #[arg(long)]
+    layers: Option<String>,
+    /// TOML file of settings (see below for every key and its default).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override one setting: --set kuda.beta=5 --set optim.lr=1e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Shorthands for --set steps=N, --set seed=N.
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// KUDA's projection: none, strict, relaxed (shorthand for --set kuda.projection=…).
+    #[arg(long)]
+    projection: Option<String>,
+    /// Editing: `rotate` (target_new, else the next candidate answer) or a fixed answer.
+    #[arg(long, default_value = "rotate")]
+    new_answer: String,
+    /// Editing: train on the facts in this many sequential parts.
+    #[arg(long, default_value_t = 1)]
+    partitions: usize,
+    /// Also write the full model as a Hugging Face directory in OUT.
+    #[arg(long)]
+    full: bool,
+    /// Skip the before/after evaluation (forget, held-out accuracy, WikiText-2 perplexity).
+    #[arg(long)]
+    no_eval: bool,
+    /// Print the settings that would be used (TOML) and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+const FORGET_HELP: &str = "Settings (TOML keys for --config, or --set key=value), with their defaults; \
+optim.lr depends on the method (kuda 2e-4, localized-ft 1e-4, ga/graddiff 2e-5, npo/simnpo 5e-5, rmu 1e-4). \
+Print the resolved settings with --print-config.\n\n\
+  steps = 30, batch_size = 16 (forget facts per step), retain_batch_size = 16, text_batch_size = 4, \
+text_tokens = 64, grad_accum = 1, seed = 0, checkpoint_every = 10, max_abs_loss = 1e4, retain_facts = 128\n\
+  [optim] rule = adamw|sgd, lr, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, warmup_steps = 2, \
+min_lr_ratio = 0.1, clip_norm = 1.0\n\
+  [kuda] beta = 3.0, token_ratio = 0.5, retain_weight = 1, text_weight = 1, retain_ce_weight = 0, \
+projection = relaxed|strict|none, tau = 0.01 (× mean eigenvalue), project_update = true, key_text_chunks = 64, \
+rep_layer (default: last updated layer)\n\
+  [localized_ft] forget_weight = 1, retain_weight = 1, text_weight = 1\n\
+  graddiff_retain_weight = 1\n\
+  [npo] beta = 0.1, retain_weight = 1    [simnpo] beta = 2.5, gamma = 0, retain_weight = 1\n\
+  [rmu] steer_coeff = 4 (× mean activation norm), retain_weight = 1, layer (default: last updated layer)\n\n\
+Examples:\n\
+  unlearn locate --task sports --forget first-16 --out runs/loc\n\
+  unlearn forget --method kuda --localization runs/loc/localization.json --out runs/kuda\n\
+  unlearn forget --method ga --layers 2-4 --set optim.lr=1e-5 --out runs/ga\n\
+  unlearn edit --layers 2-4 --forget first-16 --out runs/edit\n\
+  unlearn predict --model runs/kuda \"Fact: Tiger Woods plays the sport of golf\\nFact: LeBron James plays the sport of\"";
+
+fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::ForgetArgs>> {
+    use unlearn::forget::config::{ForgetConfig, Method};
+    let method: Method = c.method.parse()?;
+    let mut sets = c.sets;
+    if let Some(s) = c.steps {
+        sets.push(format!("steps={s}"));
+    }
+    if let Some(s) = c.seed {
+        sets.push(format!("seed={s}"));
+    }
+    if let Some(p) = c.projection {
+        sets.push(format!("kuda.projection={p}"));
+    }
+    if c.print_config {
+        let toml_text = match &c.config {
+            Some(p) => Some(std::fs::read_to_string(p)?),
+            None => None,
+        };
+        let cfg = ForgetConfig::resolve(method, toml_text.as_deref(), &sets)?;
+        print!("{}", toml::to_string(&cfg)?);
+        return Ok(None);
+    }
+    let Some(out) = c.out else {
+        anyhow::bail!("--out DIR is required (where the result, log and checkpoints go)");
+    };
+    Ok(Some(unlearn::forget::run::ForgetArgs {
+        model: c.model,
+        task: c.task,
+        forget: c.forget,
+        known: c.known,
+        method: if edit && c.method == "kuda" { Method::LocalizedFt } else { method },
+        localization: c.localization,
+        layers: c.layers,
+        config: c.config,
+        sets,
+        edit,
+        new_answer: c.new_answer,
+        partitions: c.partitions,
+        full: c.full,
+        eval: !c.no_eval,
+        out,
+    }))
 }
 
 fn main() {
@@ -204,6 +336,14 @@ fn run(cmd: Command) -> Result<()> {
             };
             unlearn::locate::run::run(&args, &cli::device()?)
         }
+        Command::Forget(c) => match forget_args(c, false)? {
+            Some(a) => unlearn::forget::run::run(&a, &cli::device()?),
+            None => Ok(()),
+        },
+        Command::Edit(c) => match forget_args(c, true)? {
+            Some(a) => unlearn::forget::run::run(&a, &cli::device()?),
+            None => Ok(()),
+        },
         Command::Bench {
             model,
             out,

@@ -59,6 +59,25 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
     Ok(out)
 }
 
+/// The facts of a task that the model knows under `rule` (e.g. `top1`), with a message saying
+/// how many; an error when it knows none.
+pub fn known_facts(lm: &LanguageModel, task: &str, rule: &str) -> Result<Vec<Fact>> {
+    let rule = KnownRule::parse(rule)?;
+    let facts = super::load_task(task)?;
+    let scores = score(lm, &facts, 32)?;
+    let known: Vec<Fact> = facts
+        .iter()
+        .zip(&scores)
+        .filter(|(_, s)| rule.holds(s))
+        .map(|(f, _)| f.clone())
+        .collect();
+    eprintln!("{} of {} facts of {task} known ({rule:?})", known.len(), facts.len());
+    if known.is_empty() {
+        bail!("the model knows none of the {} facts of {task} under --known {rule:?}", facts.len());
+    }
+    Ok(known)
+}
+
 /// Which facts count as known.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub enum KnownRule {

@@ -81,3 +81,30 @@ pub fn load_task(task: &str) -> Result<Vec<Fact>> {
         other => bail!("unknown task {other:?}: use sports, counterfact, counterfact-rewrites, or a path to a .jsonl/.tsv facts file"),
     }
 }
+
+/// WikiText-2 (test split) lines, cut in two halves at an article boundary: the first half is
+/// general text for training and key statistics, the second is held out for perplexity.
+pub fn wikitext_halves() -> Result<(Vec<String>, Vec<String>)> {
+    let path = data_dir().join("wikitext2/wiki.test.raw");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if lines.len() < 4 {
+        bail!("{}: too little text ({} lines)", path.display(), lines.len());
+    }
+    let is_title = |l: &str| {
+        let t = l.trim();
+        t.starts_with("= ") && t.ends_with(" =") && !t.starts_with("= =")
+    };
+    let mid = (lines.len() / 2..lines.len())
+        .find(|&i| is_title(&lines[i]))
+        .unwrap_or(lines.len() / 2);
+    let eval = lines[mid..].to_vec();
+    let mut train = lines;
+    train.truncate(mid);
+    Ok((train, eval))
+}

@@ -4,7 +4,7 @@
 
 use super::localization::{best_window, random_mlps, Component, Localization};
 use super::trace::{trace, TraceKind, TraceOpts};
-use crate::data::{self, known};
+use crate::data::known;
 use crate::model::LanguageModel;
 use crate::report::svg;
 use anyhow::{bail, Context, Result};
@@ -76,31 +76,9 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
             METHODS.join(", ")
         );
     }
-    let rule = known::KnownRule::parse(&a.known)?;
     let lm = LanguageModel::load(&a.model, device)?;
     let n_layers = lm.model.config.num_layers;
-    let facts = data::load_task(&a.task)?;
-    let scores = known::score(&lm, &facts, 32)?;
-    let known_facts: Vec<_> = facts
-        .iter()
-        .zip(&scores)
-        .filter(|(_, s)| rule.holds(s))
-        .map(|(f, _)| f.clone())
-        .collect();
-    eprintln!(
-        "{} of {} facts known ({})",
-        known_facts.len(),
-        facts.len(),
-        a.known
-    );
-    if known_facts.is_empty() {
-        bail!(
-            "the model knows none of the {} facts of {} under --known {}",
-            facts.len(),
-            a.task,
-            a.known
-        );
-    }
+    let known_facts = known::known_facts(&lm, &a.task, &a.known)?;
     let (forget, _) = known::split(&known_facts, &a.forget, a.seed)?;
     let traced: Vec<_> = forget.iter().take(a.max_facts).collect();
     let needs_trace = matches!(a.method.as_str(), "causal-trace" | "kuda-window");

@@ -43,6 +43,25 @@ pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     let (config, weights, tokenizer) = match origin.format {
         source::Format::Gguf => gguf::load_gguf(&origin.path, device)?,
         source::Format::HfDir => hf_dir::load_hf_dir(&origin.path, device)?,
+        source::Format::Delta => {
+            let (base, changed) = crate::forget::export::read_delta(&origin.path, device)?;
+            let mut weights = base.weights;
+            for (name, t) in changed {
+                let old = weights.get(&name).map_err(|_| {
+                    anyhow::anyhow!("{}: changed tensor `{name}` is not in the base model", origin.path.display())
+                })?;
+                if old.dims() != t.dims() {
+                    anyhow::bail!(
+                        "{}: changed tensor `{name}` has shape {:?}, the base model's {:?}",
+                        origin.path.display(),
+                        t.dims(),
+                        old.dims()
+                    );
+                }
+                weights.tensors.insert(name, t);
+            }
+            (base.config, weights, base.tokenizer)
+        }
     };
     config.validate()?;
     weights.check_against(&config)?;

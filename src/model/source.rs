@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 pub enum Format {
     Gguf,
     HfDir,
+    /// An unlearn output directory holding only the changed tensors (`changed.safetensors`)
+    /// and a `manifest.json` naming the base model.
+    Delta,
 }
 
 /// A resolved `--model` argument.
@@ -66,6 +69,36 @@ pub const ALIASES: &[Alias] = &[
     },
 ];
 
+/// File of an unlearn output directory with the changed tensors.
+pub const DELTA_FILE: &str = "changed.safetensors";
+
+/// A fingerprint of a resolved model's weights: the alias's known sha256, else the sha256 of
+/// the GGUF file, the directory's model.safetensors, or the delta's changed tensors.
+pub fn fingerprint(o: &ModelOrigin) -> Result<String> {
+    if let Some(h) = &o.sha256 {
+        return Ok(h.clone());
+    }
+    let file = match o.format {
+        Format::Gguf => o.path.clone(),
+        Format::HfDir => o.path.join("model.safetensors"),
+        Format::Delta => o.path.join(DELTA_FILE),
+    };
+    if file.exists() {
+        crate::util::sha256_file(&file)
+    } else {
+        // Sharded directories: hash the names and sizes of the shards.
+        let mut h = Sha256::new();
+        for e in std::fs::read_dir(&o.path)?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".safetensors") {
+                h.update(name.as_bytes());
+                h.update(e.metadata()?.len().to_le_bytes());
+            }
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
 /// The cache directory: `$UNLEARN_CACHE`, else the platform cache dir + `unlearn`.
 pub fn cache_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("UNLEARN_CACHE").filter(|d| !d.is_empty()) {
@@ -94,7 +127,16 @@ pub fn resolve(spec: &str) -> Result<ModelOrigin> {
     let p = Path::new(spec);
     if p.is_dir() {
         if !p.join("config.json").exists() {
-            bail!("{spec}: a directory without config.json is not a Hugging Face model directory");
+            if p.join("manifest.json").exists() && p.join(DELTA_FILE).exists() {
+                return Ok(ModelOrigin {
+                    spec: spec.into(),
+                    path: p.to_path_buf(),
+                    format: Format::Delta,
+                    provenance: format!("unlearn output {spec} (changed tensors over its base model)"),
+                    sha256: None,
+                });
+            }
+            bail!("{spec}: a directory without config.json (nor an unlearn manifest.json + {DELTA_FILE}) is not a model directory");
         }
         return Ok(ModelOrigin {
             spec: spec.into(),

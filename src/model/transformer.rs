@@ -321,6 +321,51 @@ impl Transformer {
             .collect()
     }
 
+    /// The hook point a run must cache so that [`Transformer::matrix_input`] can rebuild the
+    /// input ("keys") of a block's weight matrix: `resid_pre` for q/k/v, `hook_z` for o,
+    /// `resid_mid` for gate/up, `mlp.hook_post` for down. `None` for other parameters.
+    pub fn key_point(&self, name: &str) -> Option<HookPoint> {
+        let l = Self::param_layer(name)?;
+        let n = self.names.get(l)?;
+        if [&n.q, &n.k, &n.v].contains(&&name.to_string()) {
+            Some(HookPoint::ResidPre(l))
+        } else if name == n.o {
+            Some(HookPoint::AttnZ(l))
+        } else if name == n.gate || name == n.up {
+            Some(HookPoint::ResidMid(l))
+        } else if name == n.down {
+            Some(HookPoint::MlpPost(l))
+        } else {
+            None
+        }
+    }
+
+    /// The rows `[B, T, in]` that weight `name` multiplies, from the activation cached at
+    /// [`Transformer::key_point`]`(name)` (normalized where the block normalizes).
+    pub fn matrix_input(&self, name: &str, cached: &Tensor) -> Result<Tensor> {
+        let point = self
+            .key_point(name)
+            .with_context(|| format!("`{name}` is not a weight matrix of a block"))?;
+        let n = &self.names[point.layer().expect("block point")];
+        let c = &self.config;
+        let norm = |ln: &str| -> Result<Tensor> {
+            Ok(ops::rms_norm(cached, &self.norm_scale(ln)?, c.rms_norm_eps)?.0)
+        };
+        match point {
+            HookPoint::ResidPre(_) => norm(&n.ln_in),
+            HookPoint::ResidMid(_) => norm(if c.arch == Arch::Gemma3 {
+                &n.ln_pre_ff
+            } else {
+                &n.ln_post_attn
+            }),
+            HookPoint::AttnZ(_) => {
+                let (b, t, h, hd) = cached.dims4()?;
+                Ok(cached.reshape((b, t, h * hd))?)
+            }
+            _ => Ok(cached.clone()),
+        }
+    }
+
     fn is_trainable(&self, name: &str) -> bool {
         self.trainable.contains(name)
     }

@@ -1,0 +1,419 @@
+//! Hyper-parameters of `unlearn forget` / `unlearn edit`: one struct per method with the
+//! defaults written down, read from TOML and overridden by `--set section.key=value`. Unknown
+//! keys and nonsense values are errors that name the key.
+
+use crate::forget::nullspace::Projection;
+use crate::forget::optim::OptimConfig;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An unlearning or editing method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    Kuda,
+    LocalizedFt,
+    Ga,
+    Graddiff,
+    Npo,
+    Simnpo,
+    Rmu,
+}
+
+impl Method {
+    pub const ALL: [Method; 7] = [
+        Method::Kuda,
+        Method::LocalizedFt,
+        Method::Ga,
+        Method::Graddiff,
+        Method::Npo,
+        Method::Simnpo,
+        Method::Rmu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Kuda => "kuda",
+            Method::LocalizedFt => "localized-ft",
+            Method::Ga => "ga",
+            Method::Graddiff => "graddiff",
+            Method::Npo => "npo",
+            Method::Simnpo => "simnpo",
+            Method::Rmu => "rmu",
+        }
+    }
+
+    /// Learning rate that works for this method on a 270M model with 3 MLP layers updated.
+    fn default_lr(self) -> f64 {
+        match self {
+            Method::Kuda => 2e-4,
+            Method::LocalizedFt => 1e-4,
+            Method::Ga | Method::Graddiff => 2e-5,
+            Method::Npo | Method::Simnpo => 5e-5,
+            Method::Rmu => 1e-4,
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match Method::ALL.iter().find(|m| m.name() == s) {
+            Some(m) => Ok(*m),
+            None => bail!(
+                "method {s:?}: use one of {}",
+                Method::ALL.map(|m| m.name()).join(", ")
+            ),
+        }
+    }
+}
+
+/// KUDA (SPEC §3.1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KudaConfig {
+    /// Inverse forgetting temperature β of exp(−β(1 − cos)).
+    pub beta: f64,
+    /// Share of the forget tokens sampled each step.
+    pub token_ratio: f64,
+    /// Weight of ‖h − h₀‖² on retain facts.
+    pub retain_weight: f64,
+    /// Weight of ‖h − h₀‖² on general text.
+    pub text_weight: f64,
+    /// Weight of an optional cross-entropy on retain facts (runs the layers above ℓ*).
+    pub retain_ce_weight: f64,
+    pub projection: Projection,
+    /// τ relative to the mean eigenvalue of the key covariance.
+    pub tau: f64,
+    /// Also project the optimizer's update (Adam's per-entry scaling would otherwise undo
+    /// the projection of the gradient).
+    pub project_update: bool,
+    /// General-text chunks added to the retain facts for the key statistics.
+    pub key_text_chunks: usize,
+    /// Representation layer ℓ* (default: the last updated layer).
+    pub rep_layer: Option<usize>,
+}
+
+impl Default for KudaConfig {
+    fn default() -> Self {
+        KudaConfig {
+            beta: 3.0,
+            token_ratio: 0.5,
+            retain_weight: 1.0,
+            text_weight: 1.0,
+            retain_ce_weight: 0.0,
+            projection: Projection::Relaxed,
+            tau: 0.01,
+            project_update: true,
+            key_text_chunks: 64,
+            rep_layer: None,
+        }
+    }
+}
+
+/// Localized fine-tuning (Mechanistic Unlearning): λ₁ forget/inject + λ₂ retain + λ₃ text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FtConfig {
+    pub forget_weight: f64,
+    pub retain_weight: f64,
+    pub text_weight: f64,
+}
+
+impl Default for FtConfig {
+    fn default() -> Self {
+        FtConfig {
+            forget_weight: 1.0,
+            retain_weight: 1.0,
+            text_weight: 1.0,
+        }
+    }
+}
+
+/// NPO and SimNPO (with a retain cross-entropy, as in their papers' "+RT" variants).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreferenceConfig {
+    pub beta: f64,
+    /// SimNPO's margin γ (unused by NPO).
+    pub gamma: f64,
+    pub retain_weight: f64,
+}
+
+impl Default for PreferenceConfig {
+    /// NPO's defaults (β = 0.1); SimNPO's (β = 2.5) are set in [`ForgetConfig::default`].
+    fn default() -> Self {
+        PreferenceConfig {
+            beta: 0.1,
+            gamma: 0.0,
+            retain_weight: 1.0,
+        }
+    }
+}
+
+/// RMU: steer the layer-ℓ activation of forget tokens toward c·u.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RmuConfig {
+    /// c as a multiple of the mean norm of the original activations at ℓ on forget tokens.
+    pub steer_coeff: f64,
+    /// α: weight of the retain MSE to the frozen model.
+    pub retain_weight: f64,
+    /// Steering layer ℓ (default: the last updated layer).
+    pub layer: Option<usize>,
+}
+
+impl Default for RmuConfig {
+    fn default() -> Self {
+        RmuConfig {
+            steer_coeff: 4.0,
+            retain_weight: 1.0,
+            layer: None,
+        }
+    }
+}
+
+/// Everything `unlearn forget` can be told.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForgetConfig {
+    pub steps: usize,
+    /// Forget facts per step.
+    pub batch_size: usize,
+    /// Retain facts per step.
+    pub retain_batch_size: usize,
+    /// General-text chunks per step, and tokens per chunk.
+    pub text_batch_size: usize,
+    pub text_tokens: usize,
+    /// Micro-batches whose gradients are summed before one optimizer step.
+    pub grad_accum: usize,
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+    /// A loss term larger than this in magnitude counts as divergence.
+    pub max_abs_loss: f64,
+    /// Retain facts used for training; the other known facts are held out for evaluation.
+    pub retain_facts: usize,
+    pub optim: OptimConfig,
+    pub kuda: KudaConfig,
+    pub localized_ft: FtConfig,
+    /// GradDiff's retain weight.
+    pub graddiff_retain_weight: f64,
+    pub npo: PreferenceConfig,
+    pub simnpo: PreferenceConfig,
+    pub rmu: RmuConfig,
+}
+
+impl Default for ForgetConfig {
+    fn default() -> Self {
+        ForgetConfig {
+            steps: 30,
+            batch_size: 16,
+            retain_batch_size: 16,
+            text_batch_size: 4,
+            text_tokens: 64,
+            grad_accum: 1,
+            seed: 0,
+            checkpoint_every: 10,
+            max_abs_loss: 1e4,
+            retain_facts: 128,
+            optim: OptimConfig::default(),
+            kuda: KudaConfig::default(),
+            localized_ft: FtConfig::default(),
+            graddiff_retain_weight: 1.0,
+            npo: PreferenceConfig {
+                beta: 0.1,
+                gamma: 0.0,
+                retain_weight: 1.0,
+            },
+            simnpo: PreferenceConfig {
+                beta: 2.5,
+                gamma: 0.0,
+                retain_weight: 1.0,
+            },
+            rmu: RmuConfig::default(),
+        }
+    }
+}
+
+impl ForgetConfig {
+    /// Defaults for a method (its learning rate).
+    pub fn for_method(m: Method) -> ForgetConfig {
+        let mut c = ForgetConfig::default();
+        c.optim.lr = m.default_lr();
+        c
+    }
+
+    /// Method defaults, then the TOML file's values, then `key=value` overrides.
+    pub fn resolve(m: Method, toml_text: Option<&str>, sets: &[String]) -> Result<ForgetConfig> {
+        let mut v = serde_json::to_value(ForgetConfig::for_method(m))?;
+        if let Some(t) = toml_text {
+            let parsed: toml::Value = toml::from_str(t).context("config file is not valid TOML")?;
+            merge(&mut v, serde_json::to_value(parsed)?, "");
+        }
+        for s in sets {
+            let (k, val) = s
+                .split_once('=')
+                .with_context(|| format!("--set {s:?}: expected key=value, e.g. kuda.beta=5"))?;
+            set_path(&mut v, k.trim(), parse_scalar(val.trim()))
+                .with_context(|| format!("--set {s:?}"))?;
+        }
+        let c: ForgetConfig = serde_json::from_value(v).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (v, name) in [
+            (self.steps, "steps"),
+            (self.batch_size, "batch_size"),
+            (self.grad_accum, "grad_accum"),
+            (self.checkpoint_every, "checkpoint_every"),
+        ] {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if self.text_tokens < 2 {
+            bail!("text_tokens must be at least 2");
+        }
+        self.optim.validate()?;
+        let k = &self.kuda;
+        if !(k.token_ratio > 0.0 && k.token_ratio <= 1.0) {
+            bail!("kuda.token_ratio must be in (0, 1] (got {})", k.token_ratio);
+        }
+        for (v, name) in [
+            (k.beta, "kuda.beta"),
+            (k.tau, "kuda.tau"),
+            (self.npo.beta, "npo.beta"),
+            (self.simnpo.beta, "simnpo.beta"),
+            (self.rmu.steer_coeff, "rmu.steer_coeff"),
+            (self.max_abs_loss, "max_abs_loss"),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{name} must be a positive number (got {v})");
+            }
+        }
+        for (v, name) in [
+            (k.retain_weight, "kuda.retain_weight"),
+            (k.text_weight, "kuda.text_weight"),
+            (k.retain_ce_weight, "kuda.retain_ce_weight"),
+            (self.localized_ft.forget_weight, "localized_ft.forget_weight"),
+            (self.localized_ft.retain_weight, "localized_ft.retain_weight"),
+            (self.localized_ft.text_weight, "localized_ft.text_weight"),
+            (self.graddiff_retain_weight, "graddiff_retain_weight"),
+            (self.npo.retain_weight, "npo.retain_weight"),
+            (self.simnpo.retain_weight, "simnpo.retain_weight"),
+            (self.rmu.retain_weight, "rmu.retain_weight"),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{name} must be ≥ 0 (got {v})");
+            }
+        }
+        Ok(())
+    }
+
+    /// The defaults of every method as TOML (for `--help` and `forget --print-config`).
+    pub fn defaults_toml(m: Method) -> String {
+        toml::to_string(&ForgetConfig::for_method(m)).unwrap_or_default()
+    }
+}
+
+fn merge(base: &mut Value, over: Value, path: &str) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v, &p),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn set_path(v: &mut Value, key: &str, val: Value) -> Result<()> {
+    let mut cur = v;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, p) in parts.iter().enumerate() {
+        let obj = cur
+            .as_object_mut()
+            .with_context(|| format!("`{}` is not a section", parts[..i].join(".")))?;
+        if i + 1 == parts.len() {
+            if !obj.contains_key(*p) {
+                bail!("unknown setting `{key}`");
+            }
+            obj.insert((*p).to_string(), val);
+            return Ok(());
+        }
+        cur = obj
+            .get_mut(*p)
+            .with_context(|| format!("unknown setting `{key}`"))?;
+    }
+    unreachable!("split yields at least one part")
+}
+
+fn parse_scalar(s: &str) -> Value {
+    if let Ok(i) = s.parse::<u64>() {
+        return Value::from(i);
+    }
+    if let Ok(f) = s.parse::<f64>() {
+        return Value::from(f);
+    }
+    match s {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        "none" | "null" => Value::Null,
+        _ => Value::String(s.trim_matches('"').to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_and_sets_override_method_defaults() {
+        let c = ForgetConfig::resolve(
+            Method::Kuda,
+            Some("steps = 7\n[kuda]\nbeta = 5.0\nprojection = \"strict\"\n"),
+            &["optim.lr=0.001".into(), "kuda.rep_layer=4".into()],
+        )
+        .unwrap();
+        assert_eq!(c.steps, 7);
+        assert_eq!(c.kuda.beta, 5.0);
+        assert_eq!(c.kuda.projection, Projection::Strict);
+        assert_eq!(c.kuda.rep_layer, Some(4));
+        assert_eq!(c.optim.lr, 0.001);
+        assert_eq!(c.kuda.token_ratio, KudaConfig::default().token_ratio);
+        let d = ForgetConfig::resolve(Method::Ga, None, &[]).unwrap();
+        assert_eq!(d.optim.lr, Method::Ga.default_lr());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.betta=3".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("kuda.betta"), "{e:#}");
+        let e = ForgetConfig::resolve(Method::Kuda, Some("[kuda]\nbetta = 3\n"), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("betta"), "{e:#}");
+        let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.token_ratio=1.5".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("token_ratio"), "{e:#}");
+        let e = ForgetConfig::resolve(Method::Kuda, None, &["steps=-3".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("configuration"), "{e:#}");
+        let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.projection=sideways".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("sideways"), "{e:#}");
+    }
+
+    #[test]
+    fn defaults_print_as_toml_and_read_back() {
+        for m in Method::ALL {
+            let t = ForgetConfig::defaults_toml(m);
+            assert_eq!(ForgetConfig::resolve(m, Some(&t), &[]).unwrap(), ForgetConfig::for_method(m));
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The result of `unlearn forget` / `unlearn edit` on disk: `changed.safetensors` (only the
+//! updated tensors, Hugging Face names), optionally the full model as a Hugging Face directory
+//! in the same place, and `manifest.json` (base model and its sha256, method, localization,
+//! hyper-parameters, seed, steps, final losses, metrics, tool version). Every file is written
+//! to a temporary name and renamed; the manifest comes last, so a directory with a manifest is
+//! complete. `--model DIR` loads either form; the base model file is only ever read.
+
+use crate::forget::config::ForgetConfig;
+use crate::locate::localization::Localization;
+use crate::model::source::{fingerprint, DELTA_FILE};
+use crate::model::{LanguageModel, LoadedModel};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// What `manifest.json` records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub tool: String,
+    /// How to load the base model (alias or absolute path).
+    pub base_model: String,
+    pub base_sha256: String,
+    pub method: String,
+    pub edit: bool,
+    pub task: String,
+    pub forget_split: String,
+    pub forget_ids: Vec<String>,
+    pub localization: Option<Localization>,
+    pub params: Vec<String>,
+    pub param_count: usize,
+    pub config: ForgetConfig,
+    pub seed: u64,
+    pub steps: usize,
+    pub final_losses: BTreeMap<String, f64>,
+    /// `changed` (only changed tensors) or `full` (also a complete HF directory).
+    pub weights: String,
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// How a base model is named in a manifest: aliases as they are, paths made absolute.
+pub fn base_spec(spec: &str) -> String {
+    let p = Path::new(spec);
+    if p.exists() {
+        p.canonicalize()
+            .map(|c| c.display().to_string())
+            .unwrap_or_else(|_| spec.to_string())
+    } else {
+        spec.to_string()
+    }
+}
+
+/// Write the trained model to `dir`.
+pub fn write_output(dir: &Path, lm: &LanguageModel, manifest: &Manifest, full: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut changed = HashMap::new();
+    for p in &manifest.params {
+        let t = lm.model.weights().get(p)?;
+        changed.insert(p.clone(), t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?);
+    }
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    candle_core::safetensors::save(&changed, tmp.path())?;
+    tmp.persist(dir.join(DELTA_FILE))
+        .with_context(|| format!("writing {}", dir.join(DELTA_FILE).display()))?;
+    if full {
+        crate::model::hf_dir::export_hf_dir(
+            &lm.model.config,
+            lm.model.weights(),
+            &lm.tokenizer,
+            dir,
+            None,
+        )?;
+    }
+    crate::util::write_atomic(
+        &dir.join("manifest.json"),
+        serde_json::to_string_pretty(manifest)?.as_bytes(),
+    )
+}
+
+/// Read an output directory that holds only changed tensors: the base model (checked against
+/// the manifest's sha256) and the changed tensors.
+pub fn read_delta(dir: &Path, device: &Device) -> Result<(LoadedModel, Vec<(String, Tensor)>)> {
+    let mpath = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&mpath).with_context(|| format!("reading {}", mpath.display()))?;
+    let m: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", mpath.display()))?;
+    let base = m["base_model"]
+        .as_str()
+        .with_context(|| format!("{}: field `base_model` is missing", mpath.display()))?;
+    let want = m["base_sha256"]
+        .as_str()
+        .with_context(|| format!("{}: field `base_sha256` is missing", mpath.display()))?;
+    let loaded = crate::model::load(base, device)
+        .with_context(|| format!("{}: loading its base model {base}", mpath.display()))?;
+    let got = fingerprint(&loaded.origin)?;
+    if got != want {
+        bail!(
+            "{}: the base model {base} has changed since this output was written (sha256 {got}, expected {want})",
+            mpath.display()
+        );
+    }
+    let file = dir.join(DELTA_FILE);
+    let t = candle_core::safetensors::load(&file, device)
+        .with_context(|| format!("reading {}", file.display()))?;
+    Ok((loaded, t.into_iter().collect()))
+}

@@ -1,0 +1,15 @@
+//! Unlearning and editing: the training sequences ([`seqs`]), loss terms ([`terms`]), the
+//! methods as weighted term lists ([`methods`]: KUDA, localized fine-tuning, GA, GradDiff,
+//! NPO, SimNPO, RMU), KUDA's null-space projection ([`nullspace`]), the optimizer
+//! ([`optim`]), the trainer with checkpoints and resume ([`trainer`]), the output on disk
+//! ([`export`]), settings ([`config`]) and the `forget` / `edit` commands ([`run`]).
+
+pub mod config;
+pub mod export;
+pub mod methods;
+pub mod nullspace;
+pub mod optim;
+pub mod run;
+pub mod seqs;
+pub mod terms;
+pub mod trainer;

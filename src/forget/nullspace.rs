@@ -1,0 +1,293 @@
+//! KUDA's relaxed null-space projection. For each updated matrix W (input keys k), the key
+//! statistics Σ = E[k kᵀ] over retain facts and general text are computed once (and cached on
+//! disk), eigendecomposed with faer (Σ = U Λ Uᵀ), and turned into a projector applied on the
+//! input side of W's gradient (G ← G·P):
+//!
+//! * strict (AlphaEdit): P = U₀U₀ᵀ over the eigenvalues below τ — W·k does not move for keys
+//!   in Σ's range;
+//! * relaxed: P = U diag(τ / (λᵢ + τ)) Uᵀ — directions the retain keys use a lot are damped,
+//!   rarely used ones pass.
+//!
+//! τ is given relative to the mean eigenvalue (trace/n), so one value fits every matrix.
+
+use crate::forget::seqs::Seq;
+use crate::model::{Batch, HookPoint, Hooks, PadSide, RunOpts, Transformer};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Which projection the forget gradient gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Projection {
+    None,
+    Strict,
+    #[default]
+    Relaxed,
+}
+
+impl std::str::FromStr for Projection {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "none" => Projection::None,
+            "strict" => Projection::Strict,
+            "relaxed" => Projection::Relaxed,
+            _ => bail!("projection {s:?}: use none, strict or relaxed"),
+        })
+    }
+}
+
+/// Σ = Σₖ k kᵀ and the number of keys, per key point name.
+pub type KeySums = BTreeMap<String, (Tensor, usize)>;
+
+/// Sum k kᵀ over every real position of `seqs` for the key points of `params`.
+pub fn key_sums(
+    model: &Transformer,
+    seqs: &[Seq],
+    params: &[String],
+    pad: u32,
+    bs: usize,
+) -> Result<KeySums> {
+    let mut points: BTreeMap<HookPoint, Vec<&String>> = BTreeMap::new();
+    for p in params {
+        let kp = model
+            .key_point(p)
+            .with_context(|| format!("null-space projection: `{p}` is not a block weight matrix"))?;
+        points.entry(kp).or_default().push(p);
+    }
+    let Some(top) = points.keys().filter_map(|p| p.layer()).max() else {
+        return Ok(KeySums::new());
+    };
+    let mut hooks = Hooks::new();
+    for p in points.keys() {
+        hooks = hooks.cache(*p);
+    }
+    let mut sums: KeySums = BTreeMap::new();
+    for chunk in seqs.chunks(bs.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|s| s.ids.clone()).collect();
+        let batch = Batch::new(&ids, pad, PadSide::Right, model.device())?;
+        let out = model.run(
+            &batch,
+            &RunOpts {
+                hooks: Some(&hooks),
+                stop_at: Some(top + 1),
+                logits: crate::model::LogitsAt::None,
+                ..Default::default()
+            },
+        )?;
+        for (point, names) in &points {
+            let x = model.matrix_input(names[0], &out.cache[point])?;
+            let rows: Vec<Tensor> = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, s)| x.get(k)?.narrow(0, 0, s.ids.len()))
+                .collect::<candle_core::Result<_>>()?;
+            let k = Tensor::cat(&rows, 0)?.to_dtype(DType::F32)?;
+            let kk = k.t()?.matmul(&k)?.to_dtype(DType::F64)?;
+            let e = sums
+                .entry(point.to_string())
+                .or_insert_with(|| (kk.zeros_like().expect("zeros"), 0));
+            e.0 = (&e.0 + kk)?;
+            e.1 += k.dim(0)?;
+        }
+    }
+    Ok(sums)
+}
+
+/// Load key sums from `path` if it exists, else compute and save them there (atomically).
+pub fn cached_key_sums(
+    path: &Path,
+    compute: impl FnOnce() -> Result<KeySums>,
+) -> Result<KeySums> {
+    if path.exists() {
+        let t = candle_core::safetensors::load(path, &Device::Cpu)
+            .with_context(|| format!("reading cached key statistics {}", path.display()))?;
+        let mut out = KeySums::new();
+        for (name, sigma) in &t {
+            if let Some(point) = name.strip_prefix("sigma/") {
+                let n = t
+                    .get(&format!("count/{point}"))
+                    .context("cached key statistics without counts")?
+                    .to_vec1::<f64>()?[0] as usize;
+                out.insert(point.to_string(), (sigma.clone(), n));
+            }
+        }
+        return Ok(out);
+    }
+    let sums = compute()?;
+    let mut map = std::collections::HashMap::new();
+    for (p, (s, n)) in &sums {
+        map.insert(format!("sigma/{p}"), s.to_device(&Device::Cpu)?);
+        map.insert(format!("count/{p}"), Tensor::new(&[*n as f64], &Device::Cpu)?);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))?;
+    candle_core::safetensors::save(&map, tmp.path())?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(sums)
+}
+
+/// Projector `[n, n]` (f32, on `device`) from a key sum, or None for `Projection::None`.
+pub fn projector(
+    sum: &Tensor,
+    count: usize,
+    mode: Projection,
+    tau_rel: f64,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    if mode == Projection::None {
+        return Ok(None);
+    }
+    if count == 0 {
+        bail!("null-space projection: no keys to build it from");
+    }
+    if !(tau_rel.is_finite() && tau_rel > 0.0) {
+        bail!("null-space projection: tau must be a positive number (got {tau_rel})");
+    }
+    let n = sum.dim(0)?;
+    let s: Vec<f64> = sum.flatten_all()?.to_vec1()?;
+    let sigma = faer::Mat::<f64>::from_fn(n, n, |i, j| s[i * n + j] / count as f64);
+    let evd = sigma
+        .self_adjoint_eigen(faer::Side::Lower)
+        .map_err(|e| anyhow::anyhow!("eigendecomposition of the key covariance failed: {e:?}"))?;
+    let (u, lam) = (evd.U(), evd.S().column_vector());
+    let mean = (0..n).map(|i| lam[i]).sum::<f64>() / n as f64;
+    let tau = tau_rel * mean.max(f64::MIN_POSITIVE);
+    let w: Vec<f64> = (0..n)
+        .map(|i| {
+            let l = lam[i].max(0.0);
+            match mode {
+                Projection::Strict => f64::from(u8::from(l < tau)),
+                _ => tau / (l + tau),
+            }
+        })
+        .collect();
+    let uw = faer::Mat::<f64>::from_fn(n, n, |i, j| u[(i, j)] * w[j]);
+    let p = &uw * u.transpose();
+    let v: Vec<f32> = (0..n * n).map(|k| p[(k / n, k % n)] as f32).collect();
+    Ok(Some(Tensor::from_vec(v, (n, n), device)?))
+}
+
+/// Projectors of the updated matrices, by parameter name.
+#[derive(Clone, Default)]
+pub struct Projectors {
+    by_param: BTreeMap<String, Tensor>,
+}
+
+impl Projectors {
+    /// Build projectors for `params` from key sums (one eigendecomposition per key point).
+    pub fn build(
+        model: &Transformer,
+        sums: &KeySums,
+        params: &[String],
+        mode: Projection,
+        tau_rel: f64,
+    ) -> Result<Projectors> {
+        let mut by_point: BTreeMap<String, Option<Tensor>> = BTreeMap::new();
+        let mut by_param = BTreeMap::new();
+        for p in params {
+            let Some(kp) = model.key_point(p) else {
+                continue;
+            };
+            let key = kp.to_string();
+            if !by_point.contains_key(&key) {
+                let (s, n) = sums
+                    .get(&key)
+                    .with_context(|| format!("no key statistics for `{key}`"))?;
+                by_point.insert(key.clone(), projector(s, *n, mode, tau_rel, model.device())?);
+            }
+            if let Some(pm) = &by_point[&key] {
+                by_param.insert(p.clone(), pm.clone());
+            }
+        }
+        Ok(Projectors { by_param })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_param.is_empty()
+    }
+
+    /// G ← G·P for every gradient that has a projector.
+    pub fn apply(&self, grads: &mut BTreeMap<String, Tensor>) -> Result<()> {
+        for (name, g) in grads.iter_mut() {
+            if let Some(p) = self.by_param.get(name) {
+                *g = g.matmul(p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(n: usize, d: usize, seed: u64) -> Tensor {
+        crate::model::ops::tests::rnd(&[n, d], seed, 1.0)
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
+
+    fn moved(g: &Tensor, p: Option<&Tensor>, k: &Tensor) -> f32 {
+        let dw = match p {
+            Some(p) => g.matmul(p).unwrap(),
+            None => g.clone(),
+        };
+        dw.matmul(&k.t().unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn strict_keeps_w_k_relaxed_sits_between() {
+        let dev = Device::Cpu;
+        // 6 keys in 10 dimensions: Σ has a 4-dimensional null space.
+        let k = keys(6, 10, 3);
+        let sum = k.t().unwrap().matmul(&k).unwrap().to_dtype(DType::F64).unwrap();
+        let g = keys(4, 10, 9);
+        let strict = projector(&sum, 6, Projection::Strict, 1e-6, &dev).unwrap();
+        let relaxed = projector(&sum, 6, Projection::Relaxed, 0.1, &dev).unwrap();
+        assert!(projector(&sum, 6, Projection::None, 0.1, &dev).unwrap().is_none());
+        let (s, r, n) = (
+            moved(&g, strict.as_ref(), &k),
+            moved(&g, relaxed.as_ref(), &k),
+            moved(&g, None, &k),
+        );
+        assert!(s < 1e-4 * n, "strict moves W·k by {s} (none: {n})");
+        assert!(s < r && r < n, "strict {s} < relaxed {r} < none {n}");
+        // The strict projector is a projection onto the null space: P² = P, rank 4.
+        let p = strict.unwrap();
+        let p2 = p.matmul(&p).unwrap();
+        let err: f32 = (&p2 - &p).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(err < 1e-5);
+        let tr: f32 = (&p * Tensor::eye(10, DType::F32, &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((tr - 4.0).abs() < 1e-4, "trace {tr}");
+    }
+
+    #[test]
+    fn bad_tau_is_an_error() {
+        let sum = Tensor::eye(3, DType::F64, &Device::Cpu).unwrap();
+        for tau in [0.0, -1.0, f64::NAN] {
+            let e = projector(&sum, 3, Projection::Relaxed, tau, &Device::Cpu).unwrap_err();
+            assert!(e.to_string().contains("tau"), "{e}");
+        }
+    }
+}

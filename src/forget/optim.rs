@@ -1,0 +1,233 @@
+//! The optimizer: AdamW (or plain SGD) with linear warm-up and cosine decay, global-norm
+//! gradient clipping, and a state that is saved with checkpoints so a run resumes exactly.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Which update rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    #[default]
+    Adamw,
+    Sgd,
+}
+
+/// Optimizer settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    pub rule: Rule,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Cosine decay to `lr · min_lr_ratio` at the last step.
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient norm to this (0 = no clipping).
+    pub clip_norm: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            rule: Rule::Adamw,
+            lr: 1e-5,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 2,
+            min_lr_ratio: 0.1,
+            clip_norm: 1.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    pub fn validate(&self) -> Result<()> {
+        let pos = |v: f64, name: &str| -> Result<()> {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("optim.{name} must be a positive number (got {v})");
+            }
+            Ok(())
+        };
+        pos(self.lr, "lr")?;
+        pos(self.eps, "eps")?;
+        for (v, name) in [(self.beta1, "beta1"), (self.beta2, "beta2")] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("optim.{name} must be in [0, 1) (got {v})");
+            }
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            bail!("optim.weight_decay must be ≥ 0 (got {})", self.weight_decay);
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            bail!("optim.min_lr_ratio must be in [0, 1] (got {})", self.min_lr_ratio);
+        }
+        if !(self.clip_norm >= 0.0 && self.clip_norm.is_finite()) {
+            bail!("optim.clip_norm must be ≥ 0 (got {})", self.clip_norm);
+        }
+        Ok(())
+    }
+
+    /// Learning rate of step `s` (0-based) of `total`.
+    pub fn lr_at(&self, s: usize, total: usize) -> f64 {
+        if s < self.warmup_steps {
+            return self.lr * (s + 1) as f64 / (self.warmup_steps + 1) as f64;
+        }
+        let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
+        let frac = ((s - self.warmup_steps) as f64 / span).min(1.0);
+        let cos = 0.5 * (1.0 + (std::f64::consts::PI * frac).cos());
+        self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cos)
+    }
+}
+
+/// Global L2 norm of a set of gradients.
+pub fn global_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
+    let mut s = 0.0;
+    for g in grads.values() {
+        s += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok(s.sqrt())
+}
+
+/// AdamW moments per parameter and the step count.
+#[derive(Default)]
+pub struct Optimizer {
+    pub cfg: OptimConfig,
+    m: BTreeMap<String, Tensor>,
+    v: BTreeMap<String, Tensor>,
+    pub t: usize,
+}
+
+impl Optimizer {
+    pub fn new(cfg: OptimConfig) -> Self {
+        Optimizer {
+            cfg,
+            ..Default::default()
+        }
+    }
+
+    /// The update Δ (to be added to each parameter) for gradients `grads` at learning rate `lr`.
+    pub fn update(
+        &mut self,
+        params: &BTreeMap<String, Tensor>,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+    ) -> Result<BTreeMap<String, Tensor>> {
+        self.t += 1;
+        let c = &self.cfg;
+        let mut out = BTreeMap::new();
+        for (name, g) in grads {
+            let w = params
+                .get(name)
+                .with_context(|| format!("optimizer: no parameter `{name}`"))?;
+            let step = match c.rule {
+                Rule::Sgd => g.affine(-lr, 0.0)?,
+                Rule::Adamw => {
+                    let m = match self.m.get(name) {
+                        Some(m) => ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?,
+                        None => (g * (1.0 - c.beta1))?,
+                    };
+                    let v = match self.v.get(name) {
+                        Some(v) => ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?,
+                        None => (g.sqr()? * (1.0 - c.beta2))?,
+                    };
+                    let bc1 = 1.0 - c.beta1.powi(self.t as i32);
+                    let bc2 = 1.0 - c.beta2.powi(self.t as i32);
+                    let denom = (v.affine(1.0 / bc2, 0.0)?.sqrt()? + c.eps)?;
+                    let s = (m.affine(1.0 / bc1, 0.0)? / denom)?.affine(-lr, 0.0)?;
+                    self.m.insert(name.clone(), m);
+                    self.v.insert(name.clone(), v);
+                    s
+                }
+            };
+            let step = if c.weight_decay > 0.0 {
+                (step - w.affine(lr * c.weight_decay, 0.0)?)?
+            } else {
+                step
+            };
+            out.insert(name.clone(), step);
+        }
+        Ok(out)
+    }
+
+    /// Moments as named tensors (for a checkpoint).
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (n, t) in &self.m {
+            out.insert(format!("adam.m/{n}"), t.to_device(&Device::Cpu)?);
+        }
+        for (n, t) in &self.v {
+            out.insert(format!("adam.v/{n}"), t.to_device(&Device::Cpu)?);
+        }
+        Ok(out)
+    }
+
+    /// Restore moments from checkpoint tensors and the step count.
+    pub fn restore(&mut self, tensors: &HashMap<String, Tensor>, t: usize, device: &Device) -> Result<()> {
+        for (k, v) in tensors {
+            if let Some(n) = k.strip_prefix("adam.m/") {
+                self.m.insert(n.into(), v.to_device(device)?);
+            } else if let Some(n) = k.strip_prefix("adam.v/") {
+                self.v.insert(n.into(), v.to_device(device)?);
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+}
+
+/// Read a checkpoint's tensors.
+pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading checkpoint {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays() {
+        let c = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 3,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
+        let lrs: Vec<f64> = (0..13).map(|s| c.lr_at(s, 13)).collect();
+        assert!(lrs[0] < lrs[1] && lrs[1] < lrs[2] && lrs[2] < lrs[3]);
+        assert!((lrs[3] - 1.0).abs() < 1e-12);
+        assert!(lrs[3..].windows(2).all(|w| w[1] <= w[0]));
+        assert!((c.lr_at(13, 13) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn adamw_first_step_is_lr_times_sign() {
+        let dev = Device::Cpu;
+        let w: BTreeMap<_, _> = [("w".to_string(), Tensor::new(&[1f32, 2.0], &dev).unwrap())].into();
+        let g: BTreeMap<_, _> = [("w".to_string(), Tensor::new(&[0.5f32, -3.0], &dev).unwrap())].into();
+        let mut o = Optimizer::new(OptimConfig::default());
+        let d: Vec<f32> = o.update(&w, &g, 0.01).unwrap()["w"].to_vec1().unwrap();
+        assert!((d[0] + 0.01).abs() < 1e-6 && (d[1] - 0.01).abs() < 1e-6, "{d:?}");
+    }
+
+    #[test]
+    fn nonsense_settings_are_refused() {
+        for c in [
+            OptimConfig { lr: -1.0, ..Default::default() },
+            OptimConfig { beta2: 1.0, ..Default::default() },
+            OptimConfig { clip_norm: f64::NAN, ..Default::default() },
+        ] {
+            assert!(c.validate().is_err());
+        }
+    }
+}

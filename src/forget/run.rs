@@ -1,0 +1,361 @@
+//! `unlearn forget` and `unlearn edit`: pick the known facts to forget (or edit), the retain
+//! facts and general text, the parameters to update (a localization, MLP layers, or the whole
+//! model), train with the chosen method, evaluate before and after, and write the result.
+
+use crate::data::{self, known, Fact};
+use crate::eval::completion::{accuracy, Accuracy};
+use crate::eval::perplexity::{perplexity, tokenize_lines, Perplexity};
+use crate::forget::config::{ForgetConfig, Method};
+use crate::forget::export::{base_spec, write_output, Manifest};
+use crate::forget::methods;
+use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
+use crate::forget::seqs::{text_chunks, Seq, SeqSet};
+use crate::forget::trainer::{layer_of, mean_ref_norm, steering_vector, train, Plan};
+use crate::locate::localization::Localization;
+use crate::model::source::fingerprint;
+use crate::model::LanguageModel;
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+/// Options of `unlearn forget` / `unlearn edit`.
+#[derive(Clone, Debug)]
+pub struct ForgetArgs {
+    pub model: String,
+    pub task: String,
+    pub forget: String,
+    pub known: String,
+    pub method: Method,
+    pub localization: Option<PathBuf>,
+    /// MLP layers such as `2-4` or `2,3,4`, or `all` (every block parameter).
+    pub layers: Option<String>,
+    pub config: Option<PathBuf>,
+    pub sets: Vec<String>,
+    pub edit: bool,
+    /// Editing: `rotate` (next candidate answer) or a fixed answer such as ` golf`.
+    pub new_answer: String,
+    pub partitions: usize,
+    pub full: bool,
+    pub eval: bool,
+    pub out: PathBuf,
+}
+
+/// Before/after numbers of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Metrics {
+    pub forget: Accuracy,
+    /// Editing: accuracy of the new answers on the edited facts.
+    pub edit: Option<Accuracy>,
+    pub held_out: Accuracy,
+    pub wikitext: Perplexity,
+}
+
+/// Parse `2-4`, `2,3,4` or `7` into layers.
+pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
+    let mut v = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |x: &str| -> Result<usize> {
+            x.trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--layers {s:?}: {x:?} is not a layer number"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    bail!("--layers {s:?}: range {a}-{b} is empty");
+                }
+                v.extend(a..=b)
+            }
+            None => v.push(num(part)?),
+        }
+    }
+    if v.is_empty() {
+        bail!("--layers {s:?}: no layers");
+    }
+    if let Some(&l) = v.iter().find(|&&l| l >= n_layers) {
+        bail!("--layers {s:?}: layer {l} does not exist (the model has {n_layers})");
+    }
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// The answer an edit teaches for a fact.
+fn new_answer_for(f: &Fact, rule: &str) -> Result<String> {
+    if rule != "rotate" {
+        return Ok(data::as_completion(rule));
+    }
+    if let Some(a) = &f.new_answer {
+        return Ok(data::as_completion(a));
+    }
+    let c = &f.candidates;
+    match c.iter().position(|x| *x == f.answer) {
+        Some(i) if c.len() > 1 => Ok(c[(i + 1) % c.len()].clone()),
+        _ => bail!(
+            "fact {}: no new answer to edit to (the task has no target_new and no other candidates); pass --new-answer",
+            f.id
+        ),
+    }
+}
+
+fn evaluate(lm: &LanguageModel, forget: &[Fact], held_out: &[Fact], edit: Option<&[String]>, ppl_ids: &[u32]) -> Result<Metrics> {
+    let forget_acc = accuracy(lm, forget, |f| f.answer.clone())?;
+    let edit_acc = match edit {
+        Some(new) => {
+            let by_id: std::collections::HashMap<&str, &String> =
+                forget.iter().map(|f| f.id.as_str()).zip(new.iter()).collect();
+            Some(accuracy(lm, forget, |f| by_id[f.id.as_str()].clone())?)
+        }
+        None => None,
+    };
+    Ok(Metrics {
+        forget: forget_acc,
+        edit: edit_acc,
+        held_out: accuracy(lm, held_out, |f| f.answer.clone())?,
+        wikitext: perplexity(lm, ppl_ids, 512, 256)?,
+    })
+}
+
+fn hash_json(v: &serde_json::Value) -> String {
+    hex::encode(Sha256::digest(v.to_string().as_bytes()))
+}
+
+/// Run `unlearn forget` / `unlearn edit`.
+pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<()> {
+    let toml_text = match &a.config {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let cfg = ForgetConfig::resolve(a.method, toml_text.as_deref(), &a.sets)
+        .with_context(|| a.config.as_ref().map_or("settings".into(), |p| format!("settings from {}", p.display())))?;
+    if a.partitions == 0 {
+        bail!("--partitions must be at least 1");
+    }
+    let mut lm = LanguageModel::load(&a.model, device)?;
+    let n_layers = lm.model.config.num_layers;
+    let pad = lm.pad_id();
+    let base_fp = fingerprint(&lm.origin)?;
+
+    // Facts: the forget split of the known facts; the rest is the retain pool, cut into the
+    // retain facts used in training and the held-out facts used only for evaluation.
+    let known_facts = known::known_facts(&lm, &a.task, &a.known)?;
+    let (forget, pool) = known::split(&known_facts, &a.forget, cfg.seed)?;
+    let mut pool = pool;
+    pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
+    let n_train = cfg.retain_facts.min(pool.len() / 2);
+    let retain: Vec<Fact> = pool[..n_train].to_vec();
+    let held_out: Vec<Fact> = pool[n_train..].iter().take(256).cloned().collect();
+    let new_answers: Option<Vec<String>> = if a.edit {
+        Some(forget.iter().map(|f| new_answer_for(f, &a.new_answer)).collect::<Result<_>>()?)
+    } else {
+        None
+    };
+    eprintln!(
+        "{} facts to {}, {} retain facts for training, {} held out",
+        forget.len(),
+        if a.edit { "edit" } else { "forget" },
+        retain.len(),
+        held_out.len()
+    );
+
+    // What is updated.
+    let (localization, params): (Option<Localization>, Vec<String>) = match (&a.localization, &a.layers) {
+        (Some(_), Some(_)) => bail!("give --localization or --layers, not both"),
+        (Some(p), None) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let loc: Localization = serde_json::from_str(&text).with_context(|| format!("{}: not a localization.json", p.display()))?;
+            for q in &loc.params {
+                lm.model.weights().get(q).with_context(|| format!("{}: parameter `{q}` is not in this model", p.display()))?;
+            }
+            let params = loc.params.clone();
+            (Some(loc), params)
+        }
+        (None, Some(s)) if s == "all" => (None, all_block_params(&lm)),
+        (None, Some(s)) => (None, lm.model.mlp_param_names(&parse_layers(s, n_layers)?)),
+        (None, None) => match a.method {
+            Method::Kuda | Method::LocalizedFt => bail!(
+                "{} updates located weights: pass --localization DIR/localization.json (from `unlearn locate`) \
+                 or --layers 2-4 (MLP layers), or --layers all",
+                a.method.name()
+            ),
+            _ => (None, all_block_params(&lm)),
+        },
+    };
+    let param_count: usize = params
+        .iter()
+        .map(|p| Ok(lm.model.weights().get(p)?.elem_count()))
+        .sum::<Result<usize>>()?;
+    let top = params.iter().filter_map(|p| layer_of(p)).max().unwrap_or(n_layers - 1);
+    let rep_layer = methods::rep_layer(a.method, &cfg, top)?;
+    eprintln!(
+        "{}: updating {} tensors ({:.2} M parameters){}",
+        a.method.name(),
+        params.len(),
+        param_count as f64 / 1e6,
+        rep_layer.map_or(String::new(), |r| format!(", representation layer {r}"))
+    );
+
+    // Sequences.
+    let forget_seqs: Vec<Seq> = forget
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let ans = new_answers.as_ref().map_or(f.answer.clone(), |n| n[i].clone());
+            Seq::fact(&lm, f, &ans)
+        })
+        .collect::<Result<_>>()?;
+    let retain_seqs: Vec<Seq> = retain.iter().map(|f| Seq::fact(&lm, f, &f.answer)).collect::<Result<_>>()?;
+    let (wiki_train, wiki_eval) = data::wikitext_halves()?;
+    let n_text = cfg.kuda.key_text_chunks.max(cfg.text_batch_size * 8).max(1);
+    let text_seqs = text_chunks(&lm, &wiki_train, cfg.text_tokens, n_text)?;
+    let ppl_ids = tokenize_lines(&lm, &wiki_eval, 4096)?;
+
+    let before = if a.eval {
+        let m = evaluate(&lm, &forget, &held_out, new_answers.as_deref(), &ppl_ids)?;
+        print_metrics("before", &m);
+        Some(m)
+    } else {
+        None
+    };
+
+    // Null-space projectors (KUDA).
+    let projection = if a.method == Method::Kuda { cfg.kuda.projection } else { Projection::None };
+    let projectors = if projection != Projection::None {
+        let key_seqs: Vec<Seq> = retain_seqs.iter().chain(text_seqs.iter().take(cfg.kuda.key_text_chunks)).cloned().collect();
+        let mut h = Sha256::new();
+        h.update(base_fp.as_bytes());
+        for p in &params {
+            h.update(p.as_bytes());
+        }
+        for s in &key_seqs {
+            for t in &s.ids {
+                h.update(t.to_le_bytes());
+            }
+            h.update(b"|");
+        }
+        let path = crate::model::source::cache_dir()?
+            .join("keystats")
+            .join(format!("{}.safetensors", &hex::encode(h.finalize())[..32]));
+        let t = std::time::Instant::now();
+        let sums = cached_key_sums(&path, || {
+            let sp = crate::util::spinner("key statistics over retain facts and text");
+            let r = key_sums(&lm.model, &key_seqs, &params, pad, 8);
+            sp.finish_and_clear();
+            r
+        })?;
+        let p = Projectors::build(&lm.model, &sums, &params, projection, cfg.kuda.tau)?;
+        eprintln!("{projection:?} null-space projectors ready in {:.1}s", t.elapsed().as_secs_f64());
+        p
+    } else {
+        Projectors::default()
+    };
+
+    // The plan, then training (sequentially over partitions when editing in parts).
+    let forget_ids: Vec<String> = forget.iter().map(|f| f.id.clone()).collect();
+    let parts: Vec<Vec<usize>> = {
+        let n = forget_seqs.len();
+        let k = a.partitions.min(n).max(1);
+        (0..k).map(|i| (i * n / k..(i + 1) * n / k).collect()).collect()
+    };
+    let mut summaries = Vec::new();
+    for (pi, part) in parts.iter().enumerate() {
+        let part_seqs: Vec<Seq> = part.iter().map(|&i| forget_seqs[i].clone()).collect();
+        let mut fset = SeqSet::new("forget", part_seqs);
+        let steer = if a.method == Method::Rmu {
+            let first = params.iter().filter_map(|p| layer_of(p)).min().unwrap_or(0);
+            fset.precompute(&lm.model, pad, first, rep_layer, false, 16)?;
+            let norm = mean_ref_norm(&fset)?;
+            Some(steering_vector(lm.model.config.hidden_size, cfg.rmu.steer_coeff * norm, cfg.seed))
+        } else {
+            None
+        };
+        let mut plan = Plan {
+            terms: methods::terms(a.method, &cfg, a.edit, steer)?,
+            forget: fset,
+            retain: SeqSet::new("retain", retain_seqs.clone()),
+            text: SeqSet::new("text", text_seqs.clone()),
+            params: params.clone(),
+            rep_layer,
+            projectors: projectors.clone(),
+            project_update: a.method == Method::Kuda && cfg.kuda.project_update,
+            pad,
+        };
+        plan.precompute(&lm.model, 16)?;
+        let key = hash_json(&json!({
+            "cfg": cfg, "method": a.method, "edit": a.edit, "params": params, "base": base_fp,
+            "forget": part.iter().map(|&i| &forget_ids[i]).collect::<Vec<_>>(),
+            "new": new_answers, "retain": retain.iter().map(|f| &f.id).collect::<Vec<_>>(),
+            "part": pi, "parts": parts.len(), "previous": summaries.len(),
+        }));
+        let dir = if parts.len() == 1 { a.out.clone() } else { a.out.join(format!("part-{}", pi + 1)) };
+        let s = train(&mut lm.model, &plan, &cfg, &key, &dir)?;
+        eprintln!("{}: {} steps in {:.1}s", dir.display(), s.steps_done, s.seconds);
+        summaries.push(s);
+    }
+
+    let after = if a.eval {
+        let m = evaluate(&lm, &forget, &held_out, new_answers.as_deref(), &ppl_ids)?;
+        print_metrics("after", &m);
+        Some(m)
+    } else {
+        None
+    };
+    let manifest = Manifest {
+        tool: format!("unlearn {}", env!("CARGO_PKG_VERSION")),
+        base_model: base_spec(&a.model),
+        base_sha256: base_fp,
+        method: a.method.name().into(),
+        edit: a.edit,
+        task: a.task.clone(),
+        forget_split: a.forget.clone(),
+        forget_ids,
+        localization,
+        params,
+        param_count,
+        config: cfg.clone(),
+        seed: cfg.seed,
+        steps: cfg.steps,
+        final_losses: summaries.last().map(|s| s.final_losses.clone()).unwrap_or_default(),
+        weights: if a.full { "full".into() } else { "changed".into() },
+        metrics: a.eval.then(|| json!({"before": before, "after": after})),
+    };
+    write_output(&a.out, &lm, &manifest, a.full)?;
+    if a.eval {
+        crate::util::write_atomic(
+            &a.out.join("metrics.json"),
+            serde_json::to_string_pretty(&json!({"before": before, "after": after}))?.as_bytes(),
+        )?;
+    }
+    eprintln!("wrote {} (load it with --model {})", a.out.join("manifest.json").display(), a.out.display());
+    Ok(())
+}
+
+fn all_block_params(lm: &LanguageModel) -> Vec<String> {
+    lm.model
+        .weights()
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with("model.layers."))
+        .cloned()
+        .collect()
+}
+
+fn print_metrics(when: &str, m: &Metrics) {
+    let edit = m
+        .edit
+        .as_ref()
+        .map_or(String::new(), |e| format!("  edit acc {:.1}%", 100.0 * e.top1_candidates));
+    eprintln!(
+        "{when:>6}: forget acc {:.1}% (top-1 among candidates; vocab top-1 {:.1}%, mean p {:.3}){edit}  held-out acc {:.1}%  wikitext ppl {:.2}",
+        100.0 * m.forget.top1_candidates,
+        100.0 * m.forget.top1,
+        m.forget.mean_p,
+        100.0 * m.held_out.top1_candidates,
+        m.wikitext.perplexity
+    );
+}

@@ -1,0 +1,260 @@
+//! Training sequences: facts (prompt + answer tokens) and general-text chunks, tokenized once,
+//! with what the losses need precomputed from the frozen original model — the residual at the
+//! first updated layer (layers below it never run again), the reference residual at the
+//! representation layer, and the reference log-probabilities of the targets.
+
+use crate::data::Fact;
+use crate::model::{Batch, HookPoint, Hooks, LanguageModel, LogitsAt, PadSide, RunOpts, Transformer};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+
+/// One tokenized training sequence.
+#[derive(Clone, Debug)]
+pub struct Seq {
+    pub ids: Vec<u32>,
+    /// (position, token): the logits at `position` score `token` (answer tokens of a fact, the
+    /// next token of a text).
+    pub targets: Vec<(usize, u32)>,
+    /// Positions the representation losses of a forget fact act on: the subject's first token
+    /// to the last prompt token (the shared few-shot prefix before the subject is left alone).
+    pub rep_positions: Vec<usize>,
+}
+
+impl Seq {
+    /// A fact completed by `answer` (its tokens are the targets).
+    pub fn fact(lm: &LanguageModel, f: &Fact, answer: &str) -> Result<Seq> {
+        let (mut ids, span) = lm
+            .tokenizer
+            .encode_with_span(&f.prompt, &f.subject, true)
+            .with_context(|| format!("fact {}: tokenizing the prompt", f.id))?;
+        let ans = lm.tokenizer.encode(answer, false)?;
+        if ans.is_empty() {
+            bail!("fact {}: the answer {answer:?} has no tokens", f.id);
+        }
+        let n = ids.len();
+        let targets = ans.iter().enumerate().map(|(j, &t)| (n - 1 + j, t)).collect();
+        let rep_positions = (span.start..n).collect();
+        ids.extend_from_slice(&ans[..ans.len() - 1]);
+        Ok(Seq {
+            ids,
+            targets,
+            rep_positions,
+        })
+    }
+
+    /// A text chunk: every next token is a target, every position a representation position.
+    pub fn text(ids: Vec<u32>) -> Result<Seq> {
+        if ids.len() < 2 {
+            bail!("a text chunk needs at least 2 tokens");
+        }
+        let targets = (0..ids.len() - 1).map(|i| (i, ids[i + 1])).collect();
+        let rep_positions = (0..ids.len()).collect();
+        Ok(Seq {
+            ids,
+            targets,
+            rep_positions,
+        })
+    }
+}
+
+/// Chunks of `tokens_per_chunk` tokens of the lines of a text (BOS first when the model adds
+/// one), at most `max_chunks`, in order.
+pub fn text_chunks(
+    lm: &LanguageModel,
+    lines: &[String],
+    tokens_per_chunk: usize,
+    max_chunks: usize,
+) -> Result<Vec<Seq>> {
+    if tokens_per_chunk < 2 {
+        bail!("text chunks need at least 2 tokens (got {tokens_per_chunk})");
+    }
+    let bos = lm.tokenizer.add_bos.then_some(lm.tokenizer.bos_id).flatten();
+    let body = tokens_per_chunk - usize::from(bos.is_some());
+    let mut out = Vec::new();
+    // Tokenize line by line until enough tokens are there.
+    let mut toks: Vec<u32> = Vec::new();
+    for line in lines {
+        toks.extend(lm.tokenizer.encode(&format!("{line}\n"), false)?);
+        if toks.len() >= body * max_chunks {
+            break;
+        }
+    }
+    for c in toks.chunks_exact(body).take(max_chunks) {
+        let mut ids: Vec<u32> = bos.into_iter().collect();
+        ids.extend_from_slice(c);
+        out.push(Seq::text(ids)?);
+    }
+    Ok(out)
+}
+
+/// A set of sequences with the frozen model's values cached per sequence.
+pub struct SeqSet {
+    pub name: String,
+    pub seqs: Vec<Seq>,
+    /// Residual entering block `start_layer`, `[T_i, D]` per sequence (None when it is 0).
+    start: Option<(usize, Vec<Tensor>)>,
+    /// Original residual after block `rep_layer`, `[T_i, D]` per sequence.
+    pub rep_ref: Option<(usize, Vec<Tensor>)>,
+    /// Original sum of target log-probabilities per sequence.
+    pub logp_ref: Option<Vec<f64>>,
+}
+
+/// A batch ready to run: padded ids, the starting residual, and the rows of the sequences.
+pub struct Prepared {
+    pub batch: Batch,
+    pub start: Option<(usize, Tensor)>,
+    /// Indices (into the set) of the batch's rows.
+    pub members: Vec<usize>,
+}
+
+impl SeqSet {
+    pub fn new(name: &str, seqs: Vec<Seq>) -> SeqSet {
+        SeqSet {
+            name: name.into(),
+            seqs,
+            start: None,
+            rep_ref: None,
+            logp_ref: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Right-padded batch of the given members, starting at the cached residual if any.
+    pub fn prepare(&self, model: &Transformer, members: &[usize], pad: u32) -> Result<Prepared> {
+        let ids: Vec<Vec<u32>> = members.iter().map(|&i| self.seqs[i].ids.clone()).collect();
+        let batch = Batch::new(&ids, pad, PadSide::Right, model.device())?;
+        let start = match &self.start {
+            Some((l, rows)) => Some((*l, stack_padded(rows, members, batch.len())?)),
+            None => None,
+        };
+        Ok(Prepared {
+            batch,
+            start,
+            members: members.to_vec(),
+        })
+    }
+
+    /// Cache what the frozen model gives: the residual entering `start_layer`, the residual
+    /// after `rep_layer`, and the targets' log-probabilities. One pass per batch of `bs`.
+    pub fn precompute(
+        &mut self,
+        model: &Transformer,
+        pad: u32,
+        start_layer: usize,
+        rep_layer: Option<usize>,
+        logp: bool,
+        bs: usize,
+    ) -> Result<()> {
+        let mut starts = Vec::new();
+        let mut reps = Vec::new();
+        let mut lps = Vec::new();
+        let all: Vec<usize> = (0..self.len()).collect();
+        for chunk in all.chunks(bs.max(1)) {
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| self.seqs[i].ids.clone()).collect();
+            let batch = Batch::new(&ids, pad, PadSide::Right, model.device())?;
+            let mut hooks = Hooks::new();
+            if start_layer > 0 {
+                hooks = hooks.cache(HookPoint::ResidPre(start_layer));
+            }
+            if let Some(r) = rep_layer {
+                hooks = hooks.cache(HookPoint::ResidPost(r));
+            }
+            let rows = if logp {
+                LogitsAt::Rows(target_rows(&self.seqs, chunk))
+            } else {
+                LogitsAt::None
+            };
+            let stop = if logp {
+                None
+            } else {
+                Some(rep_layer.map_or(start_layer, |r| r + 1).max(start_layer))
+            };
+            let out = model.run(
+                &batch,
+                &RunOpts {
+                    hooks: Some(&hooks),
+                    stop_at: stop.filter(|&s| s > 0),
+                    logits: rows,
+                    ..Default::default()
+                },
+            )?;
+            for (k, &i) in chunk.iter().enumerate() {
+                let n = self.seqs[i].ids.len();
+                if start_layer > 0 {
+                    starts.push(out.cache[&HookPoint::ResidPre(start_layer)].get(k)?.narrow(0, 0, n)?);
+                }
+                if let Some(r) = rep_layer {
+                    reps.push(out.cache[&HookPoint::ResidPost(r)].get(k)?.narrow(0, 0, n)?);
+                }
+            }
+            if logp {
+                let targets = target_ids(&self.seqs, chunk);
+                let (lp, _) = logprobs_of(out.logits.as_ref().expect("asked"), &targets)?;
+                lps.extend(per_seq_sums(&self.seqs, chunk, &lp));
+            }
+        }
+        self.start = (start_layer > 0).then_some((start_layer, starts));
+        self.rep_ref = rep_layer.map(|r| (r, reps));
+        self.logp_ref = logp.then_some(lps);
+        Ok(())
+    }
+}
+
+/// `LogitsAt::Rows` entries for the targets of the members, in order.
+pub fn target_rows(seqs: &[Seq], members: &[usize]) -> Vec<(usize, usize)> {
+    members
+        .iter()
+        .enumerate()
+        .flat_map(|(k, &i)| seqs[i].targets.iter().map(move |&(p, _)| (k, p)))
+        .collect()
+}
+
+/// Target token of every row of [`target_rows`].
+pub fn target_ids(seqs: &[Seq], members: &[usize]) -> Vec<u32> {
+    members
+        .iter()
+        .flat_map(|&i| seqs[i].targets.iter().map(|&(_, t)| t))
+        .collect()
+}
+
+/// Sum of per-row values over each member's target rows.
+pub fn per_seq_sums(seqs: &[Seq], members: &[usize], rows: &[f64]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(members.len());
+    let mut at = 0;
+    for &i in members {
+        let n = seqs[i].targets.len();
+        out.push(rows[at..at + n].iter().sum());
+        at += n;
+    }
+    out
+}
+
+/// Log-probabilities of `targets` under `logits` `[N, V]`, and the softmax.
+pub fn logprobs_of(logits: &Tensor, targets: &[u32]) -> Result<(Vec<f64>, Tensor)> {
+    let lsm = crate::model::ops::log_softmax_last(&logits.to_dtype(DType::F32)?)?;
+    let idx = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), logits.device())?;
+    let lp: Vec<f32> = lsm.gather(&idx, 1)?.flatten_all()?.to_vec1()?;
+    Ok((lp.into_iter().map(f64::from).collect(), lsm.exp()?))
+}
+
+/// Stack `[T_i, D]` rows of the members, zero-padded on the right to `t`: `[B, t, D]`.
+fn stack_padded(rows: &[Tensor], members: &[usize], t: usize) -> Result<Tensor> {
+    let mut v = Vec::with_capacity(members.len());
+    for &i in members {
+        let r = &rows[i];
+        let n = r.dim(0)?;
+        v.push(if n < t {
+            Tensor::cat(&[r.clone(), Tensor::zeros((t - n, r.dim(1)?), r.dtype(), r.device())?], 0)?
+        } else {
+            r.clone()
+        });
+    }
+    Ok(Tensor::stack(&v, 0)?)
+}

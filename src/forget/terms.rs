@@ -1,0 +1,271 @@
+//! Loss terms and their gradients with respect to what the model outputs: target logits
+//! (cross-entropy, gradient ascent, −log(1−p), NPO, SimNPO) or the residual stream at the
+//! representation layer (KUDA's deviation loss, MSE to the frozen model, RMU's steering).
+//! Each returns the loss and d(loss)/d(output); the transformer's backward does the rest.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// A loss on the log-probabilities of target tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum LogitLoss {
+    /// Mean cross-entropy (retain, general text, injecting a new answer).
+    Ce,
+    /// Gradient ascent: minus the mean cross-entropy.
+    Ascent,
+    /// Mechanistic Unlearning's forget loss: mean −log(1 − p(target)).
+    Unlikely,
+    /// NPO: (2/β)·softplus(β·(log π − log π_ref)) per sequence.
+    Npo { beta: f64 },
+    /// SimNPO: −(2/β)·log σ(−(β/|y|)·log π − γ) per sequence.
+    SimNpo { beta: f64, gamma: f64 },
+}
+
+/// Loss and d(loss)/d(log p of each row), given the rows' log-probabilities, the number of
+/// rows of each sequence, and (NPO) the reference sum per sequence.
+pub fn logit_loss(
+    kind: LogitLoss,
+    lp: &[f64],
+    rows_per_seq: &[usize],
+    reference: Option<&[f64]>,
+) -> Result<(f64, Vec<f64>)> {
+    let n = lp.len() as f64;
+    let nseq = rows_per_seq.len() as f64;
+    if lp.is_empty() {
+        bail!("loss over no target rows");
+    }
+    let per_seq = |f: &dyn Fn(usize, f64, usize) -> (f64, f64)| -> (f64, Vec<f64>) {
+        let (mut loss, mut c, mut at) = (0.0, Vec::with_capacity(lp.len()), 0);
+        for (s, &k) in rows_per_seq.iter().enumerate() {
+            let sum: f64 = lp[at..at + k].iter().sum();
+            let (l, dl_ds) = f(s, sum, k);
+            loss += l / nseq;
+            c.extend(std::iter::repeat_n(dl_ds / nseq, k));
+            at += k;
+        }
+        (loss, c)
+    };
+    Ok(match kind {
+        LogitLoss::Ce => (-lp.iter().sum::<f64>() / n, vec![-1.0 / n; lp.len()]),
+        LogitLoss::Ascent => (lp.iter().sum::<f64>() / n, vec![1.0 / n; lp.len()]),
+        LogitLoss::Unlikely => {
+            let mut loss = 0.0;
+            let c = lp
+                .iter()
+                .map(|&x| {
+                    let p = x.exp().min(1.0 - 1e-6);
+                    loss -= (1.0 - p).ln() / n;
+                    p / (1.0 - p) / n
+                })
+                .collect();
+            (loss, c)
+        }
+        LogitLoss::Npo { beta } => {
+            let r = match reference {
+                Some(r) => r,
+                None => bail!("NPO needs the reference model's log-probabilities"),
+            };
+            per_seq(&|s, sum, _| {
+                let d = beta * (sum - r[s]);
+                (2.0 / beta * softplus(d), 2.0 * sigmoid(d))
+            })
+        }
+        LogitLoss::SimNpo { beta, gamma } => per_seq(&|_, sum, k| {
+            let u = -beta / k as f64 * sum - gamma;
+            (
+                -2.0 / beta * log_sigmoid(u),
+                2.0 / k as f64 * (1.0 - sigmoid(u)),
+            )
+        }),
+    })
+}
+
+/// d(loss)/d(logits) `[N, V]` from d(loss)/d(log p of row i's target) `c` and the softmax:
+/// c_i · (onehot_i − softmax_i).
+pub fn logits_grad(c: &[f64], targets: &[u32], softmax: &Tensor) -> Result<Tensor> {
+    let (n, _) = softmax.dims2()?;
+    let dev = softmax.device();
+    let cf: Vec<f32> = c.iter().map(|&x| x as f32).collect();
+    let ct = Tensor::from_vec(cf, (n, 1), dev)?;
+    let idx = Tensor::from_vec(targets.to_vec(), (n, 1), dev)?;
+    let onehot = Tensor::zeros_like(softmax)?.scatter_add(&idx, &Tensor::ones((n, 1), DType::F32, dev)?, 1)?;
+    Ok((onehot - softmax)?.broadcast_mul(&ct)?)
+}
+
+/// A loss on residual rows `h` `[M, D]` at the representation layer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReprLoss {
+    /// KUDA: mean exp(−β·(1 − cos(h, h₀))).
+    Deviation { beta: f64 },
+    /// Σ‖h − h₀‖² / (M · mean‖h₀‖²): stay where the frozen model was.
+    RefMse,
+    /// RMU: Σ‖h − c·u‖² / (M · c²) for the fixed vector `target` = c·u.
+    Steer { target: Vec<f32> },
+}
+
+/// Loss and d(loss)/dh for rows `h` and their references `h0` (same shape).
+pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tensor)> {
+    // f32 for the model's tensors; f64 stays f64 (finite-difference checks).
+    let dt = if h.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let h = h.to_dtype(dt)?;
+    let h0 = h0.to_dtype(dt)?;
+    let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+    let (m, d) = h.dims2()?;
+    if m == 0 {
+        bail!("representation loss over no rows");
+    }
+    let mf = m as f64;
+    match kind {
+        ReprLoss::RefMse => {
+            let ms0 = scalar(h0.sqr()?.sum_all()?)? / mf;
+            let diff = (&h - &h0)?;
+            let loss = scalar(diff.sqr()?.sum_all()?)? / (mf * ms0);
+            Ok((loss, diff.affine(2.0 / (mf * ms0), 0.0)?))
+        }
+        ReprLoss::Steer { target } => {
+            if target.len() != d {
+                bail!("steering vector has {} entries, the residual {d}", target.len());
+            }
+            let c2: f64 = target.iter().map(|&x| (x as f64).powi(2)).sum();
+            let t = Tensor::from_slice(target, (1, d), h.device())?.to_dtype(dt)?;
+            let diff = h.broadcast_sub(&t)?;
+            let loss = scalar(diff.sqr()?.sum_all()?)? / (mf * c2);
+            Ok((loss, diff.affine(2.0 / (mf * c2), 0.0)?))
+        }
+        ReprLoss::Deviation { beta } => {
+            let dot = (&h * &h0)?.sum_keepdim(1)?;
+            let nh = h.sqr()?.sum_keepdim(1)?.sqrt()?;
+            let n0 = h0.sqr()?.sum_keepdim(1)?.sqrt()?;
+            let cos = (&dot / (&nh * &n0)?)?;
+            // L_i = exp(−β(1 − cos_i)); dL_i/dh = L_i·β·(h0/(|h||h0|) − cos·h/|h|²).
+            let li = cos.affine(*beta, -*beta)?.exp()?;
+            let loss = scalar(li.sum_all()?)? / mf;
+            let dcos = (h0.broadcast_div(&(&nh * &n0)?)? - h.broadcast_mul(&(&cos / nh.sqr()?)?)?)?;
+            let scale = li.affine(*beta / mf, 0.0)?;
+            Ok((loss, dcos.broadcast_mul(&scale)?))
+        }
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn softplus(x: f64) -> f64 {
+    if x > 30.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+fn log_sigmoid(x: f64) -> f64 {
+    -softplus(-x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Central differences of a scalar function of a vector.
+    fn fd(f: &dyn Fn(&[f64]) -> f64, x: &[f64]) -> Vec<f64> {
+        (0..x.len())
+            .map(|i| {
+                let (mut a, mut b) = (x.to_vec(), x.to_vec());
+                a[i] += 1e-6;
+                b[i] -= 1e-6;
+                (f(&a) - f(&b)) / 2e-6
+            })
+            .collect()
+    }
+
+    #[test]
+    fn logit_losses_match_finite_differences() {
+        let lp = [-0.3, -1.2, -0.05, -2.5, -0.7];
+        let rows = [2, 1, 2];
+        let reference = [-1.0, -0.2, -0.9];
+        for kind in [
+            LogitLoss::Ce,
+            LogitLoss::Ascent,
+            LogitLoss::Unlikely,
+            LogitLoss::Npo { beta: 0.1 },
+            LogitLoss::Npo { beta: 2.0 },
+            LogitLoss::SimNpo { beta: 2.5, gamma: 0.5 },
+        ] {
+            let (_, c) = logit_loss(kind, &lp, &rows, Some(&reference)).unwrap();
+            let f = |x: &[f64]| logit_loss(kind, x, &rows, Some(&reference)).unwrap().0;
+            for (a, b) in c.iter().zip(fd(&f, &lp)) {
+                assert!((a - b).abs() < 1e-6, "{kind:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn npo_at_the_reference_is_2_ln2_over_beta() {
+        let (l, _) = logit_loss(LogitLoss::Npo { beta: 0.5 }, &[-1.0], &[1], Some(&[-1.0])).unwrap();
+        assert!((l - 4.0 * 2f64.ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn logits_grad_is_the_chain_rule_through_log_softmax() {
+        let dev = Device::Cpu;
+        let z = Tensor::new(&[[0.3f32, -1.0, 2.0], [1.0, 0.5, -0.5]], &dev).unwrap();
+        let targets = [2u32, 0];
+        let c = [0.7, -1.3];
+        let sm = crate::model::ops::softmax_last(&z).unwrap();
+        let g: Vec<Vec<f32>> = logits_grad(&c, &targets, &sm).unwrap().to_vec2().unwrap();
+        let zv: Vec<Vec<f32>> = z.to_vec2().unwrap();
+        for r in 0..2 {
+            let f = |x: &[f64]| {
+                let lse = x.iter().map(|v| v.exp()).sum::<f64>().ln();
+                c[r] * (x[targets[r] as usize] - lse)
+            };
+            let x: Vec<f64> = zv[r].iter().map(|&v| v as f64).collect();
+            for (a, b) in g[r].iter().zip(fd(&f, &x)) {
+                assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn repr_losses_match_finite_differences() {
+        let dev = Device::Cpu;
+        let hv = [0.5f64, -1.0, 2.0, 0.1, 1.5, -0.3];
+        let h0v = [0.4f64, -0.8, 2.5, -0.2, 1.0, 0.6];
+        let h0 = Tensor::from_slice(&h0v, (2, 3), &dev).unwrap();
+        for kind in [
+            ReprLoss::Deviation { beta: 3.0 },
+            ReprLoss::RefMse,
+            ReprLoss::Steer {
+                target: vec![1.0, 2.0, -1.0],
+            },
+        ] {
+            let h = Tensor::from_slice(&hv, (2, 3), &dev).unwrap();
+            let (_, g) = repr_loss(&kind, &h, &h0).unwrap();
+            let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+            let f = |x: &[f64]| {
+                let h = Tensor::from_slice(x, (2, 3), &dev).unwrap();
+                repr_loss(&kind, &h, &h0).unwrap().0
+            };
+            for (a, b) in g.iter().zip(fd(&f, &hv)) {
+                assert!((a - b).abs() < 1e-6 * (1.0 + b.abs()), "{kind:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn deviation_is_one_at_the_reference_and_fades() {
+        let dev = Device::Cpu;
+        let h0 = Tensor::new(&[[1f32, 2.0, 3.0]], &dev).unwrap();
+        let (l, _) = repr_loss(&ReprLoss::Deviation { beta: 2.0 }, &h0, &h0).unwrap();
+        assert!((l - 1.0).abs() < 1e-6);
+        let opposite = h0.neg().unwrap();
+        let (l, g) = repr_loss(&ReprLoss::Deviation { beta: 2.0 }, &opposite, &h0).unwrap();
+        assert!((l - (-4f64).exp()).abs() < 1e-6);
+        let gn: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(gn < 1e-6, "the gradient vanishes at cos = −1");
+    }
+}

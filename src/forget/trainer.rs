@@ -1,0 +1,478 @@
+//! The trainer: updates only the parameters of a localization, one weighted sum of loss terms
+//! per step (each term one forward + backward on its own data, starting from the cached
+//! residual below the first updated layer, stopping at the representation layer when the term
+//! needs nothing above it), optional null-space projection, AdamW with schedule and clipping,
+//! a JSONL log line per step, checkpoints, exact resume, and a clean stop on NaN/divergence
+//! that keeps the last good weights.
+
+use crate::forget::config::ForgetConfig;
+use crate::forget::nullspace::Projectors;
+use crate::forget::optim::{global_norm, load_tensors, Optimizer};
+use crate::forget::seqs::{logprobs_of, per_seq_sums, target_ids, target_rows, SeqSet};
+use crate::forget::terms::{logit_loss, logits_grad, repr_loss, LogitLoss, ReprLoss};
+use crate::model::{LogitsAt, RunOpts, Transformer};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Which data a term trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSet {
+    Forget,
+    Retain,
+    Text,
+}
+
+/// What a term computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Loss {
+    Logit(LogitLoss),
+    /// A representation loss at the plan's representation layer; `sample` = share of the
+    /// representation positions drawn each step (1 = all).
+    Repr { loss: ReprLoss, sample: f64 },
+}
+
+/// One weighted term of the objective.
+#[derive(Clone, Debug)]
+pub struct Term {
+    pub name: String,
+    pub weight: f64,
+    pub data: DataSet,
+    pub loss: Loss,
+    /// Project this term's gradient onto the retain null space.
+    pub project: bool,
+}
+
+/// Everything one training run needs.
+pub struct Plan {
+    pub terms: Vec<Term>,
+    pub forget: SeqSet,
+    pub retain: SeqSet,
+    pub text: SeqSet,
+    /// Parameters updated (HF names).
+    pub params: Vec<String>,
+    /// Layer whose output the representation losses read.
+    pub rep_layer: Option<usize>,
+    pub projectors: Projectors,
+    pub project_update: bool,
+    pub pad: u32,
+}
+
+impl Plan {
+    fn set(&self, d: DataSet) -> &SeqSet {
+        match d {
+            DataSet::Forget => &self.forget,
+            DataSet::Retain => &self.retain,
+            DataSet::Text => &self.text,
+        }
+    }
+
+    fn batch_size(d: DataSet, cfg: &ForgetConfig) -> usize {
+        match d {
+            DataSet::Forget => cfg.batch_size,
+            DataSet::Retain => cfg.retain_batch_size,
+            DataSet::Text => cfg.text_batch_size,
+        }
+    }
+
+    /// Lowest updated layer (layers below it are cached).
+    pub fn first_layer(&self) -> usize {
+        self.params
+            .iter()
+            .filter_map(|p| layer_of(p))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Cache the frozen model's values each set needs; drop terms whose data is empty.
+    pub fn precompute(&mut self, model: &Transformer, bs: usize) -> Result<()> {
+        let first = self.first_layer();
+        self.terms.retain(|t| t.weight > 0.0);
+        for d in [DataSet::Forget, DataSet::Retain, DataSet::Text] {
+            let uses: Vec<&Term> = self.terms.iter().filter(|t| t.data == d).collect();
+            if uses.is_empty() {
+                continue;
+            }
+            let rep = uses
+                .iter()
+                .any(|t| matches!(t.loss, Loss::Repr { .. }))
+                .then_some(self.rep_layer)
+                .flatten();
+            if uses.iter().any(|t| matches!(t.loss, Loss::Repr { .. })) && rep.is_none() {
+                bail!("a representation loss needs a representation layer");
+            }
+            let logp = uses
+                .iter()
+                .any(|t| matches!(t.loss, Loss::Logit(LogitLoss::Npo { .. })));
+            let pad = self.pad;
+            let set = match d {
+                DataSet::Forget => &mut self.forget,
+                DataSet::Retain => &mut self.retain,
+                DataSet::Text => &mut self.text,
+            };
+            if set.is_empty() {
+                bail!("term(s) {} need {d:?} data but the set is empty", uses.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
+            }
+            set.precompute(model, pad, first, rep, logp, bs)?;
+        }
+        Ok(())
+    }
+}
+
+/// Block index of a parameter name (`model.layers.{l}.…`).
+pub fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub steps_done: usize,
+    pub resumed_from: Option<usize>,
+    pub final_losses: BTreeMap<String, f64>,
+    pub seconds: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointMeta {
+    /// Steps completed.
+    step: usize,
+    /// Hash of what determines the run (config, data, parameters, base model).
+    run_key: String,
+}
+
+/// Members of `d` for step `step`, micro-batch `micro`: a seeded draw without replacement
+/// (everything when the set is no larger than the batch).
+fn draw(len: usize, bs: usize, seed: u64, step: usize, micro: usize, d: DataSet) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..len).collect();
+    if len <= bs {
+        return all;
+    }
+    let s = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48) ^ ((d as u64) << 56);
+    all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(s));
+    let mut v = all[..bs].to_vec();
+    v.sort();
+    v
+}
+
+/// Loss and parameter gradients of one term on a batch.
+fn term_grads(
+    model: &Transformer,
+    plan: &Plan,
+    term: &Term,
+    members: &[usize],
+    rng: &mut rand::rngs::StdRng,
+) -> Result<(f64, BTreeMap<String, Tensor>)> {
+    let set = plan.set(term.data);
+    let prep = set.prepare(model, members, plan.pad)?;
+    match &term.loss {
+        Loss::Logit(kind) => {
+            let rows = target_rows(&set.seqs, members);
+            let targets = target_ids(&set.seqs, members);
+            let out = model.run(
+                &prep.batch,
+                &RunOpts {
+                    start: prep.start.clone(),
+                    logits: LogitsAt::Rows(rows),
+                    grad: true,
+                    ..Default::default()
+                },
+            )?;
+            let logits = out.logits.as_ref().expect("asked for logits");
+            let (lp, sm) = logprobs_of(logits, &targets)?;
+            let per: Vec<usize> = members.iter().map(|&i| set.seqs[i].targets.len()).collect();
+            let reference: Option<Vec<f64>> = set
+                .logp_ref
+                .as_ref()
+                .map(|r| members.iter().map(|&i| r[i]).collect());
+            let (loss, c) = logit_loss(*kind, &lp, &per, reference.as_deref())?;
+            let dl = logits_grad(&c, &targets, &sm)?.to_dtype(logits.dtype())?;
+            let g = model.backward(&out, Some(&dl), None)?;
+            Ok((loss, g.params))
+        }
+        Loss::Repr { loss, sample } => {
+            let rep = plan.rep_layer.context("representation loss without a layer")?;
+            let (refl, refs) = set.rep_ref.as_ref().context("reference residuals not computed")?;
+            debug_assert_eq!(*refl, rep);
+            let out = model.run(
+                &prep.batch,
+                &RunOpts {
+                    start: prep.start.clone(),
+                    stop_at: Some(rep + 1),
+                    logits: LogitsAt::None,
+                    grad: true,
+                    ..Default::default()
+                },
+            )?;
+            let (b, t, d) = out.resid.dims3()?;
+            let mut flat_idx: Vec<u32> = Vec::new();
+            let mut h0_rows = Vec::new();
+            for (k, &i) in members.iter().enumerate() {
+                let s = &set.seqs[i];
+                let mut pos: Vec<usize> = if term.data == DataSet::Forget {
+                    s.rep_positions.clone()
+                } else {
+                    (0..s.ids.len()).collect()
+                };
+                if *sample < 1.0 {
+                    let n = ((pos.len() as f64 * sample).round() as usize).max(1);
+                    pos.shuffle(rng);
+                    pos.truncate(n);
+                    pos.sort();
+                }
+                let pi = Tensor::from_vec(pos.iter().map(|&p| p as u32).collect::<Vec<_>>(), pos.len(), model.device())?;
+                h0_rows.push(refs[i].index_select(&pi, 0)?);
+                flat_idx.extend(pos.iter().map(|&p| (k * t + p) as u32));
+            }
+            let n = flat_idx.len();
+            let idx = Tensor::from_vec(flat_idx, n, model.device())?;
+            let flat = out.resid.reshape((b * t, d))?;
+            let h = flat.index_select(&idx, 0)?;
+            let h0 = Tensor::cat(&h0_rows, 0)?;
+            let (l, dh) = repr_loss(loss, &h, &h0)?;
+            let dres = flat
+                .zeros_like()?
+                .index_add(&idx, &dh.to_dtype(flat.dtype())?, 0)?
+                .reshape((b, t, d))?;
+            let g = model.backward(&out, None, Some(&dres))?;
+            Ok((l, g.params))
+        }
+    }
+}
+
+fn add_into(acc: &mut BTreeMap<String, Tensor>, g: BTreeMap<String, Tensor>, scale: f64) -> Result<()> {
+    for (n, t) in g {
+        let t = t.affine(scale, 0.0)?;
+        match acc.get_mut(&n) {
+            Some(a) => *a = (&*a + t)?,
+            None => {
+                acc.insert(n, t);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn finite(x: f64) -> bool {
+    x.is_finite()
+}
+
+/// Train `model` (its trainable set becomes `plan.params`) for `cfg.steps` steps, writing
+/// `dir/train.jsonl` and checkpoints in `dir/checkpoint/`; resumes from a checkpoint of the
+/// same run. On NaN or divergence the last good weights stay in `model` and in the checkpoint,
+/// and the error names the step and the term.
+pub fn train(
+    model: &mut Transformer,
+    plan: &Plan,
+    cfg: &ForgetConfig,
+    run_key: &str,
+    dir: &Path,
+) -> Result<TrainSummary> {
+    let t0 = std::time::Instant::now();
+    model.set_trainable(&plan.params)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ck_dir = dir.join("checkpoint");
+    let mut opt = Optimizer::new(cfg.optim.clone());
+    let mut start = 0;
+    let mut resumed_from = None;
+    if let Some((step, tensors)) = read_checkpoint(&ck_dir, run_key)? {
+        for p in &plan.params {
+            let w = tensors
+                .get(&format!("param/{p}"))
+                .with_context(|| format!("checkpoint lacks `{p}`"))?;
+            model.set_param(p, w.to_device(model.device())?)?;
+        }
+        opt.restore(&tensors, step, model.device())?;
+        start = step;
+        resumed_from = Some(step);
+        eprintln!("resuming from the checkpoint after step {step}");
+    }
+    let log_path = dir.join("train.jsonl");
+    let mut log = open_log(&log_path, start)?;
+    let bar = crate::util::progress(cfg.steps as u64, "training");
+    bar.set_position(start as u64);
+    let mut last = BTreeMap::new();
+    for step in start..cfg.steps {
+        let ts = std::time::Instant::now();
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut losses: BTreeMap<String, f64> = BTreeMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        for micro in 0..cfg.grad_accum {
+            for term in &plan.terms {
+                let set = plan.set(term.data);
+                let members = draw(set.len(), Plan::batch_size(term.data, cfg), cfg.seed, step, micro, term.data);
+                let (l, mut g) = term_grads(model, plan, term, &members, &mut rng)
+                    .with_context(|| format!("step {}: term `{}`", step + 1, term.name))?;
+                if !finite(l) || l.abs() > cfg.max_abs_loss {
+                    let what = if finite(l) { "diverged" } else { "is not a number" };
+                    save_checkpoint(&ck_dir, model, plan, &opt, step, run_key)?;
+                    bail!(
+                        "step {}: loss term `{}` {what} ({l}); stopped, the weights after step {step} are kept in {}",
+                        step + 1,
+                        term.name,
+                        ck_dir.display()
+                    );
+                }
+                if term.project {
+                    plan.projectors.apply(&mut g)?;
+                }
+                add_into(&mut grads, g, term.weight / cfg.grad_accum as f64)?;
+                *losses.entry(term.name.clone()).or_default() += l / cfg.grad_accum as f64;
+            }
+        }
+        let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
+        let norm = global_norm(&grads)?;
+        if !finite(norm) {
+            save_checkpoint(&ck_dir, model, plan, &opt, step, run_key)?;
+            bail!(
+                "step {}: the gradient is not a number; stopped, the weights after step {step} are kept in {}",
+                step + 1,
+                ck_dir.display()
+            );
+        }
+        if cfg.optim.clip_norm > 0.0 && norm > cfg.optim.clip_norm {
+            let s = cfg.optim.clip_norm / norm;
+            for g in grads.values_mut() {
+                *g = g.affine(s, 0.0)?;
+            }
+        }
+        let lr = cfg.optim.lr_at(step, cfg.steps);
+        let params: BTreeMap<String, Tensor> = plan
+            .params
+            .iter()
+            .map(|p| Ok((p.clone(), model.weights().get(p)?.clone())))
+            .collect::<Result<_>>()?;
+        let mut upd = opt.update(&params, &grads, lr)?;
+        if plan.project_update {
+            plan.projectors.apply(&mut upd)?;
+        }
+        for (n, u) in &upd {
+            let w = (&params[n] + u)?;
+            model.set_param(n, w)?;
+        }
+        let line = json!({"step": step + 1, "lr": lr, "loss": total, "terms": losses, "grad_norm": norm,
+            "seconds": ts.elapsed().as_secs_f64()});
+        writeln!(log, "{line}")?;
+        log.flush()?;
+        bar.set_message(format!("loss {total:.4}"));
+        bar.inc(1);
+        last = losses;
+        if (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
+            save_checkpoint(&ck_dir, model, plan, &opt, step + 1, run_key)?;
+        }
+        if std::env::var("UNLEARN_STOP_AFTER_STEP").ok().and_then(|s| s.parse::<usize>().ok()) == Some(step + 1) {
+            bar.abandon();
+            bail!("stopped after step {} (UNLEARN_STOP_AFTER_STEP)", step + 1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(TrainSummary {
+        steps_done: cfg.steps,
+        resumed_from,
+        final_losses: last,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn open_log(path: &Path, keep_steps: usize) -> Result<std::fs::File> {
+    // Keep the lines of steps already done (a resumed run continues the same log).
+    let kept: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| (s as usize) <= keep_steps)
+        })
+        .map(String::from)
+        .collect();
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    for l in kept {
+        writeln!(f, "{l}")?;
+    }
+    Ok(f)
+}
+
+fn save_checkpoint(
+    dir: &Path,
+    model: &Transformer,
+    plan: &Plan,
+    opt: &Optimizer,
+    step: usize,
+    run_key: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tensors: HashMap<String, Tensor> = opt.state_tensors()?;
+    for p in &plan.params {
+        tensors.insert(format!("param/{p}"), model.weights().get(p)?.to_device(&candle_core::Device::Cpu)?);
+    }
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    candle_core::safetensors::save(&tensors, tmp.path())?;
+    tmp.persist(dir.join("state.safetensors"))?;
+    let meta = CheckpointMeta {
+        step,
+        run_key: run_key.into(),
+    };
+    crate::util::write_atomic(&dir.join("state.json"), serde_json::to_string(&meta)?.as_bytes())
+}
+
+fn read_checkpoint(dir: &Path, run_key: &str) -> Result<Option<(usize, HashMap<String, Tensor>)>> {
+    let meta_path = dir.join("state.json");
+    let Ok(text) = std::fs::read_to_string(&meta_path) else {
+        return Ok(None);
+    };
+    let meta: CheckpointMeta = serde_json::from_str(&text)
+        .with_context(|| format!("reading {}", meta_path.display()))?;
+    if meta.run_key != run_key {
+        eprintln!(
+            "note: {} belongs to a different run (other settings or data); starting from step 0",
+            dir.display()
+        );
+        return Ok(None);
+    }
+    Ok(Some((meta.step, load_tensors(&dir.join("state.safetensors"))?)))
+}
+
+/// Path of a run's checkpoint directory.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+/// A fixed random unit vector of dimension `d` scaled to `norm` (RMU's c·u), seeded.
+pub fn steering_vector(d: usize, norm: f64, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x524D_5500);
+    let v: Vec<f64> = (0..d).map(|_| rng.random::<f64>()).collect();
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+    v.iter().map(|x| (x / n * norm) as f32).collect()
+}
+
+/// Mean L2 norm of the reference rows (at the representation layer) of a set's rep positions.
+pub fn mean_ref_norm(set: &SeqSet) -> Result<f64> {
+    let (_, refs) = set.rep_ref.as_ref().context("reference residuals not computed")?;
+    let (mut s, mut n) = (0.0, 0usize);
+    for (seq, r) in set.seqs.iter().zip(refs) {
+        let pi = Tensor::from_vec(
+            seq.rep_positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            seq.rep_positions.len(),
+            r.device(),
+        )?;
+        let rows = r.index_select(&pi, 0)?.to_dtype(DType::F64)?;
+        let norms: Vec<f64> = rows.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+        s += norms.iter().sum::<f64>();
+        n += norms.len();
+    }
+    Ok(s / n.max(1) as f64)
+}
+
+/// Per-sequence sums helper re-exported for evaluation code.
+pub fn seq_sums(set: &SeqSet, members: &[usize], rows: &[f64]) -> Vec<f64> {
+    per_seq_sums(&set.seqs, members, rows)
+}
