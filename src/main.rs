@@ -337,11 +337,11 @@ fn run(cmd: Command) -> Result<()> {
             unlearn::locate::run::run(&args, &cli::device()?)
         }
         Command::Forget(c) => match forget_args(c, false)? {
-            Some(a) => unlearn::forget::run::run(&a, &cli::device()?),
+            Some(a) => unlearn::forget::run::run(&a, &cli::device()?).map(|_| ()),
             None => Ok(()),
         },
         Command::Edit(c) => match forget_args(c, true)? {
-            Some(a) => unlearn::forget::run::run(&a, &cli::device()?),
+            Some(a) => unlearn::forget::run::run(&a, &cli::device()?).map(|_| ()),
             None => Ok(()),
         },
         Command::Bench {

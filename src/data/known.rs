@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 /// How a model does on one fact.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FactScore {
     pub p_answer: f64,
     /// Tokens with a larger logit than the answer's first token (0 = top-1).
@@ -64,7 +64,7 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
 pub fn known_facts(lm: &LanguageModel, task: &str, rule: &str) -> Result<Vec<Fact>> {
     let rule = KnownRule::parse(rule)?;
     let facts = super::load_task(task)?;
-    let scores = score(lm, &facts, 32)?;
+    let scores = cached_scores(lm, &facts)?;
     let known: Vec<Fact> = facts
         .iter()
         .zip(&scores)
@@ -76,6 +76,32 @@ pub fn known_facts(lm: &LanguageModel, task: &str, rule: &str) -> Result<Vec<Fac
         bail!("the model knows none of the {} facts of {task} under --known {rule:?}", facts.len());
     }
     Ok(known)
+}
+
+/// [`score`], cached on disk by model fingerprint and the facts' content (scoring a whole task
+/// is the slow part of every command that starts from "the facts the model knows").
+pub fn cached_scores(lm: &LanguageModel, facts: &[Fact]) -> Result<Vec<FactScore>> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(crate::model::source::fingerprint(&lm.origin)?.as_bytes());
+    h.update(serde_json::to_vec(facts)?);
+    let key = hex::encode(h.finalize());
+    let path = crate::model::source::cache_dir()?
+        .join("scores")
+        .join(format!("{}.json", &key[..32]));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(v) = serde_json::from_str::<Vec<FactScore>>(&text) {
+            if v.len() == facts.len() {
+                return Ok(v);
+            }
+        }
+    }
+    let v = score(lm, facts, 32)?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    crate::util::write_atomic(&path, serde_json::to_string(&v)?.as_bytes())?;
+    Ok(v)
 }
 
 /// Which facts count as known.

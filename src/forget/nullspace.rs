@@ -85,7 +85,7 @@ pub fn key_sums(
                 .enumerate()
                 .map(|(k, s)| x.get(k)?.narrow(0, 0, s.ids.len()))
                 .collect::<candle_core::Result<_>>()?;
-            let k = Tensor::cat(&rows, 0)?.to_dtype(DType::F32)?;
+            let k = Tensor::cat(&rows, 0)?;
             let kk = k.t()?.matmul(&k)?.to_dtype(DType::F64)?;
             let e = sums
                 .entry(point.to_string())
@@ -141,6 +141,18 @@ pub fn projector(
     tau_rel: f64,
     device: &Device,
 ) -> Result<Option<Tensor>> {
+    projector_as(sum, count, mode, tau_rel, device, DType::F32)
+}
+
+/// [`projector`] in a given dtype (the model's).
+pub fn projector_as(
+    sum: &Tensor,
+    count: usize,
+    mode: Projection,
+    tau_rel: f64,
+    device: &Device,
+    dtype: DType,
+) -> Result<Option<Tensor>> {
     if mode == Projection::None {
         return Ok(None);
     }
@@ -170,8 +182,8 @@ pub fn projector(
         .collect();
     let uw = faer::Mat::<f64>::from_fn(n, n, |i, j| u[(i, j)] * w[j]);
     let p = &uw * u.transpose();
-    let v: Vec<f32> = (0..n * n).map(|k| p[(k / n, k % n)] as f32).collect();
-    Ok(Some(Tensor::from_vec(v, (n, n), device)?))
+    let v: Vec<f64> = (0..n * n).map(|k| p[(k / n, k % n)]).collect();
+    Ok(Some(Tensor::from_vec(v, (n, n), device)?.to_dtype(dtype)?))
 }
 
 /// Projectors of the updated matrices, by parameter name.
@@ -200,7 +212,8 @@ impl Projectors {
                 let (s, n) = sums
                     .get(&key)
                     .with_context(|| format!("no key statistics for `{key}`"))?;
-                by_point.insert(key.clone(), projector(s, *n, mode, tau_rel, model.device())?);
+                let dt = model.weights().get(p)?.dtype();
+                by_point.insert(key.clone(), projector_as(s, *n, mode, tau_rel, model.device(), dt)?);
             }
             if let Some(pm) = &by_point[&key] {
                 by_param.insert(p.clone(), pm.clone());

@@ -125,8 +125,8 @@ fn hash_json(v: &serde_json::Value) -> String {
     hex::encode(Sha256::digest(v.to_string().as_bytes()))
 }
 
-/// Run `unlearn forget` / `unlearn edit`.
-pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<()> {
+/// Run `unlearn forget` / `unlearn edit`; returns the trained model.
+pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel> {
     let toml_text = match &a.config {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
@@ -293,7 +293,9 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<()> {
             "part": pi, "parts": parts.len(), "previous": summaries.len(),
         }));
         let dir = if parts.len() == 1 { a.out.clone() } else { a.out.join(format!("part-{}", pi + 1)) };
-        let s = train(&mut lm.model, &plan, &cfg, &key, &dir)?;
+        // UNLEARN_STOP_AFTER_STEP simulates an interruption (used by the resume test).
+        let stop = std::env::var("UNLEARN_STOP_AFTER_STEP").ok().and_then(|s| s.parse().ok());
+        let s = train(&mut lm.model, &plan, &cfg, &key, &dir, stop)?;
         eprintln!("{}: {} steps in {:.1}s", dir.display(), s.steps_done, s.seconds);
         summaries.push(s);
     }
@@ -332,7 +334,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<()> {
         )?;
     }
     eprintln!("wrote {} (load it with --model {})", a.out.join("manifest.json").display(), a.out.display());
-    Ok(())
+    Ok(lm)
 }
 
 fn all_block_params(lm: &LanguageModel) -> Vec<String> {

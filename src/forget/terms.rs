@@ -36,6 +36,10 @@ pub fn logit_loss(
     if lp.is_empty() {
         bail!("loss over no target rows");
     }
+    if lp.iter().any(|x| x.is_nan()) {
+        // Let the trainer see it (clamps below would hide a NaN).
+        return Ok((f64::NAN, vec![0.0; lp.len()]));
+    }
     let per_seq = |f: &dyn Fn(usize, f64, usize) -> (f64, f64)| -> (f64, Vec<f64>) {
         let (mut loss, mut c, mut at) = (0.0, Vec::with_capacity(lp.len()), 0);
         for (s, &k) in rows_per_seq.iter().enumerate() {

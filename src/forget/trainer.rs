@@ -8,7 +8,7 @@
 use crate::forget::config::ForgetConfig;
 use crate::forget::nullspace::Projectors;
 use crate::forget::optim::{global_norm, load_tensors, Optimizer};
-use crate::forget::seqs::{logprobs_of, per_seq_sums, target_ids, target_rows, SeqSet};
+use crate::forget::seqs::{logprobs_of, target_ids, target_rows, SeqSet};
 use crate::forget::terms::{logit_loss, logits_grad, repr_loss, LogitLoss, ReprLoss};
 use crate::model::{LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Context, Result};
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Which data a term trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,13 +267,15 @@ fn finite(x: f64) -> bool {
 /// Train `model` (its trainable set becomes `plan.params`) for `cfg.steps` steps, writing
 /// `dir/train.jsonl` and checkpoints in `dir/checkpoint/`; resumes from a checkpoint of the
 /// same run. On NaN or divergence the last good weights stay in `model` and in the checkpoint,
-/// and the error names the step and the term.
+/// and the error names the step and the term. `stop_after` simulates an interruption: the run
+/// stops with an error after that step (its checkpoint written), as if killed.
 pub fn train(
     model: &mut Transformer,
     plan: &Plan,
     cfg: &ForgetConfig,
     run_key: &str,
     dir: &Path,
+    stop_after: Option<usize>,
 ) -> Result<TrainSummary> {
     let t0 = std::time::Instant::now();
     model.set_trainable(&plan.params)?;
@@ -364,12 +366,13 @@ pub fn train(
         bar.set_message(format!("loss {total:.4}"));
         bar.inc(1);
         last = losses;
-        if (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
+        let stop = stop_after == Some(step + 1);
+        if stop || (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
             save_checkpoint(&ck_dir, model, plan, &opt, step + 1, run_key)?;
         }
-        if std::env::var("UNLEARN_STOP_AFTER_STEP").ok().and_then(|s| s.parse::<usize>().ok()) == Some(step + 1) {
+        if stop {
             bar.abandon();
-            bail!("stopped after step {} (UNLEARN_STOP_AFTER_STEP)", step + 1);
+            bail!("stopped after step {} as asked; run again to resume", step + 1);
         }
     }
     bar.finish_and_clear();
@@ -441,11 +444,6 @@ fn read_checkpoint(dir: &Path, run_key: &str) -> Result<Option<(usize, HashMap<S
     Ok(Some((meta.step, load_tensors(&dir.join("state.safetensors"))?)))
 }
 
-/// Path of a run's checkpoint directory.
-pub fn checkpoint_dir(out: &Path) -> PathBuf {
-    out.join("checkpoint")
-}
-
 /// A fixed random unit vector of dimension `d` scaled to `norm` (RMU's c·u), seeded.
 pub fn steering_vector(d: usize, norm: f64, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x524D_5500);
@@ -472,7 +470,169 @@ pub fn mean_ref_norm(set: &SeqSet) -> Result<f64> {
     Ok(s / n.max(1) as f64)
 }
 
-/// Per-sequence sums helper re-exported for evaluation code.
-pub fn seq_sums(set: &SeqSet, members: &[usize], rows: &[f64]) -> Vec<f64> {
-    per_seq_sums(&set.seqs, members, rows)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forget::config::Method;
+    use crate::forget::methods;
+    use crate::forget::nullspace::{key_sums, Projection, Projectors};
+    use crate::forget::seqs::Seq;
+    use crate::model::transformer::tests::tiny_model;
+    use crate::model::Arch;
+
+    fn fact_seq(ids: &[u32], rep_from: usize) -> Seq {
+        let n = ids.len();
+        Seq {
+            ids: ids[..n - 1].to_vec(),
+            targets: vec![(n - 2, ids[n - 1])],
+            rep_positions: (rep_from..n - 1).collect(),
+        }
+    }
+
+    /// KUDA on a tiny Gemma: MLPs 0–1 updated, representation layer 1, forget 2 facts while
+    /// keeping one retain sequence of 4 tokens (4 keys: the key covariances have null spaces).
+    fn kuda_plan(model: &Transformer, projection: Projection, cfg: &ForgetConfig) -> Plan {
+        let params = model.mlp_param_names(&[0, 1]);
+        let retain = vec![Seq::text(vec![1, 4, 8, 15]).unwrap()];
+        let proj = if projection == Projection::None {
+            Projectors::default()
+        } else {
+            let sums = key_sums(model, &retain, &params, 0, 4).unwrap();
+            Projectors::build(model, &sums, &params, projection, cfg.kuda.tau).unwrap()
+        };
+        let mut plan = Plan {
+            terms: methods::terms(Method::Kuda, cfg, false, None).unwrap(),
+            forget: SeqSet::new("forget", vec![fact_seq(&[1, 5, 9, 3, 7, 11], 2), fact_seq(&[1, 6, 2, 13, 9], 1)]),
+            retain: SeqSet::new("retain", retain),
+            text: SeqSet::new("text", vec![]),
+            params,
+            rep_layer: Some(1),
+            projectors: proj,
+            project_update: true,
+            pad: 0,
+        };
+        plan.precompute(model, 4).unwrap();
+        plan
+    }
+
+    fn tiny_cfg() -> ForgetConfig {
+        let mut c = ForgetConfig::for_method(Method::Kuda);
+        c.steps = 5;
+        c.optim.lr = 3e-2;
+        c.optim.warmup_steps = 0;
+        c.kuda.text_weight = 0.0;
+        c.kuda.token_ratio = 1.0;
+        c.checkpoint_every = 2;
+        c
+    }
+
+    /// ‖ΔW·Kᵀ‖ over the updated matrices, with K the original model's retain keys.
+    fn key_movement(orig: &Transformer, trained: &Transformer, params: &[String]) -> f64 {
+        let retain = [Seq::text(vec![1, 4, 8, 15]).unwrap()];
+        let mut total = 0.0;
+        for p in params {
+            let kp = orig.key_point(p).unwrap();
+            let b = crate::model::Batch::new(&[retain[0].ids.clone()], 0, crate::model::PadSide::Right, orig.device()).unwrap();
+            let hooks = crate::model::Hooks::new().cache(kp);
+            let out = orig.run(&b, &RunOpts { hooks: Some(&hooks), logits: LogitsAt::None, ..Default::default() }).unwrap();
+            let k = orig.matrix_input(p, &out.cache[&kp]).unwrap().get(0).unwrap();
+            let dw = (trained.weights().get(p).unwrap() - orig.weights().get(p).unwrap()).unwrap();
+            let m: f64 = dw.matmul(&k.t().unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar().unwrap();
+            total += m;
+        }
+        total.sqrt()
+    }
+
+    fn trained(projection: Projection, tau: f64) -> (Transformer, Vec<String>) {
+        let mut m = tiny_model(Arch::Gemma3);
+        let mut cfg = tiny_cfg();
+        cfg.kuda.projection = projection;
+        cfg.kuda.tau = tau;
+        let plan = kuda_plan(&m, projection, &cfg);
+        let dir = tempfile::tempdir().unwrap();
+        train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+        (m, plan.params)
+    }
+
+    #[test]
+    fn strict_projection_keeps_w_k_and_relaxed_sits_between() {
+        let orig = tiny_model(Arch::Gemma3);
+        let (strict, params) = trained(Projection::Strict, 1e-6);
+        let (relaxed, _) = trained(Projection::Relaxed, 0.5);
+        let (none, _) = trained(Projection::None, 0.5);
+        let (s, r, n) = (
+            key_movement(&orig, &strict, &params),
+            key_movement(&orig, &relaxed, &params),
+            key_movement(&orig, &none, &params),
+        );
+        // The weights did move (forget loss), but not along the retain keys.
+        let moved: f64 = params
+            .iter()
+            .map(|p| {
+                let d = (strict.weights().get(p).unwrap() - orig.weights().get(p).unwrap()).unwrap();
+                d.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+            })
+            .sum::<f64>()
+            .sqrt();
+        assert!(moved > 1e-2, "strict run did not train (‖ΔW‖ = {moved})");
+        assert!(s < 1e-4 * n, "strict moved W·k by {s} (none: {n})");
+        assert!(s < r && r < n, "strict {s} < relaxed {r} < none {n}");
+    }
+
+    #[test]
+    fn an_interrupted_run_resumes_to_the_same_weights() {
+        let cfg = tiny_cfg();
+        let straight = {
+            let mut m = tiny_model(Arch::Gemma3);
+            let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
+            let dir = tempfile::tempdir().unwrap();
+            train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+            m
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = tiny_model(Arch::Gemma3);
+        let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
+        let e = train(&mut m, &plan, &cfg, "k", dir.path(), Some(3)).unwrap_err();
+        assert!(e.to_string().contains("after step 3"), "{e}");
+        // A fresh process: the original weights, the same settings.
+        let mut m = tiny_model(Arch::Gemma3);
+        let s = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+        assert_eq!(s.resumed_from, Some(3));
+        for p in &plan.params {
+            let a: Vec<f64> = m.weights().get(p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f64> = straight.weights().get(p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(a, b, "{p} differs after resuming");
+        }
+        let log = std::fs::read_to_string(dir.path().join("train.jsonl")).unwrap();
+        let steps: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4, 5]);
+        // Another run's checkpoint is not resumed from.
+        let mut m = tiny_model(Arch::Gemma3);
+        let s = train(&mut m, &plan, &cfg, "other", dir.path(), None).unwrap();
+        assert_eq!(s.resumed_from, None);
+    }
+
+    #[test]
+    fn divergence_stops_naming_step_and_term_and_keeps_good_weights() {
+        let mut cfg = ForgetConfig::for_method(Method::LocalizedFt);
+        cfg.steps = 4;
+        cfg.optim.lr = 1e300;
+        cfg.optim.warmup_steps = 0;
+        cfg.optim.clip_norm = 0.0;
+        let mut m = tiny_model(Arch::Gemma3);
+        let mut plan = kuda_plan(&m, Projection::None, &tiny_cfg());
+        plan.terms = methods::terms(Method::LocalizedFt, &cfg, false, None).unwrap();
+        plan.terms.retain(|t| t.data != DataSet::Text);
+        plan.precompute(&m, 4).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("step 2") && msg.contains("forget_unlikely"), "{msg}");
+        for p in &plan.params {
+            let w = m.weights().get(p).unwrap();
+            let bad = w.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().any(|x| !x.is_finite());
+            assert!(!bad, "{p} holds non-finite weights after the stop");
+        }
+        assert!(dir.path().join("checkpoint/state.safetensors").exists());
+    }
 }
