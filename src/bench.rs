@@ -216,6 +216,9 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
                "useful_gflop": flops / 1e9, "gflops_achieved": flops / secs / 1e9,
                "note": "useful FLOPs only: restored suffixes through the later blocks plus one LM-head row per restoration"}),
     );
+    for (name, secs, extra) in unlearning_steps(&mut lm, repeats)? {
+        record(&name, secs, peak_rss(), extra);
+    }
     let gflops = gemm_gflops(1024, repeats)?;
     eprintln!("gemm 1024³            {gflops:>7.1} GFLOP/s");
     let pytorch_run = if pytorch {
@@ -279,4 +282,95 @@ fn run_pytorch(lm: &LanguageModel, repeats: usize) -> Value {
         }
         Err(e) => json!({"skipped": format!("{e:#}")}),
     }
+}
+
+/// One step of KUDA and of localized fine-tuning on Sports Facts (16 forget facts, 16 retain
+/// facts, 4 WikiText chunks of 64 tokens; MLPs 2–4 updated), each beside the naive step on the
+/// same sequences: a full forward from the embeddings with logits everywhere and a backward of
+/// the next-token loss, same trainable weights.
+fn unlearning_steps(lm: &mut LanguageModel, repeats: usize) -> Result<Vec<(String, f64, Value)>> {
+    use crate::forget::config::{ForgetConfig, Method};
+    use crate::forget::seqs::{text_chunks, Seq, SeqSet};
+    use crate::forget::trainer::{step_grads, Plan};
+    let facts = crate::data::load_task("sports")?;
+    let fact_seqs = |r: std::ops::Range<usize>| -> Result<Vec<Seq>> {
+        facts[r]
+            .iter()
+            .map(|f| Seq::fact(lm, f, &f.answer))
+            .collect()
+    };
+    let forget = fact_seqs(0..16)?;
+    let retain = fact_seqs(16..32)?;
+    let (wiki, _) = crate::data::wikitext_halves()?;
+    let text = text_chunks(lm, &wiki, 64, 4)?;
+    let params = lm.model.mlp_param_names(&[2, 3, 4]);
+    let mut out = Vec::new();
+    for m in [Method::Kuda, Method::LocalizedFt] {
+        let cfg = ForgetConfig::for_method(m);
+        let mut plan = Plan {
+            terms: crate::forget::methods::terms(m, &cfg, false, None)?,
+            forget: SeqSet::new("forget", forget.clone()),
+            retain: SeqSet::new("retain", retain.clone()),
+            text: SeqSet::new("text", text.clone()),
+            params: params.clone(),
+            rep_layer: crate::forget::methods::rep_layer(m, &cfg, 4)?,
+            projectors: Default::default(),
+            project_update: false,
+            pad: lm.pad_id(),
+            text_rows: cfg.text_ce_rows,
+        };
+        plan.precompute(&lm.model, 16)?;
+        lm.model.set_trainable(&params)?;
+        let (s, _) = time_it(repeats, || {
+            step_grads(&lm.model, &plan, &cfg, 0)?;
+            Ok(())
+        })?;
+        let (naive, _) = time_it(repeats, || {
+            for set in [&forget, &retain, &text] {
+                naive_step(lm, set)?;
+            }
+            Ok(())
+        })?;
+        let name = format!("{}_step", m.name().replace('-', "_"));
+        out.push((
+            name,
+            s,
+            json!({"facts": 16, "retain_facts": 16, "text_chunks": 4, "text_tokens": 64, "layers": [2, 3, 4],
+                   "naive_full_fwd_bwd_seconds": naive, "speedup_vs_naive": naive / s,
+                   "terms": plan.terms.iter().map(|t| t.name.clone()).collect::<Vec<_>>()}),
+        ));
+        eprintln!(
+            "  naive full forward+backward of the same sequences: {naive:.3} s (×{:.1})",
+            naive / s
+        );
+    }
+    lm.model.set_trainable::<&str>(&[])?;
+    Ok(out)
+}
+
+/// Full forward from the embeddings, logits at every position, next-token loss, backward.
+fn naive_step(lm: &LanguageModel, seqs: &[crate::forget::seqs::Seq]) -> Result<()> {
+    let ids: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
+    let batch = Batch::new(&ids, lm.pad_id(), PadSide::Right, lm.model.device())?;
+    let out = lm.model.run(
+        &batch,
+        &RunOpts {
+            logits: LogitsAt::All,
+            grad: true,
+            ..Default::default()
+        },
+    )?;
+    let logits = out.logits.as_ref().expect("logits");
+    let (b, t, v) = logits.dims3()?;
+    let mut targets = vec![0u32; b * t];
+    for (k, s) in ids.iter().enumerate() {
+        for j in 0..s.len().saturating_sub(1) {
+            targets[k * t + j] = s[j + 1];
+        }
+    }
+    let tt = Tensor::from_vec(targets, b * t, lm.model.device())?;
+    let (_, g) = ops::cross_entropy_with_grad(&logits.reshape((b * t, v))?, &tt)?;
+    lm.model
+        .backward(&out, Some(&g.reshape((b, t, v))?), None)?;
+    Ok(())
 }

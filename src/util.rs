@@ -71,3 +71,28 @@ pub fn spinner(what: &str) -> indicatif::ProgressBar {
     s.enable_steady_tick(std::time::Duration::from_millis(120));
     s
 }
+
+/// A JSON value computed once and kept in the cache directory under `kind/`, keyed by the
+/// sha256 of `key` (which must name everything the value depends on).
+pub fn cached_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+    kind: &str,
+    key: &[u8],
+    compute: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    use sha2::{Digest, Sha256};
+    let h = hex::encode(Sha256::digest(key));
+    let path = crate::model::source::cache_dir()?
+        .join(kind)
+        .join(format!("{}.json", &h[..32]));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(v) = serde_json::from_str::<T>(&text) {
+            return Ok(v);
+        }
+    }
+    let v = compute()?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    write_atomic(&path, serde_json::to_string(&v)?.as_bytes())?;
+    Ok(v)
+}

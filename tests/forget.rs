@@ -20,7 +20,13 @@ fn args(out: &Path) -> ForgetArgs {
         localization: None,
         layers: Some("2-3".into()),
         config: None,
-        sets: vec!["steps=4".into(), "batch_size=4".into(), "retain_facts=16".into(), "kuda.key_text_chunks=8".into(), "optim.lr=1e-3".into()],
+        sets: vec![
+            "steps=4".into(),
+            "batch_size=4".into(),
+            "retain_facts=16".into(),
+            "kuda.key_text_chunks=8".into(),
+            "optim.lr=1e-3".into(),
+        ],
         edit: false,
         new_answer: "rotate".into(),
         partitions: 1,
@@ -46,17 +52,24 @@ fn output_loads_back_and_an_interrupted_run_resumes_to_the_same_weights() {
         "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of",
         "The Eiffel Tower is located in the city of",
     ];
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| trained.tokenizer.encode(p, true).unwrap()).collect();
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| trained.tokenizer.encode(p, true).unwrap())
+        .collect();
     let a = trained.last_logits(&ids).unwrap();
     let b = loaded.last_logits(&ids).unwrap();
-    assert_eq!(a, b, "logits of the loaded output differ from the trained model's");
+    assert_eq!(
+        a, b,
+        "logits of the loaded output differ from the trained model's"
+    );
     // The base model differs (the run changed something), and only the located tensors changed.
     let base = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
     assert_ne!(base.last_logits(&ids).unwrap(), a);
     let ch = changed(&straight);
     assert_eq!(ch.len(), 6, "MLPs of layers 2 and 3: gate, up, down each");
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(straight.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(straight.join("manifest.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["method"], "kuda");
     assert_eq!(manifest["steps"], 4);
     assert_eq!(manifest["base_sha256"].as_str().unwrap().len(), 64);
@@ -65,8 +78,18 @@ fn output_loads_back_and_an_interrupted_run_resumes_to_the_same_weights() {
     let resumed = tmp.path().join("resumed");
     let cli = |stop: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_unlearn"));
-        c.args(["forget", "--method", "kuda", "--layers", "2-3", "--forget", "first-4", "--no-eval", "--out"])
-            .arg(&resumed);
+        c.args([
+            "forget",
+            "--method",
+            "kuda",
+            "--layers",
+            "2-3",
+            "--forget",
+            "first-4",
+            "--no-eval",
+            "--out",
+        ])
+        .arg(&resumed);
         for s in &args(&resumed).sets {
             c.args(["--set", s]);
         }
@@ -78,15 +101,36 @@ fn output_loads_back_and_an_interrupted_run_resumes_to_the_same_weights() {
     let first = cli(Some("2"));
     assert!(!first.status.success());
     assert!(String::from_utf8_lossy(&first.stderr).contains("after step 2"));
-    assert!(!resumed.join("manifest.json").exists(), "an interrupted run leaves no output model");
+    assert!(
+        !resumed.join("manifest.json").exists(),
+        "an interrupted run leaves no output model"
+    );
     let second = cli(None);
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "{err}");
-    assert!(err.contains("resuming from the checkpoint after step 2"), "{err}");
+    assert!(
+        err.contains("resuming from the checkpoint after step 2"),
+        "{err}"
+    );
     let r = changed(&resumed);
     for (name, t) in &ch {
-        let x: Vec<f32> = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = r[name].to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert!(x == y, "{name}: resumed weights differ from the uninterrupted run's");
+        let x: Vec<f32> = t
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let y: Vec<f32> = r[name]
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            x == y,
+            "{name}: resumed weights differ from the uninterrupted run's"
+        );
     }
 }

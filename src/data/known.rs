@@ -71,9 +71,16 @@ pub fn known_facts(lm: &LanguageModel, task: &str, rule: &str) -> Result<Vec<Fac
         .filter(|(_, s)| rule.holds(s))
         .map(|(f, _)| f.clone())
         .collect();
-    eprintln!("{} of {} facts of {task} known ({rule:?})", known.len(), facts.len());
+    eprintln!(
+        "{} of {} facts of {task} known ({rule:?})",
+        known.len(),
+        facts.len()
+    );
     if known.is_empty() {
-        bail!("the model knows none of the {} facts of {task} under --known {rule:?}", facts.len());
+        bail!(
+            "the model knows none of the {} facts of {task} under --known {rule:?}",
+            facts.len()
+        );
     }
     Ok(known)
 }
@@ -81,26 +88,12 @@ pub fn known_facts(lm: &LanguageModel, task: &str, rule: &str) -> Result<Vec<Fac
 /// [`score`], cached on disk by model fingerprint and the facts' content (scoring a whole task
 /// is the slow part of every command that starts from "the facts the model knows").
 pub fn cached_scores(lm: &LanguageModel, facts: &[Fact]) -> Result<Vec<FactScore>> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(crate::model::source::fingerprint(&lm.origin)?.as_bytes());
-    h.update(serde_json::to_vec(facts)?);
-    let key = hex::encode(h.finalize());
-    let path = crate::model::source::cache_dir()?
-        .join("scores")
-        .join(format!("{}.json", &key[..32]));
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(v) = serde_json::from_str::<Vec<FactScore>>(&text) {
-            if v.len() == facts.len() {
-                return Ok(v);
-            }
-        }
+    let mut key = crate::model::source::fingerprint(&lm.origin)?.into_bytes();
+    key.extend(serde_json::to_vec(facts)?);
+    let v: Vec<FactScore> = crate::util::cached_json("scores", &key, || score(lm, facts, 32))?;
+    if v.len() != facts.len() {
+        bail!("cached fact scores do not match the facts; delete the scores/ folder of the cache");
     }
-    let v = score(lm, facts, 32)?;
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    crate::util::write_atomic(&path, serde_json::to_string(&v)?.as_bytes())?;
     Ok(v)
 }
 

@@ -94,7 +94,11 @@ pub fn wikitext_halves() -> Result<(Vec<String>, Vec<String>)> {
         .filter(|l| !l.trim().is_empty())
         .collect();
     if lines.len() < 4 {
-        bail!("{}: too little text ({} lines)", path.display(), lines.len());
+        bail!(
+            "{}: too little text ({} lines)",
+            path.display(),
+            lines.len()
+        );
     }
     let is_title = |l: &str| {
         let t = l.trim();

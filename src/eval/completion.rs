@@ -19,7 +19,11 @@ pub struct Accuracy {
 }
 
 /// Score `facts` against `answer_of(fact)` (the true answer, or a new one after editing).
-pub fn accuracy(lm: &LanguageModel, facts: &[Fact], answer_of: impl Fn(&Fact) -> String) -> Result<Accuracy> {
+pub fn accuracy(
+    lm: &LanguageModel,
+    facts: &[Fact],
+    answer_of: impl Fn(&Fact) -> String,
+) -> Result<Accuracy> {
     if facts.is_empty() {
         return Ok(Accuracy::default());
     }

@@ -32,11 +32,20 @@ pub fn tokenize_lines(lm: &LanguageModel, lines: &[String], budget: usize) -> Re
 }
 
 /// Perplexity of `ids` (the first token is context only).
-pub fn perplexity(lm: &LanguageModel, ids: &[u32], window: usize, stride: usize) -> Result<Perplexity> {
+pub fn perplexity(
+    lm: &LanguageModel,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+) -> Result<Perplexity> {
     if ids.len() < 2 {
         bail!("perplexity needs at least 2 tokens");
     }
-    let bos = lm.tokenizer.add_bos.then_some(lm.tokenizer.bos_id).flatten();
+    let bos = lm
+        .tokenizer
+        .add_bos
+        .then_some(lm.tokenizer.bos_id)
+        .flatten();
     let body = window.saturating_sub(usize::from(bos.is_some()));
     if stride == 0 || body < 2 || stride > body {
         bail!("perplexity: need 0 < stride ≤ window − 1 (got window {window}, stride {stride})");
@@ -60,7 +69,8 @@ pub fn perplexity(lm: &LanguageModel, ids: &[u32], window: usize, stride: usize)
                 ..Default::default()
             },
         )?;
-        let (lp, _) = crate::forget::seqs::logprobs_of(out.logits.as_ref().expect("asked"), &targets)?;
+        let (lp, _) =
+            crate::forget::seqs::logprobs_of(out.logits.as_ref().expect("asked"), &targets)?;
         nll -= lp.iter().sum::<f64>();
         count += lp.len();
         scored_to = end;

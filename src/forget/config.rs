@@ -186,6 +186,8 @@ pub struct ForgetConfig {
     /// General-text chunks per step, and tokens per chunk.
     pub text_batch_size: usize,
     pub text_tokens: usize,
+    /// Next-token targets sampled per text chunk for the text cross-entropy (0 = all).
+    pub text_ce_rows: usize,
     /// Micro-batches whose gradients are summed before one optimizer step.
     pub grad_accum: usize,
     pub seed: u64,
@@ -213,6 +215,7 @@ impl Default for ForgetConfig {
             retain_batch_size: 16,
             text_batch_size: 4,
             text_tokens: 64,
+            text_ce_rows: 16,
             grad_accum: 1,
             seed: 0,
             checkpoint_every: 10,
@@ -259,7 +262,8 @@ impl ForgetConfig {
             set_path(&mut v, k.trim(), parse_scalar(val.trim()))
                 .with_context(|| format!("--set {s:?}"))?;
         }
-        let c: ForgetConfig = serde_json::from_value(v).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        let c: ForgetConfig =
+            serde_json::from_value(v).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         c.validate()?;
         Ok(c)
     }
@@ -299,8 +303,14 @@ impl ForgetConfig {
             (k.retain_weight, "kuda.retain_weight"),
             (k.text_weight, "kuda.text_weight"),
             (k.retain_ce_weight, "kuda.retain_ce_weight"),
-            (self.localized_ft.forget_weight, "localized_ft.forget_weight"),
-            (self.localized_ft.retain_weight, "localized_ft.retain_weight"),
+            (
+                self.localized_ft.forget_weight,
+                "localized_ft.forget_weight",
+            ),
+            (
+                self.localized_ft.retain_weight,
+                "localized_ft.retain_weight",
+            ),
             (self.localized_ft.text_weight, "localized_ft.text_weight"),
             (self.graddiff_retain_weight, "graddiff_retain_weight"),
             (self.npo.retain_weight, "npo.retain_weight"),
@@ -324,7 +334,11 @@ fn merge(base: &mut Value, over: Value, path: &str) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get_mut(&k) {
                     Some(slot) => merge(slot, v, &p),
                     None => {
@@ -401,11 +415,13 @@ mod tests {
         assert!(format!("{e:#}").contains("kuda.betta"), "{e:#}");
         let e = ForgetConfig::resolve(Method::Kuda, Some("[kuda]\nbetta = 3\n"), &[]).unwrap_err();
         assert!(format!("{e:#}").contains("betta"), "{e:#}");
-        let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.token_ratio=1.5".into()]).unwrap_err();
+        let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.token_ratio=1.5".into()])
+            .unwrap_err();
         assert!(format!("{e:#}").contains("token_ratio"), "{e:#}");
         let e = ForgetConfig::resolve(Method::Kuda, None, &["steps=-3".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("configuration"), "{e:#}");
-        let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.projection=sideways".into()]).unwrap_err();
+        let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.projection=sideways".into()])
+            .unwrap_err();
         assert!(format!("{e:#}").contains("sideways"), "{e:#}");
     }
 
@@ -413,7 +429,10 @@ mod tests {
     fn defaults_print_as_toml_and_read_back() {
         for m in Method::ALL {
             let t = ForgetConfig::defaults_toml(m);
-            assert_eq!(ForgetConfig::resolve(m, Some(&t), &[]).unwrap(), ForgetConfig::for_method(m));
+            assert_eq!(
+                ForgetConfig::resolve(m, Some(&t), &[]).unwrap(),
+                ForgetConfig::for_method(m)
+            );
         }
     }
 }

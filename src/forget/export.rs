@@ -57,7 +57,12 @@ pub fn write_output(dir: &Path, lm: &LanguageModel, manifest: &Manifest, full: b
     let mut changed = HashMap::new();
     for p in &manifest.params {
         let t = lm.model.weights().get(p)?;
-        changed.insert(p.clone(), t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?);
+        changed.insert(
+            p.clone(),
+            t.to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .contiguous()?,
+        );
     }
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     candle_core::safetensors::save(&changed, tmp.path())?;
@@ -82,9 +87,10 @@ pub fn write_output(dir: &Path, lm: &LanguageModel, manifest: &Manifest, full: b
 /// the manifest's sha256) and the changed tensors.
 pub fn read_delta(dir: &Path, device: &Device) -> Result<(LoadedModel, Vec<(String, Tensor)>)> {
     let mpath = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&mpath).with_context(|| format!("reading {}", mpath.display()))?;
-    let m: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", mpath.display()))?;
+    let text =
+        std::fs::read_to_string(&mpath).with_context(|| format!("reading {}", mpath.display()))?;
+    let m: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", mpath.display()))?;
     let base = m["base_model"]
         .as_str()
         .with_context(|| format!("{}: field `base_model` is missing", mpath.display()))?;

@@ -21,7 +21,12 @@ use anyhow::{bail, Result};
 
 /// The terms of a method. `edit`: the forget data carries new answers to inject;
 /// `steer` is RMU's target vector c·u (known once the reference activations are).
-pub fn terms(m: Method, cfg: &ForgetConfig, edit: bool, steer: Option<Vec<f32>>) -> Result<Vec<Term>> {
+pub fn terms(
+    m: Method,
+    cfg: &ForgetConfig,
+    edit: bool,
+    steer: Option<Vec<f32>>,
+) -> Result<Vec<Term>> {
     let term = |name: &str, weight: f64, data: DataSet, loss: Loss| Term {
         name: name.into(),
         weight,
@@ -53,31 +58,77 @@ pub fn terms(m: Method, cfg: &ForgetConfig, edit: bool, steer: Option<Vec<f32>>)
                         },
                     )
                 },
-                term("retain_mse", k.retain_weight, DataSet::Retain, Loss::Repr { loss: mse.clone(), sample: 1.0 }),
-                term("text_mse", k.text_weight, DataSet::Text, Loss::Repr { loss: mse, sample: 1.0 }),
+                term(
+                    "retain_mse",
+                    k.retain_weight,
+                    DataSet::Retain,
+                    Loss::Repr {
+                        loss: mse.clone(),
+                        sample: 1.0,
+                    },
+                ),
+                term(
+                    "text_mse",
+                    k.text_weight,
+                    DataSet::Text,
+                    Loss::Repr {
+                        loss: mse,
+                        sample: 1.0,
+                    },
+                ),
                 retain_ce(k.retain_ce_weight),
             ]
         }
         Method::LocalizedFt => {
             let f = &cfg.localized_ft;
             let forget = if edit {
-                term("inject_ce", f.forget_weight, DataSet::Forget, Loss::Logit(LogitLoss::Ce))
+                term(
+                    "inject_ce",
+                    f.forget_weight,
+                    DataSet::Forget,
+                    Loss::Logit(LogitLoss::Ce),
+                )
             } else {
-                term("forget_unlikely", f.forget_weight, DataSet::Forget, Loss::Logit(LogitLoss::Unlikely))
+                term(
+                    "forget_unlikely",
+                    f.forget_weight,
+                    DataSet::Forget,
+                    Loss::Logit(LogitLoss::Unlikely),
+                )
             };
             vec![
                 forget,
                 retain_ce(f.retain_weight),
-                term("text_ce", f.text_weight, DataSet::Text, Loss::Logit(LogitLoss::Ce)),
+                term(
+                    "text_ce",
+                    f.text_weight,
+                    DataSet::Text,
+                    Loss::Logit(LogitLoss::Ce),
+                ),
             ]
         }
-        Method::Ga => vec![term("forget_ascent", 1.0, DataSet::Forget, Loss::Logit(LogitLoss::Ascent))],
+        Method::Ga => vec![term(
+            "forget_ascent",
+            1.0,
+            DataSet::Forget,
+            Loss::Logit(LogitLoss::Ascent),
+        )],
         Method::Graddiff => vec![
-            term("forget_ascent", 1.0, DataSet::Forget, Loss::Logit(LogitLoss::Ascent)),
+            term(
+                "forget_ascent",
+                1.0,
+                DataSet::Forget,
+                Loss::Logit(LogitLoss::Ascent),
+            ),
             retain_ce(cfg.graddiff_retain_weight),
         ],
         Method::Npo => vec![
-            term("forget_npo", 1.0, DataSet::Forget, Loss::Logit(LogitLoss::Npo { beta: cfg.npo.beta })),
+            term(
+                "forget_npo",
+                1.0,
+                DataSet::Forget,
+                Loss::Logit(LogitLoss::Npo { beta: cfg.npo.beta }),
+            ),
             retain_ce(cfg.npo.retain_weight),
         ],
         Method::Simnpo => vec![
@@ -98,9 +149,33 @@ pub fn terms(m: Method, cfg: &ForgetConfig, edit: bool, steer: Option<Vec<f32>>)
             };
             let a = cfg.rmu.retain_weight;
             vec![
-                term("forget_steer", 1.0, DataSet::Forget, Loss::Repr { loss: ReprLoss::Steer { target }, sample: 1.0 }),
-                term("retain_mse", a, DataSet::Retain, Loss::Repr { loss: ReprLoss::RefMse, sample: 1.0 }),
-                term("text_mse", a, DataSet::Text, Loss::Repr { loss: ReprLoss::RefMse, sample: 1.0 }),
+                term(
+                    "forget_steer",
+                    1.0,
+                    DataSet::Forget,
+                    Loss::Repr {
+                        loss: ReprLoss::Steer { target },
+                        sample: 1.0,
+                    },
+                ),
+                term(
+                    "retain_mse",
+                    a,
+                    DataSet::Retain,
+                    Loss::Repr {
+                        loss: ReprLoss::RefMse,
+                        sample: 1.0,
+                    },
+                ),
+                term(
+                    "text_mse",
+                    a,
+                    DataSet::Text,
+                    Loss::Repr {
+                        loss: ReprLoss::RefMse,
+                        sample: 1.0,
+                    },
+                ),
             ]
         }
     })

@@ -53,9 +53,9 @@ pub fn key_sums(
 ) -> Result<KeySums> {
     let mut points: BTreeMap<HookPoint, Vec<&String>> = BTreeMap::new();
     for p in params {
-        let kp = model
-            .key_point(p)
-            .with_context(|| format!("null-space projection: `{p}` is not a block weight matrix"))?;
+        let kp = model.key_point(p).with_context(|| {
+            format!("null-space projection: `{p}` is not a block weight matrix")
+        })?;
         points.entry(kp).or_default().push(p);
     }
     let Some(top) = points.keys().filter_map(|p| p.layer()).max() else {
@@ -98,10 +98,7 @@ pub fn key_sums(
 }
 
 /// Load key sums from `path` if it exists, else compute and save them there (atomically).
-pub fn cached_key_sums(
-    path: &Path,
-    compute: impl FnOnce() -> Result<KeySums>,
-) -> Result<KeySums> {
+pub fn cached_key_sums(path: &Path, compute: impl FnOnce() -> Result<KeySums>) -> Result<KeySums> {
     if path.exists() {
         let t = candle_core::safetensors::load(path, &Device::Cpu)
             .with_context(|| format!("reading cached key statistics {}", path.display()))?;
@@ -121,7 +118,10 @@ pub fn cached_key_sums(
     let mut map = std::collections::HashMap::new();
     for (p, (s, n)) in &sums {
         map.insert(format!("sigma/{p}"), s.to_device(&Device::Cpu)?);
-        map.insert(format!("count/{p}"), Tensor::new(&[*n as f64], &Device::Cpu)?);
+        map.insert(
+            format!("count/{p}"),
+            Tensor::new(&[*n as f64], &Device::Cpu)?,
+        );
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -213,7 +213,10 @@ impl Projectors {
                     .get(&key)
                     .with_context(|| format!("no key statistics for `{key}`"))?;
                 let dt = model.weights().get(p)?.dtype();
-                by_point.insert(key.clone(), projector_as(s, *n, mode, tau_rel, model.device(), dt)?);
+                by_point.insert(
+                    key.clone(),
+                    projector_as(s, *n, mode, tau_rel, model.device(), dt)?,
+                );
             }
             if let Some(pm) = &by_point[&key] {
                 by_param.insert(p.clone(), pm.clone());
@@ -269,11 +272,19 @@ mod tests {
         let dev = Device::Cpu;
         // 6 keys in 10 dimensions: Σ has a 4-dimensional null space.
         let k = keys(6, 10, 3);
-        let sum = k.t().unwrap().matmul(&k).unwrap().to_dtype(DType::F64).unwrap();
+        let sum = k
+            .t()
+            .unwrap()
+            .matmul(&k)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
         let g = keys(4, 10, 9);
         let strict = projector(&sum, 6, Projection::Strict, 1e-6, &dev).unwrap();
         let relaxed = projector(&sum, 6, Projection::Relaxed, 0.1, &dev).unwrap();
-        assert!(projector(&sum, 6, Projection::None, 0.1, &dev).unwrap().is_none());
+        assert!(projector(&sum, 6, Projection::None, 0.1, &dev)
+            .unwrap()
+            .is_none());
         let (s, r, n) = (
             moved(&g, strict.as_ref(), &k),
             moved(&g, relaxed.as_ref(), &k),
@@ -284,7 +295,14 @@ mod tests {
         // The strict projector is a projection onto the null space: P² = P, rank 4.
         let p = strict.unwrap();
         let p2 = p.matmul(&p).unwrap();
-        let err: f32 = (&p2 - &p).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let err: f32 = (&p2 - &p)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(err < 1e-5);
         let tr: f32 = (&p * Tensor::eye(10, DType::F32, &dev).unwrap())
             .unwrap()

@@ -69,7 +69,10 @@ impl OptimConfig {
             bail!("optim.weight_decay must be ≥ 0 (got {})", self.weight_decay);
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            bail!("optim.min_lr_ratio must be in [0, 1] (got {})", self.min_lr_ratio);
+            bail!(
+                "optim.min_lr_ratio must be in [0, 1] (got {})",
+                self.min_lr_ratio
+            );
         }
         if !(self.clip_norm >= 0.0 && self.clip_norm.is_finite()) {
             bail!("optim.clip_norm must be ≥ 0 (got {})", self.clip_norm);
@@ -93,7 +96,11 @@ impl OptimConfig {
 pub fn global_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     let mut s = 0.0;
     for g in grads.values() {
-        s += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        s += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     Ok(s.sqrt())
 }
@@ -172,7 +179,12 @@ impl Optimizer {
     }
 
     /// Restore moments from checkpoint tensors and the step count.
-    pub fn restore(&mut self, tensors: &HashMap<String, Tensor>, t: usize, device: &Device) -> Result<()> {
+    pub fn restore(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        t: usize,
+        device: &Device,
+    ) -> Result<()> {
         for (k, v) in tensors {
             if let Some(n) = k.strip_prefix("adam.m/") {
                 self.m.insert(n.into(), v.to_device(device)?);
@@ -213,19 +225,33 @@ mod tests {
     #[test]
     fn adamw_first_step_is_lr_times_sign() {
         let dev = Device::Cpu;
-        let w: BTreeMap<_, _> = [("w".to_string(), Tensor::new(&[1f32, 2.0], &dev).unwrap())].into();
-        let g: BTreeMap<_, _> = [("w".to_string(), Tensor::new(&[0.5f32, -3.0], &dev).unwrap())].into();
+        let w: BTreeMap<_, _> =
+            [("w".to_string(), Tensor::new(&[1f32, 2.0], &dev).unwrap())].into();
+        let g: BTreeMap<_, _> =
+            [("w".to_string(), Tensor::new(&[0.5f32, -3.0], &dev).unwrap())].into();
         let mut o = Optimizer::new(OptimConfig::default());
         let d: Vec<f32> = o.update(&w, &g, 0.01).unwrap()["w"].to_vec1().unwrap();
-        assert!((d[0] + 0.01).abs() < 1e-6 && (d[1] - 0.01).abs() < 1e-6, "{d:?}");
+        assert!(
+            (d[0] + 0.01).abs() < 1e-6 && (d[1] - 0.01).abs() < 1e-6,
+            "{d:?}"
+        );
     }
 
     #[test]
     fn nonsense_settings_are_refused() {
         for c in [
-            OptimConfig { lr: -1.0, ..Default::default() },
-            OptimConfig { beta2: 1.0, ..Default::default() },
-            OptimConfig { clip_norm: f64::NAN, ..Default::default() },
+            OptimConfig {
+                lr: -1.0,
+                ..Default::default()
+            },
+            OptimConfig {
+                beta2: 1.0,
+                ..Default::default()
+            },
+            OptimConfig {
+                clip_norm: f64::NAN,
+                ..Default::default()
+            },
         ] {
             assert!(c.validate().is_err());
         }

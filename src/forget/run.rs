@@ -45,7 +45,7 @@ pub struct ForgetArgs {
 }
 
 /// Before/after numbers of one run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub forget: Accuracy,
     /// Editing: accuracy of the new answers on the edited facts.
@@ -103,12 +103,21 @@ fn new_answer_for(f: &Fact, rule: &str) -> Result<String> {
     }
 }
 
-fn evaluate(lm: &LanguageModel, forget: &[Fact], held_out: &[Fact], edit: Option<&[String]>, ppl_ids: &[u32]) -> Result<Metrics> {
+fn evaluate(
+    lm: &LanguageModel,
+    forget: &[Fact],
+    held_out: &[Fact],
+    edit: Option<&[String]>,
+    ppl_ids: &[u32],
+) -> Result<Metrics> {
     let forget_acc = accuracy(lm, forget, |f| f.answer.clone())?;
     let edit_acc = match edit {
         Some(new) => {
-            let by_id: std::collections::HashMap<&str, &String> =
-                forget.iter().map(|f| f.id.as_str()).zip(new.iter()).collect();
+            let by_id: std::collections::HashMap<&str, &String> = forget
+                .iter()
+                .map(|f| f.id.as_str())
+                .zip(new.iter())
+                .collect();
             Some(accuracy(lm, forget, |f| by_id[f.id.as_str()].clone())?)
         }
         None => None,
@@ -121,6 +130,12 @@ fn evaluate(lm: &LanguageModel, forget: &[Fact], held_out: &[Fact], edit: Option
     })
 }
 
+/// WikiText-2 tokens scored for perplexity (held-out half, windows of 512, stride 256).
+pub const PPL_TOKENS: usize = 2048;
+
+/// Held-out known facts evaluated at most.
+pub const HELD_OUT_FACTS: usize = 200;
+
 fn hash_json(v: &serde_json::Value) -> String {
     hex::encode(Sha256::digest(v.to_string().as_bytes()))
 }
@@ -128,11 +143,17 @@ fn hash_json(v: &serde_json::Value) -> String {
 /// Run `unlearn forget` / `unlearn edit`; returns the trained model.
 pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel> {
     let toml_text = match &a.config {
-        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
         None => None,
     };
-    let cfg = ForgetConfig::resolve(a.method, toml_text.as_deref(), &a.sets)
-        .with_context(|| a.config.as_ref().map_or("settings".into(), |p| format!("settings from {}", p.display())))?;
+    let cfg =
+        ForgetConfig::resolve(a.method, toml_text.as_deref(), &a.sets).with_context(|| {
+            a.config.as_ref().map_or("settings".into(), |p| {
+                format!("settings from {}", p.display())
+            })
+        })?;
     if a.partitions == 0 {
         bail!("--partitions must be at least 1");
     }
@@ -149,9 +170,18 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
     let n_train = cfg.retain_facts.min(pool.len() / 2);
     let retain: Vec<Fact> = pool[..n_train].to_vec();
-    let held_out: Vec<Fact> = pool[n_train..].iter().take(256).cloned().collect();
+    let held_out: Vec<Fact> = pool[n_train..]
+        .iter()
+        .take(HELD_OUT_FACTS)
+        .cloned()
+        .collect();
     let new_answers: Option<Vec<String>> = if a.edit {
-        Some(forget.iter().map(|f| new_answer_for(f, &a.new_answer)).collect::<Result<_>>()?)
+        Some(
+            forget
+                .iter()
+                .map(|f| new_answer_for(f, &a.new_answer))
+                .collect::<Result<_>>()?,
+        )
     } else {
         None
     };
@@ -190,7 +220,11 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         .iter()
         .map(|p| Ok(lm.model.weights().get(p)?.elem_count()))
         .sum::<Result<usize>>()?;
-    let top = params.iter().filter_map(|p| layer_of(p)).max().unwrap_or(n_layers - 1);
+    let top = params
+        .iter()
+        .filter_map(|p| layer_of(p))
+        .max()
+        .unwrap_or(n_layers - 1);
     let rep_layer = methods::rep_layer(a.method, &cfg, top)?;
     eprintln!(
         "{}: updating {} tensors ({:.2} M parameters){}",
@@ -205,18 +239,30 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let ans = new_answers.as_ref().map_or(f.answer.clone(), |n| n[i].clone());
+            let ans = new_answers
+                .as_ref()
+                .map_or(f.answer.clone(), |n| n[i].clone());
             Seq::fact(&lm, f, &ans)
         })
         .collect::<Result<_>>()?;
-    let retain_seqs: Vec<Seq> = retain.iter().map(|f| Seq::fact(&lm, f, &f.answer)).collect::<Result<_>>()?;
+    let retain_seqs: Vec<Seq> = retain
+        .iter()
+        .map(|f| Seq::fact(&lm, f, &f.answer))
+        .collect::<Result<_>>()?;
     let (wiki_train, wiki_eval) = data::wikitext_halves()?;
     let n_text = cfg.kuda.key_text_chunks.max(cfg.text_batch_size * 8).max(1);
     let text_seqs = text_chunks(&lm, &wiki_train, cfg.text_tokens, n_text)?;
-    let ppl_ids = tokenize_lines(&lm, &wiki_eval, 4096)?;
+    let ppl_ids = tokenize_lines(&lm, &wiki_eval, PPL_TOKENS)?;
 
     let before = if a.eval {
-        let m = evaluate(&lm, &forget, &held_out, new_answers.as_deref(), &ppl_ids)?;
+        // The original model's numbers depend only on it and the data: cached.
+        let key = serde_json::to_vec(
+            &json!({"model": base_fp, "forget": forget, "held_out": held_out,
+            "new": new_answers, "ppl": ppl_ids}),
+        )?;
+        let m = crate::util::cached_json("metrics", &key, || {
+            evaluate(&lm, &forget, &held_out, new_answers.as_deref(), &ppl_ids)
+        })?;
         print_metrics("before", &m);
         Some(m)
     } else {
@@ -224,9 +270,17 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     };
 
     // Null-space projectors (KUDA).
-    let projection = if a.method == Method::Kuda { cfg.kuda.projection } else { Projection::None };
+    let projection = if a.method == Method::Kuda {
+        cfg.kuda.projection
+    } else {
+        Projection::None
+    };
     let projectors = if projection != Projection::None {
-        let key_seqs: Vec<Seq> = retain_seqs.iter().chain(text_seqs.iter().take(cfg.kuda.key_text_chunks)).cloned().collect();
+        let key_seqs: Vec<Seq> = retain_seqs
+            .iter()
+            .chain(text_seqs.iter().take(cfg.kuda.key_text_chunks))
+            .cloned()
+            .collect();
         let mut h = Sha256::new();
         h.update(base_fp.as_bytes());
         for p in &params {
@@ -249,7 +303,10 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             r
         })?;
         let p = Projectors::build(&lm.model, &sums, &params, projection, cfg.kuda.tau)?;
-        eprintln!("{projection:?} null-space projectors ready in {:.1}s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "{projection:?} null-space projectors ready in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
         p
     } else {
         Projectors::default()
@@ -260,7 +317,9 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let parts: Vec<Vec<usize>> = {
         let n = forget_seqs.len();
         let k = a.partitions.min(n).max(1);
-        (0..k).map(|i| (i * n / k..(i + 1) * n / k).collect()).collect()
+        (0..k)
+            .map(|i| (i * n / k..(i + 1) * n / k).collect())
+            .collect()
     };
     let mut summaries = Vec::new();
     for (pi, part) in parts.iter().enumerate() {
@@ -270,7 +329,11 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             let first = params.iter().filter_map(|p| layer_of(p)).min().unwrap_or(0);
             fset.precompute(&lm.model, pad, first, rep_layer, false, 16)?;
             let norm = mean_ref_norm(&fset)?;
-            Some(steering_vector(lm.model.config.hidden_size, cfg.rmu.steer_coeff * norm, cfg.seed))
+            Some(steering_vector(
+                lm.model.config.hidden_size,
+                cfg.rmu.steer_coeff * norm,
+                cfg.seed,
+            ))
         } else {
             None
         };
@@ -284,6 +347,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             projectors: projectors.clone(),
             project_update: a.method == Method::Kuda && cfg.kuda.project_update,
             pad,
+            text_rows: cfg.text_ce_rows,
         };
         plan.precompute(&lm.model, 16)?;
         let key = hash_json(&json!({
@@ -292,11 +356,22 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             "new": new_answers, "retain": retain.iter().map(|f| &f.id).collect::<Vec<_>>(),
             "part": pi, "parts": parts.len(), "previous": summaries.len(),
         }));
-        let dir = if parts.len() == 1 { a.out.clone() } else { a.out.join(format!("part-{}", pi + 1)) };
+        let dir = if parts.len() == 1 {
+            a.out.clone()
+        } else {
+            a.out.join(format!("part-{}", pi + 1))
+        };
         // UNLEARN_STOP_AFTER_STEP simulates an interruption (used by the resume test).
-        let stop = std::env::var("UNLEARN_STOP_AFTER_STEP").ok().and_then(|s| s.parse().ok());
+        let stop = std::env::var("UNLEARN_STOP_AFTER_STEP")
+            .ok()
+            .and_then(|s| s.parse().ok());
         let s = train(&mut lm.model, &plan, &cfg, &key, &dir, stop)?;
-        eprintln!("{}: {} steps in {:.1}s", dir.display(), s.steps_done, s.seconds);
+        eprintln!(
+            "{}: {} steps in {:.1}s",
+            dir.display(),
+            s.steps_done,
+            s.seconds
+        );
         summaries.push(s);
     }
 
@@ -322,8 +397,15 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         config: cfg.clone(),
         seed: cfg.seed,
         steps: cfg.steps,
-        final_losses: summaries.last().map(|s| s.final_losses.clone()).unwrap_or_default(),
-        weights: if a.full { "full".into() } else { "changed".into() },
+        final_losses: summaries
+            .last()
+            .map(|s| s.final_losses.clone())
+            .unwrap_or_default(),
+        weights: if a.full {
+            "full".into()
+        } else {
+            "changed".into()
+        },
         metrics: a.eval.then(|| json!({"before": before, "after": after})),
     };
     write_output(&a.out, &lm, &manifest, a.full)?;
@@ -333,7 +415,11 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             serde_json::to_string_pretty(&json!({"before": before, "after": after}))?.as_bytes(),
         )?;
     }
-    eprintln!("wrote {} (load it with --model {})", a.out.join("manifest.json").display(), a.out.display());
+    eprintln!(
+        "wrote {} (load it with --model {})",
+        a.out.join("manifest.json").display(),
+        a.out.display()
+    );
     Ok(lm)
 }
 
@@ -348,10 +434,9 @@ fn all_block_params(lm: &LanguageModel) -> Vec<String> {
 }
 
 fn print_metrics(when: &str, m: &Metrics) {
-    let edit = m
-        .edit
-        .as_ref()
-        .map_or(String::new(), |e| format!("  edit acc {:.1}%", 100.0 * e.top1_candidates));
+    let edit = m.edit.as_ref().map_or(String::new(), |e| {
+        format!("  edit acc {:.1}%", 100.0 * e.top1_candidates)
+    });
     eprintln!(
         "{when:>6}: forget acc {:.1}% (top-1 among candidates; vocab top-1 {:.1}%, mean p {:.3}){edit}  held-out acc {:.1}%  wikitext ppl {:.2}",
         100.0 * m.forget.top1_candidates,

@@ -4,7 +4,9 @@
 //! representation layer, and the reference log-probabilities of the targets.
 
 use crate::data::Fact;
-use crate::model::{Batch, HookPoint, Hooks, LanguageModel, LogitsAt, PadSide, RunOpts, Transformer};
+use crate::model::{
+    Batch, HookPoint, Hooks, LanguageModel, LogitsAt, PadSide, RunOpts, Transformer,
+};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 
@@ -32,7 +34,11 @@ impl Seq {
             bail!("fact {}: the answer {answer:?} has no tokens", f.id);
         }
         let n = ids.len();
-        let targets = ans.iter().enumerate().map(|(j, &t)| (n - 1 + j, t)).collect();
+        let targets = ans
+            .iter()
+            .enumerate()
+            .map(|(j, &t)| (n - 1 + j, t))
+            .collect();
         let rep_positions = (span.start..n).collect();
         ids.extend_from_slice(&ans[..ans.len() - 1]);
         Ok(Seq {
@@ -68,7 +74,11 @@ pub fn text_chunks(
     if tokens_per_chunk < 2 {
         bail!("text chunks need at least 2 tokens (got {tokens_per_chunk})");
     }
-    let bos = lm.tokenizer.add_bos.then_some(lm.tokenizer.bos_id).flatten();
+    let bos = lm
+        .tokenizer
+        .add_bos
+        .then_some(lm.tokenizer.bos_id)
+        .flatten();
     let body = tokens_per_chunk - usize::from(bos.is_some());
     let mut out = Vec::new();
     // Tokenize line by line until enough tokens are there.
@@ -185,13 +195,22 @@ impl SeqSet {
                     ..Default::default()
                 },
             )?;
+            // Stopped right at the start layer, the run's residual is the one entering it.
+            let start_resid = match out.cache.get(&HookPoint::ResidPre(start_layer)) {
+                Some(t) => t,
+                None => &out.resid,
+            };
             for (k, &i) in chunk.iter().enumerate() {
                 let n = self.seqs[i].ids.len();
                 if start_layer > 0 {
-                    starts.push(out.cache[&HookPoint::ResidPre(start_layer)].get(k)?.narrow(0, 0, n)?);
+                    starts.push(start_resid.get(k)?.narrow(0, 0, n)?);
                 }
                 if let Some(r) = rep_layer {
-                    reps.push(out.cache[&HookPoint::ResidPost(r)].get(k)?.narrow(0, 0, n)?);
+                    reps.push(
+                        out.cache[&HookPoint::ResidPost(r)]
+                            .get(k)?
+                            .narrow(0, 0, n)?,
+                    );
                 }
             }
             if logp {
@@ -251,7 +270,13 @@ fn stack_padded(rows: &[Tensor], members: &[usize], t: usize) -> Result<Tensor> 
         let r = &rows[i];
         let n = r.dim(0)?;
         v.push(if n < t {
-            Tensor::cat(&[r.clone(), Tensor::zeros((t - n, r.dim(1)?), r.dtype(), r.device())?], 0)?
+            Tensor::cat(
+                &[
+                    r.clone(),
+                    Tensor::zeros((t - n, r.dim(1)?), r.dtype(), r.device())?,
+                ],
+                0,
+            )?
         } else {
             r.clone()
         });

@@ -94,7 +94,11 @@ pub fn logits_grad(c: &[f64], targets: &[u32], softmax: &Tensor) -> Result<Tenso
     let cf: Vec<f32> = c.iter().map(|&x| x as f32).collect();
     let ct = Tensor::from_vec(cf, (n, 1), dev)?;
     let idx = Tensor::from_vec(targets.to_vec(), (n, 1), dev)?;
-    let onehot = Tensor::zeros_like(softmax)?.scatter_add(&idx, &Tensor::ones((n, 1), DType::F32, dev)?, 1)?;
+    let onehot = Tensor::zeros_like(softmax)?.scatter_add(
+        &idx,
+        &Tensor::ones((n, 1), DType::F32, dev)?,
+        1,
+    )?;
     Ok((onehot - softmax)?.broadcast_mul(&ct)?)
 }
 
@@ -112,7 +116,11 @@ pub enum ReprLoss {
 /// Loss and d(loss)/dh for rows `h` and their references `h0` (same shape).
 pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tensor)> {
     // f32 for the model's tensors; f64 stays f64 (finite-difference checks).
-    let dt = if h.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let dt = if h.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
     let h = h.to_dtype(dt)?;
     let h0 = h0.to_dtype(dt)?;
     let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
@@ -130,7 +138,10 @@ pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tenso
         }
         ReprLoss::Steer { target } => {
             if target.len() != d {
-                bail!("steering vector has {} entries, the residual {d}", target.len());
+                bail!(
+                    "steering vector has {} entries, the residual {d}",
+                    target.len()
+                );
             }
             let c2: f64 = target.iter().map(|&x| (x as f64).powi(2)).sum();
             let t = Tensor::from_slice(target, (1, d), h.device())?.to_dtype(dt)?;
@@ -146,7 +157,8 @@ pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tenso
             // L_i = exp(−β(1 − cos_i)); dL_i/dh = L_i·β·(h0/(|h||h0|) − cos·h/|h|²).
             let li = cos.affine(*beta, -*beta)?.exp()?;
             let loss = scalar(li.sum_all()?)? / mf;
-            let dcos = (h0.broadcast_div(&(&nh * &n0)?)? - h.broadcast_mul(&(&cos / nh.sqr()?)?)?)?;
+            let dcos =
+                (h0.broadcast_div(&(&nh * &n0)?)? - h.broadcast_mul(&(&cos / nh.sqr()?)?)?)?;
             let scale = li.affine(*beta / mf, 0.0)?;
             Ok((loss, dcos.broadcast_mul(&scale)?))
         }
@@ -197,7 +209,10 @@ mod tests {
             LogitLoss::Unlikely,
             LogitLoss::Npo { beta: 0.1 },
             LogitLoss::Npo { beta: 2.0 },
-            LogitLoss::SimNpo { beta: 2.5, gamma: 0.5 },
+            LogitLoss::SimNpo {
+                beta: 2.5,
+                gamma: 0.5,
+            },
         ] {
             let (_, c) = logit_loss(kind, &lp, &rows, Some(&reference)).unwrap();
             let f = |x: &[f64]| logit_loss(kind, x, &rows, Some(&reference)).unwrap().0;
@@ -209,7 +224,8 @@ mod tests {
 
     #[test]
     fn npo_at_the_reference_is_2_ln2_over_beta() {
-        let (l, _) = logit_loss(LogitLoss::Npo { beta: 0.5 }, &[-1.0], &[1], Some(&[-1.0])).unwrap();
+        let (l, _) =
+            logit_loss(LogitLoss::Npo { beta: 0.5 }, &[-1.0], &[1], Some(&[-1.0])).unwrap();
         assert!((l - 4.0 * 2f64.ln()).abs() < 1e-12);
     }
 
@@ -255,7 +271,10 @@ mod tests {
                 repr_loss(&kind, &h, &h0).unwrap().0
             };
             for (a, b) in g.iter().zip(fd(&f, &hv)) {
-                assert!((a - b).abs() < 1e-6 * (1.0 + b.abs()), "{kind:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-6 * (1.0 + b.abs()),
+                    "{kind:?}: {a} vs {b}"
+                );
             }
         }
     }

@@ -8,7 +8,7 @@
 use crate::forget::config::ForgetConfig;
 use crate::forget::nullspace::Projectors;
 use crate::forget::optim::{global_norm, load_tensors, Optimizer};
-use crate::forget::seqs::{logprobs_of, target_ids, target_rows, SeqSet};
+use crate::forget::seqs::{logprobs_of, SeqSet};
 use crate::forget::terms::{logit_loss, logits_grad, repr_loss, LogitLoss, ReprLoss};
 use crate::model::{LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Context, Result};
@@ -36,7 +36,10 @@ pub enum Loss {
     Logit(LogitLoss),
     /// A representation loss at the plan's representation layer; `sample` = share of the
     /// representation positions drawn each step (1 = all).
-    Repr { loss: ReprLoss, sample: f64 },
+    Repr {
+        loss: ReprLoss,
+        sample: f64,
+    },
 }
 
 /// One weighted term of the objective.
@@ -63,6 +66,8 @@ pub struct Plan {
     pub projectors: Projectors,
     pub project_update: bool,
     pub pad: u32,
+    /// Next-token targets sampled per text chunk for cross-entropy (0 = all).
+    pub text_rows: usize,
 }
 
 impl Plan {
@@ -118,7 +123,13 @@ impl Plan {
                 DataSet::Text => &mut self.text,
             };
             if set.is_empty() {
-                bail!("term(s) {} need {d:?} data but the set is empty", uses.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
+                bail!(
+                    "term(s) {} need {d:?} data but the set is empty",
+                    uses.iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             set.precompute(model, pad, first, rep, logp, bs)?;
         }
@@ -128,7 +139,11 @@ impl Plan {
 
 /// Block index of a parameter name (`model.layers.{l}.…`).
 pub fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// How a run ended.
@@ -155,7 +170,10 @@ fn draw(len: usize, bs: usize, seed: u64, step: usize, micro: usize, d: DataSet)
     if len <= bs {
         return all;
     }
-    let s = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48) ^ ((d as u64) << 56);
+    let s = seed
+        ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ ((micro as u64) << 48)
+        ^ ((d as u64) << 56);
     all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(s));
     let mut v = all[..bs].to_vec();
     v.sort();
@@ -174,8 +192,27 @@ fn term_grads(
     let prep = set.prepare(model, members, plan.pad)?;
     match &term.loss {
         Loss::Logit(kind) => {
-            let rows = target_rows(&set.seqs, members);
-            let targets = target_ids(&set.seqs, members);
+            // Text chunks: a seeded sample of their next-token targets (the LM head over the
+            // whole vocabulary is the expensive part of a step).
+            let picked: Vec<Vec<(usize, u32)>> = members
+                .iter()
+                .map(|&i| {
+                    let mut t = set.seqs[i].targets.clone();
+                    if term.data == DataSet::Text && plan.text_rows > 0 && t.len() > plan.text_rows
+                    {
+                        t.shuffle(rng);
+                        t.truncate(plan.text_rows);
+                        t.sort();
+                    }
+                    t
+                })
+                .collect();
+            let rows: Vec<(usize, usize)> = picked
+                .iter()
+                .enumerate()
+                .flat_map(|(k, t)| t.iter().map(move |&(p, _)| (k, p)))
+                .collect();
+            let targets: Vec<u32> = picked.iter().flatten().map(|&(_, t)| t).collect();
             let out = model.run(
                 &prep.batch,
                 &RunOpts {
@@ -187,7 +224,7 @@ fn term_grads(
             )?;
             let logits = out.logits.as_ref().expect("asked for logits");
             let (lp, sm) = logprobs_of(logits, &targets)?;
-            let per: Vec<usize> = members.iter().map(|&i| set.seqs[i].targets.len()).collect();
+            let per: Vec<usize> = picked.iter().map(Vec::len).collect();
             let reference: Option<Vec<f64>> = set
                 .logp_ref
                 .as_ref()
@@ -198,8 +235,13 @@ fn term_grads(
             Ok((loss, g.params))
         }
         Loss::Repr { loss, sample } => {
-            let rep = plan.rep_layer.context("representation loss without a layer")?;
-            let (refl, refs) = set.rep_ref.as_ref().context("reference residuals not computed")?;
+            let rep = plan
+                .rep_layer
+                .context("representation loss without a layer")?;
+            let (refl, refs) = set
+                .rep_ref
+                .as_ref()
+                .context("reference residuals not computed")?;
             debug_assert_eq!(*refl, rep);
             let out = model.run(
                 &prep.batch,
@@ -227,7 +269,11 @@ fn term_grads(
                     pos.truncate(n);
                     pos.sort();
                 }
-                let pi = Tensor::from_vec(pos.iter().map(|&p| p as u32).collect::<Vec<_>>(), pos.len(), model.device())?;
+                let pi = Tensor::from_vec(
+                    pos.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+                    pos.len(),
+                    model.device(),
+                )?;
                 h0_rows.push(refs[i].index_select(&pi, 0)?);
                 flat_idx.extend(pos.iter().map(|&p| (k * t + p) as u32));
             }
@@ -247,7 +293,11 @@ fn term_grads(
     }
 }
 
-fn add_into(acc: &mut BTreeMap<String, Tensor>, g: BTreeMap<String, Tensor>, scale: f64) -> Result<()> {
+fn add_into(
+    acc: &mut BTreeMap<String, Tensor>,
+    g: BTreeMap<String, Tensor>,
+    scale: f64,
+) -> Result<()> {
     for (n, t) in g {
         let t = t.affine(scale, 0.0)?;
         match acc.get_mut(&n) {
@@ -258,6 +308,69 @@ fn add_into(acc: &mut BTreeMap<String, Tensor>, g: BTreeMap<String, Tensor>, sca
         }
     }
     Ok(())
+}
+
+/// A loss term that became NaN or diverged.
+#[derive(Debug)]
+struct BadLoss(String);
+
+impl std::fmt::Display for BadLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadLoss {}
+
+/// The summed, weighted (and, per term, projected) gradients of step `step` (0-based) and the
+/// loss of each term. Deterministic in (seed, step).
+pub fn step_grads(
+    model: &Transformer,
+    plan: &Plan,
+    cfg: &ForgetConfig,
+    step: usize,
+) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, f64>)> {
+    let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut losses: BTreeMap<String, f64> = BTreeMap::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        cfg.seed
+            .wrapping_add(step as u64)
+            .wrapping_mul(0x2545_F491_4F6C_DD1D),
+    );
+    for micro in 0..cfg.grad_accum {
+        for term in &plan.terms {
+            let set = plan.set(term.data);
+            let members = draw(
+                set.len(),
+                Plan::batch_size(term.data, cfg),
+                cfg.seed,
+                step,
+                micro,
+                term.data,
+            );
+            let (l, mut g) = term_grads(model, plan, term, &members, &mut rng)
+                .with_context(|| format!("step {}: term `{}`", step + 1, term.name))?;
+            if !finite(l) || l.abs() > cfg.max_abs_loss {
+                let what = if finite(l) {
+                    "diverged"
+                } else {
+                    "is not a number"
+                };
+                return Err(BadLoss(format!(
+                    "step {}: loss term `{}` {what} ({l})",
+                    step + 1,
+                    term.name
+                ))
+                .into());
+            }
+            if term.project {
+                plan.projectors.apply(&mut g)?;
+            }
+            add_into(&mut grads, g, term.weight / cfg.grad_accum as f64)?;
+            *losses.entry(term.name.clone()).or_default() += l / cfg.grad_accum as f64;
+        }
+    }
+    Ok((grads, losses))
 }
 
 fn finite(x: f64) -> bool {
@@ -303,32 +416,20 @@ pub fn train(
     let mut last = BTreeMap::new();
     for step in start..cfg.steps {
         let ts = std::time::Instant::now();
-        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-        let mut losses: BTreeMap<String, f64> = BTreeMap::new();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
-        for micro in 0..cfg.grad_accum {
-            for term in &plan.terms {
-                let set = plan.set(term.data);
-                let members = draw(set.len(), Plan::batch_size(term.data, cfg), cfg.seed, step, micro, term.data);
-                let (l, mut g) = term_grads(model, plan, term, &members, &mut rng)
-                    .with_context(|| format!("step {}: term `{}`", step + 1, term.name))?;
-                if !finite(l) || l.abs() > cfg.max_abs_loss {
-                    let what = if finite(l) { "diverged" } else { "is not a number" };
+        let (grads, losses) = match step_grads(model, plan, cfg, step) {
+            Ok(x) => x,
+            Err(e) => {
+                if e.downcast_ref::<BadLoss>().is_some() {
                     save_checkpoint(&ck_dir, model, plan, &opt, step, run_key)?;
                     bail!(
-                        "step {}: loss term `{}` {what} ({l}); stopped, the weights after step {step} are kept in {}",
-                        step + 1,
-                        term.name,
+                        "{e}; stopped, the weights after step {step} are kept in {}",
                         ck_dir.display()
                     );
                 }
-                if term.project {
-                    plan.projectors.apply(&mut g)?;
-                }
-                add_into(&mut grads, g, term.weight / cfg.grad_accum as f64)?;
-                *losses.entry(term.name.clone()).or_default() += l / cfg.grad_accum as f64;
+                return Err(e);
             }
-        }
+        };
+        let mut grads = grads;
         let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
         let norm = global_norm(&grads)?;
         if !finite(norm) {
@@ -372,7 +473,10 @@ pub fn train(
         }
         if stop {
             bar.abandon();
-            bail!("stopped after step {} as asked; run again to resume", step + 1);
+            bail!(
+                "stopped after step {} as asked; run again to resume",
+                step + 1
+            );
         }
     }
     bar.finish_and_clear();
@@ -397,7 +501,8 @@ fn open_log(path: &Path, keep_steps: usize) -> Result<std::fs::File> {
         })
         .map(String::from)
         .collect();
-    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     for l in kept {
         writeln!(f, "{l}")?;
     }
@@ -415,7 +520,13 @@ fn save_checkpoint(
     std::fs::create_dir_all(dir)?;
     let mut tensors: HashMap<String, Tensor> = opt.state_tensors()?;
     for p in &plan.params {
-        tensors.insert(format!("param/{p}"), model.weights().get(p)?.to_device(&candle_core::Device::Cpu)?);
+        tensors.insert(
+            format!("param/{p}"),
+            model
+                .weights()
+                .get(p)?
+                .to_device(&candle_core::Device::Cpu)?,
+        );
     }
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     candle_core::safetensors::save(&tensors, tmp.path())?;
@@ -424,7 +535,10 @@ fn save_checkpoint(
         step,
         run_key: run_key.into(),
     };
-    crate::util::write_atomic(&dir.join("state.json"), serde_json::to_string(&meta)?.as_bytes())
+    crate::util::write_atomic(
+        &dir.join("state.json"),
+        serde_json::to_string(&meta)?.as_bytes(),
+    )
 }
 
 fn read_checkpoint(dir: &Path, run_key: &str) -> Result<Option<(usize, HashMap<String, Tensor>)>> {
@@ -432,8 +546,8 @@ fn read_checkpoint(dir: &Path, run_key: &str) -> Result<Option<(usize, HashMap<S
     let Ok(text) = std::fs::read_to_string(&meta_path) else {
         return Ok(None);
     };
-    let meta: CheckpointMeta = serde_json::from_str(&text)
-        .with_context(|| format!("reading {}", meta_path.display()))?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", meta_path.display()))?;
     if meta.run_key != run_key {
         eprintln!(
             "note: {} belongs to a different run (other settings or data); starting from step 0",
@@ -441,7 +555,10 @@ fn read_checkpoint(dir: &Path, run_key: &str) -> Result<Option<(usize, HashMap<S
         );
         return Ok(None);
     }
-    Ok(Some((meta.step, load_tensors(&dir.join("state.safetensors"))?)))
+    Ok(Some((
+        meta.step,
+        load_tensors(&dir.join("state.safetensors"))?,
+    )))
 }
 
 /// A fixed random unit vector of dimension `d` scaled to `norm` (RMU's c·u), seeded.
@@ -454,11 +571,17 @@ pub fn steering_vector(d: usize, norm: f64, seed: u64) -> Vec<f32> {
 
 /// Mean L2 norm of the reference rows (at the representation layer) of a set's rep positions.
 pub fn mean_ref_norm(set: &SeqSet) -> Result<f64> {
-    let (_, refs) = set.rep_ref.as_ref().context("reference residuals not computed")?;
+    let (_, refs) = set
+        .rep_ref
+        .as_ref()
+        .context("reference residuals not computed")?;
     let (mut s, mut n) = (0.0, 0usize);
     for (seq, r) in set.seqs.iter().zip(refs) {
         let pi = Tensor::from_vec(
-            seq.rep_positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            seq.rep_positions
+                .iter()
+                .map(|&p| p as u32)
+                .collect::<Vec<_>>(),
             seq.rep_positions.len(),
             r.device(),
         )?;
@@ -502,7 +625,13 @@ mod tests {
         };
         let mut plan = Plan {
             terms: methods::terms(Method::Kuda, cfg, false, None).unwrap(),
-            forget: SeqSet::new("forget", vec![fact_seq(&[1, 5, 9, 3, 7, 11], 2), fact_seq(&[1, 6, 2, 13, 9], 1)]),
+            forget: SeqSet::new(
+                "forget",
+                vec![
+                    fact_seq(&[1, 5, 9, 3, 7, 11], 2),
+                    fact_seq(&[1, 6, 2, 13, 9], 1),
+                ],
+            ),
             retain: SeqSet::new("retain", retain),
             text: SeqSet::new("text", vec![]),
             params,
@@ -510,6 +639,7 @@ mod tests {
             projectors: proj,
             project_update: true,
             pad: 0,
+            text_rows: 0,
         };
         plan.precompute(model, 4).unwrap();
         plan
@@ -532,12 +662,41 @@ mod tests {
         let mut total = 0.0;
         for p in params {
             let kp = orig.key_point(p).unwrap();
-            let b = crate::model::Batch::new(&[retain[0].ids.clone()], 0, crate::model::PadSide::Right, orig.device()).unwrap();
+            let b = crate::model::Batch::new(
+                &[retain[0].ids.clone()],
+                0,
+                crate::model::PadSide::Right,
+                orig.device(),
+            )
+            .unwrap();
             let hooks = crate::model::Hooks::new().cache(kp);
-            let out = orig.run(&b, &RunOpts { hooks: Some(&hooks), logits: LogitsAt::None, ..Default::default() }).unwrap();
-            let k = orig.matrix_input(p, &out.cache[&kp]).unwrap().get(0).unwrap();
+            let out = orig
+                .run(
+                    &b,
+                    &RunOpts {
+                        hooks: Some(&hooks),
+                        logits: LogitsAt::None,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let k = orig
+                .matrix_input(p, &out.cache[&kp])
+                .unwrap()
+                .get(0)
+                .unwrap();
             let dw = (trained.weights().get(p).unwrap() - orig.weights().get(p).unwrap()).unwrap();
-            let m: f64 = dw.matmul(&k.t().unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar().unwrap();
+            let m: f64 = dw
+                .matmul(&k.t().unwrap())
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
             total += m;
         }
         total.sqrt()
@@ -569,8 +728,14 @@ mod tests {
         let moved: f64 = params
             .iter()
             .map(|p| {
-                let d = (strict.weights().get(p).unwrap() - orig.weights().get(p).unwrap()).unwrap();
-                d.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                let d =
+                    (strict.weights().get(p).unwrap() - orig.weights().get(p).unwrap()).unwrap();
+                d.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
             })
             .sum::<f64>()
             .sqrt();
@@ -599,12 +764,33 @@ mod tests {
         let s = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
         assert_eq!(s.resumed_from, Some(3));
         for p in &plan.params {
-            let a: Vec<f64> = m.weights().get(p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let b: Vec<f64> = straight.weights().get(p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let a: Vec<f64> = m
+                .weights()
+                .get(p)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let b: Vec<f64> = straight
+                .weights()
+                .get(p)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             assert_eq!(a, b, "{p} differs after resuming");
         }
         let log = std::fs::read_to_string(dir.path().join("train.jsonl")).unwrap();
-        let steps: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+        let steps: Vec<u64> = log
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
         assert_eq!(steps, vec![1, 2, 3, 4, 5]);
         // Another run's checkpoint is not resumed from.
         let mut m = tiny_model(Arch::Gemma3);
@@ -627,10 +813,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("step 2") && msg.contains("forget_unlikely"), "{msg}");
+        assert!(
+            msg.contains("step 2") && msg.contains("forget_unlikely"),
+            "{msg}"
+        );
         for p in &plan.params {
             let w = m.weights().get(p).unwrap();
-            let bad = w.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().any(|x| !x.is_finite());
+            let bad = w
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+                .iter()
+                .any(|x| !x.is_finite());
             assert!(!bad, "{p} holds non-finite weights after the stop");
         }
         assert!(dir.path().join("checkpoint/state.safetensors").exists());

@@ -48,7 +48,10 @@ pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
             let mut weights = base.weights;
             for (name, t) in changed {
                 let old = weights.get(&name).map_err(|_| {
-                    anyhow::anyhow!("{}: changed tensor `{name}` is not in the base model", origin.path.display())
+                    anyhow::anyhow!(
+                        "{}: changed tensor `{name}` is not in the base model",
+                        origin.path.display()
+                    )
                 })?;
                 if old.dims() != t.dims() {
                     anyhow::bail!(

@@ -132,7 +132,9 @@ pub fn resolve(spec: &str) -> Result<ModelOrigin> {
                     spec: spec.into(),
                     path: p.to_path_buf(),
                     format: Format::Delta,
-                    provenance: format!("unlearn output {spec} (changed tensors over its base model)"),
+                    provenance: format!(
+                        "unlearn output {spec} (changed tensors over its base model)"
+                    ),
                     sha256: None,
                 });
             }
