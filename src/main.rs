@@ -194,6 +194,21 @@ struct ForgetCli {
     /// Editing: train on the facts in this many sequential parts.
     #[arg(long, default_value_t = 1)]
     partitions: usize,
+    /// KUDA's two-stage tuning: first the largest τ (of --tune-tau) whose retain drift on a
+    /// validation split stays under --max-retain-drift, then the smallest β (of --tune-beta)
+    /// whose forget accuracy reaches --forget-target. Trials go to OUT/tune/.
+    #[arg(long)]
+    tune: bool,
+    #[arg(long, default_value = "1,0.1,0.01,0.001", value_delimiter = ',')]
+    tune_tau: Vec<f64>,
+    /// Retain drift bound: ‖h − h₀‖²/mean‖h₀‖² at ℓ* on validation facts.
+    #[arg(long, default_value_t = 0.02)]
+    max_retain_drift: f64,
+    #[arg(long, default_value = "1,3,10", value_delimiter = ',')]
+    tune_beta: Vec<f64>,
+    /// Forget accuracy (top-1 among candidates) to reach.
+    #[arg(long, default_value_t = 0.05)]
+    forget_target: f64,
     /// Also write the full model as a Hugging Face directory in OUT.
     #[arg(long)]
     full: bool,
@@ -270,6 +285,12 @@ fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::
         edit,
         new_answer: c.new_answer,
         partitions: c.partitions,
+        tune: c.tune.then(|| unlearn::forget::run::TuneArgs {
+            taus: c.tune_tau,
+            max_drift: c.max_retain_drift,
+            betas: c.tune_beta,
+            forget_target: c.forget_target,
+        }),
         full: c.full,
         eval: !c.no_eval,
         out,

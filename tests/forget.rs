@@ -30,6 +30,7 @@ fn args(out: &Path) -> ForgetArgs {
         edit: false,
         new_answer: "rotate".into(),
         partitions: 1,
+        tune: None,
         full: false,
         eval: false,
         out: out.to_path_buf(),

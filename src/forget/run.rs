@@ -39,6 +39,8 @@ pub struct ForgetArgs {
     /// Editing: `rotate` (next candidate answer) or a fixed answer such as ` golf`.
     pub new_answer: String,
     pub partitions: usize,
+    /// KUDA's two-stage tuning (τ against a retain-drift bound, then β against a forget target).
+    pub tune: Option<TuneArgs>,
     pub full: bool,
     pub eval: bool,
     pub out: PathBuf,
@@ -159,7 +161,6 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     }
     let mut lm = LanguageModel::load(&a.model, device)?;
     let n_layers = lm.model.config.num_layers;
-    let pad = lm.pad_id();
     let base_fp = fingerprint(&lm.origin)?;
 
     // Facts: the forget split of the known facts; the rest is the retain pool, cut into the
@@ -170,7 +171,10 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
     let n_train = cfg.retain_facts.min(pool.len() / 2);
     let retain: Vec<Fact> = pool[..n_train].to_vec();
-    let held_out: Vec<Fact> = pool[n_train..]
+    // With --tune, a validation split sits between the training retain facts and the held-out ones.
+    let n_val = if a.tune.is_some() { ((pool.len() - n_train) / 3).min(64) } else { 0 };
+    let validation: Vec<Fact> = pool[n_train..n_train + n_val].to_vec();
+    let held_out: Vec<Fact> = pool[n_train + n_val..]
         .iter()
         .take(HELD_OUT_FACTS)
         .cloned()
@@ -269,111 +273,38 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         None
     };
 
-    // Null-space projectors (KUDA).
-    let projection = if a.method == Method::Kuda {
-        cfg.kuda.projection
+    let key_sums = if a.method == Method::Kuda && cfg.kuda.projection != Projection::None {
+        Some(retain_key_sums(&lm, &cfg, &params, &retain_seqs, &text_seqs, &base_fp)?)
     } else {
-        Projection::None
+        None
     };
-    let projectors = if projection != Projection::None {
-        let key_seqs: Vec<Seq> = retain_seqs
-            .iter()
-            .chain(text_seqs.iter().take(cfg.kuda.key_text_chunks))
-            .cloned()
-            .collect();
-        let mut h = Sha256::new();
-        h.update(base_fp.as_bytes());
-        for p in &params {
-            h.update(p.as_bytes());
-        }
-        for s in &key_seqs {
-            for t in &s.ids {
-                h.update(t.to_le_bytes());
-            }
-            h.update(b"|");
-        }
-        let path = crate::model::source::cache_dir()?
-            .join("keystats")
-            .join(format!("{}.safetensors", &hex::encode(h.finalize())[..32]));
-        let t = std::time::Instant::now();
-        let sums = cached_key_sums(&path, || {
-            let sp = crate::util::spinner("key statistics over retain facts and text");
-            let r = key_sums(&lm.model, &key_seqs, &params, pad, 8);
-            sp.finish_and_clear();
-            r
-        })?;
-        let p = Projectors::build(&lm.model, &sums, &params, projection, cfg.kuda.tau)?;
-        eprintln!(
-            "{projection:?} null-space projectors ready in {:.1}s",
-            t.elapsed().as_secs_f64()
-        );
-        p
-    } else {
-        Projectors::default()
+    let ctx = TrainCtx {
+        method: a.method,
+        edit: a.edit,
+        forget_seqs,
+        retain_seqs,
+        text_seqs,
+        params: params.clone(),
+        rep_layer,
+        key_sums,
+        forget_ids: forget.iter().map(|f| f.id.clone()).collect(),
+        retain_ids: retain.iter().map(|f| f.id.clone()).collect(),
+        new_answers: new_answers.clone(),
+        base_fp: base_fp.clone(),
+        partitions: a.partitions,
     };
-
-    // The plan, then training (sequentially over partitions when editing in parts).
-    let forget_ids: Vec<String> = forget.iter().map(|f| f.id.clone()).collect();
-    let parts: Vec<Vec<usize>> = {
-        let n = forget_seqs.len();
-        let k = a.partitions.min(n).max(1);
-        (0..k)
-            .map(|i| (i * n / k..(i + 1) * n / k).collect())
-            .collect()
-    };
-    let mut summaries = Vec::new();
-    for (pi, part) in parts.iter().enumerate() {
-        let part_seqs: Vec<Seq> = part.iter().map(|&i| forget_seqs[i].clone()).collect();
-        let mut fset = SeqSet::new("forget", part_seqs);
-        let steer = if a.method == Method::Rmu {
-            let first = params.iter().filter_map(|p| layer_of(p)).min().unwrap_or(0);
-            fset.precompute(&lm.model, pad, first, rep_layer, false, 16)?;
-            let norm = mean_ref_norm(&fset)?;
-            Some(steering_vector(
-                lm.model.config.hidden_size,
-                cfg.rmu.steer_coeff * norm,
-                cfg.seed,
-            ))
-        } else {
-            None
-        };
-        let mut plan = Plan {
-            terms: methods::terms(a.method, &cfg, a.edit, steer)?,
-            forget: fset,
-            retain: SeqSet::new("retain", retain_seqs.clone()),
-            text: SeqSet::new("text", text_seqs.clone()),
-            params: params.clone(),
-            rep_layer,
-            projectors: projectors.clone(),
-            project_update: a.method == Method::Kuda && cfg.kuda.project_update,
-            pad,
-            text_rows: cfg.text_ce_rows,
-        };
-        plan.precompute(&lm.model, 16)?;
-        let key = hash_json(&json!({
-            "cfg": cfg, "method": a.method, "edit": a.edit, "params": params, "base": base_fp,
-            "forget": part.iter().map(|&i| &forget_ids[i]).collect::<Vec<_>>(),
-            "new": new_answers, "retain": retain.iter().map(|f| &f.id).collect::<Vec<_>>(),
-            "part": pi, "parts": parts.len(), "previous": summaries.len(),
-        }));
-        let dir = if parts.len() == 1 {
-            a.out.clone()
-        } else {
-            a.out.join(format!("part-{}", pi + 1))
-        };
-        // UNLEARN_STOP_AFTER_STEP simulates an interruption (used by the resume test).
-        let stop = std::env::var("UNLEARN_STOP_AFTER_STEP")
-            .ok()
-            .and_then(|s| s.parse().ok());
-        let s = train(&mut lm.model, &plan, &cfg, &key, &dir, stop)?;
-        eprintln!(
-            "{}: {} steps in {:.1}s",
-            dir.display(),
-            s.steps_done,
-            s.seconds
-        );
-        summaries.push(s);
+    let mut cfg = cfg;
+    let mut tuning = None;
+    if let Some(t) = &a.tune {
+        let val: Vec<Seq> = validation.iter().map(|f| Seq::fact(&lm, f, &f.answer)).collect::<Result<_>>()?;
+        let (c, report) = tune(&mut lm, &ctx, cfg, t, &val, &forget, &a.out.join("tune"))?;
+        cfg = c;
+        tuning = Some(report);
     }
+    // UNLEARN_STOP_AFTER_STEP simulates an interruption (used by the resume test).
+    let stop = std::env::var("UNLEARN_STOP_AFTER_STEP").ok().and_then(|s| s.parse().ok());
+    let summaries = train_all(&mut lm, &ctx, &cfg, &a.out, stop)?;
+    let forget_ids = ctx.forget_ids.clone();
 
     let after = if a.eval {
         let m = evaluate(&lm, &forget, &held_out, new_answers.as_deref(), &ppl_ids)?;
@@ -406,7 +337,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         } else {
             "changed".into()
         },
-        metrics: a.eval.then(|| json!({"before": before, "after": after})),
+        metrics: a.eval.then(|| json!({"before": before, "after": after, "tuning": tuning})),
     };
     write_output(&a.out, &lm, &manifest, a.full)?;
     if a.eval {
@@ -445,4 +376,209 @@ fn print_metrics(when: &str, m: &Metrics) {
         100.0 * m.held_out.top1_candidates,
         m.wikitext.perplexity
     );
+}
+
+/// KUDA's two-stage tuning: the largest τ whose retain drift on a validation split stays under
+/// `max_drift`, then the smallest β whose forget accuracy (top-1 among candidates) reaches
+/// `forget_target`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuneArgs {
+    pub taus: Vec<f64>,
+    pub max_drift: f64,
+    pub betas: Vec<f64>,
+    pub forget_target: f64,
+}
+
+/// Everything a training run needs besides the settings.
+struct TrainCtx {
+    method: Method,
+    edit: bool,
+    forget_seqs: Vec<Seq>,
+    retain_seqs: Vec<Seq>,
+    text_seqs: Vec<Seq>,
+    params: Vec<String>,
+    rep_layer: Option<usize>,
+    key_sums: Option<crate::forget::nullspace::KeySums>,
+    forget_ids: Vec<String>,
+    retain_ids: Vec<String>,
+    new_answers: Option<Vec<String>>,
+    base_fp: String,
+    partitions: usize,
+}
+
+/// Key statistics over the training retain facts and general text, cached on disk.
+fn retain_key_sums(
+    lm: &LanguageModel,
+    cfg: &ForgetConfig,
+    params: &[String],
+    retain_seqs: &[Seq],
+    text_seqs: &[Seq],
+    base_fp: &str,
+) -> Result<crate::forget::nullspace::KeySums> {
+    let key_seqs: Vec<Seq> = retain_seqs
+        .iter()
+        .chain(text_seqs.iter().take(cfg.kuda.key_text_chunks))
+        .cloned()
+        .collect();
+    let mut h = Sha256::new();
+    h.update(base_fp.as_bytes());
+    for p in params {
+        h.update(p.as_bytes());
+    }
+    for s in &key_seqs {
+        for t in &s.ids {
+            h.update(t.to_le_bytes());
+        }
+        h.update(b"|");
+    }
+    let path = crate::model::source::cache_dir()?
+        .join("keystats")
+        .join(format!("{}.safetensors", &hex::encode(h.finalize())[..32]));
+    cached_key_sums(&path, || {
+        let sp = crate::util::spinner("key statistics over retain facts and text");
+        let r = key_sums(&lm.model, &key_seqs, params, lm.pad_id(), 8);
+        sp.finish_and_clear();
+        r
+    })
+}
+
+/// The plan of one part of the forget facts under `cfg`.
+fn plan_for(lm: &LanguageModel, ctx: &TrainCtx, cfg: &ForgetConfig, part: &[usize]) -> Result<Plan> {
+    let pad = lm.pad_id();
+    let mut fset = SeqSet::new("forget", part.iter().map(|&i| ctx.forget_seqs[i].clone()).collect());
+    let steer = if ctx.method == Method::Rmu {
+        let first = ctx.params.iter().filter_map(|p| layer_of(p)).min().unwrap_or(0);
+        fset.precompute(&lm.model, pad, first, ctx.rep_layer, false, 16)?;
+        let norm = mean_ref_norm(&fset)?;
+        Some(steering_vector(lm.model.config.hidden_size, cfg.rmu.steer_coeff * norm, cfg.seed))
+    } else {
+        None
+    };
+    let projection = if ctx.method == Method::Kuda { cfg.kuda.projection } else { Projection::None };
+    let projectors = match (&ctx.key_sums, projection) {
+        (Some(sums), p) if p != Projection::None => {
+            Projectors::build(&lm.model, sums, &ctx.params, p, cfg.kuda.tau)?
+        }
+        _ => Projectors::default(),
+    };
+    let mut plan = Plan {
+        terms: methods::terms(ctx.method, cfg, ctx.edit, steer)?,
+        forget: fset,
+        retain: SeqSet::new("retain", ctx.retain_seqs.clone()),
+        text: SeqSet::new("text", ctx.text_seqs.clone()),
+        params: ctx.params.clone(),
+        rep_layer: ctx.rep_layer,
+        projectors,
+        project_update: ctx.method == Method::Kuda && cfg.kuda.project_update,
+        pad,
+        text_rows: cfg.text_ce_rows,
+    };
+    plan.precompute(&lm.model, 16)?;
+    Ok(plan)
+}
+
+/// Train on every part of the forget facts in turn (one part unless editing in partitions).
+fn train_all(
+    lm: &mut LanguageModel,
+    ctx: &TrainCtx,
+    cfg: &ForgetConfig,
+    out: &std::path::Path,
+    stop: Option<usize>,
+) -> Result<Vec<crate::forget::trainer::TrainSummary>> {
+    let n = ctx.forget_seqs.len();
+    let k = ctx.partitions.min(n).max(1);
+    let parts: Vec<Vec<usize>> = (0..k).map(|i| (i * n / k..(i + 1) * n / k).collect()).collect();
+    let mut summaries = Vec::new();
+    for (pi, part) in parts.iter().enumerate() {
+        let plan = plan_for(lm, ctx, cfg, part)?;
+        let key = hash_json(&json!({
+            "cfg": cfg, "method": ctx.method, "edit": ctx.edit, "params": ctx.params, "base": ctx.base_fp,
+            "forget": part.iter().map(|&i| &ctx.forget_ids[i]).collect::<Vec<_>>(),
+            "new": ctx.new_answers, "retain": ctx.retain_ids, "part": pi, "parts": parts.len(),
+        }));
+        let dir = if parts.len() == 1 { out.to_path_buf() } else { out.join(format!("part-{}", pi + 1)) };
+        let s = train(&mut lm.model, &plan, cfg, &key, &dir, stop)?;
+        eprintln!("{}: {} steps in {:.1}s", dir.display(), s.steps_done, s.seconds);
+        summaries.push(s);
+    }
+    Ok(summaries)
+}
+
+/// Run the two-stage tuning; returns the chosen settings and a report of every trial. The
+/// model's weights are restored after each trial.
+fn tune(
+    lm: &mut LanguageModel,
+    ctx: &TrainCtx,
+    mut cfg: ForgetConfig,
+    t: &TuneArgs,
+    validation: &[Seq],
+    forget: &[Fact],
+    dir: &std::path::Path,
+) -> Result<(ForgetConfig, serde_json::Value)> {
+    if ctx.method != Method::Kuda {
+        bail!("--tune is KUDA's two-stage tuning; method {} has no τ and β", ctx.method.name());
+    }
+    if validation.is_empty() {
+        bail!("--tune needs validation facts, and no known facts are left for them");
+    }
+    let original: Vec<(String, candle_core::Tensor)> = ctx
+        .params
+        .iter()
+        .map(|p| Ok((p.clone(), lm.model.weights().get(p)?.clone())))
+        .collect::<Result<_>>()?;
+    let restore = |lm: &mut LanguageModel| -> Result<()> {
+        for (p, w) in &original {
+            lm.model.set_param(p, w.clone())?;
+        }
+        Ok(())
+    };
+    let mut val = SeqSet::new("validation", validation.to_vec());
+    let first = ctx.params.iter().filter_map(|p| layer_of(p)).min().unwrap_or(0);
+    val.precompute(&lm.model, lm.pad_id(), first, ctx.rep_layer, false, 16)?;
+    let mut taus = t.taus.clone();
+    taus.sort_by(|a, b| b.total_cmp(a));
+    let mut trials = Vec::new();
+    let mut chosen_tau = None;
+    for &tau in &taus {
+        cfg.kuda.tau = tau;
+        train_all(lm, ctx, &cfg, &dir.join(format!("tau-{tau}")), None)?;
+        let drift = crate::forget::trainer::repr_drift(&lm.model, ctx.rep_layer, lm.pad_id(), &val)?;
+        restore(lm)?;
+        eprintln!("tune τ = {tau}: retain drift {drift:.4} (bound {})", t.max_drift);
+        trials.push(json!({"stage": "tau", "tau": tau, "retain_drift": drift}));
+        if drift <= t.max_drift {
+            chosen_tau = Some(tau);
+            break;
+        }
+    }
+    let tau = match chosen_tau {
+        Some(x) => x,
+        None => {
+            let smallest = *taus.last().context("--tune-tau is empty")?;
+            eprintln!("no τ kept the retain drift under {}; using the smallest, {smallest}", t.max_drift);
+            smallest
+        }
+    };
+    cfg.kuda.tau = tau;
+    let mut betas = t.betas.clone();
+    betas.sort_by(|a, b| a.total_cmp(b));
+    let mut best: Option<(f64, f64)> = None;
+    for &beta in &betas {
+        cfg.kuda.beta = beta;
+        train_all(lm, ctx, &cfg, &dir.join(format!("beta-{beta}")), None)?;
+        let acc = accuracy(lm, forget, |f| f.answer.clone())?.top1_candidates;
+        restore(lm)?;
+        eprintln!("tune β = {beta}: forget accuracy {:.1}% (target {:.1}%)", 100.0 * acc, 100.0 * t.forget_target);
+        trials.push(json!({"stage": "beta", "tau": tau, "beta": beta, "forget_accuracy": acc}));
+        if best.is_none_or(|(_, a)| acc < a) {
+            best = Some((beta, acc));
+        }
+        if acc <= t.forget_target {
+            break;
+        }
+    }
+    let (beta, _) = best.context("--tune-beta is empty")?;
+    cfg.kuda.beta = beta;
+    eprintln!("tuned: τ = {tau}, β = {beta}");
+    Ok((cfg, json!({"tau": tau, "beta": beta, "trials": trials, "max_drift": t.max_drift, "forget_target": t.forget_target})))
 }

@@ -235,53 +235,26 @@ fn term_grads(
             Ok((loss, g.params))
         }
         Loss::Repr { loss, sample } => {
-            let rep = plan
-                .rep_layer
-                .context("representation loss without a layer")?;
-            let (refl, refs) = set
-                .rep_ref
-                .as_ref()
-                .context("reference residuals not computed")?;
-            debug_assert_eq!(*refl, rep);
-            let out = model.run(
-                &prep.batch,
-                &RunOpts {
-                    start: prep.start.clone(),
-                    stop_at: Some(rep + 1),
-                    logits: LogitsAt::None,
-                    grad: true,
-                    ..Default::default()
-                },
-            )?;
+            let positions: Vec<Vec<usize>> = members
+                .iter()
+                .map(|&i| {
+                    let s = &set.seqs[i];
+                    let mut pos: Vec<usize> = if term.data == DataSet::Forget {
+                        s.rep_positions.clone()
+                    } else {
+                        (0..s.ids.len()).collect()
+                    };
+                    if *sample < 1.0 {
+                        let n = ((pos.len() as f64 * sample).round() as usize).max(1);
+                        pos.shuffle(rng);
+                        pos.truncate(n);
+                        pos.sort();
+                    }
+                    pos
+                })
+                .collect();
+            let (out, flat, idx, h, h0) = repr_rows(model, plan.rep_layer, set, &prep, &positions, true)?;
             let (b, t, d) = out.resid.dims3()?;
-            let mut flat_idx: Vec<u32> = Vec::new();
-            let mut h0_rows = Vec::new();
-            for (k, &i) in members.iter().enumerate() {
-                let s = &set.seqs[i];
-                let mut pos: Vec<usize> = if term.data == DataSet::Forget {
-                    s.rep_positions.clone()
-                } else {
-                    (0..s.ids.len()).collect()
-                };
-                if *sample < 1.0 {
-                    let n = ((pos.len() as f64 * sample).round() as usize).max(1);
-                    pos.shuffle(rng);
-                    pos.truncate(n);
-                    pos.sort();
-                }
-                let pi = Tensor::from_vec(
-                    pos.iter().map(|&p| p as u32).collect::<Vec<_>>(),
-                    pos.len(),
-                    model.device(),
-                )?;
-                h0_rows.push(refs[i].index_select(&pi, 0)?);
-                flat_idx.extend(pos.iter().map(|&p| (k * t + p) as u32));
-            }
-            let n = flat_idx.len();
-            let idx = Tensor::from_vec(flat_idx, n, model.device())?;
-            let flat = out.resid.reshape((b * t, d))?;
-            let h = flat.index_select(&idx, 0)?;
-            let h0 = Tensor::cat(&h0_rows, 0)?;
             let (l, dh) = repr_loss(loss, &h, &h0)?;
             let dres = flat
                 .zeros_like()?
@@ -291,6 +264,63 @@ fn term_grads(
             Ok((l, g.params))
         }
     }
+}
+
+/// Run a prepared batch up to the representation layer and gather the rows at `positions`
+/// (per member) with their frozen references: (run, flat residual, row index, h, h₀).
+fn repr_rows(
+    model: &Transformer,
+    rep_layer: Option<usize>,
+    set: &SeqSet,
+    prep: &crate::forget::seqs::Prepared,
+    positions: &[Vec<usize>],
+    grad: bool,
+) -> Result<(crate::model::RunOutput, Tensor, Tensor, Tensor, Tensor)> {
+    let rep = rep_layer.context("representation loss without a layer")?;
+    let (refl, refs) = set.rep_ref.as_ref().context("reference residuals not computed")?;
+    if *refl != rep {
+        bail!("reference residuals were computed at layer {refl}, the loss reads layer {rep}");
+    }
+    let out = model.run(
+        &prep.batch,
+        &RunOpts {
+            start: prep.start.clone(),
+            stop_at: Some(rep + 1),
+            logits: LogitsAt::None,
+            grad,
+            ..Default::default()
+        },
+    )?;
+    let (b, t, d) = out.resid.dims3()?;
+    let mut flat_idx: Vec<u32> = Vec::new();
+    let mut h0_rows = Vec::new();
+    for ((k, &i), pos) in prep.members.iter().enumerate().zip(positions) {
+        let pi = Tensor::from_vec(pos.iter().map(|&p| p as u32).collect::<Vec<_>>(), pos.len(), model.device())?;
+        h0_rows.push(refs[i].index_select(&pi, 0)?);
+        flat_idx.extend(pos.iter().map(|&p| (k * t + p) as u32));
+    }
+    let n = flat_idx.len();
+    let idx = Tensor::from_vec(flat_idx, n, model.device())?;
+    let flat = out.resid.reshape((b * t, d))?;
+    let h = flat.index_select(&idx, 0)?;
+    let h0 = Tensor::cat(&h0_rows, 0)?;
+    Ok((out, flat, idx, h, h0))
+}
+
+/// Retain drift: ‖h − h₀‖²/mean‖h₀‖² at the representation layer over every token of a set
+/// (whose references were precomputed with the original model).
+pub fn repr_drift(model: &Transformer, rep_layer: Option<usize>, pad: u32, set: &SeqSet) -> Result<f64> {
+    let (mut sum, mut n) = (0.0, 0usize);
+    let all: Vec<usize> = (0..set.len()).collect();
+    for chunk in all.chunks(16) {
+        let prep = set.prepare(model, chunk, pad)?;
+        let positions: Vec<Vec<usize>> = chunk.iter().map(|&i| (0..set.seqs[i].ids.len()).collect()).collect();
+        let (_, _, _, h, h0) = repr_rows(model, rep_layer, set, &prep, &positions, false)?;
+        let (l, _) = repr_loss(&ReprLoss::RefMse, &h, &h0)?;
+        sum += l * chunk.len() as f64;
+        n += chunk.len();
+    }
+    Ok(sum / n.max(1) as f64)
 }
 
 fn add_into(
