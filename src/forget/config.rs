@@ -47,8 +47,8 @@ impl Method {
     /// Learning rate that works for this method on a 270M model with 3 MLP layers updated.
     fn default_lr(self) -> f64 {
         match self {
-            Method::Kuda => 2e-4,
-            Method::LocalizedFt => 1e-4,
+            Method::Kuda => 1e-3,
+            Method::LocalizedFt => 3e-5,
             Method::Ga | Method::Graddiff => 2e-5,
             Method::Npo | Method::Simnpo => 5e-5,
             Method::Rmu => 1e-4,
@@ -100,8 +100,8 @@ impl Default for KudaConfig {
         KudaConfig {
             beta: 3.0,
             token_ratio: 0.5,
-            retain_weight: 1.0,
-            text_weight: 1.0,
+            retain_weight: 10.0,
+            text_weight: 10.0,
             retain_ce_weight: 0.0,
             projection: Projection::Relaxed,
             tau: 0.01,
@@ -212,7 +212,7 @@ impl Default for ForgetConfig {
         ForgetConfig {
             steps: 30,
             batch_size: 16,
-            retain_batch_size: 16,
+            retain_batch_size: 32,
             text_batch_size: 4,
             text_tokens: 64,
             text_ce_rows: 16,
