@@ -125,6 +125,35 @@ enum Command {
     /// another sport) with localized fine-tuning, in one batch or sequentially in partitions.
     #[command(after_help = FORGET_HELP)]
     Edit(ForgetCli),
+    /// The same numbers for the original and the unlearned model, side by side: forget and
+    /// held-out accuracy (completion, multiple choice, capitalized/dashed subject, paraphrased
+    /// templates), fluency of answers to forget prompts, WikiText-2 perplexity; `--suite full`
+    /// adds MMLU (570) and WMDP (785). Writes OUT/metrics.json.
+    Eval {
+        /// The original model.
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// An output of `unlearn forget`/`edit` (its manifest fixes the task and the facts).
+        #[arg(long)]
+        unlearned: Option<PathBuf>,
+        #[arg(long, default_value = "sports")]
+        task: String,
+        /// Forget split when there is no manifest.
+        #[arg(long, default_value = "first-16")]
+        forget: String,
+        #[arg(long, default_value = "top1")]
+        known: String,
+        /// quick or full.
+        #[arg(long, default_value = "quick")]
+        suite: String,
+        /// Held-out known facts evaluated at most.
+        #[arg(long, default_value_t = 200)]
+        held_out: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a model as a Hugging Face directory (safetensors + config.json + tokenizer.json);
     /// `--model DIR` loads it back with identical logits.
     Export {
@@ -360,6 +389,30 @@ fn run(cmd: Command) -> Result<()> {
                 out,
             };
             unlearn::locate::run::run(&args, &cli::device()?)
+        }
+        Command::Eval {
+            model,
+            unlearned,
+            task,
+            forget,
+            known,
+            suite,
+            held_out,
+            seed,
+            out,
+        } => {
+            let args = unlearn::eval::run::EvalArgs {
+                model,
+                unlearned,
+                task,
+                forget,
+                known,
+                seed,
+                suite: suite.parse()?,
+                held_out,
+                out,
+            };
+            unlearn::eval::run::run(&args, &cli::device()?).map(|_| ())
         }
         Command::Forget(c) => match forget_args(c, false)? {
             Some(a) => unlearn::forget::run::run(&a, &cli::device()?).map(|_| ()),

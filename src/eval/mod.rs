@@ -1,5 +1,11 @@
 //! Evaluation: is the knowledge gone, and does the model still work? Completion accuracy on
-//! facts ([`completion`]) and perplexity on held-out text ([`perplexity`]).
+//! facts ([`completion`]), other forms of the same facts ([`formats`], [`mcq`]), fluency of
+//! answers ([`fluency`]), perplexity on held-out text ([`perplexity`]), and the `unlearn eval`
+//! command that puts the original and the unlearned model side by side ([`run`]).
 
 pub mod completion;
+pub mod fluency;
+pub mod formats;
+pub mod mcq;
 pub mod perplexity;
+pub mod run;

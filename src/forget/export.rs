@@ -27,6 +27,10 @@ pub struct Manifest {
     pub task: String,
     pub forget_split: String,
     pub forget_ids: Vec<String>,
+    /// Known facts trained on as retain data (evaluation holds them out).
+    pub retain_ids: Vec<String>,
+    /// Editing: the answer taught for each forget fact.
+    pub new_answers: Option<Vec<String>>,
     pub localization: Option<Localization>,
     pub params: Vec<String>,
     pub param_count: usize,

@@ -322,6 +322,8 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         task: a.task.clone(),
         forget_split: a.forget.clone(),
         forget_ids,
+        retain_ids: ctx.retain_ids.clone(),
+        new_answers: ctx.new_answers.clone(),
         localization,
         params,
         param_count,

@@ -1,0 +1,167 @@
+//! Multiple-choice questions scored by letter: the prompt lists the choices as A/B/C/D and ends
+//! with "Answer:"; the model's choice is the letter token (" A", " B", …) with the largest logit
+//! at the last position. Used for MMLU, WMDP and the multiple-choice form of facts (candidates
+//! shuffled with a seed).
+
+use crate::data::Fact;
+use crate::model::LanguageModel;
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One multiple-choice question.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mcq {
+    pub question: String,
+    pub choices: Vec<String>,
+    /// Index of the correct choice.
+    pub answer: usize,
+}
+
+const LETTERS: [&str; 8] = ["A", "B", "C", "D", "E", "F", "G", "H"];
+
+/// Zero-shot prompt: question, lettered choices, "Answer:".
+pub fn prompt(q: &Mcq) -> String {
+    let mut s = format!("{}\n", q.question.trim());
+    for (l, c) in LETTERS.iter().zip(&q.choices) {
+        s.push_str(&format!("{l}. {}\n", c.trim()));
+    }
+    s.push_str("Answer:");
+    s
+}
+
+/// How a model does on a set of questions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct McqScore {
+    pub n: usize,
+    pub accuracy: f64,
+    /// Mean probability of the correct letter, normalized over the choices' letters.
+    pub mean_p_correct: f64,
+    /// How often each letter was chosen (a model stuck on one letter is at chance).
+    pub chosen: Vec<usize>,
+    /// 1 / number of choices (of the first question).
+    pub chance: f64,
+}
+
+/// Score questions in batches of `bs`.
+pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
+    if qs.is_empty() {
+        return Ok(McqScore::default());
+    }
+    let k_max = qs.iter().map(|q| q.choices.len()).max().unwrap_or(0);
+    if k_max > LETTERS.len() {
+        bail!("a question has {k_max} choices; at most {} are supported", LETTERS.len());
+    }
+    let letter_ids: Vec<u32> = LETTERS[..k_max]
+        .iter()
+        .map(|l| {
+            let ids = lm.tokenizer.encode(&format!(" {l}"), false)?;
+            ids.last().copied().context("letter has no token")
+        })
+        .collect::<Result<_>>()?;
+    let (mut right, mut p_sum) = (0usize, 0f64);
+    let mut chosen = vec![0usize; k_max];
+    for chunk in qs.chunks(bs.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|q| lm.tokenizer.encode(&prompt(q), true))
+            .collect::<Result<_>>()?;
+        for (q, row) in chunk.iter().zip(lm.last_logits(&ids)?) {
+            let k = q.choices.len();
+            if q.answer >= k {
+                bail!("question {:?}: answer index {} but {k} choices", q.question, q.answer);
+            }
+            let z: Vec<f64> = letter_ids[..k].iter().map(|&t| row[t as usize] as f64).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = z.iter().map(|x| (x - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            let pick = (0..k).fold(0, |b, i| if z[i] > z[b] { i } else { b });
+            chosen[pick] += 1;
+            right += usize::from(pick == q.answer);
+            p_sum += e[q.answer] / s;
+        }
+    }
+    let n = qs.len();
+    Ok(McqScore {
+        n,
+        accuracy: right as f64 / n as f64,
+        mean_p_correct: p_sum / n as f64,
+        chosen,
+        chance: 1.0 / qs[0].choices.len().max(1) as f64,
+    })
+}
+
+/// Questions from a JSONL file of `{"question", "choices": [...], "answer": i}` rows (MMLU
+/// subset, WMDP). Rows with a missing field are errors naming the file and line.
+pub fn load_jsonl(path: &Path) -> Result<Vec<Mcq>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let q: Mcq = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a question row (question, choices, answer)", path.display(), i + 1))?;
+        if q.choices.len() < 2 || q.answer >= q.choices.len() {
+            bail!("{}:{}: needs at least 2 choices and an answer index among them", path.display(), i + 1);
+        }
+        out.push(q);
+    }
+    Ok(out)
+}
+
+/// The multiple-choice form of facts with candidate answers: "<last prompt line> ___" with
+/// the candidates shuffled by `seed` (facts without 2+ candidates are skipped).
+pub fn from_facts(facts: &[Fact], seed: u64) -> Vec<Mcq> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    facts
+        .iter()
+        .filter(|f| f.candidates.len() >= 2 && f.candidates.contains(&f.answer))
+        .map(|f| {
+            let mut choices: Vec<String> = f.candidates.iter().map(|c| c.trim().to_string()).collect();
+            choices.shuffle(&mut rng);
+            let answer = choices.iter().position(|c| c == f.answer.trim()).expect("answer is a candidate");
+            let line = f.prompt.lines().last().unwrap_or(&f.prompt).trim();
+            let line = line.strip_prefix("Fact:").unwrap_or(line).trim();
+            Mcq {
+                question: format!("Question: {line} ___?"),
+                choices,
+                answer,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_lists_letters() {
+        let q = Mcq {
+            question: "2+2?".into(),
+            choices: vec!["3".into(), "4".into()],
+            answer: 1,
+        };
+        assert_eq!(prompt(&q), "2+2?\nA. 3\nB. 4\nAnswer:");
+    }
+
+    #[test]
+    fn fact_mcqs_keep_the_answer_among_shuffled_candidates() {
+        let f = Fact {
+            id: "1".into(),
+            prompt: "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of".into(),
+            subject: "LeBron James".into(),
+            answer: " basketball".into(),
+            new_answer: None,
+            paraphrases: vec![],
+            neighborhood: vec![],
+            candidates: vec![" football".into(), " basketball".into(), " baseball".into()],
+            attribute: None,
+        };
+        let qs = from_facts(&vec![f; 20], 3);
+        assert_eq!(qs[0].question, "Question: LeBron James plays the sport of ___?");
+        assert!(qs.iter().all(|q| q.choices[q.answer] == "basketball"));
+        let positions: std::collections::BTreeSet<usize> = qs.iter().map(|q| q.answer).collect();
+        assert!(positions.len() > 1, "candidates are shuffled");
+    }
+}

@@ -1,0 +1,212 @@
+//! `unlearn eval`: the same numbers for the original and the unlearned model, side by side —
+//! forget and held-out accuracy (completion, multiple choice, other spellings and phrasings),
+//! fluency of answers to forget prompts, WikiText-2 perplexity, and with `--suite full` MMLU
+//! (570 questions) and WMDP (785). Writes OUT/metrics.json and prints a table.
+
+use crate::data::{self, known, Fact};
+use crate::eval::completion::accuracy;
+use crate::eval::fluency::{fluency, Fluency};
+use crate::eval::formats::{formats_for, rewrite};
+use crate::eval::mcq;
+use crate::eval::perplexity::{perplexity, tokenize_lines};
+use crate::model::LanguageModel;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+/// How much to evaluate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Suite {
+    /// Facts in every form, fluency, perplexity.
+    Quick,
+    /// Quick + MMLU subset + WMDP.
+    Full,
+}
+
+impl std::str::FromStr for Suite {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "quick" => Ok(Suite::Quick),
+            "full" => Ok(Suite::Full),
+            _ => bail!("--suite {s:?}: use quick or full"),
+        }
+    }
+}
+
+/// Options of `unlearn eval`.
+#[derive(Clone, Debug)]
+pub struct EvalArgs {
+    pub model: String,
+    pub unlearned: Option<PathBuf>,
+    pub task: String,
+    pub forget: String,
+    pub known: String,
+    pub seed: u64,
+    pub suite: Suite,
+    pub held_out: usize,
+    pub out: PathBuf,
+}
+
+/// One row of the before/after table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub metric: String,
+    pub n: usize,
+    pub original: f64,
+    pub unlearned: Option<f64>,
+    /// Whether larger is better for the user of an unlearned model (forget: lower is better).
+    pub lower_is_better: bool,
+}
+
+/// Every number of one model.
+fn measure(
+    lm: &LanguageModel,
+    original: &LanguageModel,
+    forget: &[Fact],
+    held_out: &[Fact],
+    new_answers: Option<&[String]>,
+    a: &EvalArgs,
+) -> Result<(BTreeMap<String, (usize, f64, bool)>, Fluency)> {
+    let mut m: BTreeMap<String, (usize, f64, bool)> = BTreeMap::new();
+    let bar = crate::util::spinner("evaluating");
+    let truth = |f: &Fact| f.answer.clone();
+    for (name, facts, lower) in [("forget", forget, true), ("held_out", held_out, false)] {
+        let acc = accuracy(lm, facts, truth)?;
+        m.insert(format!("{name}.top1_candidates"), (acc.n, acc.top1_candidates, lower));
+        m.insert(format!("{name}.top1_vocab"), (acc.n, acc.top1, lower));
+        m.insert(format!("{name}.mean_p"), (acc.n, acc.mean_p, lower));
+        let qs = mcq::from_facts(facts, a.seed);
+        if !qs.is_empty() {
+            let s = mcq::score(lm, &qs, 16)?;
+            m.insert(format!("{name}.mcq_accuracy"), (s.n, s.accuracy, lower));
+        }
+    }
+    for fmt in formats_for(forget) {
+        let facts: Vec<Fact> = forget.iter().filter_map(|f| rewrite(f, fmt)).collect();
+        let acc = accuracy(lm, &facts, truth)?;
+        m.insert(format!("forget.{}.top1_candidates", fmt.name()), (acc.n, acc.top1_candidates, true));
+    }
+    if let Some(new) = new_answers {
+        let by_id: std::collections::HashMap<&str, &String> = forget.iter().map(|f| f.id.as_str()).zip(new).collect();
+        let acc = accuracy(lm, forget, |f| by_id[f.id.as_str()].clone())?;
+        m.insert("edit.top1_candidates".into(), (acc.n, acc.top1_candidates, false));
+    }
+    let prompts: Vec<String> = forget.iter().map(|f| f.prompt.clone()).collect();
+    let flu = fluency(lm, original, &prompts, 16)?;
+    m.insert("fluency.ngram_entropy".into(), (flu.n, flu.ngram_entropy, false));
+    m.insert("fluency.perplexity_under_original".into(), (flu.n, flu.perplexity_under_original, true));
+    let (_, wiki_eval) = data::wikitext_halves()?;
+    let ids = tokenize_lines(lm, &wiki_eval, crate::forget::run::PPL_TOKENS)?;
+    let p = perplexity(lm, &ids, 512, 256)?;
+    m.insert("utility.wikitext_perplexity".into(), (p.tokens, p.perplexity, true));
+    if a.suite == Suite::Full {
+        for (name, files) in [
+            ("mmlu", vec![data::data_dir().join("mmlu/mmlu_test_10x57.jsonl")]),
+            ("wmdp", (0..5).map(|i| data::data_dir().join(format!("wmdp/split_{i}.jsonl"))).collect()),
+        ] {
+            let mut qs = Vec::new();
+            for f in files {
+                qs.extend(mcq::load_jsonl(&f)?);
+            }
+            let s = mcq::score(lm, &qs, 8)?;
+            m.insert(format!("utility.{name}_accuracy"), (s.n, s.accuracy, name == "wmdp"));
+        }
+    }
+    bar.finish_and_clear();
+    Ok((m, flu))
+}
+
+/// Run `unlearn eval`; returns what it wrote to OUT/metrics.json.
+pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
+    let t0 = std::time::Instant::now();
+    let original = LanguageModel::load(&a.model, device)?;
+    let manifest: Option<Value> = match &a.unlearned {
+        Some(d) => {
+            let p = d.join("manifest.json");
+            match std::fs::read_to_string(&p) {
+                Ok(t) => Some(serde_json::from_str(&t).with_context(|| format!("{}: not valid JSON", p.display()))?),
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
+    let task = manifest
+        .as_ref()
+        .and_then(|m| m["task"].as_str())
+        .unwrap_or(&a.task)
+        .to_string();
+    let known_facts = known::known_facts(&original, &task, &a.known)?;
+    // The forget facts (and the facts trained on as retain) come from the manifest when there
+    // is one, so the evaluation matches the run.
+    let ids_of = |key: &str| -> Option<Vec<String>> {
+        manifest.as_ref()?[key].as_array().map(|v| v.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+    };
+    let (forget, rest): (Vec<Fact>, Vec<Fact>) = match ids_of("forget_ids") {
+        Some(ids) => {
+            let set: HashSet<&String> = ids.iter().collect();
+            let f: Vec<Fact> = ids
+                .iter()
+                .filter_map(|id| known_facts.iter().find(|k| &k.id == id).cloned())
+                .collect();
+            if f.len() != ids.len() {
+                bail!("{} forget facts of the manifest are not known to the original model under --known {}", ids.len() - f.len(), a.known);
+            }
+            (f, known_facts.iter().filter(|k| !set.contains(&k.id)).cloned().collect())
+        }
+        None => known::split(&known_facts, &a.forget, a.seed)?,
+    };
+    let trained: HashSet<String> = ids_of("retain_ids").unwrap_or_default().into_iter().collect();
+    let held_out: Vec<Fact> = rest.into_iter().filter(|f| !trained.contains(&f.id)).take(a.held_out).collect();
+    let new_answers = ids_of("new_answers");
+    eprintln!("evaluating {} forget facts and {} held-out facts", forget.len(), held_out.len());
+
+    let (orig_m, orig_f) = measure(&original, &original, &forget, &held_out, new_answers.as_deref(), a)?;
+    let unl = match &a.unlearned {
+        Some(d) => {
+            let lm = LanguageModel::load(&d.display().to_string(), device)?;
+            Some(measure(&lm, &original, &forget, &held_out, new_answers.as_deref(), a)?)
+        }
+        None => None,
+    };
+    let rows: Vec<Row> = orig_m
+        .iter()
+        .map(|(k, &(n, v, lower))| Row {
+            metric: k.clone(),
+            n,
+            original: v,
+            unlearned: unl.as_ref().and_then(|(m, _)| m.get(k).map(|x| x.1)),
+            lower_is_better: lower,
+        })
+        .collect();
+    print_table(&rows);
+    let out = json!({
+        "tool": format!("unlearn {}", env!("CARGO_PKG_VERSION")),
+        "model": a.model, "unlearned": a.unlearned, "task": task, "suite": a.suite,
+        "forget_facts": forget.len(), "held_out_facts": held_out.len(),
+        "manifest": manifest,
+        "rows": rows,
+        "fluency_samples": {"original": orig_f.samples, "unlearned": unl.as_ref().map(|(_, f)| f.samples.clone())},
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    crate::util::write_atomic(&a.out.join("metrics.json"), serde_json::to_string_pretty(&out)?.as_bytes())?;
+    eprintln!("wrote {} in {:.0}s", a.out.join("metrics.json").display(), t0.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+fn print_table(rows: &[Row]) {
+    println!("{:<44} {:>5} {:>10} {:>10}", "metric", "n", "original", "unlearned");
+    for r in rows {
+        println!(
+            "{:<44} {:>5} {:>10.4} {:>10}",
+            r.metric,
+            r.n,
+            r.original,
+            r.unlearned.map_or("-".into(), |v| format!("{v:.4}"))
+        );
+    }
+}
