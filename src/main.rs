@@ -154,6 +154,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// One self-contained HTML page (inline SVG, no scripts, nothing fetched) from directories
+    /// written by `eval` (before/after tables, fluency samples), `forget`/`edit` (settings, loss
+    /// curves) and `locate` (trace heat map, components); several evaluations side by side.
+    Report {
+        /// Directories to include.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+    },
     /// Write a model as a Hugging Face directory (safetensors + config.json + tokenizer.json);
     /// `--model DIR` loads it back with identical logits.
     Export {
@@ -314,7 +324,7 @@ fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::
         edit,
         new_answer: c.new_answer,
         partitions: c.partitions,
-        tune: c.tune.then(|| unlearn::forget::run::TuneArgs {
+        tune: c.tune.then_some(unlearn::forget::run::TuneArgs {
             taus: c.tune_tau,
             max_drift: c.max_retain_drift,
             betas: c.tune_beta,
@@ -414,6 +424,7 @@ fn run(cmd: Command) -> Result<()> {
             };
             unlearn::eval::run::run(&args, &cli::device()?).map(|_| ())
         }
+        Command::Report { dirs, out } => unlearn::report::html::run(&dirs, &out),
         Command::Forget(c) => match forget_args(c, false)? {
             Some(a) => unlearn::forget::run::run(&a, &cli::device()?).map(|_| ()),
             None => Ok(()),

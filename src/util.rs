@@ -18,9 +18,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))?;
     tmp.as_file().sync_all().ok();
+    persist(tmp, path)
+}
+
+/// Give a finished temporary file the usual permissions (rw-r--r--) and rename it into place.
+pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).ok();
+    }
     tmp.persist(path)
         .with_context(|| format!("renaming temporary file to {}", path.display()))?;
     Ok(())
+}
+
+/// Write tensors as safetensors atomically (temporary file in the same directory, renamed).
+pub fn save_safetensors_atomic(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    path: &Path,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    candle_core::safetensors::save(tensors, tmp.path())
+        .with_context(|| format!("writing {}", path.display()))?;
+    persist(tmp, path)
 }
 
 /// sha256 of a file, as lowercase hex.

@@ -47,14 +47,29 @@ pub fn ngram_entropy(text: &str) -> f64 {
 }
 
 /// Greedy continuations of `prompts` by `lm`, scored for fluency (perplexity under `original`).
-pub fn fluency(lm: &LanguageModel, original: &LanguageModel, prompts: &[String], max_new: usize) -> Result<Fluency> {
+pub fn fluency(
+    lm: &LanguageModel,
+    original: &LanguageModel,
+    prompts: &[String],
+    max_new: usize,
+) -> Result<Fluency> {
     if prompts.is_empty() {
         return Ok(Fluency::default());
     }
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| lm.tokenizer.encode(p, true)).collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| lm.tokenizer.encode(p, true))
+        .collect::<Result<_>>()?;
     let mut gens: Vec<Vec<u32>> = Vec::new();
     for chunk in ids.chunks(16) {
-        gens.extend(generate(&lm.model, chunk, max_new, &lm.stop_ids(), lm.pad_id(), Sampling::default())?);
+        gens.extend(generate(
+            &lm.model,
+            chunk,
+            max_new,
+            &lm.stop_ids(),
+            lm.pad_id(),
+            Sampling::default(),
+        )?);
     }
     let stops = lm.stop_ids();
     let (mut nll, mut count, mut ent) = (0f64, 0usize, 0f64);
@@ -67,9 +82,21 @@ pub fn fluency(lm: &LanguageModel, original: &LanguageModel, prompts: &[String],
             let mut seq = p.clone();
             seq.extend(&g);
             let rows: Vec<(usize, usize)> = (0..g.len()).map(|j| (0, p.len() + j - 1)).collect();
-            let batch = Batch::new(&[seq], original.pad_id(), PadSide::Right, original.model.device())?;
-            let out = original.model.run(&batch, &RunOpts { logits: LogitsAt::Rows(rows), ..Default::default() })?;
-            let (lp, _) = crate::forget::seqs::logprobs_of(out.logits.as_ref().expect("asked"), &g)?;
+            let batch = Batch::new(
+                &[seq],
+                original.pad_id(),
+                PadSide::Right,
+                original.model.device(),
+            )?;
+            let out = original.model.run(
+                &batch,
+                &RunOpts {
+                    logits: LogitsAt::Rows(rows),
+                    ..Default::default()
+                },
+            )?;
+            let (lp, _) =
+                crate::forget::seqs::logprobs_of(out.logits.as_ref().expect("asked"), &g)?;
             nll -= lp.iter().sum::<f64>();
             count += lp.len();
         }
@@ -81,7 +108,11 @@ pub fn fluency(lm: &LanguageModel, original: &LanguageModel, prompts: &[String],
     Ok(Fluency {
         n: prompts.len(),
         ngram_entropy: ent / prompts.len() as f64,
-        perplexity_under_original: if count > 0 { (nll / count as f64).exp() } else { f64::NAN },
+        perplexity_under_original: if count > 0 {
+            (nll / count as f64).exp()
+        } else {
+            f64::NAN
+        },
         samples,
     })
 }

@@ -50,11 +50,19 @@ pub fn rewrite(f: &Fact, fmt: Format) -> Option<Fact> {
                 return None;
             }
             let prompt = SPORT_TEMPLATES.get(i)?.replace("{}", &f.subject);
-            return Some(Fact { prompt, ..f.clone() });
+            return Some(Fact {
+                prompt,
+                ..f.clone()
+            });
         }
     };
     let at = f.prompt.rfind(&f.subject)?;
-    let prompt = format!("{}{}{}", &f.prompt[..at], new_subject, &f.prompt[at + f.subject.len()..]);
+    let prompt = format!(
+        "{}{}{}",
+        &f.prompt[..at],
+        new_subject,
+        &f.prompt[at + f.subject.len()..]
+    );
     Some(Fact {
         prompt,
         subject: new_subject,
@@ -65,7 +73,10 @@ pub fn rewrite(f: &Fact, fmt: Format) -> Option<Fact> {
 /// Every format that applies to the task of `facts`.
 pub fn formats_for(facts: &[Fact]) -> Vec<Format> {
     let mut v = vec![Format::Capitalized, Format::Dashed];
-    if facts.first().is_some_and(|f| rewrite(f, Format::Template(0)).is_some()) {
+    if facts
+        .first()
+        .is_some_and(|f| rewrite(f, Format::Template(0)).is_some())
+    {
         v.extend((0..SPORT_TEMPLATES.len()).map(Format::Template));
     }
     v
@@ -80,7 +91,9 @@ mod tests {
         assert_eq!(dashed("LeBron James"), "L-e-B-r-o-n J-a-m-e-s");
         let f = Fact {
             id: "1".into(),
-            prompt: "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of".into(),
+            prompt:
+                "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of"
+                    .into(),
             subject: "LeBron James".into(),
             answer: " basketball".into(),
             new_answer: None,

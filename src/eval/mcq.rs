@@ -52,7 +52,10 @@ pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
     }
     let k_max = qs.iter().map(|q| q.choices.len()).max().unwrap_or(0);
     if k_max > LETTERS.len() {
-        bail!("a question has {k_max} choices; at most {} are supported", LETTERS.len());
+        bail!(
+            "a question has {k_max} choices; at most {} are supported",
+            LETTERS.len()
+        );
     }
     let letter_ids: Vec<u32> = LETTERS[..k_max]
         .iter()
@@ -71,9 +74,16 @@ pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
         for (q, row) in chunk.iter().zip(lm.last_logits(&ids)?) {
             let k = q.choices.len();
             if q.answer >= k {
-                bail!("question {:?}: answer index {} but {k} choices", q.question, q.answer);
+                bail!(
+                    "question {:?}: answer index {} but {k} choices",
+                    q.question,
+                    q.answer
+                );
             }
-            let z: Vec<f64> = letter_ids[..k].iter().map(|&t| row[t as usize] as f64).collect();
+            let z: Vec<f64> = letter_ids[..k]
+                .iter()
+                .map(|&t| row[t as usize] as f64)
+                .collect();
             let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = z.iter().map(|x| (x - m).exp()).collect();
             let s: f64 = e.iter().sum();
@@ -96,13 +106,27 @@ pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
 /// Questions from a JSONL file of `{"question", "choices": [...], "answer": i}` rows (MMLU
 /// subset, WMDP). Rows with a missing field are errors naming the file and line.
 pub fn load_jsonl(path: &Path) -> Result<Vec<Mcq>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let q: Mcq = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a question row (question, choices, answer)", path.display(), i + 1))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let q: Mcq = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}:{}: not a question row (question, choices, answer)",
+                path.display(),
+                i + 1
+            )
+        })?;
         if q.choices.len() < 2 || q.answer >= q.choices.len() {
-            bail!("{}:{}: needs at least 2 choices and an answer index among them", path.display(), i + 1);
+            bail!(
+                "{}:{}: needs at least 2 choices and an answer index among them",
+                path.display(),
+                i + 1
+            );
         }
         out.push(q);
     }
@@ -117,9 +141,13 @@ pub fn from_facts(facts: &[Fact], seed: u64) -> Vec<Mcq> {
         .iter()
         .filter(|f| f.candidates.len() >= 2 && f.candidates.contains(&f.answer))
         .map(|f| {
-            let mut choices: Vec<String> = f.candidates.iter().map(|c| c.trim().to_string()).collect();
+            let mut choices: Vec<String> =
+                f.candidates.iter().map(|c| c.trim().to_string()).collect();
             choices.shuffle(&mut rng);
-            let answer = choices.iter().position(|c| c == f.answer.trim()).expect("answer is a candidate");
+            let answer = choices
+                .iter()
+                .position(|c| c == f.answer.trim())
+                .expect("answer is a candidate");
             let line = f.prompt.lines().last().unwrap_or(&f.prompt).trim();
             let line = line.strip_prefix("Fact:").unwrap_or(line).trim();
             Mcq {
@@ -149,7 +177,9 @@ mod tests {
     fn fact_mcqs_keep_the_answer_among_shuffled_candidates() {
         let f = Fact {
             id: "1".into(),
-            prompt: "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of".into(),
+            prompt:
+                "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of"
+                    .into(),
             subject: "LeBron James".into(),
             answer: " basketball".into(),
             new_answer: None,
@@ -159,7 +189,10 @@ mod tests {
             attribute: None,
         };
         let qs = from_facts(&vec![f; 20], 3);
-        assert_eq!(qs[0].question, "Question: LeBron James plays the sport of ___?");
+        assert_eq!(
+            qs[0].question,
+            "Question: LeBron James plays the sport of ___?"
+        );
         assert!(qs.iter().all(|q| q.choices[q.answer] == "basketball"));
         let positions: std::collections::BTreeSet<usize> = qs.iter().map(|q| q.answer).collect();
         assert!(positions.len() > 1, "candidates are shuffled");

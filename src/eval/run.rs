@@ -62,6 +62,9 @@ pub struct Row {
     pub lower_is_better: bool,
 }
 
+/// Metric name → (sample count, value, lower is better).
+type Measures = BTreeMap<String, (usize, f64, bool)>;
+
 /// Every number of one model.
 fn measure(
     lm: &LanguageModel,
@@ -70,13 +73,16 @@ fn measure(
     held_out: &[Fact],
     new_answers: Option<&[String]>,
     a: &EvalArgs,
-) -> Result<(BTreeMap<String, (usize, f64, bool)>, Fluency)> {
-    let mut m: BTreeMap<String, (usize, f64, bool)> = BTreeMap::new();
+) -> Result<(Measures, Fluency)> {
+    let mut m = Measures::new();
     let bar = crate::util::spinner("evaluating");
     let truth = |f: &Fact| f.answer.clone();
     for (name, facts, lower) in [("forget", forget, true), ("held_out", held_out, false)] {
         let acc = accuracy(lm, facts, truth)?;
-        m.insert(format!("{name}.top1_candidates"), (acc.n, acc.top1_candidates, lower));
+        m.insert(
+            format!("{name}.top1_candidates"),
+            (acc.n, acc.top1_candidates, lower),
+        );
         m.insert(format!("{name}.top1_vocab"), (acc.n, acc.top1, lower));
         m.insert(format!("{name}.mean_p"), (acc.n, acc.mean_p, lower));
         let qs = mcq::from_facts(facts, a.seed);
@@ -88,32 +94,59 @@ fn measure(
     for fmt in formats_for(forget) {
         let facts: Vec<Fact> = forget.iter().filter_map(|f| rewrite(f, fmt)).collect();
         let acc = accuracy(lm, &facts, truth)?;
-        m.insert(format!("forget.{}.top1_candidates", fmt.name()), (acc.n, acc.top1_candidates, true));
+        m.insert(
+            format!("forget.{}.top1_candidates", fmt.name()),
+            (acc.n, acc.top1_candidates, true),
+        );
     }
     if let Some(new) = new_answers {
-        let by_id: std::collections::HashMap<&str, &String> = forget.iter().map(|f| f.id.as_str()).zip(new).collect();
+        let by_id: std::collections::HashMap<&str, &String> =
+            forget.iter().map(|f| f.id.as_str()).zip(new).collect();
         let acc = accuracy(lm, forget, |f| by_id[f.id.as_str()].clone())?;
-        m.insert("edit.top1_candidates".into(), (acc.n, acc.top1_candidates, false));
+        m.insert(
+            "edit.top1_candidates".into(),
+            (acc.n, acc.top1_candidates, false),
+        );
     }
     let prompts: Vec<String> = forget.iter().map(|f| f.prompt.clone()).collect();
     let flu = fluency(lm, original, &prompts, 16)?;
-    m.insert("fluency.ngram_entropy".into(), (flu.n, flu.ngram_entropy, false));
-    m.insert("fluency.perplexity_under_original".into(), (flu.n, flu.perplexity_under_original, true));
+    m.insert(
+        "fluency.ngram_entropy".into(),
+        (flu.n, flu.ngram_entropy, false),
+    );
+    m.insert(
+        "fluency.perplexity_under_original".into(),
+        (flu.n, flu.perplexity_under_original, true),
+    );
     let (_, wiki_eval) = data::wikitext_halves()?;
     let ids = tokenize_lines(lm, &wiki_eval, crate::forget::run::PPL_TOKENS)?;
     let p = perplexity(lm, &ids, 512, 256)?;
-    m.insert("utility.wikitext_perplexity".into(), (p.tokens, p.perplexity, true));
+    m.insert(
+        "utility.wikitext_perplexity".into(),
+        (p.tokens, p.perplexity, true),
+    );
     if a.suite == Suite::Full {
         for (name, files) in [
-            ("mmlu", vec![data::data_dir().join("mmlu/mmlu_test_10x57.jsonl")]),
-            ("wmdp", (0..5).map(|i| data::data_dir().join(format!("wmdp/split_{i}.jsonl"))).collect()),
+            (
+                "mmlu",
+                vec![data::data_dir().join("mmlu/mmlu_test_10x57.jsonl")],
+            ),
+            (
+                "wmdp",
+                (0..5)
+                    .map(|i| data::data_dir().join(format!("wmdp/split_{i}.jsonl")))
+                    .collect(),
+            ),
         ] {
             let mut qs = Vec::new();
             for f in files {
                 qs.extend(mcq::load_jsonl(&f)?);
             }
             let s = mcq::score(lm, &qs, 8)?;
-            m.insert(format!("utility.{name}_accuracy"), (s.n, s.accuracy, name == "wmdp"));
+            m.insert(
+                format!("utility.{name}_accuracy"),
+                (s.n, s.accuracy, name == "wmdp"),
+            );
         }
     }
     bar.finish_and_clear();
@@ -128,7 +161,10 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         Some(d) => {
             let p = d.join("manifest.json");
             match std::fs::read_to_string(&p) {
-                Ok(t) => Some(serde_json::from_str(&t).with_context(|| format!("{}: not valid JSON", p.display()))?),
+                Ok(t) => Some(
+                    serde_json::from_str(&t)
+                        .with_context(|| format!("{}: not valid JSON", p.display()))?,
+                ),
                 Err(_) => None,
             }
         }
@@ -143,7 +179,11 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
     // The forget facts (and the facts trained on as retain) come from the manifest when there
     // is one, so the evaluation matches the run.
     let ids_of = |key: &str| -> Option<Vec<String>> {
-        manifest.as_ref()?[key].as_array().map(|v| v.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        manifest.as_ref()?[key].as_array().map(|v| {
+            v.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
     };
     let (forget, rest): (Vec<Fact>, Vec<Fact>) = match ids_of("forget_ids") {
         Some(ids) => {
@@ -155,20 +195,52 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
             if f.len() != ids.len() {
                 bail!("{} forget facts of the manifest are not known to the original model under --known {}", ids.len() - f.len(), a.known);
             }
-            (f, known_facts.iter().filter(|k| !set.contains(&k.id)).cloned().collect())
+            (
+                f,
+                known_facts
+                    .iter()
+                    .filter(|k| !set.contains(&k.id))
+                    .cloned()
+                    .collect(),
+            )
         }
         None => known::split(&known_facts, &a.forget, a.seed)?,
     };
-    let trained: HashSet<String> = ids_of("retain_ids").unwrap_or_default().into_iter().collect();
-    let held_out: Vec<Fact> = rest.into_iter().filter(|f| !trained.contains(&f.id)).take(a.held_out).collect();
+    let trained: HashSet<String> = ids_of("retain_ids")
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let held_out: Vec<Fact> = rest
+        .into_iter()
+        .filter(|f| !trained.contains(&f.id))
+        .take(a.held_out)
+        .collect();
     let new_answers = ids_of("new_answers");
-    eprintln!("evaluating {} forget facts and {} held-out facts", forget.len(), held_out.len());
+    eprintln!(
+        "evaluating {} forget facts and {} held-out facts",
+        forget.len(),
+        held_out.len()
+    );
 
-    let (orig_m, orig_f) = measure(&original, &original, &forget, &held_out, new_answers.as_deref(), a)?;
+    let (orig_m, orig_f) = measure(
+        &original,
+        &original,
+        &forget,
+        &held_out,
+        new_answers.as_deref(),
+        a,
+    )?;
     let unl = match &a.unlearned {
         Some(d) => {
             let lm = LanguageModel::load(&d.display().to_string(), device)?;
-            Some(measure(&lm, &original, &forget, &held_out, new_answers.as_deref(), a)?)
+            Some(measure(
+                &lm,
+                &original,
+                &forget,
+                &held_out,
+                new_answers.as_deref(),
+                a,
+            )?)
         }
         None => None,
     };
@@ -193,13 +265,23 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         "seconds": t0.elapsed().as_secs_f64(),
     });
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    crate::util::write_atomic(&a.out.join("metrics.json"), serde_json::to_string_pretty(&out)?.as_bytes())?;
-    eprintln!("wrote {} in {:.0}s", a.out.join("metrics.json").display(), t0.elapsed().as_secs_f64());
+    crate::util::write_atomic(
+        &a.out.join("metrics.json"),
+        serde_json::to_string_pretty(&out)?.as_bytes(),
+    )?;
+    eprintln!(
+        "wrote {} in {:.0}s",
+        a.out.join("metrics.json").display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(out)
 }
 
 fn print_table(rows: &[Row]) {
-    println!("{:<44} {:>5} {:>10} {:>10}", "metric", "n", "original", "unlearned");
+    println!(
+        "{:<44} {:>5} {:>10} {:>10}",
+        "metric", "n", "original", "unlearned"
+    );
     for r in rows {
         println!(
             "{:<44} {:>5} {:>10.4} {:>10}",

@@ -68,10 +68,7 @@ pub fn write_output(dir: &Path, lm: &LanguageModel, manifest: &Manifest, full: b
                 .contiguous()?,
         );
     }
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    candle_core::safetensors::save(&changed, tmp.path())?;
-    tmp.persist(dir.join(DELTA_FILE))
-        .with_context(|| format!("writing {}", dir.join(DELTA_FILE).display()))?;
+    crate::util::save_safetensors_atomic(&changed, &dir.join(DELTA_FILE))?;
     if full {
         crate::model::hf_dir::export_hf_dir(
             &lm.model.config,

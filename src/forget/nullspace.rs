@@ -123,13 +123,7 @@ pub fn cached_key_sums(path: &Path, compute: impl FnOnce() -> Result<KeySums>) -
             Tensor::new(&[*n as f64], &Device::Cpu)?,
         );
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))?;
-    candle_core::safetensors::save(&map, tmp.path())?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    crate::util::save_safetensors_atomic(&map, path)?;
     Ok(sums)
 }
 

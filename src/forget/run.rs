@@ -172,7 +172,11 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let n_train = cfg.retain_facts.min(pool.len() / 2);
     let retain: Vec<Fact> = pool[..n_train].to_vec();
     // With --tune, a validation split sits between the training retain facts and the held-out ones.
-    let n_val = if a.tune.is_some() { ((pool.len() - n_train) / 3).min(64) } else { 0 };
+    let n_val = if a.tune.is_some() {
+        ((pool.len() - n_train) / 3).min(64)
+    } else {
+        0
+    };
     let validation: Vec<Fact> = pool[n_train..n_train + n_val].to_vec();
     let held_out: Vec<Fact> = pool[n_train + n_val..]
         .iter()
@@ -274,7 +278,14 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     };
 
     let key_sums = if a.method == Method::Kuda && cfg.kuda.projection != Projection::None {
-        Some(retain_key_sums(&lm, &cfg, &params, &retain_seqs, &text_seqs, &base_fp)?)
+        Some(retain_key_sums(
+            &lm,
+            &cfg,
+            &params,
+            &retain_seqs,
+            &text_seqs,
+            &base_fp,
+        )?)
     } else {
         None
     };
@@ -296,13 +307,18 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let mut cfg = cfg;
     let mut tuning = None;
     if let Some(t) = &a.tune {
-        let val: Vec<Seq> = validation.iter().map(|f| Seq::fact(&lm, f, &f.answer)).collect::<Result<_>>()?;
+        let val: Vec<Seq> = validation
+            .iter()
+            .map(|f| Seq::fact(&lm, f, &f.answer))
+            .collect::<Result<_>>()?;
         let (c, report) = tune(&mut lm, &ctx, cfg, t, &val, &forget, &a.out.join("tune"))?;
         cfg = c;
         tuning = Some(report);
     }
     // UNLEARN_STOP_AFTER_STEP simulates an interruption (used by the resume test).
-    let stop = std::env::var("UNLEARN_STOP_AFTER_STEP").ok().and_then(|s| s.parse().ok());
+    let stop = std::env::var("UNLEARN_STOP_AFTER_STEP")
+        .ok()
+        .and_then(|s| s.parse().ok());
     let summaries = train_all(&mut lm, &ctx, &cfg, &a.out, stop)?;
     let forget_ids = ctx.forget_ids.clone();
 
@@ -339,7 +355,9 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         } else {
             "changed".into()
         },
-        metrics: a.eval.then(|| json!({"before": before, "after": after, "tuning": tuning})),
+        metrics: a
+            .eval
+            .then(|| json!({"before": before, "after": after, "tuning": tuning})),
     };
     write_output(&a.out, &lm, &manifest, a.full)?;
     if a.eval {
@@ -445,18 +463,39 @@ fn retain_key_sums(
 }
 
 /// The plan of one part of the forget facts under `cfg`.
-fn plan_for(lm: &LanguageModel, ctx: &TrainCtx, cfg: &ForgetConfig, part: &[usize]) -> Result<Plan> {
+fn plan_for(
+    lm: &LanguageModel,
+    ctx: &TrainCtx,
+    cfg: &ForgetConfig,
+    part: &[usize],
+) -> Result<Plan> {
     let pad = lm.pad_id();
-    let mut fset = SeqSet::new("forget", part.iter().map(|&i| ctx.forget_seqs[i].clone()).collect());
+    let mut fset = SeqSet::new(
+        "forget",
+        part.iter().map(|&i| ctx.forget_seqs[i].clone()).collect(),
+    );
     let steer = if ctx.method == Method::Rmu {
-        let first = ctx.params.iter().filter_map(|p| layer_of(p)).min().unwrap_or(0);
+        let first = ctx
+            .params
+            .iter()
+            .filter_map(|p| layer_of(p))
+            .min()
+            .unwrap_or(0);
         fset.precompute(&lm.model, pad, first, ctx.rep_layer, false, 16)?;
         let norm = mean_ref_norm(&fset)?;
-        Some(steering_vector(lm.model.config.hidden_size, cfg.rmu.steer_coeff * norm, cfg.seed))
+        Some(steering_vector(
+            lm.model.config.hidden_size,
+            cfg.rmu.steer_coeff * norm,
+            cfg.seed,
+        ))
     } else {
         None
     };
-    let projection = if ctx.method == Method::Kuda { cfg.kuda.projection } else { Projection::None };
+    let projection = if ctx.method == Method::Kuda {
+        cfg.kuda.projection
+    } else {
+        Projection::None
+    };
     let projectors = match (&ctx.key_sums, projection) {
         (Some(sums), p) if p != Projection::None => {
             Projectors::build(&lm.model, sums, &ctx.params, p, cfg.kuda.tau)?
@@ -489,7 +528,9 @@ fn train_all(
 ) -> Result<Vec<crate::forget::trainer::TrainSummary>> {
     let n = ctx.forget_seqs.len();
     let k = ctx.partitions.min(n).max(1);
-    let parts: Vec<Vec<usize>> = (0..k).map(|i| (i * n / k..(i + 1) * n / k).collect()).collect();
+    let parts: Vec<Vec<usize>> = (0..k)
+        .map(|i| (i * n / k..(i + 1) * n / k).collect())
+        .collect();
     let mut summaries = Vec::new();
     for (pi, part) in parts.iter().enumerate() {
         let plan = plan_for(lm, ctx, cfg, part)?;
@@ -498,9 +539,18 @@ fn train_all(
             "forget": part.iter().map(|&i| &ctx.forget_ids[i]).collect::<Vec<_>>(),
             "new": ctx.new_answers, "retain": ctx.retain_ids, "part": pi, "parts": parts.len(),
         }));
-        let dir = if parts.len() == 1 { out.to_path_buf() } else { out.join(format!("part-{}", pi + 1)) };
+        let dir = if parts.len() == 1 {
+            out.to_path_buf()
+        } else {
+            out.join(format!("part-{}", pi + 1))
+        };
         let s = train(&mut lm.model, &plan, cfg, &key, &dir, stop)?;
-        eprintln!("{}: {} steps in {:.1}s", dir.display(), s.steps_done, s.seconds);
+        eprintln!(
+            "{}: {} steps in {:.1}s",
+            dir.display(),
+            s.steps_done,
+            s.seconds
+        );
         summaries.push(s);
     }
     Ok(summaries)
@@ -518,7 +568,10 @@ fn tune(
     dir: &std::path::Path,
 ) -> Result<(ForgetConfig, serde_json::Value)> {
     if ctx.method != Method::Kuda {
-        bail!("--tune is KUDA's two-stage tuning; method {} has no τ and β", ctx.method.name());
+        bail!(
+            "--tune is KUDA's two-stage tuning; method {} has no τ and β",
+            ctx.method.name()
+        );
     }
     if validation.is_empty() {
         bail!("--tune needs validation facts, and no known facts are left for them");
@@ -535,7 +588,12 @@ fn tune(
         Ok(())
     };
     let mut val = SeqSet::new("validation", validation.to_vec());
-    let first = ctx.params.iter().filter_map(|p| layer_of(p)).min().unwrap_or(0);
+    let first = ctx
+        .params
+        .iter()
+        .filter_map(|p| layer_of(p))
+        .min()
+        .unwrap_or(0);
     val.precompute(&lm.model, lm.pad_id(), first, ctx.rep_layer, false, 16)?;
     let mut taus = t.taus.clone();
     taus.sort_by(|a, b| b.total_cmp(a));
@@ -544,9 +602,13 @@ fn tune(
     for &tau in &taus {
         cfg.kuda.tau = tau;
         train_all(lm, ctx, &cfg, &dir.join(format!("tau-{tau}")), None)?;
-        let drift = crate::forget::trainer::repr_drift(&lm.model, ctx.rep_layer, lm.pad_id(), &val)?;
+        let drift =
+            crate::forget::trainer::repr_drift(&lm.model, ctx.rep_layer, lm.pad_id(), &val)?;
         restore(lm)?;
-        eprintln!("tune τ = {tau}: retain drift {drift:.4} (bound {})", t.max_drift);
+        eprintln!(
+            "tune τ = {tau}: retain drift {drift:.4} (bound {})",
+            t.max_drift
+        );
         trials.push(json!({"stage": "tau", "tau": tau, "retain_drift": drift}));
         if drift <= t.max_drift {
             chosen_tau = Some(tau);
@@ -557,7 +619,10 @@ fn tune(
         Some(x) => x,
         None => {
             let smallest = *taus.last().context("--tune-tau is empty")?;
-            eprintln!("no τ kept the retain drift under {}; using the smallest, {smallest}", t.max_drift);
+            eprintln!(
+                "no τ kept the retain drift under {}; using the smallest, {smallest}",
+                t.max_drift
+            );
             smallest
         }
     };
@@ -570,7 +635,11 @@ fn tune(
         train_all(lm, ctx, &cfg, &dir.join(format!("beta-{beta}")), None)?;
         let acc = accuracy(lm, forget, |f| f.answer.clone())?.top1_candidates;
         restore(lm)?;
-        eprintln!("tune β = {beta}: forget accuracy {:.1}% (target {:.1}%)", 100.0 * acc, 100.0 * t.forget_target);
+        eprintln!(
+            "tune β = {beta}: forget accuracy {:.1}% (target {:.1}%)",
+            100.0 * acc,
+            100.0 * t.forget_target
+        );
         trials.push(json!({"stage": "beta", "tau": tau, "beta": beta, "forget_accuracy": acc}));
         if best.is_none_or(|(_, a)| acc < a) {
             best = Some((beta, acc));
@@ -582,5 +651,8 @@ fn tune(
     let (beta, _) = best.context("--tune-beta is empty")?;
     cfg.kuda.beta = beta;
     eprintln!("tuned: τ = {tau}, β = {beta}");
-    Ok((cfg, json!({"tau": tau, "beta": beta, "trials": trials, "max_drift": t.max_drift, "forget_target": t.forget_target})))
+    Ok((
+        cfg,
+        json!({"tau": tau, "beta": beta, "trials": trials, "max_drift": t.max_drift, "forget_target": t.forget_target}),
+    ))
 }

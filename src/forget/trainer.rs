@@ -253,7 +253,8 @@ fn term_grads(
                     pos
                 })
                 .collect();
-            let (out, flat, idx, h, h0) = repr_rows(model, plan.rep_layer, set, &prep, &positions, true)?;
+            let (out, flat, idx, h, h0) =
+                repr_rows(model, plan.rep_layer, set, &prep, &positions, true)?;
             let (b, t, d) = out.resid.dims3()?;
             let (l, dh) = repr_loss(loss, &h, &h0)?;
             let dres = flat
@@ -277,7 +278,10 @@ fn repr_rows(
     grad: bool,
 ) -> Result<(crate::model::RunOutput, Tensor, Tensor, Tensor, Tensor)> {
     let rep = rep_layer.context("representation loss without a layer")?;
-    let (refl, refs) = set.rep_ref.as_ref().context("reference residuals not computed")?;
+    let (refl, refs) = set
+        .rep_ref
+        .as_ref()
+        .context("reference residuals not computed")?;
     if *refl != rep {
         bail!("reference residuals were computed at layer {refl}, the loss reads layer {rep}");
     }
@@ -295,7 +299,11 @@ fn repr_rows(
     let mut flat_idx: Vec<u32> = Vec::new();
     let mut h0_rows = Vec::new();
     for ((k, &i), pos) in prep.members.iter().enumerate().zip(positions) {
-        let pi = Tensor::from_vec(pos.iter().map(|&p| p as u32).collect::<Vec<_>>(), pos.len(), model.device())?;
+        let pi = Tensor::from_vec(
+            pos.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            pos.len(),
+            model.device(),
+        )?;
         h0_rows.push(refs[i].index_select(&pi, 0)?);
         flat_idx.extend(pos.iter().map(|&p| (k * t + p) as u32));
     }
@@ -309,12 +317,20 @@ fn repr_rows(
 
 /// Retain drift: ‖h − h₀‖²/mean‖h₀‖² at the representation layer over every token of a set
 /// (whose references were precomputed with the original model).
-pub fn repr_drift(model: &Transformer, rep_layer: Option<usize>, pad: u32, set: &SeqSet) -> Result<f64> {
+pub fn repr_drift(
+    model: &Transformer,
+    rep_layer: Option<usize>,
+    pad: u32,
+    set: &SeqSet,
+) -> Result<f64> {
     let (mut sum, mut n) = (0.0, 0usize);
     let all: Vec<usize> = (0..set.len()).collect();
     for chunk in all.chunks(16) {
         let prep = set.prepare(model, chunk, pad)?;
-        let positions: Vec<Vec<usize>> = chunk.iter().map(|&i| (0..set.seqs[i].ids.len()).collect()).collect();
+        let positions: Vec<Vec<usize>> = chunk
+            .iter()
+            .map(|&i| (0..set.seqs[i].ids.len()).collect())
+            .collect();
         let (_, _, _, h, h0) = repr_rows(model, rep_layer, set, &prep, &positions, false)?;
         let (l, _) = repr_loss(&ReprLoss::RefMse, &h, &h0)?;
         sum += l * chunk.len() as f64;
@@ -558,9 +574,7 @@ fn save_checkpoint(
                 .to_device(&candle_core::Device::Cpu)?,
         );
     }
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    candle_core::safetensors::save(&tensors, tmp.path())?;
-    tmp.persist(dir.join("state.safetensors"))?;
+    crate::util::save_safetensors_atomic(&tensors, &dir.join("state.safetensors"))?;
     let meta = CheckpointMeta {
         step,
         run_key: run_key.into(),

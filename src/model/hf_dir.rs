@@ -244,11 +244,10 @@ pub fn export_hf_dir(
             }
         }
     }
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    candle_core::safetensors::save(&chosen.into_iter().collect::<HashMap<_, _>>(), tmp.path())
-        .map_err(|e| anyhow::anyhow!("writing safetensors: {e}"))?;
-    tmp.persist(dir.join("model.safetensors"))
-        .context("moving model.safetensors into place")?;
+    crate::util::save_safetensors_atomic(
+        &chosen.into_iter().collect::<HashMap<_, _>>(),
+        &dir.join("model.safetensors"),
+    )?;
     let mut cfg = config.to_hf_json();
     cfg.as_object_mut()
         .expect("object")

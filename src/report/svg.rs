@@ -1,8 +1,10 @@
-//! Self-contained SVG charts (no scripts, no fonts to fetch): heat maps and bar charts.
+//! Self-contained SVG charts (no scripts, no fonts to fetch): heat maps, bar charts and line
+//! charts.
 
 use std::fmt::Write;
 
-fn esc(s: &str) -> String {
+/// Escape text for SVG/HTML.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -162,6 +164,105 @@ pub fn bars(title: &str, labels: &[String], values: &[f64], highlight: &[bool]) 
     s
 }
 
+const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+];
+
+/// Line chart of named series of (x, y) points, with a legend; non-finite points are skipped.
+pub fn lines(title: &str, x_name: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (left, top, pw, ph) = (60.0, 40.0, 420.0, 200.0);
+    let pts = series
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = y0 + 1.0;
+    }
+    let sx = |x: f64| left + (x - x0) / (x1 - x0) * pw;
+    let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">"#,
+        left + pw + 170.0,
+        top + ph + 40.0
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{left}" y="20" font-size="14">{}</text>"#,
+        esc(title)
+    );
+    let _ = write!(
+        s,
+        r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="gray"/>"#
+    );
+    for (v, y) in [(y1, top + 4.0), (y0, top + ph)] {
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{y}" text-anchor="end">{v:.3}</text>"#,
+            left - 4.0
+        );
+    }
+    for (v, x) in [(x0, left), (x1, left + pw)] {
+        let _ = write!(
+            s,
+            r#"<text x="{x}" y="{}" text-anchor="middle">{v}</text>"#,
+            top + ph + 14.0
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        left + pw / 2.0,
+        top + ph + 30.0,
+        esc(x_name)
+    );
+    for (i, (name, v)) in series.iter().enumerate() {
+        let c = PALETTE[i % PALETTE.len()];
+        let d: Vec<String> = v
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"><title>{}</title></polyline>"#,
+            d.join(" "),
+            esc(name)
+        );
+        let ly = top + 12.0 + 16.0 * i as f64;
+        let _ = write!(
+            s,
+            r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
+            left + pw + 10.0,
+            left + pw + 30.0,
+            left + pw + 36.0,
+            ly + 4.0,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +281,12 @@ mod tests {
         assert_eq!(h.matches("<rect").count(), 4 + 10);
         let b = bars("t", &["a".into(), "b".into()], &[0.2, -0.1], &[true, false]);
         assert!(b.contains("#d62728") && b.ends_with("</svg>"));
+        let l = lines(
+            "loss",
+            "step",
+            &[("a<".into(), vec![(1.0, 2.0), (2.0, f64::NAN), (3.0, 1.0)])],
+        );
+        assert!(l.ends_with("</svg>") && l.contains("a&lt;"));
+        assert_eq!(l.matches("<polyline").count(), 1);
     }
 }

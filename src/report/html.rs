@@ -1,0 +1,357 @@
+//! `unlearn report DIR… --out report.html`: one self-contained HTML page (inline CSS and SVG,
+//! no scripts, nothing fetched) from the directories the other commands write — evaluations
+//! (`metrics.json`: before/after table, fluency samples), unlearning runs (`manifest.json`,
+//! `train.jsonl`: settings and loss curves) and localizations (`localization.json`,
+//! `trace.svg`, `components.svg`) — with a side-by-side table when there are several
+//! evaluations.
+
+use crate::report::svg::{esc, lines};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// What was found in one directory.
+struct Input {
+    dir: PathBuf,
+    metrics: Option<Value>,
+    manifest: Option<Value>,
+    train_log: Vec<Value>,
+    svgs: Vec<(String, String)>,
+}
+
+fn read_json(p: &Path) -> Result<Option<Value>> {
+    match std::fs::read_to_string(p) {
+        Ok(t) => {
+            Ok(Some(serde_json::from_str(&t).with_context(|| {
+                format!("{}: not valid JSON", p.display())
+            })?))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+fn read_input(dir: &Path) -> Result<Input> {
+    if !dir.is_dir() {
+        bail!("{}: not a directory", dir.display());
+    }
+    let train_log = std::fs::read_to_string(dir.join("train.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut svgs = Vec::new();
+    for name in ["trace.svg", "components.svg"] {
+        if let Ok(s) = std::fs::read_to_string(dir.join(name)) {
+            if s.trim_start().starts_with("<svg") && !s.contains("<script") {
+                svgs.push((name.to_string(), s));
+            }
+        }
+    }
+    let input = Input {
+        dir: dir.to_path_buf(),
+        metrics: read_json(&dir.join("metrics.json"))?,
+        manifest: read_json(&dir.join("manifest.json"))?,
+        train_log,
+        svgs,
+    };
+    if input.metrics.is_none() && input.manifest.is_none() && input.svgs.is_empty() {
+        bail!(
+            "{}: nothing to report (no metrics.json, manifest.json, trace.svg or components.svg)",
+            dir.display()
+        );
+    }
+    Ok(input)
+}
+
+fn fmt(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.abs() >= 100.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.3}"),
+        None => "–".into(),
+    }
+}
+
+/// The before/after table of one evaluation.
+fn metrics_table(m: &Value) -> String {
+    let mut s = String::from(
+        "<table><tr><th>metric</th><th>n</th><th>original</th><th>unlearned</th><th>change</th></tr>",
+    );
+    for r in m["rows"].as_array().into_iter().flatten() {
+        let (o, u) = (r["original"].as_f64(), r["unlearned"].as_f64());
+        let lower = r["lower_is_better"].as_bool().unwrap_or(false);
+        let (delta, class) = match (o, u) {
+            (Some(o), Some(u)) => {
+                let d = u - o;
+                let good = if lower { d < 0.0 } else { d > 0.0 };
+                (
+                    format!("{d:+.3}"),
+                    if d.abs() < 1e-9 {
+                        ""
+                    } else if good {
+                        "good"
+                    } else {
+                        "bad"
+                    },
+                )
+            }
+            _ => ("".into(), ""),
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{delta}</td></tr>",
+            esc(r["metric"].as_str().unwrap_or("")),
+            r["n"],
+            fmt(&r["original"]),
+            fmt(&r["unlearned"])
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+fn samples_table(m: &Value) -> String {
+    let o = m["fluency_samples"]["original"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let u = m["fluency_samples"]["unlearned"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if o.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "<table class=\"samples\"><tr><th>prompt</th><th>original</th><th>unlearned</th></tr>",
+    );
+    for (i, x) in o.iter().enumerate().take(12) {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td><pre>{}</pre></td><td><pre>{}</pre></td></tr>",
+            esc(x[0].as_str().unwrap_or("")),
+            esc(x[1].as_str().unwrap_or("")),
+            esc(u.get(i).and_then(|y| y[1].as_str()).unwrap_or("–"))
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+fn loss_chart(log: &[Value]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for l in log {
+        for k in l["terms"].as_object().into_iter().flatten().map(|(k, _)| k) {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+    }
+    let series: Vec<(String, Vec<(f64, f64)>)> = names
+        .iter()
+        .map(|n| {
+            let pts = log
+                .iter()
+                .filter_map(|l| Some((l["step"].as_f64()?, l["terms"][n].as_f64()?)))
+                .collect();
+            (n.clone(), pts)
+        })
+        .collect();
+    lines("loss terms per step", "step", &series)
+}
+
+/// Side-by-side of the unlearned values of several evaluations.
+fn comparison(inputs: &[&Input]) -> String {
+    let mut metrics: Vec<String> = Vec::new();
+    for i in inputs {
+        for r in i
+            .metrics
+            .as_ref()
+            .and_then(|m| m["rows"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            let k = r["metric"].as_str().unwrap_or("").to_string();
+            if !metrics.contains(&k) {
+                metrics.push(k);
+            }
+        }
+    }
+    let mut s = String::from("<table><tr><th>metric</th><th>original</th>");
+    for i in inputs {
+        let _ = write!(s, "<th>{}</th>", esc(&label(i)));
+    }
+    s.push_str("</tr>");
+    for k in &metrics {
+        let row = |i: &Input| -> Option<Value> {
+            i.metrics.as_ref()?["rows"]
+                .as_array()?
+                .iter()
+                .find(|r| r["metric"] == k.as_str())
+                .cloned()
+        };
+        let orig = inputs
+            .iter()
+            .find_map(|i| row(i))
+            .map(|r| fmt(&r["original"]))
+            .unwrap_or_default();
+        let _ = write!(s, "<tr><td>{}</td><td>{orig}</td>", esc(k));
+        for i in inputs {
+            let _ = write!(
+                s,
+                "<td>{}</td>",
+                row(i).map(|r| fmt(&r["unlearned"])).unwrap_or_default()
+            );
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</table>");
+    s
+}
+
+fn label(i: &Input) -> String {
+    let method = i
+        .metrics
+        .as_ref()
+        .and_then(|m| m["manifest"]["method"].as_str().map(String::from))
+        .or_else(|| {
+            i.manifest
+                .as_ref()
+                .and_then(|m| m["method"].as_str().map(String::from))
+        });
+    let name = i
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    match method {
+        Some(m) => format!("{name} ({m})"),
+        None => name,
+    }
+}
+
+const CSS: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
+td:first-child,th:first-child{text-align:left}.good{color:#1a7f37}.bad{color:#c62828}\
+pre{margin:0;white-space:pre-wrap;text-align:left;font-size:12px}.samples td{vertical-align:top;max-width:330px}\
+section{border-top:2px solid #eee;margin-top:2em}code{background:#f4f4f4;padding:1px 4px}";
+
+/// Build the page from `dirs`.
+pub fn render(dirs: &[PathBuf]) -> Result<String> {
+    if dirs.is_empty() {
+        bail!("give at least one directory written by eval, forget/edit or locate");
+    }
+    let inputs: Vec<Input> = dirs.iter().map(|d| read_input(d)).collect::<Result<_>>()?;
+    let mut h = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>unlearn report</title><style>{CSS}</style></head><body>\
+         <h1>unlearn report</h1><p>unlearn {} — {} director{}: {}</p>",
+        env!("CARGO_PKG_VERSION"),
+        inputs.len(),
+        if inputs.len() == 1 { "y" } else { "ies" },
+        inputs.iter().map(|i| format!("<code>{}</code>", esc(&i.dir.display().to_string()))).collect::<Vec<_>>().join(", ")
+    );
+    let evals: Vec<&Input> = inputs.iter().filter(|i| i.metrics.is_some()).collect();
+    if evals.len() > 1 {
+        h.push_str("<section id=\"comparison\"><h2>Side by side</h2><p>Unlearned values of each run; the first column is the original model.</p>");
+        h.push_str(&comparison(&evals));
+        h.push_str("</section>");
+    }
+    for i in &inputs {
+        let _ = write!(h, "<section><h2>{}</h2>", esc(&label(i)));
+        if let Some(m) = &i.metrics {
+            let _ = write!(
+                h,
+                "<h3>Before and after</h3><p>Task {}, {} forget facts, {} held-out facts; forget rows: lower is better.</p>{}",
+                esc(m["task"].as_str().unwrap_or("?")),
+                m["forget_facts"],
+                m["held_out_facts"],
+                metrics_table(m)
+            );
+            let st = samples_table(m);
+            if !st.is_empty() {
+                let _ = write!(h, "<h3>Answers to forget prompts (greedy)</h3>{st}");
+            }
+        }
+        let manifest = i
+            .manifest
+            .as_ref()
+            .or_else(|| i.metrics.as_ref().map(|m| &m["manifest"]))
+            .filter(|m| !m.is_null());
+        if let Some(m) = manifest {
+            let _ = write!(
+                h,
+                "<h3>Run</h3><p>method <b>{}</b>{}, {} parameters in {} tensors, {} steps, seed {}; base {} (sha256 {}).</p>",
+                esc(m["method"].as_str().unwrap_or("?")),
+                if m["edit"].as_bool() == Some(true) { " (edit)" } else { "" },
+                m["param_count"],
+                m["params"].as_array().map_or(0, |v| v.len()),
+                m["steps"],
+                m["seed"],
+                esc(m["base_model"].as_str().unwrap_or("?")),
+                esc(&m["base_sha256"].as_str().unwrap_or("?").chars().take(12).collect::<String>())
+            );
+        }
+        if !i.train_log.is_empty() {
+            h.push_str(&loss_chart(&i.train_log));
+        }
+        for (name, svg) in &i.svgs {
+            let _ = write!(h, "<h3>{}</h3>{svg}", esc(name));
+        }
+        h.push_str("</section>");
+    }
+    h.push_str("</body></html>");
+    Ok(h)
+}
+
+/// Write the report.
+pub fn run(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    let page = render(dirs)?;
+    crate::util::write_atomic(out, page.as_bytes())?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_with_every_section() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, loc) = (d.path().join("a"), d.path().join("b"), d.path().join("loc"));
+        for (dir, v) in [(&a, 0.0), (&b, 0.25)] {
+            std::fs::create_dir_all(dir).unwrap();
+            let m = serde_json::json!({"task": "sports", "forget_facts": 16, "held_out_facts": 200,
+                "manifest": {"method": "kuda", "params": ["x"], "param_count": 10, "steps": 3, "seed": 0,
+                             "base_model": "gemma3-270m", "base_sha256": "abc"},
+                "rows": [{"metric": "forget.top1_candidates", "n": 16, "original": 1.0, "unlearned": v, "lower_is_better": true}],
+                "fluency_samples": {"original": [["p <1>", "golf"]], "unlearned": [["p <1>", "tennis"]]}});
+            std::fs::write(dir.join("metrics.json"), m.to_string()).unwrap();
+            std::fs::write(
+                dir.join("train.jsonl"),
+                "{\"step\":1,\"terms\":{\"f\":1.0}}\n{\"step\":2,\"terms\":{\"f\":0.5}}\n",
+            )
+            .unwrap();
+        }
+        std::fs::create_dir_all(&loc).unwrap();
+        std::fs::write(loc.join("trace.svg"), "<svg><rect/></svg>").unwrap();
+        let page = render(&[a, b, loc]).unwrap();
+        for part in [
+            "Side by side",
+            "Before and after",
+            "Answers to forget prompts",
+            "loss terms per step",
+            "trace.svg",
+            "p &lt;1&gt;",
+            "class=\"good\"",
+        ] {
+            assert!(page.contains(part), "missing {part}");
+        }
+        assert!(
+            !page.contains("<script") && !page.contains("http://")
+                || page.contains("xmlns=\"http://www.w3.org/2000/svg\"")
+        );
+        let e = render(&[d.path().join("missing")]).unwrap_err();
+        assert!(e.to_string().contains("missing"));
+    }
+}
