@@ -11,5 +11,6 @@ pub mod eval;
 pub mod forget;
 pub mod locate;
 pub mod model;
+pub mod pipeline;
 pub mod report;
 pub mod util;

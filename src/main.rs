@@ -29,6 +29,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole job on the default model and Sports Facts: locate the first 16 known
+    /// athletes (causal tracing → KUDA's MLP window), unlearn them with KUDA, localized
+    /// fine-tuning and gradient ascent on that window, evaluate each beside the original, and
+    /// write OUT/report.html. Re-running skips finished stages (and resumes a training).
+    Demo {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// Which known athletes to forget.
+        #[arg(long, default_value = "first-16")]
+        forget: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+    },
     /// Show a model's architecture, dimensions, parameter count, tokenizer and origin.
     Inspect {
         /// Model alias, .gguf file or Hugging Face directory.
@@ -352,6 +367,20 @@ fn main() {
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
+        Command::Demo {
+            model,
+            forget,
+            seed,
+            out,
+        } => {
+            let args = unlearn::pipeline::demo::DemoArgs {
+                model,
+                forget,
+                seed,
+                out,
+            };
+            unlearn::pipeline::demo::run(&args, &cli::device()?).map(|_| ())
+        }
         Command::Inspect { model, json } => cli::inspect(&model, json),
         Command::Generate {
             model,

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 struct Input {
     dir: PathBuf,
     metrics: Option<Value>,
+    /// `forget`'s own before/after numbers.
+    run_metrics: Option<Value>,
     manifest: Option<Value>,
     train_log: Vec<Value>,
     svgs: Vec<(String, String)>,
@@ -48,9 +50,16 @@ fn read_input(dir: &Path) -> Result<Input> {
             }
         }
     }
+    // metrics.json of `eval` has rows; that of `forget` has before/after (shown with the run).
+    let metrics = read_json(&dir.join("metrics.json"))?;
+    let (metrics, run_metrics) = match metrics {
+        Some(m) if m["rows"].is_array() => (Some(m), None),
+        other => (None, other),
+    };
     let input = Input {
         dir: dir.to_path_buf(),
-        metrics: read_json(&dir.join("metrics.json"))?,
+        metrics,
+        run_metrics,
         manifest: read_json(&dir.join("manifest.json"))?,
         train_log,
         svgs,
@@ -104,6 +113,33 @@ fn metrics_table(m: &Value) -> String {
             r["n"],
             fmt(&r["original"]),
             fmt(&r["unlearned"])
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+/// `forget`'s quick before/after numbers.
+fn run_metrics_table(m: &Value) -> String {
+    let mut s =
+        String::from("<table><tr><th>during the run</th><th>before</th><th>after</th></tr>");
+    for (name, path) in [
+        (
+            "forget top-1 among candidates",
+            ["forget", "top1_candidates"],
+        ),
+        ("forget mean P(answer)", ["forget", "mean_p"]),
+        (
+            "held-out top-1 among candidates",
+            ["held_out", "top1_candidates"],
+        ),
+        ("WikiText-2 perplexity", ["wikitext", "perplexity"]),
+    ] {
+        let _ = write!(
+            s,
+            "<tr><td>{name}</td><td>{}</td><td>{}</td></tr>",
+            fmt(&m["before"][path[0]][path[1]]),
+            fmt(&m["after"][path[0]][path[1]])
         );
     }
     s.push_str("</table>");
@@ -290,6 +326,9 @@ pub fn render(dirs: &[PathBuf]) -> Result<String> {
                 esc(m["base_model"].as_str().unwrap_or("?")),
                 esc(&m["base_sha256"].as_str().unwrap_or("?").chars().take(12).collect::<String>())
             );
+        }
+        if let Some(rm) = &i.run_metrics {
+            h.push_str(&run_metrics_table(rm));
         }
         if !i.train_log.is_empty() {
             h.push_str(&loss_chart(&i.train_log));

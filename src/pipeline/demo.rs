@@ -1,0 +1,173 @@
+//! `unlearn demo`: the default job on Gemma 3 270M and Sports Facts. Locate the first 16 known
+//! athletes by causal tracing (KUDA's MLP window), unlearn them with KUDA, localized
+//! fine-tuning and gradient ascent on that window, evaluate each against the original model,
+//! and write one HTML report. Each stage is skipped when its output is already there, so an
+//! interrupted demo continues where it stopped (an interrupted training resumes from its
+//! checkpoint).
+
+use crate::eval::run::{EvalArgs, Suite};
+use crate::forget::config::Method;
+use crate::forget::run::ForgetArgs;
+use crate::locate::run::LocateArgs;
+use anyhow::Result;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Options of `unlearn demo`.
+#[derive(Clone, Debug)]
+pub struct DemoArgs {
+    pub model: String,
+    pub forget: String,
+    pub seed: u64,
+    pub out: PathBuf,
+}
+
+fn done(p: &Path) -> bool {
+    p.exists()
+}
+
+/// Run the demo; returns the report's path.
+pub fn run(a: &DemoArgs, device: &candle_core::Device) -> Result<PathBuf> {
+    let t0 = std::time::Instant::now();
+    let stage = |n: usize, what: &str| {
+        eprintln!(
+            "\n[{n}/4] {what} ({:.0}s so far)",
+            t0.elapsed().as_secs_f64()
+        )
+    };
+    let loc_dir = a.out.join("locate");
+    stage(1, "locating the facts: causal tracing → KUDA's MLP window");
+    if !done(&loc_dir.join("localization.json")) {
+        crate::locate::run::run(
+            &LocateArgs {
+                model: a.model.clone(),
+                task: "sports".into(),
+                forget: a.forget.clone(),
+                known: "top1".into(),
+                seed: a.seed,
+                method: "kuda-window".into(),
+                top_k: 3,
+                window: 3,
+                samples: 5,
+                max_facts: 8,
+                budget_of: None,
+                out: loc_dir.clone(),
+            },
+            device,
+        )?;
+    } else {
+        eprintln!("already done: {}", loc_dir.display());
+    }
+    let methods = [Method::Kuda, Method::LocalizedFt, Method::Ga];
+    stage(
+        2,
+        "unlearning with KUDA, localized fine-tuning and gradient ascent on that window",
+    );
+    for m in methods {
+        let out = a.out.join(m.name());
+        if done(&out.join("manifest.json")) {
+            eprintln!("already done: {}", out.display());
+            continue;
+        }
+        eprintln!("— {}", m.name());
+        crate::forget::run::run(
+            &ForgetArgs {
+                model: a.model.clone(),
+                task: "sports".into(),
+                forget: a.forget.clone(),
+                known: "top1".into(),
+                method: m,
+                localization: Some(loc_dir.join("localization.json")),
+                layers: None,
+                config: None,
+                sets: vec![format!("seed={}", a.seed)],
+                edit: false,
+                new_answer: "rotate".into(),
+                partitions: 1,
+                tune: None,
+                full: false,
+                eval: false,
+                out,
+            },
+            device,
+        )?;
+    }
+    stage(3, "evaluating each result beside the original model");
+    let mut evals = Vec::new();
+    for m in methods {
+        let out = a.out.join(format!("eval-{}", m.name()));
+        if !done(&out.join("metrics.json")) {
+            eprintln!("— {}", m.name());
+            crate::eval::run::run(
+                &EvalArgs {
+                    model: a.model.clone(),
+                    unlearned: Some(a.out.join(m.name())),
+                    task: "sports".into(),
+                    forget: a.forget.clone(),
+                    known: "top1".into(),
+                    seed: a.seed,
+                    suite: Suite::Quick,
+                    held_out: 200,
+                    out: out.clone(),
+                },
+                device,
+            )?;
+        }
+        evals.push(out);
+    }
+    stage(4, "writing the report");
+    let mut dirs = evals.clone();
+    dirs.push(loc_dir);
+    let report = a.out.join("report.html");
+    crate::report::html::run(&dirs, &report)?;
+    print_summary(&evals)?;
+    eprintln!(
+        "\ndemo finished in {:.0}s; report: {}",
+        t0.elapsed().as_secs_f64(),
+        report.display()
+    );
+    Ok(report)
+}
+
+/// A short table of the headline numbers of each evaluation.
+fn print_summary(evals: &[PathBuf]) -> Result<()> {
+    const COLS: [(&str, &str); 6] = [
+        ("forget.top1_candidates", "forget acc"),
+        ("forget.mcq_accuracy", "forget MCQ"),
+        ("held_out.top1_candidates", "held-out acc"),
+        ("utility.wikitext_perplexity", "WikiText ppl"),
+        ("fluency.ngram_entropy", "fluency H"),
+        ("fluency.perplexity_under_original", "answer ppl"),
+    ];
+    let mut header = format!("{:<14}", "model");
+    for (_, h) in COLS {
+        header.push_str(&format!("{h:>14}"));
+    }
+    println!("\n{header}");
+    let mut first = true;
+    for dir in evals {
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json"))?)?;
+        let get = |k: &str, field: &str| -> String {
+            m["rows"]
+                .as_array()
+                .and_then(|rows| rows.iter().find(|r| r["metric"] == k))
+                .and_then(|r| r[field].as_f64())
+                .map_or("–".into(), |v| format!("{v:.3}"))
+        };
+        if first {
+            let mut line = format!("{:<14}", "original");
+            for (k, _) in COLS {
+                line.push_str(&format!("{:>14}", get(k, "original")));
+            }
+            println!("{line}");
+            first = false;
+        }
+        let name = m["manifest"]["method"].as_str().unwrap_or("?").to_string();
+        let mut line = format!("{name:<14}");
+        for (k, _) in COLS {
+            line.push_str(&format!("{:>14}", get(k, "unlearned")));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
