@@ -3,7 +3,7 @@
 //! previous one did not, with every scored token seeing at least `window − stride` tokens of
 //! context (except at the start). Logits are computed only at scored positions.
 
-use crate::model::{Batch, LanguageModel, LogitsAt, PadSide, RunOpts};
+use crate::model::{Batch, LanguageModel, LogitsAt, PadSide, RunOpts, Transformer};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -38,14 +38,26 @@ pub fn perplexity(
     window: usize,
     stride: usize,
 ) -> Result<Perplexity> {
-    if ids.len() < 2 {
-        bail!("perplexity needs at least 2 tokens");
-    }
     let bos = lm
         .tokenizer
         .add_bos
         .then_some(lm.tokenizer.bos_id)
         .flatten();
+    perplexity_of(&lm.model, bos, lm.pad_id(), ids, window, stride)
+}
+
+/// [`perplexity`] for a bare transformer, with the BOS token (if any) put before each window.
+pub fn perplexity_of(
+    model: &Transformer,
+    bos: Option<u32>,
+    pad: u32,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+) -> Result<Perplexity> {
+    if ids.len() < 2 {
+        bail!("perplexity needs at least 2 tokens");
+    }
     let body = window.saturating_sub(usize::from(bos.is_some()));
     if stride == 0 || body < 2 || stride > body {
         bail!("perplexity: need 0 < stride ≤ window − 1 (got window {window}, stride {stride})");
@@ -61,8 +73,8 @@ pub fn perplexity(
         // Token ids[j] is predicted at slot off + (j - s) - 1.
         let rows: Vec<(usize, usize)> = (scored_to..end).map(|j| (0, off + j - s - 1)).collect();
         let targets: Vec<u32> = (scored_to..end).map(|j| ids[j]).collect();
-        let batch = Batch::new(&[seq], lm.pad_id(), PadSide::Right, lm.model.device())?;
-        let out = lm.model.run(
+        let batch = Batch::new(&[seq], pad, PadSide::Right, model.device())?;
+        let out = model.run(
             &batch,
             &RunOpts {
                 logits: LogitsAt::Rows(rows),
@@ -87,4 +99,85 @@ pub fn perplexity(
         window,
         stride,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::transformer::tests::tiny_model;
+    use crate::model::Arch;
+
+    /// −mean log p of each next token with the whole sequence as context, computed from the
+    /// full logits of one run.
+    fn by_hand(model: &Transformer, seq: &[u32], from: usize) -> f64 {
+        let b = Batch::new(&[seq.to_vec()], 0, PadSide::Right, model.device()).unwrap();
+        let out = model
+            .run(
+                &b,
+                &RunOpts {
+                    logits: LogitsAt::All,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let l: Vec<Vec<f64>> = out
+            .logits
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let mut nll = 0.0;
+        for j in from..seq.len() {
+            let row = &l[j - 1];
+            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            nll += lse - row[seq[j] as usize];
+        }
+        nll / (seq.len() - from) as f64
+    }
+
+    #[test]
+    fn one_window_equals_the_full_sequence_and_windows_see_their_context() {
+        let m = tiny_model(Arch::Llama);
+        let ids: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 23).collect();
+        // One window holding everything (BOS = 1 first): the plain sequence perplexity (the
+        // log-softmax runs in f32, hence 1e-6).
+        let p = perplexity_of(&m, Some(1), 0, &ids, 32, 16).unwrap();
+        let mut with_bos = vec![1];
+        with_bos.extend(&ids);
+        assert_eq!(p.tokens, 19);
+        assert!(
+            (p.nll - by_hand(&m, &with_bos, 2)).abs() < 1e-6,
+            "{} vs {}",
+            p.nll,
+            by_hand(&m, &with_bos, 2)
+        );
+        // Windows of 9 (BOS + 8 tokens), stride 4: every token is scored once, tokens 1..8 in
+        // the first window, then 4 new tokens per window with 4 earlier ones as context.
+        let p = perplexity_of(&m, Some(1), 0, &ids, 9, 4).unwrap();
+        assert_eq!(p.tokens, 19);
+        let mut total = by_hand(&m, &with_bos[..9], 2) * 7.0;
+        let mut s = 4;
+        while s + 8 <= 20 + 3 && s < 20 {
+            let end = (s + 8).min(20);
+            let mut w = vec![1];
+            w.extend(&ids[s..end]);
+            let fresh = end - (s + 4);
+            total += by_hand(&m, &w, w.len() - fresh) * fresh as f64;
+            if end == 20 {
+                break;
+            }
+            s += 4;
+        }
+        assert!(
+            (p.nll - total / 19.0).abs() < 1e-6,
+            "{} vs {}",
+            p.nll,
+            total / 19.0
+        );
+        assert!(perplexity_of(&m, None, 0, &ids, 8, 0).is_err());
+    }
 }
