@@ -96,17 +96,8 @@ enum Command {
     /// split, then the chosen MLP layers (top-k by indirect effect, KUDA's best window, or a
     /// control). Writes OUT/localization.json, OUT/trace.svg and OUT/components.svg.
     Locate {
-        #[arg(long, short, default_value = "gemma3-270m")]
-        model: String,
-        /// sports, counterfact, counterfact-rewrites, or a .jsonl/.tsv facts file.
-        #[arg(long, default_value = "sports")]
-        task: String,
-        /// Which known facts to locate: first-N, random-N, half-a, half-b, or an attribute (basketball).
-        #[arg(long, default_value = "first-16")]
-        forget: String,
-        /// When a fact counts as known: top1 (over the vocabulary), candidates (beats the other answers), p>=X.
-        #[arg(long, default_value = "top1")]
-        known: String,
+        #[command(flatten)]
+        facts: FactArgs,
         /// causal-trace (top-k MLPs), kuda-window (best window of --window MLPs), attribution
         /// (top-k MLPs by attribution patching), random, all-mlps.
         #[arg(long, default_value = "kuda-window")]
@@ -145,19 +136,11 @@ enum Command {
     /// templates), fluency of answers to forget prompts, WikiText-2 perplexity; `--suite full`
     /// adds MMLU (570) and WMDP (785). Writes OUT/metrics.json.
     Eval {
-        /// The original model.
-        #[arg(long, short, default_value = "gemma3-270m")]
-        model: String,
+        #[command(flatten)]
+        facts: FactArgs,
         /// An output of `unlearn forget`/`edit` (its manifest fixes the task and the facts).
         #[arg(long)]
         unlearned: Option<PathBuf>,
-        #[arg(long, default_value = "sports")]
-        task: String,
-        /// Forget split when there is no manifest.
-        #[arg(long, default_value = "first-16")]
-        forget: String,
-        #[arg(long, default_value = "top1")]
-        known: String,
         /// quick or full.
         #[arg(long, default_value = "quick")]
         suite: String,
@@ -204,9 +187,10 @@ enum Command {
     },
 }
 
-/// Options shared by `forget` and `edit`.
+/// The model and the facts a command works on.
 #[derive(clap::Args)]
-struct ForgetCli {
+struct FactArgs {
+    /// Model alias, .gguf file or Hugging Face directory (the original model).
     #[arg(long, short, default_value = "gemma3-270m")]
     model: String,
     /// sports, counterfact, counterfact-rewrites, or a .jsonl/.tsv facts file.
@@ -215,9 +199,17 @@ struct ForgetCli {
     /// Which known facts: first-N, random-N, half-a, half-b, or an attribute (basketball).
     #[arg(long, default_value = "first-16")]
     forget: String,
-    /// When a fact counts as known: top1, candidates, p>=X.
+    /// When a fact counts as known: top1 (over the vocabulary), candidates (beats the other
+    /// answers), p>=X.
     #[arg(long, default_value = "top1")]
     known: String,
+}
+
+/// Options shared by `forget` and `edit`.
+#[derive(clap::Args)]
+struct ForgetCli {
+    #[command(flatten)]
+    facts: FactArgs,
     /// kuda, localized-ft, ga, graddiff, npo, simnpo, rmu (edit: localized-ft).
     #[arg(long, default_value = "kuda")]
     method: String,
@@ -323,10 +315,10 @@ fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::
         anyhow::bail!("--out DIR is required (where the result, log and checkpoints go)");
     };
     Ok(Some(unlearn::forget::run::ForgetArgs {
-        model: c.model,
-        task: c.task,
-        forget: c.forget,
-        known: c.known,
+        model: c.facts.model,
+        task: c.facts.task,
+        forget: c.facts.forget,
+        known: c.facts.known,
         method: if edit && c.method == "kuda" {
             Method::LocalizedFt
         } else {
@@ -400,10 +392,13 @@ fn run(cmd: Command) -> Result<()> {
         } => cli::predict(&model, &prompt, top_k, answer.as_deref(), batch_size, json),
         Command::Export { model, out } => cli::export(&model, &out),
         Command::Locate {
-            model,
-            task,
-            forget,
-            known,
+            facts:
+                FactArgs {
+                    model,
+                    task,
+                    forget,
+                    known,
+                },
             method,
             top_k,
             window,
@@ -430,11 +425,14 @@ fn run(cmd: Command) -> Result<()> {
             unlearn::locate::run::run(&args, &cli::device()?)
         }
         Command::Eval {
-            model,
+            facts:
+                FactArgs {
+                    model,
+                    task,
+                    forget,
+                    known,
+                },
             unlearned,
-            task,
-            forget,
-            known,
             suite,
             held_out,
             seed,

@@ -7,18 +7,23 @@ use std::path::Path;
 
 /// Write `bytes` to `path` atomically: a temporary file in the same directory, then a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file().sync_all().ok();
+    persist(tmp, path)
+}
+
+/// A temporary file in the directory of `path` (created if needed), for an atomic rename.
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating directory {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all().ok();
-    persist(tmp, path)
+    tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))
 }
 
 /// Give a finished temporary file the usual permissions (rw-r--r--) and rename it into place.
@@ -38,14 +43,7 @@ pub fn save_safetensors_atomic(
     tensors: &std::collections::HashMap<String, candle_core::Tensor>,
     path: &Path,
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating directory {}", dir.display()))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let tmp = temp_beside(path)?;
     candle_core::safetensors::save(tensors, tmp.path())
         .with_context(|| format!("writing {}", path.display()))?;
     persist(tmp, path)

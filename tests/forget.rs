@@ -37,6 +37,15 @@ fn args(out: &Path) -> ForgetArgs {
     }
 }
 
+fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 fn changed(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("changed.safetensors"), &Device::Cpu).unwrap()
 }
@@ -115,20 +124,7 @@ fn output_loads_back_and_an_interrupted_run_resumes_to_the_same_weights() {
     );
     let r = changed(&resumed);
     for (name, t) in &ch {
-        let x: Vec<f32> = t
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let y: Vec<f32> = r[name]
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (x, y) = (values(t), values(&r[name]));
         assert!(
             x == y,
             "{name}: resumed weights differ from the uninterrupted run's"

@@ -112,3 +112,20 @@ pub fn wikitext_halves() -> Result<(Vec<String>, Vec<String>)> {
     train.truncate(mid);
     Ok((train, eval))
 }
+
+/// A Sports fact for tests.
+#[cfg(test)]
+pub(crate) fn example_fact() -> Fact {
+    Fact {
+        id: "1".into(),
+        prompt: "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of"
+            .into(),
+        subject: "LeBron James".into(),
+        answer: " basketball".into(),
+        new_answer: None,
+        paraphrases: vec![],
+        neighborhood: vec![],
+        candidates: vec![" football".into(), " basketball".into(), " baseball".into()],
+        attribute: None,
+    }
+}

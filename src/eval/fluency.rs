@@ -2,8 +2,9 @@
 //! weighted mix of bigram and trigram entropy over the words) and by their perplexity under the
 //! original model (gibberish is improbable under it), with samples kept for the report.
 
+use crate::eval::perplexity::target_logprobs;
 use crate::model::generate::{generate, Sampling};
-use crate::model::{Batch, LanguageModel, LogitsAt, PadSide, RunOpts};
+use crate::model::LanguageModel;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -82,21 +83,7 @@ pub fn fluency(
             let mut seq = p.clone();
             seq.extend(&g);
             let rows: Vec<(usize, usize)> = (0..g.len()).map(|j| (0, p.len() + j - 1)).collect();
-            let batch = Batch::new(
-                &[seq],
-                original.pad_id(),
-                PadSide::Right,
-                original.model.device(),
-            )?;
-            let out = original.model.run(
-                &batch,
-                &RunOpts {
-                    logits: LogitsAt::Rows(rows),
-                    ..Default::default()
-                },
-            )?;
-            let (lp, _) =
-                crate::forget::seqs::logprobs_of(out.logits.as_ref().expect("asked"), &g)?;
+            let lp = target_logprobs(&original.model, seq, original.pad_id(), &rows, &g)?;
             nll -= lp.iter().sum::<f64>();
             count += lp.len();
         }

@@ -89,19 +89,7 @@ mod tests {
     #[test]
     fn rewrites_the_subject() {
         assert_eq!(dashed("LeBron James"), "L-e-B-r-o-n J-a-m-e-s");
-        let f = Fact {
-            id: "1".into(),
-            prompt:
-                "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of"
-                    .into(),
-            subject: "LeBron James".into(),
-            answer: " basketball".into(),
-            new_answer: None,
-            paraphrases: vec![],
-            neighborhood: vec![],
-            candidates: vec![" football".into(), " basketball".into(), " baseball".into()],
-            attribute: None,
-        };
+        let f = crate::data::example_fact();
         let c = rewrite(&f, Format::Capitalized).unwrap();
         assert!(c.prompt.ends_with("Fact: LEBRON JAMES plays the sport of"));
         assert!(c.prompt.starts_with("Fact: Tiger Woods"));

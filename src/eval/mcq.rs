@@ -175,19 +175,7 @@ mod tests {
 
     #[test]
     fn fact_mcqs_keep_the_answer_among_shuffled_candidates() {
-        let f = Fact {
-            id: "1".into(),
-            prompt:
-                "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of"
-                    .into(),
-            subject: "LeBron James".into(),
-            answer: " basketball".into(),
-            new_answer: None,
-            paraphrases: vec![],
-            neighborhood: vec![],
-            candidates: vec![" football".into(), " basketball".into(), " baseball".into()],
-            attribute: None,
-        };
+        let f = crate::data::example_fact();
         let qs = from_facts(&vec![f; 20], 3);
         assert_eq!(
             qs[0].question,

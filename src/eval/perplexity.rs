@@ -46,6 +46,26 @@ pub fn perplexity(
     perplexity_of(&lm.model, bos, lm.pad_id(), ids, window, stride)
 }
 
+/// Log-probabilities of `targets` at (row 0, position) `rows` of one sequence.
+pub fn target_logprobs(
+    model: &Transformer,
+    seq: Vec<u32>,
+    pad: u32,
+    rows: &[(usize, usize)],
+    targets: &[u32],
+) -> Result<Vec<f64>> {
+    let batch = Batch::new(&[seq], pad, PadSide::Right, model.device())?;
+    let out = model.run(
+        &batch,
+        &RunOpts {
+            logits: LogitsAt::Rows(rows.to_vec()),
+            ..Default::default()
+        },
+    )?;
+    let (lp, _) = crate::forget::seqs::logprobs_of(out.logits.as_ref().expect("asked"), targets)?;
+    Ok(lp)
+}
+
 /// [`perplexity`] for a bare transformer, with the BOS token (if any) put before each window.
 pub fn perplexity_of(
     model: &Transformer,
@@ -73,16 +93,7 @@ pub fn perplexity_of(
         // Token ids[j] is predicted at slot off + (j - s) - 1.
         let rows: Vec<(usize, usize)> = (scored_to..end).map(|j| (0, off + j - s - 1)).collect();
         let targets: Vec<u32> = (scored_to..end).map(|j| ids[j]).collect();
-        let batch = Batch::new(&[seq], pad, PadSide::Right, model.device())?;
-        let out = model.run(
-            &batch,
-            &RunOpts {
-                logits: LogitsAt::Rows(rows),
-                ..Default::default()
-            },
-        )?;
-        let (lp, _) =
-            crate::forget::seqs::logprobs_of(out.logits.as_ref().expect("asked"), &targets)?;
+        let lp = target_logprobs(model, seq, pad, &rows, &targets)?;
         nll -= lp.iter().sum::<f64>();
         count += lp.len();
         scored_to = end;

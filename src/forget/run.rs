@@ -10,7 +10,7 @@ use crate::forget::export::{base_spec, write_output, Manifest};
 use crate::forget::methods;
 use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
 use crate::forget::seqs::{text_chunks, Seq, SeqSet};
-use crate::forget::trainer::{layer_of, mean_ref_norm, steering_vector, train, Plan};
+use crate::forget::trainer::{first_layer, layer_of, mean_ref_norm, steering_vector, train, Plan};
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;
 use crate::model::LanguageModel;
@@ -475,12 +475,7 @@ fn plan_for(
         part.iter().map(|&i| ctx.forget_seqs[i].clone()).collect(),
     );
     let steer = if ctx.method == Method::Rmu {
-        let first = ctx
-            .params
-            .iter()
-            .filter_map(|p| layer_of(p))
-            .min()
-            .unwrap_or(0);
+        let first = first_layer(&ctx.params);
         fset.precompute(&lm.model, pad, first, ctx.rep_layer, false, 16)?;
         let norm = mean_ref_norm(&fset)?;
         Some(steering_vector(
@@ -588,12 +583,7 @@ fn tune(
         Ok(())
     };
     let mut val = SeqSet::new("validation", validation.to_vec());
-    let first = ctx
-        .params
-        .iter()
-        .filter_map(|p| layer_of(p))
-        .min()
-        .unwrap_or(0);
+    let first = first_layer(&ctx.params);
     val.precompute(&lm.model, lm.pad_id(), first, ctx.rep_layer, false, 16)?;
     let mut taus = t.taus.clone();
     taus.sort_by(|a, b| b.total_cmp(a));

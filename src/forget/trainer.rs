@@ -89,11 +89,7 @@ impl Plan {
 
     /// Lowest updated layer (layers below it are cached).
     pub fn first_layer(&self) -> usize {
-        self.params
-            .iter()
-            .filter_map(|p| layer_of(p))
-            .min()
-            .unwrap_or(0)
+        first_layer(&self.params)
     }
 
     /// Cache the frozen model's values each set needs; drop terms whose data is empty.
@@ -135,6 +131,11 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Lowest block holding one of `params` (0 when none is in a block).
+pub fn first_layer(params: &[String]) -> usize {
+    params.iter().filter_map(|p| layer_of(p)).min().unwrap_or(0)
 }
 
 /// Block index of a parameter name (`model.layers.{l}.…`).
@@ -808,22 +809,16 @@ mod tests {
         let s = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
         assert_eq!(s.resumed_from, Some(3));
         for p in &plan.params {
-            let a: Vec<f64> = m
-                .weights()
-                .get(p)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let b: Vec<f64> = straight
-                .weights()
-                .get(p)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let values = |t: &Transformer| -> Vec<f64> {
+                t.weights()
+                    .get(p)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            let (a, b) = (values(&m), values(&straight));
             assert_eq!(a, b, "{p} differs after resuming");
         }
         let log = std::fs::read_to_string(dir.path().join("train.jsonl")).unwrap();
