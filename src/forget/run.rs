@@ -159,6 +159,14 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     if a.partitions == 0 {
         bail!("--partitions must be at least 1");
     }
+    let located = matches!(a.method, Method::Kuda | Method::LocalizedFt);
+    if located && a.localization.is_none() && a.layers.is_none() {
+        bail!(
+            "{} updates located weights: pass --localization DIR/localization.json (from `unlearn locate`) \
+             or --layers 2-4 (MLP layers), or --layers all",
+            a.method.name()
+        );
+    }
     let mut lm = LanguageModel::load(&a.model, device)?;
     let n_layers = lm.model.config.num_layers;
     let base_fp = fingerprint(&lm.origin)?;
@@ -202,28 +210,26 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     );
 
     // What is updated.
-    let (localization, params): (Option<Localization>, Vec<String>) = match (&a.localization, &a.layers) {
-        (Some(_), Some(_)) => bail!("give --localization or --layers, not both"),
-        (Some(p), None) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let loc: Localization = serde_json::from_str(&text).with_context(|| format!("{}: not a localization.json", p.display()))?;
-            for q in &loc.params {
-                lm.model.weights().get(q).with_context(|| format!("{}: parameter `{q}` is not in this model", p.display()))?;
+    let (localization, params): (Option<Localization>, Vec<String>) =
+        match (&a.localization, &a.layers) {
+            (Some(_), Some(_)) => bail!("give --localization or --layers, not both"),
+            (Some(p), None) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let loc: Localization = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a localization.json", p.display()))?;
+                for q in &loc.params {
+                    lm.model.weights().get(q).with_context(|| {
+                        format!("{}: parameter `{q}` is not in this model", p.display())
+                    })?;
+                }
+                let params = loc.params.clone();
+                (Some(loc), params)
             }
-            let params = loc.params.clone();
-            (Some(loc), params)
-        }
-        (None, Some(s)) if s == "all" => (None, all_block_params(&lm)),
-        (None, Some(s)) => (None, lm.model.mlp_param_names(&parse_layers(s, n_layers)?)),
-        (None, None) => match a.method {
-            Method::Kuda | Method::LocalizedFt => bail!(
-                "{} updates located weights: pass --localization DIR/localization.json (from `unlearn locate`) \
-                 or --layers 2-4 (MLP layers), or --layers all",
-                a.method.name()
-            ),
-            _ => (None, all_block_params(&lm)),
-        },
-    };
+            (None, Some(s)) if s == "all" => (None, all_block_params(&lm)),
+            (None, Some(s)) => (None, lm.model.mlp_param_names(&parse_layers(s, n_layers)?)),
+            (None, None) => (None, all_block_params(&lm)),
+        };
     let param_count: usize = params
         .iter()
         .map(|p| Ok(lm.model.weights().get(p)?.elem_count()))
