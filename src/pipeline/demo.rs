@@ -117,6 +117,7 @@ pub fn run(a: &DemoArgs, device: &candle_core::Device) -> Result<PathBuf> {
     }
     stage(4, "writing the report");
     let mut dirs = evals.clone();
+    dirs.extend(methods.iter().map(|m| a.out.join(m.name())));
     dirs.push(loc_dir);
     let report = a.out.join("report.html");
     crate::report::html::run(&dirs, &report)?;
