@@ -12,14 +12,8 @@ use unlearn::model::LanguageModel;
 
 fn args(out: &Path) -> ForgetArgs {
     ForgetArgs {
-        model: "gemma3-270m".into(),
-        task: "sports".into(),
         forget: "first-4".into(),
-        known: "top1".into(),
-        method: Method::Kuda,
-        localization: None,
         layers: Some("2-3".into()),
-        config: None,
         sets: vec![
             "steps=4".into(),
             "batch_size=4".into(),
@@ -27,13 +21,8 @@ fn args(out: &Path) -> ForgetArgs {
             "kuda.key_text_chunks=8".into(),
             "optim.lr=1e-3".into(),
         ],
-        edit: false,
-        new_answer: "rotate".into(),
-        partitions: 1,
-        tune: None,
-        full: false,
         eval: false,
-        out: out.to_path_buf(),
+        ..ForgetArgs::defaults("gemma3-270m", Method::Kuda, out.to_path_buf())
     }
 }
 

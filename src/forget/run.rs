@@ -46,6 +46,31 @@ pub struct ForgetArgs {
     pub out: PathBuf,
 }
 
+impl ForgetArgs {
+    /// The command-line defaults: Sports, first 16 known athletes (top-1), no localization
+    /// (give one), default settings, evaluation on.
+    pub fn defaults(model: &str, method: Method, out: PathBuf) -> ForgetArgs {
+        ForgetArgs {
+            model: model.into(),
+            task: "sports".into(),
+            forget: "first-16".into(),
+            known: "top1".into(),
+            method,
+            localization: None,
+            layers: None,
+            config: None,
+            sets: vec![],
+            edit: false,
+            new_answer: "rotate".into(),
+            partitions: 1,
+            tune: None,
+            full: false,
+            eval: true,
+            out,
+        }
+    }
+}
+
 /// Before/after numbers of one run.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Metrics {

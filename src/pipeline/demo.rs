@@ -72,22 +72,11 @@ pub fn run(a: &DemoArgs, device: &candle_core::Device) -> Result<PathBuf> {
         eprintln!("— {}", m.name());
         crate::forget::run::run(
             &ForgetArgs {
-                model: a.model.clone(),
-                task: "sports".into(),
                 forget: a.forget.clone(),
-                known: "top1".into(),
-                method: m,
                 localization: Some(loc_dir.join("localization.json")),
-                layers: None,
-                config: None,
                 sets: vec![format!("seed={}", a.seed)],
-                edit: false,
-                new_answer: "rotate".into(),
-                partitions: 1,
-                tune: None,
-                full: false,
                 eval: false,
-                out,
+                ..ForgetArgs::defaults(&a.model, m, out)
             },
             device,
         )?;
