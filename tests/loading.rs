@@ -36,17 +36,8 @@ fn logits(lm: &LanguageModel) -> Tensor {
 }
 
 fn export_round_trip(alias: &str) {
-    let lm = LanguageModel::load(alias, &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("exported");
-    export_hf_dir(
-        &lm.model.config,
-        lm.model.weights(),
-        &lm.tokenizer,
-        &out,
-        None,
-    )
-    .unwrap();
+    let (lm, out) = exported(alias, dir.path(), "exported");
     for f in [
         "model.safetensors",
         "config.json",
@@ -129,9 +120,9 @@ fn tokenizer_round_trips_text() {
     }
 }
 
-/// SmolLM2 and its export into `parent/name`.
-fn exported_smollm2(parent: &Path, name: &str) -> (LanguageModel, std::path::PathBuf) {
-    let lm = LanguageModel::load("smollm2-135m", &Device::Cpu).unwrap();
+/// A model and its export into `parent/name`.
+fn exported(alias: &str, parent: &Path, name: &str) -> (LanguageModel, std::path::PathBuf) {
+    let lm = LanguageModel::load(alias, &Device::Cpu).unwrap();
     let out = parent.join(name);
     export_hf_dir(
         &lm.model.config,
@@ -172,7 +163,7 @@ fn truncated_gguf_is_reported_with_the_file() {
 #[test]
 fn mis_shaped_or_missing_tensors_and_bad_configs_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, out) = exported_smollm2(dir.path(), "m");
+    let (_, out) = exported("smollm2-135m", dir.path(), "m");
     let st = out.join("model.safetensors");
     let mut map: HashMap<String, Tensor> =
         candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
@@ -230,7 +221,7 @@ fn mis_shaped_or_missing_tensors_and_bad_configs_are_named() {
 fn half_precision_export_of_a_real_model_loads() {
     // bf16 weights in a HF directory load as f32 and stay close to the f32 model.
     let dir = tempfile::tempdir().unwrap();
-    let (lm, out) = exported_smollm2(dir.path(), "bf16");
+    let (lm, out) = exported("smollm2-135m", dir.path(), "bf16");
     let st = out.join("model.safetensors");
     let map: HashMap<String, Tensor> = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
     let half: HashMap<String, Tensor> = map
