@@ -4,5 +4,8 @@
 
 pub mod attribution;
 pub mod localization;
+#[cfg(test)]
+pub(crate) mod planted;
+pub mod probe;
 pub mod run;
 pub mod trace;

@@ -1,0 +1,233 @@
+//! A small model whose facts are planted, by construction, in the MLP of one layer: every
+//! localization method must find that layer. Subject token `s` maps to answer `c(s)` through
+//! one hidden unit of the planted MLP (gate and up read the subject's embedding, down writes
+//! the answer's unembedding direction); every other weight is small noise.
+
+use crate::model::config::{Activation, Arch, ModelConfig};
+use crate::model::ops::tests::rnd;
+use crate::model::weights::Weights;
+use crate::model::Transformer;
+use candle_core::{DType, Tensor};
+
+pub const PLANTED_LAYER: usize = 2;
+pub const N_LAYERS: usize = 4;
+pub const ANSWERS: [u32; 3] = [60, 61, 62];
+/// Subject tokens; subject `SUBJECTS.start + i` has answer `ANSWERS[i % 3]`.
+pub const SUBJECTS: std::ops::Range<u32> = 10..58;
+
+/// One planted fact: `[bos, 5, subject]`: the subject is the last token, so the answer is read
+/// where the planted MLP writes it (no attention circuit has to move it).
+pub struct PlantedFact {
+    pub ids: Vec<u32>,
+    pub subject_pos: usize,
+    pub class: usize,
+    pub answer: u32,
+}
+
+pub fn facts() -> Vec<PlantedFact> {
+    SUBJECTS
+        .enumerate()
+        .map(|(i, s)| PlantedFact {
+            ids: vec![1, 5, s],
+            subject_pos: 2,
+            class: i % 3,
+            answer: ANSWERS[i % 3],
+        })
+        .collect()
+}
+
+fn row(t: &Tensor, i: usize) -> Vec<f64> {
+    t.get(i).unwrap().to_vec1().unwrap()
+}
+
+fn unit(v: &[f64]) -> Vec<f64> {
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+pub fn model() -> Transformer {
+    let c = ModelConfig {
+        arch: Arch::Llama,
+        vocab_size: 64,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: N_LAYERS,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        rope_local_theta: None,
+        sliding_window: None,
+        sliding_window_pattern: None,
+        max_position_embeddings: 64,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        query_pre_attn_scalar: None,
+        final_logit_softcapping: None,
+        attn_logit_softcapping: None,
+        activation: Activation::Silu,
+        rope_scaling: None,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        pad_token_id: Some(0),
+    };
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    let mut w = Weights::default();
+    for (i, (name, shape)) in Weights::expected_shapes(&c).into_iter().enumerate() {
+        let t = if name.contains("norm") {
+            Tensor::ones(shape.as_slice(), DType::F64, &candle_core::Device::Cpu).unwrap()
+        } else if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            rnd(&shape, 7000 + i as u64, 1.0)
+        } else {
+            rnd(&shape, 7000 + i as u64, 0.02)
+        };
+        w.tensors.insert(name, t);
+    }
+    let emb = w.tensors["model.embed_tokens.weight"].clone();
+    let lm = w.tensors["lm_head.weight"].clone();
+    let (mut gate, mut down) = (vec![0f64; f * d], vec![0f64; d * f]);
+    let g = 2.0 / (d as f64).sqrt();
+    for (i, s) in SUBJECTS.enumerate() {
+        let e = unit(&row(&emb, s as usize));
+        for k in 0..d {
+            gate[i * d + k] = g * e[k];
+        }
+        let u = unit(&row(&lm, ANSWERS[i % 3] as usize));
+        for k in 0..d {
+            down[k * f + i] = 3.0 * u[k];
+        }
+    }
+    let p = |m: &str| format!("model.layers.{PLANTED_LAYER}.mlp.{m}.weight");
+    let dev = candle_core::Device::Cpu;
+    let gate = Tensor::from_vec(gate, (f, d), &dev).unwrap();
+    w.tensors.insert(p("gate_proj"), gate.clone());
+    w.tensors.insert(p("up_proj"), gate);
+    w.tensors.insert(
+        p("down_proj"),
+        Tensor::from_vec(down, (d, f), &dev).unwrap(),
+    );
+    Transformer::new(c, w).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locate::probe::{curve, features_of, rises, FitOpts, ProbeAt};
+
+    fn argmax(v: &[f64]) -> usize {
+        (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
+    }
+
+    #[test]
+    fn the_planted_model_knows_its_facts() {
+        let m = model();
+        let fs = facts();
+        let ids: Vec<Vec<u32>> = fs.iter().map(|f| f.ids.clone()).collect();
+        let b = crate::model::Batch::new(&ids, 0, crate::model::PadSide::Left, m.device()).unwrap();
+        let logits: Vec<Vec<f64>> = m
+            .run(&b, &Default::default())
+            .unwrap()
+            .logits
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let right = fs
+            .iter()
+            .zip(&logits)
+            .filter(|(f, l)| argmax(l) == f.answer as usize)
+            .count();
+        assert!(right >= fs.len() * 9 / 10, "{right} of {}", fs.len());
+    }
+
+    /// Probes trained on half of the subjects and tested on the others are at chance before
+    /// the planted block and near perfect after it, so the steepest rise is the planted MLP.
+    #[test]
+    fn probes_find_the_planted_layer() {
+        let m = model();
+        let fs = facts();
+        let items: Vec<(Vec<u32>, usize)> =
+            fs.iter().map(|f| (f.ids.clone(), f.subject_pos)).collect();
+        let feats = features_of(&m, 0, &items, 16).unwrap();
+        let x = feats.at(ProbeAt::LastSubject);
+        let split =
+            |keep: usize| -> Vec<usize> { (0..fs.len()).filter(|i| i % 2 == keep).collect() };
+        let (tr, te) = (split(0), split(1));
+        let pick = |idx: &[usize]| -> Vec<Vec<Vec<f32>>> {
+            x.iter()
+                .map(|l| idx.iter().map(|&i| l[i].clone()).collect())
+                .collect()
+        };
+        let as_facts = |idx: &[usize]| -> Vec<crate::data::Fact> {
+            idx.iter()
+                .map(|&i| crate::data::Fact {
+                    id: i.to_string(),
+                    prompt: "p".into(),
+                    subject: "p".into(),
+                    answer: fs[i].class.to_string(),
+                    new_answer: None,
+                    paraphrases: vec![],
+                    neighborhood: vec![],
+                    candidates: vec![],
+                    attribute: None,
+                })
+                .collect()
+        };
+        let (c, _, _) = curve(
+            ProbeAt::LastSubject,
+            &pick(&tr),
+            &as_facts(&tr),
+            &pick(&te),
+            &as_facts(&te),
+            FitOpts::default(),
+        )
+        .unwrap();
+        assert_eq!(c.test.len(), N_LAYERS + 1);
+        for l in 0..=PLANTED_LAYER {
+            assert!(c.test[l] < 0.6, "layer index {l}: {:?}", c.test);
+        }
+        assert!(c.test[PLANTED_LAYER + 1] > 0.9, "{:?}", c.test);
+        assert_eq!(argmax(&rises(&c)), PLANTED_LAYER, "{:?}", c.test);
+    }
+
+    /// Causal tracing (MLP restored at the subject) and attribution patching both put the
+    /// largest effect on the planted MLP, for every fact tested.
+    #[test]
+    fn tracing_and_attribution_find_the_planted_layer() {
+        use crate::locate::attribution::{attribute, AttributionItem};
+        use crate::locate::trace::{embedding_std, trace, TraceKind, TraceOpts};
+        let m = model();
+        let fs = facts();
+        let mut mean = vec![0f64; N_LAYERS];
+        for f in fs.iter().take(6) {
+            let span = f.subject_pos..f.subject_pos + 1;
+            let opts = TraceOpts {
+                kind: TraceKind::Mlp,
+                samples: 4,
+                positions: Some(vec![f.subject_pos]),
+                ..Default::default()
+            };
+            let g = trace(&m, &f.ids, span, f.answer, &opts).unwrap();
+            let eff: Vec<f64> = (0..N_LAYERS)
+                .map(|l| g.grid[l][f.subject_pos] - g.p_corrupt)
+                .collect();
+            assert_eq!(argmax(&eff), PLANTED_LAYER, "{eff:?}");
+            for l in 0..N_LAYERS {
+                mean[l] += eff[l];
+            }
+        }
+        assert!(mean[PLANTED_LAYER] > 0.0);
+        let items: Vec<AttributionItem> = fs
+            .iter()
+            .map(|f| AttributionItem {
+                ids: f.ids.clone(),
+                subject: f.subject_pos..f.subject_pos + 1,
+                answer: f.answer,
+                alternative: ANSWERS[(f.class + 1) % 3],
+            })
+            .collect();
+        let std = embedding_std(&m).unwrap() * 3.0;
+        let s = attribute(&m, &items, std, 0).unwrap();
+        assert_eq!(argmax(&s.mlps), PLANTED_LAYER, "{:?}", s.mlps);
+    }
+}
