@@ -93,13 +93,17 @@ enum Command {
         prompt: Vec<String>,
     },
     /// Find where the facts of a task live: causal tracing over the known facts of the forget
-    /// split, then the chosen MLP layers (top-k by indirect effect, KUDA's best window, or a
-    /// control). Writes OUT/localization.json, OUT/trace.svg and OUT/components.svg.
+    /// split (or fact-lookup probes over all known facts), then the chosen MLP layers (top-k by
+    /// indirect effect, KUDA's best window, the steepest probe-accuracy rises, or a control).
+    /// Writes OUT/localization.json, OUT/trace.svg or OUT/probes.svg, and OUT/components.svg.
     Locate {
         #[command(flatten)]
         facts: FactArgs,
         /// causal-trace (top-k MLPs), kuda-window (best window of --window MLPs), attribution
-        /// (top-k MLPs by attribution patching), random, all-mlps.
+        /// (top-k MLPs by attribution patching), probe (FLU: the top-k blocks across which
+        /// the accuracy of per-layer answer probes at the last subject token rises most;
+        /// probes train on half of the known facts and test on the other half), random,
+        /// all-mlps.
         #[arg(long, default_value = "kuda-window")]
         method: String,
         #[arg(long, default_value_t = 3)]
@@ -147,6 +151,38 @@ enum Command {
         /// Held-out known facts evaluated at most.
         #[arg(long, default_value_t = 200)]
         held_out: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Relearning attack: LoRA adapters (all linear layers) trained on every other forget fact
+    /// (+ retain facts + WikiText) of an unlearned run; the accuracy of the other half, never
+    /// trained on, is measured every few steps. Suppressed knowledge comes back on the unseen
+    /// half; erased knowledge does not. Writes OUT/relearn.json (the report draws the curve).
+    Relearn {
+        #[command(flatten)]
+        facts: FactArgs,
+        /// An output of `unlearn forget` (its manifest fixes the facts); without it the attack
+        /// runs on --model itself (a baseline: it already knows the facts).
+        #[arg(long)]
+        unlearned: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 5)]
+        eval_every: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        #[arg(long, default_value_t = 16.0)]
+        alpha: f64,
+        /// Dropout on the adapters' input features (one mask per step, see `forget::lora`).
+        #[arg(long, default_value_t = 0.0)]
+        dropout: f64,
+        /// all-linear or mlp.
+        #[arg(long, default_value = "all-linear")]
+        targets: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long)]
@@ -423,6 +459,51 @@ fn run(cmd: Command) -> Result<()> {
                 out,
             };
             unlearn::locate::run::run(&args, &cli::device()?)
+        }
+        Command::Relearn {
+            facts:
+                FactArgs {
+                    model,
+                    task,
+                    forget,
+                    known,
+                },
+            unlearned,
+            steps,
+            eval_every,
+            lr,
+            rank,
+            alpha,
+            dropout,
+            targets,
+            seed,
+            out,
+        } => {
+            use unlearn::eval::relearn::{RelearnArgs, RelearnConfig};
+            let cfg = RelearnConfig {
+                steps,
+                eval_every,
+                lr,
+                seed,
+                lora: unlearn::forget::lora::LoraConfig {
+                    rank,
+                    alpha,
+                    dropout,
+                    targets,
+                },
+                ..Default::default()
+            };
+            let args = RelearnArgs {
+                model,
+                unlearned,
+                task,
+                forget,
+                known,
+                seed,
+                cfg,
+                out,
+            };
+            unlearn::eval::relearn::run(&args, &cli::device()?).map(|_| ())
         }
         Command::Eval {
             facts:

@@ -6,6 +6,8 @@
 pub mod completion;
 pub mod fluency;
 pub mod formats;
+pub mod latent;
 pub mod mcq;
 pub mod perplexity;
+pub mod relearn;
 pub mod run;

@@ -1,20 +1,24 @@
 //! `unlearn eval`: the same numbers for the original and the unlearned model, side by side —
 //! forget and held-out accuracy (completion, multiple choice, other spellings and phrasings),
-//! fluency of answers to forget prompts, WikiText-2 perplexity, and with `--suite full` MMLU
+//! fluency of answers to forget prompts, latent knowledge (probes trained on the original model,
+//! read on both), WikiText-2 perplexity, and with `--suite full` MMLU
 //! (570 questions) and WMDP (785). Writes OUT/metrics.json and prints a table.
 
 use crate::data::{self, known, Fact};
 use crate::eval::completion::accuracy;
 use crate::eval::fluency::{fluency, Fluency};
 use crate::eval::formats::{formats_for, rewrite};
-use crate::eval::mcq;
 use crate::eval::perplexity::{perplexity, tokenize_lines};
+use crate::eval::{latent, mcq};
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+
+/// Known non-forget facts the latent-knowledge probes train on (a quarter tests them).
+pub const LATENT_PROBE_FACTS: usize = 240;
 
 /// How much to evaluate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -153,11 +157,29 @@ fn measure(
     Ok((m, flu))
 }
 
-/// Run `unlearn eval`; returns what it wrote to OUT/metrics.json.
-pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
-    let t0 = std::time::Instant::now();
-    let original = LanguageModel::load(&a.model, device)?;
-    let manifest: Option<Value> = match &a.unlearned {
+/// The facts an unlearned run was about: its manifest's forget facts (and the retain facts it
+/// trained on) when there is one, else the `--forget` split of the known facts.
+pub struct RunFacts {
+    pub manifest: Option<Value>,
+    pub task: String,
+    pub forget: Vec<Fact>,
+    /// Known facts outside the forget set.
+    pub rest: Vec<Fact>,
+    /// Ids of the retain facts the run trained on.
+    pub trained: HashSet<String>,
+    pub new_answers: Option<Vec<String>>,
+}
+
+/// Find the facts of a run directory (see [`RunFacts`]).
+pub fn facts_of_run(
+    original: &LanguageModel,
+    unlearned: Option<&std::path::Path>,
+    task: &str,
+    forget_spec: &str,
+    known_rule: &str,
+    seed: u64,
+) -> Result<RunFacts> {
+    let manifest: Option<Value> = match unlearned {
         Some(d) => {
             let p = d.join("manifest.json");
             match std::fs::read_to_string(&p) {
@@ -173,11 +195,9 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
     let task = manifest
         .as_ref()
         .and_then(|m| m["task"].as_str())
-        .unwrap_or(&a.task)
+        .unwrap_or(task)
         .to_string();
-    let known_facts = known::known_facts(&original, &task, &a.known)?;
-    // The forget facts (and the facts trained on as retain) come from the manifest when there
-    // is one, so the evaluation matches the run.
+    let known_facts = known::known_facts(original, &task, known_rule)?;
     let ids_of = |key: &str| -> Option<Vec<String>> {
         manifest.as_ref()?[key].as_array().map(|v| {
             v.iter()
@@ -193,7 +213,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
                 .filter_map(|id| known_facts.iter().find(|k| &k.id == id).cloned())
                 .collect();
             if f.len() != ids.len() {
-                bail!("{} forget facts of the manifest are not known to the original model under --known {}", ids.len() - f.len(), a.known);
+                bail!("{} forget facts of the manifest are not known to the original model under --known {known_rule}", ids.len() - f.len());
             }
             (
                 f,
@@ -204,18 +224,49 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
                     .collect(),
             )
         }
-        None => known::split(&known_facts, &a.forget, a.seed)?,
+        None => known::split(&known_facts, forget_spec, seed)?,
     };
     let trained: HashSet<String> = ids_of("retain_ids")
         .unwrap_or_default()
         .into_iter()
         .collect();
+    let new_answers = ids_of("new_answers");
+    Ok(RunFacts {
+        manifest,
+        task,
+        forget,
+        rest,
+        trained,
+        new_answers,
+    })
+}
+
+/// Run `unlearn eval`; returns what it wrote to OUT/metrics.json.
+pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
+    let t0 = std::time::Instant::now();
+    let original = LanguageModel::load(&a.model, device)?;
+    let RunFacts {
+        manifest,
+        task,
+        forget,
+        rest,
+        trained,
+        new_answers,
+    } = facts_of_run(
+        &original,
+        a.unlearned.as_deref(),
+        &a.task,
+        &a.forget,
+        &a.known,
+        a.seed,
+    )?;
+    // Latent-knowledge probes train on known facts outside the forget set.
+    let probe_facts: Vec<Fact> = rest.iter().take(LATENT_PROBE_FACTS).cloned().collect();
     let held_out: Vec<Fact> = rest
         .into_iter()
         .filter(|f| !trained.contains(&f.id))
         .take(a.held_out)
         .collect();
-    let new_answers = ids_of("new_answers");
     eprintln!(
         "evaluating {} forget facts and {} held-out facts",
         forget.len(),
@@ -230,21 +281,22 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         new_answers.as_deref(),
         a,
     )?;
-    let unl = match &a.unlearned {
-        Some(d) => {
-            let lm = LanguageModel::load(&d.display().to_string(), device)?;
-            Some(measure(
-                &lm,
-                &original,
-                &forget,
-                &held_out,
-                new_answers.as_deref(),
-                a,
-            )?)
-        }
+    let unlearned_lm = match &a.unlearned {
+        Some(d) => Some(LanguageModel::load(&d.display().to_string(), device)?),
         None => None,
     };
-    let rows: Vec<Row> = orig_m
+    let unl = match &unlearned_lm {
+        Some(lm) => Some(measure(
+            lm,
+            &original,
+            &forget,
+            &held_out,
+            new_answers.as_deref(),
+            a,
+        )?),
+        None => None,
+    };
+    let mut rows: Vec<Row> = orig_m
         .iter()
         .map(|(k, &(n, v, lower))| Row {
             metric: k.clone(),
@@ -254,6 +306,26 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
             lower_is_better: lower,
         })
         .collect();
+    let latent = latent::latent(
+        &original,
+        unlearned_lm.as_ref(),
+        &probe_facts,
+        &forget,
+        new_answers.as_deref(),
+    )?;
+    for c in &latent {
+        let best = |v: &[f64]| v.iter().cloned().fold(f64::NAN, f64::max);
+        rows.push(Row {
+            metric: format!(
+                "latent.forget.best_layer_probe_{}",
+                c.at.name().replace(' ', "_")
+            ),
+            n: forget.len(),
+            original: best(&c.original),
+            unlearned: c.unlearned.as_deref().map(best),
+            lower_is_better: true,
+        });
+    }
     print_table(&rows);
     let out = json!({
         "tool": format!("unlearn {}", env!("CARGO_PKG_VERSION")),
@@ -261,6 +333,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         "forget_facts": forget.len(), "held_out_facts": held_out.len(),
         "manifest": manifest,
         "rows": rows,
+        "latent": latent, "latent_probe_facts": probe_facts.len(),
         "fluency_samples": {"original": orig_f.samples, "unlearned": unl.as_ref().map(|(_, f)| f.samples.clone())},
         "seconds": t0.elapsed().as_secs_f64(),
     });

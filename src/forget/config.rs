@@ -359,9 +359,12 @@ fn set_path(v: &mut Value, key: &str, val: Value) -> Result<()> {
             .as_object_mut()
             .with_context(|| format!("`{}` is not a section", parts[..i].join(".")))?;
         if i + 1 == parts.len() {
-            if !obj.contains_key(*p) {
-                bail!("unknown setting `{key}`");
-            }
+            let val = match (obj.get(*p), val) {
+                (None, _) => bail!("unknown setting `{key}`"),
+                // `none` is a word for a string setting (kuda.projection=none), not a null.
+                (Some(Value::String(_)), Value::Null) => Value::String("none".into()),
+                (_, v) => v,
+            };
             obj.insert((*p).to_string(), val);
             return Ok(());
         }
@@ -407,6 +410,11 @@ mod tests {
         assert_eq!(c.kuda.token_ratio, KudaConfig::default().token_ratio);
         let d = ForgetConfig::resolve(Method::Ga, None, &[]).unwrap();
         assert_eq!(d.optim.lr, Method::Ga.default_lr());
+        let n =
+            ForgetConfig::resolve(Method::Kuda, None, &["kuda.projection=none".into()]).unwrap();
+        assert_eq!(n.kuda.projection, Projection::None);
+        let r = ForgetConfig::resolve(Method::Kuda, None, &["kuda.rep_layer=none".into()]).unwrap();
+        assert_eq!(r.kuda.rep_layer, None);
     }
 
     #[test]

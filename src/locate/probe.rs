@@ -372,7 +372,7 @@ mod tests {
             let mut y = Vec::new();
             for i in 0..n {
                 let c = i % 3;
-                let mut r: Vec<f32> = (0..16).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let mut r: Vec<f32> = (0..16).map(|_| rng.random_range(-1.0..1.0)).collect();
                 r[5] += shift * c as f32;
                 x.push(r);
                 y.push(c);

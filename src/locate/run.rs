@@ -3,6 +3,7 @@
 //! and bar chart.
 
 use super::localization::{best_window, random_mlps, Component, Localization};
+use super::probe::{self, FitOpts, ProbeAt, ProbeCurve};
 use super::trace::{trace, TraceKind, TraceOpts};
 use crate::data::known;
 use crate::model::LanguageModel;
@@ -19,6 +20,16 @@ pub const ROLES: [&str; 6] = [
     "first after",
     "further",
     "last token",
+];
+
+/// Localization methods of `unlearn locate`.
+pub const METHODS: [&str; 6] = [
+    "causal-trace",
+    "kuda-window",
+    "attribution",
+    "probe",
+    "random",
+    "all-mlps",
 ];
 
 /// Options of `unlearn locate`.
@@ -62,16 +73,9 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     if a.samples == 0 || a.window == 0 || a.top_k == 0 || a.max_facts == 0 {
         bail!("--samples, --window, --top-k and --max-facts must be at least 1");
     }
-    const METHODS: [&str; 5] = [
-        "causal-trace",
-        "kuda-window",
-        "attribution",
-        "random",
-        "all-mlps",
-    ];
     if !METHODS.contains(&a.method.as_str()) {
         bail!(
-            "--method {:?}: use one of {} (probe and path-patch are not built yet)",
+            "--method {:?}: use one of {} (path-patch is not built yet)",
             a.method,
             METHODS.join(", ")
         );
@@ -154,6 +158,12 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         mlp_effect = s.mlps.clone();
         attribution = Some(s);
     }
+    let mut probes = None;
+    if a.method == "probe" {
+        let (curves, rise) = probe_curves(&lm, &known_facts, a.seed)?;
+        mlp_effect = rise;
+        probes = Some(curves);
+    }
     let mut ranked: Vec<(Component, f64)> = (0..n_layers)
         .map(|l| (Component::Mlp { layer: l }, mlp_effect[l]))
         .collect();
@@ -189,15 +199,29 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         None => a.top_k.min(n_layers),
     };
     let chosen_layers: Vec<usize> = match a.method.as_str() {
-        "causal-trace" | "attribution" => ranked.iter().filter_map(|(c, _)| if let Component::Mlp { layer } = c { Some(*layer) } else { None }).take(k).collect(),
+        "causal-trace" | "attribution" | "probe" => ranked
+            .iter()
+            .filter_map(|(c, _)| {
+                if let Component::Mlp { layer } = c {
+                    Some(*layer)
+                } else {
+                    None
+                }
+            })
+            .take(k)
+            .collect(),
         "kuda-window" => {
-            let w = if budget.is_some() { k } else { a.window.min(n_layers) };
+            let w = if budget.is_some() {
+                k
+            } else {
+                a.window.min(n_layers)
+            };
             let s = best_window(&mlp_effect, w)?;
             (s..s + w).collect()
         }
         "random" => random_mlps(n_layers, k, a.seed),
         "all-mlps" => (0..n_layers).collect(),
-        other => bail!("--method {other:?}: use causal-trace, kuda-window, attribution, random or all-mlps (probe and path-patch are not built yet)"),
+        other => bail!("--method {other:?}: use one of {}", METHODS.join(", ")),
     };
     let chosen: Vec<Component> = chosen_layers
         .iter()
@@ -224,6 +248,10 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     if let Some(s) = &attribution {
         o.insert("attribution".into(), serde_json::to_value(s)?);
     }
+    if let Some(c) = &probes {
+        o.insert("probe_curves".into(), serde_json::to_value(c)?);
+        o.insert("probe_rise_by_block".into(), json!(mlp_effect));
+    }
     if needs_trace {
         o.insert("mlp_indirect_effect_last_subject".into(), json!(mlp_effect));
         o.insert(
@@ -248,13 +276,16 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
             &svg::heatmap(&title, &layers, &roles, &resid_roles, "ΔP"),
         )?;
     }
+    if let Some(c) = &probes {
+        write(&a.out.join("probes.svg"), &probe_svg(c, known_facts.len()))?;
+    }
     let hl: Vec<bool> = (0..n_layers).map(|l| chosen_layers.contains(&l)).collect();
     let title = format!(
         "{} ({}: red = chosen)",
-        if a.method == "attribution" {
-            "MLP attribution score"
-        } else {
-            "MLP indirect effect at the last subject token"
+        match a.method.as_str() {
+            "attribution" => "MLP attribution score",
+            "probe" => "Rise of probe accuracy (last subject token) across each block",
+            _ => "MLP indirect effect at the last subject token",
         },
         a.method
     );
@@ -271,6 +302,67 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         a.out.join("localization.json").display()
     );
     Ok(())
+}
+
+/// FLU probes on the known facts: one half (seeded) trains, the other tests. Returns both
+/// curves and the rise of the last-subject-token test accuracy across each block.
+pub fn probe_curves(
+    lm: &LanguageModel,
+    facts: &[crate::data::Fact],
+    seed: u64,
+) -> Result<(Vec<ProbeCurve>, Vec<f64>)> {
+    if facts.len() < 8 {
+        bail!(
+            "probes need at least 8 known facts to train and test on, got {}",
+            facts.len()
+        );
+    }
+    let (train, test) = known::split(facts, &format!("random-{}", facts.len() / 2), seed)?;
+    let ftr = probe::features(lm, &train, 16)?;
+    let fte = probe::features(lm, &test, 16)?;
+    let mut curves = Vec::new();
+    for at in ProbeAt::BOTH {
+        let (c, _, _) = probe::curve(
+            at,
+            ftr.at(at),
+            &train,
+            fte.at(at),
+            &test,
+            FitOpts::default(),
+        )?;
+        curves.push(c);
+    }
+    let rise = probe::rises(&curves[0]);
+    Ok((curves, rise))
+}
+
+/// Probe accuracy by layer, one line per reading position, with the majority-class baseline.
+pub fn probe_svg(curves: &[ProbeCurve], n_facts: usize) -> String {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = curves
+        .iter()
+        .map(|c| {
+            (
+                format!("test, {}", c.at.name()),
+                c.test
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (i as f64, v))
+                    .collect(),
+            )
+        })
+        .collect();
+    if let Some(c) = curves.first() {
+        let n = c.test.len() as f64 - 1.0;
+        series.push((
+            "majority class".into(),
+            vec![(0.0, c.majority), (n, c.majority)],
+        ));
+    }
+    svg::lines(
+        &format!("Probe accuracy by layer ({n_facts} known facts, half train / half test; 0 = embeddings, l = after block l − 1)"),
+        "layer",
+        &series,
+    )
 }
 
 fn write(p: &Path, s: &str) -> Result<()> {

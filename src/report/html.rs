@@ -43,7 +43,7 @@ fn read_input(dir: &Path) -> Result<Input> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let mut svgs = Vec::new();
-    for name in ["trace.svg", "components.svg"] {
+    for name in ["trace.svg", "probes.svg", "components.svg"] {
         if let Ok(s) = std::fs::read_to_string(dir.join(name)) {
             if s.trim_start().starts_with("<svg") && !s.contains("<script") {
                 svgs.push((name.to_string(), s));
@@ -172,6 +172,43 @@ fn samples_table(m: &Value) -> String {
     }
     s.push_str("</table>");
     s
+}
+
+/// Probe accuracy on the forget facts by layer, original vs unlearned, one chart per position.
+fn latent_chart(m: &Value) -> String {
+    let Some(curves) = m["latent"].as_array() else {
+        return String::new();
+    };
+    let pts = |v: &Value| -> Option<Vec<(f64, f64)>> {
+        Some(
+            v.as_array()?
+                .iter()
+                .enumerate()
+                .map(|(i, y)| (i as f64, y.as_f64().unwrap_or(f64::NAN)))
+                .collect(),
+        )
+    };
+    let mut out = String::new();
+    for c in curves {
+        let mut series = Vec::new();
+        for (key, name) in [
+            ("original", "original, true answer"),
+            ("unlearned", "unlearned, true answer"),
+            ("unlearned_new_answer", "unlearned, new answer"),
+            ("retain_test", "original, held-out retain facts"),
+        ] {
+            if let Some(p) = pts(&c[key]) {
+                series.push((name.to_string(), p));
+            }
+        }
+        let at = c["at"].as_str().unwrap_or("?");
+        out.push_str(&lines(
+            &format!("Probe accuracy on forget facts at the {at} token (0 = embeddings)"),
+            "layer",
+            &series,
+        ));
+    }
+    out
 }
 
 fn loss_chart(log: &[Value]) -> String {
@@ -303,6 +340,10 @@ pub fn render(dirs: &[PathBuf]) -> Result<String> {
                 m["held_out_facts"],
                 metrics_table(m)
             );
+            let lc = latent_chart(m);
+            if !lc.is_empty() {
+                let _ = write!(h, "<h3>Latent knowledge</h3><p>Per-layer answer probes trained on the original model's residual stream (retain facts), applied to the forget facts: what the layers still carry, whatever the output says.</p>{lc}");
+            }
             let st = samples_table(m);
             if !st.is_empty() {
                 let _ = write!(h, "<h3>Answers to forget prompts (greedy)</h3>{st}");
@@ -364,7 +405,8 @@ mod tests {
                 "manifest": {"method": "kuda", "params": ["x"], "param_count": 10, "steps": 3, "seed": 0,
                              "base_model": "gemma3-270m", "base_sha256": "abc"},
                 "rows": [{"metric": "forget.top1_candidates", "n": 16, "original": 1.0, "unlearned": v, "lower_is_better": true}],
-                "fluency_samples": {"original": [["p <1>", "golf"]], "unlearned": [["p <1>", "tennis"]]}});
+                "fluency_samples": {"original": [["p <1>", "golf"]], "unlearned": [["p <1>", "tennis"]]},
+                "latent": [{"at": "last-token", "original": [0.5, 1.0], "unlearned": [0.5, v], "retain_test": [0.4, 0.9]}]});
             std::fs::write(dir.join("metrics.json"), m.to_string()).unwrap();
             std::fs::write(
                 dir.join("train.jsonl"),
@@ -379,6 +421,8 @@ mod tests {
             "Side by side",
             "Before and after",
             "Answers to forget prompts",
+            "Latent knowledge",
+            "unlearned, true answer",
             "loss terms per step",
             "trace.svg",
             "p &lt;1&gt;",

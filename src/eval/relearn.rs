@@ -1,0 +1,253 @@
+//! The relearning attack (SPEC §4): LoRA adapters (all linear layers by default) trained on one
+//! half of the forget facts plus retain facts and general text; the forget accuracy of the
+//! *other* half, which the attack never sees, is measured every few steps. Knowledge that was
+//! only suppressed comes back on the unseen half; knowledge that is gone has to be learned
+//! from scratch, and the unseen half stays near chance. `unlearn relearn` runs it on an
+//! unlearned model (and, for comparison, on the original one when asked).
+
+use crate::data::{self, Fact};
+use crate::eval::completion::{accuracy, Accuracy};
+use crate::forget::config::ForgetConfig;
+use crate::forget::lora::{Lora, LoraConfig};
+use crate::forget::optim::{global_norm, Optimizer};
+use crate::forget::seqs::{text_chunks, Seq, SeqSet};
+use crate::forget::terms::LogitLoss;
+use crate::forget::trainer::{step_grads, DataSet, Loss, Plan, Term};
+use crate::model::LanguageModel;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Settings of the attack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelearnConfig {
+    pub steps: usize,
+    /// Measure the unseen half every this many steps (and at 0 and the end).
+    pub eval_every: usize,
+    pub lr: f64,
+    /// Forget facts (of the seen half) per step.
+    pub batch_size: usize,
+    pub retain_batch_size: usize,
+    pub text_batch_size: usize,
+    pub retain_weight: f64,
+    pub text_weight: f64,
+    pub seed: u64,
+    pub lora: LoraConfig,
+}
+
+impl Default for RelearnConfig {
+    fn default() -> Self {
+        RelearnConfig {
+            steps: 20,
+            eval_every: 5,
+            lr: 1e-3,
+            batch_size: 8,
+            retain_batch_size: 8,
+            text_batch_size: 2,
+            retain_weight: 1.0,
+            text_weight: 1.0,
+            seed: 0,
+            lora: LoraConfig::default(),
+        }
+    }
+}
+
+impl RelearnConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.eval_every == 0 || self.batch_size == 0 {
+            bail!("relearn: steps, eval_every and batch_size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("relearn: lr must be a positive number, got {}", self.lr);
+        }
+        self.lora.validate()
+    }
+}
+
+/// Accuracy of the unseen (and the trained) half over the attack's steps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RelearnCurve {
+    pub steps: Vec<usize>,
+    pub unseen: Vec<Accuracy>,
+    pub seen: Vec<Accuracy>,
+    pub losses: Vec<f64>,
+    pub lora_params: usize,
+    pub seconds: f64,
+}
+
+/// Attack `lm` in place: LoRA on `seen` (+ `retain`, + text), measuring `unseen`.
+pub fn relearn(
+    lm: &mut LanguageModel,
+    seen: &[Fact],
+    unseen: &[Fact],
+    retain: &[Fact],
+    cfg: &RelearnConfig,
+) -> Result<RelearnCurve> {
+    cfg.validate()?;
+    if seen.is_empty() || unseen.is_empty() {
+        bail!(
+            "relearn: needs forget facts to train on and others to measure (got {} and {})",
+            seen.len(),
+            unseen.len()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let facts = |fs: &[Fact]| -> Result<Vec<Seq>> {
+        fs.iter().map(|f| Seq::fact(lm, f, &f.answer)).collect()
+    };
+    let (wiki_train, _) = data::wikitext_halves()?;
+    let text = text_chunks(lm, &wiki_train, 64, cfg.text_batch_size.max(1) * 8)?;
+    let ce = |name: &str, weight: f64, data: DataSet| Term {
+        name: name.into(),
+        weight,
+        data,
+        loss: Loss::Logit(LogitLoss::Ce),
+        project: false,
+    };
+    let mut lora = Lora::new(&lm.model, cfg.lora.clone(), cfg.seed)?;
+    let mut plan = Plan {
+        terms: vec![
+            ce("relearn_ce", 1.0, DataSet::Forget),
+            ce("retain_ce", cfg.retain_weight, DataSet::Retain),
+            ce("text_ce", cfg.text_weight, DataSet::Text),
+        ],
+        forget: SeqSet::new("seen forget facts", facts(seen)?),
+        retain: SeqSet::new("retain", facts(retain)?),
+        text: SeqSet::new("text", text),
+        params: lora.targets(),
+        rep_layer: None,
+        projectors: Default::default(),
+        project_update: false,
+        pad: lm.pad_id(),
+        text_rows: 16,
+    };
+    plan.precompute(&lm.model, 16)?;
+    let fcfg = ForgetConfig {
+        steps: cfg.steps,
+        batch_size: cfg.batch_size,
+        retain_batch_size: cfg.retain_batch_size,
+        text_batch_size: cfg.text_batch_size,
+        seed: cfg.seed,
+        ..ForgetConfig::default()
+    };
+    let mut ocfg = fcfg.optim.clone();
+    ocfg.lr = cfg.lr;
+    ocfg.weight_decay = 0.0;
+    let mut opt = Optimizer::new(ocfg.clone());
+    lm.model.set_trainable(&plan.params)?;
+    let truth = |f: &Fact| f.answer.clone();
+    let mut curve = RelearnCurve {
+        steps: vec![0],
+        unseen: vec![accuracy(lm, unseen, truth)?],
+        seen: vec![accuracy(lm, seen, truth)?],
+        losses: Vec::new(),
+        lora_params: lora.param_count(),
+        seconds: 0.0,
+    };
+    let bar = crate::util::progress(cfg.steps as u64, "relearning");
+    for step in 0..cfg.steps {
+        lora.new_masks(cfg.seed, step)?;
+        lora.apply(&mut lm.model)?;
+        let (g, losses) = step_grads(&lm.model, &plan, &fcfg, step)
+            .with_context(|| format!("relearning attack, step {}", step + 1))?;
+        let mut ga = lora.factor_grads(&g)?;
+        let norm = global_norm(&ga)?;
+        if !norm.is_finite() {
+            bail!(
+                "relearning attack, step {}: the gradient is not a number",
+                step + 1
+            );
+        }
+        if ocfg.clip_norm > 0.0 && norm > ocfg.clip_norm {
+            for t in ga.values_mut() {
+                *t = t.affine(ocfg.clip_norm / norm, 0.0)?;
+            }
+        }
+        let upd = opt.update(&lora.params, &ga, ocfg.lr_at(step, cfg.steps))?;
+        for (k, u) in upd {
+            let p = (&lora.params[&k] + u)?;
+            lora.params.insert(k, p);
+        }
+        let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
+        curve.losses.push(total);
+        bar.set_message(format!("loss {total:.3}"));
+        bar.inc(1);
+        if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
+            // Measure without dropout.
+            let masks_off = lora.without_masks();
+            masks_off.apply(&mut lm.model)?;
+            curve.steps.push(step + 1);
+            curve.unseen.push(accuracy(lm, unseen, truth)?);
+            curve.seen.push(accuracy(lm, seen, truth)?);
+        }
+    }
+    bar.finish_and_clear();
+    curve.seconds = t0.elapsed().as_secs_f64();
+    Ok(curve)
+}
+
+/// Options of `unlearn relearn`.
+pub struct RelearnArgs {
+    pub model: String,
+    pub unlearned: Option<PathBuf>,
+    pub task: String,
+    pub forget: String,
+    pub known: String,
+    pub seed: u64,
+    pub cfg: RelearnConfig,
+    pub out: PathBuf,
+}
+
+/// Split the forget facts into the half the attack trains on and the half it is measured on.
+pub fn halves(forget: &[Fact]) -> (Vec<Fact>, Vec<Fact>) {
+    let seen = forget.iter().step_by(2).cloned().collect();
+    let unseen = forget.iter().skip(1).step_by(2).cloned().collect();
+    (seen, unseen)
+}
+
+/// Run `unlearn relearn`: the attack on the unlearned model (or on `--model` alone), written
+/// to OUT/relearn.json.
+pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::Value> {
+    let original = LanguageModel::load(&a.model, device)?;
+    let rf = crate::eval::run::facts_of_run(
+        &original,
+        a.unlearned.as_deref(),
+        &a.task,
+        &a.forget,
+        &a.known,
+        a.seed,
+    )?;
+    let (seen, unseen) = halves(&rf.forget);
+    let retain: Vec<Fact> = rf.rest.iter().take(64).cloned().collect();
+    let mut target = match &a.unlearned {
+        Some(d) => LanguageModel::load(&d.display().to_string(), device)?,
+        None => original,
+    };
+    eprintln!(
+        "relearning attack: LoRA rank {} on {} seen forget facts, measured on {} unseen",
+        a.cfg.lora.rank,
+        seen.len(),
+        unseen.len()
+    );
+    let curve = relearn(&mut target, &seen, &unseen, &retain, &a.cfg)?;
+    for (s, u) in curve.steps.iter().zip(&curve.unseen) {
+        println!(
+            "step {s:>3}: unseen forget facts top-1 among candidates {:.1}%, mean p {:.3}",
+            100.0 * u.top1_candidates,
+            u.mean_p
+        );
+    }
+    let out = serde_json::json!({
+        "tool": format!("unlearn {}", env!("CARGO_PKG_VERSION")),
+        "model": a.model, "unlearned": a.unlearned, "task": rf.task,
+        "config": a.cfg, "seen_ids": seen.iter().map(|f| &f.id).collect::<Vec<_>>(),
+        "unseen_ids": unseen.iter().map(|f| &f.id).collect::<Vec<_>>(),
+        "curve": curve,
+    });
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let p = a.out.join("relearn.json");
+    crate::util::write_atomic(&p, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    eprintln!("wrote {}", p.display());
+    Ok(out)
+}

@@ -1,0 +1,329 @@
+//! LoRA adapters on the model's linear layers: W = W₀ + (α/r)·B·A with A (r × in) drawn
+//! uniformly in ±1/√in and B (out × r) zero, so training starts at W₀. The hooked transformer's
+//! backward gives dL/dW; the adapter gradients follow exactly from it:
+//! dL/dB = s·G·Aᵀ and dL/dA = s·Bᵀ·G (s = α/r), so LoRA trains through the same trainer as
+//! everything else without a separate forward. Dropout is applied to the adapter's input
+//! features with one mask per step shared by all tokens (a per-token mask cannot be factored
+//! out of the weight gradient); with the mask m the effective update is s·B·A·diag(m)/(1 − p).
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::model::Transformer;
+
+/// Adapter settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// `all-linear` (attention q/k/v/o and MLP gate/up/down) or `mlp`.
+    pub targets: String,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: "all-linear".into(),
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            bail!("lora.rank must be at least 1");
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            bail!("lora.alpha must be a positive number, got {}", self.alpha);
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("lora.dropout must be in [0, 1), got {}", self.dropout);
+        }
+        if !["all-linear", "mlp"].contains(&self.targets.as_str()) {
+            bail!("lora.targets {:?}: use all-linear or mlp", self.targets);
+        }
+        Ok(())
+    }
+
+    /// The weight matrices adapted in `model`.
+    pub fn target_names(&self, model: &Transformer) -> Vec<String> {
+        let mats: &[&str] = if self.targets == "mlp" {
+            &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+        } else {
+            &[
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ]
+        };
+        (0..model.config.num_layers)
+            .flat_map(|l| {
+                mats.iter()
+                    .map(move |m| format!("model.layers.{l}.{m}.weight"))
+            })
+            .collect()
+    }
+}
+
+/// One adapter per target matrix, with the frozen W₀.
+#[derive(Debug)]
+pub struct Lora {
+    pub cfg: LoraConfig,
+    base: BTreeMap<String, Tensor>,
+    /// `{name}.lora_A` and `{name}.lora_B`.
+    pub params: BTreeMap<String, Tensor>,
+    /// Input-feature mask of the current step (None: no dropout).
+    masks: BTreeMap<String, Tensor>,
+}
+
+impl Lora {
+    pub fn new(model: &Transformer, cfg: LoraConfig, seed: u64) -> Result<Lora> {
+        cfg.validate()?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (mut base, mut params) = (BTreeMap::new(), BTreeMap::new());
+        for name in cfg.target_names(model) {
+            let w = model.weights().get(&name)?.clone();
+            let (out, inp) = w
+                .dims2()
+                .with_context(|| format!("{name} is not a matrix"))?;
+            let bound = 1.0 / (inp as f64).sqrt();
+            let a: Vec<f64> = (0..cfg.rank * inp)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
+            let a = Tensor::from_vec(a, (cfg.rank, inp), w.device())?.to_dtype(w.dtype())?;
+            let b = Tensor::zeros((out, cfg.rank), w.dtype(), w.device())?;
+            params.insert(format!("{name}.lora_A"), a);
+            params.insert(format!("{name}.lora_B"), b);
+            base.insert(name, w);
+        }
+        Ok(Lora {
+            cfg,
+            base,
+            params,
+            masks: BTreeMap::new(),
+        })
+    }
+
+    fn scale(&self) -> f64 {
+        self.cfg.alpha / self.cfg.rank as f64
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.base.keys().cloned().collect()
+    }
+
+    /// A (r × in) with this step's dropout mask applied to its columns, rescaled by 1/(1 − p).
+    fn a_eff(&self, name: &str) -> Result<Tensor> {
+        let a = &self.params[&format!("{name}.lora_A")];
+        Ok(match self.masks.get(name) {
+            Some(m) => a.broadcast_mul(m)?,
+            None => a.clone(),
+        })
+    }
+
+    /// Draw this step's dropout masks (a no-op without dropout).
+    pub fn new_masks(&mut self, seed: u64, step: usize) -> Result<()> {
+        let p = self.cfg.dropout;
+        if p == 0.0 {
+            return Ok(());
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37));
+        for (name, w) in &self.base {
+            let inp = w.dims2()?.1;
+            let m: Vec<f64> = (0..inp)
+                .map(|_| {
+                    if rng.random::<f64>() < p {
+                        0.0
+                    } else {
+                        1.0 / (1.0 - p)
+                    }
+                })
+                .collect();
+            let m = Tensor::from_vec(m, (1, inp), w.device())?.to_dtype(w.dtype())?;
+            self.masks.insert(name.clone(), m);
+        }
+        Ok(())
+    }
+
+    /// Write W₀ + s·B·A_eff into the model.
+    pub fn apply(&self, model: &mut Transformer) -> Result<()> {
+        let s = self.scale();
+        for (name, w0) in &self.base {
+            let b = &self.params[&format!("{name}.lora_B")];
+            let delta = b.matmul(&self.a_eff(name)?)?.affine(s, 0.0)?;
+            model.set_param(name, (w0 + delta)?)?;
+        }
+        Ok(())
+    }
+
+    /// Adapter gradients from the gradients of the adapted matrices.
+    pub fn factor_grads(&self, g: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+        let s = self.scale();
+        let mut out = BTreeMap::new();
+        for name in self.base.keys() {
+            let Some(gw) = g.get(name) else { continue };
+            let b = &self.params[&format!("{name}.lora_B")];
+            let a_eff = self.a_eff(name)?;
+            let gb = gw.matmul(&a_eff.t()?)?.affine(s, 0.0)?;
+            let mut ga = b.t()?.matmul(gw)?.affine(s, 0.0)?;
+            if let Some(m) = self.masks.get(name) {
+                ga = ga.broadcast_mul(m)?;
+            }
+            out.insert(format!("{name}.lora_A"), ga);
+            out.insert(format!("{name}.lora_B"), gb);
+        }
+        Ok(out)
+    }
+
+    /// The same adapters without this step's dropout mask (for measuring).
+    pub fn without_masks(&self) -> Lora {
+        Lora {
+            cfg: self.cfg.clone(),
+            base: self.base.clone(),
+            params: self.params.clone(),
+            masks: BTreeMap::new(),
+        }
+    }
+
+    /// Trainable adapter parameters.
+    pub fn param_count(&self) -> usize {
+        self.params.values().map(|t| t.elem_count()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::transformer::tests::tiny_model;
+    use crate::model::{Arch, Batch, LogitsAt, PadSide, RunOpts};
+
+    /// A scalar metric of the model: sum of the last-position logits times fixed weights.
+    fn metric(m: &Transformer) -> (f64, BTreeMap<String, Tensor>) {
+        let b = Batch::new(
+            &[vec![1, 5, 9, 3], vec![1, 4, 8]],
+            0,
+            PadSide::Left,
+            m.device(),
+        )
+        .unwrap();
+        let out = m
+            .run(
+                &b,
+                &RunOpts {
+                    logits: LogitsAt::Last,
+                    grad: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let logits = out.logits.clone().unwrap();
+        let wts = crate::model::ops::tests::rnd(&logits.dims().to_vec(), 77, 1.0);
+        let v: f64 = (&logits * &wts)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let g = m.backward(&out, Some(&wts), None).unwrap();
+        (v, g.params)
+    }
+
+    /// The factored adapter gradients equal finite differences of the metric in A and B,
+    /// with and without dropout.
+    #[test]
+    fn adapter_gradients_match_finite_differences() {
+        for dropout in [0.0, 0.5] {
+            let mut m = tiny_model(Arch::Gemma3);
+            let cfg = LoraConfig {
+                rank: 2,
+                alpha: 3.0,
+                dropout,
+                targets: "all-linear".into(),
+            };
+            let mut lora = Lora::new(&m, cfg, 1).unwrap();
+            lora.new_masks(4, 0).unwrap();
+            // Non-zero B so that dL/dA is not trivially zero.
+            for (k, v) in lora.params.iter_mut() {
+                if k.ends_with("lora_B") {
+                    let dims = v.dims().to_vec();
+                    *v = crate::model::ops::tests::rnd(&dims, 5, 0.3);
+                }
+            }
+            m.set_trainable(&lora.targets()).unwrap();
+            lora.apply(&mut m).unwrap();
+            let (_, gw) = metric(&m);
+            let ga = lora.factor_grads(&gw).unwrap();
+            for key in [
+                "model.layers.1.mlp.up_proj.weight.lora_A",
+                "model.layers.0.self_attn.q_proj.weight.lora_B",
+            ] {
+                let base = lora.params[key].clone();
+                let mut flat: Vec<f64> = base.flatten_all().unwrap().to_vec1().unwrap();
+                let analytic: Vec<f64> = ga[key].flatten_all().unwrap().to_vec1().unwrap();
+                for i in [0, flat.len() / 2, flat.len() - 1] {
+                    let h = 1e-5;
+                    let x0 = flat[i];
+                    let mut eval = |x: f64| {
+                        flat[i] = x;
+                        let t = Tensor::from_vec(flat.clone(), base.dims(), base.device()).unwrap();
+                        lora.params.insert(key.into(), t);
+                        lora.apply(&mut m).unwrap();
+                        metric(&m).0
+                    };
+                    let fd = (eval(x0 + h) - eval(x0 - h)) / (2.0 * h);
+                    eval(x0);
+                    assert!(
+                        (fd - analytic[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                        "{key}[{i}] dropout {dropout}: fd {fd} vs {}",
+                        analytic[i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn starts_at_the_base_weights_and_rejects_nonsense() {
+        let mut m = tiny_model(Arch::Llama);
+        let w0 = m
+            .weights()
+            .get("model.layers.0.mlp.up_proj.weight")
+            .unwrap()
+            .clone();
+        let lora = Lora::new(&m, LoraConfig::default(), 0).unwrap();
+        lora.apply(&mut m).unwrap();
+        let w1 = m
+            .weights()
+            .get("model.layers.0.mlp.up_proj.weight")
+            .unwrap();
+        let d: f64 = (&w0 - w1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0);
+        let bad = LoraConfig {
+            dropout: 1.0,
+            ..Default::default()
+        };
+        assert!(Lora::new(&m, bad, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("lora.dropout"));
+    }
+}
