@@ -64,43 +64,69 @@ pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
             ids.last().copied().context("letter has no token")
         })
         .collect::<Result<_>>()?;
-    let (mut right, mut p_sum) = (0usize, 0f64);
-    let mut chosen = vec![0usize; k_max];
+    let mut tally = Tally::new(k_max);
     for chunk in qs.chunks(bs.max(1)) {
         let ids: Vec<Vec<u32>> = chunk
             .iter()
             .map(|q| lm.tokenizer.encode(&prompt(q), true))
             .collect::<Result<_>>()?;
         for (q, row) in chunk.iter().zip(lm.last_logits(&ids)?) {
-            let k = q.choices.len();
-            if q.answer >= k {
-                bail!(
-                    "question {:?}: answer index {} but {k} choices",
-                    q.question,
-                    q.answer
-                );
-            }
-            let z: Vec<f64> = letter_ids[..k]
-                .iter()
-                .map(|&t| row[t as usize] as f64)
-                .collect();
-            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = z.iter().map(|x| (x - m).exp()).collect();
-            let s: f64 = e.iter().sum();
-            let pick = (0..k).fold(0, |b, i| if z[i] > z[b] { i } else { b });
-            chosen[pick] += 1;
-            right += usize::from(pick == q.answer);
-            p_sum += e[q.answer] / s;
+            tally.add(q, &letter_ids, &row)?;
         }
     }
-    let n = qs.len();
-    Ok(McqScore {
-        n,
-        accuracy: right as f64 / n as f64,
-        mean_p_correct: p_sum / n as f64,
-        chosen,
-        chance: 1.0 / qs[0].choices.len().max(1) as f64,
-    })
+    Ok(tally.finish(qs))
+}
+
+/// Running counts of [`score`]: one question's last-position logits at a time.
+struct Tally {
+    right: usize,
+    p_sum: f64,
+    chosen: Vec<usize>,
+}
+
+impl Tally {
+    fn new(k_max: usize) -> Tally {
+        Tally {
+            right: 0,
+            p_sum: 0.0,
+            chosen: vec![0; k_max],
+        }
+    }
+
+    /// Add one question: the choice is the letter with the largest logit in `row`.
+    fn add(&mut self, q: &Mcq, letter_ids: &[u32], row: &[f32]) -> Result<()> {
+        let k = q.choices.len();
+        if q.answer >= k {
+            bail!(
+                "question {:?}: answer index {} but {k} choices",
+                q.question,
+                q.answer
+            );
+        }
+        let z: Vec<f64> = letter_ids[..k]
+            .iter()
+            .map(|&t| row[t as usize] as f64)
+            .collect();
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = z.iter().map(|x| (x - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        let pick = (0..k).fold(0, |b, i| if z[i] > z[b] { i } else { b });
+        self.chosen[pick] += 1;
+        self.right += usize::from(pick == q.answer);
+        self.p_sum += e[q.answer] / s;
+        Ok(())
+    }
+
+    fn finish(self, qs: &[Mcq]) -> McqScore {
+        let n = qs.len();
+        McqScore {
+            n,
+            accuracy: self.right as f64 / n as f64,
+            mean_p_correct: self.p_sum / n as f64,
+            chosen: self.chosen,
+            chance: 1.0 / qs[0].choices.len().max(1) as f64,
+        }
+    }
 }
 
 /// Questions from a JSONL file of `{"question", "choices": [...], "answer": i}` rows (MMLU
@@ -162,6 +188,41 @@ pub fn from_facts(facts: &[Fact], seed: u64) -> Vec<Mcq> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A "model" rigged to prefer the letter B: it answers right exactly on the questions whose
+    /// answer is B, picks B every time, and puts the probability its logits give on the right
+    /// letter.
+    #[test]
+    fn a_model_rigged_to_prefer_one_letter() {
+        let f = crate::data::example_fact();
+        let qs = from_facts(&vec![f; 30], 5);
+        let letters = [10u32, 11, 12];
+        let mut row = vec![0f32; 16];
+        row[11] = 2.0;
+        let mut t = Tally::new(3);
+        for q in &qs {
+            t.add(q, &letters, &row).unwrap();
+        }
+        let s = t.finish(&qs);
+        let on_b = qs.iter().filter(|q| q.answer == 1).count();
+        assert!(on_b > 0 && on_b < qs.len());
+        assert_eq!(s.chosen, vec![0, qs.len(), 0]);
+        assert!((s.accuracy - on_b as f64 / qs.len() as f64).abs() < 1e-12);
+        let p_b = 2f64.exp() / (2f64.exp() + 2.0);
+        let want =
+            (on_b as f64 * p_b + (qs.len() - on_b) as f64 * (1.0 - p_b) / 2.0) / qs.len() as f64;
+        assert!((s.mean_p_correct - want).abs() < 1e-9);
+        assert!((s.chance - 1.0 / 3.0).abs() < 1e-12);
+        let bad = Mcq {
+            answer: 7,
+            ..qs[0].clone()
+        };
+        assert!(t_err(&bad, &letters, &row).contains("answer index 7"));
+    }
+
+    fn t_err(q: &Mcq, letters: &[u32], row: &[f32]) -> String {
+        Tally::new(3).add(q, letters, row).unwrap_err().to_string()
+    }
 
     #[test]
     fn prompt_lists_letters() {

@@ -10,4 +10,5 @@ pub mod latent;
 pub mod mcq;
 pub mod perplexity;
 pub mod relearn;
+pub mod rouge;
 pub mod run;
