@@ -1,6 +1,7 @@
 //! `unlearn report DIR… --out report.html`: one self-contained HTML page (inline CSS and SVG,
 //! no scripts, nothing fetched) from the directories the other commands write — evaluations
-//! (`metrics.json`: before/after table, fluency samples), unlearning runs (`manifest.json`,
+//! (`metrics.json`: before/after table, latent-knowledge probes, fluency samples), relearning
+//! attacks (`relearn.json`), unlearning runs (`manifest.json`,
 //! `train.jsonl`: settings and loss curves) and localizations (`localization.json`,
 //! `trace.svg`, `components.svg`) — with a side-by-side table when there are several
 //! evaluations.
@@ -18,6 +19,8 @@ struct Input {
     /// `forget`'s own before/after numbers.
     run_metrics: Option<Value>,
     manifest: Option<Value>,
+    /// `relearn.json` of `unlearn relearn`.
+    relearn: Option<Value>,
     train_log: Vec<Value>,
     svgs: Vec<(String, String)>,
 }
@@ -61,12 +64,17 @@ fn read_input(dir: &Path) -> Result<Input> {
         metrics,
         run_metrics,
         manifest: read_json(&dir.join("manifest.json"))?,
+        relearn: read_json(&dir.join("relearn.json"))?,
         train_log,
         svgs,
     };
-    if input.metrics.is_none() && input.manifest.is_none() && input.svgs.is_empty() {
+    if input.metrics.is_none()
+        && input.manifest.is_none()
+        && input.relearn.is_none()
+        && input.svgs.is_empty()
+    {
         bail!(
-            "{}: nothing to report (no metrics.json, manifest.json, trace.svg or components.svg)",
+            "{}: nothing to report (no metrics.json, manifest.json, relearn.json, trace.svg or components.svg)",
             dir.display()
         );
     }
@@ -209,6 +217,47 @@ fn latent_chart(m: &Value) -> String {
         ));
     }
     out
+}
+
+/// Accuracy of the unseen and the trained half of the forget facts over the attack's steps.
+fn relearn_chart(r: &Value) -> String {
+    let c = &r["curve"];
+    let steps: Vec<f64> = c["steps"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|x| x.as_f64()).collect())
+        .unwrap_or_default();
+    let series_of = |key: &str, field: &str| -> Vec<(f64, f64)> {
+        c[key]
+            .as_array()
+            .map(|v| {
+                steps
+                    .iter()
+                    .zip(v)
+                    .map(|(&s, a)| (s, a[field].as_f64().unwrap_or(f64::NAN)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let lora = &r["config"]["lora"];
+    format!(
+        "<p>LoRA rank {}, α {}, on {} ({} adapter parameters), lr {}: trained on {} forget facts, measured on {} it never sees.</p>{}",
+        lora["rank"],
+        lora["alpha"],
+        esc(lora["targets"].as_str().unwrap_or("?")),
+        c["lora_params"],
+        r["config"]["lr"],
+        r["seen_ids"].as_array().map_or(0, |v| v.len()),
+        r["unseen_ids"].as_array().map_or(0, |v| v.len()),
+        lines(
+            "Forget accuracy (top-1 among candidates) during the relearning attack",
+            "step",
+            &[
+                ("unseen half".to_string(), series_of("unseen", "top1_candidates")),
+                ("trained half".to_string(), series_of("seen", "top1_candidates")),
+                ("unseen half, top-1 over the vocabulary".to_string(), series_of("unseen", "top1")),
+            ],
+        )
+    )
 }
 
 fn loss_chart(log: &[Value]) -> String {
@@ -371,6 +420,9 @@ pub fn render(dirs: &[PathBuf]) -> Result<String> {
         if let Some(rm) = &i.run_metrics {
             h.push_str(&run_metrics_table(rm));
         }
+        if let Some(r) = &i.relearn {
+            let _ = write!(h, "<h3>Relearning attack</h3>{}", relearn_chart(r));
+        }
         if !i.train_log.is_empty() {
             h.push_str(&loss_chart(&i.train_log));
         }
@@ -416,12 +468,19 @@ mod tests {
         }
         std::fs::create_dir_all(&loc).unwrap();
         std::fs::write(loc.join("trace.svg"), "<svg><rect/></svg>").unwrap();
+        let acc = |v: f64| serde_json::json!({"n": 8, "top1": v, "top1_candidates": v, "mean_p": v});
+        let rl = serde_json::json!({"config": {"lr": 0.001, "lora": {"rank": 8, "alpha": 16.0, "targets": "all-linear"}},
+            "seen_ids": ["1"], "unseen_ids": ["2"],
+            "curve": {"steps": [0, 5], "unseen": [acc(0.1), acc(0.6)], "seen": [acc(0.1), acc(1.0)], "lora_params": 100}});
+        std::fs::write(a.join("relearn.json"), rl.to_string()).unwrap();
         let page = render(&[a, b, loc]).unwrap();
         for part in [
             "Side by side",
             "Before and after",
             "Answers to forget prompts",
             "Latent knowledge",
+            "Relearning attack",
+            "unseen half",
             "unlearned, true answer",
             "loss terms per step",
             "trace.svg",
