@@ -44,6 +44,17 @@ enum Command {
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
     },
+    /// Run an experiment file (see experiments/*.toml): localizations, unlearning runs,
+    /// evaluation, relearning attack and report. Each stage is cached by the hash of what it
+    /// depends on: re-running a finished experiment does nothing, an edited one re-runs only
+    /// what changed, an interrupted one continues (training resumes from its checkpoint).
+    Run {
+        /// The experiment TOML file.
+        experiment: PathBuf,
+        /// Output directory (default: runs/<name of the experiment>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Show a model's architecture, dimensions, parameter count, tokenizer and origin.
     Inspect {
         /// Model alias, .gguf file or Hugging Face directory.
@@ -408,6 +419,12 @@ fn run(cmd: Command) -> Result<()> {
                 out,
             };
             unlearn::pipeline::demo::run(&args, &cli::device()?).map(|_| ())
+        }
+        Command::Run { experiment, out } => {
+            use unlearn::pipeline::experiment::{run, Experiment};
+            let e = Experiment::load(&experiment)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&e.name));
+            run(&e, &out, &cli::device()?).map(|_| ())
         }
         Command::Inspect { model, json } => cli::inspect(&model, json),
         Command::Generate {

@@ -468,7 +468,8 @@ mod tests {
         }
         std::fs::create_dir_all(&loc).unwrap();
         std::fs::write(loc.join("trace.svg"), "<svg><rect/></svg>").unwrap();
-        let acc = |v: f64| serde_json::json!({"n": 8, "top1": v, "top1_candidates": v, "mean_p": v});
+        let acc =
+            |v: f64| serde_json::json!({"n": 8, "top1": v, "top1_candidates": v, "mean_p": v});
         let rl = serde_json::json!({"config": {"lr": 0.001, "lora": {"rank": 8, "alpha": 16.0, "targets": "all-linear"}},
             "seen_ids": ["1"], "unseen_ids": ["2"],
             "curve": {"steps": [0, 5], "unseen": [acc(0.1), acc(0.6)], "seen": [acc(0.1), acc(1.0)], "lora_params": 100}});

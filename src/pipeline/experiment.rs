@@ -1,0 +1,553 @@
+//! `unlearn run experiment.toml`: one file names the model, the task and split, the
+//! localizations, the unlearning runs (compared under a shared parameter budget when a
+//! localization takes `budget_of` another), the evaluation suite and the relearning attack.
+//! Every stage writes its own directory under OUT and, last, `stage.json` with the content hash
+//! of everything it depends on (its settings, the model's fingerprint, the hashes of the stages
+//! it reads, the tool version). A re-run skips every stage whose hash is unchanged, so a
+//! finished experiment re-runs nothing and an edited one re-runs only what the edit touches; a
+//! stage that was interrupted has no `stage.json` and runs again (training resumes from its
+//! checkpoint). The report is rebuilt at the end.
+
+use crate::eval::relearn::{RelearnArgs, RelearnConfig};
+use crate::eval::run::{EvalArgs, Suite};
+use crate::forget::config::Method;
+use crate::forget::run::ForgetArgs;
+use crate::locate::run::{LocateArgs, METHODS};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The experiment file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub name: String,
+    #[serde(default = "default_model")]
+    pub model: String,
+    #[serde(default = "default_task")]
+    pub task: String,
+    #[serde(default = "default_forget")]
+    pub forget: String,
+    #[serde(default = "default_known")]
+    pub known: String,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub localization: Vec<LocalizationSpec>,
+    pub unlearn: Vec<UnlearnSpec>,
+    #[serde(default)]
+    pub eval: EvalSpec,
+    #[serde(default)]
+    pub relearn: RelearnSpec,
+}
+
+fn default_model() -> String {
+    "gemma3-270m".into()
+}
+fn default_task() -> String {
+    "sports".into()
+}
+fn default_forget() -> String {
+    "first-16".into()
+}
+fn default_known() -> String {
+    "top1".into()
+}
+
+/// One `[[localization]]`: a `unlearn locate` run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalizationSpec {
+    pub name: String,
+    pub method: String,
+    #[serde(default = "three")]
+    pub top_k: usize,
+    #[serde(default = "three")]
+    pub window: usize,
+    #[serde(default = "five")]
+    pub samples: usize,
+    #[serde(default = "eight")]
+    pub max_facts: usize,
+    /// Name of another localization whose parameter count this one matches.
+    #[serde(default)]
+    pub budget_of: Option<String>,
+}
+
+fn three() -> usize {
+    3
+}
+fn five() -> usize {
+    5
+}
+fn eight() -> usize {
+    8
+}
+
+/// One `[[unlearn]]`: a `unlearn forget` (or `edit`) run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlearnSpec {
+    pub name: String,
+    pub method: String,
+    /// Name of a `[[localization]]`; or give `layers`.
+    #[serde(default)]
+    pub localization: Option<String>,
+    /// MLP layers (`2-4`) or `all`.
+    #[serde(default)]
+    pub layers: Option<String>,
+    /// Settings as `key=value` (see `unlearn forget --help`).
+    #[serde(default)]
+    pub set: Vec<String>,
+    #[serde(default)]
+    pub edit: bool,
+}
+
+/// `[eval]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSpec {
+    /// quick, full, or none.
+    pub suite: String,
+    pub held_out: usize,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        EvalSpec {
+            suite: "quick".into(),
+            held_out: 200,
+        }
+    }
+}
+
+/// `[relearn]`: the attack on each unlearned model (steps = 0: none).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelearnSpec {
+    pub steps: usize,
+    pub eval_every: usize,
+    pub lr: f64,
+    pub rank: usize,
+}
+
+impl Default for RelearnSpec {
+    fn default() -> Self {
+        RelearnSpec {
+            steps: 10,
+            eval_every: 5,
+            lr: 1e-3,
+            rank: 8,
+        }
+    }
+}
+
+impl Experiment {
+    /// Read and check an experiment file; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<Experiment> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let e: Experiment = toml::from_str(&text)
+            .with_context(|| format!("{}: not a valid experiment", path.display()))?;
+        e.validate()
+            .with_context(|| format!("{}: not a valid experiment", path.display()))?;
+        Ok(e)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let mut names = std::collections::BTreeSet::new();
+        for l in &self.localization {
+            if !names.insert(format!("l:{}", l.name)) {
+                bail!("localization `{}` is defined twice", l.name);
+            }
+            if !METHODS.contains(&l.method.as_str()) {
+                bail!(
+                    "localization `{}`: method {:?} is not one of {}",
+                    l.name,
+                    l.method,
+                    METHODS.join(", ")
+                );
+            }
+        }
+        for l in &self.localization {
+            if let Some(b) = &l.budget_of {
+                let pos = self.localization.iter().position(|x| &x.name == b);
+                let me = self.localization.iter().position(|x| x.name == l.name);
+                if pos.is_none() || pos >= me {
+                    bail!("localization `{}`: budget_of `{b}` must name a localization defined before it", l.name);
+                }
+            }
+        }
+        if self.unlearn.is_empty() {
+            bail!("no [[unlearn]] runs");
+        }
+        for u in &self.unlearn {
+            if !names.insert(format!("u:{}", u.name)) {
+                bail!("unlearn run `{}` is defined twice", u.name);
+            }
+            if u.name.contains(['/', '\\']) || u.name.is_empty() {
+                bail!("unlearn run name {:?} must be a plain file name", u.name);
+            }
+            u.method
+                .parse::<Method>()
+                .with_context(|| format!("unlearn run `{}`", u.name))?;
+            match (&u.localization, &u.layers) {
+                (Some(l), None) => {
+                    if !self.localization.iter().any(|x| &x.name == l) {
+                        bail!("unlearn run `{}`: no localization named `{l}`", u.name);
+                    }
+                }
+                (None, _) => {}
+                (Some(_), Some(_)) => {
+                    bail!(
+                        "unlearn run `{}`: give localization or layers, not both",
+                        u.name
+                    )
+                }
+            }
+            crate::forget::config::ForgetConfig::resolve(u.method.parse()?, None, &u.set)
+                .with_context(|| format!("unlearn run `{}`: set", u.name))?;
+        }
+        if self.eval.suite != "none" {
+            self.eval.suite.parse::<Suite>().context("[eval] suite")?;
+        }
+        if self.relearn.steps > 0 {
+            self.relearn_config().validate().context("[relearn]")?;
+        }
+        Ok(())
+    }
+
+    fn relearn_config(&self) -> RelearnConfig {
+        RelearnConfig {
+            steps: self.relearn.steps,
+            eval_every: self.relearn.eval_every,
+            lr: self.relearn.lr,
+            seed: self.seed,
+            lora: crate::forget::lora::LoraConfig {
+                rank: self.relearn.rank,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// Whether a stage ran or was found done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Cached,
+    Ran,
+}
+
+/// One stage: its directory, the hash of what it depends on, and the work.
+pub struct Stage<'a> {
+    pub name: String,
+    pub dir: PathBuf,
+    pub key: String,
+    pub work: Box<dyn FnOnce() -> Result<()> + 'a>,
+}
+
+pub const STAGE_FILE: &str = "stage.json";
+
+/// The key a finished stage recorded, if any.
+fn finished_key(dir: &Path) -> Option<String> {
+    let t = std::fs::read_to_string(dir.join(STAGE_FILE)).ok()?;
+    let v: Value = serde_json::from_str(&t).ok()?;
+    v["key"].as_str().map(String::from)
+}
+
+/// Run the stages in order, skipping those finished with the same key. A stage finished under
+/// another key has its directory cleared first (its outputs are stale); an unfinished one keeps
+/// it (a training checkpoint there resumes).
+pub fn execute(stages: Vec<Stage>) -> Result<Vec<(String, Outcome)>> {
+    let mut out = Vec::new();
+    let n = stages.len();
+    for (i, s) in stages.into_iter().enumerate() {
+        match finished_key(&s.dir) {
+            Some(k) if k == s.key => {
+                eprintln!("[{}/{n}] {}: unchanged, skipped", i + 1, s.name);
+                out.push((s.name, Outcome::Cached));
+                continue;
+            }
+            Some(_) => {
+                eprintln!(
+                    "[{}/{n}] {}: settings changed, running again",
+                    i + 1,
+                    s.name
+                );
+                std::fs::remove_dir_all(&s.dir)
+                    .with_context(|| format!("clearing {}", s.dir.display()))?;
+            }
+            None => eprintln!("[{}/{n}] {}", i + 1, s.name),
+        }
+        std::fs::create_dir_all(&s.dir).with_context(|| format!("creating {}", s.dir.display()))?;
+        let t0 = std::time::Instant::now();
+        (s.work)().with_context(|| format!("stage {}", s.name))?;
+        crate::util::write_atomic(
+            &s.dir.join(STAGE_FILE),
+            serde_json::to_string_pretty(&json!({"stage": s.name, "key": s.key,
+                "seconds": t0.elapsed().as_secs_f64()}))?
+            .as_bytes(),
+        )?;
+        out.push((s.name, Outcome::Ran));
+    }
+    Ok(out)
+}
+
+fn hash(v: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(v.to_string().as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Run an experiment; returns the report's path and what each stage did.
+pub fn run(
+    e: &Experiment,
+    out: &Path,
+    device: &candle_core::Device,
+) -> Result<(PathBuf, Vec<(String, Outcome)>)> {
+    e.validate()?;
+    let t0 = std::time::Instant::now();
+    let model_fp = crate::model::source::fingerprint(&crate::model::source::resolve(&e.model)?)?;
+    let base = json!({"tool": env!("CARGO_PKG_VERSION"), "model": model_fp, "task": e.task,
+        "forget": e.forget, "known": e.known, "seed": e.seed});
+    let mut stages = Vec::new();
+    let mut loc_keys: BTreeMap<String, String> = BTreeMap::new();
+    let loc_dir = |n: &str| out.join("locate").join(n);
+    for l in &e.localization {
+        let key = hash(&json!({"base": base, "spec": l,
+            "budget": l.budget_of.as_ref().map(|b| &loc_keys[b])}));
+        loc_keys.insert(l.name.clone(), key.clone());
+        let args = LocateArgs {
+            model: e.model.clone(),
+            task: e.task.clone(),
+            forget: e.forget.clone(),
+            known: e.known.clone(),
+            seed: e.seed,
+            method: l.method.clone(),
+            top_k: l.top_k,
+            window: l.window,
+            samples: l.samples,
+            max_facts: l.max_facts,
+            budget_of: l
+                .budget_of
+                .as_ref()
+                .map(|b| loc_dir(b).join("localization.json")),
+            out: loc_dir(&l.name),
+        };
+        stages.push(Stage {
+            name: format!("locate {} ({})", l.name, l.method),
+            dir: loc_dir(&l.name),
+            key,
+            work: Box::new(move || crate::locate::run::run(&args, device)),
+        });
+    }
+    let mut reports = Vec::new();
+    for u in &e.unlearn {
+        let method: Method = u.method.parse()?;
+        let fkey = hash(&json!({"base": base, "spec": u,
+            "loc": u.localization.as_ref().map(|l| &loc_keys[l])}));
+        let fdir = out.join("unlearn").join(&u.name);
+        let fa = ForgetArgs {
+            task: e.task.clone(),
+            forget: e.forget.clone(),
+            known: e.known.clone(),
+            localization: u
+                .localization
+                .as_ref()
+                .map(|l| loc_dir(l).join("localization.json")),
+            layers: u.layers.clone(),
+            sets: std::iter::once(format!("seed={}", e.seed))
+                .chain(u.set.iter().cloned())
+                .collect(),
+            edit: u.edit,
+            eval: false,
+            ..ForgetArgs::defaults(&e.model, method, fdir.clone())
+        };
+        stages.push(Stage {
+            name: format!("unlearn {} ({})", u.name, u.method),
+            dir: fdir.clone(),
+            key: fkey.clone(),
+            work: Box::new(move || crate::forget::run::run(&fa, device).map(|_| ())),
+        });
+        reports.push(fdir.clone());
+        if e.eval.suite != "none" {
+            let edir = out.join("eval").join(&u.name);
+            let ea = EvalArgs {
+                model: e.model.clone(),
+                unlearned: Some(fdir.clone()),
+                task: e.task.clone(),
+                forget: e.forget.clone(),
+                known: e.known.clone(),
+                seed: e.seed,
+                suite: e.eval.suite.parse()?,
+                held_out: e.eval.held_out,
+                out: edir.clone(),
+            };
+            stages.push(Stage {
+                name: format!("evaluate {}", u.name),
+                dir: edir.clone(),
+                key: hash(&json!({"unlearn": fkey, "eval": e.eval})),
+                work: Box::new(move || crate::eval::run::run(&ea, device).map(|_| ())),
+            });
+            reports.push(edir);
+        }
+        if e.relearn.steps > 0 {
+            let rdir = out.join("relearn").join(&u.name);
+            let ra = RelearnArgs {
+                model: e.model.clone(),
+                unlearned: Some(fdir.clone()),
+                task: e.task.clone(),
+                forget: e.forget.clone(),
+                known: e.known.clone(),
+                seed: e.seed,
+                cfg: e.relearn_config(),
+                out: rdir.clone(),
+            };
+            stages.push(Stage {
+                name: format!("relearning attack on {}", u.name),
+                dir: rdir.clone(),
+                key: hash(&json!({"unlearn": fkey, "relearn": e.relearn})),
+                work: Box::new(move || crate::eval::relearn::run(&ra, device).map(|_| ())),
+            });
+            reports.push(rdir);
+        }
+    }
+    reports.extend(e.localization.iter().map(|l| loc_dir(&l.name)));
+    let done = execute(stages)?;
+    let report = out.join("report.html");
+    crate::report::html::run(&reports, &report)?;
+    crate::util::write_atomic(
+        &out.join("experiment.json"),
+        serde_json::to_string_pretty(&json!({"experiment": e, "stages": done,
+            "seconds": t0.elapsed().as_secs_f64()}))?
+        .as_bytes(),
+    )?;
+    eprintln!(
+        "experiment {} finished in {:.0}s ({} stages run, {} unchanged); report: {}",
+        e.name,
+        t0.elapsed().as_secs_f64(),
+        done.iter().filter(|d| d.1 == Outcome::Ran).count(),
+        done.iter().filter(|d| d.1 == Outcome::Cached).count(),
+        report.display()
+    );
+    Ok((report, done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Stages that count their runs; the second (when `fail`) fails once, like a kill.
+    fn stages<'a>(
+        root: &Path,
+        keys: [&'a str; 3],
+        runs: &'a RefCell<Vec<usize>>,
+        fail: bool,
+    ) -> Vec<Stage<'a>> {
+        (0..3)
+            .map(|i| {
+                let dir = root.join(format!("s{i}"));
+                let d2 = dir.clone();
+                Stage {
+                    name: format!("s{i}"),
+                    dir,
+                    key: keys[i].into(),
+                    work: Box::new(move || {
+                        runs.borrow_mut()[i] += 1;
+                        std::fs::write(d2.join("out.txt"), keys[i])?;
+                        if fail && i == 1 {
+                            bail!("killed");
+                        }
+                        Ok(())
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn finished_stages_are_skipped_and_interrupted_ones_resume() {
+        let d = tempfile::tempdir().unwrap();
+        let runs = RefCell::new(vec![0; 3]);
+        // Interrupted in the second stage: the first finished, the second did not.
+        let e = execute(stages(d.path(), ["a", "b", "c"], &runs, true)).unwrap_err();
+        assert!(format!("{e:#}").contains("stage s1: killed"), "{e:#}");
+        assert_eq!(*runs.borrow(), vec![1, 1, 0]);
+        // Resumed: the first is skipped, the second and third run.
+        let r = execute(stages(d.path(), ["a", "b", "c"], &runs, false)).unwrap();
+        assert_eq!(
+            r.iter().map(|x| x.1).collect::<Vec<_>>(),
+            [Outcome::Cached, Outcome::Ran, Outcome::Ran]
+        );
+        assert_eq!(*runs.borrow(), vec![1, 2, 1]);
+        // Finished: nothing runs again.
+        let r = execute(stages(d.path(), ["a", "b", "c"], &runs, false)).unwrap();
+        assert!(r.iter().all(|x| x.1 == Outcome::Cached));
+        assert_eq!(*runs.borrow(), vec![1, 2, 1]);
+        // A changed key re-runs that stage only, from a cleared directory.
+        std::fs::write(d.path().join("s2/stale.txt"), "old").unwrap();
+        let r = execute(stages(d.path(), ["a", "b", "c2"], &runs, false)).unwrap();
+        assert_eq!(r[2].1, Outcome::Ran);
+        assert_eq!(*runs.borrow(), vec![1, 2, 2]);
+        assert!(!d.path().join("s2/stale.txt").exists());
+    }
+
+    #[test]
+    fn experiment_files_are_checked() {
+        let ok = r#"
+name = "t"
+[[localization]]
+name = "traced"
+method = "kuda-window"
+[[localization]]
+name = "rand"
+method = "random"
+budget_of = "traced"
+[[unlearn]]
+name = "kuda"
+method = "kuda"
+localization = "traced"
+set = ["steps=5"]
+"#;
+        let e: Experiment = toml::from_str(ok).unwrap();
+        e.validate().unwrap();
+        assert_eq!(e.eval.suite, "quick");
+        for (bad, what) in [
+            (
+                ok.replace("method = \"random\"", "method = \"magic\""),
+                "magic",
+            ),
+            (
+                ok.replace(
+                    "localization = \"traced\"\nset",
+                    "localization = \"nope\"\nset",
+                ),
+                "nope",
+            ),
+            (ok.replace("steps=5", "stepz=5"), "stepz"),
+            (
+                ok.replace("budget_of = \"traced\"", "budget_of = \"rand\""),
+                "budget_of",
+            ),
+            (
+                ok.replace("method = \"kuda\"", "method = \"erase\""),
+                "erase",
+            ),
+        ] {
+            let e: Experiment = toml::from_str(&bad).unwrap();
+            let err = format!("{:#}", e.validate().unwrap_err());
+            assert!(err.contains(what), "{what}: {err}");
+        }
+        let err = toml::from_str::<Experiment>(
+            &ok.replace("name = \"t\"", "name = \"t\"\nmodle = \"x\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("modle"), "{err}");
+    }
+}
