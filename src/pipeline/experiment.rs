@@ -497,6 +497,21 @@ mod tests {
         assert!(!d.path().join("s2/stale.txt").exists());
     }
 
+    /// The example experiments shipped in experiments/ are valid.
+    #[test]
+    fn shipped_experiments_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Experiment::load(&p).unwrap_or_else(|e| panic!("{e:#}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "{n} experiments in {}", dir.display());
+    }
+
     #[test]
     fn experiment_files_are_checked() {
         let ok = r#"
