@@ -80,6 +80,7 @@ fn measure(
 ) -> Result<(Measures, Fluency)> {
     let mut m = Measures::new();
     let bar = crate::util::spinner("evaluating");
+    let mut clock = Clock::new();
     let truth = |f: &Fact| f.answer.clone();
     for (name, facts, lower) in [("forget", forget, true), ("held_out", held_out, false)] {
         let acc = accuracy(lm, facts, truth)?;
@@ -95,6 +96,7 @@ fn measure(
             m.insert(format!("{name}.mcq_accuracy"), (s.n, s.accuracy, lower));
         }
     }
+    clock.lap(&mut m, "facts_and_mcq");
     for fmt in formats_for(forget) {
         let facts: Vec<Fact> = forget.iter().filter_map(|f| rewrite(f, fmt)).collect();
         let acc = accuracy(lm, &facts, truth)?;
@@ -112,8 +114,10 @@ fn measure(
             (acc.n, acc.top1_candidates, false),
         );
     }
+    clock.lap(&mut m, "formats");
     let prompts: Vec<String> = forget.iter().map(|f| f.prompt.clone()).collect();
     let flu = fluency(lm, original, &prompts, 16)?;
+    clock.lap(&mut m, "fluency");
     m.insert(
         "fluency.ngram_entropy".into(),
         (flu.n, flu.ngram_entropy, false),
@@ -129,6 +133,7 @@ fn measure(
         "utility.wikitext_perplexity".into(),
         (p.tokens, p.perplexity, true),
     );
+    clock.lap(&mut m, "perplexity");
     if a.suite == Suite::Full {
         for (name, files) in [
             (
@@ -153,8 +158,28 @@ fn measure(
             );
         }
     }
+    if a.suite == Suite::Full {
+        clock.lap(&mut m, "mmlu_wmdp");
+    }
     bar.finish_and_clear();
     Ok((m, flu))
+}
+
+/// Seconds spent per section, kept with the measures as `seconds.<section>` (not table rows).
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn new() -> Clock {
+        Clock(std::time::Instant::now())
+    }
+
+    fn lap(&mut self, m: &mut Measures, what: &str) {
+        m.insert(
+            format!("seconds.{what}"),
+            (0, self.0.elapsed().as_secs_f64(), true),
+        );
+        self.0 = std::time::Instant::now();
+    }
 }
 
 /// The facts an unlearned run was about: its manifest's forget facts (and the retain facts it
@@ -296,8 +321,15 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         )?),
         None => None,
     };
+    let timing = |m: &Measures| -> BTreeMap<String, f64> {
+        m.iter()
+            .filter_map(|(k, v)| k.strip_prefix("seconds.").map(|s| (s.to_string(), v.1)))
+            .collect()
+    };
+    let seconds = json!({"original": timing(&orig_m), "unlearned": unl.as_ref().map(|(m, _)| timing(m))});
     let mut rows: Vec<Row> = orig_m
         .iter()
+        .filter(|(k, _)| !k.starts_with("seconds."))
         .map(|(k, &(n, v, lower))| Row {
             metric: k.clone(),
             n,
@@ -306,6 +338,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
             lower_is_better: lower,
         })
         .collect();
+    let t_latent = std::time::Instant::now();
     let latent = latent::latent(
         &original,
         unlearned_lm.as_ref(),
@@ -334,6 +367,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         "manifest": manifest,
         "rows": rows,
         "latent": latent, "latent_probe_facts": probe_facts.len(),
+        "section_seconds": seconds, "latent_seconds": t_latent.elapsed().as_secs_f64(),
         "fluency_samples": {"original": orig_f.samples, "unlearned": unl.as_ref().map(|(_, f)| f.samples.clone())},
         "seconds": t0.elapsed().as_secs_f64(),
     });
