@@ -199,6 +199,56 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Fine-tune a model on a corpus or QA set (how MUSE and TOFU made their target models) so
+    /// that it has something to unlearn: every block weight (or --layers), the trainer of
+    /// `forget` (checkpoints, resume); OUT loads with --model OUT. Data: .txt, or JSON / JSON
+    /// lines of strings, {"text"}, {"prompt","gt"}, or {"question","answer"}.
+    Learn {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// The corpus or QA file.
+        #[arg(long)]
+        data: PathBuf,
+        /// MLP layers (`2-4`) or `all` (default).
+        #[arg(long)]
+        layers: Option<String>,
+        /// Settings as for `forget` (defaults here: optim.lr=1e-4, batch_size=8,
+        /// text_tokens=128, steps=30).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Text chunks taken from a corpus at most.
+        #[arg(long, default_value_t = 256)]
+        max_chunks: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// MUSE-News, scaled to a CPU: KnowMem (ROUGE-L of answers about forget and retained
+    /// articles), VerbMem (ROUGE-L of continuations of forget passages) and the Min-K% AUC
+    /// behind PrivLeak, for --model and, when given, an unlearned model; OUT/metrics.json.
+    Muse {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        #[arg(long)]
+        unlearned: Option<PathBuf>,
+        /// Directory with knowmem/, verbmem/, privleak/ (default: data/muse/news).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Items per split (MUSE: 100).
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+        /// VerbMem: prompt tokens kept (the last ones) and tokens generated (MUSE: all, 128).
+        #[arg(long, default_value_t = 256)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// PrivLeak: tokens of each text scored.
+        #[arg(long, default_value_t = 256)]
+        text_tokens: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// One self-contained HTML page (inline SVG, no scripts, nothing fetched) from directories
     /// written by `eval` (before/after tables, fluency samples), `forget`/`edit` (settings, loss
     /// curves) and `locate` (trace heat map, components); several evaluations side by side.
@@ -521,6 +571,53 @@ fn run(cmd: Command) -> Result<()> {
                 out,
             };
             unlearn::eval::relearn::run(&args, &cli::device()?).map(|_| ())
+        }
+        Command::Learn {
+            model,
+            data,
+            layers,
+            mut sets,
+            steps,
+            max_chunks,
+            out,
+        } => {
+            if let Some(n) = steps {
+                sets.push(format!("steps={n}"));
+            }
+            let args = unlearn::forget::learn::LearnArgs {
+                model,
+                data,
+                layers,
+                sets,
+                max_chunks,
+                out,
+            };
+            unlearn::forget::learn::run(&args, &cli::device()?).map(|_| ())
+        }
+        Command::Muse {
+            model,
+            unlearned,
+            data,
+            n,
+            prompt_tokens,
+            new_tokens,
+            text_tokens,
+            out,
+        } => {
+            use unlearn::eval::muse::{run, MuseArgs, MuseOpts};
+            let args = MuseArgs {
+                model,
+                unlearned,
+                data: data.unwrap_or_else(|| unlearn::data::data_dir().join("muse/news")),
+                opts: MuseOpts {
+                    n,
+                    prompt_tokens,
+                    new_tokens,
+                    text_tokens,
+                },
+                out,
+            };
+            run(&args, &cli::device()?).map(|_| ())
         }
         Command::Eval {
             facts:

@@ -8,6 +8,7 @@ pub mod fluency;
 pub mod formats;
 pub mod latent;
 pub mod mcq;
+pub mod muse;
 pub mod perplexity;
 pub mod relearn;
 pub mod rouge;

@@ -326,7 +326,8 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
             .filter_map(|(k, v)| k.strip_prefix("seconds.").map(|s| (s.to_string(), v.1)))
             .collect()
     };
-    let seconds = json!({"original": timing(&orig_m), "unlearned": unl.as_ref().map(|(m, _)| timing(m))});
+    let seconds =
+        json!({"original": timing(&orig_m), "unlearned": unl.as_ref().map(|(m, _)| timing(m))});
     let mut rows: Vec<Row> = orig_m
         .iter()
         .filter(|(k, _)| !k.starts_with("seconds."))
@@ -384,7 +385,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
     Ok(out)
 }
 
-fn print_table(rows: &[Row]) {
+pub fn print_table(rows: &[Row]) {
     println!(
         "{:<44} {:>5} {:>10} {:>10}",
         "metric", "n", "original", "unlearned"

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod export;
+pub mod learn;
 pub mod lora;
 pub mod methods;
 pub mod nullspace;

@@ -163,7 +163,7 @@ pub const PPL_TOKENS: usize = 2048;
 /// Held-out known facts evaluated at most.
 pub const HELD_OUT_FACTS: usize = 200;
 
-fn hash_json(v: &serde_json::Value) -> String {
+pub(crate) fn hash_json(v: &serde_json::Value) -> String {
     hex::encode(Sha256::digest(v.to_string().as_bytes()))
 }
 
@@ -405,7 +405,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     Ok(lm)
 }
 
-fn all_block_params(lm: &LanguageModel) -> Vec<String> {
+pub(crate) fn all_block_params(lm: &LanguageModel) -> Vec<String> {
     lm.model
         .weights()
         .tensors
