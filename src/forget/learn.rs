@@ -222,6 +222,16 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         metrics: None,
     };
     write_output(&a.out, &lm, &manifest, false)?;
+    if let Corpus::Qa(qa) = &corpus {
+        // The learned QA as a facts file, ready for `unlearn forget --task OUT/facts.jsonl`.
+        let mut lines = String::new();
+        for (i, (q, ans)) in qa.iter().enumerate() {
+            let f = qa_fact(i, q, ans);
+            lines.push_str(&json!({"id": f.id, "prompt": f.prompt, "subject": f.subject, "answer": f.answer}).to_string());
+            lines.push('\n');
+        }
+        crate::util::write_atomic(&a.out.join("facts.jsonl"), lines.as_bytes())?;
+    }
     eprintln!(
         "learned in {:.0}s; final loss {:.4}; wrote {} (use it with --model {})",
         s.seconds,

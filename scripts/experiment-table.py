@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Print the markdown table of an `unlearn run` output directory (docs/results.md uses it).
+
+usage: scripts/experiment-table.py runs/<experiment>
+Columns: forget accuracy (top-1 among candidates, vocabulary top-1), MCQ, held-out accuracy,
+WikiText-2 perplexity, fluency, best latent-probe accuracy, relearning (unseen half before ->
+after), for the original model and every unlearning run that has an evaluation.
+"""
+import json
+import sys
+from pathlib import Path
+
+COLS = [
+    ("forget.top1_candidates", "forget (among sports)", "pct"),
+    ("forget.top1_vocab", "forget (vocab top-1)", "pct"),
+    ("forget.mcq_accuracy", "forget MCQ", "pct"),
+    ("held_out.top1_candidates", "held-out", "pct"),
+    ("utility.wikitext_perplexity", "WikiText-2 ppl", "f2"),
+    ("fluency.ngram_entropy", "answer n-gram entropy", "f2"),
+    ("latent.forget.best_layer_probe_last_subject_token", "latent probe (best layer)", "pct"),
+]
+
+
+def fmt(v, kind):
+    if v is None:
+        return "–"
+    return f"{100 * v:.1f}%" if kind == "pct" else f"{v:.2f}"
+
+
+def main(root):
+    root = Path(root)
+    evals = sorted((root / "eval").glob("*/metrics.json"))
+    if not evals:
+        sys.exit(f"{root}: no eval/*/metrics.json")
+    head = ["run", "method", "params (M)"] + [c[1] for c in COLS] + ["relearn: unseen half"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    first = True
+    for p in evals:
+        m = json.loads(p.read_text())
+        rows = {r["metric"]: r for r in m["rows"]}
+        if first:
+            vals = [fmt(rows.get(k, {}).get("original"), kind) for k, _, kind in COLS]
+            print("| original | – | – | " + " | ".join(vals) + " | – |")
+            first = False
+        name = p.parent.name
+        man = m.get("manifest") or {}
+        vals = [fmt(rows.get(k, {}).get("unlearned"), kind) for k, _, kind in COLS]
+        rl = root / "relearn" / name / "relearn.json"
+        if rl.exists():
+            c = json.loads(rl.read_text())["curve"]
+            u = c["unseen"]
+            rl_s = f"{100 * u[0]['top1_candidates']:.0f}% → {100 * u[-1]['top1_candidates']:.0f}% (p {u[0]['mean_p']:.2f} → {u[-1]['mean_p']:.2f})"
+        else:
+            rl_s = "–"
+        params = man.get("param_count")
+        params = f"{params / 1e6:.1f}" if params else "–"
+        print(f"| {name} | {man.get('method', '?')} | {params} | " + " | ".join(vals) + f" | {rl_s} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
