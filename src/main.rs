@@ -119,6 +119,10 @@ enum Command {
         method: String,
         #[arg(long, default_value_t = 3)]
         top_k: usize,
+        /// Attribution's corrupted run: noise (Gaussian, 3 × the embedding std, on the subject)
+        /// or replace (the subject swapped for another known subject of as many tokens).
+        #[arg(long, default_value = "noise")]
+        corruption: String,
         /// Layers in KUDA's window (and restored together in the MLP trace when larger than 1).
         #[arg(long, default_value_t = 3)]
         window: usize,
@@ -508,6 +512,7 @@ fn run(cmd: Command) -> Result<()> {
             samples,
             max_facts,
             budget_of,
+            corruption,
             seed,
             out,
         } => {
@@ -523,6 +528,7 @@ fn run(cmd: Command) -> Result<()> {
                 samples,
                 max_facts,
                 budget_of,
+                corruption,
                 out,
             };
             unlearn::locate::run::run(&args, &cli::device()?)

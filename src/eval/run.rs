@@ -299,8 +299,10 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
     );
 
     // The original model's numbers depend only on it, the facts and the suite: cached.
-    let key = serde_json::to_vec(&json!({"v": 1, "model": crate::model::source::fingerprint(&original.origin)?,
-        "forget": forget, "held_out": held_out, "new": new_answers, "suite": a.suite, "seed": a.seed}))?;
+    let key = serde_json::to_vec(
+        &json!({"v": 1, "model": crate::model::source::fingerprint(&original.origin)?,
+        "forget": forget, "held_out": held_out, "new": new_answers, "suite": a.suite, "seed": a.seed}),
+    )?;
     let (orig_m, orig_f): (Measures, Fluency) = crate::util::cached_json("eval", &key, || {
         measure(
             &original,

@@ -227,7 +227,10 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         let mut lines = String::new();
         for (i, (q, ans)) in qa.iter().enumerate() {
             let f = qa_fact(i, q, ans);
-            lines.push_str(&json!({"id": f.id, "prompt": f.prompt, "subject": f.subject, "answer": f.answer}).to_string());
+            lines.push_str(
+                &json!({"id": f.id, "prompt": f.prompt, "subject": f.subject, "answer": f.answer})
+                    .to_string(),
+            );
             lines.push('\n');
         }
         crate::util::write_atomic(&a.out.join("facts.jsonl"), lines.as_bytes())?;

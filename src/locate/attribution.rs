@@ -13,12 +13,23 @@ use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
-/// One prompt to attribute: token ids, subject token range, answer and alternative token ids.
+/// One prompt to attribute: token ids, subject token range, answer and alternative token ids,
+/// and for [`Corruption::Replace`] the same prompt with another subject of as many tokens.
 pub struct AttributionItem {
     pub ids: Vec<u32>,
     pub subject: std::ops::Range<usize>,
     pub answer: u32,
     pub alternative: u32,
+    pub corrupt_ids: Option<Vec<u32>>,
+}
+
+/// How the corrupted run differs from the clean one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Corruption {
+    /// Gaussian noise of this standard deviation on the subject's embeddings (ROME).
+    Noise { std: f64 },
+    /// The subject replaced by another subject (each item's `corrupt_ids`).
+    Replace,
 }
 
 /// Scores per layer: `heads[l][h]` and `mlps[l]`.
@@ -30,12 +41,12 @@ pub struct AttributionScores {
     pub metric_corrupt: f64,
 }
 
-/// Attribute a batch of prompts; the corruption is seeded Gaussian noise of standard deviation
-/// `noise_std` on the subject embeddings.
+/// Attribute a batch of prompts; the corruption is seeded Gaussian noise on the subject
+/// embeddings or the subject replaced by another one.
 pub fn attribute(
     model: &Transformer,
     items: &[AttributionItem],
-    noise_std: f64,
+    corruption: Corruption,
     seed: u64,
 ) -> Result<AttributionScores> {
     if items.is_empty() {
@@ -58,6 +69,10 @@ pub fn attribute(
     let (b, t) = (batch.size(), batch.len());
     let dtype = model.weights().get("model.embed_tokens.weight")?.dtype();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let noise_std = match corruption {
+        Corruption::Noise { std } => std,
+        Corruption::Replace => 0.0,
+    };
     let normal =
         Normal::new(0.0f32, noise_std as f32).map_err(|e| anyhow::anyhow!("noise: {e}"))?;
     let mut noise = vec![0f32; b * t * d];
@@ -109,17 +124,45 @@ pub fn attribute(
         },
     )?;
     let grads = model.backward(&clean, Some(&(&w / b as f64)?), None)?;
-    let mut ch = Hooks::new().patch(Patch {
-        point: HookPoint::Embed,
-        mode: PatchMode::Add,
-        value: noise,
-        sel: Selection::default(),
-    });
+    let (mut ch, cor_batch) = match corruption {
+        Corruption::Noise { .. } => (
+            Hooks::new().patch(Patch {
+                point: HookPoint::Embed,
+                mode: PatchMode::Add,
+                value: noise,
+                sel: Selection::default(),
+            }),
+            batch.clone(),
+        ),
+        Corruption::Replace => {
+            let mut seqs = Vec::new();
+            for (r, it) in items.iter().enumerate() {
+                match &it.corrupt_ids {
+                    Some(c) if c.len() == it.ids.len() => seqs.push(c.clone()),
+                    Some(c) => bail!(
+                        "attribution: prompt {r}: the replaced prompt has {} tokens, the prompt {}",
+                        c.len(),
+                        it.ids.len()
+                    ),
+                    None => bail!("attribution: prompt {r} has no replaced-subject prompt"),
+                }
+            }
+            (
+                Hooks::new(),
+                Batch::new(
+                    &seqs,
+                    model.config.pad_token_id.unwrap_or(0),
+                    PadSide::Left,
+                    &dev,
+                )?,
+            )
+        }
+    };
     for &p in &points {
         ch = ch.cache(p);
     }
     let cor = model.run(
-        &batch,
+        &cor_batch,
         &RunOpts {
             hooks: Some(&ch),
             logits: LogitsAt::Last,
@@ -170,15 +213,17 @@ mod tests {
                 subject: 1..3,
                 answer: 4,
                 alternative: 6,
+                corrupt_ids: None,
             },
             AttributionItem {
                 ids: vec![1, 8, 2, 10],
                 subject: 1..2,
                 answer: 4,
                 alternative: 6,
+                corrupt_ids: None,
             },
         ];
-        let s = attribute(&m, &items, 1e-3, 3).unwrap();
+        let s = attribute(&m, &items, Corruption::Noise { std: 1e-3 }, 3).unwrap();
         // Actual effect of patching the corrupted MLP output of layer 1 into the clean run.
         let seqs: Vec<Vec<u32>> = items.iter().map(|i| i.ids.clone()).collect();
         let batch = Batch::new(&seqs, 0, PadSide::Left, m.device()).unwrap();

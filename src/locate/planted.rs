@@ -194,7 +194,7 @@ mod tests {
     /// largest effect on the planted MLP, for every fact tested.
     #[test]
     fn tracing_and_attribution_find_the_planted_layer() {
-        use crate::locate::attribution::{attribute, AttributionItem};
+        use crate::locate::attribution::{attribute, AttributionItem, Corruption};
         use crate::locate::trace::{embedding_std, trace, TraceKind, TraceOpts};
         let m = model();
         let fs = facts();
@@ -224,10 +224,19 @@ mod tests {
                 subject: f.subject_pos..f.subject_pos + 1,
                 answer: f.answer,
                 alternative: ANSWERS[(f.class + 1) % 3],
+                // Subject replacement: the next subject, whose answer is the next class.
+                corrupt_ids: Some(vec![
+                    1,
+                    5,
+                    SUBJECTS.start + ((f.ids[2] - SUBJECTS.start + 1) % 48),
+                ]),
             })
             .collect();
         let std = embedding_std(&m).unwrap() * 3.0;
-        let s = attribute(&m, &items, std, 0).unwrap();
-        assert_eq!(argmax(&s.mlps), PLANTED_LAYER, "{:?}", s.mlps);
+        for c in [Corruption::Noise { std }, Corruption::Replace] {
+            let s = attribute(&m, &items, c, 0).unwrap();
+            assert_eq!(argmax(&s.mlps), PLANTED_LAYER, "{c:?}: {:?}", s.mlps);
+            assert!(s.metric_corrupt < s.metric_clean, "{c:?}");
+        }
     }
 }

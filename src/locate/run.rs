@@ -2,6 +2,7 @@
 //! facts (by token role, as ROME does) → a [`Localization`] written as JSON with an SVG heat map
 //! and bar chart.
 
+use super::attribution::Corruption;
 use super::localization::{best_window, random_mlps, Component, Localization};
 use super::probe::{self, FitOpts, ProbeAt, ProbeCurve};
 use super::trace::{trace, TraceKind, TraceOpts};
@@ -45,6 +46,9 @@ pub struct LocateArgs {
     pub samples: usize,
     pub max_facts: usize,
     pub budget_of: Option<PathBuf>,
+    /// Attribution's corrupted run: `noise` (3 × embedding std on the subject) or `replace`
+    /// (the subject swapped for another known subject of as many tokens).
+    pub corruption: String,
     pub out: PathBuf,
 }
 
@@ -146,15 +150,27 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
                 .find(|c| **c != f.answer)
                 .or(f.new_answer.as_ref())
                 .with_context(|| format!("fact {}: attribution needs an alternative answer (candidates or new_answer)", f.id))?;
+            let corrupt_ids = if a.corruption == "replace" {
+                Some(replaced_subject(&lm, f, &known_facts, ids.len())?)
+            } else {
+                None
+            };
             items.push(super::attribution::AttributionItem {
                 ids,
                 subject: span,
                 answer: known::answer_token(&lm, &f.answer)?,
                 alternative: known::answer_token(&lm, alt)?,
+                corrupt_ids,
             });
         }
-        let std = super::trace::embedding_std(&lm.model)? * 3.0;
-        let s = super::attribution::attribute(&lm.model, &items, std, a.seed)?;
+        let corruption = match a.corruption.as_str() {
+            "noise" => Corruption::Noise {
+                std: super::trace::embedding_std(&lm.model)? * 3.0,
+            },
+            "replace" => Corruption::Replace,
+            other => bail!("--corruption {other:?}: use noise or replace"),
+        };
+        let s = super::attribution::attribute(&lm.model, &items, corruption, a.seed)?;
         mlp_effect = s.mlps.clone();
         attribution = Some(s);
     }
@@ -302,6 +318,39 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         a.out.join("localization.json").display()
     );
     Ok(())
+}
+
+/// The prompt of `f` with its subject replaced by the first other known subject (with another
+/// answer) that gives a prompt of `len` tokens, so positions line up with the clean run.
+fn replaced_subject(
+    lm: &LanguageModel,
+    f: &crate::data::Fact,
+    pool: &[crate::data::Fact],
+    len: usize,
+) -> Result<Vec<u32>> {
+    let at = f
+        .prompt
+        .rfind(&f.subject)
+        .context("the subject is not in the prompt")?;
+    for g in pool
+        .iter()
+        .filter(|g| g.subject != f.subject && g.answer != f.answer)
+    {
+        let p = format!(
+            "{}{}{}",
+            &f.prompt[..at],
+            g.subject,
+            &f.prompt[at + f.subject.len()..]
+        );
+        let ids = lm.tokenizer.encode(&p, true)?;
+        if ids.len() == len {
+            return Ok(ids);
+        }
+    }
+    bail!(
+        "fact {}: no other known subject gives a prompt of the same length ({len} tokens); use --corruption noise",
+        f.id
+    )
 }
 
 /// FLU probes on the known facts: one half (seeded) trains, the other tests. Returns both

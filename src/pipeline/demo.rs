@@ -62,6 +62,7 @@ pub fn run(a: &DemoArgs, device: &candle_core::Device) -> Result<PathBuf> {
                 samples: 5,
                 max_facts: 8,
                 budget_of: None,
+                corruption: "noise".into(),
                 out: dir.clone(),
             },
             device,

@@ -74,6 +74,13 @@ pub struct LocalizationSpec {
     /// Name of another localization whose parameter count this one matches.
     #[serde(default)]
     pub budget_of: Option<String>,
+    /// Attribution's corruption: noise or replace.
+    #[serde(default = "noise")]
+    pub corruption: String,
+}
+
+fn noise() -> String {
+    "noise".into()
 }
 
 fn three() -> usize {
@@ -336,6 +343,7 @@ pub fn run(
                 .budget_of
                 .as_ref()
                 .map(|b| loc_dir(b).join("localization.json")),
+            corruption: l.corruption.clone(),
             out: loc_dir(&l.name),
         };
         stages.push(Stage {
