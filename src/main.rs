@@ -216,8 +216,9 @@ enum Command {
         /// MLP layers (`2-4`) or `all` (default).
         #[arg(long)]
         layers: Option<String>,
-        /// Settings as for `forget` (defaults here: optim.lr=1e-4, batch_size=8,
-        /// text_tokens=128, steps=30).
+        /// Settings as for `forget` (defaults here: optim.lr=2e-5, batch_size=8,
+        /// text_tokens=128, steps=40; localized_ft.text_weight = weight of the WikiText
+        /// cross-entropy kept beside the corpus, 1).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         #[arg(long)]

@@ -69,7 +69,7 @@ pub struct MuseScores {
     /// AUC of Min-K% Prob separating forget (members) from holdout texts.
     pub mink_auc: f64,
     pub privleak_vs_half: f64,
-    pub samples: Vec<(String, String, String)>,
+    pub samples: Vec<Sample>,
 }
 
 /// Min-K% Prob: the mean of the lowest `k` share of token log-probabilities.
@@ -123,12 +123,10 @@ fn complete(lm: &LanguageModel, prompts: &[Vec<u32>], max_new: usize) -> Result<
     Ok(out)
 }
 
-fn knowmem(
-    lm: &LanguageModel,
-    dir: &Path,
-    split: &str,
-    n: usize,
-) -> Result<(f64, Vec<(String, String, String)>)> {
+/// (question or prompt, true answer, the model's answer).
+type Sample = (String, String, String);
+
+fn knowmem(lm: &LanguageModel, dir: &Path, split: &str, n: usize) -> Result<(f64, Vec<Sample>)> {
     let qa: Vec<Qa> = read(&dir.join(format!("knowmem/{split}_qa.json")))?;
     let icl: Vec<Qa> = read(&dir.join(format!("knowmem/{split}_qa_icl.json")))?;
     let prefix: String = icl
@@ -225,24 +223,6 @@ pub fn muse(lm: &LanguageModel, dir: &Path, o: MuseOpts) -> Result<MuseScores> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn min_k_and_auc_on_hand_made_values() {
-        // Lowest 40% of 5 values = the 2 lowest.
-        assert_eq!(min_k(&[-1.0, -5.0, -2.0, -0.5, -4.0], 0.4), -4.5);
-        assert_eq!(min_k(&[-3.0], 0.4), -3.0);
-        assert!(min_k(&[], 0.4).is_nan());
-        assert_eq!(auc(&[3.0, 4.0], &[1.0, 2.0]), 1.0);
-        assert_eq!(auc(&[1.0, 2.0], &[3.0, 4.0]), 0.0);
-        // Pairs (2,1) win, (2,2) tie, (0,1) and (0,2) lose: (1 + 0.5) / 4.
-        assert_eq!(auc(&[2.0, 0.0], &[1.0, 2.0]), (1.0 + 0.5 + 0.0 + 0.0) / 4.0);
-        assert_eq!(auc(&[5.0; 3], &[5.0; 4]), 0.5);
-    }
-}
-
 /// Options of `unlearn muse`.
 pub struct MuseArgs {
     pub model: String,
@@ -304,4 +284,22 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
     )?;
     eprintln!("wrote {}", a.out.join("metrics.json").display());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_k_and_auc_on_hand_made_values() {
+        // Lowest 40% of 5 values = the 2 lowest.
+        assert_eq!(min_k(&[-1.0, -5.0, -2.0, -0.5, -4.0], 0.4), -4.5);
+        assert_eq!(min_k(&[-3.0], 0.4), -3.0);
+        assert!(min_k(&[], 0.4).is_nan());
+        assert_eq!(auc(&[3.0, 4.0], &[1.0, 2.0]), 1.0);
+        assert_eq!(auc(&[1.0, 2.0], &[3.0, 4.0]), 0.0);
+        // Pairs (2,1) win, (2,2) tie, (0,1) and (0,2) lose: (1 + 0.5) / 4.
+        assert_eq!(auc(&[2.0, 0.0], &[1.0, 2.0]), (1.0 + 0.5 + 0.0 + 0.0) / 4.0);
+        assert_eq!(auc(&[5.0; 3], &[5.0; 4]), 0.5);
+    }
 }

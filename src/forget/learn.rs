@@ -1,7 +1,8 @@
 //! `unlearn learn`: fine-tune a model on a text corpus or a QA set, the way MUSE and TOFU made
 //! their target models, so that there is something to unlearn (Gemma 3 270M does not know the
 //! post-2023 BBC articles of MUSE-News or TOFU's fictitious authors). Full fine-tuning of every
-//! block weight by default, or chosen MLP layers; the trainer of `unlearn forget` (AdamW,
+//! block weight by default, or chosen MLP layers, with a WikiText cross-entropy beside the
+//! corpus's so that the model stays a language model; the trainer of `unlearn forget` (AdamW,
 //! cosine schedule, clipping, checkpoints and resume, NaN stop); the output is the same
 //! changed-tensor directory, loadable with `--model DIR` and usable as the model to unlearn.
 //!
@@ -127,11 +128,16 @@ pub fn qa_fact(i: usize, q: &str, a: &str) -> Fact {
 /// Run `unlearn learn`; returns the trained model.
 pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel> {
     // Learning new text needs a larger step than unlearning; the user's settings come after.
-    let sets: Vec<String> = ["optim.lr=1e-4", "batch_size=8", "text_tokens=128"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(a.sets.iter().cloned())
-        .collect();
+    let sets: Vec<String> = [
+        "optim.lr=2e-5",
+        "batch_size=8",
+        "text_tokens=128",
+        "steps=40",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(a.sets.iter().cloned())
+    .collect();
     let cfg = ForgetConfig::resolve(Method::LocalizedFt, None, &sets).context("settings")?;
     let mut lm = LanguageModel::load(&a.model, device)?;
     let base_fp = fingerprint(&lm.origin)?;
@@ -178,17 +184,25 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         cfg.steps,
         cfg.batch_size
     );
+    // General text keeps the model a language model while it memorizes (weight
+    // `localized_ft.text_weight`, 0 to switch off).
+    let (wiki_train, _) = crate::data::wikitext_halves()?;
+    let text = text_chunks(&lm, &wiki_train, 64, cfg.text_batch_size.max(1) * 8)?;
+    let ce = |name: &str, weight: f64, data: DataSet| Term {
+        name: name.into(),
+        weight,
+        data,
+        loss: Loss::Logit(LogitLoss::Ce),
+        project: false,
+    };
     let mut plan = Plan {
-        terms: vec![Term {
-            name: "learn_ce".into(),
-            weight: 1.0,
-            data: DataSet::Forget,
-            loss: Loss::Logit(LogitLoss::Ce),
-            project: false,
-        }],
+        terms: vec![
+            ce("learn_ce", 1.0, DataSet::Forget),
+            ce("text_ce", cfg.localized_ft.text_weight, DataSet::Text),
+        ],
         forget: SeqSet::new("corpus", seqs),
         retain: SeqSet::new("retain", vec![]),
-        text: SeqSet::new("text", vec![]),
+        text: SeqSet::new("text", text),
         params: params.clone(),
         rep_layer: None,
         projectors: Default::default(),

@@ -229,7 +229,7 @@ mod tests {
             )
             .unwrap();
         let logits = out.logits.clone().unwrap();
-        let wts = crate::model::ops::tests::rnd(&logits.dims().to_vec(), 77, 1.0);
+        let wts = crate::model::ops::tests::rnd(logits.dims(), 77, 1.0);
         let v: f64 = (&logits * &wts)
             .unwrap()
             .sum_all()

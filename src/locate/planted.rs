@@ -198,7 +198,7 @@ mod tests {
         use crate::locate::trace::{embedding_std, trace, TraceKind, TraceOpts};
         let m = model();
         let fs = facts();
-        let mut mean = vec![0f64; N_LAYERS];
+        let mut mean = [0f64; N_LAYERS];
         for f in fs.iter().take(6) {
             let span = f.subject_pos..f.subject_pos + 1;
             let opts = TraceOpts {
