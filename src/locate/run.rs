@@ -94,6 +94,8 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     let mut resid_roles = vec![vec![0f64; ROLES.len()]; n_layers];
     let mut role_counts = vec![vec![0usize; ROLES.len()]; n_layers];
     let mut mlp_effect = vec![0f64; n_layers];
+    let n_heads = lm.model.config.num_heads;
+    let mut head_effect = vec![vec![0f64; n_heads]; n_layers];
     if needs_trace {
         let bar = crate::util::progress(traced.len() as u64, "tracing facts");
         for f in &traced {
@@ -113,6 +115,19 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
                 ..base.clone()
             };
             let mlp = trace(&lm.model, &ids, span.clone(), answer, &mlp_opts)?;
+            // Each head's output at the last token (where heads move the attribute).
+            let head_opts = TraceOpts {
+                kind: TraceKind::Head,
+                window: 1,
+                positions: Some(vec![ids.len() - 1]),
+                ..base.clone()
+            };
+            let heads = trace(&lm.model, &ids, span.clone(), answer, &head_opts)?;
+            for (l, row) in head_effect.iter_mut().enumerate() {
+                for (h, v) in row.iter_mut().enumerate() {
+                    *v += heads.grid[l * n_heads + h][ids.len() - 1] - heads.p_corrupt;
+                }
+            }
             for l in 0..n_layers {
                 let roles = by_role(&resid.effects()[l], span.start, span.end);
                 for (r, v) in roles.iter().enumerate() {
@@ -130,6 +145,9 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         let n = traced.len() as f64;
         for l in 0..n_layers {
             mlp_effect[l] /= n;
+            for v in head_effect[l].iter_mut() {
+                *v /= n;
+            }
             for r in 0..ROLES.len() {
                 resid_roles[l][r] = if role_counts[l][r] > 0 {
                     resid_roles[l][r] / role_counts[l][r] as f64
@@ -183,8 +201,13 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     let mut ranked: Vec<(Component, f64)> = (0..n_layers)
         .map(|l| (Component::Mlp { layer: l }, mlp_effect[l]))
         .collect();
-    if let Some(s) = &attribution {
-        for (l, hs) in s.heads.iter().enumerate() {
+    let head_scores = match &attribution {
+        Some(s) => Some(&s.heads),
+        None if needs_trace => Some(&head_effect),
+        None => None,
+    };
+    if let Some(hs_all) = head_scores {
+        for (l, hs) in hs_all.iter().enumerate() {
             ranked.extend(
                 hs.iter()
                     .enumerate()
@@ -270,6 +293,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     }
     if needs_trace {
         o.insert("mlp_indirect_effect_last_subject".into(), json!(mlp_effect));
+        o.insert("head_indirect_effect_last_token".into(), json!(head_effect));
         o.insert(
             "resid_indirect_effect_by_role".into(),
             json!({"roles": ROLES, "grid": resid_roles}),
@@ -290,6 +314,20 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         write(
             &a.out.join("trace.svg"),
             &svg::heatmap(&title, &layers, &roles, &resid_roles, "ΔP"),
+        )?;
+        let head_names: Vec<String> = (0..n_heads).map(|h| format!("head {h}")).collect();
+        write(
+            &a.out.join("heads.svg"),
+            &svg::heatmap(
+                &format!(
+                    "Head restoration at the last token: indirect effect, {} facts",
+                    traced.len()
+                ),
+                &layers,
+                &head_names,
+                &head_effect,
+                "ΔP",
+            ),
         )?;
     }
     if let Some(c) = &probes {

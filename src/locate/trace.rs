@@ -30,6 +30,9 @@ pub enum TraceKind {
     Mlp,
     /// The attention output of block l (`hook_attn_out`).
     Attn,
+    /// One head's output `z` of block l (`attn.hook_z`); the grid then has one row per
+    /// (layer, head): row `l × heads + h`.
+    Head,
 }
 
 /// Settings of one trace.
@@ -154,11 +157,7 @@ pub fn trace(
         value: noise,
         sel: Selection::default(),
     };
-    let point = |l: usize| match opts.kind {
-        TraceKind::Resid => HookPoint::ResidPost(l),
-        TraceKind::Mlp => HookPoint::MlpOut(l),
-        TraceKind::Attn => HookPoint::AttnOut(l),
-    };
+    let point = |l: usize| restored_point(opts.kind, l);
     // Clean run: every restorable state.
     let one = Batch::new(&[ids.to_vec()], 0, PadSide::Left, &dev)?;
     let mut hooks = Hooks::new();
@@ -200,6 +199,16 @@ pub fn trace(
 }
 
 type Grid = (Vec<Vec<f64>>, f64);
+
+/// The hook point a trace of `kind` restores in block `l`.
+fn restored_point(kind: TraceKind, l: usize) -> HookPoint {
+    match kind {
+        TraceKind::Resid => HookPoint::ResidPost(l),
+        TraceKind::Mlp => HookPoint::MlpOut(l),
+        TraceKind::Attn => HookPoint::AttnOut(l),
+        TraceKind::Head => HookPoint::AttnZ(l),
+    }
+}
 
 /// Rows per LM-head pass of the sweep (bounds the logits buffer to 512 MB for Gemma 3).
 const HEAD_CHUNK: usize = 512;
@@ -378,7 +387,12 @@ fn trace_generic(
         .iter()
         .sum::<f64>()
         / n as f64;
-    let mut grid = vec![vec![p_corrupt; t_len]; n_layers];
+    let heads = if opts.kind == TraceKind::Head {
+        model.config.num_heads
+    } else {
+        1
+    };
+    let mut grid = vec![vec![p_corrupt; t_len]; n_layers * heads];
     let ts: Vec<usize> = match &opts.positions {
         Some(p) => {
             if let Some(bad) = p.iter().find(|&&t| t >= t_len) {
@@ -391,37 +405,39 @@ fn trace_generic(
     if ts.is_empty() {
         return Ok((grid, p_corrupt));
     }
-    let rows = ts.len() * n;
+    // One run per layer; a head trace puts every head of the layer in the same batch
+    // (rows: head, then position, then noise sample).
+    let per_unit = ts.len() * n;
+    let rows = heads * per_unit;
     let seqs = vec![ids.to_vec(); rows];
     let batch = Batch::new(&seqs, 0, PadSide::Left, &dev)?;
     let bar = crate::util::progress(n_layers as u64, "tracing layers");
-    for (l, grid_row) in grid.iter_mut().enumerate() {
+    for l in 0..n_layers {
         bar.inc(1);
         let lo = l.saturating_sub(opts.window / 2);
         let hi = (l + opts.window.div_ceil(2)).min(n_layers);
         let mut h = Hooks::new();
-        for (ti, &t) in ts.iter().enumerate() {
-            let rows_t: Vec<usize> = (ti * n..(ti + 1) * n).collect();
-            for ll in lo..hi {
-                let p = match opts.kind {
-                    TraceKind::Resid => HookPoint::ResidPost(ll),
-                    TraceKind::Mlp => HookPoint::MlpOut(ll),
-                    TraceKind::Attn => HookPoint::AttnOut(ll),
-                };
-                h = h.patch(Patch {
-                    point: p,
-                    mode: PatchMode::Replace,
-                    value: clean[&p].clone(),
-                    sel: Selection {
-                        rows: Some(rows_t.clone()),
-                        positions: Some(vec![t]),
-                        heads: None,
-                    },
-                });
+        for head in 0..heads {
+            for (ti, &t) in ts.iter().enumerate() {
+                let first = head * per_unit + ti * n;
+                let rows_t: Vec<usize> = (first..first + n).collect();
+                for ll in lo..hi {
+                    let p = restored_point(opts.kind, ll);
+                    h = h.patch(Patch {
+                        point: p,
+                        mode: PatchMode::Replace,
+                        value: clean[&p].clone(),
+                        sel: Selection {
+                            rows: Some(rows_t.clone()),
+                            positions: Some(vec![t]),
+                            heads: (opts.kind == TraceKind::Head).then(|| vec![head]),
+                        },
+                    });
+                }
             }
         }
         // Start from the corrupted residual entering the first restored block.
-        let start = cor.cache[&HookPoint::ResidPre(lo)].repeat((ts.len(), 1, 1))?;
+        let start = cor.cache[&HookPoint::ResidPre(lo)].repeat((heads * ts.len(), 1, 1))?;
         let out = model.run(
             &batch,
             &RunOpts {
@@ -431,8 +447,11 @@ fn trace_generic(
             },
         )?;
         let p = answer_probs(out.logits.as_ref().expect("logits"), answer)?;
-        for (ti, &t) in ts.iter().enumerate() {
-            grid_row[t] = p[ti * n..(ti + 1) * n].iter().sum::<f64>() / n as f64;
+        for head in 0..heads {
+            for (ti, &t) in ts.iter().enumerate() {
+                let first = head * per_unit + ti * n;
+                grid[l * heads + head][t] = p[first..first + n].iter().sum::<f64>() / n as f64;
+            }
         }
     }
     bar.finish_and_clear();
@@ -444,6 +463,51 @@ mod tests {
     use super::*;
     use crate::model::config::Arch;
     use crate::model::transformer::tests::tiny_model;
+
+    /// With every head but one silenced in a layer's output projection, restoring that head is
+    /// restoring the layer's attention output, and restoring a silenced head changes nothing.
+    #[test]
+    fn head_restoration_matches_attention_restoration_for_the_only_live_head() {
+        let mut m = tiny_model(Arch::Gemma3);
+        let (l, k) = (1usize, 2usize);
+        let hd = m.config.head_dim;
+        let name = format!("model.layers.{l}.self_attn.o_proj.weight");
+        let w = m.weights().get(&name).unwrap().clone();
+        let (rows, cols) = w.dims2().unwrap();
+        let mask: Vec<f64> = (0..rows * cols)
+            .map(|i| if (i % cols) / hd == k { 1.0 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (rows, cols), m.device()).unwrap();
+        m.set_param(&name, (&w * &mask).unwrap()).unwrap();
+        let ids = [1u32, 5, 9, 3, 7, 11, 4];
+        let o = TraceOpts {
+            samples: 3,
+            kind: TraceKind::Attn,
+            ..Default::default()
+        };
+        let attn = trace(&m, &ids, 2..4, 6, &o).unwrap();
+        let heads = trace(
+            &m,
+            &ids,
+            2..4,
+            6,
+            &TraceOpts {
+                kind: TraceKind::Head,
+                ..o
+            },
+        )
+        .unwrap();
+        let h = m.config.num_heads;
+        assert_eq!(heads.grid.len(), m.config.num_layers * h);
+        for t in 2..ids.len() {
+            let a = attn.grid[l][t];
+            assert!((heads.grid[l * h + k][t] - a).abs() < 1e-9, "t {t}");
+            for other in (0..h).filter(|&x| x != k) {
+                assert!((heads.grid[l * h + other][t] - heads.p_corrupt).abs() < 1e-9);
+            }
+        }
+        assert!((2..ids.len()).any(|t| (attn.grid[l][t] - attn.p_corrupt).abs() > 1e-6));
+    }
 
     #[test]
     fn fast_residual_sweep_equals_the_generic_one() {

@@ -46,7 +46,7 @@ fn read_input(dir: &Path) -> Result<Input> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let mut svgs = Vec::new();
-    for name in ["trace.svg", "probes.svg", "components.svg"] {
+    for name in ["trace.svg", "heads.svg", "probes.svg", "components.svg"] {
         if let Ok(s) = std::fs::read_to_string(dir.join(name)) {
             if s.trim_start().starts_with("<svg") && !s.contains("<script") {
                 svgs.push((name.to_string(), s));
