@@ -96,6 +96,26 @@ impl Plan {
     pub fn precompute(&mut self, model: &Transformer, bs: usize) -> Result<()> {
         let first = self.first_layer();
         self.terms.retain(|t| t.weight > 0.0);
+        // Without retain facts (a task whose every known fact is forgotten) or general text,
+        // the terms on them are dropped, with a word; without forget data there is no run.
+        for (d, empty) in [
+            (DataSet::Retain, self.retain.is_empty()),
+            (DataSet::Text, self.text.is_empty()),
+        ] {
+            if empty && self.terms.iter().any(|t| t.data == d) {
+                let names: Vec<String> = self
+                    .terms
+                    .iter()
+                    .filter(|t| t.data == d)
+                    .map(|t| t.name.clone())
+                    .collect();
+                eprintln!(
+                    "note: no {d:?} data, so term(s) {} are left out",
+                    names.join(", ")
+                );
+                self.terms.retain(|t| t.data != d);
+            }
+        }
         for d in [DataSet::Forget, DataSet::Retain, DataSet::Text] {
             let uses: Vec<&Term> = self.terms.iter().filter(|t| t.data == d).collect();
             if uses.is_empty() {
