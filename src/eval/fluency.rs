@@ -2,7 +2,7 @@
 //! weighted mix of bigram and trigram entropy over the words) and by their perplexity under the
 //! original model (gibberish is improbable under it), with samples kept for the report.
 
-use crate::eval::perplexity::target_logprobs;
+use crate::eval::perplexity::tail_logprobs;
 use crate::model::generate::{generate, Sampling};
 use crate::model::LanguageModel;
 use anyhow::Result;
@@ -75,6 +75,7 @@ pub fn fluency(
     let stops = lm.stop_ids();
     let (mut nll, mut count, mut ent) = (0f64, 0usize, 0f64);
     let mut samples = Vec::new();
+    let mut tails = Vec::new();
     for (p, g) in ids.iter().zip(&gens) {
         let g: Vec<u32> = g.iter().copied().filter(|t| !stops.contains(t)).collect();
         let text = lm.tokenizer.decode(&g)?;
@@ -82,12 +83,14 @@ pub fn fluency(
         if !g.is_empty() {
             let mut seq = p.clone();
             seq.extend(&g);
-            let rows: Vec<(usize, usize)> = (0..g.len()).map(|j| (0, p.len() + j - 1)).collect();
-            let lp = target_logprobs(&original.model, seq, original.pad_id(), &rows, &g)?;
-            nll -= lp.iter().sum::<f64>();
-            count += lp.len();
+            tails.push((seq, p.len()));
         }
         samples.push((String::new(), text));
+    }
+    // Perplexity of the generated tokens under the original model, all answers batched.
+    for lp in tail_logprobs(&original.model, original.pad_id(), &tails, 16)? {
+        nll -= lp.iter().sum::<f64>();
+        count += lp.len();
     }
     for (s, p) in samples.iter_mut().zip(prompts) {
         s.0 = p.lines().last().unwrap_or(p).to_string();

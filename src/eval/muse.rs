@@ -14,7 +14,7 @@
 //!   reported (0.5 = no leak) and `privleak` is computed against 0.5, the AUC of a model that
 //!   never saw either set (documented in metrics.json).
 
-use crate::eval::perplexity::target_logprobs;
+use crate::eval::perplexity::tail_logprobs;
 use crate::eval::rouge::rouge_l;
 use crate::model::generate::{generate, Sampling};
 use crate::model::LanguageModel;
@@ -194,21 +194,19 @@ pub fn muse(lm: &LanguageModel, dir: &Path, o: MuseOpts) -> Result<MuseScores> {
     }
     let score = |file: &str| -> Result<Vec<f64>> {
         let texts: Vec<String> = read(&dir.join(format!("privleak/{file}.json")))?;
-        texts
+        let mut items = Vec::new();
+        for t in texts.iter().take(o.n) {
+            let mut ids = lm.tokenizer.encode(t, true)?;
+            ids.truncate(o.text_tokens);
+            if ids.len() < 2 {
+                bail!("privleak/{file}.json: a text has fewer than 2 tokens");
+            }
+            items.push((ids, 1));
+        }
+        Ok(tail_logprobs(&lm.model, lm.pad_id(), &items, 4)?
             .iter()
-            .take(o.n)
-            .map(|t| {
-                let mut ids = lm.tokenizer.encode(t, true)?;
-                ids.truncate(o.text_tokens);
-                if ids.len() < 2 {
-                    bail!("privleak/{file}.json: a text has fewer than 2 tokens");
-                }
-                let rows: Vec<(usize, usize)> = (0..ids.len() - 1).map(|j| (0, j)).collect();
-                let targets = ids[1..].to_vec();
-                let lp = target_logprobs(&lm.model, ids, lm.pad_id(), &rows, &targets)?;
-                Ok(min_k(&lp, 0.4))
-            })
-            .collect()
+            .map(|lp| min_k(lp, 0.4))
+            .collect())
     };
     let (f, h) = (score("forget")?, score("holdout")?);
     let a = auc(&f, &h);

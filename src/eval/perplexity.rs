@@ -66,6 +66,55 @@ pub fn target_logprobs(
     Ok(lp)
 }
 
+/// Log-probabilities of the tails of several sequences in batches of `bs`: for `(seq, from)`,
+/// the log-probability of every token `seq[from..]` given the tokens before it.
+pub fn tail_logprobs(
+    model: &Transformer,
+    pad: u32,
+    items: &[(Vec<u32>, usize)],
+    bs: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(bs.max(1)) {
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (r, (seq, from)) in chunk.iter().enumerate() {
+            if *from == 0 || *from > seq.len() {
+                bail!(
+                    "tail_logprobs: the tail must start inside the sequence (1..={})",
+                    seq.len()
+                );
+            }
+            for p in *from..seq.len() {
+                rows.push((r, p - 1));
+                targets.push(seq[p]);
+            }
+        }
+        if rows.is_empty() {
+            out.extend(chunk.iter().map(|_| Vec::new()));
+            continue;
+        }
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|(s, _)| s.clone()).collect();
+        let batch = Batch::new(&seqs, pad, PadSide::Right, model.device())?;
+        let run = model.run(
+            &batch,
+            &RunOpts {
+                logits: LogitsAt::Rows(rows),
+                ..Default::default()
+            },
+        )?;
+        let (lp, _) =
+            crate::forget::seqs::logprobs_of(run.logits.as_ref().expect("asked"), &targets)?;
+        let mut k = 0;
+        for (seq, from) in chunk {
+            let n = seq.len() - from;
+            out.push(lp[k..k + n].to_vec());
+            k += n;
+        }
+    }
+    Ok(out)
+}
+
 /// [`perplexity`] for a bare transformer, with the BOS token (if any) put before each window.
 pub fn perplexity_of(
     model: &Transformer,
@@ -115,6 +164,27 @@ pub fn perplexity_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Batched tails give the same numbers as one sequence at a time.
+    #[test]
+    fn batched_tails_equal_single_sequences() {
+        let m = crate::model::transformer::tests::tiny_model(crate::model::Arch::Gemma3);
+        let items = vec![
+            (vec![1u32, 5, 9, 3, 7], 2usize),
+            (vec![1, 4, 8], 1),
+            (vec![1, 6, 2, 2], 3),
+        ];
+        let batched = tail_logprobs(&m, 0, &items, 8).unwrap();
+        for ((seq, from), b) in items.iter().zip(&batched) {
+            let rows: Vec<(usize, usize)> = (*from..seq.len()).map(|p| (0, p - 1)).collect();
+            let one = target_logprobs(&m, seq.clone(), 0, &rows, &seq[*from..]).unwrap();
+            assert_eq!(one.len(), b.len());
+            for (x, y) in one.iter().zip(b) {
+                assert!((x - y).abs() < 1e-9, "{x} vs {y}");
+            }
+        }
+        assert!(tail_logprobs(&m, 0, &[(vec![1, 2], 0)], 8).is_err());
+    }
     use crate::model::transformer::tests::tiny_model;
     use crate::model::Arch;
 
