@@ -85,9 +85,9 @@ pub fn tail_logprobs(
                     seq.len()
                 );
             }
-            for p in *from..seq.len() {
+            for (p, &tok) in seq.iter().enumerate().skip(*from) {
                 rows.push((r, p - 1));
-                targets.push(seq[p]);
+                targets.push(tok);
             }
         }
         if rows.is_empty() {
