@@ -5,6 +5,6 @@
 set -eu
 report=${1:?usage: $0 REPORT.html OUT.png}
 out=${2:-report.png}
-chromium --headless --no-sandbox --disable-gpu --window-size=1100,3000 \
+chromium --headless --no-sandbox --disable-gpu --window-size=1100,${HEIGHT:-3000} \
   --screenshot="$out" "file://$(realpath "$report")" 2>/dev/null
 echo "wrote $out"
