@@ -354,8 +354,24 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         &forget,
         new_answers.as_deref(),
     )?;
+    // Layers below the first updated block are the same in both models: the summary row reads
+    // only the residual streams an unlearning run can change (index l = after block l − 1).
+    let first_changed = manifest
+        .as_ref()
+        .and_then(|m| m["params"].as_array())
+        .and_then(|ps| {
+            ps.iter()
+                .filter_map(|p| p.as_str().and_then(crate::forget::trainer::layer_of))
+                .min()
+        })
+        .map_or(0, |l| l + 1);
     for c in &latent {
-        let best = |v: &[f64]| v.iter().cloned().fold(f64::NAN, f64::max);
+        let best = |v: &[f64]| {
+            v.iter()
+                .skip(first_changed)
+                .cloned()
+                .fold(f64::NAN, f64::max)
+        };
         rows.push(Row {
             metric: format!(
                 "latent.forget.best_layer_probe_{}",
@@ -375,6 +391,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         "manifest": manifest,
         "rows": rows,
         "latent": latent, "latent_probe_facts": probe_facts.len(),
+        "latent_summary_from_index": first_changed,
         "section_seconds": seconds, "latent_seconds": t_latent.elapsed().as_secs_f64(),
         "fluency_samples": {"original": orig_f.samples, "unlearned": unl.as_ref().map(|(_, f)| f.samples.clone())},
         "seconds": t0.elapsed().as_secs_f64(),
