@@ -38,6 +38,9 @@ pub struct Manifest {
     pub seed: u64,
     pub steps: usize,
     pub final_losses: BTreeMap<String, f64>,
+    /// Forget vs retain gradient angles before/after projection, at the first and last step.
+    #[serde(default)]
+    pub gradient_angles: Option<crate::forget::trainer::AnglesAtEnds>,
     /// `changed` (only changed tensors) or `full` (also a complete HF directory).
     pub weights: String,
     pub metrics: Option<serde_json::Value>,

@@ -232,6 +232,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         seed: cfg.seed,
         steps: cfg.steps,
         final_losses: s.final_losses.clone(),
+        gradient_angles: None,
         weights: "changed".into(),
         metrics: None,
     };

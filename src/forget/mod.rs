@@ -4,6 +4,7 @@
 //! ([`optim`]), the trainer with checkpoints and resume ([`trainer`]), the output on disk
 //! ([`export`]), settings ([`config`]) and the `forget` / `edit` commands ([`run`]).
 
+pub mod angles;
 pub mod config;
 pub mod export;
 pub mod learn;

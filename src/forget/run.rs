@@ -381,6 +381,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             .last()
             .map(|s| s.final_losses.clone())
             .unwrap_or_default(),
+        gradient_angles: summaries.last().and_then(|s| s.gradient_angles.clone()),
         weights: if a.full {
             "full".into()
         } else {

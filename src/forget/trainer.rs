@@ -5,6 +5,7 @@
 //! a JSONL log line per step, checkpoints, exact resume, and a clean stop on NaN/divergence
 //! that keeps the last good weights.
 
+use crate::forget::angles::{gradient_angles, GradAngles};
 use crate::forget::config::ForgetConfig;
 use crate::forget::nullspace::Projectors;
 use crate::forget::optim::{global_norm, load_tensors, Optimizer};
@@ -174,6 +175,17 @@ pub struct TrainSummary {
     pub resumed_from: Option<usize>,
     pub final_losses: BTreeMap<String, f64>,
     pub seconds: f64,
+    /// Forget vs retain gradient angles at the first and the last step's weights.
+    pub gradient_angles: Option<AnglesAtEnds>,
+}
+
+/// [`GradAngles`] at the weights the run started from and those it ended with.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AnglesAtEnds {
+    /// Step the run started from (0, or the step a resumed run restarted at).
+    pub start_step: usize,
+    pub start: GradAngles,
+    pub end: GradAngles,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -182,6 +194,18 @@ struct CheckpointMeta {
     step: usize,
     /// Hash of what determines the run (config, data, parameters, base model).
     run_key: String,
+}
+
+/// Members of `d` drawn for step `step` (first micro-batch) of a run.
+pub(crate) fn draw_members(plan: &Plan, cfg: &ForgetConfig, d: DataSet, step: usize) -> Vec<usize> {
+    draw(
+        plan.set(d).len(),
+        Plan::batch_size(d, cfg),
+        cfg.seed,
+        step,
+        0,
+        d,
+    )
 }
 
 /// Members of `d` for step `step`, micro-batch `micro`: a seeded draw without replacement
@@ -202,7 +226,7 @@ fn draw(len: usize, bs: usize, seed: u64, step: usize, micro: usize, d: DataSet)
 }
 
 /// Loss and parameter gradients of one term on a batch.
-fn term_grads(
+pub(crate) fn term_grads(
     model: &Transformer,
     plan: &Plan,
     term: &Term,
@@ -481,6 +505,11 @@ pub fn train(
     let bar = crate::util::progress(cfg.steps as u64, "training");
     bar.set_position(start as u64);
     let mut last = BTreeMap::new();
+    let angles_start = if start < cfg.steps {
+        gradient_angles(model, plan, cfg, start)?
+    } else {
+        None
+    };
     for step in start..cfg.steps {
         let ts = std::time::Instant::now();
         let (grads, losses) = match step_grads(model, plan, cfg, step) {
@@ -547,11 +576,28 @@ pub fn train(
         }
     }
     bar.finish_and_clear();
+    let gradient_angles = match angles_start {
+        Some(s) => gradient_angles(model, plan, cfg, cfg.steps.saturating_sub(1))?.map(|end| {
+            AnglesAtEnds {
+                start_step: start,
+                start: s,
+                end,
+            }
+        }),
+        None => None,
+    };
+    if let Some(a) = &gradient_angles {
+        eprintln!(
+            "forget vs retain gradient: {:.1}° → {:.1}° projected (start), {:.1}° → {:.1}° (end)",
+            a.start.before_deg, a.start.after_deg, a.end.before_deg, a.end.after_deg
+        );
+    }
     Ok(TrainSummary {
         steps_done: cfg.steps,
         resumed_from,
         final_losses: last,
         seconds: t0.elapsed().as_secs_f64(),
+        gradient_angles,
     })
 }
 
@@ -776,6 +822,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
         (m, plan.params)
+    }
+
+    #[test]
+    fn strict_projection_turns_the_forget_gradient_square_to_the_retain_gradient() {
+        let mut m = tiny_model(Arch::Gemma3);
+        let mut cfg = tiny_cfg();
+        cfg.kuda.projection = Projection::Strict;
+        cfg.kuda.tau = 1e-6;
+        let plan = kuda_plan(&m, Projection::Strict, &cfg);
+        m.set_trainable(&plan.params).unwrap();
+        let a = gradient_angles(&m, &plan, &cfg, 0).unwrap().unwrap();
+        assert!((a.after_deg - 90.0).abs() < 0.5, "{a:?}");
+        assert!((a.before_deg - 90.0).abs() > 1.0, "{a:?}");
+        cfg.kuda.projection = Projection::None;
+        let plan = kuda_plan(&m, Projection::None, &cfg);
+        let b = gradient_angles(&m, &plan, &cfg, 0).unwrap().unwrap();
+        assert_eq!(b.before_deg, b.after_deg);
+        assert!((b.before_deg - a.before_deg).abs() < 1e-6, "{a:?} {b:?}");
     }
 
     #[test]
