@@ -36,7 +36,7 @@ pub fn gradient_angles(
     if plan.retain.is_empty() || !plan.terms.iter().any(|t| t.data == DataSet::Retain) {
         return Ok(None);
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0xA961_E5u64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x00A9_61E5_u64);
     let mut forget: BTreeMap<String, Tensor> = BTreeMap::new();
     for term in plan.terms.iter().filter(|t| t.data == DataSet::Forget) {
         let members = draw_members(plan, cfg, DataSet::Forget, step);
