@@ -27,6 +27,56 @@ struct Cli {
     command: Command,
 }
 
+/// Data and measure options shared by `tofu data` and `tofu eval`.
+#[derive(clap::Args)]
+struct TofuData {
+    /// Directory with TOFU's *_perturbed.jsonl files (default: data/tofu).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Forget split: forget01 (2 authors, 40 QA) or forget05 (10 authors, 200 QA).
+    #[arg(long, default_value = "forget01")]
+    split: String,
+    /// Retain QA learned beside the forget split (the first of retain_perturbed.jsonl; TOFU
+    /// learns all 4,000 QA, this machine a sample).
+    #[arg(long, default_value_t = 40)]
+    retain: usize,
+}
+
+#[derive(Subcommand)]
+enum TofuCommand {
+    /// Write OUT/learn-full.jsonl (forget split, then the retain QA) and OUT/learn-retain.jsonl
+    /// and print the commands that follow.
+    Data {
+        #[command(flatten)]
+        data: TofuData,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Forget quality and model utility of the learned model, the retain-only model and each
+    /// unlearned model; OUT/metrics.json and a table.
+    Eval {
+        /// The model that learned learn-full.jsonl.
+        #[arg(long, short)]
+        model: String,
+        /// The model that learned learn-retain.jsonl (the reference of forget quality).
+        #[arg(long)]
+        retain_model: String,
+        /// Unlearned models (directories written by `unlearn forget`), any number.
+        #[arg(long)]
+        unlearned: Vec<PathBuf>,
+        #[command(flatten)]
+        data: TofuData,
+        /// Real-author and world-fact questions asked (TOFU: 100 and 117).
+        #[arg(long, default_value_t = 100)]
+        general: usize,
+        /// Longest greedy answer (tokens) to an author question.
+        #[arg(long, default_value_t = 64)]
+        max_new: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// The whole job on the default model and Sports Facts: locate the first 16 known
@@ -253,6 +303,14 @@ enum Command {
         text_tokens: usize,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// TOFU (fictitious authors), scaled to a CPU: `tofu data` writes the two QA sets to learn
+    /// (forget split + retain QA; retain QA alone), `unlearn learn` makes the target and the
+    /// retain-only model from them, and `tofu eval` measures forget quality (KS test of truth
+    /// ratios against the retain-only model) and model utility for each unlearned model.
+    Tofu {
+        #[command(subcommand)]
+        command: TofuCommand,
     },
     /// One self-contained HTML page (inline SVG, no scripts, nothing fetched) from directories
     /// written by `eval` (before/after tables, fluency samples), `forget`/`edit` (settings, loss
@@ -652,6 +710,40 @@ fn run(cmd: Command) -> Result<()> {
                 out,
             };
             unlearn::eval::run::run(&args, &cli::device()?).map(|_| ())
+        }
+        Command::Tofu { command } => {
+            use unlearn::eval::tofu::{run_eval, write_learn_sets, TofuEvalArgs, TofuOpts};
+            let opts = |d: TofuData, general: usize, max_new: usize| TofuOpts {
+                data: d
+                    .data
+                    .unwrap_or_else(|| unlearn::data::data_dir().join("tofu")),
+                split: d.split,
+                retain: d.retain,
+                general,
+                max_new,
+            };
+            match command {
+                TofuCommand::Data { data, out } => write_learn_sets(&opts(data, 100, 64), &out),
+                TofuCommand::Eval {
+                    model,
+                    retain_model,
+                    unlearned,
+                    data,
+                    general,
+                    max_new,
+                    out,
+                } => run_eval(
+                    &TofuEvalArgs {
+                        model,
+                        retain_model,
+                        unlearned,
+                        opts: opts(data, general, max_new),
+                        out,
+                    },
+                    &cli::device()?,
+                )
+                .map(|_| ()),
+            }
         }
         Command::Report { dirs, out } => unlearn::report::html::run(&dirs, &out),
         Command::Forget(c) => match forget_args(c, false)? {
