@@ -163,8 +163,10 @@ enum Command {
         /// causal-trace (top-k MLPs), kuda-window (best window of --window MLPs), attribution
         /// (top-k MLPs by attribution patching), probe (FLU: the top-k blocks across which
         /// the accuracy of per-layer answer probes at the last subject token rises most;
-        /// probes train on half of the known facts and test on the other half), random,
-        /// all-mlps.
+        /// probes train on half of the known facts and test on the other half), path-patch
+        /// (FLU for open-ended answers: the 4 heads whose output reaches the logits directly
+        /// with the largest effect on P(answer) — extraction heads — then the top-k MLPs by
+        /// their effect through those heads' keys and values only), random, all-mlps.
         #[arg(long, default_value = "kuda-window")]
         method: String,
         #[arg(long, default_value_t = 3)]

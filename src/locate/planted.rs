@@ -46,10 +46,15 @@ fn unit(v: &[f64]) -> Vec<f64> {
 }
 
 pub fn model() -> Transformer {
+    build(32)
+}
+
+/// The planted model with residual width `hidden`.
+fn build(hidden: usize) -> Transformer {
     let c = ModelConfig {
         arch: Arch::Llama,
         vocab_size: 64,
-        hidden_size: 32,
+        hidden_size: hidden,
         intermediate_size: 64,
         num_layers: N_LAYERS,
         num_heads: 4,
@@ -110,6 +115,115 @@ pub fn model() -> Transformer {
     Transformer::new(c, w).unwrap()
 }
 
+/// The mover variant: facts `[bos, 5, subject, 7]`, so the answer written by the planted MLP
+/// at the subject must be moved to the last token by an attention head. Head
+/// [`MOVER_HEAD`] of the last block attends uniformly, reads the three answer directions in
+/// its values and writes them back, amplified, through its output.
+pub const MOVER_HEAD: (usize, usize) = (N_LAYERS - 1, 0);
+
+pub fn mover_facts() -> Vec<PlantedFact> {
+    facts()
+        .into_iter()
+        .map(|mut f| {
+            f.ids.push(7);
+            f
+        })
+        .collect()
+}
+
+pub fn mover_model() -> Transformer {
+    // Width 64, so the fixed tokens (bos, 5, 7) can be orthogonal to all 48 subject
+    // embeddings and the answer directions: the planted MLP stays silent there, and the
+    // head's uniform average over the prompt is the subject's answer alone.
+    let m = build(64);
+    let c = m.config.clone();
+    let hd = c.head_dim;
+    let mut w = m.into_weights();
+    let lm = w.tensors["lm_head.weight"].clone();
+    let emb = w.tensors["model.embed_tokens.weight"].clone();
+    let (l, h) = MOVER_HEAD;
+    let group = h / (c.num_heads / c.num_kv_heads);
+    let name = |x: &str| format!("model.layers.{l}.self_attn.{x}.weight");
+    let dev = candle_core::Device::Cpu;
+    let set = |w: &mut Weights, n: String, f: &dyn Fn(usize, usize, f64) -> f64| {
+        let t = &w.tensors[&n];
+        let (r, cols) = t.dims2().unwrap();
+        let v: Vec<f64> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f64> = (0..r * cols).map(|i| f(i / cols, i % cols, v[i])).collect();
+        w.tensors
+            .insert(n, Tensor::from_vec(v, (r, cols), &dev).unwrap());
+    };
+    let orthonormal = |vs: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        let mut basis: Vec<Vec<f64>> = Vec::new();
+        for v in vs {
+            let mut u = v.clone();
+            for _ in 0..2 {
+                for b in &basis {
+                    let c: f64 = u.iter().zip(b).map(|(x, y)| x * y).sum();
+                    u.iter_mut().zip(b).for_each(|(x, y)| *x -= c * y);
+                }
+            }
+            basis.push(unit(&u));
+        }
+        basis
+    };
+    let answers = orthonormal(
+        &ANSWERS
+            .iter()
+            .map(|&a| row(&lm, a as usize))
+            .collect::<Vec<_>>(),
+    );
+    let mut span: Vec<Vec<f64>> = answers.clone();
+    span.extend(SUBJECTS.map(|s| row(&emb, s as usize)));
+    let span = orthonormal(&span);
+    let fixed: Vec<(usize, Vec<f64>)> = [1usize, 5, 7]
+        .iter()
+        .map(|&t| {
+            let e = row(&emb, t);
+            let norm = e.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let mut u = e.clone();
+            for b in &span {
+                let c: f64 = u.iter().zip(b).map(|(x, y)| x * y).sum();
+                u.iter_mut().zip(b).for_each(|(x, y)| *x -= c * y);
+            }
+            (t, unit(&u).iter().map(|x| x * norm).collect())
+        })
+        .collect();
+    set(&mut w, "model.embed_tokens.weight".into(), &|i, k, x| {
+        fixed.iter().find(|(t, _)| *t == i).map_or(x, |(_, e)| e[k])
+    });
+    // Zero query: uniform attention over the prompt.
+    set(&mut w, name("q_proj"), &|i, _, x| {
+        if i / hd == h {
+            0.0
+        } else {
+            x
+        }
+    });
+    // The head's key/value group reads the answer directions (the other head of the group
+    // writes through a noise output, so its effect stays small) ...
+    set(
+        &mut w,
+        name("v_proj"),
+        &|i, k, x| match (i / hd == group, i % hd) {
+            (false, _) => x,
+            (true, j) if j < 3 => answers[j][k],
+            _ => 0.0,
+        },
+    );
+    // ... and writes them back, amplified.
+    set(
+        &mut w,
+        name("o_proj"),
+        &|i, k, x| match (k / hd == h, k % hd) {
+            (false, _) => x,
+            (true, j) if j < 3 => 20.0 * answers[j][i],
+            _ => 0.0,
+        },
+    );
+    Transformer::new(c, w).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,10 +233,7 @@ mod tests {
         (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
     }
 
-    #[test]
-    fn the_planted_model_knows_its_facts() {
-        let m = model();
-        let fs = facts();
+    fn knows(m: &Transformer, fs: &[PlantedFact]) {
         let ids: Vec<Vec<u32>> = fs.iter().map(|f| f.ids.clone()).collect();
         let b = crate::model::Batch::new(&ids, 0, crate::model::PadSide::Left, m.device()).unwrap();
         let logits: Vec<Vec<f64>> = m
@@ -138,6 +249,55 @@ mod tests {
             .filter(|(f, l)| argmax(l) == f.answer as usize)
             .count();
         assert!(right >= fs.len() * 9 / 10, "{right} of {}", fs.len());
+    }
+
+    #[test]
+    fn the_planted_models_know_their_facts() {
+        knows(&model(), &facts());
+        knows(&mover_model(), &mover_facts());
+    }
+
+    /// Path patching finds the mover head as the extraction head and, through it, the
+    /// planted MLP.
+    #[test]
+    fn path_patching_finds_the_mover_head_and_the_planted_mlp() {
+        use crate::locate::path_patch::{path_patch, PathItem, PathOpts};
+        let m = mover_model();
+        let items: Vec<PathItem> = mover_facts()
+            .iter()
+            .step_by(5)
+            .map(|f| PathItem {
+                ids: f.ids.clone(),
+                subject: f.subject_pos..f.subject_pos + 1,
+                answer: f.answer,
+            })
+            .collect();
+        let o = PathOpts {
+            samples: 3,
+            noise_std: 3.0,
+            seed: 1,
+            extraction_heads: 2,
+        };
+        let s = path_patch(&m, &items, &o, || {}).unwrap();
+        assert_eq!(s.extraction_heads[0], MOVER_HEAD, "{:?}", s.head_direct);
+        assert!(s.p_clean > 0.5 && s.p_corrupt < s.p_clean / 2.0, "{s:?}");
+        let (l, h) = MOVER_HEAD;
+        assert!(s.head_direct[l][h] > 0.3, "{:?}", s.head_direct);
+        assert_eq!(
+            argmax(&s.mlp_via_heads),
+            PLANTED_LAYER,
+            "{:?}",
+            s.mlp_via_heads
+        );
+        for (k, v) in s.mlp_via_heads.iter().enumerate() {
+            if k != PLANTED_LAYER {
+                assert!(
+                    *v < s.mlp_via_heads[PLANTED_LAYER] / 5.0,
+                    "{:?}",
+                    s.mlp_via_heads
+                );
+            }
+        }
     }
 
     /// Probes trained on half of the subjects and tested on the others are at chance before

@@ -23,12 +23,16 @@ pub const ROLES: [&str; 6] = [
     "last token",
 ];
 
+/// Extraction heads kept by path patching (the heads with the largest direct effect).
+pub const EXTRACTION_HEADS: usize = 4;
+
 /// Localization methods of `unlearn locate`.
-pub const METHODS: [&str; 6] = [
+pub const METHODS: [&str; 7] = [
     "causal-trace",
     "kuda-window",
     "attribution",
     "probe",
+    "path-patch",
     "random",
     "all-mlps",
 ];
@@ -78,11 +82,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         bail!("--samples, --window, --top-k and --max-facts must be at least 1");
     }
     if !METHODS.contains(&a.method.as_str()) {
-        bail!(
-            "--method {:?}: use one of {} (path-patch is not built yet)",
-            a.method,
-            METHODS.join(", ")
-        );
+        bail!("--method {:?}: use one of {}", a.method, METHODS.join(", "));
     }
     let lm = LanguageModel::load(&a.model, device)?;
     let n_layers = lm.model.config.num_layers;
@@ -192,6 +192,30 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         mlp_effect = s.mlps.clone();
         attribution = Some(s);
     }
+    let mut paths = None;
+    if a.method == "path-patch" {
+        let mut items = Vec::new();
+        for f in &traced {
+            let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+            items.push(super::path_patch::PathItem {
+                ids,
+                subject: span,
+                answer: known::answer_token(&lm, &f.answer)?,
+            });
+        }
+        let o = super::path_patch::PathOpts {
+            samples: a.samples,
+            noise_std: super::trace::embedding_std(&lm.model)? * 3.0,
+            seed: a.seed,
+            extraction_heads: EXTRACTION_HEADS,
+        };
+        let bar = crate::util::progress(2 * items.len() as u64, "path patching");
+        let s = super::path_patch::path_patch(&lm.model, &items, &o, || bar.inc(1))?;
+        bar.finish_and_clear();
+        mlp_effect = s.mlp_via_heads.clone();
+        head_effect = s.head_direct.clone();
+        paths = Some(s);
+    }
     let mut probes = None;
     if a.method == "probe" {
         let (curves, rise) = probe_curves(&lm, &known_facts, a.seed)?;
@@ -203,7 +227,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         .collect();
     let head_scores = match &attribution {
         Some(s) => Some(&s.heads),
-        None if needs_trace => Some(&head_effect),
+        None if needs_trace || paths.is_some() => Some(&head_effect),
         None => None,
     };
     if let Some(hs_all) = head_scores {
@@ -238,7 +262,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         None => a.top_k.min(n_layers),
     };
     let chosen_layers: Vec<usize> = match a.method.as_str() {
-        "causal-trace" | "attribution" | "probe" => ranked
+        "causal-trace" | "attribution" | "probe" | "path-patch" => ranked
             .iter()
             .filter_map(|(c, _)| {
                 if let Component::Mlp { layer } = c {
@@ -287,6 +311,9 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     if let Some(s) = &attribution {
         o.insert("attribution".into(), serde_json::to_value(s)?);
     }
+    if let Some(p) = &paths {
+        o.insert("path_patch".into(), serde_json::to_value(p)?);
+    }
     if let Some(c) = &probes {
         o.insert("probe_curves".into(), serde_json::to_value(c)?);
         o.insert("probe_rise_by_block".into(), json!(mlp_effect));
@@ -315,14 +342,18 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
             &a.out.join("trace.svg"),
             &svg::heatmap(&title, &layers, &roles, &resid_roles, "ΔP"),
         )?;
+    }
+    if needs_trace || paths.is_some() {
         let head_names: Vec<String> = (0..n_heads).map(|h| format!("head {h}")).collect();
+        let what = if paths.is_some() {
+            "Head → logits direct path (path patching): drop of P(answer)"
+        } else {
+            "Head restoration at the last token: indirect effect"
+        };
         write(
             &a.out.join("heads.svg"),
             &svg::heatmap(
-                &format!(
-                    "Head restoration at the last token: indirect effect, {} facts",
-                    traced.len()
-                ),
+                &format!("{what}, {} facts", traced.len()),
                 &layers,
                 &head_names,
                 &head_effect,
@@ -339,6 +370,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         match a.method.as_str() {
             "attribution" => "MLP attribution score",
             "probe" => "Rise of probe accuracy (last subject token) across each block",
+            "path-patch" => "MLP effect on P(answer) through the extraction heads (path patching)",
             _ => "MLP indirect effect at the last subject token",
         },
         a.method

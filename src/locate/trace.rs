@@ -100,7 +100,7 @@ pub fn embedding_std(model: &Transformer) -> Result<f64> {
 }
 
 /// P(answer) at the last position of each row of last-position logits `[R, V]`.
-fn answer_probs(logits: &Tensor, answer: u32) -> Result<Vec<f64>> {
+pub(crate) fn answer_probs(logits: &Tensor, answer: u32) -> Result<Vec<f64>> {
     if let Some(lp) = crate::model::fastmath::log_prob_of(logits, answer as usize)? {
         return Ok(lp.into_iter().map(f64::exp).collect());
     }
