@@ -175,6 +175,10 @@ enum Command {
         /// or replace (the subject swapped for another known subject of as many tokens).
         #[arg(long, default_value = "noise")]
         corruption: String,
+        /// Causal tracing: skip restoring each head at the last token (heads.svg; saves about
+        /// a third of the tracing time).
+        #[arg(long)]
+        no_heads: bool,
         /// Layers in KUDA's window (and restored together in the MLP trace when larger than 1).
         #[arg(long, default_value_t = 3)]
         window: usize,
@@ -574,10 +578,12 @@ fn run(cmd: Command) -> Result<()> {
             max_facts,
             budget_of,
             corruption,
+            no_heads,
             seed,
             out,
         } => {
             let args = unlearn::locate::run::LocateArgs {
+                heads: !no_heads,
                 model,
                 task,
                 forget,

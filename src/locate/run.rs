@@ -53,6 +53,8 @@ pub struct LocateArgs {
     /// Attribution's corrupted run: `noise` (3 × embedding std on the subject) or `replace`
     /// (the subject swapped for another known subject of as many tokens).
     pub corruption: String,
+    /// Causal tracing also restores every head at the last token (heads.svg).
+    pub heads: bool,
     pub out: PathBuf,
 }
 
@@ -122,10 +124,12 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
                 positions: Some(vec![ids.len() - 1]),
                 ..base.clone()
             };
-            let heads = trace(&lm.model, &ids, span.clone(), answer, &head_opts)?;
-            for (l, row) in head_effect.iter_mut().enumerate() {
-                for (h, v) in row.iter_mut().enumerate() {
-                    *v += heads.grid[l * n_heads + h][ids.len() - 1] - heads.p_corrupt;
+            if a.heads {
+                let heads = trace(&lm.model, &ids, span.clone(), answer, &head_opts)?;
+                for (l, row) in head_effect.iter_mut().enumerate() {
+                    for (h, v) in row.iter_mut().enumerate() {
+                        *v += heads.grid[l * n_heads + h][ids.len() - 1] - heads.p_corrupt;
+                    }
                 }
             }
             for l in 0..n_layers {
@@ -227,7 +231,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         .collect();
     let head_scores = match &attribution {
         Some(s) => Some(&s.heads),
-        None if needs_trace || paths.is_some() => Some(&head_effect),
+        None if (needs_trace && a.heads) || paths.is_some() => Some(&head_effect),
         None => None,
     };
     if let Some(hs_all) = head_scores {
@@ -343,7 +347,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
             &svg::heatmap(&title, &layers, &roles, &resid_roles, "ΔP"),
         )?;
     }
-    if needs_trace || paths.is_some() {
+    if (needs_trace && a.heads) || paths.is_some() {
         let head_names: Vec<String> = (0..n_heads).map(|h| format!("head {h}")).collect();
         let what = if paths.is_some() {
             "Head → logits direct path (path patching): drop of P(answer)"

@@ -63,6 +63,7 @@ pub fn run(a: &DemoArgs, device: &candle_core::Device) -> Result<PathBuf> {
                 max_facts: 8,
                 budget_of: None,
                 corruption: "noise".into(),
+                heads: false,
                 out: dir.clone(),
             },
             device,

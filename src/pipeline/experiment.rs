@@ -77,6 +77,17 @@ pub struct LocalizationSpec {
     /// Attribution's corruption: noise or replace.
     #[serde(default = "noise")]
     pub corruption: String,
+    /// Causal tracing also traces every head (left out of the stage hash when true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub heads: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn noise() -> String {
@@ -344,6 +355,7 @@ pub fn run(
                 .as_ref()
                 .map(|b| loc_dir(b).join("localization.json")),
             corruption: l.corruption.clone(),
+            heads: l.heads,
             out: loc_dir(&l.name),
         };
         stages.push(Stage {
