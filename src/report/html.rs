@@ -1,7 +1,7 @@
 //! `unlearn report DIR… --out report.html`: one self-contained HTML page (inline CSS and SVG,
 //! no scripts, nothing fetched) from the directories the other commands write — evaluations
 //! (`metrics.json`: before/after table, latent-knowledge probes, fluency samples), relearning
-//! attacks (`relearn.json`), unlearning runs (`manifest.json`,
+//! attacks (`relearn.json`), TOFU (`unlearn tofu eval`), unlearning runs (`manifest.json`,
 //! `train.jsonl`: settings and loss curves) and localizations (`localization.json`,
 //! `trace.svg`, `components.svg`) — with a side-by-side table when there are several
 //! evaluations.
@@ -21,6 +21,8 @@ struct Input {
     manifest: Option<Value>,
     /// `relearn.json` of `unlearn relearn`.
     relearn: Option<Value>,
+    /// `metrics.json` of `unlearn tofu eval`.
+    tofu: Option<Value>,
     train_log: Vec<Value>,
     svgs: Vec<(String, String)>,
 }
@@ -55,9 +57,10 @@ fn read_input(dir: &Path) -> Result<Input> {
     }
     // metrics.json of `eval` has rows; that of `forget` has before/after (shown with the run).
     let metrics = read_json(&dir.join("metrics.json"))?;
-    let (metrics, run_metrics) = match metrics {
-        Some(m) if m["rows"].is_array() => (Some(m), None),
-        other => (None, other),
+    let (metrics, run_metrics, tofu) = match metrics {
+        Some(m) if m["rows"].is_array() => (Some(m), None, None),
+        Some(m) if m["benchmark"] == "tofu" => (None, None, Some(m)),
+        other => (None, other, None),
     };
     let input = Input {
         dir: dir.to_path_buf(),
@@ -65,10 +68,12 @@ fn read_input(dir: &Path) -> Result<Input> {
         run_metrics,
         manifest: read_json(&dir.join("manifest.json"))?,
         relearn: read_json(&dir.join("relearn.json"))?,
+        tofu,
         train_log,
         svgs,
     };
     if input.metrics.is_none()
+        && input.tofu.is_none()
         && input.manifest.is_none()
         && input.relearn.is_none()
         && input.svgs.is_empty()
@@ -87,6 +92,31 @@ fn fmt(v: &Value) -> String {
         Some(x) => format!("{x:.3}"),
         None => "–".into(),
     }
+}
+
+/// TOFU: forget quality and model utility of every model measured.
+fn tofu_table(t: &Value) -> String {
+    let mut s = String::from(
+        "<table><tr><th>model</th><th>forget quality (KS p)</th><th>model utility</th>\
+         <th>forget P(answer)</th><th>forget ROUGE-L recall</th><th>retain P(answer)</th>\
+         <th>retain ROUGE-L recall</th></tr>",
+    );
+    for m in t["models"].as_array().into_iter().flatten() {
+        let sc = &m["scores"];
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(m["name"].as_str().unwrap_or("?")),
+            m["forget_quality"].as_f64().map_or("–".into(), |p| format!("{p:.2e}")),
+            fmt(&m["model_utility"]),
+            fmt(&sc["forget"]["probability"]),
+            fmt(&sc["forget"]["rouge_l_recall"]),
+            fmt(&sc["retain"]["probability"]),
+            fmt(&sc["retain"]["rouge_l_recall"]),
+        );
+    }
+    s.push_str("</table>");
+    s
 }
 
 /// The before/after table of one evaluation.
@@ -417,6 +447,27 @@ pub fn render(dirs: &[PathBuf]) -> Result<String> {
                 esc(&m["base_sha256"].as_str().unwrap_or("?").chars().take(12).collect::<String>())
             );
         }
+        if let Some(a) = manifest
+            .and_then(|m| m.get("gradient_angles"))
+            .filter(|a| !a.is_null())
+        {
+            let _ = write!(
+                h,
+                "<p>Forget vs retain gradient angle: {}° → {}° after the projection at the start, {}° → {}° at the end.</p>",
+                fmt(&a["start"]["before_deg"]),
+                fmt(&a["start"]["after_deg"]),
+                fmt(&a["end"]["before_deg"]),
+                fmt(&a["end"]["after_deg"])
+            );
+        }
+        if let Some(t) = &i.tofu {
+            let _ = write!(
+                h,
+                "<h3>TOFU</h3><p>Split {}; forget quality: KS test of the forget truth ratios against the retain-only model (higher = closer to never having learned them).</p>{}",
+                esc(t["options"]["split"].as_str().unwrap_or("?")),
+                tofu_table(t)
+            );
+        }
         if let Some(rm) = &i.run_metrics {
             h.push_str(&run_metrics_table(rm));
         }
@@ -474,7 +525,14 @@ mod tests {
             "seen_ids": ["1"], "unseen_ids": ["2"],
             "curve": {"steps": [0, 5], "unseen": [acc(0.1), acc(0.6)], "seen": [acc(0.1), acc(1.0)], "lora_params": 100}});
         std::fs::write(a.join("relearn.json"), rl.to_string()).unwrap();
-        let page = render(&[a, b, loc]).unwrap();
+        let tofu = d.path().join("tofu");
+        std::fs::create_dir_all(&tofu).unwrap();
+        let t = serde_json::json!({"benchmark": "tofu", "options": {"split": "forget01"},
+            "models": [{"name": "kuda", "forget_quality": 0.012, "model_utility": 0.3,
+                        "scores": {"forget": {"probability": 0.2, "rouge_l_recall": 0.3},
+                                   "retain": {"probability": 0.5, "rouge_l_recall": 0.6}}}]});
+        std::fs::write(tofu.join("metrics.json"), t.to_string()).unwrap();
+        let page = render(&[a, b, loc, tofu]).unwrap();
         for part in [
             "Side by side",
             "Before and after",
@@ -487,6 +545,8 @@ mod tests {
             "trace.svg",
             "p &lt;1&gt;",
             "class=\"good\"",
+            "TOFU",
+            "1.20e-2",
         ] {
             assert!(page.contains(part), "missing {part}");
         }
