@@ -14,3 +14,30 @@ pub mod relearn;
 pub mod rouge;
 pub mod run;
 pub mod tofu;
+
+use crate::model::LanguageModel;
+use anyhow::Result;
+
+/// Greedy answers, `max_new` tokens at most, in batches of 8.
+pub fn greedy_answers(
+    lm: &LanguageModel,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+) -> Result<Vec<String>> {
+    let stops = lm.stop_ids();
+    let mut out = Vec::new();
+    for chunk in prompts.chunks(8) {
+        for g in crate::model::generate::generate(
+            &lm.model,
+            chunk,
+            max_new,
+            &stops,
+            lm.pad_id(),
+            crate::model::generate::Sampling::default(),
+        )? {
+            let g: Vec<u32> = g.into_iter().filter(|t| !stops.contains(t)).collect();
+            out.push(lm.tokenizer.decode(&g)?);
+        }
+    }
+    Ok(out)
+}

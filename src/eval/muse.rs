@@ -16,7 +16,6 @@
 
 use crate::eval::perplexity::tail_logprobs;
 use crate::eval::rouge::rouge_l;
-use crate::model::generate::{generate, Sampling};
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -103,26 +102,6 @@ pub fn auc(pos: &[f64], neg: &[f64]) -> f64 {
     s / (pos.len() * neg.len()) as f64
 }
 
-/// Greedy continuations, `max_new` tokens, in batches of 8.
-fn complete(lm: &LanguageModel, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let stops = lm.stop_ids();
-    for chunk in prompts.chunks(8) {
-        for g in generate(
-            &lm.model,
-            chunk,
-            max_new,
-            &stops,
-            lm.pad_id(),
-            Sampling::default(),
-        )? {
-            let g: Vec<u32> = g.into_iter().filter(|t| !stops.contains(t)).collect();
-            out.push(lm.tokenizer.decode(&g)?);
-        }
-    }
-    Ok(out)
-}
-
 /// (question or prompt, true answer, the model's answer).
 type Sample = (String, String, String);
 
@@ -149,7 +128,7 @@ fn knowmem(lm: &LanguageModel, dir: &Path, split: &str, n: usize) -> Result<(f64
             )
         })
         .collect::<Result<_>>()?;
-    let answers = complete(lm, &prompts, 32)?;
+    let answers = crate::eval::greedy_answers(lm, &prompts, 32)?;
     let mut total = 0.0;
     let mut samples = Vec::new();
     for (q, a) in items.iter().zip(answers) {
@@ -182,7 +161,7 @@ pub fn muse(lm: &LanguageModel, dir: &Path, o: MuseOpts) -> Result<MuseScores> {
         let gt = lm.tokenizer.encode(&p.gt, false)?;
         truths.push(lm.tokenizer.decode(&gt[..gt.len().min(o.new_tokens)])?);
     }
-    let conts = complete(lm, &prompts, o.new_tokens)?;
+    let conts = crate::eval::greedy_answers(lm, &prompts, o.new_tokens)?;
     let verb = conts
         .iter()
         .zip(&truths)

@@ -24,7 +24,6 @@
 use crate::data::as_completion;
 use crate::eval::perplexity::tail_logprobs;
 use crate::eval::rouge::rouge_l;
-use crate::model::generate::{generate, Sampling};
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -184,7 +183,7 @@ pub fn score_set(
         prob += p;
         trs.push(tr);
     }
-    let gens = greedy(lm, &prompts, max_new)?;
+    let gens = crate::eval::greedy_answers(lm, &prompts, max_new)?;
     let mut rouge = 0.0;
     let mut samples = Vec::new();
     for (it, g) in items.iter().zip(&gens) {
@@ -208,26 +207,6 @@ pub fn score_set(
         truth_ratios: trs,
         samples,
     })
-}
-
-/// Greedy answers, `max_new` tokens at most, in batches of 8.
-pub fn greedy(lm: &LanguageModel, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<String>> {
-    let stops = lm.stop_ids();
-    let mut out = Vec::new();
-    for chunk in prompts.chunks(8) {
-        for g in generate(
-            &lm.model,
-            chunk,
-            max_new,
-            &stops,
-            lm.pad_id(),
-            Sampling::default(),
-        )? {
-            let g: Vec<u32> = g.into_iter().filter(|t| !stops.contains(t)).collect();
-            out.push(lm.tokenizer.decode(&g)?);
-        }
-    }
-    Ok(out)
 }
 
 /// Harmonic mean (0 when any value is 0).

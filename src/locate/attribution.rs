@@ -4,14 +4,13 @@
 //! `Σ (a_clean − a_corrupt) · ∂metric/∂a` over rows and positions (≈ how much the metric drops
 //! when the component's corrupted activation is patched into the clean run).
 
+use crate::locate::trace::subject_noise;
 use crate::model::batch::{Batch, PadSide};
 use crate::model::hooks::{HookPoint, Hooks, Patch, PatchMode, Selection};
 use crate::model::transformer::{LogitsAt, RunOpts};
 use crate::model::Transformer;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
-use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
 
 /// One prompt to attribute: token ids, subject token range, answer and alternative token ids,
 /// and for [`Corruption::Replace`] the same prompt with another subject of as many tokens.
@@ -68,14 +67,11 @@ pub fn attribute(
     )?;
     let (b, t) = (batch.size(), batch.len());
     let dtype = model.weights().get("model.embed_tokens.weight")?.dtype();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let noise_std = match corruption {
         Corruption::Noise { std } => std,
         Corruption::Replace => 0.0,
     };
-    let normal =
-        Normal::new(0.0f32, noise_std as f32).map_err(|e| anyhow::anyhow!("noise: {e}"))?;
-    let mut noise = vec![0f32; b * t * d];
+    let mut spans = Vec::with_capacity(items.len());
     for (r, it) in items.iter().enumerate() {
         if it.subject.is_empty() || it.subject.end > it.ids.len() {
             bail!(
@@ -85,13 +81,9 @@ pub fn attribute(
             );
         }
         let shift = t - it.ids.len();
-        for p in it.subject.clone() {
-            for k in 0..d {
-                noise[(r * t + p + shift) * d + k] = normal.sample(&mut rng);
-            }
-        }
+        spans.push(it.subject.start + shift..it.subject.end + shift);
     }
-    let noise = Tensor::from_vec(noise, (b, t, d), &dev)?.to_dtype(dtype)?;
+    let noise = subject_noise(&spans, t, d, noise_std, seed, dtype, &dev)?;
     let points: Vec<HookPoint> = (0..n_layers)
         .flat_map(|l| [HookPoint::AttnZ(l), HookPoint::MlpOut(l)])
         .collect();
@@ -227,23 +219,16 @@ mod tests {
         // Actual effect of patching the corrupted MLP output of layer 1 into the clean run.
         let seqs: Vec<Vec<u32>> = items.iter().map(|i| i.ids.clone()).collect();
         let batch = Batch::new(&seqs, 0, PadSide::Left, m.device()).unwrap();
-        let (b, t, d) = (2, batch.len(), m.config.hidden_size);
+        let (t, d) = (batch.len(), m.config.hidden_size);
         // Rebuild the same noise as `attribute` does.
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let normal = Normal::new(0.0f32, 1e-3).unwrap();
-        let mut noise = vec![0f32; b * t * d];
-        for (r, it) in items.iter().enumerate() {
-            let shift = t - it.ids.len();
-            for p in it.subject.clone() {
-                for k in 0..d {
-                    noise[(r * t + p + shift) * d + k] = normal.sample(&mut rng);
-                }
-            }
-        }
-        let noise = Tensor::from_vec(noise, (b, t, d), m.device())
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap();
+        let spans: Vec<_> = items
+            .iter()
+            .map(|it| {
+                let shift = t - it.ids.len();
+                it.subject.start + shift..it.subject.end + shift
+            })
+            .collect();
+        let noise = subject_noise(&spans, t, d, 1e-3, 3, DType::F64, m.device()).unwrap();
         let corrupt = Patch {
             point: HookPoint::Embed,
             mode: PatchMode::Add,

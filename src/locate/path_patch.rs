@@ -18,15 +18,13 @@
 //!
 //! Effects are drops of P(answer) (clean minus patched), averaged over noise samples and facts.
 
-use crate::locate::trace::answer_probs;
+use crate::locate::trace::{answer_probs, subject_noise};
 use crate::model::batch::{Batch, PadSide};
 use crate::model::hooks::{HookPoint, Hooks, Patch, PatchMode, Selection};
 use crate::model::transformer::{LogitsAt, RunOpts};
 use crate::model::Transformer;
 use anyhow::{bail, Result};
 use candle_core::{IndexOp, Tensor};
-use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
 
 /// One prompt: tokens, subject token range, answer token.
 pub struct PathItem {
@@ -109,18 +107,15 @@ fn runs(model: &Transformer, it: &PathItem, o: &PathOpts) -> Result<Runs> {
     )?;
     let p_clean = answer_probs(clean.logits.as_ref().expect("logits"), it.answer)?[0];
     let n = o.samples;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
-    let normal =
-        Normal::new(0.0f32, o.noise_std as f32).map_err(|e| anyhow::anyhow!("noise: {e}"))?;
-    let mut noise = vec![0f32; n * t * d];
-    for s in 0..n {
-        for p in it.subject.clone() {
-            for k in 0..d {
-                noise[(s * t + p) * d + k] = normal.sample(&mut rng);
-            }
-        }
-    }
-    let noise = Tensor::from_vec(noise, (n, t, d), &dev)?.to_dtype(dtype)?;
+    let noise = subject_noise(
+        &vec![it.subject.clone(); n],
+        t,
+        d,
+        o.noise_std,
+        o.seed,
+        dtype,
+        &dev,
+    )?;
     let mut ch = Hooks::new().patch(Patch {
         point: HookPoint::Embed,
         mode: PatchMode::Add,

@@ -99,6 +99,30 @@ pub fn embedding_std(model: &Transformer) -> Result<f64> {
     Ok(var.sqrt() * model.config.embed_scale())
 }
 
+/// Seeded Gaussian noise `[rows, t, d]` that is zero except at each row's `spans[row]`
+/// (positions in the padded batch); drawn row by row, position by position.
+pub fn subject_noise(
+    spans: &[std::ops::Range<usize>],
+    t: usize,
+    d: usize,
+    std: f64,
+    seed: u64,
+    dtype: DType,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, std as f32).map_err(|e| anyhow::anyhow!("noise: {e}"))?;
+    let mut noise = vec![0f32; spans.len() * t * d];
+    for (r, span) in spans.iter().enumerate() {
+        for p in span.clone() {
+            for k in 0..d {
+                noise[(r * t + p) * d + k] = normal.sample(&mut rng);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(noise, (spans.len(), t, d), dev)?.to_dtype(dtype)?)
+}
+
 /// P(answer) at the last position of each row of last-position logits `[R, V]`.
 pub(crate) fn answer_probs(logits: &Tensor, answer: u32) -> Result<Vec<f64>> {
     if let Some(lp) = crate::model::fastmath::log_prob_of(logits, answer as usize)? {
@@ -139,18 +163,15 @@ pub fn trace(
     let n = opts.samples;
     let std = embedding_std(model)? * opts.noise_scale;
     // Seeded noise on the subject positions, one sample per row.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let normal = Normal::new(0.0f32, std as f32).map_err(|e| anyhow::anyhow!("noise: {e}"))?;
-    let mut noise = vec![0f32; n * t_len * d];
-    for s in 0..n {
-        for t in subject.clone() {
-            for k in 0..d {
-                noise[(s * t_len + t) * d + k] = normal.sample(&mut rng);
-            }
-        }
-    }
-    let noise = Tensor::from_vec(noise, (n, t_len, d), &dev)?
-        .to_dtype(model.weights().get("model.embed_tokens.weight")?.dtype())?;
+    let noise = subject_noise(
+        &vec![subject.clone(); n],
+        t_len,
+        d,
+        std,
+        opts.seed,
+        model.weights().get("model.embed_tokens.weight")?.dtype(),
+        &dev,
+    )?;
     let corrupt = Patch {
         point: HookPoint::Embed,
         mode: PatchMode::Add,
