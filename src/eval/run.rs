@@ -105,14 +105,56 @@ fn measure(
             (acc.n, acc.top1_candidates, true),
         );
     }
-    if let Some(new) = new_answers {
-        let by_id: std::collections::HashMap<&str, &String> =
-            forget.iter().map(|f| f.id.as_str()).zip(new).collect();
+    // After an edit: the new answer of each forget fact, by id.
+    let new_of: Option<std::collections::HashMap<&str, &String>> =
+        new_answers.map(|new| forget.iter().map(|f| f.id.as_str()).zip(new).collect());
+    if let Some(by_id) = &new_of {
         let acc = accuracy(lm, forget, |f| by_id[f.id.as_str()].clone())?;
         m.insert(
             "edit.top1_candidates".into(),
             (acc.n, acc.top1_candidates, false),
         );
+    }
+    // CounterFact: the same facts asked in other words (they should go, or take the new
+    // answer), and other subjects with the same true answer (they should stay).
+    let reworded = |f: &Fact, prompts: &[String]| -> Vec<Fact> {
+        prompts
+            .iter()
+            .map(|p| Fact {
+                prompt: p.clone(),
+                ..f.clone()
+            })
+            .collect()
+    };
+    let para: Vec<Fact> = forget
+        .iter()
+        .flat_map(|f| reworded(f, &f.paraphrases))
+        .collect();
+    if !para.is_empty() {
+        let acc = accuracy(lm, &para, truth)?;
+        m.insert(
+            "forget.paraphrase.top1_candidates".into(),
+            (acc.n, acc.top1_candidates, true),
+        );
+        if let Some(by_id) = &new_of {
+            let acc = accuracy(lm, &para, |f| by_id[f.id.as_str()].clone())?;
+            m.insert(
+                "edit.paraphrase.top1_candidates".into(),
+                (acc.n, acc.top1_candidates, false),
+            );
+        }
+    }
+    let neighbors: Vec<Fact> = forget
+        .iter()
+        .flat_map(|f| reworded(f, &f.neighborhood))
+        .collect();
+    if !neighbors.is_empty() {
+        let acc = accuracy(lm, &neighbors, truth)?;
+        m.insert(
+            "neighborhood.top1_candidates".into(),
+            (acc.n, acc.top1_candidates, false),
+        );
+        m.insert("neighborhood.mean_p".into(), (acc.n, acc.mean_p, false));
     }
     clock.lap(&mut m, "formats");
     let prompts: Vec<String> = forget.iter().map(|f| f.prompt.clone()).collect();
