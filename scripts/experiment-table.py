@@ -18,6 +18,10 @@ COLS = [
     ("utility.wikitext_perplexity", "WikiText-2 ppl", "f2"),
     ("fluency.ngram_entropy", "answer n-gram entropy", "f2"),
     ("latent.forget.best_layer_probe_last_subject_token", "latent probe (best layer)", "pct"),
+    ("edit.top1_candidates", "edit: new answer wins", "pct"),
+    ("edit.paraphrase.top1_candidates", "edit: paraphrases", "pct"),
+    ("forget.paraphrase.top1_candidates", "paraphrases: true answer", "pct"),
+    ("neighborhood.top1_candidates", "neighbourhood kept", "pct"),
 ]
 
 
@@ -32,7 +36,12 @@ def main(root):
     evals = sorted((root / "eval").glob("*/metrics.json"))
     if not evals:
         sys.exit(f"{root}: no eval/*/metrics.json")
-    head = ["run", "method", "params (M)"] + [c[1] for c in COLS] + ["relearn: unseen half"]
+    # Only the columns some evaluation has (CounterFact rows, edit rows).
+    present = set()
+    for p in evals:
+        present |= {r["metric"] for r in json.loads(p.read_text())["rows"]}
+    cols = [c for c in COLS if c[0] in present]
+    head = ["run", "method", "params (M)"] + [c[1] for c in cols] + ["relearn: unseen half"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     first = True
@@ -40,12 +49,12 @@ def main(root):
         m = json.loads(p.read_text())
         rows = {r["metric"]: r for r in m["rows"]}
         if first:
-            vals = [fmt(rows.get(k, {}).get("original"), kind) for k, _, kind in COLS]
+            vals = [fmt(rows.get(k, {}).get("original"), kind) for k, _, kind in cols]
             print("| original | – | – | " + " | ".join(vals) + " | – |")
             first = False
         name = p.parent.name
         man = m.get("manifest") or {}
-        vals = [fmt(rows.get(k, {}).get("unlearned"), kind) for k, _, kind in COLS]
+        vals = [fmt(rows.get(k, {}).get("unlearned"), kind) for k, _, kind in cols]
         rl = root / "relearn" / name / "relearn.json"
         if rl.exists():
             c = json.loads(rl.read_text())["curve"]
