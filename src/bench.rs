@@ -9,6 +9,7 @@
 
 use crate::model::transformer::{LogitsAt, RunOpts};
 use crate::model::{ops, Batch, LanguageModel, PadSide};
+use crate::util::{current_rss, peak_rss, reset_peak};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
@@ -38,26 +39,6 @@ pub fn bench_ids(b: usize, t: usize) -> Vec<Vec<u32>> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// Peak resident memory since the last reset, in bytes (Linux; None elsewhere).
-fn peak_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-fn current_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Reset the peak-RSS counter (Linux `clear_refs` 5).
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Time `f` (one warm-up, then `repeats` runs); returns (median seconds, peak RSS bytes).

@@ -122,3 +122,26 @@ pub fn cached_json<T: serde::Serialize + serde::de::DeserializeOwned>(
     write_atomic(&path, serde_json::to_string(&v)?.as_bytes())?;
     Ok(v)
 }
+
+/// A `kB` field of /proc/self/status, in bytes (Linux; None elsewhere).
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Peak resident memory since the last [`reset_peak`], in bytes (Linux; None elsewhere).
+pub fn peak_rss() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Resident memory now, in bytes (Linux; None elsewhere).
+pub fn current_rss() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+/// Reset the peak-RSS counter (Linux `clear_refs` 5).
+pub fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

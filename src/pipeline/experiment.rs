@@ -303,11 +303,13 @@ pub fn execute(stages: Vec<Stage>) -> Result<Vec<(String, Outcome)>> {
         }
         std::fs::create_dir_all(&s.dir).with_context(|| format!("creating {}", s.dir.display()))?;
         let t0 = std::time::Instant::now();
+        crate::util::reset_peak();
         (s.work)().with_context(|| format!("stage {}", s.name))?;
         crate::util::write_atomic(
             &s.dir.join(STAGE_FILE),
             serde_json::to_string_pretty(&json!({"stage": s.name, "key": s.key,
-                "seconds": t0.elapsed().as_secs_f64()}))?
+                "seconds": t0.elapsed().as_secs_f64(),
+                "peak_rss_bytes": crate::util::peak_rss()}))?
             .as_bytes(),
         )?;
         out.push((s.name, Outcome::Ran));
