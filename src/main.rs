@@ -260,8 +260,9 @@ enum Command {
         out: PathBuf,
     },
     /// Fine-tune a model on a corpus or QA set (how MUSE and TOFU made their target models) so
-    /// that it has something to unlearn: every block weight (or --layers), the trainer of
-    /// `forget` (checkpoints, resume); OUT loads with --model OUT. Data: .txt, or JSON / JSON
+    /// that it has something to unlearn: every block weight (or --layers), or LoRA adapters
+    /// merged into the weights (--lora), the trainer of `forget` (checkpoints and resume for
+    /// full fine-tuning); OUT loads with --model OUT. Data: .txt, or JSON / JSON
     /// lines of strings, {"text"}, {"prompt","gt"}, or {"question","answer"}.
     Learn {
         #[arg(long, short, default_value = "gemma3-270m")]
@@ -282,6 +283,22 @@ enum Command {
         /// Text chunks taken from a corpus at most.
         #[arg(long, default_value_t = 256)]
         max_chunks: usize,
+        /// Learn LoRA adapters instead of the weights (then merged: OUT holds W₀ + (α/r)·B·A
+        /// of each adapted matrix); optim.lr defaults to 1e-3 then.
+        #[arg(long)]
+        lora: bool,
+        /// LoRA rank (with --lora).
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        /// LoRA alpha (with --lora).
+        #[arg(long, default_value_t = 16.0)]
+        alpha: f64,
+        /// LoRA dropout on the adapters' input features (with --lora).
+        #[arg(long, default_value_t = 0.0)]
+        dropout: f64,
+        /// LoRA targets (with --lora): all-linear or mlp.
+        #[arg(long, default_value = "all-linear")]
+        targets: String,
         #[arg(long)]
         out: PathBuf,
     },
@@ -652,6 +669,11 @@ fn run(cmd: Command) -> Result<()> {
             mut sets,
             steps,
             max_chunks,
+            lora,
+            rank,
+            alpha,
+            dropout,
+            targets,
             out,
         } => {
             if let Some(n) = steps {
@@ -663,6 +685,12 @@ fn run(cmd: Command) -> Result<()> {
                 layers,
                 sets,
                 max_chunks,
+                lora: lora.then_some(unlearn::forget::lora::LoraConfig {
+                    rank,
+                    alpha,
+                    dropout,
+                    targets,
+                }),
                 out,
             };
             unlearn::forget::learn::run(&args, &cli::device()?).map(|_| ())

@@ -40,6 +40,7 @@ fn learning_qa_raises_its_answers_and_loads_back() {
                 "text_batch_size=1".into(),
             ],
             max_chunks: 16,
+            lora: None,
             out: out.clone(),
         },
         &Device::Cpu,
@@ -54,6 +55,77 @@ fn learning_qa_raises_its_answers_and_loads_back() {
         after.mean_p
     );
     assert!(out.join("facts.jsonl").exists());
+
+    // LoRA on the MLPs: the answers rise too; only the adapted matrices change, each by a
+    // matrix of rank at most r (W − W₀ = s·B·A).
+    let out = tmp.path().join("learned-lora");
+    run(
+        &LearnArgs {
+            model: "gemma3-270m".into(),
+            data: tmp.path().join("qa.json"),
+            layers: None,
+            sets: vec!["steps=6".into(), "text_batch_size=1".into()],
+            max_chunks: 16,
+            lora: Some(unlearn::forget::lora::LoraConfig {
+                rank: 2,
+                targets: "mlp".into(),
+                ..Default::default()
+            }),
+            out: out.clone(),
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    let learned = LanguageModel::load(out.to_str().unwrap(), &Device::Cpu).unwrap();
+    let after = accuracy(&learned, &facts, |f| f.answer.clone()).unwrap();
+    assert!(
+        after.mean_p > before.mean_p + 0.2,
+        "LoRA: P(first answer token) {:.3} → {:.3}",
+        before.mean_p,
+        after.mean_p
+    );
+    let w = |lm: &LanguageModel, n: &str| lm.model.weights().get(n).unwrap().clone();
+    let q = "model.layers.3.self_attn.q_proj.weight";
+    assert_eq!(
+        (w(&learned, q) - w(&base, q))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0,
+        "attention is not adapted with targets = mlp"
+    );
+    let d = "model.layers.3.mlp.down_proj.weight";
+    let delta = (w(&learned, d) - w(&base, d)).unwrap();
+    assert!(
+        delta
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+    // Rank ≤ 2: a 3 × 3 minor of the change vanishes; Hadamard's bound |det| ≤ Π‖row‖ makes
+    // the ratio scale-free (≈ 0.1–1 for a full-rank change).
+    let m: Vec<Vec<f32>> = delta.to_vec2().unwrap();
+    let (r, c) = ([0, 97, 311], [5, 700, 1500]);
+    let e = |i: usize, j: usize| m[r[i]][c[j]] as f64;
+    let det = e(0, 0) * (e(1, 1) * e(2, 2) - e(1, 2) * e(2, 1))
+        - e(0, 1) * (e(1, 0) * e(2, 2) - e(1, 2) * e(2, 0))
+        + e(0, 2) * (e(1, 0) * e(2, 1) - e(1, 1) * e(2, 0));
+    let bound: f64 = (0..3)
+        .map(|i| (0..3).map(|j| e(i, j).powi(2)).sum::<f64>().sqrt())
+        .product();
+    let det = det / bound;
+    assert!(
+        det.abs() < 1e-3,
+        "3×3 minor of a rank-2 change / Hadamard bound: {det}"
+    );
 }
 
 #[test]

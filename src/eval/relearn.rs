@@ -8,11 +8,10 @@
 use crate::data::{self, Fact};
 use crate::eval::completion::{accuracy, Accuracy};
 use crate::forget::config::ForgetConfig;
-use crate::forget::lora::{Lora, LoraConfig};
-use crate::forget::optim::{global_norm, Optimizer};
+use crate::forget::lora::{train_adapters, Lora, LoraConfig};
 use crate::forget::seqs::{text_chunks, Seq, SeqSet};
 use crate::forget::terms::LogitLoss;
-use crate::forget::trainer::{step_grads, DataSet, Loss, Plan, Term};
+use crate::forget::trainer::{DataSet, Loss, Plan, Term};
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -131,11 +130,6 @@ pub fn relearn(
         seed: cfg.seed,
         ..ForgetConfig::default()
     };
-    let mut ocfg = fcfg.optim.clone();
-    ocfg.lr = cfg.lr;
-    ocfg.weight_decay = 0.0;
-    let mut opt = Optimizer::new(ocfg.clone());
-    lm.model.set_trainable(&plan.params)?;
     let truth = |f: &Fact| f.answer.clone();
     let mut curve = RelearnCurve {
         steps: vec![0],
@@ -146,42 +140,25 @@ pub fn relearn(
         seconds: 0.0,
     };
     let bar = crate::util::progress(cfg.steps as u64, "relearning");
-    for step in 0..cfg.steps {
-        lora.new_masks(cfg.seed, step)?;
-        lora.apply(&mut lm.model)?;
-        let (g, losses) = step_grads(&lm.model, &plan, &fcfg, step)
-            .with_context(|| format!("relearning attack, step {}", step + 1))?;
-        let mut ga = lora.factor_grads(&g)?;
-        let norm = global_norm(&ga)?;
-        if !norm.is_finite() {
-            bail!(
-                "relearning attack, step {}: the gradient is not a number",
-                step + 1
-            );
-        }
-        if ocfg.clip_norm > 0.0 && norm > ocfg.clip_norm {
-            for t in ga.values_mut() {
-                *t = t.affine(ocfg.clip_norm / norm, 0.0)?;
+    train_adapters(
+        lm,
+        &plan,
+        &fcfg,
+        cfg.lr,
+        &mut lora,
+        "relearning attack",
+        |step, total, lm| {
+            curve.losses.push(total);
+            bar.set_message(format!("loss {total:.3}"));
+            bar.inc(1);
+            if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
+                curve.steps.push(step + 1);
+                curve.unseen.push(accuracy(lm, unseen, truth)?);
+                curve.seen.push(accuracy(lm, seen, truth)?);
             }
-        }
-        let upd = opt.update(&lora.params, &ga, ocfg.lr_at(step, cfg.steps))?;
-        for (k, u) in upd {
-            let p = (&lora.params[&k] + u)?;
-            lora.params.insert(k, p);
-        }
-        let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
-        curve.losses.push(total);
-        bar.set_message(format!("loss {total:.3}"));
-        bar.inc(1);
-        if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
-            // Measure without dropout.
-            let masks_off = lora.without_masks();
-            masks_off.apply(&mut lm.model)?;
-            curve.steps.push(step + 1);
-            curve.unseen.push(accuracy(lm, unseen, truth)?);
-            curve.seen.push(accuracy(lm, seen, truth)?);
-        }
-    }
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
     curve.seconds = t0.elapsed().as_secs_f64();
     Ok(curve)

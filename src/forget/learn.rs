@@ -13,6 +13,7 @@
 use crate::data::Fact;
 use crate::forget::config::{ForgetConfig, Method};
 use crate::forget::export::{base_spec, write_output, Manifest};
+use crate::forget::lora::{train_adapters, Lora, LoraConfig};
 use crate::forget::run::{all_block_params, hash_json, parse_layers};
 use crate::forget::seqs::{text_chunks, Seq, SeqSet};
 use crate::forget::terms::LogitLoss;
@@ -33,6 +34,8 @@ pub struct LearnArgs {
     pub sets: Vec<String>,
     /// Text chunks (of `text_tokens` tokens) taken from a corpus at most.
     pub max_chunks: usize,
+    /// Learn LoRA adapters (merged into the weights at the end) instead of the weights.
+    pub lora: Option<LoraConfig>,
     pub out: PathBuf,
 }
 
@@ -127,9 +130,14 @@ pub fn qa_fact(i: usize, q: &str, a: &str) -> Fact {
 
 /// Run `unlearn learn`; returns the trained model.
 pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel> {
-    // Learning new text needs a larger step than unlearning; the user's settings come after.
+    // Learning new text needs a larger step than unlearning (LoRA's adapters, which start at
+    // zero, a larger one still); the user's settings come after.
     let sets: Vec<String> = [
-        "optim.lr=2e-5",
+        if a.lora.is_some() {
+            "optim.lr=1e-3"
+        } else {
+            "optim.lr=2e-5"
+        },
         "batch_size=8",
         "text_tokens=128",
         "steps=40",
@@ -163,9 +171,19 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
             cfg.text_tokens
         );
     }
-    let params = match a.layers.as_deref() {
-        None | Some("all") => all_block_params(&lm),
-        Some(s) => lm
+    let mut lora = match &a.lora {
+        Some(c) => {
+            if a.layers.is_some() {
+                bail!("--layers and --lora: choose the adapted matrices with --targets");
+            }
+            Some(Lora::new(&lm.model, c.clone(), cfg.seed)?)
+        }
+        None => None,
+    };
+    let params = match (&lora, a.layers.as_deref()) {
+        (Some(l), _) => l.targets(),
+        (None, None | Some("all")) => all_block_params(&lm),
+        (None, Some(s)) => lm
             .model
             .mlp_param_names(&parse_layers(s, lm.model.config.num_layers)?),
     };
@@ -174,13 +192,24 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         .map(|p| Ok(lm.model.weights().get(p)?.elem_count()))
         .sum::<Result<usize>>()?;
     let n_tokens: usize = seqs.iter().map(|s| s.targets.len()).sum();
+    let how = match &lora {
+        Some(l) => format!(
+            "LoRA rank {} on {} matrices ({:.2} M adapter parameters)",
+            l.cfg.rank,
+            params.len(),
+            l.param_count() as f64 / 1e6
+        ),
+        None => format!(
+            "{} tensors ({:.1} M parameters)",
+            params.len(),
+            param_count as f64 / 1e6
+        ),
+    };
     eprintln!(
-        "learning {} sequences ({} target tokens) from {}: {} tensors ({:.1} M parameters), {} steps of {}",
+        "learning {} sequences ({} target tokens) from {}: {how}, {} steps of {}",
         seqs.len(),
         n_tokens,
         a.data.display(),
-        params.len(),
-        param_count as f64 / 1e6,
         cfg.steps,
         cfg.batch_size
     );
@@ -211,14 +240,26 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         text_rows: cfg.text_ce_rows,
     };
     plan.precompute(&lm.model, 8)?;
-    let key = hash_json(&json!({"cfg": cfg, "params": params, "base": base_fp,
-        "data": crate::util::sha256_file(&a.data)?, "max_chunks": a.max_chunks}));
-    let s = train(&mut lm.model, &plan, &cfg, &key, &a.out, None)?;
+    let (final_losses, seconds) = match &mut lora {
+        Some(l) => learn_adapters(&mut lm, &plan, &cfg, l)?,
+        None => {
+            let key = hash_json(&json!({"cfg": cfg, "params": params, "base": base_fp,
+                "data": crate::util::sha256_file(&a.data)?, "max_chunks": a.max_chunks}));
+            let s = train(&mut lm.model, &plan, &cfg, &key, &a.out, None)?;
+            (s.final_losses, s.seconds)
+        }
+    };
     let manifest = Manifest {
         tool: format!("unlearn {}", env!("CARGO_PKG_VERSION")),
         base_model: base_spec(&a.model),
         base_sha256: base_fp,
-        method: "learn".into(),
+        method: match &lora {
+            Some(l) => format!(
+                "learn-lora (rank {}, alpha {}, dropout {}, {})",
+                l.cfg.rank, l.cfg.alpha, l.cfg.dropout, l.cfg.targets
+            ),
+            None => "learn".into(),
+        },
         edit: false,
         task: base_spec(&a.data.display().to_string()),
         forget_split: String::new(),
@@ -231,7 +272,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         config: cfg.clone(),
         seed: cfg.seed,
         steps: cfg.steps,
-        final_losses: s.final_losses.clone(),
+        final_losses: final_losses.clone(),
         gradient_angles: None,
         weights: "changed".into(),
         metrics: None,
@@ -252,12 +293,39 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
     }
     eprintln!(
         "learned in {:.0}s; final loss {:.4}; wrote {} (use it with --model {})",
-        s.seconds,
-        s.final_losses.get("learn_ce").copied().unwrap_or(f64::NAN),
+        seconds,
+        final_losses.get("learn_ce").copied().unwrap_or(f64::NAN),
         a.out.join("manifest.json").display(),
         a.out.display()
     );
     Ok(lm)
+}
+
+/// Train LoRA adapters on the plan (merged into `lm` at the end); the last step's loss per term
+/// and the seconds taken.
+fn learn_adapters(
+    lm: &mut LanguageModel,
+    plan: &Plan,
+    cfg: &ForgetConfig,
+    lora: &mut Lora,
+) -> Result<(std::collections::BTreeMap<String, f64>, f64)> {
+    let t0 = std::time::Instant::now();
+    let bar = crate::util::progress(cfg.steps as u64, "learning (LoRA)");
+    let losses = train_adapters(
+        lm,
+        plan,
+        cfg,
+        cfg.optim.lr,
+        lora,
+        "learning",
+        |_, total, _| {
+            bar.set_message(format!("loss {total:.3}"));
+            bar.inc(1);
+            Ok(())
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok((losses, t0.elapsed().as_secs_f64()))
 }
 
 #[cfg(test)]

@@ -203,6 +203,58 @@ impl Lora {
     }
 }
 
+/// Train the adapters of `lora` on `plan` for `cfg.steps` steps (AdamW at `lr`, no weight
+/// decay, `cfg.optim`'s schedule and clipping, the trainer's data order), leaving W₀ + s·B·A in
+/// `lm`. `after_step(step, total_loss, lm)` runs after each step, with the model holding the
+/// adapters without dropout; `what` names the run in errors. Returns the last step's loss per
+/// term.
+pub fn train_adapters(
+    lm: &mut crate::model::LanguageModel,
+    plan: &crate::forget::trainer::Plan,
+    cfg: &crate::forget::config::ForgetConfig,
+    lr: f64,
+    lora: &mut Lora,
+    what: &str,
+    mut after_step: impl FnMut(usize, f64, &crate::model::LanguageModel) -> Result<()>,
+) -> Result<BTreeMap<String, f64>> {
+    use crate::forget::optim::{global_norm, Optimizer};
+    let mut ocfg = cfg.optim.clone();
+    ocfg.lr = lr;
+    ocfg.weight_decay = 0.0;
+    let mut opt = Optimizer::new(ocfg.clone());
+    lm.model.set_trainable(&plan.params)?;
+    let mut last = BTreeMap::new();
+    for step in 0..cfg.steps {
+        lora.new_masks(cfg.seed, step)?;
+        lora.apply(&mut lm.model)?;
+        let (g, losses) = crate::forget::trainer::step_grads(&lm.model, plan, cfg, step)
+            .with_context(|| format!("{what}, step {}", step + 1))?;
+        let mut ga = lora.factor_grads(&g)?;
+        let norm = global_norm(&ga)?;
+        if !norm.is_finite() {
+            bail!("{what}, step {}: the gradient is not a number", step + 1);
+        }
+        if ocfg.clip_norm > 0.0 && norm > ocfg.clip_norm {
+            for t in ga.values_mut() {
+                *t = t.affine(ocfg.clip_norm / norm, 0.0)?;
+            }
+        }
+        let upd = opt.update(&lora.params, &ga, ocfg.lr_at(step, cfg.steps))?;
+        for (k, u) in upd {
+            let p = (&lora.params[&k] + u)?;
+            lora.params.insert(k, p);
+        }
+        let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
+        if !total.is_finite() {
+            bail!("{what}, step {}: the loss is not a number", step + 1);
+        }
+        lora.without_masks().apply(&mut lm.model)?;
+        after_step(step, total, lm)?;
+        last = losses;
+    }
+    Ok(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
