@@ -310,6 +310,11 @@ enum Command {
         model: String,
         #[arg(long)]
         unlearned: Option<PathBuf>,
+        /// A model that never saw the forget texts (MUSE's retrained reference; in
+        /// learn-then-unlearn, the model before learning or one that learned the retain set
+        /// only): adds PrivLeak = (AUC − AUC_retrained) / AUC_retrained.
+        #[arg(long)]
+        retrained: Option<String>,
         /// Directory with knowmem/, verbmem/, privleak/ (default: data/muse/news).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -698,6 +703,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Muse {
             model,
             unlearned,
+            retrained,
             data,
             n,
             prompt_tokens,
@@ -709,6 +715,7 @@ fn run(cmd: Command) -> Result<()> {
             let args = MuseArgs {
                 model,
                 unlearned,
+                retrained,
                 data: data.unwrap_or_else(|| unlearn::data::data_dir().join("muse/news")),
                 opts: MuseOpts {
                     n,

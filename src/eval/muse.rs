@@ -200,10 +200,17 @@ pub fn muse(lm: &LanguageModel, dir: &Path, o: MuseOpts) -> Result<MuseScores> {
     })
 }
 
+/// MUSE's PrivLeak: the relative difference of the Min-K% AUC from a retrained model's.
+pub fn privleak(auc: f64, auc_retrained: f64) -> f64 {
+    (auc - auc_retrained) / auc_retrained
+}
+
 /// Options of `unlearn muse`.
 pub struct MuseArgs {
     pub model: String,
     pub unlearned: Option<std::path::PathBuf>,
+    /// A model that never saw the forget set (MUSE's retrained reference) for PrivLeak.
+    pub retrained: Option<String>,
     pub data: std::path::PathBuf,
     pub opts: MuseOpts,
     pub out: std::path::PathBuf,
@@ -224,6 +231,13 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         )?),
         None => None,
     };
+    // PrivLeak as MUSE defines it: (AUC − AUC_retrain) / AUC_retrain, where the retrained
+    // model never saw the forget texts (0 = no leak; negative = over-unlearned).
+    let auc_retrained = match &a.retrained {
+        Some(m) => Some(muse(&LanguageModel::load(m, device)?, &a.data, a.opts)?.mink_auc),
+        None => None,
+    };
+    let privleak = |s: &MuseScores| auc_retrained.map(|r| privleak(s.mink_auc, r));
     let n = a.opts.n;
     let row = |metric: &str, f: fn(&MuseScores) -> f64, lower: bool| Row {
         metric: metric.into(),
@@ -238,6 +252,17 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         row("muse.verbmem_forget_rougeL", |s| s.verbmem_forget, true),
         row("muse.privleak_mink_auc", |s| s.mink_auc, true),
     ];
+    let mut rows = rows;
+    if let Some(p) = privleak(&o) {
+        // Closer to 0 is better; the table's direction flag cannot say that, so it reads "lower".
+        rows.push(Row {
+            metric: "muse.privleak_abs_vs_retrained".into(),
+            n,
+            original: p.abs(),
+            unlearned: u.as_ref().and_then(|s| privleak(s)).map(f64::abs),
+            lower_is_better: true,
+        });
+    }
     print_table(&rows);
     let manifest: Option<serde_json::Value> = a
         .unlearned
@@ -249,8 +274,10 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         "model": a.model, "unlearned": a.unlearned, "task": "muse-news", "suite": "muse",
         "options": a.opts, "manifest": manifest, "rows": rows,
         "forget_facts": n, "held_out_facts": n,
-        "privleak_note": "AUC of Min-K% (k = 40%) on forget vs holdout texts; MUSE's PrivLeak compares it with a model retrained without the forget set, which is not available here: privleak_vs_half uses 0.5, the AUC of a model that saw neither set",
+        "privleak_note": "AUC of Min-K% (k = 40%) on forget vs holdout texts. privleak = (AUC − AUC_retrained) / AUC_retrained, MUSE's PrivLeak, when --retrained names a model that never saw the forget set (the rows give its absolute value: 0 = no leak); privleak_vs_half uses 0.5, the AUC of a model that saw neither set",
         "privleak_vs_half": {"original": o.privleak_vs_half, "unlearned": u.as_ref().map(|s| s.privleak_vs_half)},
+        "retrained": a.retrained, "auc_retrained": auc_retrained,
+        "privleak": {"original": privleak(&o), "unlearned": u.as_ref().and_then(|s| privleak(s))},
         "samples": {"original": o.samples, "unlearned": u.as_ref().map(|s| s.samples.clone())},
         "seconds": t0.elapsed().as_secs_f64(),
     });
@@ -278,5 +305,9 @@ mod tests {
         // Pairs (2,1) win, (2,2) tie, (0,1) and (0,2) lose: (1 + 0.5) / 4.
         assert_eq!(auc(&[2.0, 0.0], &[1.0, 2.0]), (1.0 + 0.5 + 0.0 + 0.0) / 4.0);
         assert_eq!(auc(&[5.0; 3], &[5.0; 4]), 0.5);
+        // MUSE's PrivLeak: 0 when the AUC is the retrained model's, −50% when it is half.
+        assert_eq!(privleak(0.6, 0.6), 0.0);
+        assert_eq!(privleak(0.3, 0.6), -0.5);
+        assert!((privleak(0.72, 0.6) - 0.2).abs() < 1e-12);
     }
 }
