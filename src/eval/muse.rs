@@ -237,7 +237,7 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         Some(m) => Some(muse(&LanguageModel::load(m, device)?, &a.data, a.opts)?.mink_auc),
         None => None,
     };
-    let privleak = |s: &MuseScores| auc_retrained.map(|r| privleak(s.mink_auc, r));
+    let leak = |s: &MuseScores| auc_retrained.map(|r| privleak(s.mink_auc, r));
     let n = a.opts.n;
     let row = |metric: &str, f: fn(&MuseScores) -> f64, lower: bool| Row {
         metric: metric.into(),
@@ -253,13 +253,13 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         row("muse.privleak_mink_auc", |s| s.mink_auc, true),
     ];
     let mut rows = rows;
-    if let Some(p) = privleak(&o) {
+    if let Some(p) = leak(&o) {
         // Closer to 0 is better; the table's direction flag cannot say that, so it reads "lower".
         rows.push(Row {
             metric: "muse.privleak_abs_vs_retrained".into(),
             n,
             original: p.abs(),
-            unlearned: u.as_ref().and_then(|s| privleak(s)).map(f64::abs),
+            unlearned: u.as_ref().and_then(leak).map(f64::abs),
             lower_is_better: true,
         });
     }
@@ -277,7 +277,7 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         "privleak_note": "AUC of Min-K% (k = 40%) on forget vs holdout texts. privleak = (AUC − AUC_retrained) / AUC_retrained, MUSE's PrivLeak, when --retrained names a model that never saw the forget set (the rows give its absolute value: 0 = no leak); privleak_vs_half uses 0.5, the AUC of a model that saw neither set",
         "privleak_vs_half": {"original": o.privleak_vs_half, "unlearned": u.as_ref().map(|s| s.privleak_vs_half)},
         "retrained": a.retrained, "auc_retrained": auc_retrained,
-        "privleak": {"original": privleak(&o), "unlearned": u.as_ref().and_then(|s| privleak(s))},
+        "privleak": {"original": leak(&o), "unlearned": u.as_ref().and_then(leak)},
         "samples": {"original": o.samples, "unlearned": u.as_ref().map(|s| s.samples.clone())},
         "seconds": t0.elapsed().as_secs_f64(),
     });
