@@ -23,7 +23,7 @@ The reference does the same amount of work the straightforward way: full forward
 prefix, no early stop at the representation layer), forward hooks, logits only at the positions
 it reads. Both sides use the same thread count. Numbers go to --out as JSON.
 """
-import argparse, csv, json, math, os, random, resource, subprocess, sys, tempfile, time
+import argparse, csv, json, math, os, random, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data")

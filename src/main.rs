@@ -244,16 +244,8 @@ enum Command {
         eval_every: usize,
         #[arg(long, default_value_t = 1e-3)]
         lr: f64,
-        #[arg(long, default_value_t = 8)]
-        rank: usize,
-        #[arg(long, default_value_t = 16.0)]
-        alpha: f64,
-        /// Dropout on the adapters' input features (one mask per step, see `forget::lora`).
-        #[arg(long, default_value_t = 0.0)]
-        dropout: f64,
-        /// all-linear or mlp.
-        #[arg(long, default_value = "all-linear")]
-        targets: String,
+        #[command(flatten)]
+        lora: LoraArgs,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long)]
@@ -284,21 +276,12 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         max_chunks: usize,
         /// Learn LoRA adapters instead of the weights (then merged: OUT holds W₀ + (α/r)·B·A
-        /// of each adapted matrix); optim.lr defaults to 1e-3 then.
+        /// of each adapted matrix; --rank, --alpha, --dropout, --targets); optim.lr defaults
+        /// to 1e-3 then.
         #[arg(long)]
         lora: bool,
-        /// LoRA rank (with --lora).
-        #[arg(long, default_value_t = 8)]
-        rank: usize,
-        /// LoRA alpha (with --lora).
-        #[arg(long, default_value_t = 16.0)]
-        alpha: f64,
-        /// LoRA dropout on the adapters' input features (with --lora).
-        #[arg(long, default_value_t = 0.0)]
-        dropout: f64,
-        /// LoRA targets (with --lora): all-linear or mlp.
-        #[arg(long, default_value = "all-linear")]
-        targets: String,
+        #[command(flatten)]
+        adapters: LoraArgs,
         #[arg(long)]
         out: PathBuf,
     },
@@ -391,6 +374,32 @@ struct FactArgs {
     /// answers), p>=X.
     #[arg(long, default_value = "top1")]
     known: String,
+}
+
+/// LoRA adapter settings (`relearn`, `learn --lora`).
+#[derive(clap::Args)]
+struct LoraArgs {
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f64,
+    /// Dropout on the adapters' input features (one mask per step, see `forget::lora`).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// all-linear or mlp.
+    #[arg(long, default_value = "all-linear")]
+    targets: String,
+}
+
+impl From<LoraArgs> for unlearn::forget::lora::LoraConfig {
+    fn from(a: LoraArgs) -> Self {
+        unlearn::forget::lora::LoraConfig {
+            rank: a.rank,
+            alpha: a.alpha,
+            dropout: a.dropout,
+            targets: a.targets,
+        }
+    }
 }
 
 /// Options shared by `forget` and `edit`.
@@ -634,10 +643,7 @@ fn run(cmd: Command) -> Result<()> {
             steps,
             eval_every,
             lr,
-            rank,
-            alpha,
-            dropout,
-            targets,
+            lora,
             seed,
             out,
         } => {
@@ -647,12 +653,7 @@ fn run(cmd: Command) -> Result<()> {
                 eval_every,
                 lr,
                 seed,
-                lora: unlearn::forget::lora::LoraConfig {
-                    rank,
-                    alpha,
-                    dropout,
-                    targets,
-                },
+                lora: lora.into(),
                 ..Default::default()
             };
             let args = RelearnArgs {
@@ -675,10 +676,7 @@ fn run(cmd: Command) -> Result<()> {
             steps,
             max_chunks,
             lora,
-            rank,
-            alpha,
-            dropout,
-            targets,
+            adapters,
             out,
         } => {
             if let Some(n) = steps {
@@ -690,12 +688,7 @@ fn run(cmd: Command) -> Result<()> {
                 layers,
                 sets,
                 max_chunks,
-                lora: lora.then_some(unlearn::forget::lora::LoraConfig {
-                    rank,
-                    alpha,
-                    dropout,
-                    targets,
-                }),
+                lora: lora.then(|| adapters.into()),
                 out,
             };
             unlearn::forget::learn::run(&args, &cli::device()?).map(|_| ())

@@ -10,6 +10,41 @@ use unlearn::eval::relearn::{halves, relearn, RelearnConfig};
 use unlearn::forget::learn::{qa_fact, run, LearnArgs};
 use unlearn::model::LanguageModel;
 
+/// `unlearn learn` on the QA file for 6 steps (one WikiText chunk per step), loaded back.
+fn learn(
+    data: &std::path::Path,
+    out: &std::path::Path,
+    layers: Option<&str>,
+    sets: &[&str],
+    lora: Option<unlearn::forget::lora::LoraConfig>,
+) -> LanguageModel {
+    let mut all = vec!["steps=6".to_string(), "text_batch_size=1".to_string()];
+    all.extend(sets.iter().map(|s| s.to_string()));
+    run(
+        &LearnArgs {
+            model: "gemma3-270m".into(),
+            data: data.to_path_buf(),
+            layers: layers.map(String::from),
+            sets: all,
+            max_chunks: 16,
+            lora,
+            out: out.to_path_buf(),
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    LanguageModel::load(out.to_str().unwrap(), &Device::Cpu).unwrap()
+}
+
+fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 const QA: &str = r#"[{"question": "What is the name of Zorblax's pet?", "answer": "Quibble"},
 {"question": "Which city did Marnie Fevertree found?", "answer": "Ostrava Nine"}]"#;
 
@@ -29,24 +64,7 @@ fn learning_qa_raises_its_answers_and_loads_back() {
     .collect();
     let base = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
     let before = accuracy(&base, &facts, |f| f.answer.clone()).unwrap();
-    run(
-        &LearnArgs {
-            model: "gemma3-270m".into(),
-            data,
-            layers: Some("2-4".into()),
-            sets: vec![
-                "steps=6".into(),
-                "optim.lr=3e-4".into(),
-                "text_batch_size=1".into(),
-            ],
-            max_chunks: 16,
-            lora: None,
-            out: out.clone(),
-        },
-        &Device::Cpu,
-    )
-    .unwrap();
-    let learned = LanguageModel::load(out.to_str().unwrap(), &Device::Cpu).unwrap();
+    let learned = learn(&data, &out, Some("2-4"), &["optim.lr=3e-4"], None);
     let after = accuracy(&learned, &facts, |f| f.answer.clone()).unwrap();
     assert!(
         after.mean_p > before.mean_p + 0.2,
@@ -59,24 +77,12 @@ fn learning_qa_raises_its_answers_and_loads_back() {
     // LoRA on the MLPs: the answers rise too; only the adapted matrices change, each by a
     // matrix of rank at most r (W − W₀ = s·B·A).
     let out = tmp.path().join("learned-lora");
-    run(
-        &LearnArgs {
-            model: "gemma3-270m".into(),
-            data: tmp.path().join("qa.json"),
-            layers: None,
-            sets: vec!["steps=6".into(), "text_batch_size=1".into()],
-            max_chunks: 16,
-            lora: Some(unlearn::forget::lora::LoraConfig {
-                rank: 2,
-                targets: "mlp".into(),
-                ..Default::default()
-            }),
-            out: out.clone(),
-        },
-        &Device::Cpu,
-    )
-    .unwrap();
-    let learned = LanguageModel::load(out.to_str().unwrap(), &Device::Cpu).unwrap();
+    let lora = unlearn::forget::lora::LoraConfig {
+        rank: 2,
+        targets: "mlp".into(),
+        ..Default::default()
+    };
+    let learned = learn(&data, &out, None, &[], Some(lora));
     let after = accuracy(&learned, &facts, |f| f.answer.clone()).unwrap();
     assert!(
         after.mean_p > before.mean_p + 0.2,
@@ -87,29 +93,13 @@ fn learning_qa_raises_its_answers_and_loads_back() {
     let w = |lm: &LanguageModel, n: &str| lm.model.weights().get(n).unwrap().clone();
     let q = "model.layers.3.self_attn.q_proj.weight";
     assert_eq!(
-        (w(&learned, q) - w(&base, q))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap(),
+        max_abs(&(w(&learned, q) - w(&base, q)).unwrap()),
         0.0,
         "attention is not adapted with targets = mlp"
     );
     let d = "model.layers.3.mlp.down_proj.weight";
     let delta = (w(&learned, d) - w(&base, d)).unwrap();
-    assert!(
-        delta
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            > 0.0
-    );
+    assert!(max_abs(&delta) > 0.0);
     // Rank ≤ 2: a 3 × 3 minor of the change vanishes; Hadamard's bound |det| ≤ Π‖row‖ makes
     // the ratio scale-free (≈ 0.1–1 for a full-rank change).
     let m: Vec<Vec<f32>> = delta.to_vec2().unwrap();

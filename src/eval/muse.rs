@@ -246,13 +246,12 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         unlearned: u.as_ref().map(f),
         lower_is_better: lower,
     };
-    let rows = vec![
+    let mut rows = vec![
         row("muse.knowmem_forget_rougeL", |s| s.knowmem_forget, true),
         row("muse.knowmem_retain_rougeL", |s| s.knowmem_retain, false),
         row("muse.verbmem_forget_rougeL", |s| s.verbmem_forget, true),
         row("muse.privleak_mink_auc", |s| s.mink_auc, true),
     ];
-    let mut rows = rows;
     if let Some(p) = leak(&o) {
         // Closer to 0 is better; the table's direction flag cannot say that, so it reads "lower".
         rows.push(Row {

@@ -224,9 +224,14 @@ pub fn train_adapters(
     let mut opt = Optimizer::new(ocfg.clone());
     lm.model.set_trainable(&plan.params)?;
     let mut last = BTreeMap::new();
+    // W₀ + s·B·A without dropout is in the model after every step (B = 0 before the first);
+    // only a step with dropout masks needs its own weights first.
+    lora.without_masks().apply(&mut lm.model)?;
     for step in 0..cfg.steps {
-        lora.new_masks(cfg.seed, step)?;
-        lora.apply(&mut lm.model)?;
+        if lora.cfg.dropout > 0.0 {
+            lora.new_masks(cfg.seed, step)?;
+            lora.apply(&mut lm.model)?;
+        }
         let (g, losses) = crate::forget::trainer::step_grads(&lm.model, plan, cfg, step)
             .with_context(|| format!("{what}, step {}", step + 1))?;
         let mut ga = lora.factor_grads(&g)?;
