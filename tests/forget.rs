@@ -120,3 +120,30 @@ fn output_loads_back_and_an_interrupted_run_resumes_to_the_same_weights() {
         );
     }
 }
+
+/// The know-nothing floor on the real model: asked about made-up athletes, Gemma still names a
+/// sport from its priors, so the floor is far from 0 % yet far below its accuracy on the
+/// athletes it knows — the level an unlearned model's forget accuracy should fall to.
+#[test]
+fn made_up_athletes_score_the_prior_not_zero() {
+    use unlearn::eval::{completion::accuracy, floor::know_nothing_floor};
+    let lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
+    let known = unlearn::data::known::known_facts(&lm, "sports", "top1").unwrap();
+    let facts = &known[..64];
+    let real = accuracy(&lm, facts, |f| f.answer.clone()).unwrap();
+    let floor = know_nothing_floor(&lm, facts, &known).unwrap();
+    eprintln!("known athletes: {real:?}\nmade-up athletes: {floor:?}");
+    assert_eq!(real.top1_candidates, 1.0);
+    assert!(floor.n >= 60, "made-up names for {} of 64 facts", floor.n);
+    assert!(
+        (0.15..0.8).contains(&floor.top1_candidates),
+        "floor {:.3}",
+        floor.top1_candidates
+    );
+    assert!(
+        floor.mean_p < 0.5 * real.mean_p,
+        "P(answer) {:.3} about made-up athletes vs {:.3} about real ones",
+        floor.mean_p,
+        real.mean_p
+    );
+}

@@ -56,6 +56,12 @@ pub fn rewrite(f: &Fact, fmt: Format) -> Option<Fact> {
             });
         }
     };
+    with_subject(f, new_subject)
+}
+
+/// The fact with its subject's last occurrence in the prompt replaced by `new_subject`, or
+/// None when the prompt does not contain the subject.
+pub fn with_subject(f: &Fact, new_subject: String) -> Option<Fact> {
     let at = f.prompt.rfind(&f.subject)?;
     let prompt = format!(
         "{}{}{}",

@@ -1,9 +1,10 @@
 //! Evaluation: is the knowledge gone, and does the model still work? Completion accuracy on
 //! facts ([`completion`]), other forms of the same facts ([`formats`], [`mcq`]), fluency of
-//! answers ([`fluency`]), perplexity on held-out text ([`perplexity`]), the benchmarks
+//! answers ([`fluency`]), the accuracy of a model that knows nothing of the subjects ([`floor`]), perplexity on held-out text ([`perplexity`]), the benchmarks
 //! MUSE-News ([`muse`]) and TOFU ([`tofu`]), and the `unlearn eval` command that puts the original and the unlearned model side by side ([`run`]).
 
 pub mod completion;
+pub mod floor;
 pub mod fluency;
 pub mod formats;
 pub mod latent;

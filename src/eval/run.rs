@@ -6,6 +6,7 @@
 
 use crate::data::{self, known, Fact};
 use crate::eval::completion::accuracy;
+use crate::eval::floor::know_nothing_floor;
 use crate::eval::fluency::{fluency, Fluency};
 use crate::eval::formats::{formats_for, rewrite};
 use crate::eval::perplexity::{perplexity, tokenize_lines};
@@ -96,6 +97,12 @@ fn measure(
             m.insert(format!("{name}.mcq_accuracy"), (s.n, s.accuracy, lower));
         }
     }
+    let pool: Vec<Fact> = forget.iter().chain(held_out).cloned().collect();
+    let floor = know_nothing_floor(lm, forget, &pool)?;
+    m.insert(
+        "forget.know_nothing_floor.top1_candidates".into(),
+        (floor.n, floor.top1_candidates, true),
+    );
     clock.lap(&mut m, "facts_and_mcq");
     for fmt in formats_for(forget) {
         let facts: Vec<Fact> = forget.iter().filter_map(|f| rewrite(f, fmt)).collect();

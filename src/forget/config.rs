@@ -93,6 +93,11 @@ pub struct KudaConfig {
     pub key_text_chunks: usize,
     /// Representation layer ℓ* (default: the last updated layer).
     pub rep_layer: Option<usize>,
+    /// Measure the deviation around the mean residual of the retain facts and general text
+    /// at ℓ* (cos(h − μ, h₀ − μ)) instead of around 0. Gemma's residual carries a large
+    /// component shared by every token, which keeps the plain cosine near 1 whatever the
+    /// subject; see docs/forget.md.
+    pub center: bool,
 }
 
 impl Default for KudaConfig {
@@ -108,6 +113,7 @@ impl Default for KudaConfig {
             project_update: true,
             key_text_chunks: 64,
             rep_layer: None,
+            center: false,
         }
     }
 }

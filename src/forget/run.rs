@@ -4,13 +4,17 @@
 
 use crate::data::{self, known, Fact};
 use crate::eval::completion::{accuracy, Accuracy};
+use crate::eval::floor::know_nothing_floor;
 use crate::eval::perplexity::{perplexity, tokenize_lines, Perplexity};
 use crate::forget::config::{ForgetConfig, Method};
 use crate::forget::export::{base_spec, write_output, Manifest};
 use crate::forget::methods;
 use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
 use crate::forget::seqs::{text_chunks, Seq, SeqSet};
-use crate::forget::trainer::{first_layer, layer_of, mean_ref_norm, steering_vector, train, Plan};
+use crate::forget::terms::ReprLoss;
+use crate::forget::trainer::{
+    first_layer, layer_of, mean_ref_norm, mean_ref_row, steering_vector, train, Loss, Plan,
+};
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;
 use crate::model::LanguageModel;
@@ -75,6 +79,10 @@ impl ForgetArgs {
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub forget: Accuracy,
+    /// The forget facts asked about made-up subjects: what knowing nothing scores
+    /// ([`crate::eval::floor`]).
+    #[serde(default)]
+    pub forget_floor: Option<Accuracy>,
     /// Editing: accuracy of the new answers on the edited facts.
     pub edit: Option<Accuracy>,
     pub held_out: Accuracy,
@@ -149,8 +157,10 @@ fn evaluate(
         }
         None => None,
     };
+    let pool: Vec<Fact> = forget.iter().chain(held_out).cloned().collect();
     Ok(Metrics {
         forget: forget_acc,
+        forget_floor: Some(know_nothing_floor(lm, forget, &pool)?),
         edit: edit_acc,
         held_out: accuracy(lm, held_out, |f| f.answer.clone())?,
         wikitext: perplexity(lm, ppl_ids, 512, 256)?,
@@ -420,8 +430,14 @@ fn print_metrics(when: &str, m: &Metrics) {
     let edit = m.edit.as_ref().map_or(String::new(), |e| {
         format!("  edit acc {:.1}%", 100.0 * e.top1_candidates)
     });
+    let floor = m.forget_floor.as_ref().map_or(String::new(), |f| {
+        format!(
+            "; knowing nothing of the subjects: {:.1}%",
+            100.0 * f.top1_candidates
+        )
+    });
     eprintln!(
-        "{when:>6}: forget acc {:.1}% (top-1 among candidates; vocab top-1 {:.1}%, mean p {:.3}){edit}  held-out acc {:.1}%  wikitext ppl {:.2}",
+        "{when:>6}: forget acc {:.1}% (top-1 among candidates; vocab top-1 {:.1}%, mean p {:.3}{floor}){edit}  held-out acc {:.1}%  wikitext ppl {:.2}",
         100.0 * m.forget.top1_candidates,
         100.0 * m.forget.top1,
         m.forget.mean_p,
@@ -542,7 +558,39 @@ fn plan_for(
         text_rows: cfg.text_ce_rows,
     };
     plan.precompute(&lm.model, 16)?;
+    if ctx.method == Method::Kuda && cfg.kuda.center {
+        center_deviation(&mut plan)?;
+    }
     Ok(plan)
+}
+
+/// Give KUDA's deviation term its centre μ: the mean reference residual at ℓ* of the retain
+/// facts and general text (whichever the plan has).
+fn center_deviation(plan: &mut Plan) -> Result<()> {
+    let sets: Vec<&SeqSet> = [&plan.retain, &plan.text]
+        .into_iter()
+        .filter(|s| s.rep_ref.is_some())
+        .collect();
+    if sets.is_empty() {
+        bail!("kuda.center needs retain facts or general text at the representation layer (retain_weight or text_weight > 0)");
+    }
+    let mu = mean_ref_row(&sets)?;
+    let mu_norm = mu.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    eprintln!(
+        "kuda.center: |μ| = {mu_norm:.1} at layer {:?}; mean |h₀| of the forget rows {:.1}",
+        plan.rep_layer,
+        mean_ref_norm(&plan.forget)?
+    );
+    for t in plan.terms.iter_mut() {
+        if let Loss::Repr {
+            loss: ReprLoss::Deviation { center, .. },
+            ..
+        } = &mut t.loss
+        {
+            *center = Some(mu.clone());
+        }
+    }
+    Ok(())
 }
 
 /// Train on every part of the forget facts in turn (one part unless editing in partitions).

@@ -680,28 +680,51 @@ pub fn steering_vector(d: usize, norm: f64, seed: u64) -> Vec<f32> {
     v.iter().map(|x| (x / n * norm) as f32).collect()
 }
 
-/// Mean L2 norm of the reference rows (at the representation layer) of a set's rep positions.
-pub fn mean_ref_norm(set: &SeqSet) -> Result<f64> {
+/// The reference rows (at the representation layer) of a set's rep positions, one `[n, D]`
+/// f64 tensor per sequence.
+fn ref_rows(set: &SeqSet) -> Result<Vec<Tensor>> {
     let (_, refs) = set
         .rep_ref
         .as_ref()
-        .context("reference residuals not computed")?;
+        .with_context(|| format!("{}: reference residuals not computed", set.name))?;
+    set.seqs
+        .iter()
+        .zip(refs)
+        .map(|(seq, r)| {
+            let pos: Vec<u32> = seq.rep_positions.iter().map(|&p| p as u32).collect();
+            let pi = Tensor::from_vec(pos, seq.rep_positions.len(), r.device())?;
+            Ok(r.index_select(&pi, 0)?.to_dtype(DType::F64)?)
+        })
+        .collect()
+}
+
+/// Mean L2 norm of the reference rows (at the representation layer) of a set's rep positions.
+pub fn mean_ref_norm(set: &SeqSet) -> Result<f64> {
     let (mut s, mut n) = (0.0, 0usize);
-    for (seq, r) in set.seqs.iter().zip(refs) {
-        let pi = Tensor::from_vec(
-            seq.rep_positions
-                .iter()
-                .map(|&p| p as u32)
-                .collect::<Vec<_>>(),
-            seq.rep_positions.len(),
-            r.device(),
-        )?;
-        let rows = r.index_select(&pi, 0)?.to_dtype(DType::F64)?;
+    for rows in ref_rows(set)? {
         let norms: Vec<f64> = rows.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
         s += norms.iter().sum::<f64>();
         n += norms.len();
     }
     Ok(s / n.max(1) as f64)
+}
+
+/// Mean reference row over the rep positions of several sets (KUDA's centre μ).
+pub fn mean_ref_row(sets: &[&SeqSet]) -> Result<Vec<f32>> {
+    let mut sum: Option<Tensor> = None;
+    let mut n = 0usize;
+    for set in sets {
+        for rows in ref_rows(set)? {
+            n += rows.dim(0)?;
+            let s = rows.sum(0)?;
+            sum = Some(match sum {
+                Some(acc) => (acc + s)?,
+                None => s,
+            });
+        }
+    }
+    let sum = sum.context("no reference rows to average")?;
+    Ok((sum / n as f64)?.to_dtype(DType::F32)?.to_vec1()?)
 }
 
 #[cfg(test)]
