@@ -306,7 +306,8 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let before = if a.eval {
         // The original model's numbers depend only on it and the data: cached.
         let key = serde_json::to_vec(
-            &json!({"model": base_fp, "forget": forget, "held_out": held_out,
+            // "v" changes with what `evaluate` measures (2: the know-nothing floor).
+            &json!({"v": 2, "model": base_fp, "forget": forget, "held_out": held_out,
             "new": new_answers, "ppl": ppl_ids}),
         )?;
         let m = crate::util::cached_json("metrics", &key, || {
@@ -352,7 +353,18 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             .iter()
             .map(|f| Seq::fact(&lm, f, &f.answer))
             .collect::<Result<_>>()?;
-        let (c, report) = tune(&mut lm, &ctx, cfg, t, &val, &forget, &a.out.join("tune"))?;
+        // The same subjects to make names from as the before/after floor.
+        let floor_pool: Vec<Fact> = forget.iter().chain(&held_out).cloned().collect();
+        let (c, report) = tune(
+            &mut lm,
+            &ctx,
+            cfg,
+            t,
+            &val,
+            &forget,
+            &floor_pool,
+            &a.out.join("tune"),
+        )?;
         cfg = c;
         tuning = Some(report);
     }
@@ -448,13 +460,50 @@ fn print_metrics(when: &str, m: &Metrics) {
 
 /// KUDA's two-stage tuning: the largest τ whose retain drift on a validation split stays under
 /// `max_drift`, then the smallest β whose forget accuracy (top-1 among candidates) reaches
-/// `forget_target`.
+/// `forget_target` (a fixed accuracy, or the trial model's know-nothing floor).
 #[derive(Clone, Debug, Serialize)]
 pub struct TuneArgs {
     pub taus: Vec<f64>,
     pub max_drift: f64,
     pub betas: Vec<f64>,
-    pub forget_target: f64,
+    pub forget_target: ForgetTarget,
+}
+
+/// What forget accuracy the β stage of the tuning aims for.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgetTarget {
+    /// A fixed accuracy (top-1 among candidates), e.g. 0.05.
+    Fixed(f64),
+    /// The trial model's know-nothing floor ([`crate::eval::floor`]) plus a margin: the model
+    /// answers about the forget subjects no better than about made-up ones.
+    Floor(f64),
+}
+
+impl std::str::FromStr for ForgetTarget {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            anyhow::anyhow!(
+                "--forget-target {s:?}: use an accuracy in [0, 1] (0.05), `floor` or `floor+0.05`"
+            )
+        };
+        let num = |x: &str| -> Result<f64> {
+            let v: f64 = x.trim().parse().map_err(|_| bad())?;
+            if (0.0..=1.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(bad())
+            }
+        };
+        match s.trim().strip_prefix("floor") {
+            Some("") => Ok(ForgetTarget::Floor(0.0)),
+            Some(rest) => Ok(ForgetTarget::Floor(num(rest
+                .strip_prefix('+')
+                .ok_or_else(bad)?)?)),
+            None => Ok(ForgetTarget::Fixed(num(s)?)),
+        }
+    }
 }
 
 /// Everything a training run needs besides the settings.
@@ -640,6 +689,7 @@ fn tune(
     t: &TuneArgs,
     validation: &[Seq],
     forget: &[Fact],
+    floor_pool: &[Fact],
     dir: &std::path::Path,
 ) -> Result<(ForgetConfig, serde_json::Value)> {
     if ctx.method != Method::Kuda {
@@ -704,17 +754,23 @@ fn tune(
         cfg.kuda.beta = beta;
         train_all(lm, ctx, &cfg, &dir.join(format!("beta-{beta}")), None)?;
         let acc = accuracy(lm, forget, |f| f.answer.clone())?.top1_candidates;
+        let target = match t.forget_target {
+            ForgetTarget::Fixed(x) => x,
+            ForgetTarget::Floor(margin) => {
+                know_nothing_floor(lm, forget, floor_pool)?.top1_candidates + margin
+            }
+        };
         restore(lm)?;
         eprintln!(
             "tune β = {beta}: forget accuracy {:.1}% (target {:.1}%)",
             100.0 * acc,
-            100.0 * t.forget_target
+            100.0 * target
         );
-        trials.push(json!({"stage": "beta", "tau": tau, "beta": beta, "forget_accuracy": acc}));
+        trials.push(json!({"stage": "beta", "tau": tau, "beta": beta, "forget_accuracy": acc, "target": target}));
         if best.is_none_or(|(_, a)| acc < a) {
             best = Some((beta, acc));
         }
-        if acc <= t.forget_target {
+        if acc <= target {
             break;
         }
     }
@@ -725,4 +781,21 @@ fn tune(
         cfg,
         json!({"tau": tau, "beta": beta, "trials": trials, "max_drift": t.max_drift, "forget_target": t.forget_target}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ForgetTarget;
+
+    #[test]
+    fn forget_targets_parse_numbers_and_the_floor() {
+        let p = |s: &str| s.parse::<ForgetTarget>();
+        assert_eq!(p("0.05").unwrap(), ForgetTarget::Fixed(0.05));
+        assert_eq!(p("floor").unwrap(), ForgetTarget::Floor(0.0));
+        assert_eq!(p("floor+0.05").unwrap(), ForgetTarget::Floor(0.05));
+        for bad in ["1.5", "-0.1", "floor-0.05", "floor+x", "ceiling", ""] {
+            let e = p(bad).unwrap_err().to_string();
+            assert!(e.contains("--forget-target"), "{bad:?}: {e}");
+        }
+    }
 }
