@@ -147,3 +147,51 @@ fn made_up_athletes_score_the_prior_not_zero() {
         real.mean_p
     );
 }
+
+/// The β stage of `--tune` with `--forget-target floor`: each β trial is scored against the
+/// trial model's own know-nothing floor, and the search stops at the first β that reaches it
+/// (or runs through the list); the report lands in OUT/tune/tuning.json.
+#[test]
+fn tuning_to_the_floor_stops_at_the_first_beta_that_reaches_it() {
+    use unlearn::forget::run::{ForgetTarget, TuneArgs};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tuned");
+    let betas = vec![0.5, 3.0, 10.0];
+    let a = ForgetArgs {
+        tune: Some(TuneArgs {
+            taus: vec![0.01],
+            max_drift: 1e9,
+            betas: betas.clone(),
+            forget_target: ForgetTarget::Floor(0.0),
+        }),
+        ..args(&out)
+    };
+    run(&a, &Device::Cpu).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tune/tuning.json")).unwrap())
+            .unwrap();
+    let trials: Vec<&serde_json::Value> = report["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["stage"] == "beta")
+        .collect();
+    assert!(!trials.is_empty());
+    let reached = |t: &serde_json::Value| {
+        t["forget_accuracy"].as_f64().unwrap() <= t["target"].as_f64().unwrap()
+    };
+    for t in &trials {
+        let target = t["target"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&target), "a floor is an accuracy: {t}");
+    }
+    // Every trial before the last missed its floor; the last reached it or ended the list.
+    for t in &trials[..trials.len() - 1] {
+        assert!(
+            !reached(t),
+            "the search went on past a β that reached the floor: {t}"
+        );
+    }
+    let last = trials.last().unwrap();
+    assert!(reached(last) || trials.len() == betas.len(), "{last}");
+    assert!(betas.contains(&report["beta"].as_f64().unwrap()));
+}

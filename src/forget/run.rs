@@ -365,6 +365,10 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             &floor_pool,
             &a.out.join("tune"),
         )?;
+        crate::util::write_atomic(
+            &a.out.join("tune").join("tuning.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
         cfg = c;
         tuning = Some(report);
     }

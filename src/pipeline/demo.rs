@@ -163,8 +163,10 @@ pub fn run(a: &DemoArgs, device: &candle_core::Device) -> Result<PathBuf> {
 
 /// A short table of the headline numbers of each evaluation.
 fn print_summary(evals: &[PathBuf]) -> Result<()> {
-    const COLS: [(&str, &str); 8] = [
+    const COLS: [(&str, &str); 9] = [
         ("forget.top1_candidates", "forget acc"),
+        // What the same model scores about made-up subjects: forgotten = at this level.
+        ("forget.know_nothing_floor.top1_candidates", "know-nothing"),
         ("forget.mcq_accuracy", "forget MCQ"),
         ("held_out.top1_candidates", "held-out acc"),
         ("utility.wikitext_perplexity", "WikiText ppl"),
