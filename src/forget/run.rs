@@ -360,9 +360,11 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             &ctx,
             cfg,
             t,
-            &val,
-            &forget,
-            &floor_pool,
+            TuneData {
+                validation: &val,
+                forget: &forget,
+                floor_pool: &floor_pool,
+            },
             &a.out.join("tune"),
         )?;
         crate::util::write_atomic(
@@ -684,6 +686,16 @@ fn train_all(
     Ok(summaries)
 }
 
+/// What the tuning measures its trials on.
+struct TuneData<'a> {
+    /// Facts the τ stage's retain drift is measured on.
+    validation: &'a [Seq],
+    /// The forget facts (the β stage's accuracy).
+    forget: &'a [Fact],
+    /// Subjects the know-nothing floor makes names from.
+    floor_pool: &'a [Fact],
+}
+
 /// Run the two-stage tuning; returns the chosen settings and a report of every trial. The
 /// model's weights are restored after each trial.
 fn tune(
@@ -691,11 +703,14 @@ fn tune(
     ctx: &TrainCtx,
     mut cfg: ForgetConfig,
     t: &TuneArgs,
-    validation: &[Seq],
-    forget: &[Fact],
-    floor_pool: &[Fact],
+    data: TuneData,
     dir: &std::path::Path,
 ) -> Result<(ForgetConfig, serde_json::Value)> {
+    let TuneData {
+        validation,
+        forget,
+        floor_pool,
+    } = data;
     if ctx.method != Method::Kuda {
         bail!(
             "--tune is KUDA's two-stage tuning; method {} has no τ and β",
