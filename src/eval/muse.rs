@@ -245,6 +245,7 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         original: f(&o),
         unlearned: u.as_ref().map(f),
         lower_is_better: lower,
+        reference: false,
     };
     let mut rows = vec![
         row("muse.knowmem_forget_rougeL", |s| s.knowmem_forget, true),
@@ -260,6 +261,7 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
             original: p.abs(),
             unlearned: u.as_ref().and_then(leak).map(f64::abs),
             lower_is_better: true,
+            reference: false,
         });
     }
     print_table(&rows);

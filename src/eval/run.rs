@@ -65,7 +65,12 @@ pub struct Row {
     pub unlearned: Option<f64>,
     /// Whether larger is better for the user of an unlearned model (forget: lower is better).
     pub lower_is_better: bool,
+    /// A yardstick, not a goal (the know-nothing floor): neither direction is better.
+    pub reference: bool,
 }
+
+/// Metrics that are yardsticks for the others rather than goals.
+const REFERENCE_METRICS: &[&str] = &["forget.know_nothing_floor.top1_candidates"];
 
 /// Metric name → (sample count, value, lower is better).
 type Measures = BTreeMap<String, (usize, f64, bool)>;
@@ -100,7 +105,7 @@ fn measure(
     let pool: Vec<Fact> = forget.iter().chain(held_out).cloned().collect();
     let floor = know_nothing_floor(lm, forget, &pool)?;
     m.insert(
-        "forget.know_nothing_floor.top1_candidates".into(),
+        REFERENCE_METRICS[0].into(),
         (floor.n, floor.top1_candidates, true),
     );
     clock.lap(&mut m, "facts_and_mcq");
@@ -393,6 +398,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
             original: v,
             unlearned: unl.as_ref().and_then(|(m, _)| m.get(k).map(|x| x.1)),
             lower_is_better: lower,
+            reference: REFERENCE_METRICS.contains(&k.as_str()),
         })
         .collect();
     let t_latent = std::time::Instant::now();
@@ -430,6 +436,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
             original: best(&c.original),
             unlearned: c.unlearned.as_deref().map(best),
             lower_is_better: true,
+            reference: false,
         });
     }
     print_table(&rows);

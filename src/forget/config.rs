@@ -203,6 +203,11 @@ pub struct ForgetConfig {
     pub max_abs_loss: f64,
     /// Retain facts used for training; the other known facts are held out for evaluation.
     pub retain_facts: usize,
+    /// Facts of the task the model does *not* know, added to the retain facts (their
+    /// representations are kept where they were and their keys enter KUDA's key statistics;
+    /// a method with a retain cross-entropy would also train them). More names that must not
+    /// move make the update more specific to the forget subjects. 0 = known facts only.
+    pub retain_unknown_facts: usize,
     pub optim: OptimConfig,
     pub kuda: KudaConfig,
     pub localized_ft: FtConfig,
@@ -227,6 +232,7 @@ impl Default for ForgetConfig {
             checkpoint_every: 10,
             max_abs_loss: 1e4,
             retain_facts: 128,
+            retain_unknown_facts: 0,
             optim: OptimConfig::default(),
             kuda: KudaConfig::default(),
             localized_ft: FtConfig::default(),

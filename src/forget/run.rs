@@ -170,6 +170,18 @@ fn evaluate(
 /// WikiText-2 tokens scored for perplexity (held-out half, windows of 512, stride 256).
 pub const PPL_TOKENS: usize = 2048;
 
+/// Up to `n` facts of `task` outside `known` (those the model does not know), in a seeded order.
+fn unknown_facts(task: &str, known: &[Fact], n: usize, seed: u64) -> Result<Vec<Fact>> {
+    let known_ids: std::collections::HashSet<&str> = known.iter().map(|f| f.id.as_str()).collect();
+    let mut rest: Vec<Fact> = data::load_task(task)?
+        .into_iter()
+        .filter(|f| !known_ids.contains(f.id.as_str()))
+        .collect();
+    rest.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x0DD5));
+    rest.truncate(n);
+    Ok(rest)
+}
+
 /// Held-out known facts evaluated at most.
 pub const HELD_OUT_FACTS: usize = 200;
 
@@ -213,7 +225,10 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let mut pool = pool;
     pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
     let n_train = cfg.retain_facts.min(pool.len() / 2);
-    let retain: Vec<Fact> = pool[..n_train].to_vec();
+    let mut retain: Vec<Fact> = pool[..n_train].to_vec();
+    if cfg.retain_unknown_facts > 0 {
+        retain.extend(unknown_facts(&a.task, &known_facts, cfg.retain_unknown_facts, cfg.seed)?);
+    }
     // With --tune, a validation split sits between the training retain facts and the held-out ones.
     let n_val = if a.tune.is_some() {
         ((pool.len() - n_train) / 3).min(64)

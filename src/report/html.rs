@@ -127,13 +127,14 @@ fn metrics_table(m: &Value) -> String {
     for r in m["rows"].as_array().into_iter().flatten() {
         let (o, u) = (r["original"].as_f64(), r["unlearned"].as_f64());
         let lower = r["lower_is_better"].as_bool().unwrap_or(false);
+        let reference = r["reference"].as_bool().unwrap_or(false);
         let (delta, class) = match (o, u) {
             (Some(o), Some(u)) => {
                 let d = u - o;
                 let good = if lower { d < 0.0 } else { d > 0.0 };
                 (
                     format!("{d:+.3}"),
-                    if d.abs() < 1e-9 {
+                    if d.abs() < 1e-9 || reference {
                         ""
                     } else if good {
                         "good"
@@ -146,8 +147,9 @@ fn metrics_table(m: &Value) -> String {
         };
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{delta}</td></tr>",
+            "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{delta}</td></tr>",
             esc(r["metric"].as_str().unwrap_or("")),
+            if reference { " <small>(reference)</small>" } else { "" },
             r["n"],
             fmt(&r["original"]),
             fmt(&r["unlearned"])
@@ -507,7 +509,9 @@ mod tests {
             let m = serde_json::json!({"task": "sports", "forget_facts": 16, "held_out_facts": 200,
                 "manifest": {"method": "kuda", "params": ["x"], "param_count": 10, "steps": 3, "seed": 0,
                              "base_model": "gemma3-270m", "base_sha256": "abc"},
-                "rows": [{"metric": "forget.top1_candidates", "n": 16, "original": 1.0, "unlearned": v, "lower_is_better": true}],
+                "rows": [{"metric": "forget.top1_candidates", "n": 16, "original": 1.0, "unlearned": v, "lower_is_better": true},
+                         {"metric": "forget.know_nothing_floor.top1_candidates", "n": 16, "original": 0.5, "unlearned": 0.375,
+                          "lower_is_better": true, "reference": true}],
                 "fluency_samples": {"original": [["p <1>", "golf"]], "unlearned": [["p <1>", "tennis"]]},
                 "latent": [{"at": "last-token", "original": [0.5, 1.0], "unlearned": [0.5, v], "retain_test": [0.4, 0.9]}]});
             std::fs::write(dir.join("metrics.json"), m.to_string()).unwrap();
@@ -554,6 +558,10 @@ mod tests {
             !page.contains("<script") && !page.contains("http://")
                 || page.contains("xmlns=\"http://www.w3.org/2000/svg\"")
         );
+        // The know-nothing floor is a yardstick: marked as such, its change left uncoloured.
+        assert!(page.contains(
+            "floor.top1_candidates <small>(reference)</small></td><td>16</td><td>0.500</td><td>0.375</td><td class=\"\">-0.125</td>"
+        ));
         let e = render(&[d.path().join("missing")]).unwrap_err();
         assert!(e.to_string().contains("missing"));
     }
