@@ -3,6 +3,7 @@
 //! keys and nonsense values are errors that name the key.
 
 use crate::forget::nullspace::Projection;
+use crate::forget::seqs::ForgetPositions;
 use crate::forget::optim::OptimConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -208,6 +209,9 @@ pub struct ForgetConfig {
     /// a method with a retain cross-entropy would also train them). More names that must not
     /// move make the update more specific to the forget subjects. 0 = known facts only.
     pub retain_unknown_facts: usize,
+    /// Positions of a forget fact that KUDA's deviation and RMU's steering act on: `prompt`
+    /// (subject to the last prompt token), `subject`, or `last-subject`.
+    pub forget_positions: ForgetPositions,
     pub optim: OptimConfig,
     pub kuda: KudaConfig,
     pub localized_ft: FtConfig,
@@ -233,6 +237,7 @@ impl Default for ForgetConfig {
             max_abs_loss: 1e4,
             retain_facts: 128,
             retain_unknown_facts: 0,
+            forget_positions: ForgetPositions::Prompt,
             optim: OptimConfig::default(),
             kuda: KudaConfig::default(),
             localized_ft: FtConfig::default(),

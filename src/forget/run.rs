@@ -306,7 +306,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             let ans = new_answers
                 .as_ref()
                 .map_or(f.answer.clone(), |n| n[i].clone());
-            Seq::fact(&lm, f, &ans)
+            Ok(Seq::fact(&lm, f, &ans)?.at_forget_positions(cfg.forget_positions))
         })
         .collect::<Result<_>>()?;
     let retain_seqs: Vec<Seq> = retain
@@ -819,7 +819,21 @@ fn tune(
 
 #[cfg(test)]
 mod tests {
-    use super::ForgetTarget;
+    use super::{data, unknown_facts, Fact, ForgetTarget};
+
+    #[test]
+    fn unknown_facts_are_outside_the_known_ones_seeded_and_capped() {
+        let all = data::load_task("sports").unwrap();
+        let known: Vec<Fact> = all.iter().step_by(3).cloned().collect();
+        let a = unknown_facts("sports", &known, 50, 7).unwrap();
+        assert_eq!(a.len(), 50);
+        assert!(a.iter().all(|f| known.iter().all(|k| k.id != f.id)));
+        let ids = |v: &[Fact]| v.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&unknown_facts("sports", &known, 50, 7).unwrap()));
+        assert_ne!(ids(&a), ids(&unknown_facts("sports", &known, 50, 8).unwrap()));
+        let every = unknown_facts("sports", &known, usize::MAX, 7).unwrap();
+        assert_eq!(every.len(), all.len() - known.len());
+    }
 
     #[test]
     fn forget_targets_parse_numbers_and_the_floor() {

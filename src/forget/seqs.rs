@@ -20,6 +20,23 @@ pub struct Seq {
     /// Positions the representation losses of a forget fact act on: the subject's first token
     /// to the last prompt token (the shared few-shot prefix before the subject is left alone).
     pub rep_positions: Vec<usize>,
+    /// The subject's tokens (facts only).
+    pub subject: Option<std::ops::Range<usize>>,
+}
+
+/// Which positions of a forget fact the representation losses (KUDA's deviation, RMU's
+/// steering) act on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForgetPositions {
+    /// The subject's first token to the last prompt token.
+    #[default]
+    Prompt,
+    /// The subject's tokens only: the prompt's template tokens after it, shared by every
+    /// fact, are left to the retain terms.
+    Subject,
+    /// The subject's last token (where causal tracing finds the fact looked up).
+    LastSubject,
 }
 
 impl Seq {
@@ -45,7 +62,21 @@ impl Seq {
             ids,
             targets,
             rep_positions,
+            subject: Some(span),
         })
+    }
+
+    /// This fact with its representation positions cut to `which` (a text chunk is returned
+    /// unchanged).
+    pub fn at_forget_positions(mut self, which: ForgetPositions) -> Seq {
+        if let Some(span) = &self.subject {
+            self.rep_positions = match which {
+                ForgetPositions::Prompt => self.rep_positions,
+                ForgetPositions::Subject => span.clone().collect(),
+                ForgetPositions::LastSubject => vec![span.end - 1],
+            };
+        }
+        self
     }
 
     /// A text chunk: every next token is a target, every position a representation position.
@@ -59,6 +90,7 @@ impl Seq {
             ids,
             targets,
             rep_positions,
+            subject: None,
         })
     }
 }
@@ -282,4 +314,32 @@ fn stack_padded(rows: &[Tensor], members: &[usize], t: usize) -> Result<Tensor> 
         });
     }
     Ok(Tensor::stack(&v, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fact of 8 prompt tokens whose subject is tokens 3..5.
+    fn fact() -> Seq {
+        Seq {
+            ids: (0..9).collect(),
+            targets: vec![(7, 9)],
+            rep_positions: (3..8).collect(),
+            subject: Some(3..5),
+        }
+    }
+
+    #[test]
+    fn forget_positions_cut_a_fact_and_leave_text_alone() {
+        let at = |w| fact().at_forget_positions(w).rep_positions;
+        assert_eq!(at(ForgetPositions::Prompt), vec![3, 4, 5, 6, 7]);
+        assert_eq!(at(ForgetPositions::Subject), vec![3, 4]);
+        assert_eq!(at(ForgetPositions::LastSubject), vec![4]);
+        let text = Seq::text((0..6).collect()).unwrap();
+        let cut = text.clone().at_forget_positions(ForgetPositions::LastSubject);
+        assert_eq!(cut.rep_positions, text.rep_positions);
+        // The targets never move.
+        assert_eq!(fact().at_forget_positions(ForgetPositions::Subject).targets, vec![(7, 9)]);
+    }
 }

@@ -743,6 +743,7 @@ mod tests {
             ids: ids[..n - 1].to_vec(),
             targets: vec![(n - 2, ids[n - 1])],
             rep_positions: (rep_from..n - 1).collect(),
+            subject: Some(rep_from..rep_from + 1),
         }
     }
 
