@@ -3,8 +3,8 @@
 //! keys and nonsense values are errors that name the key.
 
 use crate::forget::nullspace::Projection;
-use crate::forget::seqs::ForgetPositions;
 use crate::forget::optim::OptimConfig;
+use crate::forget::seqs::ForgetPositions;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -227,7 +227,12 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let n_train = cfg.retain_facts.min(pool.len() / 2);
     let mut retain: Vec<Fact> = pool[..n_train].to_vec();
     if cfg.retain_unknown_facts > 0 {
-        retain.extend(unknown_facts(&a.task, &known_facts, cfg.retain_unknown_facts, cfg.seed)?);
+        retain.extend(unknown_facts(
+            &a.task,
+            &known_facts,
+            cfg.retain_unknown_facts,
+            cfg.seed,
+        )?);
     }
     // With --tune, a validation split sits between the training retain facts and the held-out ones.
     let n_val = if a.tune.is_some() {
@@ -829,8 +834,14 @@ mod tests {
         assert_eq!(a.len(), 50);
         assert!(a.iter().all(|f| known.iter().all(|k| k.id != f.id)));
         let ids = |v: &[Fact]| v.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(&a), ids(&unknown_facts("sports", &known, 50, 7).unwrap()));
-        assert_ne!(ids(&a), ids(&unknown_facts("sports", &known, 50, 8).unwrap()));
+        assert_eq!(
+            ids(&a),
+            ids(&unknown_facts("sports", &known, 50, 7).unwrap())
+        );
+        assert_ne!(
+            ids(&a),
+            ids(&unknown_facts("sports", &known, 50, 8).unwrap())
+        );
         let every = unknown_facts("sports", &known, usize::MAX, 7).unwrap();
         assert_eq!(every.len(), all.len() - known.len());
     }

@@ -337,9 +337,14 @@ mod tests {
         assert_eq!(at(ForgetPositions::Subject), vec![3, 4]);
         assert_eq!(at(ForgetPositions::LastSubject), vec![4]);
         let text = Seq::text((0..6).collect()).unwrap();
-        let cut = text.clone().at_forget_positions(ForgetPositions::LastSubject);
+        let cut = text
+            .clone()
+            .at_forget_positions(ForgetPositions::LastSubject);
         assert_eq!(cut.rep_positions, text.rep_positions);
         // The targets never move.
-        assert_eq!(fact().at_forget_positions(ForgetPositions::Subject).targets, vec![(7, 9)]);
+        assert_eq!(
+            fact().at_forget_positions(ForgetPositions::Subject).targets,
+            vec![(7, 9)]
+        );
     }
 }
