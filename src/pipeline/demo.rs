@@ -1,20 +1,19 @@
-//! `unlearn demo`: the default job on Gemma 3 270M and Sports Facts. Locate the first 16 known
-//! athletes twice — by causal tracing (KUDA's MLP window) and by fact-lookup probes (the FLU
-//! layers, same number of MLPs) — unlearn them with KUDA on the traced window, localized
-//! fine-tuning on the FLU layers and gradient ascent on the traced window, evaluate each
-//! against the original model (completion, MCQ, spellings, fluency, latent probes, perplexity),
-//! attack each with a short LoRA relearning run, and write one HTML report. Each stage is
-//! skipped when its output is already there, so an interrupted demo continues where it
-//! stopped (an interrupted training resumes from its checkpoint).
+//! `unlearn demo`: the default job on Gemma 3 270M and Sports Facts — the experiment in
+//! `experiments/demo.toml` (built into the binary) run by the experiment pipeline, then a short
+//! table of the headline numbers. It locates the first 16 known athletes twice (causal tracing
+//! → KUDA's MLP window; fact-lookup probes → the FLU layers), unlearns them with KUDA on the
+//! traced window, localized fine-tuning on the FLU layers and gradient ascent on the traced
+//! window, evaluates each against the original model, attacks each with a short LoRA
+//! relearning run and writes one HTML report. Stages are cached by content hash like any
+//! `unlearn run`: a re-run skips what is finished and an interrupted training resumes.
 
-use crate::eval::relearn::{RelearnArgs, RelearnConfig};
-use crate::eval::run::{EvalArgs, Suite};
-use crate::forget::config::Method;
-use crate::forget::run::ForgetArgs;
-use crate::locate::run::LocateArgs;
-use anyhow::Result;
+use crate::pipeline::experiment::{self, Experiment};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+/// The experiment `unlearn demo` runs (the same text as `experiments/demo.toml`).
+pub const DEMO_EXPERIMENT: &str = include_str!("../../experiments/demo.toml");
 
 /// Options of `unlearn demo`.
 #[derive(Clone, Debug)]
@@ -25,144 +24,28 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
-fn done(p: &Path) -> bool {
-    p.exists()
+/// The built-in demo experiment with the command line's model, split and seed.
+pub fn experiment(a: &DemoArgs) -> Result<Experiment> {
+    let mut e: Experiment =
+        toml::from_str(DEMO_EXPERIMENT).context("the built-in demo experiment")?;
+    e.model = a.model.clone();
+    e.forget = a.forget.clone();
+    e.seed = a.seed;
+    e.validate()?;
+    Ok(e)
 }
 
 /// Run the demo; returns the report's path.
 pub fn run(a: &DemoArgs, device: &candle_core::Device) -> Result<PathBuf> {
-    let t0 = std::time::Instant::now();
-    let stage = |n: usize, what: &str| {
-        eprintln!(
-            "\n[{n}/5] {what} ({:.0}s so far)",
-            t0.elapsed().as_secs_f64()
-        )
-    };
-    let loc_dir = a.out.join("locate");
-    let flu_dir = a.out.join("locate-flu");
-    stage(
-        1,
-        "locating the facts: causal tracing → KUDA's MLP window; probes → FLU layers",
-    );
-    for (dir, method) in [(&loc_dir, "kuda-window"), (&flu_dir, "probe")] {
-        if done(&dir.join("localization.json")) {
-            eprintln!("already done: {}", dir.display());
-            continue;
-        }
-        crate::locate::run::run(
-            &LocateArgs {
-                model: a.model.clone(),
-                task: "sports".into(),
-                forget: a.forget.clone(),
-                known: "top1".into(),
-                seed: a.seed,
-                method: method.into(),
-                top_k: 3,
-                window: 3,
-                samples: 5,
-                max_facts: 8,
-                budget_of: None,
-                corruption: "noise".into(),
-                heads: false,
-                out: dir.clone(),
-            },
-            device,
-        )?;
-    }
-    let methods = [Method::Kuda, Method::LocalizedFt, Method::Ga];
-    stage(
-        2,
-        "unlearning: KUDA (traced window), localized fine-tuning (FLU layers), gradient ascent (traced window)",
-    );
-    for m in methods {
-        let out = a.out.join(m.name());
-        if done(&out.join("manifest.json")) {
-            eprintln!("already done: {}", out.display());
-            continue;
-        }
-        eprintln!("— {}", m.name());
-        let loc = if m == Method::LocalizedFt {
-            &flu_dir
-        } else {
-            &loc_dir
-        };
-        crate::forget::run::run(
-            &ForgetArgs {
-                forget: a.forget.clone(),
-                localization: Some(loc.join("localization.json")),
-                sets: vec![format!("seed={}", a.seed)],
-                eval: false,
-                ..ForgetArgs::defaults(&a.model, m, out)
-            },
-            device,
-        )?;
-    }
-    stage(3, "evaluating each result beside the original model");
-    let mut evals = Vec::new();
-    for m in methods {
-        let out = a.out.join(format!("eval-{}", m.name()));
-        if !done(&out.join("metrics.json")) {
-            eprintln!("— {}", m.name());
-            crate::eval::run::run(
-                &EvalArgs {
-                    model: a.model.clone(),
-                    unlearned: Some(a.out.join(m.name())),
-                    task: "sports".into(),
-                    forget: a.forget.clone(),
-                    known: "top1".into(),
-                    seed: a.seed,
-                    suite: Suite::Quick,
-                    held_out: 200,
-                    out: out.clone(),
-                },
-                device,
-            )?;
-        }
-        evals.push(out);
-    }
-    stage(4, "relearning attack on each result (LoRA, 10 steps)");
-    for m in methods {
-        let out = a.out.join(format!("eval-{}", m.name()));
-        if done(&out.join("relearn.json")) {
-            continue;
-        }
-        eprintln!("— {}", m.name());
-        crate::eval::relearn::run(
-            &RelearnArgs {
-                model: a.model.clone(),
-                unlearned: Some(a.out.join(m.name())),
-                task: "sports".into(),
-                forget: a.forget.clone(),
-                known: "top1".into(),
-                seed: a.seed,
-                cfg: RelearnConfig {
-                    steps: 10,
-                    seed: a.seed,
-                    ..Default::default()
-                },
-                out,
-            },
-            device,
-        )?;
-    }
-    stage(5, "writing the report");
-    let mut dirs = evals.clone();
-    dirs.extend(methods.iter().map(|m| a.out.join(m.name())));
-    dirs.push(loc_dir);
-    dirs.push(flu_dir);
-    let report = a.out.join("report.html");
-    crate::report::html::run(&dirs, &report)?;
-    print_summary(&evals)?;
-    eprintln!(
-        "\ndemo finished in {:.0}s; report: {}",
-        t0.elapsed().as_secs_f64(),
-        report.display()
-    );
+    let e = experiment(a)?;
+    let (report, _) = experiment::run(&e, &a.out, device)?;
+    println!("\n{}", summary(&e, &a.out)?);
     Ok(report)
 }
 
-/// A short table of the headline numbers of each evaluation.
-fn print_summary(evals: &[PathBuf]) -> Result<()> {
+/// The headline numbers of each unlearning run beside the original model's, as a text table
+/// (read from the stages' `eval/NAME/metrics.json` and `relearn/NAME/relearn.json`).
+pub fn summary(e: &Experiment, out: &Path) -> Result<String> {
     const COLS: [(&str, &str); 9] = [
         ("forget.top1_candidates", "forget acc"),
         // What the same model scores about made-up subjects: forgotten = at this level.
@@ -178,17 +61,24 @@ fn print_summary(evals: &[PathBuf]) -> Result<()> {
         ),
         ("relearn", "relearned"),
     ];
-    let mut header = format!("{:<14}", "model");
+    let read = |p: PathBuf| -> Result<Option<Value>> {
+        match std::fs::read_to_string(&p) {
+            Ok(t) => Ok(Some(
+                serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?,
+            )),
+            Err(_) => Ok(None),
+        }
+    };
+    let mut table = format!("{:<14}", "model");
     for (_, h) in COLS {
-        header.push_str(&format!("{h:>14}"));
+        table.push_str(&format!("{h:>14}"));
     }
-    println!("\n{header}");
-    let mut first = true;
-    for dir in evals {
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json"))?)?;
-        let rl: Option<Value> = std::fs::read_to_string(dir.join("relearn.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+    let mut original_done = false;
+    for u in &e.unlearn {
+        let Some(m) = read(out.join("eval").join(&u.name).join("metrics.json"))? else {
+            continue;
+        };
+        let rl = read(out.join("relearn").join(&u.name).join("relearn.json"))?;
         let get = |k: &str, field: &str| -> String {
             if k == "relearn" {
                 // Unseen-half accuracy at the end of the attack (unlearned column only).
@@ -206,25 +96,105 @@ fn print_summary(evals: &[PathBuf]) -> Result<()> {
                 .and_then(|r| r[field].as_f64())
                 .map_or("–".into(), |v| format!("{v:.3}"))
         };
-        if first {
-            let mut line = format!("{:<14}", "original");
+        let mut line = |name: &str, field: &str| {
+            table.push_str(&format!("\n{name:<14}"));
             for (k, _) in COLS {
-                line.push_str(&format!("{:>14}", get(k, "original")));
+                table.push_str(&format!("{:>14}", get(k, field)));
             }
-            println!("{line}");
-            first = false;
+        };
+        if !original_done {
+            line("original", "original");
+            original_done = true;
         }
-        let name = m["manifest"]["method"].as_str().unwrap_or("?").to_string();
-        let mut line = format!("{name:<14}");
-        for (k, _) in COLS {
-            line.push_str(&format!("{:>14}", get(k, "unlearned")));
-        }
-        println!("{line}");
+        line(&u.name, "unlearned");
     }
-    println!(
-        "forget acc / MCQ: the true sport wins among the three (lower = more forgotten; chance 1/3); \
+    table.push_str(
+        "\nforget acc / MCQ: the true sport wins among the three (lower = more forgotten; chance 1/3); \
          latent probe: best per-layer probe accuracy on the forget athletes; relearned: accuracy \
-         on the half of them the LoRA attack never saw, after it"
+         on the half of them the LoRA attack never saw, after it",
     );
-    Ok(())
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args() -> DemoArgs {
+        DemoArgs {
+            model: "some/model.gguf".into(),
+            forget: "random-8".into(),
+            seed: 7,
+            out: "unused".into(),
+        }
+    }
+
+    #[test]
+    fn the_demo_is_the_shipped_experiment_with_the_command_line_overrides() {
+        let e = experiment(&args()).unwrap();
+        let shipped = Experiment::load(Path::new("experiments/demo.toml")).unwrap();
+        assert_eq!(
+            serde_json::to_value(&shipped.unlearn).unwrap(),
+            serde_json::to_value(&e.unlearn).unwrap()
+        );
+        let names: Vec<&str> = e.unlearn.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["kuda", "localized-ft", "ga"]);
+        assert_eq!(
+            (e.model.as_str(), e.forget.as_str(), e.seed),
+            ("some/model.gguf", "random-8", 7)
+        );
+        assert_eq!(shipped.model, "gemma3-270m");
+    }
+
+    #[test]
+    fn the_summary_reads_each_runs_evaluation_and_attack() {
+        let d = tempfile::tempdir().unwrap();
+        let e = experiment(&args()).unwrap();
+        let write = |rel: &str, v: Value| {
+            let p = d.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v.to_string()).unwrap();
+        };
+        let row =
+            |m: &str, o: f64, u: f64| json!({"metric": m, "n": 16, "original": o, "unlearned": u});
+        write(
+            "eval/kuda/metrics.json",
+            json!({"rows": [row("forget.top1_candidates", 1.0, 0.25),
+                             row("utility.wikitext_perplexity", 13.94, 14.5)]}),
+        );
+        write(
+            "relearn/kuda/relearn.json",
+            json!({"curve": {"unseen": [{"top1_candidates": 0.25}, {"top1_candidates": 0.625}]}}),
+        );
+        // ga was evaluated but not attacked; localized-ft has no evaluation yet.
+        write(
+            "eval/ga/metrics.json",
+            json!({"rows": [row("forget.top1_candidates", 1.0, 0.5)]}),
+        );
+        let s = summary(&e, d.path()).unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        let cells = |name: &str| -> Vec<String> {
+            let l = lines.iter().find(|l| l.starts_with(name)).unwrap();
+            l.split_whitespace().map(String::from).collect()
+        };
+        // model, forget acc, know-nothing, MCQ, held-out, ppl, H, answer ppl, probe, relearned
+        assert_eq!(cells("original")[1], "1.000");
+        assert_eq!(cells("original")[5], "13.940");
+        assert_eq!(cells("original")[9], "–");
+        assert_eq!(cells("kuda")[1], "0.250");
+        assert_eq!(cells("kuda")[5], "14.500");
+        assert_eq!(cells("kuda")[9], "0.625");
+        assert_eq!(cells("ga")[1], "0.500");
+        assert_eq!(cells("ga")[9], "–");
+        assert!(!s.contains("localized-ft"));
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("original")).count(),
+            1
+        );
+        // A broken file is an error naming it, not a silent blank.
+        std::fs::write(d.path().join("eval/ga/metrics.json"), "{oops").unwrap();
+        let err = format!("{:#}", summary(&e, d.path()).unwrap_err());
+        assert!(err.contains("eval/ga/metrics.json"), "{err}");
+    }
 }
