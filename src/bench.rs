@@ -234,7 +234,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         "results": rows,
         "pytorch_same_run": pytorch_run,
     });
-    crate::util::write_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    crate::util::write_json(out, &report)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

@@ -14,6 +14,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     persist(tmp, path)
 }
 
+/// Write `value` as pretty-printed JSON to `path`, atomically (see [`write_atomic`]).
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .with_context(|| format!("serializing {}", path.display()))?;
+    write_atomic(path, text.as_bytes())
+}
+
 /// A temporary file in the directory of `path` (created if needed), for an atomic rename.
 fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path
@@ -144,4 +151,29 @@ pub fn current_rss() -> Option<u64> {
 /// Reset the peak-RSS counter (Linux `clear_refs` 5).
 pub fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_written_whole_into_a_new_directory_and_replaces_the_old_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/metrics.json");
+        write_json(&p, &serde_json::json!({"x": 1})).unwrap();
+        write_json(&p, &serde_json::json!({"x": [2, 3]})).unwrap();
+        let back: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, serde_json::json!({"x": [2, 3]}));
+        // Nothing but the file itself is left in the directory (no temporary files).
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["metrics.json"]);
+        // A path whose parent is a file is an error that names it.
+        let err = write_json(&p.join("x.json"), &1).unwrap_err();
+        assert!(format!("{err:#}").contains("metrics.json"), "{err:#}");
+    }
 }

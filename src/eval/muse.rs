@@ -282,11 +282,7 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         "samples": {"original": o.samples, "unlearned": u.as_ref().map(|s| s.samples.clone())},
         "seconds": t0.elapsed().as_secs_f64(),
     });
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    crate::util::write_atomic(
-        &a.out.join("metrics.json"),
-        serde_json::to_string_pretty(&out)?.as_bytes(),
-    )?;
+    crate::util::write_json(&a.out.join("metrics.json"), &out)?;
     eprintln!("wrote {}", a.out.join("metrics.json").display());
     Ok(out)
 }

@@ -13,7 +13,7 @@ use crate::forget::seqs::{text_chunks, Seq, SeqSet};
 use crate::forget::terms::LogitLoss;
 use crate::forget::trainer::{DataSet, Loss, Plan, Term};
 use crate::model::LanguageModel;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -222,9 +222,8 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
         "unseen_ids": unseen.iter().map(|f| &f.id).collect::<Vec<_>>(),
         "curve": curve,
     });
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let p = a.out.join("relearn.json");
-    crate::util::write_atomic(&p, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    crate::util::write_json(&p, &out)?;
     eprintln!("wrote {}", p.display());
     Ok(out)
 }

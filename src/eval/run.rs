@@ -452,11 +452,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         "fluency_samples": {"original": orig_f.samples, "unlearned": unl.as_ref().map(|(_, f)| f.samples.clone())},
         "seconds": t0.elapsed().as_secs_f64(),
     });
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    crate::util::write_atomic(
-        &a.out.join("metrics.json"),
-        serde_json::to_string_pretty(&out)?.as_bytes(),
-    )?;
+    crate::util::write_json(&a.out.join("metrics.json"), &out)?;
     eprintln!(
         "wrote {} in {:.0}s",
         a.out.join("metrics.json").display(),

@@ -452,11 +452,7 @@ pub fn run_eval(a: &TofuEvalArgs, device: &candle_core::Device) -> Result<serde_
         "note": "forget quality: exact two-sided KS p-value between the forget truth ratios of each model and of the retain-only model (the retain-only model scores 1 against itself); model utility: harmonic mean of probability, ROUGE-L recall and truth score on retain QA, real authors and world facts",
         "seconds": t0.elapsed().as_secs_f64(),
     });
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    crate::util::write_atomic(
-        &a.out.join("metrics.json"),
-        serde_json::to_string_pretty(&out)?.as_bytes(),
-    )?;
+    crate::util::write_json(&a.out.join("metrics.json"), &out)?;
     eprintln!("wrote {}", a.out.join("metrics.json").display());
     Ok(out)
 }

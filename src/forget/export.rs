@@ -81,10 +81,7 @@ pub fn write_output(dir: &Path, lm: &LanguageModel, manifest: &Manifest, full: b
             None,
         )?;
     }
-    crate::util::write_atomic(
-        &dir.join("manifest.json"),
-        serde_json::to_string_pretty(manifest)?.as_bytes(),
-    )
+    crate::util::write_json(&dir.join("manifest.json"), manifest)
 }
 
 /// Read an output directory that holds only changed tensors: the base model (checked against

@@ -387,10 +387,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             },
             &a.out.join("tune"),
         )?;
-        crate::util::write_atomic(
-            &a.out.join("tune").join("tuning.json"),
-            serde_json::to_string_pretty(&report)?.as_bytes(),
-        )?;
+        crate::util::write_json(&a.out.join("tune").join("tuning.json"), &report)?;
         cfg = c;
         tuning = Some(report);
     }
@@ -441,9 +438,9 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     };
     write_output(&a.out, &lm, &manifest, a.full)?;
     if a.eval {
-        crate::util::write_atomic(
+        crate::util::write_json(
             &a.out.join("metrics.json"),
-            serde_json::to_string_pretty(&json!({"before": before, "after": after}))?.as_bytes(),
+            &json!({"before": before, "after": after}),
         )?;
     }
     eprintln!(

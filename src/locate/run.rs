@@ -331,10 +331,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         );
         o.insert("per_fact".into(), json!(per_fact));
     }
-    write(
-        &a.out.join("localization.json"),
-        &serde_json::to_string_pretty(&v)?,
-    )?;
+    crate::util::write_json(&a.out.join("localization.json"), &v)?;
     let layers: Vec<String> = (0..n_layers).map(|l| l.to_string()).collect();
     if needs_trace {
         let roles: Vec<String> = ROLES.iter().map(|s| s.to_string()).collect();

@@ -252,10 +252,7 @@ pub fn export_hf_dir(
     cfg.as_object_mut()
         .expect("object")
         .insert("unlearn".into(), serde_json::to_value(config)?);
-    crate::util::write_atomic(
-        &dir.join("config.json"),
-        serde_json::to_string_pretty(&cfg)?.as_bytes(),
-    )?;
+    crate::util::write_json(&dir.join("config.json"), &cfg)?;
     tokenizer.save_hf(dir)?;
     Ok(())
 }

@@ -680,10 +680,7 @@ impl TextTokenizer {
             "add_bos_token": self.add_bos,
             "add_eos_token": false,
         });
-        crate::util::write_atomic(
-            &dir.join("tokenizer_config.json"),
-            serde_json::to_string_pretty(&tcfg)?.as_bytes(),
-        )?;
+        crate::util::write_json(&dir.join("tokenizer_config.json"), &tcfg)?;
         let side = Sidecar {
             kind: self.kind,
             bos_id: self.bos_id,
@@ -691,10 +688,7 @@ impl TextTokenizer {
             pad_id: self.pad_id,
             add_bos: self.add_bos,
         };
-        crate::util::write_atomic(
-            &dir.join(SIDECAR),
-            serde_json::to_string_pretty(&side)?.as_bytes(),
-        )?;
+        crate::util::write_json(&dir.join(SIDECAR), &side)?;
         Ok(())
     }
 

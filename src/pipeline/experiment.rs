@@ -305,12 +305,11 @@ pub fn execute(stages: Vec<Stage>) -> Result<Vec<(String, Outcome)>> {
         let t0 = std::time::Instant::now();
         crate::util::reset_peak();
         (s.work)().with_context(|| format!("stage {}", s.name))?;
-        crate::util::write_atomic(
+        crate::util::write_json(
             &s.dir.join(STAGE_FILE),
-            serde_json::to_string_pretty(&json!({"stage": s.name, "key": s.key,
+            &json!({"stage": s.name, "key": s.key,
                 "seconds": t0.elapsed().as_secs_f64(),
-                "peak_rss_bytes": crate::util::peak_rss()}))?
-            .as_bytes(),
+                "peak_rss_bytes": crate::util::peak_rss()}),
         )?;
         out.push((s.name, Outcome::Ran));
     }
@@ -442,11 +441,10 @@ pub fn run(
     let done = execute(stages)?;
     let report = out.join("report.html");
     crate::report::html::run(&reports, &report)?;
-    crate::util::write_atomic(
+    crate::util::write_json(
         &out.join("experiment.json"),
-        serde_json::to_string_pretty(&json!({"experiment": e, "stages": done,
-            "seconds": t0.elapsed().as_secs_f64()}))?
-        .as_bytes(),
+        &json!({"experiment": e, "stages": done,
+            "seconds": t0.elapsed().as_secs_f64()}),
     )?;
     eprintln!(
         "experiment {} finished in {:.0}s ({} stages run, {} unchanged); report: {}",
