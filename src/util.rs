@@ -112,20 +112,43 @@ pub fn cached_json<T: serde::Serialize + serde::de::DeserializeOwned>(
     key: &[u8],
     compute: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    use sha2::{Digest, Sha256};
+    cached_json_if(kind, key, |_| true, compute)
+}
+
+/// [`cached_json`], but a cached value that `fresh` rejects (written by an older version that
+/// measured less, say) is computed again and replaced.
+pub fn cached_json_if<T: serde::Serialize + serde::de::DeserializeOwned>(
+    kind: &str,
+    key: &[u8],
+    fresh: impl Fn(&T) -> bool,
+    compute: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    cached_json_in(
+        &crate::model::source::cache_dir()?,
+        kind,
+        key,
+        fresh,
+        compute,
+    )
+}
+
+fn cached_json_in<T: serde::Serialize + serde::de::DeserializeOwned>(
+    dir: &Path,
+    kind: &str,
+    key: &[u8],
+    fresh: impl Fn(&T) -> bool,
+    compute: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let h = hex::encode(Sha256::digest(key));
-    let path = crate::model::source::cache_dir()?
-        .join(kind)
-        .join(format!("{}.json", &h[..32]));
+    let path = dir.join(kind).join(format!("{}.json", &h[..32]));
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(v) = serde_json::from_str::<T>(&text) {
-            return Ok(v);
+            if fresh(&v) {
+                return Ok(v);
+            }
         }
     }
     let v = compute()?;
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
     write_atomic(&path, serde_json::to_string(&v)?.as_bytes())?;
     Ok(v)
 }
@@ -156,6 +179,36 @@ pub fn reset_peak() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_value_is_reused_unless_stale_or_unreadable() {
+        let d = tempfile::tempdir().unwrap();
+        let runs = std::cell::Cell::new(0);
+        let get = |fresh: &dyn Fn(&Vec<u32>) -> bool, v: Vec<u32>| {
+            cached_json_in(d.path(), "k", b"key", fresh, || {
+                runs.set(runs.get() + 1);
+                Ok(v)
+            })
+            .unwrap()
+        };
+        assert_eq!(get(&|_| true, vec![1]), [1]);
+        assert_eq!(get(&|_| true, vec![2]), [1], "cached");
+        assert_eq!(runs.get(), 1);
+        // An older entry that lacks what is measured now is computed again and replaced.
+        assert_eq!(get(&|v| v.len() == 2, vec![1, 2]), [1, 2]);
+        assert_eq!(get(&|v| v.len() == 2, vec![9, 9]), [1, 2]);
+        assert_eq!(runs.get(), 2);
+        // A corrupt entry is computed again, not an error.
+        let file = std::fs::read_dir(d.path().join("k"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::write(&file, "{trunc").unwrap();
+        assert_eq!(get(&|_| true, vec![3]), [3]);
+        assert_eq!(runs.get(), 3);
+    }
 
     #[test]
     fn json_is_written_whole_into_a_new_directory_and_replaces_the_old_file() {

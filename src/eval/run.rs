@@ -352,21 +352,6 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         held_out.len()
     );
 
-    // The original model's numbers depend only on it, the facts and the suite: cached.
-    let key = serde_json::to_vec(
-        &json!({"v": 1, "model": crate::model::source::fingerprint(&original.origin)?,
-        "forget": forget, "held_out": held_out, "new": new_answers, "suite": a.suite, "seed": a.seed}),
-    )?;
-    let (orig_m, orig_f): (Measures, Fluency) = crate::util::cached_json("eval", &key, || {
-        measure(
-            &original,
-            &original,
-            &forget,
-            &held_out,
-            new_answers.as_deref(),
-            a,
-        )
-    })?;
     let unlearned_lm = match &a.unlearned {
         Some(d) => Some(LanguageModel::load(&d.display().to_string(), device)?),
         None => None,
@@ -382,6 +367,28 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         )?),
         None => None,
     };
+    // The original model's numbers depend only on it, the facts and the suite: cached. An
+    // entry from a version that measured other things (it lacks a row the unlearned model
+    // has) is measured again rather than leaving that row out.
+    let key = serde_json::to_vec(
+        &json!({"v": 2, "model": crate::model::source::fingerprint(&original.origin)?,
+        "forget": forget, "held_out": held_out, "new": new_answers, "suite": a.suite, "seed": a.seed}),
+    )?;
+    let same_rows = |cached: &(Measures, Fluency)| {
+        unl.as_ref()
+            .is_none_or(|(u, _)| u.keys().eq(cached.0.keys()))
+    };
+    let (orig_m, orig_f): (Measures, Fluency) =
+        crate::util::cached_json_if("eval", &key, same_rows, || {
+            measure(
+                &original,
+                &original,
+                &forget,
+                &held_out,
+                new_answers.as_deref(),
+                a,
+            )
+        })?;
     let timing = |m: &Measures| -> BTreeMap<String, f64> {
         m.iter()
             .filter_map(|(k, v)| k.strip_prefix("seconds.").map(|s| (s.to_string(), v.1)))
