@@ -81,10 +81,11 @@ enum TofuCommand {
 enum Command {
     /// The whole job on the default model and Sports Facts: runs experiments/demo.toml (built
     /// in) — locate the first 16 known athletes (causal tracing → KUDA's MLP window; probes →
-    /// the FLU layers), unlearn them with KUDA and gradient ascent on the window and localized
-    /// fine-tuning on the FLU layers, evaluate each beside the original, attack each with LoRA
-    /// relearning, write OUT/report.html and print a summary table. Stages are cached like
-    /// `unlearn run`: re-running skips finished stages (and resumes a training).
+    /// the FLU layers), unlearn them with KUDA (ℓ* = the window's last layer, and ℓ* = 12) and
+    /// gradient ascent on the window and with localized fine-tuning on the FLU layers, evaluate
+    /// each beside the original, attack each with LoRA relearning, write OUT/report.html and
+    /// print a summary table. Stages are cached like `unlearn run`: re-running skips finished
+    /// stages (and resumes a training).
     Demo {
         #[arg(long, short, default_value = "gemma3-270m")]
         model: String,

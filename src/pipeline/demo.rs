@@ -2,10 +2,11 @@
 //! `experiments/demo.toml` (built into the binary) run by the experiment pipeline, then a short
 //! table of the headline numbers. It locates the first 16 known athletes twice (causal tracing
 //! → KUDA's MLP window; fact-lookup probes → the FLU layers), unlearns them with KUDA on the
-//! traced window, localized fine-tuning on the FLU layers and gradient ascent on the traced
-//! window, evaluates each against the original model, attacks each with a short LoRA
-//! relearning run and writes one HTML report. Stages are cached by content hash like any
-//! `unlearn run`: a re-run skips what is finished and an interrupted training resumes.
+//! traced window (as specified, and with its representation layer at 12), localized
+//! fine-tuning on the FLU layers and gradient ascent on the traced window, evaluates each
+//! against the original model, attacks each with a short LoRA relearning run and writes one
+//! HTML report. Stages are cached by content hash like any `unlearn run`: a re-run skips what
+//! is finished and an interrupted training resumes.
 
 use crate::pipeline::experiment::{self, Experiment};
 use anyhow::{Context, Result};
@@ -139,7 +140,7 @@ mod tests {
             serde_json::to_value(&e.unlearn).unwrap()
         );
         let names: Vec<&str> = e.unlearn.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["kuda", "localized-ft", "ga"]);
+        assert_eq!(names, ["kuda", "kuda-l12", "localized-ft", "ga"]);
         assert_eq!(
             (e.model.as_str(), e.forget.as_str(), e.seed),
             ("some/model.gguf", "random-8", 7)
