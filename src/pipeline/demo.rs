@@ -74,40 +74,40 @@ pub fn summary(e: &Experiment, out: &Path) -> Result<String> {
     for (_, h) in COLS {
         table.push_str(&format!("{h:>14}"));
     }
-    let mut original_done = false;
+    // One value of a metrics file (or the attack's last unseen-half accuracy, for "relearn").
+    let cell = |m: &Value, rl: &Option<Value>, k: &str, field: &str| -> Option<f64> {
+        if k == "relearn" {
+            return rl.as_ref().filter(|_| field == "unlearned").and_then(|r| {
+                r["curve"]["unseen"].as_array()?.last()?["top1_candidates"].as_f64()
+            });
+        }
+        m["rows"].as_array()?.iter().find(|r| r["metric"] == k)?[field].as_f64()
+    };
+    // The original model's row takes each column from the first evaluation that has it.
+    let mut original: Vec<Option<f64>> = vec![None; COLS.len()];
+    let mut lines: Vec<(String, Vec<Option<f64>>)> = Vec::new();
     for u in &e.unlearn {
         let Some(m) = read(out.join("eval").join(&u.name).join("metrics.json"))? else {
             continue;
         };
         let rl = read(out.join("relearn").join(&u.name).join("relearn.json"))?;
-        let get = |k: &str, field: &str| -> String {
-            if k == "relearn" {
-                // Unseen-half accuracy at the end of the attack (unlearned column only).
-                return rl
-                    .as_ref()
-                    .filter(|_| field == "unlearned")
-                    .and_then(|r| {
-                        r["curve"]["unseen"].as_array()?.last()?["top1_candidates"].as_f64()
-                    })
-                    .map_or("–".into(), |v| format!("{v:.3}"));
-            }
-            m["rows"]
-                .as_array()
-                .and_then(|rows| rows.iter().find(|r| r["metric"] == k))
-                .and_then(|r| r[field].as_f64())
-                .map_or("–".into(), |v| format!("{v:.3}"))
-        };
-        let mut line = |name: &str, field: &str| {
-            table.push_str(&format!("\n{name:<14}"));
-            for (k, _) in COLS {
-                table.push_str(&format!("{:>14}", get(k, field)));
-            }
-        };
-        if !original_done {
-            line("original", "original");
-            original_done = true;
+        for (o, (k, _)) in original.iter_mut().zip(COLS) {
+            *o = o.or_else(|| cell(&m, &rl, k, "original"));
         }
-        line(&u.name, "unlearned");
+        let values = COLS.iter().map(|(k, _)| cell(&m, &rl, k, "unlearned"));
+        lines.push((u.name.clone(), values.collect()));
+    }
+    if !lines.is_empty() {
+        lines.insert(0, ("original".into(), original));
+    }
+    for (name, values) in lines {
+        table.push_str(&format!("\n{name:<14}"));
+        for v in values {
+            table.push_str(&format!(
+                "{:>14}",
+                v.map_or("–".into(), |v| format!("{v:.3}"))
+            ));
+        }
     }
     table.push_str(
         "\nforget acc / MCQ: the true sport wins among the three (lower = more forgotten; chance 1/3); \
@@ -171,7 +171,8 @@ mod tests {
         // ga was evaluated but not attacked; localized-ft has no evaluation yet.
         write(
             "eval/ga/metrics.json",
-            json!({"rows": [row("forget.top1_candidates", 1.0, 0.5)]}),
+            json!({"rows": [row("forget.top1_candidates", 1.0, 0.5),
+                             row("forget.know_nothing_floor.top1_candidates", 0.375, 0.5)]}),
         );
         let s = summary(&e, d.path()).unwrap();
         let lines: Vec<&str> = s.lines().collect();
@@ -183,6 +184,9 @@ mod tests {
         assert_eq!(cells("original")[1], "1.000");
         assert_eq!(cells("original")[5], "13.940");
         assert_eq!(cells("original")[9], "–");
+        // A column the first evaluation lacks (an older version's) comes from the next one.
+        assert_eq!(cells("original")[2], "0.375");
+        assert_eq!(cells("kuda")[2], "–");
         assert_eq!(cells("kuda")[1], "0.250");
         assert_eq!(cells("kuda")[5], "14.500");
         assert_eq!(cells("kuda")[9], "0.625");
