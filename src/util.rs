@@ -21,6 +21,19 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// Read a JSON file: `None` when it cannot be read (absent), an error naming it when it is not
+/// valid JSON.
+pub fn read_json(p: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read_to_string(p) {
+        Ok(t) => {
+            Ok(Some(serde_json::from_str(&t).with_context(|| {
+                format!("{}: not valid JSON", p.display())
+            })?))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 /// A temporary file in the directory of `path` (created if needed), for an atomic rename.
 fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path

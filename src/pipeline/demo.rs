@@ -8,7 +8,8 @@
 //! HTML report. Stages are cached by content hash like any `unlearn run`: a re-run skips what
 //! is finished and an interrupted training resumes.
 
-use crate::pipeline::experiment::{self, Experiment};
+use crate::pipeline::experiment::{self, stage_dir, Experiment};
+use crate::util::read_json;
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,6 @@ pub fn experiment(a: &DemoArgs) -> Result<Experiment> {
     e.model = a.model.clone();
     e.forget = a.forget.clone();
     e.seed = a.seed;
-    e.validate()?;
     Ok(e)
 }
 
@@ -62,14 +62,6 @@ pub fn summary(e: &Experiment, out: &Path) -> Result<String> {
         ),
         ("relearn", "relearned"),
     ];
-    let read = |p: PathBuf| -> Result<Option<Value>> {
-        match std::fs::read_to_string(&p) {
-            Ok(t) => Ok(Some(
-                serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?,
-            )),
-            Err(_) => Ok(None),
-        }
-    };
     let mut table = format!("{:<14}", "model");
     for (_, h) in COLS {
         table.push_str(&format!("{h:>14}"));
@@ -87,10 +79,10 @@ pub fn summary(e: &Experiment, out: &Path) -> Result<String> {
     let mut original: Vec<Option<f64>> = vec![None; COLS.len()];
     let mut lines: Vec<(String, Vec<Option<f64>>)> = Vec::new();
     for u in &e.unlearn {
-        let Some(m) = read(out.join("eval").join(&u.name).join("metrics.json"))? else {
+        let Some(m) = read_json(&stage_dir(out, "eval", &u.name).join("metrics.json"))? else {
             continue;
         };
-        let rl = read(out.join("relearn").join(&u.name).join("relearn.json"))?;
+        let rl = read_json(&stage_dir(out, "relearn", &u.name).join("relearn.json"))?;
         for (o, (k, _)) in original.iter_mut().zip(COLS) {
             *o = o.or_else(|| cell(&m, &rl, k, "original"));
         }

@@ -316,6 +316,12 @@ pub fn execute(stages: Vec<Stage>) -> Result<Vec<(String, Outcome)>> {
     Ok(out)
 }
 
+/// Where an experiment's stage writes: `OUT/KIND/NAME`, KIND one of locate, unlearn, eval,
+/// relearn.
+pub fn stage_dir(out: &Path, kind: &str, name: &str) -> PathBuf {
+    out.join(kind).join(name)
+}
+
 fn hash(v: &Value) -> String {
     let mut h = Sha256::new();
     h.update(v.to_string().as_bytes());
@@ -335,7 +341,7 @@ pub fn run(
         "forget": e.forget, "known": e.known, "seed": e.seed});
     let mut stages = Vec::new();
     let mut loc_keys: BTreeMap<String, String> = BTreeMap::new();
-    let loc_dir = |n: &str| out.join("locate").join(n);
+    let loc_dir = |n: &str| stage_dir(out, "locate", n);
     for l in &e.localization {
         let key = hash(&json!({"base": base, "spec": l,
             "budget": l.budget_of.as_ref().map(|b| &loc_keys[b])}));
@@ -371,7 +377,7 @@ pub fn run(
         let method: Method = u.method.parse()?;
         let fkey = hash(&json!({"base": base, "spec": u,
             "loc": u.localization.as_ref().map(|l| &loc_keys[l])}));
-        let fdir = out.join("unlearn").join(&u.name);
+        let fdir = stage_dir(out, "unlearn", &u.name);
         let fa = ForgetArgs {
             task: e.task.clone(),
             forget: e.forget.clone(),
@@ -396,7 +402,7 @@ pub fn run(
         });
         reports.push(fdir.clone());
         if e.eval.suite != "none" {
-            let edir = out.join("eval").join(&u.name);
+            let edir = stage_dir(out, "eval", &u.name);
             let ea = EvalArgs {
                 model: e.model.clone(),
                 unlearned: Some(fdir.clone()),
@@ -417,7 +423,7 @@ pub fn run(
             reports.push(edir);
         }
         if e.relearn.steps > 0 {
-            let rdir = out.join("relearn").join(&u.name);
+            let rdir = stage_dir(out, "relearn", &u.name);
             let ra = RelearnArgs {
                 model: e.model.clone(),
                 unlearned: Some(fdir.clone()),

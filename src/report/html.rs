@@ -7,7 +7,7 @@
 //! evaluations.
 
 use crate::report::svg::{esc, lines};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -25,17 +25,6 @@ struct Input {
     tofu: Option<Value>,
     train_log: Vec<Value>,
     svgs: Vec<(String, String)>,
-}
-
-fn read_json(p: &Path) -> Result<Option<Value>> {
-    match std::fs::read_to_string(p) {
-        Ok(t) => {
-            Ok(Some(serde_json::from_str(&t).with_context(|| {
-                format!("{}: not valid JSON", p.display())
-            })?))
-        }
-        Err(_) => Ok(None),
-    }
 }
 
 fn read_input(dir: &Path) -> Result<Input> {
@@ -56,7 +45,7 @@ fn read_input(dir: &Path) -> Result<Input> {
         }
     }
     // metrics.json of `eval` has rows; that of `forget` has before/after (shown with the run).
-    let metrics = read_json(&dir.join("metrics.json"))?;
+    let metrics = crate::util::read_json(&dir.join("metrics.json"))?;
     let (metrics, run_metrics, tofu) = match metrics {
         Some(m) if m["rows"].is_array() => (Some(m), None, None),
         Some(m) if m["benchmark"] == "tofu" => (None, None, Some(m)),
@@ -66,8 +55,8 @@ fn read_input(dir: &Path) -> Result<Input> {
         dir: dir.to_path_buf(),
         metrics,
         run_metrics,
-        manifest: read_json(&dir.join("manifest.json"))?,
-        relearn: read_json(&dir.join("relearn.json"))?,
+        manifest: crate::util::read_json(&dir.join("manifest.json"))?,
+        relearn: crate::util::read_json(&dir.join("relearn.json"))?,
         tofu,
         train_log,
         svgs,
