@@ -94,11 +94,10 @@ pub struct KudaConfig {
     pub key_text_chunks: usize,
     /// Representation layer ℓ* (default: the last updated layer).
     pub rep_layer: Option<usize>,
-    /// Measure the deviation around the mean residual of the retain facts and general text
-    /// at ℓ* (cos(h − μ, h₀ − μ)) instead of around 0. Gemma's residual carries a large
-    /// component shared by every token, which keeps the plain cosine near 1 whatever the
-    /// subject; see docs/forget.md.
-    pub center: bool,
+    /// Where the deviation is measured from: cos(h − c, h₀ − c). Gemma's residual carries a
+    /// large component shared by every token, which keeps the plain cosine (c = 0) near 1
+    /// whatever the subject; see docs/forget.md.
+    pub center: Centre,
 }
 
 impl Default for KudaConfig {
@@ -114,7 +113,52 @@ impl Default for KudaConfig {
             project_update: true,
             key_text_chunks: 64,
             rep_layer: None,
-            center: false,
+            center: Centre::None,
+        }
+    }
+}
+
+/// The centre c of KUDA's deviation cos(h − c, h₀ − c) (`kuda.center`; `true` and `false`
+/// are read as `mean` and `none`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Centre {
+    /// c = 0: the cosine of SPEC §3.1.
+    #[default]
+    None,
+    /// c = the mean residual at ℓ* of the retain facts and general text.
+    Mean,
+    /// c = the mean residual, at the same place in the prompt (a subject token, the subject's
+    /// last token, k tokens after it), of facts about subjects the model does not know
+    /// (`retain_unknown_facts`): h₀ − c is then what the model holds about this subject beyond
+    /// what it says of anyone, and reflecting it points away from the answer rather than
+    /// toward the prior.
+    Unknown,
+}
+
+impl std::str::FromStr for Centre {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "none" | "false" => Centre::None,
+            "mean" | "true" => Centre::Mean,
+            "unknown" => Centre::Unknown,
+            _ => bail!("kuda.center {s:?}: use none, mean or unknown"),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Centre {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(b) => Ok(if b { Centre::Mean } else { Centre::None }),
+            Raw::Name(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
 }
@@ -448,6 +492,22 @@ mod tests {
         let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.projection=sideways".into()])
             .unwrap_err();
         assert!(format!("{e:#}").contains("sideways"), "{e:#}");
+    }
+
+    #[test]
+    fn the_centre_reads_a_name_or_the_old_flag() {
+        let centre = |v: &str| {
+            ForgetConfig::resolve(Method::Kuda, None, &[format!("kuda.center={v}")])
+                .map(|c| c.kuda.center)
+        };
+        assert_eq!(centre("true").unwrap(), Centre::Mean);
+        assert_eq!(centre("false").unwrap(), Centre::None);
+        assert_eq!(centre("none").unwrap(), Centre::None);
+        assert_eq!(centre("unknown").unwrap(), Centre::Unknown);
+        let e = centre("middle").unwrap_err();
+        assert!(format!("{e:#}").contains("middle"), "{e:#}");
+        let c = ForgetConfig::resolve(Method::Kuda, Some("[kuda]\ncenter = \"mean\"\n"), &[]);
+        assert_eq!(c.unwrap().kuda.center, Centre::Mean);
     }
 
     #[test]

@@ -6,24 +6,26 @@ use crate::data::{self, known, Fact};
 use crate::eval::completion::{accuracy, Accuracy};
 use crate::eval::floor::know_nothing_floor;
 use crate::eval::perplexity::{perplexity, tokenize_lines, Perplexity};
-use crate::forget::config::{ForgetConfig, Method};
+use crate::forget::config::{Centre, ForgetConfig, Method};
 use crate::forget::export::{base_spec, write_output, Manifest};
 use crate::forget::methods;
 use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
-use crate::forget::seqs::{text_chunks, Seq, SeqSet};
-use crate::forget::terms::ReprLoss;
+use crate::forget::seqs::{text_chunks, Place, Seq, SeqSet};
 use crate::forget::trainer::{
-    first_layer, layer_of, mean_ref_norm, mean_ref_row, steering_vector, train, Loss, Plan,
+    first_layer, layer_of, mean_ref_norm, mean_ref_row, mean_ref_row_by_place, steering_vector,
+    train, Plan,
 };
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Options of `unlearn forget` / `unlearn edit`.
@@ -356,6 +358,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         edit: a.edit,
         forget_seqs,
         retain_seqs,
+        known_retain: n_train,
         text_seqs,
         params: params.clone(),
         rep_layer,
@@ -535,6 +538,8 @@ struct TrainCtx {
     edit: bool,
     forget_seqs: Vec<Seq>,
     retain_seqs: Vec<Seq>,
+    /// How many of `retain_seqs` are known subjects (the unknown ones follow).
+    known_retain: usize,
     text_seqs: Vec<Seq>,
     params: Vec<String>,
     rep_layer: Option<usize>,
@@ -630,38 +635,87 @@ fn plan_for(
         text_rows: cfg.text_ce_rows,
     };
     plan.precompute(&lm.model, 16)?;
-    if ctx.method == Method::Kuda && cfg.kuda.center {
-        center_deviation(&mut plan)?;
+    if ctx.method == Method::Kuda {
+        center_deviation(&mut plan, cfg.kuda.center, ctx.known_retain)?;
     }
     Ok(plan)
 }
 
-/// Give KUDA's deviation term its centre μ: the mean reference residual at ℓ* of the retain
-/// facts and general text (whichever the plan has).
-fn center_deviation(plan: &mut Plan) -> Result<()> {
-    let sets: Vec<&SeqSet> = [&plan.retain, &plan.text]
-        .into_iter()
-        .filter(|s| s.rep_ref.is_some())
-        .collect();
-    if sets.is_empty() {
-        bail!("kuda.center needs retain facts or general text at the representation layer (retain_weight or text_weight > 0)");
+/// Give KUDA's deviation its centre (`kuda.center`): per forget row, the point the cosine is
+/// taken around. `known_retain` is how many of the retain facts are known subjects (the
+/// unknown ones follow them).
+fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Result<()> {
+    // Centre rows by place in the prompt, and the centre for any other place.
+    let (by_place, fallback): (BTreeMap<Place, Tensor>, Tensor) = match centre {
+        Centre::None => return Ok(()),
+        Centre::Mean => {
+            let sets: Vec<&SeqSet> = [&plan.retain, &plan.text]
+                .into_iter()
+                .filter(|s| s.rep_ref.is_some())
+                .collect();
+            if sets.is_empty() {
+                bail!("kuda.center = mean needs retain facts or general text at the representation layer (retain_weight or text_weight > 0)");
+            }
+            (BTreeMap::new(), mean_ref_row(&sets)?)
+        }
+        Centre::Unknown => {
+            if plan.retain.len() <= known_retain {
+                bail!("kuda.center = unknown needs facts about subjects the model does not know: set retain_unknown_facts > 0");
+            }
+            if plan.retain.rep_ref.is_none() {
+                bail!("kuda.center = unknown needs the retain facts at the representation layer (kuda.retain_weight > 0)");
+            }
+            let means = mean_ref_row_by_place(&plan.retain, known_retain)?;
+            let total: usize = means.values().map(|(_, n)| n).sum();
+            let mut all: Option<Tensor> = None;
+            for (m, n) in means.values() {
+                let part = m.affine(*n as f64 / total as f64, 0.0)?;
+                all = Some(match all {
+                    Some(a) => (a + part)?,
+                    None => part,
+                });
+            }
+            eprintln!(
+                "kuda.center = unknown: {} places from {total} rows of {} unknown subjects",
+                means.len(),
+                plan.retain.len() - known_retain
+            );
+            let all = all.context("the unknown subjects have no representation positions")?;
+            (means.into_iter().map(|(k, (m, _))| (k, m)).collect(), all)
+        }
+    };
+    let mut centres = Vec::with_capacity(plan.forget.len());
+    let (mut moved, mut n) = (0.0, 0usize);
+    let refs = &plan
+        .forget
+        .rep_ref
+        .as_ref()
+        .context("forget facts: reference residuals not computed")?
+        .1;
+    for (seq, r) in plan.forget.seqs.iter().zip(refs) {
+        let zero = fallback.zeros_like()?;
+        let mut rows = vec![zero; seq.ids.len()];
+        for &p in &seq.rep_positions {
+            let c = seq
+                .place(p)
+                .and_then(|pl| by_place.get(&pl))
+                .unwrap_or(&fallback)
+                .clone();
+            let h0 = r.get(p)?.to_dtype(DType::F32)?;
+            moved += (&h0 - &c)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+            n += 1;
+            rows[p] = c;
+        }
+        centres.push(Tensor::stack(&rows, 0)?);
     }
-    let mu = mean_ref_row(&sets)?;
-    let mu_norm = mu.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
     eprintln!(
-        "kuda.center: |μ| = {mu_norm:.1} at layer {:?}; mean |h₀| of the forget rows {:.1}",
+        "kuda.center = {}: mean |h₀ − c| = {:.1} at layer {:?}; mean |h₀| of the forget rows {:.1}",
+        serde_json::to_value(centre)?.as_str().unwrap_or("?"),
+        moved / n.max(1) as f64,
         plan.rep_layer,
         mean_ref_norm(&plan.forget)?
     );
-    for t in plan.terms.iter_mut() {
-        if let Loss::Repr {
-            loss: ReprLoss::Deviation { center, .. },
-            ..
-        } = &mut t.loss
-        {
-            *center = Some(mu.clone());
-        }
-    }
+    plan.forget.rep_centre = Some(centres);
     Ok(())
 }
 

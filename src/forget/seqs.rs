@@ -39,7 +39,35 @@ pub enum ForgetPositions {
     LastSubject,
 }
 
+/// Where a position sits in a fact's prompt relative to its subject, so that the same place
+/// can be found in another fact (whose subject has another length).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Place {
+    /// Before the subject (the shared few-shot prefix).
+    Before,
+    /// A subject token other than the last.
+    Subject,
+    /// The subject's last token.
+    LastSubject,
+    /// `k` tokens after the subject's last token (0 = the first template token after it).
+    After(usize),
+}
+
 impl Seq {
+    /// Where position `p` sits in this fact (None for a text chunk).
+    pub fn place(&self, p: usize) -> Option<Place> {
+        let span = self.subject.as_ref()?;
+        Some(if p < span.start {
+            Place::Before
+        } else if p + 1 < span.end {
+            Place::Subject
+        } else if p + 1 == span.end {
+            Place::LastSubject
+        } else {
+            Place::After(p - span.end)
+        })
+    }
+
     /// A fact completed by `answer` (its tokens are the targets).
     pub fn fact(lm: &LanguageModel, f: &Fact, answer: &str) -> Result<Seq> {
         let (mut ids, span) = lm
@@ -139,6 +167,9 @@ pub struct SeqSet {
     pub rep_ref: Option<(usize, Vec<Tensor>)>,
     /// Original sum of target log-probabilities per sequence.
     pub logp_ref: Option<Vec<f64>>,
+    /// Centre the representation losses measure around, `[T_i, D]` per sequence (rows at
+    /// the representation positions; KUDA's `center`).
+    pub rep_centre: Option<Vec<Tensor>>,
 }
 
 /// A batch ready to run: padded ids, the starting residual, and the rows of the sequences.
@@ -157,6 +188,7 @@ impl SeqSet {
             start: None,
             rep_ref: None,
             logp_ref: None,
+            rep_centre: None,
         }
     }
 
@@ -328,6 +360,28 @@ mod tests {
             rep_positions: (3..8).collect(),
             subject: Some(3..5),
         }
+    }
+
+    #[test]
+    fn a_position_is_placed_relative_to_the_subject() {
+        let f = fact();
+        let places: Vec<_> = (0..9).map(|p| f.place(p).unwrap()).collect();
+        use Place::*;
+        assert_eq!(
+            places,
+            vec![
+                Before,
+                Before,
+                Before,
+                Subject,
+                LastSubject,
+                After(0),
+                After(1),
+                After(2),
+                After(3)
+            ]
+        );
+        assert_eq!(Seq::text((0..6).collect()).unwrap().place(2), None);
     }
 
     #[test]

@@ -105,9 +105,9 @@ pub fn logits_grad(c: &[f64], targets: &[u32], softmax: &Tensor) -> Result<Tenso
 /// A loss on residual rows `h` `[M, D]` at the representation layer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ReprLoss {
-    /// KUDA: mean exp(−β·(1 − cos(h − μ, h₀ − μ))), with μ = 0 unless `center` gives the
-    /// mean residual of retained text (the shared component every token carries).
-    Deviation { beta: f64, center: Option<Vec<f32>> },
+    /// KUDA: mean exp(−β·(1 − cos(h, h₀))) (the trainer passes the rows relative to a
+    /// centre when KUDA's `center` sets one).
+    Deviation { beta: f64 },
     /// Σ‖h − h₀‖² / (M · mean‖h₀‖²): stay where the frozen model was.
     RefMse,
     /// RMU: Σ‖h − c·u‖² / (M · c²) for the fixed vector `target` = c·u.
@@ -150,18 +150,7 @@ pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tenso
             let loss = scalar(diff.sqr()?.sum_all()?)? / (mf * c2);
             Ok((loss, diff.affine(2.0 / (mf * c2), 0.0)?))
         }
-        ReprLoss::Deviation { beta, center } => {
-            // d(h − μ)/dh = I: centering changes the rows, not the chain rule.
-            let (h, h0) = match center {
-                Some(mu) => {
-                    if mu.len() != d {
-                        bail!("centre has {} entries, the residual {d}", mu.len());
-                    }
-                    let mu = Tensor::from_slice(mu, (1, d), h.device())?.to_dtype(dt)?;
-                    (h.broadcast_sub(&mu)?, h0.broadcast_sub(&mu)?)
-                }
-                None => (h, h0),
-            };
+        ReprLoss::Deviation { beta } => {
             let dot = (&h * &h0)?.sum_keepdim(1)?;
             let nh = h.sqr()?.sum_keepdim(1)?.sqrt()?;
             let n0 = h0.sqr()?.sum_keepdim(1)?.sqrt()?;
@@ -269,14 +258,7 @@ mod tests {
         let h0v = [0.4f64, -0.8, 2.5, -0.2, 1.0, 0.6];
         let h0 = Tensor::from_slice(&h0v, (2, 3), &dev).unwrap();
         for kind in [
-            ReprLoss::Deviation {
-                beta: 3.0,
-                center: None,
-            },
-            ReprLoss::Deviation {
-                beta: 3.0,
-                center: Some(vec![0.3, -0.5, 1.0]),
-            },
+            ReprLoss::Deviation { beta: 3.0 },
             ReprLoss::RefMse,
             ReprLoss::Steer {
                 target: vec![1.0, 2.0, -1.0],
@@ -302,57 +284,12 @@ mod tests {
     fn deviation_is_one_at_the_reference_and_fades() {
         let dev = Device::Cpu;
         let h0 = Tensor::new(&[[1f32, 2.0, 3.0]], &dev).unwrap();
-        let (l, _) = repr_loss(
-            &ReprLoss::Deviation {
-                beta: 2.0,
-                center: None,
-            },
-            &h0,
-            &h0,
-        )
-        .unwrap();
+        let (l, _) = repr_loss(&ReprLoss::Deviation { beta: 2.0 }, &h0, &h0).unwrap();
         assert!((l - 1.0).abs() < 1e-6);
         let opposite = h0.neg().unwrap();
-        let (l, g) = repr_loss(
-            &ReprLoss::Deviation {
-                beta: 2.0,
-                center: None,
-            },
-            &opposite,
-            &h0,
-        )
-        .unwrap();
+        let (l, g) = repr_loss(&ReprLoss::Deviation { beta: 2.0 }, &opposite, &h0).unwrap();
         assert!((l - (-4f64).exp()).abs() < 1e-6);
         let gn: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert!(gn < 1e-6, "the gradient vanishes at cos = −1");
-    }
-
-    #[test]
-    fn a_centred_deviation_measures_the_angle_around_the_centre() {
-        let dev = Device::Cpu;
-        // h and h₀ share a large common part μ; around it they point in opposite directions.
-        let mu = [10f32, 10.0, 0.0];
-        let h0 = Tensor::new(&[[11f32, 10.0, 0.0]], &dev).unwrap();
-        let h = Tensor::new(&[[9f32, 10.0, 0.0]], &dev).unwrap();
-        let plain = ReprLoss::Deviation {
-            beta: 1.0,
-            center: None,
-        };
-        let centred = ReprLoss::Deviation {
-            beta: 1.0,
-            center: Some(mu.to_vec()),
-        };
-        let (lp, _) = repr_loss(&plain, &h, &h0).unwrap();
-        let (lc, _) = repr_loss(&centred, &h, &h0).unwrap();
-        assert!(lp > 0.98, "raw rows are nearly parallel: {lp}");
-        assert!(
-            (lc - (-2f64).exp()).abs() < 1e-6,
-            "centred rows are opposite: {lc}"
-        );
-        let wrong = ReprLoss::Deviation {
-            beta: 1.0,
-            center: Some(vec![0.0; 2]),
-        };
-        assert!(repr_loss(&wrong, &h, &h0).is_err());
     }
 }

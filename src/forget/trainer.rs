@@ -9,7 +9,7 @@ use crate::forget::angles::{gradient_angles, GradAngles};
 use crate::forget::config::ForgetConfig;
 use crate::forget::nullspace::Projectors;
 use crate::forget::optim::{global_norm, load_tensors, Optimizer};
-use crate::forget::seqs::{logprobs_of, SeqSet};
+use crate::forget::seqs::{logprobs_of, Place, SeqSet};
 use crate::forget::terms::{logit_loss, logits_grad, repr_loss, LogitLoss, ReprLoss};
 use crate::model::{LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Context, Result};
@@ -313,7 +313,8 @@ pub(crate) fn term_grads(
 }
 
 /// Run a prepared batch up to the representation layer and gather the rows at `positions`
-/// (per member) with their frozen references: (run, flat residual, row index, h, h₀).
+/// (per member) with their frozen references: (run, flat residual, row index, h, h₀) — both
+/// taken relative to the set's centre when it has one.
 fn repr_rows(
     model: &Transformer,
     rep_layer: Option<usize>,
@@ -343,6 +344,7 @@ fn repr_rows(
     let (b, t, d) = out.resid.dims3()?;
     let mut flat_idx: Vec<u32> = Vec::new();
     let mut h0_rows = Vec::new();
+    let mut centre_rows = Vec::new();
     for ((k, &i), pos) in prep.members.iter().enumerate().zip(positions) {
         let pi = Tensor::from_vec(
             pos.iter().map(|&p| p as u32).collect::<Vec<_>>(),
@@ -350,13 +352,22 @@ fn repr_rows(
             model.device(),
         )?;
         h0_rows.push(refs[i].index_select(&pi, 0)?);
+        if let Some(c) = &set.rep_centre {
+            centre_rows.push(c[i].index_select(&pi, 0)?);
+        }
         flat_idx.extend(pos.iter().map(|&p| (k * t + p) as u32));
     }
     let n = flat_idx.len();
     let idx = Tensor::from_vec(flat_idx, n, model.device())?;
     let flat = out.resid.reshape((b * t, d))?;
-    let h = flat.index_select(&idx, 0)?;
-    let h0 = Tensor::cat(&h0_rows, 0)?;
+    let mut h = flat.index_select(&idx, 0)?;
+    let mut h0 = Tensor::cat(&h0_rows, 0)?;
+    if !centre_rows.is_empty() {
+        // d(h − c)/dh = I: a centre moves the rows, not the chain rule.
+        let c = Tensor::cat(&centre_rows, 0)?;
+        h = h.broadcast_sub(&c.to_dtype(h.dtype())?)?;
+        h0 = h0.broadcast_sub(&c.to_dtype(h0.dtype())?)?;
+    }
     Ok((out, flat, idx, h, h0))
 }
 
@@ -710,7 +721,7 @@ pub fn mean_ref_norm(set: &SeqSet) -> Result<f64> {
 }
 
 /// Mean reference row over the rep positions of several sets (KUDA's centre μ).
-pub fn mean_ref_row(sets: &[&SeqSet]) -> Result<Vec<f32>> {
+pub fn mean_ref_row(sets: &[&SeqSet]) -> Result<Tensor> {
     let mut sum: Option<Tensor> = None;
     let mut n = 0usize;
     for set in sets {
@@ -724,7 +735,30 @@ pub fn mean_ref_row(sets: &[&SeqSet]) -> Result<Vec<f32>> {
         }
     }
     let sum = sum.context("no reference rows to average")?;
-    Ok((sum / n as f64)?.to_dtype(DType::F32)?.to_vec1()?)
+    Ok((sum / n as f64)?.to_dtype(DType::F32)?)
+}
+
+/// Mean reference row of the members `from..` of a fact set, per place in the prompt
+/// (rep positions only), with the count of rows behind each.
+pub fn mean_ref_row_by_place(
+    set: &SeqSet,
+    from: usize,
+) -> Result<BTreeMap<Place, (Tensor, usize)>> {
+    let mut acc: BTreeMap<Place, (Tensor, usize)> = BTreeMap::new();
+    for (seq, rows) in set.seqs.iter().zip(ref_rows(set)?).skip(from) {
+        for (j, &p) in seq.rep_positions.iter().enumerate() {
+            let Some(place) = seq.place(p) else { continue };
+            let r = rows.get(j)?;
+            let e = match acc.remove(&place) {
+                Some((s, n)) => ((s + r)?, n + 1),
+                None => (r, 1),
+            };
+            acc.insert(place, e);
+        }
+    }
+    acc.into_iter()
+        .map(|(k, (s, n))| Ok((k, ((s / n as f64)?.to_dtype(DType::F32)?, n))))
+        .collect()
 }
 
 #[cfg(test)]
@@ -778,6 +812,80 @@ mod tests {
         };
         plan.precompute(model, 4).unwrap();
         plan
+    }
+
+    #[test]
+    fn the_centre_by_place_averages_one_place_over_subjects_of_any_length() {
+        let dev = candle_core::Device::Cpu;
+        // Three facts whose subjects have 1, 2 and 3 tokens, then two template tokens.
+        let fact = |len: usize| Seq {
+            ids: (0..(2 + len + 2) as u32).collect(),
+            targets: vec![(len + 3, 0)],
+            rep_positions: (2..len + 4).collect(),
+            subject: Some(2..2 + len),
+        };
+        let seqs = vec![fact(1), fact(2), fact(3)];
+        // Reference row at position p of fact i: [10·i + p, 1].
+        let refs: Vec<Tensor> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let v: Vec<f32> = (0..s.ids.len())
+                    .flat_map(|p| [(10 * i + p) as f32, 1.0])
+                    .collect();
+                Tensor::from_vec(v, (s.ids.len(), 2), &dev).unwrap()
+            })
+            .collect();
+        let mut set = SeqSet::new("retain", seqs);
+        set.rep_ref = Some((1, refs));
+        // Facts 1 and 2 only (fact 0 is a known subject).
+        let means = mean_ref_row_by_place(&set, 1).unwrap();
+        let at = |pl: Place| {
+            let (m, n) = &means[&pl];
+            (m.to_vec1::<f32>().unwrap()[0], *n)
+        };
+        // Last subject token: fact 1 at 3, fact 2 at 4 → (13 + 24) / 2.
+        assert_eq!(at(Place::LastSubject), (18.5, 2));
+        // Other subject tokens: fact 1 at 2, fact 2 at 2 and 3 → (12 + 22 + 23) / 3.
+        assert_eq!(at(Place::Subject), (19.0, 3));
+        // First template token: fact 1 at 4, fact 2 at 5.
+        assert_eq!(at(Place::After(0)), (19.5, 2));
+        assert_eq!(at(Place::After(1)), (20.5, 2));
+        assert_eq!(means.len(), 4);
+    }
+
+    #[test]
+    fn a_centred_set_gives_its_rows_relative_to_the_centre() {
+        let model = tiny_model(Arch::Gemma3);
+        let mut plan = kuda_plan(&model, Projection::None, &tiny_cfg());
+        let refs = plan.forget.rep_ref.clone().unwrap().1;
+        let members = [0usize, 1];
+        let positions: Vec<Vec<usize>> = members
+            .iter()
+            .map(|&i| plan.forget.seqs[i].rep_positions.clone())
+            .collect();
+        let prep = plan.forget.prepare(&model, &members, 0).unwrap();
+        let rows = |set: &SeqSet| {
+            let (_, _, _, h, h0) =
+                repr_rows(&model, Some(1), set, &prep, &positions, false).unwrap();
+            let abs = |t: Tensor| -> f32 {
+                t.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap()
+            };
+            (abs(h), abs(h0))
+        };
+        let (h, h0) = rows(&plan.forget);
+        assert!(h > 1.0 && (h - h0).abs() < 1e-3 * h, "{h} {h0}");
+        // Centred on its own reference rows, the untrained model's rows are all zero.
+        plan.forget.rep_centre = Some(refs);
+        let (h, h0) = rows(&plan.forget);
+        assert!(h < 1e-3 && h0 == 0.0, "{h} {h0}");
     }
 
     fn tiny_cfg() -> ForgetConfig {
