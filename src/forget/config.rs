@@ -136,14 +136,29 @@ pub enum Centre {
     Unknown,
 }
 
+impl Centre {
+    pub fn name(self) -> &'static str {
+        match self {
+            Centre::None => "none",
+            Centre::Mean => "mean",
+            Centre::Unknown => "unknown",
+        }
+    }
+}
+
 impl std::str::FromStr for Centre {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
-            "none" | "false" => Centre::None,
-            "mean" | "true" => Centre::Mean,
-            "unknown" => Centre::Unknown,
-            _ => bail!("kuda.center {s:?}: use none, mean or unknown"),
+            "false" => Centre::None,
+            "true" => Centre::Mean,
+            _ => match [Centre::None, Centre::Mean, Centre::Unknown]
+                .into_iter()
+                .find(|c| c.name() == s)
+            {
+                Some(c) => c,
+                None => bail!("kuda.center {s:?}: use none, mean or unknown"),
+            },
         })
     }
 }

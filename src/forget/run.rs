@@ -710,7 +710,7 @@ fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Res
     }
     eprintln!(
         "kuda.center = {}: mean |h₀ − c| = {:.1} at layer {:?}; mean |h₀| of the forget rows {:.1}",
-        serde_json::to_value(centre)?.as_str().unwrap_or("?"),
+        centre.name(),
         moved / n.max(1) as f64,
         plan.rep_layer,
         mean_ref_norm(&plan.forget)?

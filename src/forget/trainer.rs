@@ -749,11 +749,15 @@ pub fn mean_ref_row_by_place(
         for (j, &p) in seq.rep_positions.iter().enumerate() {
             let Some(place) = seq.place(p) else { continue };
             let r = rows.get(j)?;
-            let e = match acc.remove(&place) {
-                Some((s, n)) => ((s + r)?, n + 1),
-                None => (r, 1),
-            };
-            acc.insert(place, e);
+            match acc.get_mut(&place) {
+                Some((s, n)) => {
+                    *s = (&*s + r)?;
+                    *n += 1;
+                }
+                None => {
+                    acc.insert(place, (r, 1));
+                }
+            }
         }
     }
     acc.into_iter()
