@@ -53,7 +53,10 @@ pub fn terms(
                         1.0,
                         DataSet::Forget,
                         Loss::Repr {
-                            loss: ReprLoss::Deviation { beta: k.beta },
+                            loss: ReprLoss::Deviation {
+                                beta: k.beta,
+                                norm_weight: k.norm_weight,
+                            },
                             sample: k.token_ratio,
                         },
                     )
