@@ -98,11 +98,6 @@ pub struct KudaConfig {
     /// large component shared by every token, which keeps the plain cosine (c = 0) near 1
     /// whatever the subject; see docs/forget.md.
     pub center: Centre,
-    /// Weight of (|h − c| / |h₀ − c| − 1)² beside the deviation: the cosine alone is blind to
-    /// how far h sits from the centre, so a reflected row may shrink toward c, where the
-    /// layers above read the prior answer; this keeps it as far out as the original (0: the
-    /// cosine of SPEC §3.1 alone).
-    pub norm_weight: f64,
 }
 
 impl Default for KudaConfig {
@@ -119,7 +114,6 @@ impl Default for KudaConfig {
             key_text_chunks: 64,
             rep_layer: None,
             center: Centre::None,
-            norm_weight: 0.0,
         }
     }
 }
@@ -385,7 +379,6 @@ impl ForgetConfig {
             (k.retain_weight, "kuda.retain_weight"),
             (k.text_weight, "kuda.text_weight"),
             (k.retain_ce_weight, "kuda.retain_ce_weight"),
-            (k.norm_weight, "kuda.norm_weight"),
             (
                 self.localized_ft.forget_weight,
                 "localized_ft.forget_weight",

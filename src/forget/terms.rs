@@ -106,8 +106,8 @@ pub fn logits_grad(c: &[f64], targets: &[u32], softmax: &Tensor) -> Result<Tenso
 #[derive(Clone, Debug, PartialEq)]
 pub enum ReprLoss {
     /// KUDA: mean exp(−β·(1 − cos(h, h₀))) (the trainer passes the rows relative to a
-    /// centre when KUDA's `center` sets one), plus `norm_weight` · mean (|h|/|h₀| − 1)².
-    Deviation { beta: f64, norm_weight: f64 },
+    /// centre when KUDA's `center` sets one).
+    Deviation { beta: f64 },
     /// Σ‖h − h₀‖² / (M · mean‖h₀‖²): stay where the frozen model was.
     RefMse,
     /// RMU: Σ‖h − c·u‖² / (M · c²) for the fixed vector `target` = c·u.
@@ -150,7 +150,7 @@ pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tenso
             let loss = scalar(diff.sqr()?.sum_all()?)? / (mf * c2);
             Ok((loss, diff.affine(2.0 / (mf * c2), 0.0)?))
         }
-        ReprLoss::Deviation { beta, norm_weight } => {
+        ReprLoss::Deviation { beta } => {
             let dot = (&h * &h0)?.sum_keepdim(1)?;
             let nh = h.sqr()?.sum_keepdim(1)?.sqrt()?;
             let n0 = h0.sqr()?.sum_keepdim(1)?.sqrt()?;
@@ -161,16 +161,7 @@ pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tenso
             let dcos =
                 (h0.broadcast_div(&(&nh * &n0)?)? - h.broadcast_mul(&(&cos / nh.sqr()?)?)?)?;
             let scale = li.affine(*beta / mf, 0.0)?;
-            let grad = dcos.broadcast_mul(&scale)?;
-            if *norm_weight == 0.0 {
-                return Ok((loss, grad));
-            }
-            // N_i = (r_i − 1)², r_i = |h|/|h₀|; dN_i/dh = 2(r_i − 1)/|h₀| · h/|h|.
-            let r1 = ((&nh / &n0)? - 1.0)?;
-            let norm_loss = scalar(r1.sqr()?.sum_all()?)? / mf;
-            let dnorm =
-                h.broadcast_mul(&(&r1 / (&nh * &n0)?)?.affine(2.0 * norm_weight / mf, 0.0)?)?;
-            Ok((loss + norm_weight * norm_loss, (grad + dnorm)?))
+            Ok((loss, dcos.broadcast_mul(&scale)?))
         }
     }
 }
@@ -267,14 +258,7 @@ mod tests {
         let h0v = [0.4f64, -0.8, 2.5, -0.2, 1.0, 0.6];
         let h0 = Tensor::from_slice(&h0v, (2, 3), &dev).unwrap();
         for kind in [
-            ReprLoss::Deviation {
-                beta: 3.0,
-                norm_weight: 0.0,
-            },
-            ReprLoss::Deviation {
-                beta: 0.3,
-                norm_weight: 0.7,
-            },
+            ReprLoss::Deviation { beta: 3.0 },
             ReprLoss::RefMse,
             ReprLoss::Steer {
                 target: vec![1.0, 2.0, -1.0],
@@ -300,48 +284,12 @@ mod tests {
     fn deviation_is_one_at_the_reference_and_fades() {
         let dev = Device::Cpu;
         let h0 = Tensor::new(&[[1f32, 2.0, 3.0]], &dev).unwrap();
-        let (l, _) = repr_loss(
-            &ReprLoss::Deviation {
-                beta: 2.0,
-                norm_weight: 0.0,
-            },
-            &h0,
-            &h0,
-        )
-        .unwrap();
+        let (l, _) = repr_loss(&ReprLoss::Deviation { beta: 2.0 }, &h0, &h0).unwrap();
         assert!((l - 1.0).abs() < 1e-6);
         let opposite = h0.neg().unwrap();
-        let (l, g) = repr_loss(
-            &ReprLoss::Deviation {
-                beta: 2.0,
-                norm_weight: 0.0,
-            },
-            &opposite,
-            &h0,
-        )
-        .unwrap();
+        let (l, g) = repr_loss(&ReprLoss::Deviation { beta: 2.0 }, &opposite, &h0).unwrap();
         assert!((l - (-4f64).exp()).abs() < 1e-6);
         let gn: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert!(gn < 1e-6, "the gradient vanishes at cos = −1");
-    }
-
-    #[test]
-    fn the_norm_term_keeps_a_reflection_as_far_out_as_the_original() {
-        let dev = Device::Cpu;
-        let h0 = Tensor::new(&[[3f32, 0.0, 4.0]], &dev).unwrap();
-        let kind = ReprLoss::Deviation {
-            beta: 0.3,
-            norm_weight: 2.0,
-        };
-        // A full reflection: the deviation is exp(−0.6), the norm term nothing.
-        let (l, _) = repr_loss(&kind, &h0.neg().unwrap(), &h0).unwrap();
-        assert!((l - (-0.6f64).exp()).abs() < 1e-6);
-        // Reflected at half the distance: 2 · (0.5 − 1)² more, and the gradient points inward
-        // along h (descending it pushes the row back out).
-        let half = h0.affine(-0.5, 0.0).unwrap();
-        let (l, g) = repr_loss(&kind, &half, &h0).unwrap();
-        assert!((l - (-0.6f64).exp() - 0.5).abs() < 1e-6, "{l}");
-        let along: f32 = (g * &half).unwrap().sum_all().unwrap().to_scalar().unwrap();
-        assert!(along < 0.0, "descent lengthens h: {along}");
     }
 }
