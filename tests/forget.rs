@@ -134,11 +134,28 @@ fn made_up_athletes_score_the_prior_not_zero() {
     let floor = know_nothing_floor(&lm, facts, &known).unwrap();
     eprintln!("known athletes: {real:?}\nmade-up athletes: {floor:?}");
     assert_eq!(real.top1_candidates, 1.0);
+    assert!(
+        real.outcomes.iter().all(|o| o.kept()),
+        "{:?}",
+        real.outcomes
+    );
     assert!(floor.n >= 60, "made-up names for {} of 64 facts", floor.n);
     assert!(
         (0.15..0.8).contains(&floor.top1_candidates),
         "floor {:.3}",
         floor.top1_candidates
+    );
+    // Each made-up athlete's first sport is one of the three, and the kept ones make the rate.
+    assert_eq!(floor.outcomes.len(), floor.n);
+    assert!(floor
+        .outcomes
+        .iter()
+        .all(|o| unlearn::data::sports::SPORTS.contains(&o.first.as_str())));
+    let kept = floor.outcomes.iter().filter(|o| o.kept()).count();
+    assert_eq!(kept as f64 / floor.n as f64, floor.top1_candidates);
+    assert!(
+        floor.outcomes.iter().any(|o| !o.kept()),
+        "a made-up athlete answered with another sport"
     );
     assert!(
         floor.mean_p < 0.5 * real.mean_p,

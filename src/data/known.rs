@@ -16,6 +16,10 @@ pub struct FactScore {
     pub rank: usize,
     /// The answer beats the other candidates (true when there are none).
     pub top1_among_candidates: bool,
+    /// The candidate ranked first: the answer when it wins (ties go to the other candidate),
+    /// else the candidate with the largest logit. Empty in scores cached before it existed.
+    #[serde(default)]
+    pub first_candidate: String,
 }
 
 /// First token of an answer (answers are scored by their first token).
@@ -40,17 +44,18 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
             let lse = crate::model::predict::logsumexp(&row);
             let a = answer_token(lm, &f.answer)? as usize;
             let x = row[a];
-            let mut top1 = true;
+            let (mut first, mut best) = (&f.answer, x);
             for c in &f.candidates {
                 let ci = answer_token(lm, c)? as usize;
-                if ci != a && row[ci] >= x {
-                    top1 = false;
+                if ci != a && row[ci] >= best && (row[ci] > best || first == &f.answer) {
+                    (first, best) = (c, row[ci]);
                 }
             }
             out.push(FactScore {
                 p_answer: (x as f64 - lse).exp(),
                 rank: row.iter().filter(|&&y| y > x).count(),
-                top1_among_candidates: top1,
+                top1_among_candidates: first == &f.answer,
+                first_candidate: first.clone(),
             });
         }
         bar.inc(chunk.len() as u64);

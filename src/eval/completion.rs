@@ -16,6 +16,25 @@ pub struct Accuracy {
     /// Share of facts whose answer beats the other candidates.
     pub top1_candidates: f64,
     pub mean_p: f64,
+    /// Each fact's answer and the candidate ranked first (not written with the summary).
+    #[serde(skip)]
+    pub outcomes: Vec<Outcome>,
+}
+
+/// One fact's answer and the candidate the model ranks first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub subject: String,
+    pub answer: String,
+    /// The first among the task's candidates (the answer when it wins).
+    pub first: String,
+}
+
+impl Outcome {
+    /// Whether the answer still beats the other candidates.
+    pub fn kept(&self) -> bool {
+        self.first == self.answer
+    }
 }
 
 /// Score `facts` against `answer_of(fact)` (the true answer, or a new one after editing).
@@ -41,5 +60,14 @@ pub fn accuracy(
         top1: s.iter().filter(|x| x.rank == 0).count() as f64 / n,
         top1_candidates: s.iter().filter(|x| x.top1_among_candidates).count() as f64 / n,
         mean_p: s.iter().map(|x| x.p_answer).sum::<f64>() / n,
+        outcomes: relabeled
+            .iter()
+            .zip(&s)
+            .map(|(f, x)| Outcome {
+                subject: f.subject.clone(),
+                answer: f.answer.clone(),
+                first: x.first_candidate.clone(),
+            })
+            .collect(),
     })
 }

@@ -3,7 +3,7 @@
 //! model), train with the chosen method, evaluate before and after, and write the result.
 
 use crate::data::{self, known, Fact};
-use crate::eval::completion::{accuracy, Accuracy};
+use crate::eval::completion::{accuracy, Accuracy, Outcome};
 use crate::eval::floor::know_nothing_floor;
 use crate::eval::perplexity::{perplexity, tokenize_lines, Perplexity};
 use crate::forget::config::{Centre, ForgetConfig, Method};
@@ -89,6 +89,12 @@ pub struct Metrics {
     pub edit: Option<Accuracy>,
     pub held_out: Accuracy,
     pub wikitext: Perplexity,
+    /// The forget facts whose answer still beats the other candidates: what is not gone.
+    #[serde(default)]
+    pub forget_kept: Vec<Outcome>,
+    /// The held-out facts whose answer no longer does: what the run broke.
+    #[serde(default)]
+    pub held_out_lost: Vec<Outcome>,
 }
 
 /// Parse `2-4`, `2,3,4` or `7` into layers.
@@ -160,11 +166,21 @@ fn evaluate(
         None => None,
     };
     let pool: Vec<Fact> = forget.iter().chain(held_out).cloned().collect();
+    let held_out_acc = accuracy(lm, held_out, |f| f.answer.clone())?;
+    let pick = |a: &Accuracy, kept: bool| -> Vec<Outcome> {
+        a.outcomes
+            .iter()
+            .filter(|o| o.kept() == kept)
+            .cloned()
+            .collect()
+    };
     Ok(Metrics {
+        forget_kept: pick(&forget_acc, true),
+        held_out_lost: pick(&held_out_acc, false),
         forget: forget_acc,
         forget_floor: Some(know_nothing_floor(lm, forget, &pool)?),
         edit: edit_acc,
-        held_out: accuracy(lm, held_out, |f| f.answer.clone())?,
+        held_out: held_out_acc,
         wikitext: perplexity(lm, ppl_ids, 512, 256)?,
     })
 }
@@ -482,6 +498,27 @@ fn print_metrics(when: &str, m: &Metrics) {
         100.0 * m.held_out.top1_candidates,
         m.wikitext.perplexity
     );
+    // Name the few that matter: what survived forgetting, what the run broke.
+    let names = |v: &[Outcome]| -> String {
+        let shown: Vec<String> = v
+            .iter()
+            .take(12)
+            .map(|o| format!("{} ({} → {})", o.subject, o.answer.trim(), o.first.trim()))
+            .collect();
+        let more = v.len().saturating_sub(shown.len());
+        shown.join(", ")
+            + &if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+    };
+    if m.forget_kept.len() < m.forget.n && !m.forget_kept.is_empty() {
+        eprintln!("        still known: {}", names(&m.forget_kept));
+    }
+    if !m.held_out_lost.is_empty() {
+        eprintln!("        held-out facts lost: {}", names(&m.held_out_lost));
+    }
 }
 
 /// KUDA's two-stage tuning: the largest τ whose retain drift on a validation split stays under
