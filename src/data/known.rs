@@ -44,13 +44,19 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
             let lse = crate::model::predict::logsumexp(&row);
             let a = answer_token(lm, &f.answer)? as usize;
             let x = row[a];
-            let (mut first, mut best) = (&f.answer, x);
+            // The strongest other candidate (the earliest on a tie) takes first place from
+            // the answer when it at least ties it.
+            let mut rival: Option<(&String, f32)> = None;
             for c in &f.candidates {
                 let ci = answer_token(lm, c)? as usize;
-                if ci != a && row[ci] >= best && (row[ci] > best || first == &f.answer) {
-                    (first, best) = (c, row[ci]);
+                if ci != a && rival.is_none_or(|(_, v)| row[ci] > v) {
+                    rival = Some((c, row[ci]));
                 }
             }
+            let first = match rival {
+                Some((c, v)) if v >= x => c,
+                _ => &f.answer,
+            };
             out.push(FactScore {
                 p_answer: (x as f64 - lse).exp(),
                 rank: row.iter().filter(|&&y| y > x).count(),

@@ -505,13 +505,10 @@ fn print_metrics(when: &str, m: &Metrics) {
             .take(12)
             .map(|o| format!("{} ({} → {})", o.subject, o.answer.trim(), o.first.trim()))
             .collect();
-        let more = v.len().saturating_sub(shown.len());
-        shown.join(", ")
-            + &if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
+        match v.len() - shown.len() {
+            0 => shown.join(", "),
+            more => format!("{} and {more} more", shown.join(", ")),
+        }
     };
     if m.forget_kept.len() < m.forget.n && !m.forget_kept.is_empty() {
         eprintln!("        still known: {}", names(&m.forget_kept));
