@@ -13,7 +13,7 @@ use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors
 use crate::forget::seqs::{text_chunks, Place, Seq, SeqSet};
 use crate::forget::trainer::{
     first_layer, layer_of, mean_ref_norm, mean_ref_row, mean_ref_row_by_place, steering_vector,
-    train, Plan,
+    train, Plan, RowMove, TrainSummary,
 };
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;
@@ -416,10 +416,12 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         .and_then(|s| s.parse().ok());
     let summaries = train_all(&mut lm, &ctx, &cfg, &a.out, stop)?;
     let forget_ids = ctx.forget_ids.clone();
+    let moves = fact_moves(&summaries, &forget, ctx.partitions);
 
     let after = if a.eval {
         let m = evaluate(&lm, &forget, &held_out, new_answers.as_deref(), &ppl_ids)?;
         print_metrics("after", &m);
+        print_moves(&moves, &m.forget_kept, ctx.rep_layer);
         Some(m)
     } else {
         None
@@ -459,7 +461,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     if a.eval {
         crate::util::write_json(
             &a.out.join("metrics.json"),
-            &json!({"before": before, "after": after}),
+            &json!({"before": before, "after": after, "forget_moves": moves}),
         )?;
     }
     eprintln!(
@@ -743,10 +745,10 @@ fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Res
         centres.push(Tensor::stack(&rows, 0)?);
     }
     eprintln!(
-        "kuda.center = {}: mean |h₀ − c| = {:.1} at layer {:?}; mean |h₀| of the forget rows {:.1}",
+        "kuda.center = {}: mean |h₀ − c| = {:.1}{}; mean |h₀| of the forget rows {:.1}",
         centre.name(),
         moved / n.max(1) as f64,
-        plan.rep_layer,
+        plan.rep_layer.map_or(String::new(), |l| format!(" at layer {l}")),
         mean_ref_norm(&plan.forget)?
     );
     plan.forget.rep_centre = Some(centres);
@@ -754,18 +756,74 @@ fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Res
 }
 
 /// Train on every part of the forget facts in turn (one part unless editing in partitions).
+/// The forget facts `0..n` cut into `k` consecutive partitions (at least one, none empty).
+fn partitions(n: usize, k: usize) -> Vec<Vec<usize>> {
+    let k = k.min(n).max(1);
+    (0..k)
+        .map(|i| (i * n / k..(i + 1) * n / k).collect())
+        .collect()
+}
+
+/// One forget fact's [`RowMove`] with its subject.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct FactMove {
+    pub subject: String,
+    #[serde(flatten)]
+    pub moved: RowMove,
+}
+
+/// The forget facts' [`RowMove`]s in the order of `forget` (each measured when its partition
+/// finished training); empty when the method reads no representation.
+fn fact_moves(summaries: &[TrainSummary], forget: &[Fact], parts: usize) -> Vec<FactMove> {
+    let cut = partitions(forget.len(), parts);
+    cut.iter()
+        .zip(summaries)
+        .filter_map(|(part, s)| s.forget_moves.as_ref().map(|m| (part, m)))
+        .flat_map(|(part, m)| part.iter().zip(m))
+        .map(|(&i, m)| FactMove {
+            subject: forget[i].subject.clone(),
+            moved: m.clone(),
+        })
+        .collect()
+}
+
+/// Say how far the forget facts' representations moved, and those of the facts still known.
+fn print_moves(moves: &[FactMove], kept: &[Outcome], rep_layer: Option<usize>) {
+    if moves.is_empty() {
+        return;
+    }
+    let n = moves.len() as f64;
+    let mean = |f: fn(&RowMove) -> f64| moves.iter().map(|m| f(&m.moved)).sum::<f64>() / n;
+    let at = rep_layer.map_or(String::new(), |l| format!(" at layer {l}"));
+    eprintln!(
+        "        forget rows{at}: mean cos to the original {:+.2} (last token {:+.2}, its norm ×{:.2})",
+        mean(|m| m.cos_mean),
+        mean(|m| m.cos_last),
+        mean(|m| m.norm_last)
+    );
+    let still: Vec<String> = moves
+        .iter()
+        .filter(|m| kept.iter().any(|o| o.subject == m.subject))
+        .map(|m| {
+            format!(
+                "{} {:+.2} (last {:+.2})",
+                m.subject, m.moved.cos_mean, m.moved.cos_last
+            )
+        })
+        .collect();
+    if !still.is_empty() && still.len() < moves.len() {
+        eprintln!("        of those still known: {}", still.join(", "));
+    }
+}
+
 fn train_all(
     lm: &mut LanguageModel,
     ctx: &TrainCtx,
     cfg: &ForgetConfig,
     out: &std::path::Path,
     stop: Option<usize>,
-) -> Result<Vec<crate::forget::trainer::TrainSummary>> {
-    let n = ctx.forget_seqs.len();
-    let k = ctx.partitions.min(n).max(1);
-    let parts: Vec<Vec<usize>> = (0..k)
-        .map(|i| (i * n / k..(i + 1) * n / k).collect())
-        .collect();
+) -> Result<Vec<TrainSummary>> {
+    let parts = partitions(ctx.forget_seqs.len(), ctx.partitions);
     let mut summaries = Vec::new();
     for (pi, part) in parts.iter().enumerate() {
         let plan = plan_for(lm, ctx, cfg, part)?;

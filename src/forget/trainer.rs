@@ -177,6 +177,9 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// Forget vs retain gradient angles at the first and the last step's weights.
     pub gradient_angles: Option<AnglesAtEnds>,
+    /// How far each forget fact's rows moved (representation losses only), in the order of
+    /// the plan's forget facts.
+    pub forget_moves: Option<Vec<RowMove>>,
 }
 
 /// [`GradAngles`] at the weights the run started from and those it ended with.
@@ -395,6 +398,62 @@ pub fn repr_drift(
     Ok(sum / n.max(1) as f64)
 }
 
+/// How far one forget fact's rows have moved at the representation layer, read the way
+/// KUDA's deviation reads them (relative to the centre when the run has one).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RowMove {
+    /// Mean cos(h − c, h₀ − c) over the fact's representation rows (1 = not moved, −1 =
+    /// reflected through the centre).
+    pub cos_mean: f64,
+    /// The same at the last prompt token, where the answer is read.
+    pub cos_last: f64,
+    /// |h − c| / |h₀ − c| at the last prompt token.
+    pub norm_last: f64,
+}
+
+/// [`RowMove`] of every forget fact at the model's current weights, in the order of
+/// `plan.forget`; `None` when no term reads the forget facts' representation.
+pub fn forget_moves(model: &Transformer, plan: &Plan) -> Result<Option<Vec<RowMove>>> {
+    let reads_rows = plan
+        .terms
+        .iter()
+        .any(|t| t.data == DataSet::Forget && matches!(t.loss, Loss::Repr { .. }));
+    if !reads_rows || plan.forget.rep_ref.is_none() {
+        return Ok(None);
+    }
+    let set = &plan.forget;
+    let mut moves = Vec::with_capacity(set.len());
+    let all: Vec<usize> = (0..set.len()).collect();
+    for chunk in all.chunks(16) {
+        let prep = set.prepare(model, chunk, plan.pad)?;
+        let positions: Vec<Vec<usize>> = chunk
+            .iter()
+            .map(|&i| set.seqs[i].rep_positions.clone())
+            .collect();
+        let (_, _, _, h, h0) = repr_rows(model, plan.rep_layer, set, &prep, &positions, false)?;
+        let (h, h0) = (h.to_dtype(DType::F64)?, h0.to_dtype(DType::F64)?);
+        let dot: Vec<f64> = (&h * &h0)?.sum(1)?.to_vec1()?;
+        let nh: Vec<f64> = h.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+        let n0: Vec<f64> = h0.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+        let mut at = 0;
+        for (pos, &i) in positions.iter().zip(chunk) {
+            if pos.is_empty() {
+                bail!("forget sequence {i} has no representation rows");
+            }
+            let rows = at..at + pos.len();
+            let cos = |r: usize| dot[r] / (nh[r] * n0[r]).max(1e-12);
+            let last = rows.end - 1;
+            moves.push(RowMove {
+                cos_mean: rows.clone().map(cos).sum::<f64>() / pos.len().max(1) as f64,
+                cos_last: cos(last),
+                norm_last: nh[last] / n0[last].max(1e-12),
+            });
+            at = rows.end;
+        }
+    }
+    Ok(Some(moves))
+}
+
 fn add_into(
     acc: &mut BTreeMap<String, Tensor>,
     g: BTreeMap<String, Tensor>,
@@ -609,6 +668,7 @@ pub fn train(
         final_losses: last,
         seconds: t0.elapsed().as_secs_f64(),
         gradient_angles,
+        forget_moves: forget_moves(model, plan)?,
     })
 }
 
@@ -958,6 +1018,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
         (m, plan.params)
+    }
+
+    #[test]
+    fn forget_moves_read_one_before_training_and_the_rows_cosines_after() {
+        let mut m = tiny_model(Arch::Gemma3);
+        let mut cfg = tiny_cfg();
+        cfg.kuda.projection = Projection::None;
+        let plan = kuda_plan(&m, Projection::None, &cfg);
+        let before = forget_moves(&m, &plan).unwrap().unwrap();
+        assert_eq!(before.len(), 2);
+        for r in &before {
+            for x in [r.cos_mean, r.cos_last, r.norm_last] {
+                assert!((x - 1.0).abs() < 1e-5, "{r:?}");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+        let after = s.forget_moves.unwrap();
+        assert_eq!(after, forget_moves(&m, &plan).unwrap().unwrap());
+        assert!(after.iter().all(|r| r.cos_mean < 0.999), "{after:?}");
+        // Recompute fact 1's rows from full runs of both models (no cached lower layers).
+        let orig = tiny_model(Arch::Gemma3);
+        let seq = &plan.forget.seqs[1];
+        let rows = |model: &Transformer| -> Vec<Vec<f64>> {
+            let b = crate::model::Batch::new(
+                &[seq.ids.clone()],
+                0,
+                crate::model::PadSide::Right,
+                model.device(),
+            )
+            .unwrap();
+            let opts = RunOpts {
+                stop_at: Some(2),
+                logits: LogitsAt::None,
+                ..Default::default()
+            };
+            let r = model.run(&b, &opts).unwrap().resid.get(0).unwrap();
+            let r: Vec<Vec<f64>> = r.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
+            seq.rep_positions.iter().map(|&p| r[p].clone()).collect()
+        };
+        let (h, h0) = (rows(&m), rows(&orig));
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let cos = |a: &[f64], b: &[f64]| dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
+        let n = h.len();
+        let mean = (0..n).map(|i| cos(&h[i], &h0[i])).sum::<f64>() / n as f64;
+        let norm = (dot(&h[n - 1], &h[n - 1]) / dot(&h0[n - 1], &h0[n - 1])).sqrt();
+        let got = &after[1];
+        assert!((got.cos_mean - mean).abs() < 1e-5, "{got:?} vs {mean}");
+        assert!((got.cos_last - cos(&h[n - 1], &h0[n - 1])).abs() < 1e-5, "{got:?}");
+        assert!((got.norm_last - norm).abs() < 1e-5, "{got:?} vs {norm}");
+        // A method that reads no representation has nothing to report.
+        let mut ft = plan;
+        ft.terms.retain(|t| !matches!(t.loss, Loss::Repr { .. }) || t.data != DataSet::Forget);
+        assert!(forget_moves(&m, &ft).unwrap().is_none());
     }
 
     #[test]
