@@ -134,6 +134,11 @@ pub enum Centre {
     /// what it says of anyone, and reflecting it points away from the answer rather than
     /// toward the prior.
     Unknown,
+    /// c = the mean residual, at the same place in the prompt, of the retain facts about
+    /// subjects the model knows, each answer weighted the same: a centre that favours no
+    /// answer, so reflecting h₀ − c points away from the answer even where the answer is also
+    /// what the model says of strangers (the footballers of Sports Facts).
+    Known,
 }
 
 impl Centre {
@@ -142,6 +147,7 @@ impl Centre {
             Centre::None => "none",
             Centre::Mean => "mean",
             Centre::Unknown => "unknown",
+            Centre::Known => "known",
         }
     }
 }
@@ -152,12 +158,12 @@ impl std::str::FromStr for Centre {
         Ok(match s {
             "false" => Centre::None,
             "true" => Centre::Mean,
-            _ => match [Centre::None, Centre::Mean, Centre::Unknown]
+            _ => match [Centre::None, Centre::Mean, Centre::Unknown, Centre::Known]
                 .into_iter()
                 .find(|c| c.name() == s)
             {
                 Some(c) => c,
-                None => bail!("kuda.center {s:?}: use none, mean or unknown"),
+                None => bail!("kuda.center {s:?}: use none, mean, unknown or known"),
             },
         })
     }
@@ -519,6 +525,7 @@ mod tests {
         assert_eq!(centre("false").unwrap(), Centre::None);
         assert_eq!(centre("none").unwrap(), Centre::None);
         assert_eq!(centre("unknown").unwrap(), Centre::Unknown);
+        assert_eq!(centre("known").unwrap(), Centre::Known);
         let e = centre("middle").unwrap_err();
         assert!(format!("{e:#}").contains("middle"), "{e:#}");
         let c = ForgetConfig::resolve(Method::Kuda, Some("[kuda]\ncenter = \"mean\"\n"), &[]);

@@ -12,8 +12,8 @@ use crate::forget::methods;
 use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
 use crate::forget::seqs::{text_chunks, Place, Seq, SeqSet};
 use crate::forget::trainer::{
-    first_layer, layer_of, mean_ref_norm, mean_ref_row, mean_ref_row_by_place, steering_vector,
-    train, Plan, RowMove, TrainSummary,
+    answer_balanced, first_layer, layer_of, mean_ref_norm, mean_ref_row, mean_ref_row_by_place,
+    steering_vector, train, Plan, RowMove, TrainSummary,
 };
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;
@@ -694,14 +694,31 @@ fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Res
             }
             (BTreeMap::new(), mean_ref_row(&sets)?)
         }
-        Centre::Unknown => {
-            if plan.retain.len() <= known_retain {
-                bail!("kuda.center = unknown needs facts about subjects the model does not know: set retain_unknown_facts > 0");
-            }
+        Centre::Unknown | Centre::Known => {
+            let (members, what) = if centre == Centre::Unknown {
+                if plan.retain.len() <= known_retain {
+                    bail!("kuda.center = unknown needs facts about subjects the model does not know: set retain_unknown_facts > 0");
+                }
+                let m: Vec<(usize, f64)> = (known_retain..plan.retain.len())
+                    .map(|i| (i, 1.0))
+                    .collect();
+                (m, "unknown subjects")
+            } else {
+                if known_retain == 0 {
+                    bail!("kuda.center = known needs retain facts about known subjects: set retain_facts > 0");
+                }
+                (
+                    answer_balanced(&plan.retain, 0..known_retain),
+                    "known subjects, each answer weighted the same",
+                )
+            };
             if plan.retain.rep_ref.is_none() {
-                bail!("kuda.center = unknown needs the retain facts at the representation layer (kuda.retain_weight > 0)");
+                bail!(
+                    "kuda.center = {} needs the retain facts at the representation layer (kuda.retain_weight > 0)",
+                    centre.name()
+                );
             }
-            let means = mean_ref_row_by_place(&plan.retain, known_retain)?;
+            let means = mean_ref_row_by_place(&plan.retain, &members)?;
             let total: usize = means.values().map(|(_, n)| n).sum();
             let mut all: Option<Tensor> = None;
             for (m, n) in means.values() {
@@ -712,11 +729,13 @@ fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Res
                 });
             }
             eprintln!(
-                "kuda.center = unknown: {} places from {total} rows of {} unknown subjects",
+                "kuda.center = {}: {} places from {total} rows of {} {what}",
+                centre.name(),
                 means.len(),
-                plan.retain.len() - known_retain
+                members.len()
             );
-            let all = all.context("the unknown subjects have no representation positions")?;
+            let all =
+                all.with_context(|| format!("the {what} have no representation positions"))?;
             (means.into_iter().map(|(k, (m, _))| (k, m)).collect(), all)
         }
     };
@@ -748,7 +767,8 @@ fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Res
         "kuda.center = {}: mean |h₀ − c| = {:.1}{}; mean |h₀| of the forget rows {:.1}",
         centre.name(),
         moved / n.max(1) as f64,
-        plan.rep_layer.map_or(String::new(), |l| format!(" at layer {l}")),
+        plan.rep_layer
+            .map_or(String::new(), |l| format!(" at layer {l}")),
         mean_ref_norm(&plan.forget)?
     );
     plan.forget.rep_centre = Some(centres);

@@ -798,30 +798,54 @@ pub fn mean_ref_row(sets: &[&SeqSet]) -> Result<Tensor> {
     Ok((sum / n as f64)?.to_dtype(DType::F32)?)
 }
 
-/// Mean reference row of the members `from..` of a fact set, per place in the prompt
-/// (rep positions only), with the count of rows behind each.
+/// Weighted mean reference row of some members of a fact set, per place in the prompt (rep
+/// positions only), with the count of rows behind each. `members` pairs a member with its
+/// weight (every row of a member counts with the member's weight).
 pub fn mean_ref_row_by_place(
     set: &SeqSet,
-    from: usize,
+    members: &[(usize, f64)],
 ) -> Result<BTreeMap<Place, (Tensor, usize)>> {
-    let mut acc: BTreeMap<Place, (Tensor, usize)> = BTreeMap::new();
-    for (seq, rows) in set.seqs.iter().zip(ref_rows(set)?).skip(from) {
+    let rows = ref_rows(set)?;
+    let mut acc: BTreeMap<Place, (Tensor, f64, usize)> = BTreeMap::new();
+    for &(i, w) in members {
+        let seq = set
+            .seqs
+            .get(i)
+            .with_context(|| format!("{}: no member {i}", set.name))?;
         for (j, &p) in seq.rep_positions.iter().enumerate() {
             let Some(place) = seq.place(p) else { continue };
-            let r = rows.get(j)?;
+            let r = rows[i].get(j)?.affine(w, 0.0)?;
             match acc.get_mut(&place) {
-                Some((s, n)) => {
+                Some((s, tw, n)) => {
                     *s = (&*s + r)?;
+                    *tw += w;
                     *n += 1;
                 }
                 None => {
-                    acc.insert(place, (r, 1));
+                    acc.insert(place, (r, w, 1));
                 }
             }
         }
     }
     acc.into_iter()
-        .map(|(k, (s, n))| Ok((k, ((s / n as f64)?.to_dtype(DType::F32)?, n))))
+        .map(|(k, (s, w, n))| Ok((k, ((s / w)?.to_dtype(DType::F32)?, n))))
+        .collect()
+}
+
+/// Weights that give each answer (a fact's first target token) the same total weight among
+/// `members` of a fact set: 1 / (number of answers × facts with this answer).
+pub fn answer_balanced(set: &SeqSet, members: impl Iterator<Item = usize>) -> Vec<(usize, f64)> {
+    let members: Vec<(usize, Option<u32>)> = members
+        .map(|i| (i, set.seqs[i].targets.first().map(|&(_, t)| t)))
+        .collect();
+    let mut count: HashMap<Option<u32>, usize> = HashMap::new();
+    for (_, a) in &members {
+        *count.entry(*a).or_default() += 1;
+    }
+    let k = count.len() as f64;
+    members
+        .iter()
+        .map(|(i, a)| (*i, 1.0 / (k * count[a] as f64)))
         .collect()
 }
 
@@ -903,7 +927,7 @@ mod tests {
         let mut set = SeqSet::new("retain", seqs);
         set.rep_ref = Some((1, refs));
         // Facts 1 and 2 only (fact 0 is a known subject).
-        let means = mean_ref_row_by_place(&set, 1).unwrap();
+        let means = mean_ref_row_by_place(&set, &[(1, 1.0), (2, 1.0)]).unwrap();
         let at = |pl: Place| {
             let (m, n) = &means[&pl];
             (m.to_vec1::<f32>().unwrap()[0], *n)
@@ -916,6 +940,28 @@ mod tests {
         assert_eq!(at(Place::After(0)), (19.5, 2));
         assert_eq!(at(Place::After(1)), (20.5, 2));
         assert_eq!(means.len(), 4);
+        // Weighted: fact 1 three times fact 2 at the last subject token: (3·13 + 24) / 4.
+        let w = mean_ref_row_by_place(&set, &[(1, 3.0), (2, 1.0)]).unwrap();
+        assert_eq!(w[&Place::LastSubject].0.to_vec1::<f32>().unwrap()[0], 15.75);
+        assert!(mean_ref_row_by_place(&set, &[(3, 1.0)]).is_err());
+    }
+
+    #[test]
+    fn balanced_weights_give_each_answer_the_same_total() {
+        let fact = |answer: u32| Seq {
+            ids: vec![1, 2, 3],
+            targets: vec![(2, answer)],
+            rep_positions: vec![1, 2],
+            subject: Some(1..2),
+        };
+        let set = SeqSet::new("retain", vec![fact(7), fact(7), fact(7), fact(9), fact(5)]);
+        let w = answer_balanced(&set, 0..4);
+        // Answers 7 (three facts) and 9 (one) among members 0..4: 1/6 each, and 1/2.
+        let want = [1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 0.5];
+        for ((i, got), (j, want)) in w.iter().zip(want.iter().enumerate()) {
+            assert_eq!(*i, j);
+            assert!((got - want).abs() < 1e-12, "{w:?}");
+        }
     }
 
     #[test]
@@ -1066,11 +1112,15 @@ mod tests {
         let norm = (dot(&h[n - 1], &h[n - 1]) / dot(&h0[n - 1], &h0[n - 1])).sqrt();
         let got = &after[1];
         assert!((got.cos_mean - mean).abs() < 1e-5, "{got:?} vs {mean}");
-        assert!((got.cos_last - cos(&h[n - 1], &h0[n - 1])).abs() < 1e-5, "{got:?}");
+        assert!(
+            (got.cos_last - cos(&h[n - 1], &h0[n - 1])).abs() < 1e-5,
+            "{got:?}"
+        );
         assert!((got.norm_last - norm).abs() < 1e-5, "{got:?} vs {norm}");
         // A method that reads no representation has nothing to report.
         let mut ft = plan;
-        ft.terms.retain(|t| !matches!(t.loss, Loss::Repr { .. }) || t.data != DataSet::Forget);
+        ft.terms
+            .retain(|t| !matches!(t.loss, Loss::Repr { .. }) || t.data != DataSet::Forget);
         assert!(forget_moves(&m, &ft).unwrap().is_none());
     }
 
