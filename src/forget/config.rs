@@ -275,7 +275,7 @@ pub struct ForgetConfig {
     /// move make the update more specific to the forget subjects. 0 = known facts only.
     pub retain_unknown_facts: usize,
     /// Positions of a forget fact that KUDA's deviation and RMU's steering act on: `prompt`
-    /// (subject to the last prompt token), `subject`, or `last-subject`.
+    /// (subject to the last prompt token), `subject`, `last-subject`, or `named` (last subject token to the last prompt token).
     pub forget_positions: ForgetPositions,
     pub optim: OptimConfig,
     pub kuda: KudaConfig,

@@ -37,6 +37,11 @@ pub enum ForgetPositions {
     Subject,
     /// The subject's last token (where causal tracing finds the fact looked up).
     LastSubject,
+    /// The subject's last token to the last prompt token: the rows that have read the whole
+    /// name. A row at an earlier subject token has seen only the start of the name, the same
+    /// as for every subject whose name starts so (Alex Smith's "Alex" is every Alex's), so
+    /// moving it moves them all.
+    Named,
 }
 
 /// Where a position sits in a fact's prompt relative to its subject, so that the same place
@@ -102,6 +107,11 @@ impl Seq {
                 ForgetPositions::Prompt => self.rep_positions,
                 ForgetPositions::Subject => span.clone().collect(),
                 ForgetPositions::LastSubject => vec![span.end - 1],
+                ForgetPositions::Named => self
+                    .rep_positions
+                    .into_iter()
+                    .filter(|&p| p + 1 >= span.end)
+                    .collect(),
             };
         }
         self
@@ -390,6 +400,7 @@ mod tests {
         assert_eq!(at(ForgetPositions::Prompt), vec![3, 4, 5, 6, 7]);
         assert_eq!(at(ForgetPositions::Subject), vec![3, 4]);
         assert_eq!(at(ForgetPositions::LastSubject), vec![4]);
+        assert_eq!(at(ForgetPositions::Named), vec![4, 5, 6, 7]);
         let text = Seq::text((0..6).collect()).unwrap();
         let cut = text
             .clone()
