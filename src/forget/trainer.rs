@@ -1089,7 +1089,7 @@ mod tests {
         let seq = &plan.forget.seqs[1];
         let rows = |model: &Transformer| -> Vec<Vec<f64>> {
             let b = crate::model::Batch::new(
-                &[seq.ids.clone()],
+                std::slice::from_ref(&seq.ids),
                 0,
                 crate::model::PadSide::Right,
                 model.device(),
