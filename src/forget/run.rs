@@ -987,7 +987,72 @@ fn tune(
 
 #[cfg(test)]
 mod tests {
-    use super::{data, unknown_facts, Fact, ForgetTarget};
+    use super::{center_deviation, data, unknown_facts, Centre, Fact, ForgetTarget, Plan};
+    use crate::forget::nullspace::Projectors;
+    use crate::forget::seqs::{Seq, SeqSet};
+    use candle_core::{Device, Tensor};
+
+    /// A fact of 6 tokens: subject at 2..4, then 2 template tokens; answer token `answer`.
+    /// Its reference row at position p is [value + p, 0] (layer 0).
+    fn fact(answer: u32, value: f32) -> (Seq, Tensor) {
+        let seq = Seq {
+            ids: vec![1, 2, 3, 4, 5, 6],
+            targets: vec![(5, answer)],
+            rep_positions: (2..6).collect(),
+            subject: Some(2..4),
+        };
+        let rows: Vec<f32> = (0..6).flat_map(|p| [value + p as f32, 0.0]).collect();
+        (seq, Tensor::from_vec(rows, (6, 2), &Device::Cpu).unwrap())
+    }
+
+    fn set(name: &str, facts: Vec<(Seq, Tensor)>) -> SeqSet {
+        let (seqs, refs): (Vec<Seq>, Vec<Tensor>) = facts.into_iter().unzip();
+        let mut s = SeqSet::new(name, seqs);
+        s.rep_ref = Some((0, refs));
+        s
+    }
+
+    /// Centre of the forget fact's last subject token (position 3) for `centre`.
+    fn centre_at_last_subject(centre: Centre) -> anyhow::Result<Option<f32>> {
+        // Retain: three known facts (answers 7, 7, 9), then two unknown ones.
+        let retain = set(
+            "retain",
+            vec![
+                fact(7, 10.0),
+                fact(7, 20.0),
+                fact(9, 60.0),
+                fact(7, 100.0),
+                fact(9, 200.0),
+            ],
+        );
+        let mut plan = Plan {
+            terms: vec![],
+            forget: set("forget", vec![fact(7, 0.0)]),
+            retain,
+            text: SeqSet::new("text", vec![]),
+            params: vec![],
+            rep_layer: Some(0),
+            projectors: Projectors::default(),
+            project_update: false,
+            pad: 0,
+            text_rows: 0,
+        };
+        center_deviation(&mut plan, centre, 3)?;
+        match plan.forget.rep_centre {
+            Some(c) => Ok(Some(c[0].get(3)?.to_vec1::<f32>()?[0])),
+            None => Ok(None),
+        }
+    }
+
+    #[test]
+    fn the_centres_average_the_unknown_or_the_balanced_known_subjects() {
+        // Unknown subjects (retain members 3 and 4) at position 3: (103 + 203) / 2.
+        let at = |c| centre_at_last_subject(c).unwrap();
+        assert_eq!(at(Centre::Unknown), Some(153.0));
+        // Known ones, each answer the same weight: ((13 + 23) / 2 + 63) / 2.
+        assert_eq!(at(Centre::Known), Some(40.5));
+        assert_eq!(at(Centre::None), None);
+    }
 
     #[test]
     fn unknown_facts_are_outside_the_known_ones_seeded_and_capped() {
