@@ -53,7 +53,10 @@ pub fn terms(
                         1.0,
                         DataSet::Forget,
                         Loss::Repr {
-                            loss: ReprLoss::Deviation { beta: k.beta },
+                            loss: ReprLoss::Deviation {
+                                beta: k.beta,
+                                distance: k.distance,
+                            },
                             sample: k.token_ratio,
                         },
                     )
