@@ -74,11 +74,8 @@ impl std::str::FromStr for Method {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KudaConfig {
-    /// Inverse forgetting temperature β of exp(−β·d).
+    /// Inverse forgetting temperature β of exp(−β(1 − cos)).
     pub beta: f64,
-    /// The distance d of the deviation: `cosine` (1 − cos, SPEC §3.1) or `chord`
-    /// (√(2(1 − cos)), which does not go flat at the start).
-    pub distance: crate::forget::terms::Distance,
     /// Share of the forget tokens sampled each step.
     pub token_ratio: f64,
     /// Weight of ‖h − h₀‖² on retain facts.
@@ -107,7 +104,6 @@ impl Default for KudaConfig {
     fn default() -> Self {
         KudaConfig {
             beta: 3.0,
-            distance: Default::default(),
             token_ratio: 0.5,
             retain_weight: 10.0,
             text_weight: 10.0,

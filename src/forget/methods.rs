@@ -53,10 +53,7 @@ pub fn terms(
                         1.0,
                         DataSet::Forget,
                         Loss::Repr {
-                            loss: ReprLoss::Deviation {
-                                beta: k.beta,
-                                distance: k.distance,
-                            },
+                            loss: ReprLoss::Deviation { beta: k.beta },
                             sample: k.token_ratio,
                         },
                     )

@@ -102,30 +102,12 @@ pub fn logits_grad(c: &[f64], targets: &[u32], softmax: &Tensor) -> Result<Tenso
     Ok((onehot - softmax)?.broadcast_mul(&ct)?)
 }
 
-/// How KUDA's deviation measures the distance d between a row's direction and its original
-/// one (around the centre when there is one); the loss is exp(−β·d).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Distance {
-    /// d = 1 − cos (SPEC §3.1): flat at the start, so a row whose neighbours' updates do not
-    /// happen to move it gets almost no gradient of its own (d ≈ θ²/2).
-    #[default]
-    Cosine,
-    /// d = |u − u₀| = √(2(1 − cos)), the chord between the unit directions (≈ θ): the same
-    /// push once a row has moved at all, however little. Smoothed at the start as
-    /// √(2(1 − cos) + ε²) − ε, ε = 10⁻³.
-    Chord,
-}
-
-/// ε of the chord's smoothing at d = 0.
-const CHORD_EPS: f64 = 1e-3;
-
 /// A loss on residual rows `h` `[M, D]` at the representation layer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ReprLoss {
-    /// KUDA: mean exp(−β·d(h, h₀)), d = 1 − cos or the chord (the trainer passes the rows
-    /// relative to a centre when KUDA's `center` sets one).
-    Deviation { beta: f64, distance: Distance },
+    /// KUDA: mean exp(−β·(1 − cos(h, h₀))) (the trainer passes the rows relative to a
+    /// centre when KUDA's `center` sets one).
+    Deviation { beta: f64 },
     /// Σ‖h − h₀‖² / (M · mean‖h₀‖²): stay where the frozen model was.
     RefMse,
     /// RMU: Σ‖h − c·u‖² / (M · c²) for the fixed vector `target` = c·u.
@@ -168,31 +150,17 @@ pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tenso
             let loss = scalar(diff.sqr()?.sum_all()?)? / (mf * c2);
             Ok((loss, diff.affine(2.0 / (mf * c2), 0.0)?))
         }
-        ReprLoss::Deviation { beta, distance } => {
+        ReprLoss::Deviation { beta } => {
             let dot = (&h * &h0)?.sum_keepdim(1)?;
             let nh = h.sqr()?.sum_keepdim(1)?.sqrt()?;
             let n0 = h0.sqr()?.sum_keepdim(1)?.sqrt()?;
             let cos = (&dot / (&nh * &n0)?)?;
+            // L_i = exp(−β(1 − cos_i)); dL_i/dh = L_i·β·(h0/(|h||h0|) − cos·h/|h|²).
+            let li = cos.affine(*beta, -*beta)?.exp()?;
+            let loss = scalar(li.sum_all()?)? / mf;
             let dcos =
                 (h0.broadcast_div(&(&nh * &n0)?)? - h.broadcast_mul(&(&cos / nh.sqr()?)?)?)?;
-            // L_i = exp(−β·d_i); dL_i/dh = −β·L_i·(∂d/∂cos)·∂cos/∂h, with
-            // ∂cos/∂h = h0/(|h||h0|) − cos·h/|h|².
-            let (li, scale) = match distance {
-                Distance::Cosine => {
-                    // ∂d/∂cos = −1.
-                    let li = cos.affine(*beta, -*beta)?.exp()?;
-                    let scale = li.affine(*beta / mf, 0.0)?;
-                    (li, scale)
-                }
-                Distance::Chord => {
-                    // s = √(2(1 − cos) + ε²), d = s − ε, ∂d/∂cos = −1/s.
-                    let s = (cos.affine(-2.0, 2.0)?.relu()? + CHORD_EPS * CHORD_EPS)?.sqrt()?;
-                    let li = s.affine(-*beta, *beta * CHORD_EPS)?.exp()?;
-                    let scale = (&li / &s)?.affine(*beta / mf, 0.0)?;
-                    (li, scale)
-                }
-            };
-            let loss = scalar(li.sum_all()?)? / mf;
+            let scale = li.affine(*beta / mf, 0.0)?;
             Ok((loss, dcos.broadcast_mul(&scale)?))
         }
     }
@@ -290,14 +258,7 @@ mod tests {
         let h0v = [0.4f64, -0.8, 2.5, -0.2, 1.0, 0.6];
         let h0 = Tensor::from_slice(&h0v, (2, 3), &dev).unwrap();
         for kind in [
-            ReprLoss::Deviation {
-                beta: 3.0,
-                distance: Distance::Cosine,
-            },
-            ReprLoss::Deviation {
-                beta: 3.0,
-                distance: Distance::Chord,
-            },
+            ReprLoss::Deviation { beta: 3.0 },
             ReprLoss::RefMse,
             ReprLoss::Steer {
                 target: vec![1.0, 2.0, -1.0],
@@ -322,47 +283,13 @@ mod tests {
     #[test]
     fn deviation_is_one_at_the_reference_and_fades() {
         let dev = Device::Cpu;
-        let h0 = Tensor::new(&[[1f64, 2.0, 3.0]], &dev).unwrap();
+        let h0 = Tensor::new(&[[1f32, 2.0, 3.0]], &dev).unwrap();
+        let (l, _) = repr_loss(&ReprLoss::Deviation { beta: 2.0 }, &h0, &h0).unwrap();
+        assert!((l - 1.0).abs() < 1e-6);
         let opposite = h0.neg().unwrap();
-        for (distance, far) in [(Distance::Cosine, 2.0), (Distance::Chord, 2.0 - CHORD_EPS)] {
-            let kind = ReprLoss::Deviation {
-                beta: 2.0,
-                distance,
-            };
-            let (l, _) = repr_loss(&kind, &h0, &h0).unwrap();
-            assert!((l - 1.0).abs() < 1e-6, "{distance:?}");
-            let (l, g) = repr_loss(&kind, &opposite, &h0).unwrap();
-            assert!((l - (-2.0 * far).exp()).abs() < 1e-5, "{distance:?}: {l}");
-            let gn: f64 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-            assert!(gn < 1e-6, "{distance:?}: the gradient vanishes at cos = −1");
-        }
-    }
-
-    #[test]
-    fn the_chord_pushes_a_barely_moved_row_as_hard_as_a_moved_one() {
-        let dev = Device::Cpu;
-        let h0 = Tensor::new(&[[1f64, 0.0, 0.0]], &dev).unwrap();
-        // Rows at 0.01 and 0.3 radians from h₀.
-        let push = |distance, angle: f64| -> f64 {
-            let h = Tensor::new(&[[angle.cos(), angle.sin(), 0.0]], &dev).unwrap();
-            let kind = ReprLoss::Deviation {
-                beta: 0.3,
-                distance,
-            };
-            let (_, g) = repr_loss(&kind, &h, &h0).unwrap();
-            g.sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-                .sqrt()
-        };
-        // The cosine's push grows with sin θ (30× from 0.01 to 0.3 rad); the chord's stays
-        // within the factor exp(β·Δd) of the loss itself (and the smoothing).
-        let cos_ratio = push(Distance::Cosine, 0.3) / push(Distance::Cosine, 0.01);
-        let chord_ratio = push(Distance::Chord, 0.3) / push(Distance::Chord, 0.01);
-        assert!(cos_ratio > 25.0, "{cos_ratio}");
-        assert!((0.85..1.0).contains(&chord_ratio), "{chord_ratio}");
+        let (l, g) = repr_loss(&ReprLoss::Deviation { beta: 2.0 }, &opposite, &h0).unwrap();
+        assert!((l - (-4f64).exp()).abs() < 1e-6);
+        let gn: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(gn < 1e-6, "the gradient vanishes at cos = −1");
     }
 }
