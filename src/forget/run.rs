@@ -775,7 +775,6 @@ fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Res
     Ok(())
 }
 
-/// Train on every part of the forget facts in turn (one part unless editing in partitions).
 /// The forget facts `0..n` cut into `k` consecutive partitions (at least one, none empty).
 fn partitions(n: usize, k: usize) -> Vec<Vec<usize>> {
     let k = k.min(n).max(1);
@@ -836,6 +835,7 @@ fn print_moves(moves: &[FactMove], kept: &[Outcome], rep_layer: Option<usize>) {
     }
 }
 
+/// Train on every part of the forget facts in turn (one part unless editing in partitions).
 fn train_all(
     lm: &mut LanguageModel,
     ctx: &TrainCtx,

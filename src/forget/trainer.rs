@@ -444,7 +444,7 @@ pub fn forget_moves(model: &Transformer, plan: &Plan) -> Result<Option<Vec<RowMo
             let cos = |r: usize| dot[r] / (nh[r] * n0[r]).max(1e-12);
             let last = rows.end - 1;
             moves.push(RowMove {
-                cos_mean: rows.clone().map(cos).sum::<f64>() / pos.len().max(1) as f64,
+                cos_mean: rows.clone().map(cos).sum::<f64>() / pos.len() as f64,
                 cos_last: cos(last),
                 norm_last: nh[last] / n0[last].max(1e-12),
             });
