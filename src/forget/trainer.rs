@@ -383,19 +383,41 @@ pub fn repr_drift(
     set: &SeqSet,
 ) -> Result<f64> {
     let (mut sum, mut n) = (0.0, 0usize);
+    chunk_rows(
+        model,
+        rep_layer,
+        pad,
+        set,
+        |s| (0..s.ids.len()).collect(),
+        |chunk, _, h, h0| {
+            let (l, _) = repr_loss(&ReprLoss::RefMse, &h, &h0)?;
+            sum += l * chunk.len() as f64;
+            n += chunk.len();
+            Ok(())
+        },
+    )?;
+    Ok(sum / n.max(1) as f64)
+}
+
+/// Run every member of a set, 16 at a time, up to the representation layer (frozen weights
+/// as they are, no gradient) and hand each chunk, its rows' positions (`positions` of each
+/// member) and the rows h and h₀ (relative to the set's centre) to `f`.
+fn chunk_rows(
+    model: &Transformer,
+    rep_layer: Option<usize>,
+    pad: u32,
+    set: &SeqSet,
+    positions: impl Fn(&crate::forget::seqs::Seq) -> Vec<usize>,
+    mut f: impl FnMut(&[usize], &[Vec<usize>], Tensor, Tensor) -> Result<()>,
+) -> Result<()> {
     let all: Vec<usize> = (0..set.len()).collect();
     for chunk in all.chunks(16) {
         let prep = set.prepare(model, chunk, pad)?;
-        let positions: Vec<Vec<usize>> = chunk
-            .iter()
-            .map(|&i| (0..set.seqs[i].ids.len()).collect())
-            .collect();
-        let (_, _, _, h, h0) = repr_rows(model, rep_layer, set, &prep, &positions, false)?;
-        let (l, _) = repr_loss(&ReprLoss::RefMse, &h, &h0)?;
-        sum += l * chunk.len() as f64;
-        n += chunk.len();
+        let pos: Vec<Vec<usize>> = chunk.iter().map(|&i| positions(&set.seqs[i])).collect();
+        let (_, _, _, h, h0) = repr_rows(model, rep_layer, set, &prep, &pos, false)?;
+        f(chunk, &pos, h, h0)?;
     }
-    Ok(sum / n.max(1) as f64)
+    Ok(())
 }
 
 /// How far one forget fact's rows have moved at the representation layer, read the way
@@ -423,34 +445,36 @@ pub fn forget_moves(model: &Transformer, plan: &Plan) -> Result<Option<Vec<RowMo
     }
     let set = &plan.forget;
     let mut moves = Vec::with_capacity(set.len());
-    let all: Vec<usize> = (0..set.len()).collect();
-    for chunk in all.chunks(16) {
-        let prep = set.prepare(model, chunk, plan.pad)?;
-        let positions: Vec<Vec<usize>> = chunk
-            .iter()
-            .map(|&i| set.seqs[i].rep_positions.clone())
-            .collect();
-        let (_, _, _, h, h0) = repr_rows(model, plan.rep_layer, set, &prep, &positions, false)?;
-        let (h, h0) = (h.to_dtype(DType::F64)?, h0.to_dtype(DType::F64)?);
-        let dot: Vec<f64> = (&h * &h0)?.sum(1)?.to_vec1()?;
-        let nh: Vec<f64> = h.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
-        let n0: Vec<f64> = h0.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
-        let mut at = 0;
-        for (pos, &i) in positions.iter().zip(chunk) {
-            if pos.is_empty() {
-                bail!("forget sequence {i} has no representation rows");
+    let rep = |s: &crate::forget::seqs::Seq| s.rep_positions.clone();
+    chunk_rows(
+        model,
+        plan.rep_layer,
+        plan.pad,
+        set,
+        rep,
+        |chunk, positions, h, h0| {
+            let (h, h0) = (h.to_dtype(DType::F64)?, h0.to_dtype(DType::F64)?);
+            let dot: Vec<f64> = (&h * &h0)?.sum(1)?.to_vec1()?;
+            let nh: Vec<f64> = h.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+            let n0: Vec<f64> = h0.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+            let mut at = 0;
+            for (pos, &i) in positions.iter().zip(chunk) {
+                if pos.is_empty() {
+                    bail!("forget sequence {i} has no representation rows");
+                }
+                let rows = at..at + pos.len();
+                let cos = |r: usize| dot[r] / (nh[r] * n0[r]).max(1e-12);
+                let last = rows.end - 1;
+                moves.push(RowMove {
+                    cos_mean: rows.clone().map(cos).sum::<f64>() / pos.len() as f64,
+                    cos_last: cos(last),
+                    norm_last: nh[last] / n0[last].max(1e-12),
+                });
+                at = rows.end;
             }
-            let rows = at..at + pos.len();
-            let cos = |r: usize| dot[r] / (nh[r] * n0[r]).max(1e-12);
-            let last = rows.end - 1;
-            moves.push(RowMove {
-                cos_mean: rows.clone().map(cos).sum::<f64>() / pos.len() as f64,
-                cos_last: cos(last),
-                norm_last: nh[last] / n0[last].max(1e-12),
-            });
-            at = rows.end;
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(Some(moves))
 }
 
