@@ -188,6 +188,44 @@ pub fn split(known: &[Fact], spec: &str, seed: u64) -> Result<(Vec<Fact>, Vec<Fa
     Ok((forget, retain))
 }
 
+/// The words of a name that can identify someone: lower-cased, stripped of punctuation at their
+/// ends; initials, short particles (two letters or fewer) and suffixes (jr, sr, ii–iv) left out.
+fn name_words(name: &str) -> Vec<String> {
+    name.split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| {
+            w.chars().count() > 2 && !matches!(w.as_str(), "jr" | "sr" | "iii" | "ii" | "iv")
+        })
+        .collect()
+}
+
+/// Which of `facts` are about a namesake of a `forget` subject: a different subject that
+/// shares a name word with one ("Elijah Millsap" for "Paul Millsap", "Jermaine O'Neal" for
+/// "Shaquille O'Neal"). An update that moves what the model reads off a name moves their facts
+/// too, so they are the retain facts that most need holding in place.
+pub fn namesakes(forget: &[Fact], facts: &[Fact]) -> Vec<bool> {
+    let subjects: std::collections::HashSet<&str> =
+        forget.iter().map(|f| f.subject.as_str()).collect();
+    let words: std::collections::HashSet<String> =
+        forget.iter().flat_map(|f| name_words(&f.subject)).collect();
+    facts
+        .iter()
+        .map(|f| {
+            !subjects.contains(f.subject.as_str())
+                && name_words(&f.subject).iter().any(|w| words.contains(w))
+        })
+        .collect()
+}
+
+/// `facts` with the flagged ones first, each part in its original (seeded) order.
+pub fn flagged_first(facts: Vec<Fact>, flags: &[bool]) -> Vec<Fact> {
+    let (first, rest): (Vec<_>, Vec<_>) = facts.into_iter().zip(flags).partition(|(_, &f)| f);
+    first.into_iter().chain(rest).map(|(f, _)| f).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +268,41 @@ mod tests {
             .to_string()
             .contains("10 are known"));
         assert!(split(&k, "curling", 0).is_err());
+    }
+
+    #[test]
+    fn namesakes_share_a_name_word_but_not_the_subject() {
+        let named = |names: &[&str]| -> Vec<Fact> {
+            let mut v = facts(names.len());
+            for (f, n) in v.iter_mut().zip(names) {
+                f.subject = n.to_string();
+            }
+            v
+        };
+        let forget = named(&["Paul Millsap", "Shaquille O'Neal", "Odell Beckham Jr."]);
+        let pool = named(&[
+            "Elijah Millsap",
+            "Jermaine O'Neal",
+            "Shaquille Harrison",
+            "paul george",
+            "Paul Millsap",
+            "Jr. Smith",
+            "Al Horford",
+            "LeBron James",
+        ]);
+        assert_eq!(
+            namesakes(&forget, &pool),
+            [true, true, true, true, false, false, false, false]
+        );
+        assert_eq!(name_words("  O'Neal,  Jr. "), ["o'neal"]);
+        let ids: Vec<String> = flagged_first(
+            pool,
+            &[false, true, false, true, false, false, false, false],
+        )
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+        assert_eq!(ids, ["1", "3", "0", "2", "4", "5", "6", "7"]);
     }
 
     #[test]

@@ -274,6 +274,10 @@ pub struct ForgetConfig {
     /// a method with a retain cross-entropy would also train them). More names that must not
     /// move make the update more specific to the forget subjects. 0 = known facts only.
     pub retain_unknown_facts: usize,
+    /// Fill the retain facts first with the known facts about namesakes of a forget subject
+    /// (a different subject sharing a name word: "Elijah Millsap" for "Paul Millsap"), then at
+    /// random; off, they are drawn at random like the others and may land in the held-out set.
+    pub retain_namesakes: bool,
     /// Positions of a forget fact that KUDA's deviation and RMU's steering act on: `prompt`
     /// (subject to the last prompt token), `subject`, `last-subject`, or `named` (last subject token to the last prompt token).
     pub forget_positions: ForgetPositions,
@@ -302,6 +306,7 @@ impl Default for ForgetConfig {
             max_abs_loss: 1e4,
             retain_facts: 128,
             retain_unknown_facts: 0,
+            retain_namesakes: false,
             forget_positions: ForgetPositions::Prompt,
             optim: OptimConfig::default(),
             kuda: KudaConfig::default(),

@@ -95,6 +95,14 @@ pub struct Metrics {
     /// The held-out facts whose answer no longer does: what the run broke.
     #[serde(default)]
     pub held_out_lost: Vec<Outcome>,
+    /// The known facts about namesakes of the forget subjects ([`known::namesakes`]), wherever
+    /// they sit (retain facts or held out): what an update that reads names too coarsely
+    /// breaks first. None when there are none.
+    #[serde(default)]
+    pub namesakes: Option<Accuracy>,
+    /// The namesakes' facts whose answer no longer beats the other candidates.
+    #[serde(default)]
+    pub namesakes_lost: Vec<Outcome>,
 }
 
 /// Parse `2-4`, `2,3,4` or `7` into layers.
@@ -146,13 +154,24 @@ fn new_answer_for(f: &Fact, rule: &str) -> Result<String> {
     }
 }
 
-fn evaluate(
-    lm: &LanguageModel,
-    forget: &[Fact],
-    held_out: &[Fact],
-    edit: Option<&[String]>,
-    ppl_ids: &[u32],
-) -> Result<Metrics> {
+/// What a run is measured on, before and after training.
+struct EvalSets<'a> {
+    forget: &'a [Fact],
+    held_out: &'a [Fact],
+    namesakes: &'a [Fact],
+    /// Editing: the new answer of each forget fact.
+    edit: Option<&'a [String]>,
+    ppl_ids: &'a [u32],
+}
+
+fn evaluate(lm: &LanguageModel, sets: &EvalSets) -> Result<Metrics> {
+    let EvalSets {
+        forget,
+        held_out,
+        namesakes,
+        edit,
+        ppl_ids,
+    } = *sets;
     let forget_acc = accuracy(lm, forget, |f| f.answer.clone())?;
     let edit_acc = match edit {
         Some(new) => {
@@ -167,6 +186,10 @@ fn evaluate(
     };
     let pool: Vec<Fact> = forget.iter().chain(held_out).cloned().collect();
     let held_out_acc = accuracy(lm, held_out, |f| f.answer.clone())?;
+    let namesakes_acc = match namesakes {
+        [] => None,
+        n => Some(accuracy(lm, n, |f| f.answer.clone())?),
+    };
     let pick = |a: &Accuracy, kept: bool| -> Vec<Outcome> {
         a.outcomes
             .iter()
@@ -181,6 +204,8 @@ fn evaluate(
         forget_floor: Some(know_nothing_floor(lm, forget, &pool)?),
         edit: edit_acc,
         held_out: held_out_acc,
+        namesakes_lost: namesakes_acc.as_ref().map_or(vec![], |a| pick(a, false)),
+        namesakes: namesakes_acc,
         wikitext: perplexity(lm, ppl_ids, 512, 256)?,
     })
 }
@@ -242,6 +267,16 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let (forget, pool) = known::split(&known_facts, &a.forget, cfg.seed)?;
     let mut pool = pool;
     pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
+    let is_namesake = known::namesakes(&forget, &pool);
+    let namesakes: Vec<Fact> = pool
+        .iter()
+        .zip(&is_namesake)
+        .filter(|(_, &n)| n)
+        .map(|(f, _)| f.clone())
+        .collect();
+    if cfg.retain_namesakes {
+        pool = known::flagged_first(pool, &is_namesake);
+    }
     let n_train = cfg.retain_facts.min(pool.len() / 2);
     let mut retain: Vec<Fact> = pool[..n_train].to_vec();
     if cfg.retain_unknown_facts > 0 {
@@ -281,6 +316,17 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         retain.len(),
         held_out.len()
     );
+    if !namesakes.is_empty() {
+        let in_retain = pool[..n_train]
+            .iter()
+            .filter(|f| namesakes.contains(f))
+            .count();
+        eprintln!(
+            "{} known facts are about namesakes of a forget subject: {in_retain} in the retain facts{}",
+            namesakes.len(),
+            if cfg.retain_namesakes { "" } else { " (retain_namesakes = false)" }
+        );
+    }
 
     // What is updated.
     let (localization, params): (Option<Localization>, Vec<String>) =
@@ -341,16 +387,22 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let text_seqs = text_chunks(&lm, &wiki_train, cfg.text_tokens, n_text)?;
     let ppl_ids = tokenize_lines(&lm, &wiki_eval, PPL_TOKENS)?;
 
+    let sets = EvalSets {
+        forget: &forget,
+        held_out: &held_out,
+        namesakes: &namesakes,
+        edit: new_answers.as_deref(),
+        ppl_ids: &ppl_ids,
+    };
     let before = if a.eval {
         // The original model's numbers depend only on it and the data: cached.
         let key = serde_json::to_vec(
-            // "v" changes with what `evaluate` measures (2: the know-nothing floor).
-            &json!({"v": 2, "model": base_fp, "forget": forget, "held_out": held_out,
+            // "v" changes with what `evaluate` measures (2: the know-nothing floor, 3: namesakes).
+            &json!({"v": 3, "model": base_fp, "forget": forget, "held_out": held_out,
+            "namesakes": namesakes,
             "new": new_answers, "ppl": ppl_ids}),
         )?;
-        let m = crate::util::cached_json("metrics", &key, || {
-            evaluate(&lm, &forget, &held_out, new_answers.as_deref(), &ppl_ids)
-        })?;
+        let m = crate::util::cached_json("metrics", &key, || evaluate(&lm, &sets))?;
         print_metrics("before", &m);
         Some(m)
     } else {
@@ -419,7 +471,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let moves = fact_moves(&summaries, &forget, ctx.partitions);
 
     let after = if a.eval {
-        let m = evaluate(&lm, &forget, &held_out, new_answers.as_deref(), &ppl_ids)?;
+        let m = evaluate(&lm, &sets)?;
         print_metrics("after", &m);
         print_moves(&moves, &m.forget_kept, ctx.rep_layer);
         Some(m)
@@ -517,6 +569,19 @@ fn print_metrics(when: &str, m: &Metrics) {
     }
     if !m.held_out_lost.is_empty() {
         eprintln!("        held-out facts lost: {}", names(&m.held_out_lost));
+    }
+    if let Some(n) = &m.namesakes {
+        let lost = &m.namesakes_lost;
+        eprintln!(
+            "        namesakes of the forget subjects: {:.1}% of {}{}",
+            100.0 * n.top1_candidates,
+            n.n,
+            if lost.is_empty() {
+                String::new()
+            } else {
+                format!(" (lost: {})", names(lost))
+            }
+        );
     }
 }
 
