@@ -165,6 +165,48 @@ fn made_up_athletes_score_the_prior_not_zero() {
     );
 }
 
+/// The namesakes of the first 64 known athletes in the real Sports data: the brothers and
+/// the shared surnames that a 64-athlete run loses first are found, and no forget athlete is
+/// its own namesake.
+#[test]
+fn namesakes_of_forgotten_athletes_are_found_in_the_real_data() {
+    let lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
+    let known = unlearn::data::known::known_facts(&lm, "sports", "top1").unwrap();
+    let (forget, rest) = unlearn::data::known::split(&known, "first-64", 0).unwrap();
+    let flags = unlearn::data::known::namesakes(&forget, &rest);
+    let found: Vec<&str> = rest
+        .iter()
+        .zip(&flags)
+        .filter(|(_, &n)| n)
+        .map(|(f, _)| f.subject.as_str())
+        .collect();
+    let forgotten: Vec<&str> = forget.iter().map(|f| f.subject.as_str()).collect();
+    for (who, because) in [
+        ("Elijah Millsap", "Paul Millsap"),
+        ("Jermaine O'Neal", "Shaquille O'Neal"),
+        ("Shaquille Harrison", "Shaquille O'Neal"),
+    ] {
+        assert!(
+            forgotten.contains(&because),
+            "{because} is not among the first 64"
+        );
+        assert!(
+            found.contains(&who),
+            "{who} not found as a namesake of {because}"
+        );
+    }
+    assert!(found.iter().all(|n| !forgotten.contains(n)));
+    assert!(
+        (10..rest.len() / 2).contains(&found.len()),
+        "{} namesakes of 64 athletes among {}",
+        found.len(),
+        rest.len()
+    );
+    assert!(unlearn::data::known::namesakes(&forget, &forget)
+        .iter()
+        .all(|&n| !n));
+}
+
 /// The β stage of `--tune` with `--forget-target floor`: each β trial is scored against the
 /// trial model's own know-nothing floor, and the search stops at the first β that reaches it
 /// (or runs through the list); the report lands in OUT/tune/tuning.json.
