@@ -317,9 +317,9 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         held_out.len()
     );
     if !namesakes.is_empty() {
-        let in_retain = pool[..n_train]
-            .iter()
-            .filter(|f| namesakes.contains(f))
+        let in_retain = known::namesakes(&forget, &pool[..n_train])
+            .into_iter()
+            .filter(|&n| n)
             .count();
         eprintln!(
             "{} known facts are about namesakes of a forget subject: {in_retain} in the retain facts{}",
