@@ -475,7 +475,7 @@ const FORGET_HELP: &str = "Settings (TOML keys for --config, or --set key=value)
 optim.lr depends on the method (kuda 1e-3, localized-ft 3e-5, ga/graddiff 2e-5, npo/simnpo 5e-5, rmu 1e-4). \
 Print the resolved settings with --print-config.\n\n\
   steps = 30, batch_size = 16 (forget facts per step), retain_batch_size = 32, text_batch_size = 4, \
-text_tokens = 64, text_ce_rows = 16 (targets sampled per chunk), grad_accum = 1, seed = 0, checkpoint_every = 10, max_abs_loss = 1e4, retain_facts = 128, retain_unknown_facts = 0 (facts the model does not know, added to the retain set), retain_namesakes = false (true: known facts about other subjects sharing a name word with a forget subject go into the retain facts first), forget_positions = \"prompt\" (or subject, last-subject, named = last subject token onward: where KUDA's deviation and RMU's steering act)\n\
+text_tokens = 64, text_ce_rows = 16 (targets sampled per chunk), grad_accum = 1, seed = 0, checkpoint_every = 10, max_abs_loss = 1e4, retain_facts = 128, retain_unknown_facts = 0 (facts the model does not know, added to the retain set), retain_namesakes = false (true: known facts about other subjects sharing a name word with a forget subject go into the retain facts first), retain_known_repeat = 1 (each known retain fact enters the retain terms this many times, the unknown ones once), forget_positions = \"prompt\" (or subject, last-subject, named = last subject token onward: where KUDA's deviation and RMU's steering act)\n\
   [optim] rule = adamw|sgd, lr, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, warmup_steps = 2, \
 min_lr_ratio = 0.1, clip_norm = 1.0\n\
   [kuda] beta = 3.0, token_ratio = 0.5, retain_weight = 10, text_weight = 10, retain_ce_weight = 0, \

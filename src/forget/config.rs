@@ -278,6 +278,10 @@ pub struct ForgetConfig {
     /// (a different subject sharing a name word: "Elijah Millsap" for "Paul Millsap"), then at
     /// random; off, they are drawn at random like the others and may land in the held-out set.
     pub retain_namesakes: bool,
+    /// How many times each known retain fact enters the training retain set (the unknown
+    /// ones once): the retain terms then weigh the known subjects, whose answers the
+    /// evaluation reads, this many times the unknown ones. 1 = all facts alike.
+    pub retain_known_repeat: usize,
     /// Positions of a forget fact that KUDA's deviation and RMU's steering act on: `prompt`
     /// (subject to the last prompt token), `subject`, `last-subject`, or `named` (last subject token to the last prompt token).
     pub forget_positions: ForgetPositions,
@@ -307,6 +311,7 @@ impl Default for ForgetConfig {
             retain_facts: 128,
             retain_unknown_facts: 0,
             retain_namesakes: false,
+            retain_known_repeat: 1,
             forget_positions: ForgetPositions::Prompt,
             optim: OptimConfig::default(),
             kuda: KudaConfig::default(),
@@ -368,6 +373,9 @@ impl ForgetConfig {
         }
         if self.text_tokens < 2 {
             bail!("text_tokens must be at least 2");
+        }
+        if self.retain_known_repeat == 0 {
+            bail!("retain_known_repeat must be at least 1 (1 = each known retain fact once)");
         }
         self.optim.validate()?;
         let k = &self.kuda;
@@ -518,6 +526,9 @@ mod tests {
         let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.projection=sideways".into()])
             .unwrap_err();
         assert!(format!("{e:#}").contains("sideways"), "{e:#}");
+        let e = ForgetConfig::resolve(Method::Kuda, None, &["retain_known_repeat=0".into()])
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("retain_known_repeat"), "{e:#}");
     }
 
     #[test]

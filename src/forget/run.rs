@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
 
 /// Options of `unlearn forget` / `unlearn edit`.
@@ -310,10 +311,18 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         None
     };
     eprintln!(
-        "{} facts to {}, {} retain facts for training, {} held out",
+        "{} facts to {}, {} retain facts for training{}, {} held out",
         forget.len(),
         if a.edit { "edit" } else { "forget" },
         retain.len(),
+        if cfg.retain_known_repeat > 1 {
+            format!(
+                " (the {n_train} known ones weighed ×{})",
+                cfg.retain_known_repeat
+            )
+        } else {
+            String::new()
+        },
         held_out.len()
     );
     if !namesakes.is_empty() {
@@ -726,7 +735,10 @@ fn plan_for(
     let mut plan = Plan {
         terms: methods::terms(ctx.method, cfg, ctx.edit, steer)?,
         forget: fset,
-        retain: SeqSet::new("retain", ctx.retain_seqs.clone()),
+        retain: SeqSet::new(
+            "retain",
+            repeat_known(&ctx.retain_seqs, ctx.known_retain, cfg.retain_known_repeat),
+        ),
         text: SeqSet::new("text", ctx.text_seqs.clone()),
         params: ctx.params.clone(),
         rep_layer: ctx.rep_layer,
@@ -737,15 +749,31 @@ fn plan_for(
     };
     plan.precompute(&lm.model, 16)?;
     if ctx.method == Method::Kuda {
-        center_deviation(&mut plan, cfg.kuda.center, ctx.known_retain)?;
+        let (known, all) = (ctx.known_retain, ctx.retain_seqs.len());
+        center_deviation(&mut plan, cfg.kuda.center, 0..known, known..all)?;
     }
     Ok(plan)
 }
 
+/// The training retain set: the retain facts (`known` known subjects first, then the unknown
+/// ones), followed by `repeat − 1` more copies of the known ones.
+fn repeat_known(seqs: &[Seq], known: usize, repeat: usize) -> Vec<Seq> {
+    let mut out = seqs.to_vec();
+    for _ in 1..repeat {
+        out.extend_from_slice(&seqs[..known]);
+    }
+    out
+}
+
 /// Give KUDA's deviation its centre (`kuda.center`): per forget row, the point the cosine is
-/// taken around. `known_retain` is how many of the retain facts are known subjects (the
-/// unknown ones follow them).
-fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Result<()> {
+/// taken around. `known` and `unknown` are where the retain facts about known and unknown
+/// subjects sit in the retain set (each subject once).
+fn center_deviation(
+    plan: &mut Plan,
+    centre: Centre,
+    known: Range<usize>,
+    unknown: Range<usize>,
+) -> Result<()> {
     // Centre rows by place in the prompt, and the centre for any other place.
     let (by_place, fallback): (BTreeMap<Place, Tensor>, Tensor) = match centre {
         Centre::None => return Ok(()),
@@ -761,19 +789,17 @@ fn center_deviation(plan: &mut Plan, centre: Centre, known_retain: usize) -> Res
         }
         Centre::Unknown | Centre::Known => {
             let (members, what) = if centre == Centre::Unknown {
-                if plan.retain.len() <= known_retain {
+                if unknown.is_empty() {
                     bail!("kuda.center = unknown needs facts about subjects the model does not know: set retain_unknown_facts > 0");
                 }
-                let m: Vec<(usize, f64)> = (known_retain..plan.retain.len())
-                    .map(|i| (i, 1.0))
-                    .collect();
+                let m: Vec<(usize, f64)> = unknown.map(|i| (i, 1.0)).collect();
                 (m, "unknown subjects")
             } else {
-                if known_retain == 0 {
+                if known.is_empty() {
                     bail!("kuda.center = known needs retain facts about known subjects: set retain_facts > 0");
                 }
                 (
-                    answer_balanced(&plan.retain, 0..known_retain),
+                    answer_balanced(&plan.retain, known),
                     "known subjects, each answer weighted the same",
                 )
             };
@@ -1052,7 +1078,9 @@ fn tune(
 
 #[cfg(test)]
 mod tests {
-    use super::{center_deviation, data, unknown_facts, Centre, Fact, ForgetTarget, Plan};
+    use super::{
+        center_deviation, data, repeat_known, unknown_facts, Centre, Fact, ForgetTarget, Plan,
+    };
     use crate::forget::nullspace::Projectors;
     use crate::forget::seqs::{Seq, SeqSet};
     use candle_core::{Device, Tensor};
@@ -1102,11 +1130,24 @@ mod tests {
             pad: 0,
             text_rows: 0,
         };
-        center_deviation(&mut plan, centre, 3)?;
+        center_deviation(&mut plan, centre, 0..3, 3..5)?;
         match plan.forget.rep_centre {
             Some(c) => Ok(Some(c[0].get(3)?.to_vec1::<f32>()?[0])),
             None => Ok(None),
         }
+    }
+
+    #[test]
+    fn known_retain_facts_are_repeated_after_the_unknown_ones() {
+        let seqs: Vec<Seq> = (0..5u32)
+            .map(|i| Seq::text(vec![i, i + 1]).unwrap())
+            .collect();
+        let first = |v: Vec<Seq>| v.iter().map(|s| s.ids[0]).collect::<Vec<_>>();
+        assert_eq!(first(repeat_known(&seqs, 2, 1)), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            first(repeat_known(&seqs, 2, 3)),
+            vec![0, 1, 2, 3, 4, 0, 1, 0, 1]
+        );
     }
 
     #[test]
