@@ -139,11 +139,6 @@ pub enum Centre {
     /// answer, so reflecting h₀ − c points away from the answer even where the answer is also
     /// what the model says of strangers (the footballers of Sports Facts).
     Known,
-    /// Per forget fact, c = the same mean over the known subjects whose answer is *not* this
-    /// fact's, each of those answers weighted the same: the centre then reads as another
-    /// answer, so the fact stops reading as its own once h − c has turned a right angle
-    /// (cos 0), where around `known` it only reaches a tie there.
-    Other,
 }
 
 impl Centre {
@@ -153,7 +148,6 @@ impl Centre {
             Centre::Mean => "mean",
             Centre::Unknown => "unknown",
             Centre::Known => "known",
-            Centre::Other => "other",
         }
     }
 }
@@ -164,18 +158,12 @@ impl std::str::FromStr for Centre {
         Ok(match s {
             "false" => Centre::None,
             "true" => Centre::Mean,
-            _ => match [
-                Centre::None,
-                Centre::Mean,
-                Centre::Unknown,
-                Centre::Known,
-                Centre::Other,
-            ]
-            .into_iter()
-            .find(|c| c.name() == s)
+            _ => match [Centre::None, Centre::Mean, Centre::Unknown, Centre::Known]
+                .into_iter()
+                .find(|c| c.name() == s)
             {
                 Some(c) => c,
-                None => bail!("kuda.center {s:?}: use none, mean, unknown, known or other"),
+                None => bail!("kuda.center {s:?}: use none, mean, unknown or known"),
             },
         })
     }
@@ -554,7 +542,6 @@ mod tests {
         assert_eq!(centre("none").unwrap(), Centre::None);
         assert_eq!(centre("unknown").unwrap(), Centre::Unknown);
         assert_eq!(centre("known").unwrap(), Centre::Known);
-        assert_eq!(centre("other").unwrap(), Centre::Other);
         let e = centre("middle").unwrap_err();
         assert!(format!("{e:#}").contains("middle"), "{e:#}");
         let c = ForgetConfig::resolve(Method::Kuda, Some("[kuda]\ncenter = \"mean\"\n"), &[]);

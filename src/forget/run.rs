@@ -25,7 +25,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -774,27 +774,8 @@ fn center_deviation(
     known: Range<usize>,
     unknown: Range<usize>,
 ) -> Result<()> {
-    let need_rows = |plan: &Plan| {
-        if plan.retain.rep_ref.is_none() {
-            bail!(
-                "kuda.center = {} needs the retain facts at the representation layer (kuda.retain_weight > 0)",
-                centre.name()
-            );
-        }
-        Ok(())
-    };
-    let need_known = || {
-        if known.is_empty() {
-            bail!(
-                "kuda.center = {} needs retain facts about known subjects: set retain_facts > 0",
-                centre.name()
-            );
-        }
-        Ok(())
-    };
-    // One centre for every forget fact, or (`other`) one per answer.
-    let mut per_answer: HashMap<Option<u32>, PlaceCentres> = HashMap::new();
-    let shared: Option<PlaceCentres> = match centre {
+    // Centre rows by place in the prompt, and the centre for any other place.
+    let (by_place, fallback): (BTreeMap<Place, Tensor>, Tensor) = match centre {
         Centre::None => return Ok(()),
         Centre::Mean => {
             let sets: Vec<&SeqSet> = [&plan.retain, &plan.text]
@@ -804,50 +785,49 @@ fn center_deviation(
             if sets.is_empty() {
                 bail!("kuda.center = mean needs retain facts or general text at the representation layer (retain_weight or text_weight > 0)");
             }
-            Some((BTreeMap::new(), mean_ref_row(&sets)?))
+            (BTreeMap::new(), mean_ref_row(&sets)?)
         }
-        Centre::Unknown => {
-            if unknown.is_empty() {
-                bail!("kuda.center = unknown needs facts about subjects the model does not know: set retain_unknown_facts > 0");
-            }
-            need_rows(plan)?;
-            let members: Vec<(usize, f64)> = unknown.map(|i| (i, 1.0)).collect();
-            Some(place_centres(
-                &plan.retain,
-                &members,
-                centre,
-                "unknown subjects",
-            )?)
-        }
-        Centre::Known => {
-            need_known()?;
-            need_rows(plan)?;
-            let members = answer_balanced(&plan.retain, known);
-            let what = "known subjects, each answer weighted the same";
-            Some(place_centres(&plan.retain, &members, centre, what)?)
-        }
-        Centre::Other => {
-            need_known()?;
-            need_rows(plan)?;
-            for seq in &plan.forget.seqs {
-                let a = first_answer(seq);
-                if per_answer.contains_key(&a) {
-                    continue;
+        Centre::Unknown | Centre::Known => {
+            let (members, what) = if centre == Centre::Unknown {
+                if unknown.is_empty() {
+                    bail!("kuda.center = unknown needs facts about subjects the model does not know: set retain_unknown_facts > 0");
                 }
-                let others = known
-                    .clone()
-                    .filter(|&i| first_answer(&plan.retain.seqs[i]) != a);
-                let members = answer_balanced(&plan.retain, others);
-                if members.is_empty() {
-                    bail!("kuda.center = other: no known retain fact has an answer other than the forget facts' ({a:?}): the retain facts need subjects with other answers");
+                let m: Vec<(usize, f64)> = unknown.map(|i| (i, 1.0)).collect();
+                (m, "unknown subjects")
+            } else {
+                if known.is_empty() {
+                    bail!("kuda.center = known needs retain facts about known subjects: set retain_facts > 0");
                 }
-                let what = format!(
-                    "known subjects with another answer than token {}, each answer weighted the same",
-                    a.map_or("–".into(), |t| t.to_string())
+                (
+                    answer_balanced(&plan.retain, known),
+                    "known subjects, each answer weighted the same",
+                )
+            };
+            if plan.retain.rep_ref.is_none() {
+                bail!(
+                    "kuda.center = {} needs the retain facts at the representation layer (kuda.retain_weight > 0)",
+                    centre.name()
                 );
-                per_answer.insert(a, place_centres(&plan.retain, &members, centre, &what)?);
             }
-            None
+            let means = mean_ref_row_by_place(&plan.retain, &members)?;
+            let total: usize = means.values().map(|(_, n)| n).sum();
+            let mut all: Option<Tensor> = None;
+            for (m, n) in means.values() {
+                let part = m.affine(*n as f64 / total as f64, 0.0)?;
+                all = Some(match all {
+                    Some(a) => (a + part)?,
+                    None => part,
+                });
+            }
+            eprintln!(
+                "kuda.center = {}: {} places from {total} rows of {} {what}",
+                centre.name(),
+                means.len(),
+                members.len()
+            );
+            let all =
+                all.with_context(|| format!("the {what} have no representation positions"))?;
+            (means.into_iter().map(|(k, (m, _))| (k, m)).collect(), all)
         }
     };
     let mut centres = Vec::with_capacity(plan.forget.len());
@@ -859,17 +839,13 @@ fn center_deviation(
         .context("forget facts: reference residuals not computed")?
         .1;
     for (seq, r) in plan.forget.seqs.iter().zip(refs) {
-        let (by_place, fallback) = match &shared {
-            Some(c) => c,
-            None => &per_answer[&first_answer(seq)],
-        };
         let zero = fallback.zeros_like()?;
         let mut rows = vec![zero; seq.ids.len()];
         for &p in &seq.rep_positions {
             let c = seq
                 .place(p)
                 .and_then(|pl| by_place.get(&pl))
-                .unwrap_or(fallback)
+                .unwrap_or(&fallback)
                 .clone();
             let h0 = r.get(p)?.to_dtype(DType::F32)?;
             moved += (&h0 - &c)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
@@ -888,42 +864,6 @@ fn center_deviation(
     );
     plan.forget.rep_centre = Some(centres);
     Ok(())
-}
-
-/// Centre rows by place in the prompt, and the centre for any other place.
-type PlaceCentres = (BTreeMap<Place, Tensor>, Tensor);
-
-/// The weighted mean reference row of `members` of the retain facts at each place, and over
-/// all places (the fallback for a place none of them has).
-fn place_centres(
-    retain: &SeqSet,
-    members: &[(usize, f64)],
-    centre: Centre,
-    what: &str,
-) -> Result<PlaceCentres> {
-    let means = mean_ref_row_by_place(retain, members)?;
-    let total: usize = means.values().map(|(_, n)| n).sum();
-    let mut all: Option<Tensor> = None;
-    for (m, n) in means.values() {
-        let part = m.affine(*n as f64 / total as f64, 0.0)?;
-        all = Some(match all {
-            Some(a) => (a + part)?,
-            None => part,
-        });
-    }
-    eprintln!(
-        "kuda.center = {}: {} places from {total} rows of {} {what}",
-        centre.name(),
-        means.len(),
-        members.len()
-    );
-    let all = all.with_context(|| format!("the {what} have no representation positions"))?;
-    Ok((means.into_iter().map(|(k, (m, _))| (k, m)).collect(), all))
-}
-
-/// A fact's answer as its first target token (`None` for a sequence without targets).
-fn first_answer(seq: &Seq) -> Option<u32> {
-    seq.targets.first().map(|&(_, t)| t)
 }
 
 /// The forget facts `0..n` cut into `k` consecutive partitions (at least one, none empty).
@@ -1217,8 +1157,6 @@ mod tests {
         assert_eq!(at(Centre::Unknown), Some(153.0));
         // Known ones, each answer the same weight: ((13 + 23) / 2 + 63) / 2.
         assert_eq!(at(Centre::Known), Some(40.5));
-        // The other answers' known subjects (the forget fact's answer is 7): the one with 9.
-        assert_eq!(at(Centre::Other), Some(63.0));
         assert_eq!(at(Centre::None), None);
     }
 
