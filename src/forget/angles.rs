@@ -39,7 +39,7 @@ pub fn gradient_angles(
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x00A9_61E5_u64);
     let mut forget: BTreeMap<String, Tensor> = BTreeMap::new();
     for term in plan.terms.iter().filter(|t| t.data == DataSet::Forget) {
-        let members = draw_members(plan, cfg, DataSet::Forget, step);
+        let members = draw_members(plan, cfg, DataSet::Forget, step, 0);
         let (_, g) = term_grads(model, plan, term, &members, &mut rng)?;
         for (n, t) in g {
             let t = t.affine(term.weight, 0.0)?;
@@ -57,7 +57,7 @@ pub fn gradient_angles(
         loss: Loss::Logit(LogitLoss::Ce),
         project: false,
     };
-    let members = draw_members(plan, cfg, DataSet::Retain, step);
+    let members = draw_members(plan, cfg, DataSet::Retain, step, 0);
     let (_, retain) = term_grads(model, plan, &probe, &members, &mut rng)?;
     let before = angle(&forget, &retain)?;
     let mut projected = forget;

@@ -735,10 +735,15 @@ fn plan_for(
     let mut plan = Plan {
         terms: methods::terms(ctx.method, cfg, ctx.edit, steer)?,
         forget: fset,
-        retain: SeqSet::new(
+        retain: SeqSet::with_pool(
             "retain",
-            repeat_known(&ctx.retain_seqs, ctx.known_retain, cfg.retain_known_repeat),
-        ),
+            ctx.retain_seqs.clone(),
+            repeat_known(
+                ctx.retain_seqs.len(),
+                ctx.known_retain,
+                cfg.retain_known_repeat,
+            ),
+        )?,
         text: SeqSet::new("text", ctx.text_seqs.clone()),
         params: ctx.params.clone(),
         rep_layer: ctx.rep_layer,
@@ -755,14 +760,10 @@ fn plan_for(
     Ok(plan)
 }
 
-/// The training retain set: the retain facts (`known` known subjects first, then the unknown
-/// ones), followed by `repeat − 1` more copies of the known ones.
-fn repeat_known(seqs: &[Seq], known: usize, repeat: usize) -> Vec<Seq> {
-    let mut out = seqs.to_vec();
-    for _ in 1..repeat {
-        out.extend_from_slice(&seqs[..known]);
-    }
-    out
+/// The draw pool of the training retain set: each of the `n` retain facts once (`known` known
+/// subjects first, then the unknown ones), followed by `repeat − 1` more turns of the known ones.
+fn repeat_known(n: usize, known: usize, repeat: usize) -> Vec<usize> {
+    (0..n).chain((1..repeat).flat_map(|_| 0..known)).collect()
 }
 
 /// Give KUDA's deviation its centre (`kuda.center`): per forget row, the point the cosine is
@@ -1139,15 +1140,8 @@ mod tests {
 
     #[test]
     fn known_retain_facts_are_repeated_after_the_unknown_ones() {
-        let seqs: Vec<Seq> = (0..5u32)
-            .map(|i| Seq::text(vec![i, i + 1]).unwrap())
-            .collect();
-        let first = |v: Vec<Seq>| v.iter().map(|s| s.ids[0]).collect::<Vec<_>>();
-        assert_eq!(first(repeat_known(&seqs, 2, 1)), vec![0, 1, 2, 3, 4]);
-        assert_eq!(
-            first(repeat_known(&seqs, 2, 3)),
-            vec![0, 1, 2, 3, 4, 0, 1, 0, 1]
-        );
+        assert_eq!(repeat_known(5, 2, 1), vec![0, 1, 2, 3, 4]);
+        assert_eq!(repeat_known(5, 2, 3), vec![0, 1, 2, 3, 4, 0, 1, 0, 1]);
     }
 
     #[test]

@@ -180,6 +180,9 @@ pub struct SeqSet {
     /// Centre the representation losses measure around, `[T_i, D]` per sequence (rows at
     /// the representation positions; KUDA's `center`).
     pub rep_centre: Option<Vec<Tensor>>,
+    /// What batches are drawn from: indices into `seqs`, a sequence repeated to weigh it
+    /// more (None: each sequence once). The cached values stay one per sequence.
+    pool: Option<Vec<usize>>,
 }
 
 /// A batch ready to run: padded ids, the starting residual, and the rows of the sequences.
@@ -199,7 +202,32 @@ impl SeqSet {
             rep_ref: None,
             logp_ref: None,
             rep_centre: None,
+            pool: None,
         }
+    }
+
+    /// A set whose batches are drawn from `pool` (indices into `seqs`, repeats allowed).
+    pub fn with_pool(name: &str, seqs: Vec<Seq>, pool: Vec<usize>) -> Result<SeqSet> {
+        if let Some(&i) = pool.iter().find(|&&i| i >= seqs.len()) {
+            bail!(
+                "{name}: pool index {i} is outside its {} sequences",
+                seqs.len()
+            );
+        }
+        Ok(SeqSet {
+            pool: Some(pool),
+            ..SeqSet::new(name, seqs)
+        })
+    }
+
+    /// How many entries batches are drawn from.
+    pub fn pool_len(&self) -> usize {
+        self.pool.as_ref().map_or(self.len(), Vec::len)
+    }
+
+    /// The sequence behind entry `p` of the draw pool.
+    pub fn pool_member(&self, p: usize) -> usize {
+        self.pool.as_ref().map_or(p, |v| v[p])
     }
 
     pub fn len(&self) -> usize {

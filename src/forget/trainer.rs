@@ -199,16 +199,24 @@ struct CheckpointMeta {
     run_key: String,
 }
 
-/// Members of `d` drawn for step `step` (first micro-batch) of a run.
-pub(crate) fn draw_members(plan: &Plan, cfg: &ForgetConfig, d: DataSet, step: usize) -> Vec<usize> {
-    draw(
-        plan.set(d).len(),
+/// Members of `d` (indices of its sequences) drawn for step `step`, micro-batch `micro`.
+pub(crate) fn draw_members(
+    plan: &Plan,
+    cfg: &ForgetConfig,
+    d: DataSet,
+    step: usize,
+    micro: usize,
+) -> Vec<usize> {
+    let set = plan.set(d);
+    let picked = draw(
+        set.pool_len(),
         Plan::batch_size(d, cfg),
         cfg.seed,
         step,
-        0,
+        micro,
         d,
-    )
+    );
+    picked.into_iter().map(|p| set.pool_member(p)).collect()
 }
 
 /// Members of `d` for step `step`, micro-batch `micro`: a seeded draw without replacement
@@ -524,15 +532,7 @@ pub fn step_grads(
     );
     for micro in 0..cfg.grad_accum {
         for term in &plan.terms {
-            let set = plan.set(term.data);
-            let members = draw(
-                set.len(),
-                Plan::batch_size(term.data, cfg),
-                cfg.seed,
-                step,
-                micro,
-                term.data,
-            );
+            let members = draw_members(plan, cfg, term.data, step, micro);
             let (l, mut g) = term_grads(model, plan, term, &members, &mut rng)
                 .with_context(|| format!("step {}: term `{}`", step + 1, term.name))?;
             if !finite(l) || l.abs() > cfg.max_abs_loss {
