@@ -303,7 +303,7 @@ fn unlearning_steps(lm: &mut LanguageModel, repeats: usize) -> Result<Vec<(Strin
         plan.precompute(&lm.model, 16)?;
         lm.model.set_trainable(&params)?;
         let (s, _) = time_it(repeats, || {
-            step_grads(&lm.model, &plan, &cfg, 0)?;
+            step_grads(&lm.model, &plan, &cfg, 0, None)?;
             Ok(())
         })?;
         let (naive, _) = time_it(repeats, || {

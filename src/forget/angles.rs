@@ -40,7 +40,7 @@ pub fn gradient_angles(
     let mut forget: BTreeMap<String, Tensor> = BTreeMap::new();
     for term in plan.terms.iter().filter(|t| t.data == DataSet::Forget) {
         let members = draw_members(plan, cfg, DataSet::Forget, step, 0);
-        let (_, g) = term_grads(model, plan, term, &members, &mut rng)?;
+        let (_, g) = term_grads(model, plan, term, &members, &mut rng, None)?;
         for (n, t) in g {
             let t = t.affine(term.weight, 0.0)?;
             let sum = match forget.remove(&n) {
@@ -58,7 +58,7 @@ pub fn gradient_angles(
         project: false,
     };
     let members = draw_members(plan, cfg, DataSet::Retain, step, 0);
-    let (_, retain) = term_grads(model, plan, &probe, &members, &mut rng)?;
+    let (_, retain) = term_grads(model, plan, &probe, &members, &mut rng, None)?;
     let before = angle(&forget, &retain)?;
     let mut projected = forget;
     plan.projectors.apply(&mut projected)?;

@@ -98,6 +98,12 @@ pub struct KudaConfig {
     /// large component shared by every token, which keeps the plain cosine (c = 0) near 1
     /// whatever the subject; see docs/forget.md.
     pub center: Centre,
+    /// Focus γ: weigh each forget fact's rows in the deviation by (its answer's share among
+    /// the candidates)^γ, read every `focus_every` steps and scaled to average 1, so that
+    /// the pressure goes to the facts the model still knows. 0 = every fact alike (SPEC).
+    pub focus: f64,
+    /// Steps between two readings of the forget facts' standing (focus > 0).
+    pub focus_every: usize,
 }
 
 impl Default for KudaConfig {
@@ -114,6 +120,8 @@ impl Default for KudaConfig {
             key_text_chunks: 64,
             rep_layer: None,
             center: Centre::None,
+            focus: 0.0,
+            focus_every: 10,
         }
     }
 }
@@ -379,6 +387,15 @@ impl ForgetConfig {
         }
         self.optim.validate()?;
         let k = &self.kuda;
+        if !(k.focus.is_finite() && k.focus >= 0.0) {
+            bail!(
+                "kuda.focus must be ≥ 0 (got {}; 0 = every forget fact alike)",
+                k.focus
+            );
+        }
+        if k.focus_every == 0 {
+            bail!("kuda.focus_every must be at least 1");
+        }
         if !(k.token_ratio > 0.0 && k.token_ratio <= 1.0) {
             bail!("kuda.token_ratio must be in (0, 1] (got {})", k.token_ratio);
         }
@@ -526,6 +543,11 @@ mod tests {
         let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.projection=sideways".into()])
             .unwrap_err();
         assert!(format!("{e:#}").contains("sideways"), "{e:#}");
+        for bad in ["kuda.focus=-1", "kuda.focus_every=0"] {
+            let e = ForgetConfig::resolve(Method::Kuda, None, &[bad.into()]).unwrap_err();
+            let key = bad.split('=').next().unwrap();
+            assert!(format!("{e:#}").contains(key), "{e:#}");
+        }
         let e = ForgetConfig::resolve(Method::Kuda, None, &["retain_known_repeat=0".into()])
             .unwrap_err();
         assert!(format!("{e:#}").contains("retain_known_repeat"), "{e:#}");

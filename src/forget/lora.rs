@@ -232,7 +232,7 @@ pub fn train_adapters(
             lora.new_masks(cfg.seed, step)?;
             lora.apply(&mut lm.model)?;
         }
-        let (g, losses) = crate::forget::trainer::step_grads(&lm.model, plan, cfg, step)
+        let (g, losses) = crate::forget::trainer::step_grads(&lm.model, plan, cfg, step, None)
             .with_context(|| format!("{what}, step {}", step + 1))?;
         let mut ga = lora.factor_grads(&g)?;
         let norm = global_norm(&ga)?;

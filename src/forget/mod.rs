@@ -1,12 +1,13 @@
 //! Unlearning and editing: the training sequences ([`seqs`]), loss terms ([`terms`]), the
 //! methods as weighted term lists ([`methods`]: KUDA, localized fine-tuning, GA, GradDiff,
-//! NPO, SimNPO, RMU), KUDA's null-space projection ([`nullspace`]), the optimizer
+//! NPO, SimNPO, RMU), KUDA's null-space projection ([`nullspace`]) and focus ([`focus`]), the optimizer
 //! ([`optim`]), the trainer with checkpoints and resume ([`trainer`]), the output on disk
 //! ([`export`]), settings ([`config`]) and the `forget` / `edit` commands ([`run`]).
 
 pub mod angles;
 pub mod config;
 pub mod export;
+pub mod focus;
 pub mod learn;
 pub mod lora;
 pub mod methods;

@@ -1094,6 +1094,7 @@ mod tests {
             targets: vec![(5, answer)],
             rep_positions: (2..6).collect(),
             subject: Some(2..4),
+            rivals: vec![],
         };
         let rows: Vec<f32> = (0..6).flat_map(|p| [value + p as f32, 0.0]).collect();
         (seq, Tensor::from_vec(rows, (6, 2), &Device::Cpu).unwrap())

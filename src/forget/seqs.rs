@@ -22,6 +22,9 @@ pub struct Seq {
     pub rep_positions: Vec<usize>,
     /// The subject's tokens (facts only).
     pub subject: Option<std::ops::Range<usize>>,
+    /// First tokens of the fact's other candidate answers, which its answer competes with in
+    /// "top-1 among the candidates" (facts only).
+    pub rivals: Vec<u32>,
 }
 
 /// Which positions of a forget fact the representation losses (KUDA's deviation, RMU's
@@ -91,11 +94,20 @@ impl Seq {
             .collect();
         let rep_positions = (span.start..n).collect();
         ids.extend_from_slice(&ans[..ans.len() - 1]);
+        let mut rivals = Vec::new();
+        for c in &f.candidates {
+            let t = crate::data::known::answer_token(lm, c)
+                .with_context(|| format!("fact {}: candidate answer", f.id))?;
+            if t != ans[0] && !rivals.contains(&t) {
+                rivals.push(t);
+            }
+        }
         Ok(Seq {
             ids,
             targets,
             rep_positions,
             subject: Some(span),
+            rivals,
         })
     }
 
@@ -129,6 +141,7 @@ impl Seq {
             targets,
             rep_positions,
             subject: None,
+            rivals: Vec::new(),
         })
     }
 }
@@ -397,6 +410,7 @@ mod tests {
             targets: vec![(7, 9)],
             rep_positions: (3..8).collect(),
             subject: Some(3..5),
+            rivals: vec![],
         }
     }
 

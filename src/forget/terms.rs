@@ -116,6 +116,18 @@ pub enum ReprLoss {
 
 /// Loss and d(loss)/dh for rows `h` and their references `h0` (same shape).
 pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tensor)> {
+    repr_loss_weighted(kind, h, h0, None)
+}
+
+/// [`repr_loss`] with each row's share scaled by `weights` (one per row; a loss that is a
+/// mean over rows becomes the weighted sum (1/M)·Σ wᵣ·lᵣ): KUDA's focus weighs the rows of
+/// the forget facts the model still knows more.
+pub fn repr_loss_weighted(
+    kind: &ReprLoss,
+    h: &Tensor,
+    h0: &Tensor,
+    weights: Option<&[f64]>,
+) -> Result<(f64, Tensor)> {
     // f32 for the model's tensors; f64 stays f64 (finite-difference checks).
     let dt = if h.dtype() == DType::F64 {
         DType::F64
@@ -124,18 +136,42 @@ pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tenso
     };
     let h = h.to_dtype(dt)?;
     let h0 = h0.to_dtype(dt)?;
-    let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
     let (m, d) = h.dims2()?;
     if m == 0 {
         bail!("representation loss over no rows");
     }
-    let mf = m as f64;
+    let (rows, grad) = per_row(kind, &h, &h0, d)?;
+    let (rows, grad) = match weights {
+        None => (rows, grad),
+        Some(w) => {
+            if w.len() != m {
+                bail!("{} row weights for {m} rows", w.len());
+            }
+            let wt = Tensor::from_iter(w.iter().copied(), h.device())?
+                .to_dtype(dt)?
+                .reshape((m, 1))?;
+            ((&rows * &wt)?, grad.broadcast_mul(&wt)?)
+        }
+    };
+    let loss = rows.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    Ok((loss, grad))
+}
+
+/// Each row's share of the loss `[M, 1]` (they sum to the loss) and d(loss)/dh `[M, D]`.
+fn per_row(kind: &ReprLoss, h: &Tensor, h0: &Tensor, d: usize) -> Result<(Tensor, Tensor)> {
+    let mf = h.dim(0)? as f64;
+    let dt = h.dtype();
     match kind {
         ReprLoss::RefMse => {
-            let ms0 = scalar(h0.sqr()?.sum_all()?)? / mf;
-            let diff = (&h - &h0)?;
-            let loss = scalar(diff.sqr()?.sum_all()?)? / (mf * ms0);
-            Ok((loss, diff.affine(2.0 / (mf * ms0), 0.0)?))
+            let ms0 = h0
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?
+                / mf;
+            let diff = (h - h0)?;
+            let rows = diff.sqr()?.sum_keepdim(1)?.affine(1.0 / (mf * ms0), 0.0)?;
+            Ok((rows, diff.affine(2.0 / (mf * ms0), 0.0)?))
         }
         ReprLoss::Steer { target } => {
             if target.len() != d {
@@ -147,21 +183,20 @@ pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tenso
             let c2: f64 = target.iter().map(|&x| (x as f64).powi(2)).sum();
             let t = Tensor::from_slice(target, (1, d), h.device())?.to_dtype(dt)?;
             let diff = h.broadcast_sub(&t)?;
-            let loss = scalar(diff.sqr()?.sum_all()?)? / (mf * c2);
-            Ok((loss, diff.affine(2.0 / (mf * c2), 0.0)?))
+            let rows = diff.sqr()?.sum_keepdim(1)?.affine(1.0 / (mf * c2), 0.0)?;
+            Ok((rows, diff.affine(2.0 / (mf * c2), 0.0)?))
         }
         ReprLoss::Deviation { beta } => {
-            let dot = (&h * &h0)?.sum_keepdim(1)?;
+            let dot = (h * h0)?.sum_keepdim(1)?;
             let nh = h.sqr()?.sum_keepdim(1)?.sqrt()?;
             let n0 = h0.sqr()?.sum_keepdim(1)?.sqrt()?;
             let cos = (&dot / (&nh * &n0)?)?;
             // L_i = exp(−β(1 − cos_i)); dL_i/dh = L_i·β·(h0/(|h||h0|) − cos·h/|h|²).
             let li = cos.affine(*beta, -*beta)?.exp()?;
-            let loss = scalar(li.sum_all()?)? / mf;
             let dcos =
                 (h0.broadcast_div(&(&nh * &n0)?)? - h.broadcast_mul(&(&cos / nh.sqr()?)?)?)?;
             let scale = li.affine(*beta / mf, 0.0)?;
-            Ok((loss, dcos.broadcast_mul(&scale)?))
+            Ok((li.affine(1.0 / mf, 0.0)?, dcos.broadcast_mul(&scale)?))
         }
     }
 }
@@ -278,6 +313,53 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn row_weights_scale_each_rows_share_and_match_finite_differences() {
+        let dev = Device::Cpu;
+        let hv = [0.5f64, -1.0, 2.0, 0.1, 1.5, -0.3];
+        let h0v = [0.4f64, -0.8, 2.5, -0.2, 1.0, 0.6];
+        let h0 = Tensor::from_slice(&h0v, (2, 3), &dev).unwrap();
+        let w = [0.25, 1.75];
+        for kind in [
+            ReprLoss::Deviation { beta: 0.3 },
+            ReprLoss::RefMse,
+            ReprLoss::Steer {
+                target: vec![1.0, 2.0, -1.0],
+            },
+        ] {
+            let loss = |x: &[f64], w: Option<&[f64]>| {
+                let h = Tensor::from_slice(x, (2, 3), &dev).unwrap();
+                repr_loss_weighted(&kind, &h, &h0, w).unwrap().0
+            };
+            // Weights (1, 1) change nothing; (2, 0) counts the first row twice, the second not.
+            assert!((loss(&hv, Some(&[1.0, 1.0])) - loss(&hv, None)).abs() < 1e-12);
+            let one = |r: usize| {
+                let h = Tensor::from_slice(&hv[3 * r..3 * r + 3], (1, 3), &dev).unwrap();
+                let h0r = h0.narrow(0, r, 1).unwrap();
+                repr_loss(&kind, &h, &h0r).unwrap().0
+            };
+            if kind != ReprLoss::RefMse {
+                // (RefMse's scale is the mean reference norm of all rows.)
+                assert!(
+                    (loss(&hv, Some(&[2.0, 0.0])) - one(0)).abs() < 1e-9,
+                    "{kind:?}"
+                );
+            }
+            let h = Tensor::from_slice(&hv, (2, 3), &dev).unwrap();
+            let (_, g) = repr_loss_weighted(&kind, &h, &h0, Some(&w)).unwrap();
+            let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+            for (a, b) in g.iter().zip(fd(&|x| loss(x, Some(&w)), &hv)) {
+                assert!(
+                    (a - b).abs() < 1e-6 * (1.0 + b.abs()),
+                    "{kind:?}: {a} vs {b}"
+                );
+            }
+        }
+        let h = Tensor::from_slice(&hv, (2, 3), &dev).unwrap();
+        let e = repr_loss_weighted(&ReprLoss::RefMse, &h, &h0, Some(&[1.0])).unwrap_err();
+        assert!(e.to_string().contains("1 row weights for 2 rows"), "{e}");
     }
 
     #[test]

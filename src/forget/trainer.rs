@@ -10,7 +10,9 @@ use crate::forget::config::ForgetConfig;
 use crate::forget::nullspace::Projectors;
 use crate::forget::optim::{global_norm, load_tensors, Optimizer};
 use crate::forget::seqs::{logprobs_of, Place, SeqSet};
-use crate::forget::terms::{logit_loss, logits_grad, repr_loss, LogitLoss, ReprLoss};
+use crate::forget::terms::{
+    logit_loss, logits_grad, repr_loss, repr_loss_weighted, LogitLoss, ReprLoss,
+};
 use crate::model::{LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -236,13 +238,15 @@ fn draw(len: usize, bs: usize, seed: u64, step: usize, micro: usize, d: DataSet)
     v
 }
 
-/// Loss and parameter gradients of one term on a batch.
+/// Loss and parameter gradients of one term on a batch. `focus` (one weight per fact of the
+/// forget set, KUDA's focus) weighs the rows of a representation loss on the forget facts.
 pub(crate) fn term_grads(
     model: &Transformer,
     plan: &Plan,
     term: &Term,
     members: &[usize],
     rng: &mut rand::rngs::StdRng,
+    focus: Option<&[f64]>,
 ) -> Result<(f64, BTreeMap<String, Tensor>)> {
     let set = plan.set(term.data);
     let prep = set.prepare(model, members, plan.pad)?;
@@ -312,7 +316,15 @@ pub(crate) fn term_grads(
             let (out, flat, idx, h, h0) =
                 repr_rows(model, plan.rep_layer, set, &prep, &positions, true)?;
             let (b, t, d) = out.resid.dims3()?;
-            let (l, dh) = repr_loss(loss, &h, &h0)?;
+            let row_weights: Option<Vec<f64>> =
+                focus.filter(|_| term.data == DataSet::Forget).map(|w| {
+                    members
+                        .iter()
+                        .zip(&positions)
+                        .flat_map(|(&i, pos)| std::iter::repeat_n(w[i], pos.len()))
+                        .collect()
+                });
+            let (l, dh) = repr_loss_weighted(loss, &h, &h0, row_weights.as_deref())?;
             let dres = flat
                 .zeros_like()?
                 .index_add(&idx, &dh.to_dtype(flat.dtype())?, 0)?
@@ -522,6 +534,7 @@ pub fn step_grads(
     plan: &Plan,
     cfg: &ForgetConfig,
     step: usize,
+    focus: Option<&[f64]>,
 ) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, f64>)> {
     let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut losses: BTreeMap<String, f64> = BTreeMap::new();
@@ -533,7 +546,7 @@ pub fn step_grads(
     for micro in 0..cfg.grad_accum {
         for term in &plan.terms {
             let members = draw_members(plan, cfg, term.data, step, micro);
-            let (l, mut g) = term_grads(model, plan, term, &members, &mut rng)
+            let (l, mut g) = term_grads(model, plan, term, &members, &mut rng, focus)
                 .with_context(|| format!("step {}: term `{}`", step + 1, term.name))?;
             if !finite(l) || l.abs() > cfg.max_abs_loss {
                 let what = if finite(l) {
@@ -582,6 +595,19 @@ pub fn train(
     let mut opt = Optimizer::new(cfg.optim.clone());
     let mut start = 0;
     let mut resumed_from = None;
+    // KUDA's focus: the forget facts' weights, read again every `focus_every` steps.
+    let focusing = cfg.kuda.focus > 0.0
+        && plan.terms.iter().any(|t| {
+            t.data == DataSet::Forget
+                && matches!(
+                    t.loss,
+                    Loss::Repr {
+                        loss: ReprLoss::Deviation { .. },
+                        ..
+                    }
+                )
+        });
+    let mut focus: Option<Vec<f64>> = None;
     if let Some((step, tensors)) = read_checkpoint(&ck_dir, run_key)? {
         for p in &plan.params {
             let w = tensors
@@ -590,6 +616,9 @@ pub fn train(
             model.set_param(p, w.to_device(model.device())?)?;
         }
         opt.restore(&tensors, step, model.device())?;
+        if let Some(w) = tensors.get(FOCUS_KEY) {
+            focus = Some(w.to_dtype(DType::F64)?.to_vec1()?);
+        }
         start = step;
         resumed_from = Some(step);
         eprintln!("resuming from the checkpoint after step {step}");
@@ -606,11 +635,19 @@ pub fn train(
     };
     for step in start..cfg.steps {
         let ts = std::time::Instant::now();
-        let (grads, losses) = match step_grads(model, plan, cfg, step) {
+        let mut kept = None;
+        if focusing && (step % cfg.kuda.focus_every == 0 || focus.is_none()) {
+            let st = crate::forget::focus::standings(model, &plan.forget, plan.pad).with_context(
+                || format!("step {}: reading the forget facts' standing", step + 1),
+            )?;
+            kept = Some(st.iter().filter(|s| s.kept).count());
+            focus = Some(crate::forget::focus::weights(&st, cfg.kuda.focus));
+        }
+        let (grads, losses) = match step_grads(model, plan, cfg, step, focus.as_deref()) {
             Ok(x) => x,
             Err(e) => {
                 if e.downcast_ref::<BadLoss>().is_some() {
-                    save_checkpoint(&ck_dir, model, plan, &opt, step, run_key)?;
+                    save_checkpoint(&ck_dir, model, plan, &opt, focus.as_deref(), step, run_key)?;
                     bail!(
                         "{e}; stopped, the weights after step {step} are kept in {}",
                         ck_dir.display()
@@ -623,7 +660,7 @@ pub fn train(
         let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
         let norm = global_norm(&grads)?;
         if !finite(norm) {
-            save_checkpoint(&ck_dir, model, plan, &opt, step, run_key)?;
+            save_checkpoint(&ck_dir, model, plan, &opt, focus.as_deref(), step, run_key)?;
             bail!(
                 "step {}: the gradient is not a number; stopped, the weights after step {step} are kept in {}",
                 step + 1,
@@ -650,8 +687,12 @@ pub fn train(
             let w = (&params[n] + u)?;
             model.set_param(n, w)?;
         }
-        let line = json!({"step": step + 1, "lr": lr, "loss": total, "terms": losses, "grad_norm": norm,
+        let mut line = json!({"step": step + 1, "lr": lr, "loss": total, "terms": losses, "grad_norm": norm,
             "seconds": ts.elapsed().as_secs_f64()});
+        if let Some(k) = kept {
+            // How many forget facts the model still answers, read before this step.
+            line["forget_kept"] = json!(k);
+        }
         writeln!(log, "{line}")?;
         log.flush()?;
         bar.set_message(format!("loss {total:.4}"));
@@ -659,7 +700,15 @@ pub fn train(
         last = losses;
         let stop = stop_after == Some(step + 1);
         if stop || (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
-            save_checkpoint(&ck_dir, model, plan, &opt, step + 1, run_key)?;
+            save_checkpoint(
+                &ck_dir,
+                model,
+                plan,
+                &opt,
+                focus.as_deref(),
+                step + 1,
+                run_key,
+            )?;
         }
         if stop {
             bar.abandon();
@@ -717,16 +766,26 @@ fn open_log(path: &Path, keep_steps: usize) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// Checkpoint entry of KUDA's focus weights (a run resumed between two readings uses them).
+const FOCUS_KEY: &str = "focus/weights";
+
 fn save_checkpoint(
     dir: &Path,
     model: &Transformer,
     plan: &Plan,
     opt: &Optimizer,
+    focus: Option<&[f64]>,
     step: usize,
     run_key: &str,
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut tensors: HashMap<String, Tensor> = opt.state_tensors()?;
+    if let Some(w) = focus {
+        tensors.insert(
+            FOCUS_KEY.into(),
+            Tensor::from_slice(w, w.len(), &candle_core::Device::Cpu)?,
+        );
+    }
     for p in &plan.params {
         tensors.insert(
             format!("param/{p}"),
@@ -890,6 +949,7 @@ mod tests {
             targets: vec![(n - 2, ids[n - 1])],
             rep_positions: (rep_from..n - 1).collect(),
             subject: Some(rep_from..rep_from + 1),
+            rivals: vec![3, 4],
         }
     }
 
@@ -935,6 +995,7 @@ mod tests {
             targets: vec![(len + 3, 0)],
             rep_positions: (2..len + 4).collect(),
             subject: Some(2..2 + len),
+            rivals: vec![],
         };
         let seqs = vec![fact(1), fact(2), fact(3)];
         // Reference row at position p of fact i: [10·i + p, 1].
@@ -977,6 +1038,7 @@ mod tests {
             targets: vec![(2, answer)],
             rep_positions: vec![1, 2],
             subject: Some(1..2),
+            rivals: vec![],
         };
         let set = SeqSet::new("retain", vec![fact(7), fact(7), fact(7), fact(9), fact(5)]);
         let w = answer_balanced(&set, 0..4);
@@ -1199,25 +1261,60 @@ mod tests {
 
     #[test]
     fn an_interrupted_run_resumes_to_the_same_weights() {
-        let cfg = tiny_cfg();
-        let straight = {
+        // Plain KUDA, and KUDA with focus read every 2 steps (resuming after step 3 must use
+        // the weights read before step 3, kept in the checkpoint).
+        for focus in [0.0, 2.0] {
+            let mut cfg = tiny_cfg();
+            cfg.kuda.focus = focus;
+            cfg.kuda.focus_every = 2;
+            let straight = {
+                let mut m = tiny_model(Arch::Gemma3);
+                let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
+                let dir = tempfile::tempdir().unwrap();
+                train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+                m
+            };
+            let dir = tempfile::tempdir().unwrap();
             let mut m = tiny_model(Arch::Gemma3);
             let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
-            let dir = tempfile::tempdir().unwrap();
-            train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
-            m
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let mut m = tiny_model(Arch::Gemma3);
-        let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
-        let e = train(&mut m, &plan, &cfg, "k", dir.path(), Some(3)).unwrap_err();
-        assert!(e.to_string().contains("after step 3"), "{e}");
-        // A fresh process: the original weights, the same settings.
-        let mut m = tiny_model(Arch::Gemma3);
-        let s = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
-        assert_eq!(s.resumed_from, Some(3));
-        for p in &plan.params {
-            let values = |t: &Transformer| -> Vec<f64> {
+            let e = train(&mut m, &plan, &cfg, "k", dir.path(), Some(3)).unwrap_err();
+            assert!(e.to_string().contains("after step 3"), "{e}");
+            // A fresh process: the original weights, the same settings.
+            let mut m = tiny_model(Arch::Gemma3);
+            let s = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+            assert_eq!(s.resumed_from, Some(3));
+            assert_eq!(
+                param_values(&m, &plan.params),
+                param_values(&straight, &plan.params),
+                "focus {focus}: the weights differ after resuming"
+            );
+            let log: Vec<serde_json::Value> =
+                std::fs::read_to_string(dir.path().join("train.jsonl"))
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+            let steps: Vec<u64> = log.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+            assert_eq!(steps, vec![1, 2, 3, 4, 5]);
+            // The standing is read (and logged) before steps 1, 3 and 5 when focusing.
+            let read: Vec<u64> = log
+                .iter()
+                .filter(|v| v.get("forget_kept").is_some())
+                .map(|v| v["step"].as_u64().unwrap())
+                .collect();
+            let want: Vec<u64> = if focus > 0.0 { vec![1, 3, 5] } else { vec![] };
+            assert_eq!(read, want, "focus {focus}");
+            // Another run's checkpoint is not resumed from.
+            let mut m = tiny_model(Arch::Gemma3);
+            let s = train(&mut m, &plan, &cfg, "other", dir.path(), None).unwrap();
+            assert_eq!(s.resumed_from, None);
+        }
+    }
+
+    fn param_values(t: &Transformer, params: &[String]) -> Vec<Vec<f64>> {
+        params
+            .iter()
+            .map(|p| {
                 t.weights()
                     .get(p)
                     .unwrap()
@@ -1225,24 +1322,56 @@ mod tests {
                     .unwrap()
                     .to_vec1()
                     .unwrap()
-            };
-            let (a, b) = (values(&m), values(&straight));
-            assert_eq!(a, b, "{p} differs after resuming");
-        }
-        let log = std::fs::read_to_string(dir.path().join("train.jsonl")).unwrap();
-        let steps: Vec<u64> = log
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                    .as_u64()
-                    .unwrap()
             })
-            .collect();
-        assert_eq!(steps, vec![1, 2, 3, 4, 5]);
-        // Another run's checkpoint is not resumed from.
-        let mut m = tiny_model(Arch::Gemma3);
-        let s = train(&mut m, &plan, &cfg, "other", dir.path(), None).unwrap();
-        assert_eq!(s.resumed_from, None);
+            .collect()
+    }
+
+    #[test]
+    fn focus_moves_the_pressure_to_the_fact_still_known() {
+        // One step from the same weights, with focus on and off: focus weighs the two forget
+        // facts by their answers' shares, so the focused gradient is the unfocused per-fact
+        // gradients mixed in those proportions.
+        let m = tiny_model(Arch::Gemma3);
+        let mut cfg = tiny_cfg();
+        cfg.kuda.token_ratio = 1.0;
+        cfg.kuda.retain_weight = 0.0;
+        let mut m2 = tiny_model(Arch::Gemma3);
+        m2.set_trainable(&m.mlp_param_names(&[0, 1])).unwrap();
+        let plan = kuda_plan(&m, Projection::None, &cfg);
+        let st = crate::forget::focus::standings(&m2, &plan.forget, 0).unwrap();
+        assert_ne!(st[0].share, st[1].share);
+        let w = crate::forget::focus::weights(&st, 3.0);
+        let grad = |focus: Option<&[f64]>, members: &[usize]| {
+            let term = plan
+                .terms
+                .iter()
+                .find(|t| t.data == DataSet::Forget)
+                .unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+            let (_, g) = term_grads(&m2, &plan, term, members, &mut rng, focus).unwrap();
+            g
+        };
+        let both = grad(Some(&w), &[0, 1]);
+        let (g0, g1) = (grad(None, &[0]), grad(None, &[1]));
+        // Rows of the two facts: the batch mean over all rows is a row-count-weighted mix.
+        let rows = |i: usize| plan.forget.seqs[i].rep_positions.len() as f64;
+        let (r0, r1) = (rows(0), rows(1));
+        for (name, g) in &both {
+            let want = ((&g0[name] * (w[0] * r0 / (r0 + r1))).unwrap()
+                + (&g1[name] * (w[1] * r1 / (r0 + r1))).unwrap())
+            .unwrap();
+            let diff: f64 = (g - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff < 1e-9, "{name}: {diff}");
+        }
     }
 
     #[test]
