@@ -480,7 +480,7 @@ text_tokens = 64, text_ce_rows = 16 (targets sampled per chunk), grad_accum = 1,
 min_lr_ratio = 0.1, clip_norm = 1.0\n\
   [kuda] beta = 3.0, token_ratio = 0.5, retain_weight = 10, text_weight = 10, retain_ce_weight = 0, \
 projection = relaxed|strict|none, tau = 0.01 (× mean eigenvalue), project_update = true, key_text_chunks = 64, \
-rep_layer (default: last updated layer), center = none|mean|unknown|known (cos(h − c, h₀ − c) around 0, the retain/text mean residual, or what the model holds at the same place in prompts about subjects it does not know (needs retain_unknown_facts) or about the known retain subjects, each answer weighted the same)\n\
+rep_layer (default: last updated layer), center = none|mean|unknown|known (cos(h − c, h₀ − c) around 0, the retain/text mean residual, or what the model holds at the same place in prompts about subjects it does not know (needs retain_unknown_facts) or about the known retain subjects, each answer weighted the same), focus = 0 (γ > 0: weigh each forget fact's deviation by its answer's share among the candidates^γ, so the pressure goes to the facts still known), focus_every = 10 (steps between readings)\n\
   [localized_ft] forget_weight = 1, retain_weight = 1, text_weight = 1\n\
   graddiff_retain_weight = 1\n\
   [npo] beta = 0.1, retain_weight = 1    [simnpo] beta = 2.5, gamma = 0, retain_weight = 1\n\
