@@ -99,11 +99,9 @@ pub struct KudaConfig {
     /// whatever the subject; see docs/forget.md.
     pub center: Centre,
     /// Focus γ: weigh each forget fact's rows in the deviation by (its answer's share among
-    /// the candidates)^γ, read every `focus_every` steps and scaled to average 1, so that
+    /// the candidates)^γ, read every `standing_every` steps and scaled to average 1, so that
     /// the pressure goes to the facts the model still knows. 0 = every fact alike (SPEC).
     pub focus: f64,
-    /// Steps between two readings of the forget facts' standing (focus > 0).
-    pub focus_every: usize,
 }
 
 impl Default for KudaConfig {
@@ -121,7 +119,6 @@ impl Default for KudaConfig {
             rep_layer: None,
             center: Centre::None,
             focus: 0.0,
-            focus_every: 10,
         }
     }
 }
@@ -293,6 +290,12 @@ pub struct ForgetConfig {
     /// Positions of a forget fact that KUDA's deviation and RMU's steering act on: `prompt`
     /// (subject to the last prompt token), `subject`, `last-subject`, or `named` (last subject token to the last prompt token).
     pub forget_positions: ForgetPositions,
+    /// Steps between two readings of the forget facts' standing (their answers against the
+    /// other candidates), for `kuda.focus` and `stop_at_forget_acc`.
+    pub standing_every: usize,
+    /// Stop training at the first reading where the forget facts' accuracy (top-1 among the
+    /// candidates) is at or below this share; none = run every step.
+    pub stop_at_forget_acc: Option<f64>,
     pub optim: OptimConfig,
     pub kuda: KudaConfig,
     pub localized_ft: FtConfig,
@@ -321,6 +324,8 @@ impl Default for ForgetConfig {
             retain_namesakes: false,
             retain_known_repeat: 1,
             forget_positions: ForgetPositions::Prompt,
+            standing_every: 10,
+            stop_at_forget_acc: None,
             optim: OptimConfig::default(),
             kuda: KudaConfig::default(),
             localized_ft: FtConfig::default(),
@@ -393,8 +398,13 @@ impl ForgetConfig {
                 k.focus
             );
         }
-        if k.focus_every == 0 {
-            bail!("kuda.focus_every must be at least 1");
+        if self.standing_every == 0 {
+            bail!("standing_every must be at least 1");
+        }
+        if let Some(x) = self.stop_at_forget_acc {
+            if !(0.0..=1.0).contains(&x) {
+                bail!("stop_at_forget_acc must be a share in [0, 1] or none (got {x})");
+            }
         }
         if !(k.token_ratio > 0.0 && k.token_ratio <= 1.0) {
             bail!("kuda.token_ratio must be in (0, 1] (got {})", k.token_ratio);
@@ -543,7 +553,7 @@ mod tests {
         let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.projection=sideways".into()])
             .unwrap_err();
         assert!(format!("{e:#}").contains("sideways"), "{e:#}");
-        for bad in ["kuda.focus=-1", "kuda.focus_every=0"] {
+        for bad in ["kuda.focus=-1", "standing_every=0", "stop_at_forget_acc=5"] {
             let e = ForgetConfig::resolve(Method::Kuda, None, &[bad.into()]).unwrap_err();
             let key = bad.split('=').next().unwrap();
             assert!(format!("{e:#}").contains(key), "{e:#}");

@@ -37,6 +37,10 @@ pub struct Manifest {
     pub config: ForgetConfig,
     pub seed: u64,
     pub steps: usize,
+    /// Steps each part actually trained (fewer than `steps` when `stop_at_forget_acc` ended
+    /// it early).
+    #[serde(default)]
+    pub steps_done: Vec<usize>,
     pub final_losses: BTreeMap<String, f64>,
     /// Forget vs retain gradient angles before/after projection, at the first and last step.
     #[serde(default)]

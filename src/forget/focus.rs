@@ -27,7 +27,10 @@ pub fn standings(model: &Transformer, set: &SeqSet, pad: u32) -> Result<Vec<Stan
                 bail!("a forget fact without an answer token");
             };
             if s.rivals.is_empty() {
-                bail!("a forget fact without rival answers: its standing cannot be read");
+                bail!(
+                    "kuda.focus and stop_at_forget_acc read each forget fact's answer against \
+                     the task's other candidates, and this task's facts have none"
+                );
             }
             prompts.push((s.ids[..=at].to_vec(), answer, &s.rivals));
         }

@@ -272,6 +272,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         config: cfg.clone(),
         seed: cfg.seed,
         steps: cfg.steps,
+        steps_done: vec![cfg.steps],
         final_losses: final_losses.clone(),
         gradient_angles: None,
         weights: "changed".into(),

@@ -250,6 +250,9 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     if a.partitions == 0 {
         bail!("--partitions must be at least 1");
     }
+    if a.edit && cfg.stop_at_forget_acc.is_some() {
+        bail!("stop_at_forget_acc stops a forget run; `unlearn edit` trains every step");
+    }
     let located = matches!(a.method, Method::Kuda | Method::LocalizedFt);
     if located && a.localization.is_none() && a.layers.is_none() {
         bail!(
@@ -504,6 +507,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         config: cfg.clone(),
         seed: cfg.seed,
         steps: cfg.steps,
+        steps_done: summaries.iter().map(|s| s.steps_done).collect(),
         final_losses: summaries
             .last()
             .map(|s| s.final_losses.clone())

@@ -595,7 +595,8 @@ pub fn train(
     let mut opt = Optimizer::new(cfg.optim.clone());
     let mut start = 0;
     let mut resumed_from = None;
-    // KUDA's focus: the forget facts' weights, read again every `focus_every` steps.
+    // KUDA's focus (the forget facts' weights) and the stop at a forget accuracy both read
+    // the forget facts' standing every `standing_every` steps.
     let focusing = cfg.kuda.focus > 0.0
         && plan.terms.iter().any(|t| {
             t.data == DataSet::Forget
@@ -608,6 +609,7 @@ pub fn train(
                 )
         });
     let mut focus: Option<Vec<f64>> = None;
+    let mut steps_done = cfg.steps;
     if let Some((step, tensors)) = read_checkpoint(&ck_dir, run_key)? {
         for p in &plan.params {
             let w = tensors
@@ -636,12 +638,30 @@ pub fn train(
     for step in start..cfg.steps {
         let ts = std::time::Instant::now();
         let mut kept = None;
-        if focusing && (step % cfg.kuda.focus_every == 0 || focus.is_none()) {
+        let reading = (focusing || cfg.stop_at_forget_acc.is_some())
+            && (step % cfg.standing_every == 0 || (focusing && focus.is_none()));
+        if reading {
             let st = crate::forget::focus::standings(model, &plan.forget, plan.pad).with_context(
                 || format!("step {}: reading the forget facts' standing", step + 1),
             )?;
-            kept = Some(st.iter().filter(|s| s.kept).count());
-            focus = Some(crate::forget::focus::weights(&st, cfg.kuda.focus));
+            let k = st.iter().filter(|s| s.kept).count();
+            kept = Some(k);
+            if focusing {
+                focus = Some(crate::forget::focus::weights(&st, cfg.kuda.focus));
+            }
+            let acc = k as f64 / st.len().max(1) as f64;
+            if cfg.stop_at_forget_acc.is_some_and(|t| acc <= t) {
+                // The weights after `step` steps are the result (a run started again reads
+                // the same standing at this step and stops here too).
+                save_checkpoint(&ck_dir, model, plan, &opt, focus.as_deref(), step, run_key)?;
+                eprintln!(
+                    "forget accuracy {:.1}% ({k} of {}) ≤ stop_at_forget_acc: stopped after step {step}",
+                    100.0 * acc,
+                    st.len()
+                );
+                steps_done = step;
+                break;
+            }
         }
         let (grads, losses) = match step_grads(model, plan, cfg, step, focus.as_deref()) {
             Ok(x) => x,
@@ -720,7 +740,7 @@ pub fn train(
     }
     bar.finish_and_clear();
     let gradient_angles = match angles_start {
-        Some(s) => gradient_angles(model, plan, cfg, cfg.steps.saturating_sub(1))?.map(|end| {
+        Some(s) => gradient_angles(model, plan, cfg, steps_done.saturating_sub(1))?.map(|end| {
             AnglesAtEnds {
                 start_step: start,
                 start: s,
@@ -736,7 +756,7 @@ pub fn train(
         );
     }
     Ok(TrainSummary {
-        steps_done: cfg.steps,
+        steps_done,
         resumed_from,
         final_losses: last,
         seconds: t0.elapsed().as_secs_f64(),
@@ -1266,7 +1286,7 @@ mod tests {
         for focus in [0.0, 2.0] {
             let mut cfg = tiny_cfg();
             cfg.kuda.focus = focus;
-            cfg.kuda.focus_every = 2;
+            cfg.standing_every = 2;
             let straight = {
                 let mut m = tiny_model(Arch::Gemma3);
                 let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
@@ -1308,6 +1328,48 @@ mod tests {
             let mut m = tiny_model(Arch::Gemma3);
             let s = train(&mut m, &plan, &cfg, "other", dir.path(), None).unwrap();
             assert_eq!(s.resumed_from, None);
+        }
+    }
+
+    #[test]
+    fn a_run_stops_at_the_forget_accuracy_asked_for_and_a_rerun_stops_there_too() {
+        let mut cfg = tiny_cfg();
+        cfg.standing_every = 2;
+        let orig = tiny_model(Arch::Gemma3);
+        let plan = kuda_plan(&orig, Projection::Relaxed, &cfg);
+        let st = crate::forget::focus::standings(&orig, &plan.forget, 0).unwrap();
+        let acc0 = st.iter().filter(|s| s.kept).count() as f64 / st.len() as f64;
+        // Below the starting accuracy: the run goes on; at it: it stops before step 1.
+        let below = (acc0 > 0.0).then(|| acc0 - 0.25);
+        for (stop, want) in [(Some(acc0), 0), (below, 5)] {
+            if stop.is_none() && want == 5 {
+                // Every fact already forgotten: any target stops the run at once.
+                continue;
+            }
+            cfg.stop_at_forget_acc = stop;
+            let dir = tempfile::tempdir().unwrap();
+            let mut m = tiny_model(Arch::Gemma3);
+            let s = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+            let done = s.steps_done;
+            assert!(
+                done == want || (want == 5 && done % 2 == 0),
+                "{stop:?}: {done}"
+            );
+            if done == 0 {
+                assert_eq!(
+                    param_values(&m, &plan.params),
+                    param_values(&orig, &plan.params)
+                );
+            }
+            // Started again, it reads the same standing at the same step and stops there.
+            let mut again = tiny_model(Arch::Gemma3);
+            let s2 = train(&mut again, &plan, &cfg, "k", dir.path(), None).unwrap();
+            assert_eq!(s2.resumed_from, Some(done));
+            assert_eq!(s2.steps_done, done);
+            assert_eq!(
+                param_values(&again, &plan.params),
+                param_values(&m, &plan.params)
+            );
         }
     }
 
