@@ -5,7 +5,7 @@
 //! facts, to those the model still knows.
 
 use crate::forget::seqs::SeqSet;
-use crate::model::{Batch, LogitsAt, PadSide, RunOpts, Transformer};
+use crate::model::Transformer;
 use anyhow::{bail, Result};
 
 /// Where one forget fact stands: its answer's share of the softmax over the answer and its
@@ -23,7 +23,7 @@ pub fn standings(model: &Transformer, set: &SeqSet, pad: u32) -> Result<Vec<Stan
     for chunk in set.seqs.chunks(32) {
         let mut prompts = Vec::with_capacity(chunk.len());
         for s in chunk {
-            let Some(&(at, answer)) = s.targets.first() else {
+            let Some(&(at, _)) = s.targets.first() else {
                 bail!("a forget fact without an answer token");
             };
             if s.rivals.is_empty() {
@@ -32,19 +32,12 @@ pub fn standings(model: &Transformer, set: &SeqSet, pad: u32) -> Result<Vec<Stan
                      the task's other candidates, and this task's facts have none"
                 );
             }
-            prompts.push((s.ids[..=at].to_vec(), answer, &s.rivals));
+            prompts.push(s.ids[..=at].to_vec());
         }
-        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.0.clone()).collect();
-        let batch = Batch::new(&ids, pad, PadSide::Left, model.device())?;
-        let opts = RunOpts {
-            logits: LogitsAt::Last,
-            ..Default::default()
-        };
-        let logits = model.run(&batch, &opts)?.logits.expect("logits asked for");
-        let rows: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
-        for ((_, answer, rivals), row) in prompts.iter().zip(rows) {
-            let a = row[*answer as usize] as f64;
-            let r: Vec<f64> = rivals.iter().map(|&t| row[t as usize] as f64).collect();
+        let rows = model.last_logits(&prompts, pad)?;
+        for (s, row) in chunk.iter().zip(rows) {
+            let a = row[s.targets[0].1 as usize] as f64;
+            let r: Vec<f64> = s.rivals.iter().map(|&t| row[t as usize] as f64).collect();
             let top = r.iter().fold(a, |m, &x| m.max(x));
             let z: f64 = (a - top).exp() + r.iter().map(|&x| (x - top).exp()).sum::<f64>();
             out.push(Standing {
@@ -103,15 +96,16 @@ mod tests {
         let set = SeqSet::new("forget", seqs.clone());
         let got = standings(&model, &set, 0).unwrap();
         for (s, g) in seqs.iter().zip(&got) {
-            let one = Batch::new(
+            // One prompt alone: no padding.
+            let one = crate::model::Batch::new(
                 std::slice::from_ref(&s.ids),
                 0,
-                PadSide::Left,
+                crate::model::PadSide::Left,
                 model.device(),
             )
             .unwrap();
-            let opts = RunOpts {
-                logits: LogitsAt::Last,
+            let opts = crate::model::RunOpts {
+                logits: crate::model::LogitsAt::Last,
                 ..Default::default()
             };
             let logits = model.run(&one, &opts).unwrap().logits.unwrap();

@@ -111,13 +111,7 @@ impl LanguageModel {
 
     /// Last-position logits of prompts given as token ids (one left-padded batch), as rows.
     pub fn last_logits(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let b = Batch::new(ids, self.pad_id(), PadSide::Left, self.model.device())?;
-        let opts = RunOpts {
-            logits: LogitsAt::Last,
-            ..Default::default()
-        };
-        let logits = self.model.run(&b, &opts)?.logits.expect("logits asked for");
-        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+        self.model.last_logits(ids, self.pad_id())
     }
 
     /// Token ids that end generation.

@@ -425,6 +425,18 @@ impl Transformer {
         Ok(())
     }
 
+    /// Last-position logits of prompts given as token ids (one batch, left-padded with `pad`),
+    /// as rows.
+    pub fn last_logits(&self, ids: &[Vec<u32>], pad: u32) -> Result<Vec<Vec<f32>>> {
+        let b = Batch::new(ids, pad, crate::model::batch::PadSide::Left, self.device())?;
+        let opts = RunOpts {
+            logits: LogitsAt::Last,
+            ..Default::default()
+        };
+        let logits = self.run(&b, &opts)?.logits.expect("logits asked for");
+        Ok(logits.to_dtype(DType::F32)?.to_vec2()?)
+    }
+
     /// Run the model on a batch.
     pub fn run(&self, batch: &Batch, opts: &RunOpts) -> Result<RunOutput> {
         self.check_batch(batch)?;
