@@ -273,7 +273,7 @@ fn unlearning_steps(lm: &mut LanguageModel, repeats: usize) -> Result<Vec<(Strin
     use crate::forget::config::{ForgetConfig, Method};
     use crate::forget::seqs::{text_chunks, Seq, SeqSet};
     use crate::forget::trainer::{step_grads, Plan};
-    let facts = crate::data::load_task("sports")?;
+    let facts = crate::data::load_task("sports", crate::data::dedup::Policy::Refuse)?;
     let fact_seqs = |r: std::ops::Range<usize>| -> Result<Vec<Seq>> {
         facts[r]
             .iter()

@@ -189,6 +189,7 @@ pub fn predict(
 
 /// `unlearn export`.
 pub fn export(spec: &str, out: &std::path::Path) -> Result<()> {
+    crate::outdir::prepare(out, &[("--model", spec.to_string())])?;
     let lm = load(spec)?;
     crate::model::hf_dir::export_hf_dir(
         &lm.model.config,

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod forget;
 pub mod locate;
 pub mod model;
+pub mod outdir;
 pub mod pipeline;
 pub mod report;
 pub mod util;

@@ -377,6 +377,11 @@ struct FactArgs {
     /// answers), p>=X.
     #[arg(long, default_value = "top1")]
     known: String,
+    /// A facts file with the same fact twice (same prompt and answer, same id, or the same
+    /// prompt with two answers) is refused, naming both lines; --dedup keeps the first of each
+    /// and warns about the others.
+    #[arg(long)]
+    dedup: bool,
 }
 
 /// LoRA adapter settings (`relearn`, `learn --lora`).
@@ -522,6 +527,7 @@ fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::
         task: c.facts.task,
         forget: c.facts.forget,
         known: c.facts.known,
+        dedup: c.facts.dedup,
         method: if edit && c.method == "kuda" {
             Method::LocalizedFt
         } else {
@@ -607,6 +613,7 @@ fn run(cmd: Command) -> Result<()> {
                     task,
                     forget,
                     known,
+                    dedup,
                 },
             method,
             top_k,
@@ -625,6 +632,7 @@ fn run(cmd: Command) -> Result<()> {
                 task,
                 forget,
                 known,
+                dedup,
                 seed,
                 method,
                 top_k,
@@ -644,6 +652,7 @@ fn run(cmd: Command) -> Result<()> {
                     task,
                     forget,
                     known,
+                    dedup,
                 },
             unlearned,
             steps,
@@ -668,6 +677,7 @@ fn run(cmd: Command) -> Result<()> {
                 task,
                 forget,
                 known,
+                dedup,
                 seed,
                 cfg,
                 out,
@@ -733,6 +743,7 @@ fn run(cmd: Command) -> Result<()> {
                     task,
                     forget,
                     known,
+                    dedup,
                 },
             unlearned,
             suite,
@@ -746,6 +757,7 @@ fn run(cmd: Command) -> Result<()> {
                 task,
                 forget,
                 known,
+                dedup,
                 seed,
                 suite: suite.parse()?,
                 held_out,

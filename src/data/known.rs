@@ -71,10 +71,15 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
 }
 
 /// The facts of a task that the model knows under `rule` (e.g. `top1`), with a message saying
-/// how many; an error when it knows none.
-pub fn known_facts(lm: &LanguageModel, task: &str, rule: &str) -> Result<Vec<Fact>> {
+/// how many; an error when it knows none. Duplicates are handled by `policy` ([`super::dedup`]).
+pub fn known_facts(
+    lm: &LanguageModel,
+    task: &str,
+    rule: &str,
+    policy: super::dedup::Policy,
+) -> Result<Vec<Fact>> {
     let rule = KnownRule::parse(rule)?;
-    let facts = super::load_task(task)?;
+    let facts = super::load_task(task, policy)?;
     let scores = cached_scores(lm, &facts)?;
     let known: Vec<Fact> = facts
         .iter()
@@ -220,6 +225,18 @@ pub fn namesakes(forget: &[Fact], facts: &[Fact]) -> Vec<bool> {
         .collect()
 }
 
+/// The facts whose subject is not a subject of `forget`: what may count as held out. Another
+/// fact about a subject being forgotten is not independent of the forgetting (it shares the
+/// subject's representation), so it never stands for "knowledge that was kept".
+pub fn about_other_subjects(facts: Vec<Fact>, forget: &[Fact]) -> Vec<Fact> {
+    let subjects: std::collections::HashSet<&str> =
+        forget.iter().map(|f| f.subject.as_str()).collect();
+    facts
+        .into_iter()
+        .filter(|f| !subjects.contains(f.subject.as_str()))
+        .collect()
+}
+
 /// `facts` with the flagged ones first, each part in its original (seeded) order.
 pub fn flagged_first(facts: Vec<Fact>, flags: &[bool]) -> Vec<Fact> {
     let (first, rest): (Vec<_>, Vec<_>) = facts.into_iter().zip(flags).partition(|(_, &f)| f);
@@ -303,6 +320,19 @@ mod tests {
         .map(|f| f.id)
         .collect();
         assert_eq!(ids, ["1", "3", "0", "2", "4", "5", "6", "7"]);
+    }
+
+    #[test]
+    fn held_out_facts_never_share_a_forget_subject() {
+        let mut k = facts(6);
+        k[4].subject = "P1".into();
+        k[4].prompt = "P1 was born in".into();
+        let (forget, rest) = split(&k, "first-2", 0).unwrap();
+        let ids: Vec<String> = about_other_subjects(rest, &forget)
+            .into_iter()
+            .map(|f| f.id)
+            .collect();
+        assert_eq!(ids, ["2", "3", "5"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! knows and splits them deterministically.
 
 pub mod counterfact;
+pub mod dedup;
 pub mod known;
 pub mod sports;
 pub mod user;
@@ -62,6 +63,16 @@ pub fn data_dir() -> PathBuf {
     }
 }
 
+/// Whether every fact has a closed answer set to be ranked in: its answer and at least one
+/// other candidate. Without one, "top-1 among the candidates", the know-nothing floor and the
+/// multiple-choice question are always right and cannot move.
+pub fn has_rivals(facts: &[Fact]) -> bool {
+    !facts.is_empty()
+        && facts.iter().all(|f| {
+            f.candidates.iter().any(|c| *c != f.answer) && f.candidates.contains(&f.answer)
+        })
+}
+
 /// Give an answer its leading space (answers are completions of a prompt).
 pub fn as_completion(answer: &str) -> String {
     if answer.starts_with(' ') {
@@ -71,15 +82,22 @@ pub fn as_completion(answer: &str) -> String {
     }
 }
 
-/// Load a task by name: `sports`, `counterfact`, or a path to a user facts file.
-pub fn load_task(task: &str) -> Result<Vec<Fact>> {
-    match task {
-        "sports" => sports::load(&data_dir().join("sports_facts/sports.csv")),
-        "counterfact" => counterfact::load_full(&data_dir().join("counterfact/counterfact_full_schema_subset.json")),
-        "counterfact-rewrites" => counterfact::load_rewrites(&data_dir().join("counterfact/counterfact_requested_rewrites_all.jsonl")),
-        path if std::path::Path::new(path).is_file() => user::load(std::path::Path::new(path)),
+/// Load a task by name: `sports`, `counterfact`, or a path to a user facts file. Duplicate facts
+/// in a user's file are refused or merged by `policy` ([`dedup`]); the built-in datasets are
+/// always merged (the first of each is kept).
+pub fn load_task(task: &str, policy: dedup::Policy) -> Result<Vec<Fact>> {
+    let builtin = match task {
+        "sports" => sports::load(&data_dir().join("sports_facts/sports.csv"))?,
+        "counterfact" => counterfact::load_full(&data_dir().join("counterfact/counterfact_full_schema_subset.json"))?,
+        "counterfact-rewrites" => counterfact::load_rewrites(&data_dir().join("counterfact/counterfact_requested_rewrites_all.jsonl"))?,
+        path if std::path::Path::new(path).is_file() => return user::load(std::path::Path::new(path), policy),
         other => bail!("unknown task {other:?}: use sports, counterfact, counterfact-rewrites, or a path to a .jsonl/.tsv facts file"),
+    };
+    let (facts, dropped) = dedup::without_repeats(builtin);
+    if dropped > 0 {
+        eprintln!("{task}: {dropped} repeated facts merged (the first of each kept)");
     }
+    Ok(facts)
 }
 
 /// WikiText-2 (test split) lines, cut in two halves at an article boundary: the first half is

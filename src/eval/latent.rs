@@ -22,6 +22,11 @@ pub struct LatentCurve {
     pub unlearned_new_answer: Option<Vec<f64>>,
 }
 
+/// The facts that test the probes (a quarter) and those that train them.
+pub fn split(retain: &[Fact]) -> (&[Fact], &[Fact]) {
+    retain.split_at(retain.len() / 4)
+}
+
 /// Probes trained on the original model, read on both. `retain` trains (a quarter is kept to
 /// test the probes); `new_answers` are the edit targets, aligned with `forget`.
 pub fn latent(
@@ -31,8 +36,7 @@ pub fn latent(
     forget: &[Fact],
     new_answers: Option<&[String]>,
 ) -> Result<Vec<LatentCurve>> {
-    let n_test = retain.len() / 4;
-    let (test, train) = retain.split_at(n_test);
+    let (test, train) = split(retain);
     let labels = Labels::from_facts(train)?;
     let f_train = probe::features(original, train, 16)?;
     let f_test = probe::features(original, test, 16)?;

@@ -22,6 +22,9 @@ pub struct Mcq {
 
 const LETTERS: [&str; 8] = ["A", "B", "C", "D", "E", "F", "G", "H"];
 
+/// Choices of a question made from a fact: its answer and at most three other candidates.
+pub const MAX_CHOICES: usize = 4;
+
 /// Zero-shot prompt: question, lettered choices, "Answer:".
 pub fn prompt(q: &Mcq) -> String {
     let mut s = format!("{}\n", q.question.trim());
@@ -169,6 +172,14 @@ pub fn from_facts(facts: &[Fact], seed: u64) -> Vec<Mcq> {
         .map(|f| {
             let mut choices: Vec<String> =
                 f.candidates.iter().map(|c| c.trim().to_string()).collect();
+            if choices.len() > MAX_CHOICES {
+                // The answer and three others drawn from a long list (a relation's answers).
+                let answer = f.answer.trim().to_string();
+                choices.retain(|c| *c != answer);
+                choices.shuffle(&mut rng);
+                choices.truncate(MAX_CHOICES - 1);
+                choices.push(answer);
+            }
             choices.shuffle(&mut rng);
             let answer = choices
                 .iter()
@@ -232,6 +243,23 @@ mod tests {
             answer: 1,
         };
         assert_eq!(prompt(&q), "2+2?\nA. 3\nB. 4\nAnswer:");
+    }
+
+    #[test]
+    fn a_long_candidate_list_gives_four_choices_with_the_answer() {
+        let mut f = crate::data::example_fact();
+        f.candidates = (0..30).map(|i| format!(" c{i}")).collect();
+        f.answer = " c17".into();
+        let qs = from_facts(&vec![f; 20], 1);
+        assert_eq!(qs.len(), 20);
+        for q in &qs {
+            assert_eq!(q.choices.len(), MAX_CHOICES);
+            assert_eq!(q.choices[q.answer], "c17");
+            let mut c = q.choices.clone();
+            c.dedup();
+            assert_eq!(c.len(), MAX_CHOICES);
+        }
+        assert!(qs.iter().any(|q| q.choices != qs[0].choices));
     }
 
     #[test]

@@ -221,6 +221,11 @@ pub struct MuseArgs {
 pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Value> {
     use crate::eval::run::{print_table, Row};
     let t0 = std::time::Instant::now();
+    let mut models = crate::outdir::with_unlearned(&a.model, &a.unlearned);
+    if let Some(r) = &a.retrained {
+        models.push(("--retrained", r.clone()));
+    }
+    crate::outdir::prepare(&a.out, &models)?;
     let original = LanguageModel::load(&a.model, device)?;
     let o = muse(&original, &a.data, a.opts)?;
     let u = match &a.unlearned {

@@ -171,6 +171,8 @@ pub struct RelearnArgs {
     pub task: String,
     pub forget: String,
     pub known: String,
+    /// Merge duplicate facts of a user's file instead of refusing them.
+    pub dedup: bool,
     pub seed: u64,
     pub cfg: RelearnConfig,
     pub out: PathBuf,
@@ -186,6 +188,10 @@ pub fn halves(forget: &[Fact]) -> (Vec<Fact>, Vec<Fact>) {
 /// Run `unlearn relearn`: the attack on the unlearned model (or on `--model` alone), written
 /// to OUT/relearn.json.
 pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::Value> {
+    crate::outdir::prepare(
+        &a.out,
+        &crate::outdir::with_unlearned(&a.model, &a.unlearned),
+    )?;
     let original = LanguageModel::load(&a.model, device)?;
     let rf = crate::eval::run::facts_of_run(
         &original,
@@ -193,6 +199,7 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
         &a.task,
         &a.forget,
         &a.known,
+        a.dedup,
         a.seed,
     )?;
     let (seen, unseen) = halves(&rf.forget);

@@ -50,6 +50,8 @@ pub struct EvalArgs {
     pub task: String,
     pub forget: String,
     pub known: String,
+    /// Merge duplicate facts of a user's file instead of refusing them.
+    pub dedup: bool,
     pub seed: u64,
     pub suite: Suite,
     pub held_out: usize,
@@ -78,6 +80,104 @@ const REFERENCE_METRICS: &[&str] = &[FLOOR_METRIC];
 /// Metric name → (sample count, value, lower is better).
 type Measures = BTreeMap<String, (usize, f64, bool)>;
 
+/// A metric the facts cannot support, left out of the table with the reason (in metrics.json).
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    pub metric: String,
+    pub why: String,
+}
+
+/// What the facts allow to be measured and the data files it reads, settled before any model
+/// call (a missing file or a metric the facts cannot support is known before minutes of work).
+struct Plan {
+    /// Each set's facts have candidate answers to rank (forget, held out).
+    rivals: [bool; 2],
+    /// The latent-knowledge probes have two answers or more to tell apart.
+    latent: bool,
+    skipped: Vec<Skipped>,
+    /// WikiText-2's held-out half (perplexity).
+    wiki_eval: Vec<String>,
+    /// `--suite full`: MMLU's and WMDP's questions.
+    suite_mcqs: Vec<(&'static str, Vec<mcq::Mcq>)>,
+}
+
+impl Plan {
+    fn new(forget: &[Fact], held_out: &[Fact], probe_facts: &[Fact], suite: Suite) -> Result<Plan> {
+        let mut skipped = Vec::new();
+        let mut skip = |metric: &str, why: String| {
+            skipped.push(Skipped {
+                metric: metric.into(),
+                why,
+            })
+        };
+        let mut rivals = [false; 2];
+        for (i, (name, facts)) in [("forget", forget), ("held_out", held_out)]
+            .into_iter()
+            .enumerate()
+        {
+            if facts.is_empty() {
+                skip(&format!("{name}.*"), format!("no {name} facts"));
+                continue;
+            }
+            rivals[i] = data::has_rivals(facts);
+            if !rivals[i] {
+                let why = format!(
+                    "some {name} facts have no other candidate answer (no `candidates`, nor an \
+                     `attribute` shared with facts of other answers): ranked against themselves \
+                     they would always score 100 %; vocabulary top-1 is the headline"
+                );
+                skip(&format!("{name}.top1_candidates"), why.clone());
+                skip(&format!("{name}.mcq_accuracy"), why.clone());
+                if i == 0 {
+                    skip(FLOOR_METRIC, why);
+                }
+            }
+        }
+        let (_, train) = latent::split(probe_facts);
+        let latent = match crate::locate::probe::Labels::from_facts(train) {
+            Ok(_) => true,
+            Err(e) => {
+                skip("latent.*", format!("{e}"));
+                false
+            }
+        };
+        let (_, wiki_eval) = data::wikitext_halves()?;
+        let mut suite_mcqs = Vec::new();
+        if suite == Suite::Full {
+            for (name, files) in [
+                ("mmlu", vec!["mmlu/mmlu_test_10x57.jsonl".to_string()]),
+                (
+                    "wmdp",
+                    (0..5).map(|i| format!("wmdp/split_{i}.jsonl")).collect(),
+                ),
+            ] {
+                let mut qs = Vec::new();
+                for f in files {
+                    qs.extend(mcq::load_jsonl(&data::data_dir().join(f))?);
+                }
+                suite_mcqs.push((name, qs));
+            }
+        }
+        Ok(Plan {
+            rivals,
+            latent,
+            skipped,
+            wiki_eval,
+            suite_mcqs,
+        })
+    }
+
+    /// The accuracy row of a set: among the candidates when it has them, else top-1 over the
+    /// vocabulary.
+    fn headline(&self, set: usize) -> &'static str {
+        if self.rivals[set] {
+            "top1_candidates"
+        } else {
+            "top1_vocab"
+        }
+    }
+}
+
 /// Every number of one model.
 fn measure(
     lm: &LanguageModel,
@@ -86,35 +186,53 @@ fn measure(
     held_out: &[Fact],
     new_answers: Option<&[String]>,
     a: &EvalArgs,
+    plan: &Plan,
 ) -> Result<(Measures, Fluency)> {
     let mut m = Measures::new();
     let bar = crate::util::spinner("evaluating");
     let mut clock = Clock::new();
     let truth = |f: &Fact| f.answer.clone();
-    for (name, facts, lower) in [("forget", forget, true), ("held_out", held_out, false)] {
+    for (i, (name, facts, lower)) in [("forget", forget, true), ("held_out", held_out, false)]
+        .into_iter()
+        .enumerate()
+    {
+        if facts.is_empty() {
+            continue;
+        }
         let acc = accuracy(lm, facts, truth)?;
-        m.insert(
-            format!("{name}.top1_candidates"),
-            (acc.n, acc.top1_candidates, lower),
-        );
+        if plan.rivals[i] {
+            m.insert(
+                format!("{name}.top1_candidates"),
+                (acc.n, acc.top1_candidates, lower),
+            );
+            let qs = mcq::from_facts(facts, a.seed);
+            if !qs.is_empty() {
+                let s = mcq::score(lm, &qs, 16)?;
+                m.insert(format!("{name}.mcq_accuracy"), (s.n, s.accuracy, lower));
+            }
+        }
         m.insert(format!("{name}.top1_vocab"), (acc.n, acc.top1, lower));
         m.insert(format!("{name}.mean_p"), (acc.n, acc.mean_p, lower));
-        let qs = mcq::from_facts(facts, a.seed);
-        if !qs.is_empty() {
-            let s = mcq::score(lm, &qs, 16)?;
-            m.insert(format!("{name}.mcq_accuracy"), (s.n, s.accuracy, lower));
-        }
     }
-    let pool: Vec<Fact> = forget.iter().chain(held_out).cloned().collect();
-    let floor = know_nothing_floor(lm, forget, &pool)?;
-    m.insert(FLOOR_METRIC.into(), (floor.n, floor.top1_candidates, true));
+    if plan.rivals[0] {
+        let pool: Vec<Fact> = forget.iter().chain(held_out).cloned().collect();
+        let floor = know_nothing_floor(lm, forget, &pool)?;
+        m.insert(FLOOR_METRIC.into(), (floor.n, floor.top1_candidates, true));
+    }
     clock.lap(&mut m, "facts_and_mcq");
+    let pick = |acc: &crate::eval::completion::Accuracy| {
+        if plan.rivals[0] {
+            acc.top1_candidates
+        } else {
+            acc.top1
+        }
+    };
     for fmt in formats_for(forget) {
         let facts: Vec<Fact> = forget.iter().filter_map(|f| rewrite(f, fmt)).collect();
         let acc = accuracy(lm, &facts, truth)?;
         m.insert(
-            format!("forget.{}.top1_candidates", fmt.name()),
-            (acc.n, acc.top1_candidates, true),
+            format!("forget.{}.{}", fmt.name(), plan.headline(0)),
+            (acc.n, pick(&acc), true),
         );
     }
     // After an edit: the new answer of each forget fact, by id.
@@ -123,8 +241,8 @@ fn measure(
     if let Some(by_id) = &new_of {
         let acc = accuracy(lm, forget, |f| by_id[f.id.as_str()].clone())?;
         m.insert(
-            "edit.top1_candidates".into(),
-            (acc.n, acc.top1_candidates, false),
+            format!("edit.{}", plan.headline(0)),
+            (acc.n, pick(&acc), false),
         );
     }
     // CounterFact: the same facts asked in other words (they should go, or take the new
@@ -145,14 +263,14 @@ fn measure(
     if !para.is_empty() {
         let acc = accuracy(lm, &para, truth)?;
         m.insert(
-            "forget.paraphrase.top1_candidates".into(),
-            (acc.n, acc.top1_candidates, true),
+            format!("forget.paraphrase.{}", plan.headline(0)),
+            (acc.n, pick(&acc), true),
         );
         if let Some(by_id) = &new_of {
             let acc = accuracy(lm, &para, |f| by_id[f.id.as_str()].clone())?;
             m.insert(
-                "edit.paraphrase.top1_candidates".into(),
-                (acc.n, acc.top1_candidates, false),
+                format!("edit.paraphrase.{}", plan.headline(0)),
+                (acc.n, pick(&acc), false),
             );
         }
     }
@@ -163,8 +281,8 @@ fn measure(
     if !neighbors.is_empty() {
         let acc = accuracy(lm, &neighbors, truth)?;
         m.insert(
-            "neighborhood.top1_candidates".into(),
-            (acc.n, acc.top1_candidates, false),
+            format!("neighborhood.{}", plan.headline(0)),
+            (acc.n, pick(&acc), false),
         );
         m.insert("neighborhood.mean_p".into(), (acc.n, acc.mean_p, false));
     }
@@ -180,37 +298,19 @@ fn measure(
         "fluency.perplexity_under_original".into(),
         (flu.n, flu.perplexity_under_original, true),
     );
-    let (_, wiki_eval) = data::wikitext_halves()?;
-    let ids = tokenize_lines(lm, &wiki_eval, crate::forget::run::PPL_TOKENS)?;
+    let ids = tokenize_lines(lm, &plan.wiki_eval, crate::forget::run::PPL_TOKENS)?;
     let p = perplexity(lm, &ids, 512, 256)?;
     m.insert(
         "utility.wikitext_perplexity".into(),
         (p.tokens, p.perplexity, true),
     );
     clock.lap(&mut m, "perplexity");
-    if a.suite == Suite::Full {
-        for (name, files) in [
-            (
-                "mmlu",
-                vec![data::data_dir().join("mmlu/mmlu_test_10x57.jsonl")],
-            ),
-            (
-                "wmdp",
-                (0..5)
-                    .map(|i| data::data_dir().join(format!("wmdp/split_{i}.jsonl")))
-                    .collect(),
-            ),
-        ] {
-            let mut qs = Vec::new();
-            for f in files {
-                qs.extend(mcq::load_jsonl(&f)?);
-            }
-            let s = mcq::score(lm, &qs, 8)?;
-            m.insert(
-                format!("utility.{name}_accuracy"),
-                (s.n, s.accuracy, name == "wmdp"),
-            );
-        }
+    for (name, qs) in &plan.suite_mcqs {
+        let s = mcq::score(lm, qs, 8)?;
+        m.insert(
+            format!("utility.{name}_accuracy"),
+            (s.n, s.accuracy, *name == "wmdp"),
+        );
     }
     if a.suite == Suite::Full {
         clock.lap(&mut m, "mmlu_wmdp");
@@ -256,6 +356,7 @@ pub fn facts_of_run(
     task: &str,
     forget_spec: &str,
     known_rule: &str,
+    dedup: bool,
     seed: u64,
 ) -> Result<RunFacts> {
     let manifest: Option<Value> = match unlearned {
@@ -276,7 +377,14 @@ pub fn facts_of_run(
         .and_then(|m| m["task"].as_str())
         .unwrap_or(task)
         .to_string();
-    let known_facts = known::known_facts(original, &task, known_rule)?;
+    // A run that merged duplicates is read back the same way.
+    let dedup = dedup || manifest.as_ref().is_some_and(|m| m["dedup"] == true);
+    let known_facts = known::known_facts(
+        original,
+        &task,
+        known_rule,
+        crate::data::dedup::Policy::merge_if(dedup),
+    )?;
     let ids_of = |key: &str| -> Option<Vec<String>> {
         manifest.as_ref()?[key].as_array().map(|v| {
             v.iter()
@@ -323,6 +431,10 @@ pub fn facts_of_run(
 /// Run `unlearn eval`; returns what it wrote to OUT/metrics.json.
 pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
     let t0 = std::time::Instant::now();
+    crate::outdir::prepare(
+        &a.out,
+        &crate::outdir::with_unlearned(&a.model, &a.unlearned),
+    )?;
     let original = LanguageModel::load(&a.model, device)?;
     let RunFacts {
         manifest,
@@ -337,11 +449,12 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         &a.task,
         &a.forget,
         &a.known,
+        a.dedup,
         a.seed,
     )?;
     // Latent-knowledge probes train on known facts outside the forget set.
     let probe_facts: Vec<Fact> = rest.iter().take(LATENT_PROBE_FACTS).cloned().collect();
-    let held_out: Vec<Fact> = rest
+    let held_out: Vec<Fact> = known::about_other_subjects(rest, &forget)
         .into_iter()
         .filter(|f| !trained.contains(&f.id))
         .take(a.held_out)
@@ -351,6 +464,10 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         forget.len(),
         held_out.len()
     );
+    let plan = Plan::new(&forget, &held_out, &probe_facts, a.suite)?;
+    for s in &plan.skipped {
+        eprintln!("left out: {} ({})", s.metric, s.why);
+    }
 
     let unlearned_lm = match &a.unlearned {
         Some(d) => Some(LanguageModel::load(&d.display().to_string(), device)?),
@@ -364,6 +481,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
             &held_out,
             new_answers.as_deref(),
             a,
+            &plan,
         )?),
         None => None,
     };
@@ -371,7 +489,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
     // entry from a version that measured other things (it lacks a row the unlearned model
     // has) is measured again rather than leaving that row out.
     let key = serde_json::to_vec(
-        &json!({"v": 2, "model": crate::model::source::fingerprint(&original.origin)?,
+        &json!({"v": 3, "model": crate::model::source::fingerprint(&original.origin)?,
         "forget": forget, "held_out": held_out, "new": new_answers, "suite": a.suite, "seed": a.seed}),
     )?;
     let same_rows = |cached: &(Measures, Fluency)| {
@@ -387,6 +505,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
                 &held_out,
                 new_answers.as_deref(),
                 a,
+                &plan,
             )
         })?;
     let timing = |m: &Measures| -> BTreeMap<String, f64> {
@@ -409,13 +528,17 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         })
         .collect();
     let t_latent = std::time::Instant::now();
-    let latent = latent::latent(
-        &original,
-        unlearned_lm.as_ref(),
-        &probe_facts,
-        &forget,
-        new_answers.as_deref(),
-    )?;
+    let latent = if plan.latent {
+        latent::latent(
+            &original,
+            unlearned_lm.as_ref(),
+            &probe_facts,
+            &forget,
+            new_answers.as_deref(),
+        )?
+    } else {
+        Vec::new()
+    };
     // Layers below the first updated block are the same in both models: the summary row reads
     // only the residual streams an unlearning run can change (index l = after block l − 1).
     let first_changed = manifest
@@ -453,6 +576,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         "forget_facts": forget.len(), "held_out_facts": held_out.len(),
         "manifest": manifest,
         "rows": rows,
+        "skipped": plan.skipped,
         "latent": latent, "latent_probe_facts": probe_facts.len(),
         "latent_summary_from_index": first_changed,
         "section_seconds": seconds, "latent_seconds": t_latent.elapsed().as_secs_f64(),

@@ -405,6 +405,16 @@ pub struct TofuEvalArgs {
 /// a table, and OUT/metrics.json.
 pub fn run_eval(a: &TofuEvalArgs, device: &candle_core::Device) -> Result<serde_json::Value> {
     let t0 = std::time::Instant::now();
+    let mut models = vec![
+        ("--model", a.model.clone()),
+        ("--retain-model", a.retain_model.clone()),
+    ];
+    models.extend(
+        a.unlearned
+            .iter()
+            .map(|u| ("--unlearned", u.display().to_string())),
+    );
+    crate::outdir::prepare(&a.out, &models)?;
     let sets = a.opts.load()?;
     let mut names = vec![
         ("learned".to_string(), a.model.clone()),

@@ -25,6 +25,9 @@ pub struct Manifest {
     pub method: String,
     pub edit: bool,
     pub task: String,
+    /// Duplicate facts of a user's file were merged (`--dedup`).
+    #[serde(default)]
+    pub dedup: bool,
     pub forget_split: String,
     pub forget_ids: Vec<String>,
     /// Known facts trained on as retain data (evaluation holds them out).

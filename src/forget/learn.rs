@@ -147,6 +147,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
     .chain(a.sets.iter().cloned())
     .collect();
     let cfg = ForgetConfig::resolve(Method::LocalizedFt, None, &sets).context("settings")?;
+    crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
     let mut lm = LanguageModel::load(&a.model, device)?;
     let base_fp = fingerprint(&lm.origin)?;
     let corpus = read_corpus(&a.data)?;
@@ -262,6 +263,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         },
         edit: false,
         task: base_spec(&a.data.display().to_string()),
+        dedup: false,
         forget_split: String::new(),
         forget_ids: vec![],
         retain_ids: vec![],

@@ -2,6 +2,7 @@
 //! facts and general text, the parameters to update (a localization, MLP layers, or the whole
 //! model), train with the chosen method, evaluate before and after, and write the result.
 
+use crate::data::dedup::Policy;
 use crate::data::{self, known, Fact};
 use crate::eval::completion::{accuracy, Accuracy, Outcome};
 use crate::eval::floor::know_nothing_floor;
@@ -36,6 +37,8 @@ pub struct ForgetArgs {
     pub task: String,
     pub forget: String,
     pub known: String,
+    /// Merge duplicate facts of a user's file instead of refusing them.
+    pub dedup: bool,
     pub method: Method,
     pub localization: Option<PathBuf>,
     /// MLP layers such as `2-4` or `2,3,4`, or `all` (every block parameter).
@@ -62,6 +65,7 @@ impl ForgetArgs {
             task: "sports".into(),
             forget: "first-16".into(),
             known: "top1".into(),
+            dedup: false,
             method,
             localization: None,
             layers: None,
@@ -163,6 +167,9 @@ struct EvalSets<'a> {
     /// Editing: the new answer of each forget fact.
     edit: Option<&'a [String]>,
     ppl_ids: &'a [u32],
+    /// The facts have other candidate answers ([`data::has_rivals`]); without them the
+    /// know-nothing floor is left out and vocabulary top-1 is the headline.
+    rivals: bool,
 }
 
 fn evaluate(lm: &LanguageModel, sets: &EvalSets) -> Result<Metrics> {
@@ -172,6 +179,7 @@ fn evaluate(lm: &LanguageModel, sets: &EvalSets) -> Result<Metrics> {
         namesakes,
         edit,
         ppl_ids,
+        rivals,
     } = *sets;
     let forget_acc = accuracy(lm, forget, |f| f.answer.clone())?;
     let edit_acc = match edit {
@@ -202,7 +210,11 @@ fn evaluate(lm: &LanguageModel, sets: &EvalSets) -> Result<Metrics> {
         forget_kept: pick(&forget_acc, true),
         held_out_lost: pick(&held_out_acc, false),
         forget: forget_acc,
-        forget_floor: Some(know_nothing_floor(lm, forget, &pool)?),
+        forget_floor: if rivals {
+            Some(know_nothing_floor(lm, forget, &pool)?)
+        } else {
+            None
+        },
         edit: edit_acc,
         held_out: held_out_acc,
         namesakes_lost: namesakes_acc.as_ref().map_or(vec![], |a| pick(a, false)),
@@ -215,9 +227,15 @@ fn evaluate(lm: &LanguageModel, sets: &EvalSets) -> Result<Metrics> {
 pub const PPL_TOKENS: usize = 2048;
 
 /// Up to `n` facts of `task` outside `known` (those the model does not know), in a seeded order.
-fn unknown_facts(task: &str, known: &[Fact], n: usize, seed: u64) -> Result<Vec<Fact>> {
+fn unknown_facts(
+    task: &str,
+    policy: Policy,
+    known: &[Fact],
+    n: usize,
+    seed: u64,
+) -> Result<Vec<Fact>> {
     let known_ids: std::collections::HashSet<&str> = known.iter().map(|f| f.id.as_str()).collect();
-    let mut rest: Vec<Fact> = data::load_task(task)?
+    let mut rest: Vec<Fact> = data::load_task(task, policy)?
         .into_iter()
         .filter(|f| !known_ids.contains(f.id.as_str()))
         .collect();
@@ -261,13 +279,14 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             a.method.name()
         );
     }
+    crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
     let mut lm = LanguageModel::load(&a.model, device)?;
     let n_layers = lm.model.config.num_layers;
     let base_fp = fingerprint(&lm.origin)?;
 
     // Facts: the forget split of the known facts; the rest is the retain pool, cut into the
     // retain facts used in training and the held-out facts used only for evaluation.
-    let known_facts = known::known_facts(&lm, &a.task, &a.known)?;
+    let known_facts = known::known_facts(&lm, &a.task, &a.known, Policy::merge_if(a.dedup))?;
     let (forget, pool) = known::split(&known_facts, &a.forget, cfg.seed)?;
     let mut pool = pool;
     pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
@@ -286,6 +305,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     if cfg.retain_unknown_facts > 0 {
         retain.extend(unknown_facts(
             &a.task,
+            Policy::merge_if(a.dedup),
             &known_facts,
             cfg.retain_unknown_facts,
             cfg.seed,
@@ -298,11 +318,27 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         0
     };
     let validation: Vec<Fact> = pool[n_train..n_train + n_val].to_vec();
-    let held_out: Vec<Fact> = pool[n_train + n_val..]
-        .iter()
-        .take(HELD_OUT_FACTS)
-        .cloned()
-        .collect();
+    let held_out: Vec<Fact> =
+        known::about_other_subjects(pool[n_train + n_val..].to_vec(), &forget)
+            .into_iter()
+            .take(HELD_OUT_FACTS)
+            .collect();
+    let rivals = data::has_rivals(&forget);
+    if !rivals {
+        let needs = [
+            (cfg.stop_at_forget_acc.is_some(), "stop_at_forget_acc"),
+            (cfg.kuda.focus > 0.0, "kuda.focus"),
+            (a.tune.is_some(), "--tune"),
+        ];
+        if let Some((_, what)) = needs.iter().find(|(on, _)| *on) {
+            bail!(
+                "{what} reads each forget fact's answer against the task's other candidate \
+                 answers, and some forget facts of {} have none (give a `candidates` column, or \
+                 an `attribute` shared by facts with other answers)",
+                a.task
+            );
+        }
+    }
     let new_answers: Option<Vec<String>> = if a.edit {
         Some(
             forget
@@ -405,17 +441,19 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         namesakes: &namesakes,
         edit: new_answers.as_deref(),
         ppl_ids: &ppl_ids,
+        rivals,
     };
     let before = if a.eval {
         // The original model's numbers depend only on it and the data: cached.
         let key = serde_json::to_vec(
-            // "v" changes with what `evaluate` measures (2: the know-nothing floor, 3: namesakes).
-            &json!({"v": 3, "model": base_fp, "forget": forget, "held_out": held_out,
+            // "v" changes with what `evaluate` measures (2: the know-nothing floor, 3: namesakes,
+            // 4: no floor without candidate answers).
+            &json!({"v": 4, "model": base_fp, "forget": forget, "held_out": held_out,
             "namesakes": namesakes,
             "new": new_answers, "ppl": ppl_ids}),
         )?;
         let m = crate::util::cached_json("metrics", &key, || evaluate(&lm, &sets))?;
-        print_metrics("before", &m);
+        print_metrics("before", &m, rivals);
         Some(m)
     } else {
         None
@@ -484,7 +522,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
 
     let after = if a.eval {
         let m = evaluate(&lm, &sets)?;
-        print_metrics("after", &m);
+        print_metrics("after", &m, rivals);
         print_moves(&moves, &m.forget_kept, ctx.rep_layer);
         Some(m)
     } else {
@@ -497,6 +535,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         method: a.method.name().into(),
         edit: a.edit,
         task: a.task.clone(),
+        dedup: a.dedup,
         forget_split: a.forget.clone(),
         forget_ids,
         retain_ids: ctx.retain_ids.clone(),
@@ -547,7 +586,20 @@ pub(crate) fn all_block_params(lm: &LanguageModel) -> Vec<String> {
         .collect()
 }
 
-fn print_metrics(when: &str, m: &Metrics) {
+fn print_metrics(when: &str, m: &Metrics, rivals: bool) {
+    if !rivals {
+        // Ranked against themselves the answers always win: the headline is the vocabulary.
+        eprintln!(
+            "{when:>6}: forget acc {:.1}% (top-1 over the vocabulary; mean p {:.3}; no other \
+             candidate answers, so no among-candidates accuracy or know-nothing floor)  \
+             held-out acc {:.1}%  wikitext ppl {:.2}",
+            100.0 * m.forget.top1,
+            m.forget.mean_p,
+            100.0 * m.held_out.top1,
+            m.wikitext.perplexity
+        );
+        return;
+    }
     let edit = m.edit.as_ref().map_or(String::new(), |e| {
         format!("  edit acc {:.1}%", 100.0 * e.top1_candidates)
     });
@@ -1161,21 +1213,34 @@ mod tests {
 
     #[test]
     fn unknown_facts_are_outside_the_known_ones_seeded_and_capped() {
-        let all = data::load_task("sports").unwrap();
+        let all = data::load_task("sports", crate::data::dedup::Policy::Refuse).unwrap();
         let known: Vec<Fact> = all.iter().step_by(3).cloned().collect();
-        let a = unknown_facts("sports", &known, 50, 7).unwrap();
+        let a = unknown_facts("sports", crate::data::dedup::Policy::Refuse, &known, 50, 7).unwrap();
         assert_eq!(a.len(), 50);
         assert!(a.iter().all(|f| known.iter().all(|k| k.id != f.id)));
         let ids = |v: &[Fact]| v.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
         assert_eq!(
             ids(&a),
-            ids(&unknown_facts("sports", &known, 50, 7).unwrap())
+            ids(
+                &unknown_facts("sports", crate::data::dedup::Policy::Refuse, &known, 50, 7)
+                    .unwrap()
+            )
         );
         assert_ne!(
             ids(&a),
-            ids(&unknown_facts("sports", &known, 50, 8).unwrap())
+            ids(
+                &unknown_facts("sports", crate::data::dedup::Policy::Refuse, &known, 50, 8)
+                    .unwrap()
+            )
         );
-        let every = unknown_facts("sports", &known, usize::MAX, 7).unwrap();
+        let every = unknown_facts(
+            "sports",
+            crate::data::dedup::Policy::Refuse,
+            &known,
+            usize::MAX,
+            7,
+        )
+        .unwrap();
         assert_eq!(every.len(), all.len() - known.len());
     }
 

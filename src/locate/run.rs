@@ -6,6 +6,7 @@ use super::attribution::Corruption;
 use super::localization::{best_window, random_mlps, Component, Localization};
 use super::probe::{self, FitOpts, ProbeAt, ProbeCurve};
 use super::trace::{trace, TraceKind, TraceOpts};
+use crate::data::dedup::Policy;
 use crate::data::known;
 use crate::model::LanguageModel;
 use crate::report::svg;
@@ -43,6 +44,8 @@ pub struct LocateArgs {
     pub task: String,
     pub forget: String,
     pub known: String,
+    /// Merge duplicate facts of a user's file instead of refusing them.
+    pub dedup: bool,
     pub seed: u64,
     pub method: String,
     pub top_k: usize,
@@ -86,9 +89,10 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     if !METHODS.contains(&a.method.as_str()) {
         bail!("--method {:?}: use one of {}", a.method, METHODS.join(", "));
     }
+    crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
     let lm = LanguageModel::load(&a.model, device)?;
     let n_layers = lm.model.config.num_layers;
-    let known_facts = known::known_facts(&lm, &a.task, &a.known)?;
+    let known_facts = known::known_facts(&lm, &a.task, &a.known, Policy::merge_if(a.dedup))?;
     let (forget, _) = known::split(&known_facts, &a.forget, a.seed)?;
     let traced: Vec<_> = forget.iter().take(a.max_facts).collect();
     let needs_trace = matches!(a.method.as_str(), "causal-trace" | "kuda-window");

@@ -33,6 +33,9 @@ pub struct Experiment {
     pub forget: String,
     #[serde(default = "default_known")]
     pub known: String,
+    /// Merge duplicate facts of a user's facts file instead of refusing them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dedup: bool,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
@@ -42,6 +45,10 @@ pub struct Experiment {
     pub eval: EvalSpec,
     #[serde(default)]
     pub relearn: RelearnSpec,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_model() -> String {
@@ -335,10 +342,14 @@ pub fn run(
     device: &candle_core::Device,
 ) -> Result<(PathBuf, Vec<(String, Outcome)>)> {
     e.validate()?;
+    crate::outdir::prepare(out, &[("the experiment's model", e.model.clone())])?;
     let t0 = std::time::Instant::now();
     let model_fp = crate::model::source::fingerprint(&crate::model::source::resolve(&e.model)?)?;
-    let base = json!({"tool": env!("CARGO_PKG_VERSION"), "model": model_fp, "task": e.task,
+    let mut base = json!({"tool": env!("CARGO_PKG_VERSION"), "model": model_fp, "task": e.task,
         "forget": e.forget, "known": e.known, "seed": e.seed});
+    if e.dedup {
+        base["dedup"] = json!(true);
+    }
     let mut stages = Vec::new();
     let mut loc_keys: BTreeMap<String, String> = BTreeMap::new();
     let loc_dir = |n: &str| stage_dir(out, "locate", n);
@@ -351,6 +362,7 @@ pub fn run(
             task: e.task.clone(),
             forget: e.forget.clone(),
             known: e.known.clone(),
+            dedup: e.dedup,
             seed: e.seed,
             method: l.method.clone(),
             top_k: l.top_k,
@@ -382,6 +394,7 @@ pub fn run(
             task: e.task.clone(),
             forget: e.forget.clone(),
             known: e.known.clone(),
+            dedup: e.dedup,
             localization: u
                 .localization
                 .as_ref()
@@ -409,6 +422,7 @@ pub fn run(
                 task: e.task.clone(),
                 forget: e.forget.clone(),
                 known: e.known.clone(),
+                dedup: e.dedup,
                 seed: e.seed,
                 suite: e.eval.suite.parse()?,
                 held_out: e.eval.held_out,
@@ -430,6 +444,7 @@ pub fn run(
                 task: e.task.clone(),
                 forget: e.forget.clone(),
                 known: e.known.clone(),
+                dedup: e.dedup,
                 seed: e.seed,
                 cfg: e.relearn_config(),
                 out: rdir.clone(),
