@@ -131,6 +131,7 @@ pub fn writable(out: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(out)
         .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
+    crate::util::clean_stale_temps(out);
     tempfile::Builder::new()
         .prefix(".write-probe")
         .tempfile_in(out)

@@ -34,6 +34,13 @@ pub fn read_json(p: &Path) -> Result<Option<serde_json::Value>> {
     }
 }
 
+/// Name prefix of the temporary files written beside their destination (see [`clean_stale_temps`]).
+pub const TEMP_PREFIX: &str = ".unlearn-tmp-";
+
+/// Age (seconds) after which an unlearn temporary file is taken for the leftover of a killed
+/// process; a younger one may belong to a process still writing it.
+pub const STALE_TEMP_SECS: u64 = 600;
+
 /// A temporary file in the directory of `path` (created if needed), for an atomic rename.
 fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path
@@ -42,20 +49,49 @@ fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating directory {}", dir.display()))?;
-    tempfile::NamedTempFile::new_in(dir)
+    tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))
 }
 
 /// Give a finished temporary file the usual permissions (rw-r--r--) and rename it into place.
+/// On failure the temporary file is removed at once (the error does not keep it alive until a
+/// `process::exit` that runs no destructor).
 pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).ok();
     }
-    tmp.persist(path)
-        .with_context(|| format!("renaming temporary file to {}", path.display()))?;
+    if let Err(e) = tmp.persist(path) {
+        let why = e.error;
+        e.file.close().ok();
+        return Err(why).with_context(|| format!("renaming temporary file to {}", path.display()));
+    }
     Ok(())
+}
+
+/// Remove the temporary files (see [`TEMP_PREFIX`]) that a killed process left in `dir`, once
+/// they are [`STALE_TEMP_SECS`] old; returns how many were removed.
+pub fn clean_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() >= STALE_TEMP_SECS);
+        let ours = e.file_name().to_string_lossy().starts_with(TEMP_PREFIX);
+        if ours && stale && std::fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Write tensors as safetensors atomically (temporary file in the same directory, renamed).
@@ -153,6 +189,7 @@ fn cached_json_in<T: serde::Serialize + serde::de::DeserializeOwned>(
     compute: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let h = hex::encode(Sha256::digest(key));
+    clean_stale_temps(&dir.join(kind));
     let path = dir.join(kind).join(format!("{}.json", &h[..32]));
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(v) = serde_json::from_str::<T>(&text) {
@@ -241,5 +278,34 @@ mod tests {
         // A path whose parent is a file is an error that names it.
         let err = write_json(&p.join("x.json"), &1).unwrap_err();
         assert!(format!("{err:#}").contains("metrics.json"), "{err:#}");
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_no_temporary_file_and_stale_ones_are_cleaned() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("report.html");
+        std::fs::create_dir(&dir).unwrap();
+        // Renaming a file onto a directory fails: the error is kept alive, the file is not.
+        let err = write_atomic(&dir, b"page").unwrap_err();
+        let left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(left, ["report.html"], "{err:#}");
+        // What a killed writer left is removed once stale; a young one is not touched.
+        let old = d.path().join(format!("{TEMP_PREFIX}old"));
+        let young = d.path().join(format!("{TEMP_PREFIX}young"));
+        std::fs::write(&old, "x").unwrap();
+        std::fs::write(&young, "x").unwrap();
+        let past =
+            std::time::SystemTime::now() - std::time::Duration::from_secs(STALE_TEMP_SECS + 5);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        assert_eq!(clean_stale_temps(d.path()), 1);
+        assert!(!old.exists() && young.exists() && dir.exists());
     }
 }

