@@ -78,9 +78,23 @@ pub fn known_facts(
     rule: &str,
     policy: super::dedup::Policy,
 ) -> Result<Vec<Fact>> {
-    let rule = KnownRule::parse(rule)?;
-    let facts = super::load_task(task, policy)?;
-    let scores = cached_scores(lm, &facts)?;
+    known_among(
+        lm,
+        &super::load_task(task, policy)?,
+        task,
+        KnownRule::parse(rule)?,
+    )
+}
+
+/// [`known_facts`] of facts already loaded (so that a bad facts file or rule is reported
+/// before the model is loaded).
+pub fn known_among(
+    lm: &LanguageModel,
+    facts: &[Fact],
+    task: &str,
+    rule: KnownRule,
+) -> Result<Vec<Fact>> {
+    let scores = cached_scores(lm, facts)?;
     let known: Vec<Fact> = facts
         .iter()
         .zip(&scores)

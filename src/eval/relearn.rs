@@ -192,16 +192,10 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
         &a.out,
         &crate::outdir::with_unlearned(&a.model, &a.unlearned),
     )?;
+    use crate::eval::run::{facts_of_run, run_task};
+    let rt = run_task(a.unlearned.as_deref(), &a.task, &a.known, a.dedup)?;
     let original = LanguageModel::load(&a.model, device)?;
-    let rf = crate::eval::run::facts_of_run(
-        &original,
-        a.unlearned.as_deref(),
-        &a.task,
-        &a.forget,
-        &a.known,
-        a.dedup,
-        a.seed,
-    )?;
+    let rf = facts_of_run(&original, rt, &a.forget, a.seed)?;
     let (seen, unseen) = halves(&rf.forget);
     let retain: Vec<Fact> = rf.rest.iter().take(64).cloned().collect();
     let mut target = match &a.unlearned {

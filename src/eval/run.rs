@@ -349,16 +349,22 @@ pub struct RunFacts {
     pub new_answers: Option<Vec<String>>,
 }
 
-/// Find the facts of a run directory (see [`RunFacts`]).
-pub fn facts_of_run(
-    original: &LanguageModel,
+/// The task of a run and its facts, read before any model is loaded (a bad facts file or
+/// manifest is reported at once).
+pub struct RunTask {
+    pub manifest: Option<Value>,
+    pub task: String,
+    pub facts: Vec<Fact>,
+    pub rule: known::KnownRule,
+}
+
+/// Read the task of a run directory (its manifest's, else `task`) and the facts.
+pub fn run_task(
     unlearned: Option<&std::path::Path>,
     task: &str,
-    forget_spec: &str,
     known_rule: &str,
     dedup: bool,
-    seed: u64,
-) -> Result<RunFacts> {
+) -> Result<RunTask> {
     let manifest: Option<Value> = match unlearned {
         Some(d) => {
             let p = d.join("manifest.json");
@@ -379,12 +385,29 @@ pub fn facts_of_run(
         .to_string();
     // A run that merged duplicates is read back the same way.
     let dedup = dedup || manifest.as_ref().is_some_and(|m| m["dedup"] == true);
-    let known_facts = known::known_facts(
-        original,
-        &task,
-        known_rule,
-        crate::data::dedup::Policy::merge_if(dedup),
-    )?;
+    let facts = data::load_task(&task, crate::data::dedup::Policy::merge_if(dedup))?;
+    Ok(RunTask {
+        manifest,
+        task,
+        facts,
+        rule: known::KnownRule::parse(known_rule)?,
+    })
+}
+
+/// Find the facts of a run (see [`RunFacts`]).
+pub fn facts_of_run(
+    original: &LanguageModel,
+    rt: RunTask,
+    forget_spec: &str,
+    seed: u64,
+) -> Result<RunFacts> {
+    let RunTask {
+        manifest,
+        task,
+        facts,
+        rule,
+    } = rt;
+    let known_facts = known::known_among(original, &facts, &task, rule)?;
     let ids_of = |key: &str| -> Option<Vec<String>> {
         manifest.as_ref()?[key].as_array().map(|v| {
             v.iter()
@@ -400,7 +423,7 @@ pub fn facts_of_run(
                 .filter_map(|id| known_facts.iter().find(|k| &k.id == id).cloned())
                 .collect();
             if f.len() != ids.len() {
-                bail!("{} forget facts of the manifest are not known to the original model under --known {known_rule}", ids.len() - f.len());
+                bail!("{} forget facts of the manifest are not known to the original model under --known {rule:?}", ids.len() - f.len());
             }
             (
                 f,
@@ -435,6 +458,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         &a.out,
         &crate::outdir::with_unlearned(&a.model, &a.unlearned),
     )?;
+    let rt = run_task(a.unlearned.as_deref(), &a.task, &a.known, a.dedup)?;
     let original = LanguageModel::load(&a.model, device)?;
     let RunFacts {
         manifest,
@@ -443,15 +467,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         rest,
         trained,
         new_answers,
-    } = facts_of_run(
-        &original,
-        a.unlearned.as_deref(),
-        &a.task,
-        &a.forget,
-        &a.known,
-        a.dedup,
-        a.seed,
-    )?;
+    } = facts_of_run(&original, rt, &a.forget, a.seed)?;
     // Latent-knowledge probes train on known facts outside the forget set.
     let probe_facts: Vec<Fact> = rest.iter().take(LATENT_PROBE_FACTS).cloned().collect();
     let held_out: Vec<Fact> = known::about_other_subjects(rest, &forget)

@@ -227,21 +227,16 @@ fn evaluate(lm: &LanguageModel, sets: &EvalSets) -> Result<Metrics> {
 pub const PPL_TOKENS: usize = 2048;
 
 /// Up to `n` facts of `task` outside `known` (those the model does not know), in a seeded order.
-fn unknown_facts(
-    task: &str,
-    policy: Policy,
-    known: &[Fact],
-    n: usize,
-    seed: u64,
-) -> Result<Vec<Fact>> {
+fn unknown_facts(all: &[Fact], known: &[Fact], n: usize, seed: u64) -> Vec<Fact> {
     let known_ids: std::collections::HashSet<&str> = known.iter().map(|f| f.id.as_str()).collect();
-    let mut rest: Vec<Fact> = data::load_task(task, policy)?
-        .into_iter()
+    let mut rest: Vec<Fact> = all
+        .iter()
         .filter(|f| !known_ids.contains(f.id.as_str()))
+        .cloned()
         .collect();
     rest.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x0DD5));
     rest.truncate(n);
-    Ok(rest)
+    rest
 }
 
 /// Held-out known facts evaluated at most.
@@ -280,13 +275,15 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         );
     }
     crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
+    let task_facts = data::load_task(&a.task, Policy::merge_if(a.dedup))?;
+    let rule = known::KnownRule::parse(&a.known)?;
     let mut lm = LanguageModel::load(&a.model, device)?;
     let n_layers = lm.model.config.num_layers;
     let base_fp = fingerprint(&lm.origin)?;
 
     // Facts: the forget split of the known facts; the rest is the retain pool, cut into the
     // retain facts used in training and the held-out facts used only for evaluation.
-    let known_facts = known::known_facts(&lm, &a.task, &a.known, Policy::merge_if(a.dedup))?;
+    let known_facts = known::known_among(&lm, &task_facts, &a.task, rule)?;
     let (forget, pool) = known::split(&known_facts, &a.forget, cfg.seed)?;
     let mut pool = pool;
     pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
@@ -304,12 +301,11 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let mut retain: Vec<Fact> = pool[..n_train].to_vec();
     if cfg.retain_unknown_facts > 0 {
         retain.extend(unknown_facts(
-            &a.task,
-            Policy::merge_if(a.dedup),
+            &task_facts,
             &known_facts,
             cfg.retain_unknown_facts,
             cfg.seed,
-        )?);
+        ));
     }
     // With --tune, a validation split sits between the training retain facts and the held-out ones.
     let n_val = if a.tune.is_some() {
@@ -1215,32 +1211,13 @@ mod tests {
     fn unknown_facts_are_outside_the_known_ones_seeded_and_capped() {
         let all = data::load_task("sports", crate::data::dedup::Policy::Refuse).unwrap();
         let known: Vec<Fact> = all.iter().step_by(3).cloned().collect();
-        let a = unknown_facts("sports", crate::data::dedup::Policy::Refuse, &known, 50, 7).unwrap();
+        let a = unknown_facts(&all, &known, 50, 7);
         assert_eq!(a.len(), 50);
         assert!(a.iter().all(|f| known.iter().all(|k| k.id != f.id)));
         let ids = |v: &[Fact]| v.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
-        assert_eq!(
-            ids(&a),
-            ids(
-                &unknown_facts("sports", crate::data::dedup::Policy::Refuse, &known, 50, 7)
-                    .unwrap()
-            )
-        );
-        assert_ne!(
-            ids(&a),
-            ids(
-                &unknown_facts("sports", crate::data::dedup::Policy::Refuse, &known, 50, 8)
-                    .unwrap()
-            )
-        );
-        let every = unknown_facts(
-            "sports",
-            crate::data::dedup::Policy::Refuse,
-            &known,
-            usize::MAX,
-            7,
-        )
-        .unwrap();
+        assert_eq!(ids(&a), ids(&unknown_facts(&all, &known, 50, 7)));
+        assert_ne!(ids(&a), ids(&unknown_facts(&all, &known, 50, 8)));
+        let every = unknown_facts(&all, &known, usize::MAX, 7);
         assert_eq!(every.len(), all.len() - known.len());
     }
 

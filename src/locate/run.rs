@@ -90,9 +90,11 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         bail!("--method {:?}: use one of {}", a.method, METHODS.join(", "));
     }
     crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
+    let facts = crate::data::load_task(&a.task, Policy::merge_if(a.dedup))?;
+    let rule = known::KnownRule::parse(&a.known)?;
     let lm = LanguageModel::load(&a.model, device)?;
     let n_layers = lm.model.config.num_layers;
-    let known_facts = known::known_facts(&lm, &a.task, &a.known, Policy::merge_if(a.dedup))?;
+    let known_facts = known::known_among(&lm, &facts, &a.task, rule)?;
     let (forget, _) = known::split(&known_facts, &a.forget, a.seed)?;
     let traced: Vec<_> = forget.iter().take(a.max_facts).collect();
     let needs_trace = matches!(a.method.as_str(), "causal-trace" | "kuda-window");
