@@ -34,6 +34,26 @@ pub fn read_json(p: &Path) -> Result<Option<serde_json::Value>> {
     }
 }
 
+/// The code fingerprint: a hash of the sources the binary was built from (see `build.rs`),
+/// part of every cache key and experiment stage hash so that a changed binary recomputes what
+/// older code cached. The environment variable `UNLEARN_CODE_FINGERPRINT` replaces it at run
+/// time (a test, or a user who wants every cache entry recomputed).
+pub fn code_fingerprint() -> String {
+    std::env::var("UNLEARN_CODE_FINGERPRINT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| env!("UNLEARN_CODE_FINGERPRINT").to_string())
+}
+
+/// The tool and the code that wrote an output (`unlearn 0.1.0 (code 1a2b…)`).
+pub fn tool_id() -> String {
+    format!(
+        "unlearn {} (code {})",
+        env!("CARGO_PKG_VERSION"),
+        code_fingerprint()
+    )
+}
+
 /// Name prefix of the temporary files written beside their destination (see [`clean_stale_temps`]).
 pub const TEMP_PREFIX: &str = ".unlearn-tmp-";
 
@@ -155,7 +175,8 @@ pub fn spinner(what: &str) -> indicatif::ProgressBar {
 }
 
 /// A JSON value computed once and kept in the cache directory under `kind/`, keyed by the
-/// sha256 of `key` (which must name everything the value depends on).
+/// sha256 of the code fingerprint and `key` (which must name everything else the value
+/// depends on).
 pub fn cached_json<T: serde::Serialize + serde::de::DeserializeOwned>(
     kind: &str,
     key: &[u8],
@@ -188,7 +209,10 @@ fn cached_json_in<T: serde::Serialize + serde::de::DeserializeOwned>(
     fresh: impl Fn(&T) -> bool,
     compute: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let h = hex::encode(Sha256::digest(key));
+    let mut hasher = Sha256::new();
+    hasher.update(code_fingerprint().as_bytes());
+    hasher.update(key);
+    let h = hex::encode(hasher.finalize());
     clean_stale_temps(&dir.join(kind));
     let path = dir.join(kind).join(format!("{}.json", &h[..32]));
     if let Ok(text) = std::fs::read_to_string(&path) {

@@ -29,10 +29,23 @@ steps = 0
 "#;
 
 fn unlearn(file: &Path, out: &Path, stop_after: Option<usize>) -> std::process::Output {
+    unlearn_with(file, out, stop_after, None)
+}
+
+/// `unlearn run`, stopped after a training step, or as if built from other code.
+fn unlearn_with(
+    file: &Path,
+    out: &Path,
+    stop_after: Option<usize>,
+    code: Option<&str>,
+) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_unlearn"));
     c.arg("run").arg(file).arg("--out").arg(out);
     if let Some(s) = stop_after {
         c.env("UNLEARN_STOP_AFTER_STEP", s.to_string());
+    }
+    if let Some(code) = code {
+        c.env("UNLEARN_CODE_FINGERPRINT", code);
     }
     c.output().unwrap()
 }
@@ -97,4 +110,11 @@ fn an_interrupted_experiment_resumes_and_a_finished_one_reruns_nothing() {
     assert_eq!(outcomes(&out), ["cached", "ran"]);
     let log = std::fs::read_to_string(out.join("unlearn/kuda/train.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2);
+
+    // Other code (a changed binary): every stage runs again, nothing cached is trusted.
+    let r = unlearn_with(&file, &out, None, Some("0123456789abcdef"));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(outcomes(&out), ["ran", "ran"]);
+    let manifest = std::fs::read_to_string(out.join("unlearn/kuda/manifest.json")).unwrap();
+    assert!(manifest.contains("(code 0123456789abcdef)"), "{manifest}");
 }

@@ -276,7 +276,7 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         .and_then(|d| std::fs::read_to_string(d.join("manifest.json")).ok())
         .and_then(|t| serde_json::from_str(&t).ok());
     let out = serde_json::json!({
-        "tool": format!("unlearn {}", env!("CARGO_PKG_VERSION")),
+        "tool": crate::util::tool_id(),
         "model": a.model, "unlearned": a.unlearned, "task": "muse-news", "suite": "muse",
         "options": a.opts, "manifest": manifest, "rows": rows,
         "forget_facts": n, "held_out_facts": n,

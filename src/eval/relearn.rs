@@ -217,7 +217,7 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
         );
     }
     let out = serde_json::json!({
-        "tool": format!("unlearn {}", env!("CARGO_PKG_VERSION")),
+        "tool": crate::util::tool_id(),
         "model": a.model, "unlearned": a.unlearned, "task": rf.task,
         "config": a.cfg, "seen_ids": seen.iter().map(|f| &f.id).collect::<Vec<_>>(),
         "unseen_ids": unseen.iter().map(|f| &f.id).collect::<Vec<_>>(),

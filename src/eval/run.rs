@@ -587,7 +587,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
     }
     print_table(&rows);
     let out = json!({
-        "tool": format!("unlearn {}", env!("CARGO_PKG_VERSION")),
+        "tool": crate::util::tool_id(),
         "model": a.model, "unlearned": a.unlearned, "task": task, "suite": a.suite,
         "forget_facts": forget.len(), "held_out_facts": held_out.len(),
         "manifest": manifest,

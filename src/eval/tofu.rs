@@ -457,7 +457,7 @@ pub fn run_eval(a: &TofuEvalArgs, device: &candle_core::Device) -> Result<serde_
         );
     }
     let out = json!({
-        "tool": format!("unlearn {}", env!("CARGO_PKG_VERSION")),
+        "tool": crate::util::tool_id(),
         "benchmark": "tofu", "options": a.opts, "models": models,
         "note": "forget quality: exact two-sided KS p-value between the forget truth ratios of each model and of the retain-only model (the retain-only model scores 1 against itself); model utility: harmonic mean of probability, ROUGE-L recall and truth score on retain QA, real authors and world facts",
         "seconds": t0.elapsed().as_secs_f64(),

@@ -251,7 +251,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         }
     };
     let manifest = Manifest {
-        tool: format!("unlearn {}", env!("CARGO_PKG_VERSION")),
+        tool: crate::util::tool_id(),
         base_model: base_spec(&a.model),
         base_sha256: base_fp,
         method: match &lora {

@@ -525,7 +525,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         None
     };
     let manifest = Manifest {
-        tool: format!("unlearn {}", env!("CARGO_PKG_VERSION")),
+        tool: crate::util::tool_id(),
         base_model: base_spec(&a.model),
         base_sha256: base_fp,
         method: a.method.name().into(),
@@ -728,6 +728,7 @@ fn retain_key_sums(
         .cloned()
         .collect();
     let mut h = Sha256::new();
+    h.update(crate::util::code_fingerprint().as_bytes());
     h.update(base_fp.as_bytes());
     for p in params {
         h.update(p.as_bytes());

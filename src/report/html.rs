@@ -387,8 +387,8 @@ pub fn render(dirs: &[PathBuf]) -> Result<String> {
     let inputs: Vec<Input> = dirs.iter().map(|d| read_input(d)).collect::<Result<_>>()?;
     let mut h = format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>unlearn report</title><style>{CSS}</style></head><body>\
-         <h1>unlearn report</h1><p>unlearn {} — {} director{}: {}</p>",
-        env!("CARGO_PKG_VERSION"),
+         <h1>unlearn report</h1><p>{} — {} director{}: {}</p>",
+        esc(&crate::util::tool_id()),
         inputs.len(),
         if inputs.len() == 1 { "y" } else { "ies" },
         inputs.iter().map(|i| format!("<code>{}</code>", esc(&i.dir.display().to_string()))).collect::<Vec<_>>().join(", ")
