@@ -872,11 +872,17 @@ mod tests {
             (&["relearn", "--steps", "-5", "--out", "o"], "--steps"),
             (&["relearn", "--lr", "-0.001", "--out", "o"], "--lr"),
             (&["locate", "--top-k", "-2", "--out", "o"], "--top-k"),
-            (&["generate", "--max-new-tokens", "-4", "hi"], "--max-new-tokens"),
+            (
+                &["generate", "--max-new-tokens", "-4", "hi"],
+                "--max-new-tokens",
+            ),
             (&["generate", "--temperature", "-1", "hi"], "--temperature"),
             (&["bench", "--repeats", "-1"], "--repeats"),
             (&["--threads", "-2", "bench"], "--threads"),
-            (&["forget", "--tune-tau", "1,-0.1", "--out", "o"], "--tune-tau"),
+            (
+                &["forget", "--tune-tau", "1,-0.1", "--out", "o"],
+                "--tune-tau",
+            ),
         ] {
             let e = parse_error(args).unwrap_or_else(|| panic!("{args:?} parsed"));
             assert!(
@@ -888,7 +894,13 @@ mod tests {
         let e = parse_error(&["forget", "--steps", "abc", "--out", "o"]).unwrap();
         assert!(e.contains("--steps") && e.contains("whole number"), "{e}");
         // Good values still parse.
-        assert_eq!(parse_error(&["forget", "--steps", "3", "--seed", "0"]), None);
-        assert_eq!(parse_error(&["generate", "--temperature", "0.7", "hi"]), None);
+        assert_eq!(
+            parse_error(&["forget", "--steps", "3", "--seed", "0"]),
+            None
+        );
+        assert_eq!(
+            parse_error(&["generate", "--temperature", "0.7", "hi"]),
+            None
+        );
     }
 }

@@ -75,6 +75,7 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
 pub fn known_facts(lm: &LanguageModel, task: &str, rule: &str) -> Result<Vec<Fact>> {
     let rule = KnownRule::parse(rule)?;
     let facts = super::load_task(task)?;
+    super::context::check_facts_fit(lm, &facts, task)?;
     let scores = cached_scores(lm, &facts)?;
     let known: Vec<Fact> = facts
         .iter()

@@ -753,7 +753,10 @@ mod tests {
         let e = resolve_error(None, &["kuda.rep_layer=-2"]);
         assert!(e.contains("setting `kuda.rep_layer`"), "{e}");
         let e = resolve_error(None, &["kuda=3"]);
-        assert!(e.contains("`kuda` is a section") && e.contains("kuda.beta"), "{e}");
+        assert!(
+            e.contains("`kuda` is a section") && e.contains("kuda.beta"),
+            "{e}"
+        );
         let e = resolve_error(None, &["steps.x=3"]);
         assert!(e.contains("`steps` is a setting, not a section"), "{e}");
     }
