@@ -272,6 +272,12 @@ pub struct ForgetConfig {
     pub checkpoint_every: usize,
     /// A loss term larger than this in magnitude counts as divergence.
     pub max_abs_loss: f64,
+    /// The run counts as diverged when the updated weights' L2 norm exceeds this multiple of
+    /// their original norm (0 = no check).
+    pub diverge_weight_ratio: f64,
+    /// The run counts as diverged when the retain cross-entropy exceeds this multiple of its
+    /// value at the first step (0 = no check; only methods with a retain cross-entropy).
+    pub diverge_retain_ratio: f64,
     /// Retain facts used for training; the other known facts are held out for evaluation.
     pub retain_facts: usize,
     /// Facts of the task the model does *not* know, added to the retain facts (their
@@ -319,6 +325,8 @@ impl Default for ForgetConfig {
             seed: 0,
             checkpoint_every: 10,
             max_abs_loss: 1e4,
+            diverge_weight_ratio: 10.0,
+            diverge_retain_ratio: 100.0,
             retain_facts: 128,
             retain_unknown_facts: 0,
             retain_namesakes: false,
@@ -404,6 +412,14 @@ impl ForgetConfig {
                 "kuda.focus must be ≥ 0 (got {}; 0 = every forget fact alike)",
                 k.focus
             );
+        }
+        for (v, name) in [
+            (self.diverge_weight_ratio, "diverge_weight_ratio"),
+            (self.diverge_retain_ratio, "diverge_retain_ratio"),
+        ] {
+            if !(v == 0.0 || (v.is_finite() && v > 1.0)) {
+                bail!("{name} must be 0 (no check) or a ratio above 1, such as 10 (got {v})");
+            }
         }
         if self.standing_every == 0 {
             bail!("standing_every must be at least 1");
@@ -691,6 +707,19 @@ mod tests {
             let key = bad.split('=').next().unwrap();
             assert!(format!("{e:#}").contains(key), "{e:#}");
         }
+        for bad in ["diverge_weight_ratio=0.5", "diverge_retain_ratio=1"] {
+            let e = ForgetConfig::resolve(Method::Kuda, None, &[bad.into()]).unwrap_err();
+            let key = bad.split('=').next().unwrap();
+            assert!(
+                format!("{e:#}").contains(&format!("{key} must be 0 (no check)")),
+                "{e:#}"
+            );
+        }
+        let off = [
+            "diverge_weight_ratio=0".into(),
+            "diverge_retain_ratio=0".into(),
+        ];
+        ForgetConfig::resolve(Method::Kuda, None, &off).unwrap();
         let e = ForgetConfig::resolve(Method::Kuda, None, &["retain_known_repeat=0".into()])
             .unwrap_err();
         assert!(format!("{e:#}").contains("retain_known_repeat"), "{e:#}");
