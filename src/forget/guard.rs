@@ -39,7 +39,7 @@ impl Guard {
             .map(|t| t.name.clone())
             .collect();
         let retain = (cfg.diverge_retain_ratio > 0.0 && !terms.is_empty())
-            .then(|| (cfg.diverge_retain_ratio, terms));
+            .then_some((cfg.diverge_retain_ratio, terms));
         Ok(Guard {
             weights,
             retain,
@@ -53,7 +53,7 @@ impl Guard {
             return Ok(None);
         };
         let norm = global_norm(next)?;
-        Ok((!(norm <= ratio * norm0)).then(|| {
+        Ok(exceeds(norm, ratio * norm0).then(|| {
             format!(
                 "the updated weights' norm {norm:.4e} exceeds diverge_weight_ratio × their original \
                  norm ({ratio} × {norm0:.4e})"
@@ -67,7 +67,7 @@ impl Guard {
         let (ratio, terms) = self.retain.as_ref()?;
         let loss: f64 = terms.iter().filter_map(|t| losses.get(t)).sum();
         let first = *self.retain_first.get_or_insert(loss);
-        (first > 0.0 && !(loss <= ratio * first)).then(|| {
+        (first > 0.0 && exceeds(loss, ratio * first)).then(|| {
             format!(
                 "the retain loss ({}) {loss:.4e} exceeds diverge_retain_ratio × its first value \
                  ({ratio} × {first:.4e})",
@@ -85,4 +85,9 @@ impl Guard {
     pub fn set_retain_first(&mut self, v: f64) {
         self.retain_first = Some(v);
     }
+}
+
+/// `x` is above `limit`, or not a number.
+fn exceeds(x: f64, limit: f64) -> bool {
+    x.is_nan() || x > limit
 }

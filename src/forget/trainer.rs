@@ -657,9 +657,9 @@ fn train_with(
     let bar = crate::util::progress(cfg.steps as u64, "training");
     bar.set_position(start as u64);
     let mut last = BTreeMap::new();
-    // The weights, optimizer and focus before the last update: where a run whose retain loss
-    // exploded (read one step after the update that did it) goes back to.
-    let mut undo: Option<(BTreeMap<String, Tensor>, Optimizer, Option<Vec<f64>>)> = None;
+    // Where a run whose retain loss exploded (read one step after the update that did it)
+    // goes back to.
+    let mut undo: Option<BeforeUpdate> = None;
     let angles_start = if start < cfg.steps {
         gradient_angles(model, plan, cfg, start)?
     } else {
@@ -723,11 +723,11 @@ fn train_with(
         if let Some(why) = guard.retain_diverged(&losses) {
             // These losses were read at the weights after `step` steps: go back one update.
             let kept = match undo.take() {
-                Some((weights, o, f)) => {
-                    for (n, w) in weights {
+                Some(b) => {
+                    for (n, w) in b.weights {
                         model.set_param(&n, w)?;
                     }
-                    (opt, focus) = (o, f);
+                    (opt, focus) = (b.opt, b.focus);
                     step - 1
                 }
                 None => step,
@@ -800,7 +800,11 @@ fn train_with(
         for n in upd.keys() {
             model.set_param(n, next[n].clone())?;
         }
-        undo = Some((params, opt_before, focus.clone()));
+        undo = Some(BeforeUpdate {
+            weights: params,
+            opt: opt_before,
+            focus: focus.clone(),
+        });
         let mut line = json!({"step": step + 1, "lr": lr, "loss": total, "terms": losses, "grad_norm": norm,
             "seconds": ts.elapsed().as_secs_f64()});
         if let Some(k) = kept {
@@ -881,6 +885,13 @@ fn open_log(path: &Path, keep_steps: usize) -> Result<std::fs::File> {
 
 /// Checkpoint entry of KUDA's focus weights (a run resumed between two readings uses them).
 const FOCUS_KEY: &str = "focus/weights";
+
+/// The state before the last update: the updated weights, the optimizer and KUDA's focus.
+struct BeforeUpdate {
+    weights: BTreeMap<String, Tensor>,
+    opt: Optimizer,
+    focus: Option<Vec<f64>>,
+}
 
 /// Checkpoint entry of the divergence guard's first retain loss.
 const RETAIN_FIRST_KEY: &str = "guard/retain_first";
