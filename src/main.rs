@@ -21,6 +21,7 @@ unlearn inspect --model smollm2-135m\n  unlearn bench --out bench.json"
 )]
 struct Cli {
     /// Worker threads for the CPU kernels (default: all cores; the bench defaults to 1).
+    /// Trained weights depend on the count; a run resumes only with the count it started with.
     #[arg(long, global = true, env = "UNLEARN_THREADS")]
     threads: Option<usize>,
     #[command(subcommand)]

@@ -722,7 +722,7 @@ fn train_with(
         };
         if let Some(why) = guard.retain_diverged(&losses) {
             // These losses were read at the weights after `step` steps: go back one update.
-            let kept = match undo.take() {
+            let kept_step = match undo.take() {
                 Some(b) => {
                     for (n, w) in b.weights {
                         model.set_param(&n, w)?;
@@ -738,10 +738,10 @@ fn train_with(
                 &opt,
                 focus.as_deref(),
                 guard.retain_first(),
-                kept,
+                kept_step,
             )?;
             bail!(
-                "step {}: {why}; stopped, the weights after step {kept} are kept in {}",
+                "step {}: {why}; stopped, the weights after step {kept_step} are kept in {}",
                 step + 1,
                 ck_dir.display()
             );
@@ -970,8 +970,8 @@ impl Checkpoints<'_> {
         }
         if let Some(t) = meta.threads.filter(|&t| t != self.threads) {
             bail!(
-                "{}: the run was checkpointed after step {} with {t} threads, and this process \
-                 runs {} threads; the results depend on the thread count (sums are added in \
+                "{}: the run was checkpointed after step {} with --threads {t}, and this \
+                 process runs with --threads {}; the results depend on the thread count (sums are added in \
                  another order), so resuming would not give the weights of an uninterrupted \
                  run. Resume with --threads {t}, or delete {} to start again",
                 dir.display(),
@@ -1692,8 +1692,8 @@ mod tests {
         let e = train_with(&mut m, &plan, &cfg, &ck(2), dir.path(), None).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains("after step 2 with 1 threads")
-                && msg.contains("runs 2 threads")
+            msg.contains("after step 2 with --threads 1")
+                && msg.contains("runs with --threads 2")
                 && msg.contains("Resume with --threads 1, or delete"),
             "{msg}"
         );
