@@ -86,7 +86,7 @@ fn fwd_bwd(lm: &LanguageModel, batch: &Batch, targets: &Tensor) -> Result<()> {
 
 /// Run the benchmark and write `out`.
 pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = crate::util::threads();
     let t0 = Instant::now();
     let mut lm = LanguageModel::load(spec, &Device::Cpu)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -248,10 +248,7 @@ fn run_pytorch(lm: &LanguageModel, repeats: usize) -> Value {
         .arg(&lm.origin.path)
         .arg("--repeats")
         .arg(repeats.to_string())
-        .env(
-            "OMP_NUM_THREADS",
-            candle_core::utils::get_num_threads().to_string(),
-        )
+        .env("OMP_NUM_THREADS", crate::util::threads().to_string())
         .output()
         .with_context(|| format!("running {}", script.display()));
     match res {

@@ -1,7 +1,7 @@
 //! The `unlearn` command line: a thin layer over the library.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use unlearn::cli;
 
@@ -21,6 +21,7 @@ unlearn inspect --model smollm2-135m\n  unlearn bench --out bench.json"
 )]
 struct Cli {
     /// Worker threads for the CPU kernels (default: all cores; the bench defaults to 1).
+    /// Trained weights depend on the count; a run resumes only with the count it started with.
     #[arg(long, global = true, env = "UNLEARN_THREADS")]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -125,7 +126,7 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
         /// Sampling temperature; 0 means greedy.
-        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 0.0)]
         temperature: f64,
         /// Seed of the sampler (with --temperature > 0).
         #[arg(long, default_value_t = 0)]
@@ -480,7 +481,7 @@ const FORGET_HELP: &str = "Settings (TOML keys for --config, or --set key=value)
 optim.lr depends on the method (kuda 1e-3, localized-ft 3e-5, ga/graddiff 2e-5, npo/simnpo 5e-5, rmu 1e-4). \
 Print the resolved settings with --print-config.\n\n\
   steps = 30, batch_size = 16 (forget facts per step), retain_batch_size = 32, text_batch_size = 4, \
-text_tokens = 64, text_ce_rows = 16 (targets sampled per chunk), grad_accum = 1, seed = 0, checkpoint_every = 10, max_abs_loss = 1e4, retain_facts = 128, retain_unknown_facts = 0 (facts the model does not know, added to the retain set), retain_namesakes = false (true: known facts about other subjects sharing a name word with a forget subject go into the retain facts first), retain_known_repeat = 1 (each known retain fact enters the retain terms this many times, the unknown ones once), forget_positions = \"prompt\" (or subject, last-subject, named = last subject token onward: where KUDA's deviation and RMU's steering act), standing_every = 10 (steps between readings of the forget facts' answers against the other candidates), stop_at_forget_acc = none (e.g. 0.05: stop at the first reading where that share of forget facts or fewer still rank their answer first; forget only)\n\
+text_tokens = 64, text_ce_rows = 16 (targets sampled per chunk), grad_accum = 1, seed = 0, checkpoint_every = 10, max_abs_loss = 1e4, diverge_weight_ratio = 10 (stop when the updated weights' norm exceeds this × the original; 0 = off), diverge_retain_ratio = 100 (stop when the retain cross-entropy exceeds this × its first value; 0 = off), retain_facts = 128, retain_unknown_facts = 0 (facts the model does not know, added to the retain set), retain_namesakes = false (true: known facts about other subjects sharing a name word with a forget subject go into the retain facts first), retain_known_repeat = 1 (each known retain fact enters the retain terms this many times, the unknown ones once), forget_positions = \"prompt\" (or subject, last-subject, named = last subject token onward: where KUDA's deviation and RMU's steering act), standing_every = 10 (steps between readings of the forget facts' answers against the other candidates), stop_at_forget_acc = none (e.g. 0.05: stop at the first reading where that share of forget facts or fewer still rank their answer first; forget only)\n\
   [optim] rule = adamw|sgd, lr, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, warmup_steps = 2, \
 min_lr_ratio = 0.1, clip_norm = 1.0\n\
   [kuda] beta = 3.0, token_ratio = 0.5, retain_weight = 10, text_weight = 10, retain_ce_weight = 0, \
@@ -552,9 +553,55 @@ fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::
     }))
 }
 
+/// Every option that takes a value reads a negative number as its value (so `--steps -1` is a
+/// value error, not an unknown flag), and whole-number and float options say what they take.
+fn numeric_values(cmd: clap::Command) -> clap::Command {
+    use clap::builder::ValueParser;
+    use std::any::TypeId;
+    cmd.mut_args(|a| {
+        if !a.get_action().takes_values() {
+            return a;
+        }
+        let ty = a.get_value_parser().type_id();
+        let a = a.allow_negative_numbers(true);
+        if ty == TypeId::of::<usize>() {
+            a.value_parser(ValueParser::new(whole::<usize>))
+        } else if ty == TypeId::of::<u64>() {
+            a.value_parser(ValueParser::new(whole::<u64>))
+        } else if ty == TypeId::of::<f64>() {
+            a.value_parser(ValueParser::new(non_negative))
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(numeric_values)
+}
+
+/// A whole number ≥ 0.
+fn whole<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number ≥ 0 (such as 0, 1, 30), got {s:?}"))
+}
+
+/// A finite number ≥ 0.
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!(
+            "expected a finite number ≥ 0 (such as 0, 0.5, 1e-3), got {s:?}"
+        )),
+    }
+}
+
+fn parse_cli() -> Cli {
+    let matches = numeric_values(Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() {
     unlearn::util::tune_allocator();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let default_threads = matches!(cli.command, Command::Bench { .. }).then_some(1);
     if let Some(n) = cli.threads.or(default_threads) {
         // candle reads this when it sizes its matmul parallelism.
@@ -814,5 +861,59 @@ fn run(cmd: Command) -> Result<()> {
             repeats,
             pytorch,
         } => unlearn::bench::run(&model, &out, repeats, pytorch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message of parsing `args` (after the program name), or None when they parse.
+    fn parse_error(args: &[&str]) -> Option<String> {
+        let argv = std::iter::once("unlearn").chain(args.iter().copied());
+        numeric_values(Cli::command())
+            .try_get_matches_from(argv)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn negative_numbers_are_value_errors_that_name_the_flag() {
+        for (args, flag) in [
+            (&["forget", "--steps", "-1", "--out", "o"][..], "--steps"),
+            (&["forget", "--seed", "-3", "--out", "o"], "--seed"),
+            (&["relearn", "--steps", "-5", "--out", "o"], "--steps"),
+            (&["relearn", "--lr", "-0.001", "--out", "o"], "--lr"),
+            (&["locate", "--top-k", "-2", "--out", "o"], "--top-k"),
+            (
+                &["generate", "--max-new-tokens", "-4", "hi"],
+                "--max-new-tokens",
+            ),
+            (&["generate", "--temperature", "-1", "hi"], "--temperature"),
+            (&["bench", "--repeats", "-1"], "--repeats"),
+            (&["--threads", "-2", "bench"], "--threads"),
+            (
+                &["forget", "--tune-tau", "1,-0.1", "--out", "o"],
+                "--tune-tau",
+            ),
+        ] {
+            let e = parse_error(args).unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert!(
+                e.contains("invalid value") && e.contains(flag) && e.contains("≥ 0"),
+                "{args:?}: {e}"
+            );
+            assert!(!e.contains("unexpected argument"), "{args:?}: {e}");
+        }
+        let e = parse_error(&["forget", "--steps", "abc", "--out", "o"]).unwrap();
+        assert!(e.contains("--steps") && e.contains("whole number"), "{e}");
+        // Good values still parse.
+        assert_eq!(
+            parse_error(&["forget", "--steps", "3", "--seed", "0"]),
+            None
+        );
+        assert_eq!(
+            parse_error(&["generate", "--temperature", "0.7", "hi"]),
+            None
+        );
     }
 }

@@ -142,6 +142,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Worker threads of the CPU kernels: `RAYON_NUM_THREADS` (which `--threads` sets) when set,
+/// else one per core. Float sums split across threads add in an order that depends on this
+/// count, so results (trained weights) do too: runs record it and resume only with the same.
+pub fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
 /// Keep freed memory in the process instead of returning it to the kernel after every large
 /// tensor: fresh pages cost a page fault and zeroing each time (a third of a backward pass on
 /// Gemma 3 270M went there). Called once by the binary; glibc only.

@@ -94,6 +94,7 @@ pub fn known_among(
     task: &str,
     rule: KnownRule,
 ) -> Result<Vec<Fact>> {
+    super::context::check_facts_fit(lm, facts, task)?;
     let scores = cached_scores(lm, facts)?;
     let known: Vec<Fact> = facts
         .iter()

@@ -3,6 +3,7 @@
 //! ([`counterfact`]) and a user's own file ([`user`]); [`known`] keeps the facts a model actually
 //! knows and splits them deterministically.
 
+pub mod context;
 pub mod counterfact;
 pub mod dedup;
 pub mod known;

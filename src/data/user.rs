@@ -37,6 +37,14 @@ pub fn load(path: &Path, policy: dedup::Policy) -> Result<Vec<Fact>> {
                 continue;
             }
             let cells: Vec<String> = line.split('\t').map(|s| s.to_string()).collect();
+            if cells.len() != header.len() {
+                bail!(
+                    "{what}: {} columns, the header has {} ({})",
+                    cells.len(),
+                    header.len(),
+                    header.join(", ")
+                );
+            }
             let h = header.clone();
             Box::new(move |k: &str| {
                 h.iter()
@@ -204,5 +212,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("does not occur"));
+    }
+
+    #[test]
+    fn a_tsv_row_with_another_column_count_names_the_line_and_the_header() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("f.tsv");
+        let header = "prompt\tsubject\tanswer\n";
+        std::fs::write(
+            &t,
+            format!("{header}Toyota is based in\tToyota\tJapan\nSony is from\tSony\n"),
+        )
+        .unwrap();
+        let e = load(&t, dedup::Policy::Refuse).unwrap_err().to_string();
+        let want = format!(
+            "{}: line 3: 2 columns, the header has 3 (prompt, subject, answer)",
+            t.display()
+        );
+        assert_eq!(e, want);
+        std::fs::write(&t, format!("{header}Sony is from\tSony\tJapan\textra\n")).unwrap();
+        let e = load(&t, dedup::Policy::Refuse).unwrap_err().to_string();
+        assert!(e.contains("line 2: 4 columns, the header has 3"), "{e}");
     }
 }

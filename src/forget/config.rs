@@ -272,6 +272,12 @@ pub struct ForgetConfig {
     pub checkpoint_every: usize,
     /// A loss term larger than this in magnitude counts as divergence.
     pub max_abs_loss: f64,
+    /// The run counts as diverged when the updated weights' L2 norm exceeds this multiple of
+    /// their original norm (0 = no check).
+    pub diverge_weight_ratio: f64,
+    /// The run counts as diverged when the retain cross-entropy exceeds this multiple of its
+    /// value at the first step (0 = no check; only methods with a retain cross-entropy).
+    pub diverge_retain_ratio: f64,
     /// Retain facts used for training; the other known facts are held out for evaluation.
     pub retain_facts: usize,
     /// Facts of the task the model does *not* know, added to the retain facts (their
@@ -319,6 +325,8 @@ impl Default for ForgetConfig {
             seed: 0,
             checkpoint_every: 10,
             max_abs_loss: 1e4,
+            diverge_weight_ratio: 10.0,
+            diverge_retain_ratio: 100.0,
             retain_facts: 128,
             retain_unknown_facts: 0,
             retain_namesakes: false,
@@ -353,18 +361,25 @@ impl ForgetConfig {
         c
     }
 
-    /// Method defaults, then the TOML file's values, then `key=value` overrides.
+    /// Method defaults, then the TOML file's values, then `key=value` overrides. Each value
+    /// is checked against its key on the way in, so an unknown key, a value of the wrong type
+    /// or a number that is not finite is an error naming the key and what would be valid.
     pub fn resolve(m: Method, toml_text: Option<&str>, sets: &[String]) -> Result<ForgetConfig> {
-        let mut v = serde_json::to_value(ForgetConfig::for_method(m))?;
+        let defaults = serde_json::to_value(ForgetConfig::for_method(m))?;
+        let mut v = defaults.clone();
         if let Some(t) = toml_text {
-            let parsed: toml::Value = toml::from_str(t).context("config file is not valid TOML")?;
-            merge(&mut v, serde_json::to_value(parsed)?, "");
+            let parsed: toml::Table = toml::from_str(t).context("config file is not valid TOML")?;
+            let mut leaves = Vec::new();
+            toml_leaves(&parsed, "", &mut leaves);
+            for (key, val) in leaves {
+                set_leaf(&mut v, &defaults, &key, val).context("config file")?;
+            }
         }
         for s in sets {
             let (k, val) = s
                 .split_once('=')
                 .with_context(|| format!("--set {s:?}: expected key=value, e.g. kuda.beta=5"))?;
-            set_path(&mut v, k.trim(), parse_scalar(val.trim()))
+            set_leaf(&mut v, &defaults, k.trim(), Given::Text(val.trim()))
                 .with_context(|| format!("--set {s:?}"))?;
         }
         let c: ForgetConfig =
@@ -397,6 +412,14 @@ impl ForgetConfig {
                 "kuda.focus must be ≥ 0 (got {}; 0 = every forget fact alike)",
                 k.focus
             );
+        }
+        for (v, name) in [
+            (self.diverge_weight_ratio, "diverge_weight_ratio"),
+            (self.diverge_retain_ratio, "diverge_retain_ratio"),
+        ] {
+            if !(v == 0.0 || (v.is_finite() && v > 1.0)) {
+                bail!("{name} must be 0 (no check) or a ratio above 1, such as 10 (got {v})");
+            }
         }
         if self.standing_every == 0 {
             bail!("standing_every must be at least 1");
@@ -452,64 +475,192 @@ impl ForgetConfig {
     }
 }
 
-fn merge(base: &mut Value, over: Value, path: &str) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                let p = if path.is_empty() {
-                    k.clone()
+/// A value given for a setting: the text after `--set key=`, or a TOML value.
+enum Given<'a> {
+    Text(&'a str),
+    Toml(toml::Value),
+}
+
+impl Given<'_> {
+    /// As written, for messages.
+    fn shown(&self) -> String {
+        match self {
+            Given::Text(s) => s.to_string(),
+            Given::Toml(t) => t.to_string(),
+        }
+    }
+
+    /// The JSON value; an error for a number that is not finite (JSON has no NaN, and no
+    /// setting takes one).
+    fn to_json(&self) -> Result<Value> {
+        let finite = |f: f64| -> Result<Value> {
+            if !f.is_finite() {
+                bail!("{} is not a finite number", self.shown());
+            }
+            Ok(Value::from(f))
+        };
+        Ok(match self {
+            Given::Text(s) => {
+                if let Ok(i) = s.parse::<u64>() {
+                    Value::from(i)
+                } else if let Ok(i) = s.parse::<i64>() {
+                    Value::from(i)
+                } else if let Ok(f) = s.parse::<f64>() {
+                    finite(f)?
                 } else {
-                    format!("{path}.{k}")
-                };
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v, &p),
-                    None => {
-                        b.insert(k, v);
+                    match *s {
+                        "true" => Value::Bool(true),
+                        "false" => Value::Bool(false),
+                        "none" | "null" => Value::Null,
+                        _ => Value::String(s.trim_matches('"').to_string()),
                     }
                 }
             }
-        }
-        (b, o) => *b = o,
+            Given::Toml(toml::Value::Float(f)) => finite(*f)?,
+            Given::Toml(t) => serde_json::to_value(t)?,
+        })
     }
 }
 
-fn set_path(v: &mut Value, key: &str, val: Value) -> Result<()> {
-    let mut cur = v;
+/// The leaves of a TOML table as (dotted key, value); tables are sections.
+fn toml_leaves<'a>(t: &toml::Table, prefix: &str, out: &mut Vec<(String, Given<'a>)>) {
+    for (k, v) in t {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(sub) => toml_leaves(sub, &key, out),
+            other => out.push((key, Given::Toml(other.clone()))),
+        }
+    }
+}
+
+/// What a setting takes, read from its default.
+fn expected(default: &Value) -> String {
+    match default {
+        Value::Bool(b) => format!("true or false; the default is {b}"),
+        Value::Number(n) if n.is_u64() => format!("a whole number ≥ 0; the default is {n}"),
+        Value::Number(n) => format!("a finite number; the default is {n}"),
+        Value::String(s) => format!("a name; the default is {s:?}"),
+        _ => "a value or none; the default is none".into(),
+    }
+}
+
+/// Set `key` (dotted) in `v` to `given`, checked against the setting's default in `defaults`:
+/// the key must exist and the value must read as the setting's type.
+fn set_leaf(v: &mut Value, defaults: &Value, key: &str, given: Given) -> Result<()> {
     let parts: Vec<&str> = key.split('.').collect();
+    let mut slot = defaults;
     for (i, p) in parts.iter().enumerate() {
-        let obj = cur
-            .as_object_mut()
-            .with_context(|| format!("`{}` is not a section", parts[..i].join(".")))?;
-        if i + 1 == parts.len() {
-            let val = match (obj.get(*p), val) {
-                (None, _) => bail!("unknown setting `{key}`"),
-                // `none` is a word for a string setting (kuda.projection=none), not a null.
-                (Some(Value::String(_)), Value::Null) => Value::String("none".into()),
-                (_, v) => v,
-            };
-            obj.insert((*p).to_string(), val);
-            return Ok(());
-        }
-        cur = obj
-            .get_mut(*p)
-            .with_context(|| format!("unknown setting `{key}`"))?;
+        let Some(obj) = slot.as_object() else {
+            bail!(
+                "`{}` is a setting, not a section: set it with {0}=VALUE",
+                parts[..i].join(".")
+            );
+        };
+        slot = match obj.get(*p) {
+            Some(s) => s,
+            None => bail!("unknown setting `{key}`{}", suggestion(defaults, key)),
+        };
     }
-    unreachable!("split yields at least one part")
+    if slot.is_object() {
+        bail!(
+            "`{key}` is a section; set one of its keys: {}",
+            leaf_keys(slot, key).join(", ")
+        );
+    }
+    let shown = given.shown();
+    let val = match (slot, given.to_json()) {
+        // `none` is a word for a string setting (kuda.projection=none), not a null.
+        (Value::String(_), Ok(Value::Null)) => Value::String("none".into()),
+        (_, Ok(x)) => x,
+        (_, Err(e)) => bail!("setting `{key}`: {e} (expected {})", expected(slot)),
+    };
+    // Read the defaults with this one value changed: a type error is then this key's.
+    let mut trial = defaults.clone();
+    put(&mut trial, &parts, val.clone());
+    if let Err(e) = serde_json::from_value::<ForgetConfig>(trial) {
+        match slot {
+            Value::String(_) | Value::Null => bail!("setting `{key}`: {shown}: {e}"),
+            _ => bail!(
+                "setting `{key}`: {shown} is not valid (expected {})",
+                expected(slot)
+            ),
+        }
+    }
+    put(v, &parts, val);
+    Ok(())
 }
 
-fn parse_scalar(s: &str) -> Value {
-    if let Ok(i) = s.parse::<u64>() {
-        return Value::from(i);
+/// Write `val` at the (existing) path `parts` of `v`.
+fn put(v: &mut Value, parts: &[&str], val: Value) {
+    let mut cur = v;
+    for p in &parts[..parts.len() - 1] {
+        cur = &mut cur[*p];
     }
-    if let Ok(f) = s.parse::<f64>() {
-        return Value::from(f);
+    cur[parts[parts.len() - 1]] = val;
+}
+
+/// Every setting under `v` as a dotted key.
+fn leaf_keys(v: &Value, prefix: &str) -> Vec<String> {
+    match v.as_object() {
+        Some(obj) => obj
+            .iter()
+            .flat_map(|(k, sub)| {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_keys(sub, &key)
+            })
+            .collect(),
+        None => vec![prefix.to_string()],
     }
-    match s {
-        "true" => Value::Bool(true),
-        "false" => Value::Bool(false),
-        "none" | "null" => Value::Null,
-        _ => Value::String(s.trim_matches('"').to_string()),
+}
+
+/// " (did you mean `x`?)" for the setting closest to `key` in spelling, or the list of
+/// settings of its section when none is close.
+fn suggestion(defaults: &Value, key: &str) -> String {
+    let all = leaf_keys(defaults, "");
+    let best = all
+        .iter()
+        .map(|k| (edit_distance(k, key), k))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((d, k)) if d <= 2.max(key.len() / 4) => format!(" (did you mean `{k}`?)"),
+        _ => {
+            let section = key.rsplit_once('.').map_or("", |(s, _)| s);
+            let near: Vec<&String> = all
+                .iter()
+                .filter(|k| k.rsplit_once('.').map_or("", |(s, _)| s) == section)
+                .collect();
+            let list: Vec<&str> = if near.is_empty() {
+                all.iter().map(|k| k.as_str()).collect()
+            } else {
+                near.iter().map(|k| k.as_str()).collect()
+            };
+            format!("; valid keys: {}", list.join(", "))
+        }
     }
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -548,8 +699,6 @@ mod tests {
         let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.token_ratio=1.5".into()])
             .unwrap_err();
         assert!(format!("{e:#}").contains("token_ratio"), "{e:#}");
-        let e = ForgetConfig::resolve(Method::Kuda, None, &["steps=-3".into()]).unwrap_err();
-        assert!(format!("{e:#}").contains("configuration"), "{e:#}");
         let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.projection=sideways".into()])
             .unwrap_err();
         assert!(format!("{e:#}").contains("sideways"), "{e:#}");
@@ -558,9 +707,102 @@ mod tests {
             let key = bad.split('=').next().unwrap();
             assert!(format!("{e:#}").contains(key), "{e:#}");
         }
+        for bad in ["diverge_weight_ratio=0.5", "diverge_retain_ratio=1"] {
+            let e = ForgetConfig::resolve(Method::Kuda, None, &[bad.into()]).unwrap_err();
+            let key = bad.split('=').next().unwrap();
+            assert!(
+                format!("{e:#}").contains(&format!("{key} must be 0 (no check)")),
+                "{e:#}"
+            );
+        }
+        let off = [
+            "diverge_weight_ratio=0".into(),
+            "diverge_retain_ratio=0".into(),
+        ];
+        ForgetConfig::resolve(Method::Kuda, None, &off).unwrap();
         let e = ForgetConfig::resolve(Method::Kuda, None, &["retain_known_repeat=0".into()])
             .unwrap_err();
         assert!(format!("{e:#}").contains("retain_known_repeat"), "{e:#}");
+    }
+
+    /// The message of resolving `sets` (and `toml`) with KUDA's defaults.
+    fn resolve_error(toml_text: Option<&str>, sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let e = ForgetConfig::resolve(Method::Kuda, toml_text, &sets).unwrap_err();
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn values_that_are_not_finite_numbers_name_the_key_and_what_is_valid() {
+        for (set, key) in [
+            ("kuda.beta=nan", "kuda.beta"),
+            ("optim.lr=inf", "optim.lr"),
+            ("optim.lr=-inf", "optim.lr"),
+            ("stop_at_forget_acc=NaN", "stop_at_forget_acc"),
+        ] {
+            let e = resolve_error(None, &[set]);
+            assert!(
+                e.contains(&format!("setting `{key}`")) && e.contains("not a finite number"),
+                "{set}: {e}"
+            );
+            assert!(!e.contains("null"), "{set}: {e}");
+        }
+        let e = resolve_error(None, &["optim.lr=nan"]);
+        assert!(e.contains("the default is 0.001"), "{e}");
+        for toml_text in ["[optim]\nlr = nan\n", "[optim]\nlr = inf\n"] {
+            let e = resolve_error(Some(toml_text), &[]);
+            assert!(
+                e.contains("config file") && e.contains("setting `optim.lr`"),
+                "{toml_text}: {e}"
+            );
+            assert!(e.contains("not a finite number"), "{e}");
+        }
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_name_the_key_and_the_type() {
+        for set in ["steps=-1", "steps=abc", "steps=2.5"] {
+            let e = resolve_error(None, &[set]);
+            assert!(
+                e.contains("setting `steps`")
+                    && e.contains("a whole number ≥ 0; the default is 30"),
+                "{set}: {e}"
+            );
+        }
+        let e = resolve_error(None, &["retain_namesakes=1"]);
+        assert!(
+            e.contains("setting `retain_namesakes`") && e.contains("true or false"),
+            "{e}"
+        );
+        let e = resolve_error(Some("[kuda]\nbeta = \"high\"\n"), &[]);
+        assert!(
+            e.contains("setting `kuda.beta`") && e.contains("a finite number"),
+            "{e}"
+        );
+        let e = resolve_error(None, &["kuda.rep_layer=-2"]);
+        assert!(e.contains("setting `kuda.rep_layer`"), "{e}");
+        let e = resolve_error(None, &["kuda=3"]);
+        assert!(
+            e.contains("`kuda` is a section") && e.contains("kuda.beta"),
+            "{e}"
+        );
+        let e = resolve_error(None, &["steps.x=3"]);
+        assert!(e.contains("`steps` is a setting, not a section"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_offer_the_closest_key_or_the_valid_ones() {
+        let e = resolve_error(None, &["kuda.betta=3"]);
+        assert!(e.contains("did you mean `kuda.beta`?"), "{e}");
+        let e = resolve_error(Some("[optim]\nlearning_rate = 1e-4\n"), &[]);
+        assert!(
+            e.contains("unknown setting `optim.learning_rate`")
+                && e.contains("optim.lr")
+                && e.contains("optim.clip_norm"),
+            "{e}"
+        );
+        let e = resolve_error(None, &["stepz=3"]);
+        assert!(e.contains("did you mean `steps`?"), "{e}");
     }
 
     #[test]

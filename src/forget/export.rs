@@ -48,6 +48,10 @@ pub struct Manifest {
     /// Forget vs retain gradient angles before/after projection, at the first and last step.
     #[serde(default)]
     pub gradient_angles: Option<crate::forget::trainer::AnglesAtEnds>,
+    /// Worker threads the run trained with (its weights depend on the count; 0 in manifests
+    /// written before it was recorded).
+    #[serde(default)]
+    pub threads: usize,
     /// `changed` (only changed tensors) or `full` (also a complete HF directory).
     pub weights: String,
     pub metrics: Option<serde_json::Value>,

@@ -277,6 +277,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         steps_done: vec![cfg.steps],
         final_losses: final_losses.clone(),
         gradient_angles: None,
+        threads: crate::util::threads(),
         weights: "changed".into(),
         metrics: None,
     };

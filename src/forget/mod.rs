@@ -8,6 +8,7 @@ pub mod angles;
 pub mod config;
 pub mod export;
 pub mod focus;
+pub mod guard;
 pub mod learn;
 pub mod lora;
 pub mod methods;

@@ -106,7 +106,7 @@ pub fn global_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
 }
 
 /// AdamW moments per parameter and the step count.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Optimizer {
     pub cfg: OptimConfig,
     m: BTreeMap<String, Tensor>,

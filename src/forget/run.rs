@@ -548,6 +548,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             .map(|s| s.final_losses.clone())
             .unwrap_or_default(),
         gradient_angles: summaries.last().and_then(|s| s.gradient_angles.clone()),
+        threads: crate::util::threads(),
         weights: if a.full {
             "full".into()
         } else {

@@ -7,6 +7,7 @@
 
 use crate::forget::angles::{gradient_angles, GradAngles};
 use crate::forget::config::ForgetConfig;
+use crate::forget::guard::Guard;
 use crate::forget::nullspace::Projectors;
 use crate::forget::optim::{global_norm, load_tensors, Optimizer};
 use crate::forget::seqs::{logprobs_of, Place, SeqSet};
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which data a term trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +200,9 @@ struct CheckpointMeta {
     step: usize,
     /// Hash of what determines the run (config, data, parameters, base model).
     run_key: String,
+    /// Worker threads of the run (none in checkpoints written before it was recorded).
+    #[serde(default)]
+    threads: Option<usize>,
 }
 
 /// Members of `d` (indices of its sequences) drawn for step `step`, micro-batch `micro`.
@@ -577,9 +581,11 @@ fn finite(x: f64) -> bool {
 
 /// Train `model` (its trainable set becomes `plan.params`) for `cfg.steps` steps, writing
 /// `dir/train.jsonl` and checkpoints in `dir/checkpoint/`; resumes from a checkpoint of the
-/// same run. On NaN or divergence the last good weights stay in `model` and in the checkpoint,
-/// and the error names the step and the term. `stop_after` simulates an interruption: the run
-/// stops with an error after that step (its checkpoint written), as if killed.
+/// same run (written with the same thread count). On NaN or divergence (a loss term, the
+/// weights' norm, the retain loss: see [`Guard`]) the last good weights stay in `model` and
+/// in the checkpoint, and the error names the step and what diverged. `stop_after` simulates
+/// an interruption: the run stops with an error after that step (its checkpoint written), as
+/// if killed.
 pub fn train(
     model: &mut Transformer,
     plan: &Plan,
@@ -588,11 +594,29 @@ pub fn train(
     dir: &Path,
     stop_after: Option<usize>,
 ) -> Result<TrainSummary> {
+    let ck = Checkpoints {
+        dir: dir.join("checkpoint"),
+        run_key,
+        threads: crate::util::threads(),
+    };
+    train_with(model, plan, cfg, &ck, dir, stop_after)
+}
+
+/// [`train`], its checkpoints described by `ck`.
+fn train_with(
+    model: &mut Transformer,
+    plan: &Plan,
+    cfg: &ForgetConfig,
+    ck: &Checkpoints,
+    dir: &Path,
+    stop_after: Option<usize>,
+) -> Result<TrainSummary> {
     let t0 = std::time::Instant::now();
     model.set_trainable(&plan.params)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ck_dir = dir.join("checkpoint");
+    let ck_dir = &ck.dir;
     let mut opt = Optimizer::new(cfg.optim.clone());
+    let mut guard = Guard::new(cfg, plan, &param_map(model, plan)?)?;
     let mut start = 0;
     let mut resumed_from = None;
     // KUDA's focus (the forget facts' weights) and the stop at a forget accuracy both read
@@ -610,7 +634,7 @@ pub fn train(
         });
     let mut focus: Option<Vec<f64>> = None;
     let mut steps_done = cfg.steps;
-    if let Some((step, tensors)) = read_checkpoint(&ck_dir, run_key)? {
+    if let Some((step, tensors)) = ck.read()? {
         for p in &plan.params {
             let w = tensors
                 .get(&format!("param/{p}"))
@@ -621,6 +645,9 @@ pub fn train(
         if let Some(w) = tensors.get(FOCUS_KEY) {
             focus = Some(w.to_dtype(DType::F64)?.to_vec1()?);
         }
+        if let Some(v) = tensors.get(RETAIN_FIRST_KEY) {
+            guard.set_retain_first(v.to_dtype(DType::F64)?.to_vec1::<f64>()?[0]);
+        }
         start = step;
         resumed_from = Some(step);
         eprintln!("resuming from the checkpoint after step {step}");
@@ -630,6 +657,9 @@ pub fn train(
     let bar = crate::util::progress(cfg.steps as u64, "training");
     bar.set_position(start as u64);
     let mut last = BTreeMap::new();
+    // Where a run whose retain loss exploded (read one step after the update that did it)
+    // goes back to.
+    let mut undo: Option<BeforeUpdate> = None;
     let angles_start = if start < cfg.steps {
         gradient_angles(model, plan, cfg, start)?
     } else {
@@ -653,7 +683,14 @@ pub fn train(
             if cfg.stop_at_forget_acc.is_some_and(|t| acc <= t) {
                 // The weights after `step` steps are the result (a run started again reads
                 // the same standing at this step and stops here too).
-                save_checkpoint(&ck_dir, model, plan, &opt, focus.as_deref(), step, run_key)?;
+                ck.save(
+                    model,
+                    plan,
+                    &opt,
+                    focus.as_deref(),
+                    guard.retain_first(),
+                    step,
+                )?;
                 eprintln!(
                     "forget accuracy {:.1}% ({k} of {}) ≤ stop_at_forget_acc: stopped after step {step}",
                     100.0 * acc,
@@ -667,7 +704,14 @@ pub fn train(
             Ok(x) => x,
             Err(e) => {
                 if e.downcast_ref::<BadLoss>().is_some() {
-                    save_checkpoint(&ck_dir, model, plan, &opt, focus.as_deref(), step, run_key)?;
+                    ck.save(
+                        model,
+                        plan,
+                        &opt,
+                        focus.as_deref(),
+                        guard.retain_first(),
+                        step,
+                    )?;
                     bail!(
                         "{e}; stopped, the weights after step {step} are kept in {}",
                         ck_dir.display()
@@ -676,11 +720,44 @@ pub fn train(
                 return Err(e);
             }
         };
+        if let Some(why) = guard.retain_diverged(&losses) {
+            // These losses were read at the weights after `step` steps: go back one update.
+            let kept_step = match undo.take() {
+                Some(b) => {
+                    for (n, w) in b.weights {
+                        model.set_param(&n, w)?;
+                    }
+                    (opt, focus) = (b.opt, b.focus);
+                    step - 1
+                }
+                None => step,
+            };
+            ck.save(
+                model,
+                plan,
+                &opt,
+                focus.as_deref(),
+                guard.retain_first(),
+                kept_step,
+            )?;
+            bail!(
+                "step {}: {why}; stopped, the weights after step {kept_step} are kept in {}",
+                step + 1,
+                ck_dir.display()
+            );
+        }
         let mut grads = grads;
         let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
         let norm = global_norm(&grads)?;
         if !finite(norm) {
-            save_checkpoint(&ck_dir, model, plan, &opt, focus.as_deref(), step, run_key)?;
+            ck.save(
+                model,
+                plan,
+                &opt,
+                focus.as_deref(),
+                guard.retain_first(),
+                step,
+            )?;
             bail!(
                 "step {}: the gradient is not a number; stopped, the weights after step {step} are kept in {}",
                 step + 1,
@@ -694,19 +771,40 @@ pub fn train(
             }
         }
         let lr = cfg.optim.lr_at(step, cfg.steps);
-        let params: BTreeMap<String, Tensor> = plan
-            .params
-            .iter()
-            .map(|p| Ok((p.clone(), model.weights().get(p)?.clone())))
-            .collect::<Result<_>>()?;
+        let params = param_map(model, plan)?;
+        let opt_before = opt.clone();
         let mut upd = opt.update(&params, &grads, lr)?;
         if plan.project_update {
             plan.projectors.apply(&mut upd)?;
         }
+        let mut next = params.clone();
         for (n, u) in &upd {
-            let w = (&params[n] + u)?;
-            model.set_param(n, w)?;
+            next.insert(n.clone(), (&params[n] + u)?);
         }
+        if let Some(why) = guard.weights_diverged(&next)? {
+            opt = opt_before;
+            ck.save(
+                model,
+                plan,
+                &opt,
+                focus.as_deref(),
+                guard.retain_first(),
+                step,
+            )?;
+            bail!(
+                "step {}: {why}; stopped, the weights after step {step} are kept in {}",
+                step + 1,
+                ck_dir.display()
+            );
+        }
+        for n in upd.keys() {
+            model.set_param(n, next[n].clone())?;
+        }
+        undo = Some(BeforeUpdate {
+            weights: params,
+            opt: opt_before,
+            focus: focus.clone(),
+        });
         let mut line = json!({"step": step + 1, "lr": lr, "loss": total, "terms": losses, "grad_norm": norm,
             "seconds": ts.elapsed().as_secs_f64()});
         if let Some(k) = kept {
@@ -720,14 +818,13 @@ pub fn train(
         last = losses;
         let stop = stop_after == Some(step + 1);
         if stop || (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
-            save_checkpoint(
-                &ck_dir,
+            ck.save(
                 model,
                 plan,
                 &opt,
                 focus.as_deref(),
+                guard.retain_first(),
                 step + 1,
-                run_key,
             )?;
         }
         if stop {
@@ -789,61 +886,105 @@ fn open_log(path: &Path, keep_steps: usize) -> Result<std::fs::File> {
 /// Checkpoint entry of KUDA's focus weights (a run resumed between two readings uses them).
 const FOCUS_KEY: &str = "focus/weights";
 
-fn save_checkpoint(
-    dir: &Path,
-    model: &Transformer,
-    plan: &Plan,
-    opt: &Optimizer,
-    focus: Option<&[f64]>,
-    step: usize,
-    run_key: &str,
-) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut tensors: HashMap<String, Tensor> = opt.state_tensors()?;
-    if let Some(w) = focus {
-        tensors.insert(
-            FOCUS_KEY.into(),
-            Tensor::from_slice(w, w.len(), &candle_core::Device::Cpu)?,
-        );
-    }
-    for p in &plan.params {
-        tensors.insert(
-            format!("param/{p}"),
-            model
-                .weights()
-                .get(p)?
-                .to_device(&candle_core::Device::Cpu)?,
-        );
-    }
-    crate::util::save_safetensors_atomic(&tensors, &dir.join("state.safetensors"))?;
-    let meta = CheckpointMeta {
-        step,
-        run_key: run_key.into(),
-    };
-    crate::util::write_atomic(
-        &dir.join("state.json"),
-        serde_json::to_string(&meta)?.as_bytes(),
-    )
+/// The state before the last update: the updated weights, the optimizer and KUDA's focus.
+struct BeforeUpdate {
+    weights: BTreeMap<String, Tensor>,
+    opt: Optimizer,
+    focus: Option<Vec<f64>>,
 }
 
-fn read_checkpoint(dir: &Path, run_key: &str) -> Result<Option<(usize, HashMap<String, Tensor>)>> {
-    let meta_path = dir.join("state.json");
-    let Ok(text) = std::fs::read_to_string(&meta_path) else {
-        return Ok(None);
-    };
-    let meta: CheckpointMeta =
-        serde_json::from_str(&text).with_context(|| format!("reading {}", meta_path.display()))?;
-    if meta.run_key != run_key {
-        eprintln!(
-            "note: {} belongs to a different run (other settings or data); starting from step 0",
-            dir.display()
-        );
-        return Ok(None);
+/// Checkpoint entry of the divergence guard's first retain loss.
+const RETAIN_FIRST_KEY: &str = "guard/retain_first";
+
+/// The updated parameters' current values.
+fn param_map(model: &Transformer, plan: &Plan) -> Result<BTreeMap<String, Tensor>> {
+    plan.params
+        .iter()
+        .map(|p| Ok((p.clone(), model.weights().get(p)?.clone())))
+        .collect()
+}
+
+/// Where a run's checkpoints go and what they must match to be resumed: the run's key and
+/// the thread count (results depend on it, see [`crate::util::threads`]).
+struct Checkpoints<'a> {
+    dir: PathBuf,
+    run_key: &'a str,
+    threads: usize,
+}
+
+impl Checkpoints<'_> {
+    /// Write the state after `step` steps.
+    fn save(
+        &self,
+        model: &Transformer,
+        plan: &Plan,
+        opt: &Optimizer,
+        focus: Option<&[f64]>,
+        retain_first: Option<f64>,
+        step: usize,
+    ) -> Result<()> {
+        let dir = &self.dir;
+        std::fs::create_dir_all(dir)?;
+        let cpu = &candle_core::Device::Cpu;
+        let mut tensors: HashMap<String, Tensor> = opt.state_tensors()?;
+        if let Some(w) = focus {
+            tensors.insert(FOCUS_KEY.into(), Tensor::from_slice(w, w.len(), cpu)?);
+        }
+        if let Some(v) = retain_first {
+            tensors.insert(RETAIN_FIRST_KEY.into(), Tensor::from_slice(&[v], 1, cpu)?);
+        }
+        for p in &plan.params {
+            tensors.insert(
+                format!("param/{p}"),
+                model.weights().get(p)?.to_device(cpu)?,
+            );
+        }
+        crate::util::save_safetensors_atomic(&tensors, &dir.join("state.safetensors"))?;
+        let meta = CheckpointMeta {
+            step,
+            run_key: self.run_key.into(),
+            threads: Some(self.threads),
+        };
+        crate::util::write_atomic(
+            &dir.join("state.json"),
+            serde_json::to_string(&meta)?.as_bytes(),
+        )
     }
-    Ok(Some((
-        meta.step,
-        load_tensors(&dir.join("state.safetensors"))?,
-    )))
+
+    /// The step and state of this run's checkpoint; none when there is none or it belongs to
+    /// another run; an error when it was written with another thread count.
+    fn read(&self) -> Result<Option<(usize, HashMap<String, Tensor>)>> {
+        let dir = &self.dir;
+        let meta_path = dir.join("state.json");
+        let Ok(text) = std::fs::read_to_string(&meta_path) else {
+            return Ok(None);
+        };
+        let meta: CheckpointMeta = serde_json::from_str(&text)
+            .with_context(|| format!("reading {}", meta_path.display()))?;
+        if meta.run_key != self.run_key {
+            eprintln!(
+                "note: {} belongs to a different run (other settings or data); starting from step 0",
+                dir.display()
+            );
+            return Ok(None);
+        }
+        if let Some(t) = meta.threads.filter(|&t| t != self.threads) {
+            bail!(
+                "{}: the run was checkpointed after step {} with --threads {t}, and this \
+                 process runs with --threads {}; the results depend on the thread count (sums are added in \
+                 another order), so resuming would not give the weights of an uninterrupted \
+                 run. Resume with --threads {t}, or delete {} to start again",
+                dir.display(),
+                meta.step,
+                self.threads,
+                dir.display()
+            );
+        }
+        Ok(Some((
+            meta.step,
+            load_tensors(&dir.join("state.safetensors"))?,
+        )))
+    }
 }
 
 /// A fixed random unit vector of dimension `d` scaled to `norm` (RMU's c·u), seeded.
@@ -1436,6 +1577,135 @@ mod tests {
         }
     }
 
+    /// The L2 norm of the updated parameters.
+    fn params_norm(m: &Transformer, params: &[String]) -> f64 {
+        let w: Vec<f64> = param_values(m, params).concat();
+        w.iter().map(|x| x * x).sum::<f64>().sqrt()
+    }
+
+    #[test]
+    fn exploding_weights_stop_the_run_at_that_step_with_the_weights_before_it() {
+        let mut cfg = tiny_cfg();
+        cfg.optim.lr = 1e3;
+        let orig = tiny_model(Arch::Gemma3);
+        let plan = kuda_plan(&orig, Projection::None, &cfg);
+        let n0 = params_norm(&orig, &plan.params);
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = tiny_model(Arch::Gemma3);
+        let e = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap_err();
+        let msg = format!("{e:#}");
+        // KUDA's first gradient is all but zero (h = h₀); the second update explodes.
+        assert!(
+            msg.starts_with("step 2: the updated weights' norm")
+                && msg.contains("diverge_weight_ratio × their original norm (10 ×")
+                && msg.contains("the weights after step 1 are kept"),
+            "{msg}"
+        );
+        let mut one = cfg.clone();
+        one.steps = 1;
+        let mut after_one = tiny_model(Arch::Gemma3);
+        let d = tempfile::tempdir().unwrap();
+        train(&mut after_one, &plan, &one, "k", d.path(), None).unwrap();
+        assert_eq!(
+            param_values(&m, &plan.params),
+            param_values(&after_one, &plan.params)
+        );
+        // Unguarded, the same two steps take the weights far past 10 × their norm.
+        cfg.diverge_weight_ratio = 0.0;
+        cfg.steps = 2;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = tiny_model(Arch::Gemma3);
+        train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+        let n1 = params_norm(&m, &plan.params);
+        assert!(n1 > 10.0 * n0, "‖W‖ {n0} → {n1}");
+    }
+
+    #[test]
+    fn an_exploding_retain_loss_stops_the_run_with_the_weights_before_the_update_that_did_it() {
+        let mut cfg = ForgetConfig::for_method(Method::Graddiff);
+        cfg.steps = 12;
+        cfg.optim.lr = 1.0;
+        cfg.optim.warmup_steps = 0;
+        cfg.optim.min_lr_ratio = 1.0;
+        cfg.diverge_weight_ratio = 0.0;
+        cfg.diverge_retain_ratio = 1.2;
+        // Next to nothing holds the retain text: gradient ascent alone, on facts whose
+        // answers are the retain text's own next tokens.
+        cfg.graddiff_retain_weight = 1e-9;
+        let graddiff_plan = |m: &Transformer| {
+            let mut plan = kuda_plan(m, Projection::None, &tiny_cfg());
+            plan.forget = SeqSet::new(
+                "forget",
+                vec![fact_seq(&[1, 4, 8], 1), fact_seq(&[1, 4, 8, 15], 1)],
+            );
+            plan.rep_layer = None;
+            plan.terms = methods::terms(Method::Graddiff, &cfg, false, None).unwrap();
+            plan.precompute(m, 4).unwrap();
+            plan
+        };
+        let mut m = tiny_model(Arch::Gemma3);
+        let plan = graddiff_plan(&m);
+        let dir = tempfile::tempdir().unwrap();
+        let e = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap_err();
+        let msg = format!("{e:#}");
+        let step: usize = msg
+            .strip_prefix("step ")
+            .and_then(|r| r.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{msg}"));
+        assert!(
+            step >= 2
+                && msg.contains("the retain loss (retain_ce)")
+                && msg.contains("diverge_retain_ratio × its first value (1.2 ×")
+                && msg.contains(&format!("the weights after step {} are kept", step - 2)),
+            "{msg}"
+        );
+        // Kept: the weights of a run of step − 2 steps (the loss read at step N comes from
+        // the weights after N − 1 steps, made by update N − 1).
+        let mut short = cfg.clone();
+        short.steps = step - 2;
+        short.diverge_retain_ratio = 0.0;
+        let mut straight = tiny_model(Arch::Gemma3);
+        if short.steps > 0 {
+            let d = tempfile::tempdir().unwrap();
+            train(&mut straight, &plan, &short, "k", d.path(), None).unwrap();
+        }
+        assert_eq!(
+            param_values(&m, &plan.params),
+            param_values(&straight, &plan.params)
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_thread_count_is_not_resumed() {
+        let cfg = tiny_cfg();
+        let dir = tempfile::tempdir().unwrap();
+        let ck = |threads| Checkpoints {
+            dir: dir.path().join("checkpoint"),
+            run_key: "k",
+            threads,
+        };
+        let mut m = tiny_model(Arch::Gemma3);
+        let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
+        train_with(&mut m, &plan, &cfg, &ck(1), dir.path(), Some(2)).unwrap_err();
+        let mut m = tiny_model(Arch::Gemma3);
+        let e = train_with(&mut m, &plan, &cfg, &ck(2), dir.path(), None).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("after step 2 with --threads 1")
+                && msg.contains("runs with --threads 2")
+                && msg.contains("Resume with --threads 1, or delete"),
+            "{msg}"
+        );
+        let s = train_with(&mut m, &plan, &cfg, &ck(1), dir.path(), None).unwrap();
+        assert_eq!(s.resumed_from, Some(2));
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("checkpoint/state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(meta["threads"], 1);
+    }
+
     #[test]
     fn divergence_stops_naming_step_and_term_and_keeps_good_weights() {
         let mut cfg = ForgetConfig::for_method(Method::LocalizedFt);
@@ -1443,6 +1713,8 @@ mod tests {
         cfg.optim.lr = 1e300;
         cfg.optim.warmup_steps = 0;
         cfg.optim.clip_norm = 0.0;
+        // The loss's own check, not the weights' norm.
+        cfg.diverge_weight_ratio = 0.0;
         let mut m = tiny_model(Arch::Gemma3);
         let mut plan = kuda_plan(&m, Projection::None, &tiny_cfg());
         plan.terms = methods::terms(Method::LocalizedFt, &cfg, false, None).unwrap();

@@ -416,8 +416,14 @@ impl Transformer {
         Ok(if s != 1.0 { x.affine(s, 0.0)? } else { x })
     }
 
+    /// Longest sequence this model is run with: its max_position_embeddings, at most the
+    /// length of the RoPE tables.
+    pub fn context_len(&self) -> usize {
+        self.config.max_position_embeddings.min(ROPE_TABLE_LEN)
+    }
+
     fn check_batch(&self, batch: &Batch) -> Result<()> {
-        let max = self.config.max_position_embeddings.min(ROPE_TABLE_LEN);
+        let max = self.context_len();
         let longest = batch.positions.iter().flatten().copied().max().unwrap_or(0) as usize + 1;
         if longest > max {
             bail!("prompt of {longest} tokens is longer than the context this model is run with ({max} tokens)");
