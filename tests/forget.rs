@@ -128,7 +128,13 @@ fn output_loads_back_and_an_interrupted_run_resumes_to_the_same_weights() {
 fn made_up_athletes_score_the_prior_not_zero() {
     use unlearn::eval::{completion::accuracy, floor::know_nothing_floor};
     let lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
-    let known = unlearn::data::known::known_facts(&lm, "sports", "top1").unwrap();
+    let known = unlearn::data::known::known_facts(
+        &lm,
+        "sports",
+        "top1",
+        unlearn::data::dedup::Policy::Refuse,
+    )
+    .unwrap();
     let facts = &known[..64];
     let real = accuracy(&lm, facts, |f| f.answer.clone()).unwrap();
     let floor = know_nothing_floor(&lm, facts, &known).unwrap();
@@ -171,7 +177,13 @@ fn made_up_athletes_score_the_prior_not_zero() {
 #[test]
 fn namesakes_of_forgotten_athletes_are_found_in_the_real_data() {
     let lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
-    let known = unlearn::data::known::known_facts(&lm, "sports", "top1").unwrap();
+    let known = unlearn::data::known::known_facts(
+        &lm,
+        "sports",
+        "top1",
+        unlearn::data::dedup::Policy::Refuse,
+    )
+    .unwrap();
     let (forget, rest) = unlearn::data::known::split(&known, "first-64", 0).unwrap();
     let flags = unlearn::data::known::namesakes(&forget, &rest);
     let found: Vec<&str> = rest

@@ -119,7 +119,13 @@ fn learning_qa_raises_its_answers_and_loads_back() {
 #[test]
 fn the_relearning_attack_runs_and_reports_every_few_steps() {
     let mut lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
-    let known = unlearn::data::known::known_facts(&lm, "sports", "top1").unwrap();
+    let known = unlearn::data::known::known_facts(
+        &lm,
+        "sports",
+        "top1",
+        unlearn::data::dedup::Policy::Refuse,
+    )
+    .unwrap();
     let (seen, unseen) = halves(&known[..8]);
     let retain = &known[8..16];
     let before = accuracy(&lm, &unseen, |f| f.answer.clone()).unwrap();
