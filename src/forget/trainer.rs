@@ -665,6 +665,19 @@ fn train_with(
     } else {
         None
     };
+    // The checkpoint of the weights after `$step` steps, with the optimizer, focus and guard.
+    macro_rules! save {
+        ($step:expr) => {
+            ck.save(
+                model,
+                plan,
+                &opt,
+                focus.as_deref(),
+                guard.retain_first(),
+                $step,
+            )?
+        };
+    }
     for step in start..cfg.steps {
         let ts = std::time::Instant::now();
         let mut kept = None;
@@ -683,14 +696,7 @@ fn train_with(
             if cfg.stop_at_forget_acc.is_some_and(|t| acc <= t) {
                 // The weights after `step` steps are the result (a run started again reads
                 // the same standing at this step and stops here too).
-                ck.save(
-                    model,
-                    plan,
-                    &opt,
-                    focus.as_deref(),
-                    guard.retain_first(),
-                    step,
-                )?;
+                save!(step);
                 eprintln!(
                     "forget accuracy {:.1}% ({k} of {}) ≤ stop_at_forget_acc: stopped after step {step}",
                     100.0 * acc,
@@ -704,14 +710,7 @@ fn train_with(
             Ok(x) => x,
             Err(e) => {
                 if e.downcast_ref::<BadLoss>().is_some() {
-                    ck.save(
-                        model,
-                        plan,
-                        &opt,
-                        focus.as_deref(),
-                        guard.retain_first(),
-                        step,
-                    )?;
+                    save!(step);
                     bail!(
                         "{e}; stopped, the weights after step {step} are kept in {}",
                         ck_dir.display()
@@ -732,14 +731,7 @@ fn train_with(
                 }
                 None => step,
             };
-            ck.save(
-                model,
-                plan,
-                &opt,
-                focus.as_deref(),
-                guard.retain_first(),
-                kept_step,
-            )?;
+            save!(kept_step);
             bail!(
                 "step {}: {why}; stopped, the weights after step {kept_step} are kept in {}",
                 step + 1,
@@ -750,14 +742,7 @@ fn train_with(
         let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
         let norm = global_norm(&grads)?;
         if !finite(norm) {
-            ck.save(
-                model,
-                plan,
-                &opt,
-                focus.as_deref(),
-                guard.retain_first(),
-                step,
-            )?;
+            save!(step);
             bail!(
                 "step {}: the gradient is not a number; stopped, the weights after step {step} are kept in {}",
                 step + 1,
@@ -783,14 +768,7 @@ fn train_with(
         }
         if let Some(why) = guard.weights_diverged(&next)? {
             opt = opt_before;
-            ck.save(
-                model,
-                plan,
-                &opt,
-                focus.as_deref(),
-                guard.retain_first(),
-                step,
-            )?;
+            save!(step);
             bail!(
                 "step {}: {why}; stopped, the weights after step {step} are kept in {}",
                 step + 1,
@@ -818,14 +796,7 @@ fn train_with(
         last = losses;
         let stop = stop_after == Some(step + 1);
         if stop || (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
-            ck.save(
-                model,
-                plan,
-                &opt,
-                focus.as_deref(),
-                guard.retain_first(),
-                step + 1,
-            )?;
+            save!(step + 1);
         }
         if stop {
             bar.abandon();
