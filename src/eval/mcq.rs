@@ -45,8 +45,20 @@ pub struct McqScore {
     pub chance: f64,
 }
 
-/// Score questions in batches of `bs`.
+/// Score questions in batches of `bs`: prompts of similar length are batched together and only
+/// the letters' logits are computed at the last position.
 pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
+    score_with(lm, qs, bs, &|q| prompt(q))
+}
+
+/// [`score`] with the prompt text of each question made by `render` (e.g. wrapped in a chat
+/// template).
+pub fn score_with(
+    lm: &LanguageModel,
+    qs: &[Mcq],
+    bs: usize,
+    render: &dyn Fn(&Mcq) -> String,
+) -> Result<McqScore> {
     if qs.is_empty() {
         return Ok(McqScore::default());
     }
@@ -64,20 +76,18 @@ pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
             ids.last().copied().context("letter has no token")
         })
         .collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = qs
+        .iter()
+        .map(|q| lm.tokenizer.encode(&render(q), true))
+        .collect::<Result<_>>()?;
     let mut tally = Tally::new(k_max);
-    for chunk in qs.chunks(bs.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|q| lm.tokenizer.encode(&prompt(q), true))
-            .collect::<Result<_>>()?;
-        for (q, row) in chunk.iter().zip(lm.last_logits(&ids)?) {
-            tally.add(q, &letter_ids, &row)?;
-        }
+    for (q, z) in qs.iter().zip(lm.last_token_logits(&ids, &letter_ids, bs)?) {
+        tally.add(q, &z)?;
     }
     Ok(tally.finish(qs))
 }
 
-/// Running counts of [`score`]: one question's last-position logits at a time.
+/// Running counts of [`score`]: one question's letter logits at a time.
 struct Tally {
     right: usize,
     p_sum: f64,
@@ -93,8 +103,9 @@ impl Tally {
         }
     }
 
-    /// Add one question: the choice is the letter with the largest logit in `row`.
-    fn add(&mut self, q: &Mcq, letter_ids: &[u32], row: &[f32]) -> Result<()> {
+    /// Add one question: `letters[i]` is the logit of the i-th letter; the choice is the
+    /// letter with the largest logit among the question's choices.
+    fn add(&mut self, q: &Mcq, letters: &[f32]) -> Result<()> {
         let k = q.choices.len();
         if q.answer >= k {
             bail!(
@@ -103,10 +114,7 @@ impl Tally {
                 q.answer
             );
         }
-        let z: Vec<f64> = letter_ids[..k]
-            .iter()
-            .map(|&t| row[t as usize] as f64)
-            .collect();
+        let z: Vec<f64> = letters[..k].iter().map(|&x| x as f64).collect();
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = z.iter().map(|x| (x - m).exp()).collect();
         let s: f64 = e.iter().sum();
@@ -196,12 +204,10 @@ mod tests {
     fn a_model_rigged_to_prefer_one_letter() {
         let f = crate::data::example_fact();
         let qs = from_facts(&vec![f; 30], 5);
-        let letters = [10u32, 11, 12];
-        let mut row = vec![0f32; 16];
-        row[11] = 2.0;
+        let row = [0f32, 2.0, 0.0];
         let mut t = Tally::new(3);
         for q in &qs {
-            t.add(q, &letters, &row).unwrap();
+            t.add(q, &row).unwrap();
         }
         let s = t.finish(&qs);
         let on_b = qs.iter().filter(|q| q.answer == 1).count();
@@ -217,11 +223,11 @@ mod tests {
             answer: 7,
             ..qs[0].clone()
         };
-        assert!(t_err(&bad, &letters, &row).contains("answer index 7"));
+        assert!(t_err(&bad, &row).contains("answer index 7"));
     }
 
-    fn t_err(q: &Mcq, letters: &[u32], row: &[f32]) -> String {
-        Tally::new(3).add(q, letters, row).unwrap_err().to_string()
+    fn t_err(q: &Mcq, row: &[f32]) -> String {
+        Tally::new(3).add(q, row).unwrap_err().to_string()
     }
 
     #[test]
