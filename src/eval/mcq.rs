@@ -4,6 +4,7 @@
 //! shuffled with a seed).
 
 use crate::data::Fact;
+use crate::model::chat::ChatFormat;
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -48,16 +49,17 @@ pub struct McqScore {
 /// Score questions in batches of `bs`: prompts of similar length are batched together and only
 /// the letters' logits are computed at the last position.
 pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
-    score_with(lm, qs, bs, &|q| prompt(q))
+    score_with(lm, qs, bs, None)
 }
 
-/// [`score`] with the prompt text of each question made by `render` (e.g. wrapped in a chat
-/// template).
+/// [`score`], or with `chat` each prompt wrapped as a single user turn of the model's chat
+/// format; the assistant's answer then starts a line, so its letters are scored without the
+/// leading space (`A`, not ` A`).
 pub fn score_with(
     lm: &LanguageModel,
     qs: &[Mcq],
     bs: usize,
-    render: &dyn Fn(&Mcq) -> String,
+    chat: Option<&ChatFormat>,
 ) -> Result<McqScore> {
     if qs.is_empty() {
         return Ok(McqScore::default());
@@ -72,13 +74,24 @@ pub fn score_with(
     let letter_ids: Vec<u32> = LETTERS[..k_max]
         .iter()
         .map(|l| {
-            let ids = lm.tokenizer.encode(&format!(" {l}"), false)?;
+            let text = if chat.is_some() {
+                l.to_string()
+            } else {
+                format!(" {l}")
+            };
+            let ids = lm.tokenizer.encode(&text, false)?;
             ids.last().copied().context("letter has no token")
         })
         .collect::<Result<_>>()?;
     let ids: Vec<Vec<u32>> = qs
         .iter()
-        .map(|q| lm.tokenizer.encode(&render(q), true))
+        .map(|q| {
+            let p = match chat {
+                Some(c) => c.user_turn(&prompt(q)),
+                None => prompt(q),
+            };
+            lm.tokenizer.encode(&p, true)
+        })
         .collect::<Result<_>>()?;
     let mut tally = Tally::new(k_max);
     for (q, z) in qs.iter().zip(lm.last_token_logits(&ids, &letter_ids, bs)?) {
@@ -135,6 +148,30 @@ impl Tally {
             chance: 1.0 / qs[0].choices.len().max(1) as f64,
         }
     }
+}
+
+/// The built-in question sets: MMLU (10 questions of each of 57 subjects) and WMDP (785).
+pub const SETS: [&str; 2] = ["mmlu", "wmdp"];
+
+/// Questions of a built-in set (see [`SETS`]) or of a JSONL file (see [`load_jsonl`]).
+pub fn load_set(set: &str) -> Result<Vec<Mcq>> {
+    let dir = crate::data::data_dir();
+    let files: Vec<std::path::PathBuf> = match set {
+        "mmlu" => vec![dir.join("mmlu/mmlu_test_10x57.jsonl")],
+        "wmdp" => (0..5)
+            .map(|i| dir.join(format!("wmdp/split_{i}.jsonl")))
+            .collect(),
+        path if path.ends_with(".jsonl") => vec![path.into()],
+        other => bail!(
+            "question set {other:?}: expected {} or a .jsonl file of {{\"question\", \"choices\", \"answer\"}} rows",
+            SETS.join(", ")
+        ),
+    };
+    let mut qs = Vec::new();
+    for f in files {
+        qs.extend(load_jsonl(&f)?);
+    }
+    Ok(qs)
 }
 
 /// Questions from a JSONL file of `{"question", "choices": [...], "answer": i}` rows (MMLU
@@ -228,6 +265,16 @@ mod tests {
 
     fn t_err(q: &Mcq, row: &[f32]) -> String {
         Tally::new(3).add(q, row).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn sets_are_named() {
+        assert_eq!(load_set("mmlu").unwrap().len(), 570);
+        assert_eq!(load_set("wmdp").unwrap().len(), 785);
+        let e = load_set("trivia").unwrap_err().to_string();
+        assert!(e.contains("\"trivia\"") && e.contains("mmlu, wmdp"), "{e}");
+        let e = load_set("/nonexistent/q.jsonl").unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/q.jsonl"), "{e}");
     }
 
     #[test]

@@ -189,22 +189,8 @@ fn measure(
     );
     clock.lap(&mut m, "perplexity");
     if a.suite == Suite::Full {
-        for (name, files) in [
-            (
-                "mmlu",
-                vec![data::data_dir().join("mmlu/mmlu_test_10x57.jsonl")],
-            ),
-            (
-                "wmdp",
-                (0..5)
-                    .map(|i| data::data_dir().join(format!("wmdp/split_{i}.jsonl")))
-                    .collect(),
-            ),
-        ] {
-            let mut qs = Vec::new();
-            for f in files {
-                qs.extend(mcq::load_jsonl(&f)?);
-            }
+        for name in mcq::SETS {
+            let qs = mcq::load_set(name)?;
             let s = mcq::score(lm, &qs, 8)?;
             m.insert(
                 format!("utility.{name}_accuracy"),

@@ -3,6 +3,7 @@
 //! transformer ([`transformer`]).
 
 pub mod batch;
+pub mod chat;
 pub mod config;
 pub mod fastmath;
 pub mod generate;
