@@ -1,5 +1,5 @@
 //! Last-position scores of many prompts, fast: prompts are sorted by length and batched with
-//! their neighbours (so batches carry little padding), and the LM head can be restricted to a
+//! their neighbours (so batches carry little padding, see [`length_buckets`]), and the LM head can be restricted to a
 //! few tokens (the letters of a multiple-choice question). Results come back in the prompts'
 //! order.
 
@@ -8,15 +8,35 @@ use crate::model::transformer::{LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Result};
 use candle_core::DType;
 
+/// Padded slots a batch may hold beyond its real tokens, as a fraction of them.
+pub const MAX_PADDING: f64 = 0.25;
+
 /// Indices of `seqs` sorted by length (ties keep their order), cut into batches of at most
-/// `batch_size` (0 counts as 1).
+/// `batch_size` (0 counts as 1). A batch also ends before a sequence whose length would make
+/// its padded size exceed its real tokens by more than [`MAX_PADDING`] (a long prompt among
+/// short ones gets a batch of its own rather than padding its neighbours).
 pub fn length_buckets(seqs: &[Vec<u32>], batch_size: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| seqs[i].len());
-    order
-        .chunks(batch_size.max(1))
-        .map(|c| c.to_vec())
-        .collect()
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut real = 0usize;
+    for i in order {
+        let len = seqs[i].len();
+        // Sorted: the newcomer is the longest, so the padded size is (n + 1) · len.
+        let padded = (cur.len() + 1) * len;
+        let too_padded = padded as f64 > (1.0 + MAX_PADDING) * (real + len) as f64;
+        if !cur.is_empty() && (cur.len() >= batch_size.max(1) || too_padded) {
+            out.push(std::mem::take(&mut cur));
+            real = 0;
+        }
+        cur.push(i);
+        real += len;
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// Run `f` on each length bucket of `seqs` (see [`length_buckets`]); `f` returns one result per
@@ -83,6 +103,9 @@ mod tests {
             length_buckets(&seqs, 2),
             vec![vec![1, 3], vec![2, 0], vec![4]]
         );
+        // Three short prompts fill a batch of 4 alone: the long one would pad them 4-fold.
+        let mixed = vec![vec![1; 2], vec![1; 10], vec![1; 2], vec![1; 2]];
+        assert_eq!(length_buckets(&mixed, 4), vec![vec![0, 2, 3], vec![1]]);
         let lens = bucketed(&seqs, 2, |c| Ok(c.iter().map(|s| s.len()).collect())).unwrap();
         assert_eq!(lens, vec![5, 1, 4, 1, 9]);
         let e = bucketed(&seqs, 2, |_| Ok(vec![0usize])).unwrap_err();

@@ -977,10 +977,12 @@ mod tests {
 
     #[test]
     fn save_hf_round_trip_and_plain_tokenizer_json() {
-        let tk = TextTokenizer::from_gguf(&tiny_gemma()).unwrap();
+        let mut tk = TextTokenizer::from_gguf(&tiny_gemma()).unwrap();
+        tk.chat_template = Some("{{ '<start_of_turn>' }}".into());
         let dir = tempfile::tempdir().unwrap();
         tk.save_hf(dir.path()).unwrap();
         let back = TextTokenizer::from_hf_dir(dir.path()).unwrap();
+        assert_eq!(back.chat_template, tk.chat_template);
         assert_eq!(
             (
                 back.kind,
