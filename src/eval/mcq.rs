@@ -4,6 +4,7 @@
 //! shuffled with a seed).
 
 use crate::data::Fact;
+use crate::model::chat::ChatFormat;
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -48,8 +49,21 @@ pub struct McqScore {
     pub chance: f64,
 }
 
-/// Score questions in batches of `bs`.
+/// Score questions in batches of `bs`: prompts of similar length are batched together and only
+/// the letters' logits are computed at the last position.
 pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
+    score_with(lm, qs, bs, None)
+}
+
+/// [`score`], or with `chat` each prompt wrapped as a single user turn of the model's chat
+/// format; the assistant's answer then starts a line, so its letters are scored without the
+/// leading space (`A`, not ` A`).
+pub fn score_with(
+    lm: &LanguageModel,
+    qs: &[Mcq],
+    bs: usize,
+    chat: Option<&ChatFormat>,
+) -> Result<McqScore> {
     if qs.is_empty() {
         return Ok(McqScore::default());
     }
@@ -63,24 +77,33 @@ pub fn score(lm: &LanguageModel, qs: &[Mcq], bs: usize) -> Result<McqScore> {
     let letter_ids: Vec<u32> = LETTERS[..k_max]
         .iter()
         .map(|l| {
-            let ids = lm.tokenizer.encode(&format!(" {l}"), false)?;
+            let text = if chat.is_some() {
+                l.to_string()
+            } else {
+                format!(" {l}")
+            };
+            let ids = lm.tokenizer.encode(&text, false)?;
             ids.last().copied().context("letter has no token")
         })
         .collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = qs
+        .iter()
+        .map(|q| {
+            let p = match chat {
+                Some(c) => c.user_turn(&prompt(q)),
+                None => prompt(q),
+            };
+            lm.tokenizer.encode(&p, true)
+        })
+        .collect::<Result<_>>()?;
     let mut tally = Tally::new(k_max);
-    for chunk in qs.chunks(bs.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|q| lm.tokenizer.encode(&prompt(q), true))
-            .collect::<Result<_>>()?;
-        for (q, row) in chunk.iter().zip(lm.last_logits(&ids)?) {
-            tally.add(q, &letter_ids, &row)?;
-        }
+    for (q, z) in qs.iter().zip(lm.last_token_logits(&ids, &letter_ids, bs)?) {
+        tally.add(q, &z)?;
     }
     Ok(tally.finish(qs))
 }
 
-/// Running counts of [`score`]: one question's last-position logits at a time.
+/// Running counts of [`score`]: one question's letter logits at a time.
 struct Tally {
     right: usize,
     p_sum: f64,
@@ -96,8 +119,9 @@ impl Tally {
         }
     }
 
-    /// Add one question: the choice is the letter with the largest logit in `row`.
-    fn add(&mut self, q: &Mcq, letter_ids: &[u32], row: &[f32]) -> Result<()> {
+    /// Add one question: `letters[i]` is the logit of the i-th letter; the choice is the
+    /// letter with the largest logit among the question's choices.
+    fn add(&mut self, q: &Mcq, letters: &[f32]) -> Result<()> {
         let k = q.choices.len();
         if q.answer >= k {
             bail!(
@@ -106,10 +130,7 @@ impl Tally {
                 q.answer
             );
         }
-        let z: Vec<f64> = letter_ids[..k]
-            .iter()
-            .map(|&t| row[t as usize] as f64)
-            .collect();
+        let z: Vec<f64> = letters[..k].iter().map(|&x| x as f64).collect();
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = z.iter().map(|x| (x - m).exp()).collect();
         let s: f64 = e.iter().sum();
@@ -130,6 +151,30 @@ impl Tally {
             chance: 1.0 / qs[0].choices.len().max(1) as f64,
         }
     }
+}
+
+/// The built-in question sets: MMLU (10 questions of each of 57 subjects) and WMDP (785).
+pub const SETS: [&str; 2] = ["mmlu", "wmdp"];
+
+/// Questions of a built-in set (see [`SETS`]) or of a JSONL file (see [`load_jsonl`]).
+pub fn load_set(set: &str) -> Result<Vec<Mcq>> {
+    let dir = crate::data::data_dir();
+    let files: Vec<std::path::PathBuf> = match set {
+        "mmlu" => vec![dir.join("mmlu/mmlu_test_10x57.jsonl")],
+        "wmdp" => (0..5)
+            .map(|i| dir.join(format!("wmdp/split_{i}.jsonl")))
+            .collect(),
+        path if path.ends_with(".jsonl") => vec![path.into()],
+        other => bail!(
+            "question set {other:?}: expected {} or a .jsonl file of {{\"question\", \"choices\", \"answer\"}} rows",
+            SETS.join(", ")
+        ),
+    };
+    let mut qs = Vec::new();
+    for f in files {
+        qs.extend(load_jsonl(&f)?);
+    }
+    Ok(qs)
 }
 
 /// Questions from a JSONL file of `{"question", "choices": [...], "answer": i}` rows (MMLU
@@ -207,12 +252,10 @@ mod tests {
     fn a_model_rigged_to_prefer_one_letter() {
         let f = crate::data::example_fact();
         let qs = from_facts(&vec![f; 30], 5);
-        let letters = [10u32, 11, 12];
-        let mut row = vec![0f32; 16];
-        row[11] = 2.0;
+        let row = [0f32, 2.0, 0.0];
         let mut t = Tally::new(3);
         for q in &qs {
-            t.add(q, &letters, &row).unwrap();
+            t.add(q, &row).unwrap();
         }
         let s = t.finish(&qs);
         let on_b = qs.iter().filter(|q| q.answer == 1).count();
@@ -228,11 +271,21 @@ mod tests {
             answer: 7,
             ..qs[0].clone()
         };
-        assert!(t_err(&bad, &letters, &row).contains("answer index 7"));
+        assert!(t_err(&bad, &row).contains("answer index 7"));
     }
 
-    fn t_err(q: &Mcq, letters: &[u32], row: &[f32]) -> String {
-        Tally::new(3).add(q, letters, row).unwrap_err().to_string()
+    fn t_err(q: &Mcq, row: &[f32]) -> String {
+        Tally::new(3).add(q, row).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn sets_are_named() {
+        assert_eq!(load_set("mmlu").unwrap().len(), 570);
+        assert_eq!(load_set("wmdp").unwrap().len(), 785);
+        let e = load_set("trivia").unwrap_err().to_string();
+        assert!(e.contains("\"trivia\"") && e.contains("mmlu, wmdp"), "{e}");
+        let e = load_set("/nonexistent/q.jsonl").unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/q.jsonl"), "{e}");
     }
 
     #[test]

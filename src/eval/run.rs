@@ -144,18 +144,8 @@ impl Plan {
         let (_, wiki_eval) = data::wikitext_halves()?;
         let mut suite_mcqs = Vec::new();
         if suite == Suite::Full {
-            for (name, files) in [
-                ("mmlu", vec!["mmlu/mmlu_test_10x57.jsonl".to_string()]),
-                (
-                    "wmdp",
-                    (0..5).map(|i| format!("wmdp/split_{i}.jsonl")).collect(),
-                ),
-            ] {
-                let mut qs = Vec::new();
-                for f in files {
-                    qs.extend(mcq::load_jsonl(&data::data_dir().join(f))?);
-                }
-                suite_mcqs.push((name, qs));
+            for name in mcq::SETS {
+                suite_mcqs.push((name, mcq::load_set(name)?));
             }
         }
         Ok(Plan {

@@ -1,6 +1,7 @@
 //! GGUF files: metadata → [`ModelConfig`], tensors dequantized to f32 and renamed to Hugging
-//! Face names and conventions (Gemma norms stored as 1 + w become w; Llama q/k weights, which
-//! llama.cpp stores permuted for its interleaved RoPE, are put back in HF's layout).
+//! Face names and conventions (Gemma norms stored as 1 + w become w; the q/k weights of the
+//! architectures llama.cpp stores permuted for its interleaved RoPE are put back in HF's
+//! layout, see [`qk_stored_permuted`]).
 
 use crate::model::config::{Activation, Arch, ModelConfig};
 use crate::model::{TextTokenizer, Weights};
@@ -88,19 +89,31 @@ fn opt_f64(ct: &Content, key: &str) -> Option<f64> {
     })
 }
 
-/// Build the model configuration from GGUF metadata.
-pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
-    let arch_name = ct
-        .metadata
+/// The `general.architecture` of a GGUF file (e.g. "llama", "qwen2", "gemma3").
+fn arch_name(ct: &Content, path: &Path) -> Result<String> {
+    ct.metadata
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
+        .cloned()
         .with_context(|| {
             format!(
                 "{}: GGUF metadata key `general.architecture` is missing",
                 path.display()
             )
-        })?
-        .clone();
+        })
+}
+
+/// Whether llama.cpp's converter stored the q/k projection rows of this GGUF architecture
+/// permuted. It permutes them (per head, rows (half, pair) → (pair, half)) only for the models it
+/// converts as `llama` (Llama and Mistral), whose RoPE it applies to interleaved pairs; Qwen2 and
+/// Gemma 3 use the rotate-half (NeoX) RoPE of Hugging Face and are stored as they are.
+pub fn qk_stored_permuted(arch_name: &str) -> bool {
+    matches!(arch_name, "llama" | "mistral")
+}
+
+/// Build the model configuration from GGUF metadata.
+pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
+    let arch_name = arch_name(ct, path)?;
     let arch = match arch_name.as_str() {
         "gemma3" => Arch::Gemma3,
         "llama" | "qwen2" | "mistral" => Arch::Llama,
@@ -218,6 +231,7 @@ fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, TextTokenizer)> {
     let (mut f, ct) = read_content(path)?;
     let config = config_from_gguf(&ct, path)?;
+    let permuted = qk_stored_permuted(&arch_name(&ct, path)?);
     let tokenizer = TextTokenizer::from_gguf(&ct).with_context(|| format!("{}", path.display()))?;
     let mut weights = Weights::default();
     let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
@@ -236,7 +250,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
         if config.arch == Arch::Gemma3 && hf.contains("norm") {
             t = t.affine(1.0, -1.0)?;
         }
-        if config.arch == Arch::Llama {
+        if permuted {
             if name.contains(".attn_q.") {
                 t = unpermute(&t, config.num_heads)?;
             } else if name.contains(".attn_k.") {
@@ -272,6 +286,16 @@ mod tests {
             "model.layers.1.self_attn.q_proj.bias"
         );
         assert!(hf_name("rope_freqs.weight", Arch::Llama).is_none());
+    }
+
+    #[test]
+    fn only_llama_converted_architectures_are_unpermuted() {
+        // llama.cpp's LlamaModel (also used for Mistral) permutes q/k; Qwen2Model and
+        // Gemma3Model write them as Hugging Face has them.
+        assert!(qk_stored_permuted("llama"));
+        assert!(qk_stored_permuted("mistral"));
+        assert!(!qk_stored_permuted("qwen2"));
+        assert!(!qk_stored_permuted("gemma3"));
     }
 
     #[test]

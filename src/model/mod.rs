@@ -3,6 +3,7 @@
 //! transformer ([`transformer`]).
 
 pub mod batch;
+pub mod chat;
 pub mod config;
 pub mod fastmath;
 pub mod generate;
@@ -11,6 +12,7 @@ pub mod hf_dir;
 pub mod hooks;
 pub mod ops;
 pub mod predict;
+pub mod scoring;
 pub mod source;
 pub mod tokenizer;
 pub mod transformer;
@@ -36,7 +38,7 @@ pub struct LoadedModel {
     pub origin: ModelOrigin,
 }
 
-/// Load a model from a `--model` argument: an alias (`gemma3-270m`, `smollm2-135m`), a path to
+/// Load a model from a `--model` argument: an alias (see [`source::ALIASES`]), a path to
 /// a `.gguf` file, or a path to a Hugging Face model directory.
 pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     let origin = source::resolve(spec)?;
@@ -121,6 +123,18 @@ impl LanguageModel {
     /// Last-position logits of prompts given as token ids (one left-padded batch), as rows.
     pub fn last_logits(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         self.model.last_logits(ids, self.pad_id())
+    }
+
+    /// Logits of the vocabulary entries `tokens` at the last position of each prompt, in
+    /// length-bucketed batches of `batch_size` (see [`scoring`]).
+    pub fn last_token_logits(
+        &self,
+        ids: &[Vec<u32>],
+        tokens: &[u32],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.model
+            .last_token_logits(ids, tokens, self.pad_id(), batch_size)
     }
 
     /// Token ids that end generation.

@@ -1,7 +1,8 @@
 //! Next-token predictions at the last position of prompts: top-k tokens with probabilities,
-//! and a given answer's probability and rank. Prompts are batched with left padding and only
-//! the last position's logits are computed.
+//! and a given answer's probability and rank. Prompts are batched with left padding, neighbours
+//! in length together, and only the last position's logits are computed.
 
+use crate::model::scoring::bucketed;
 use crate::model::LanguageModel;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -61,50 +62,48 @@ pub fn predict(
         }
         None => None,
     };
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| lm.tokenizer.encode(p, true))
+        .collect::<Result<_>>()?;
+    let rows = bucketed(&ids, batch_size, |chunk| lm.last_logits(chunk))?;
     let mut out = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|p| lm.tokenizer.encode(p, true))
-            .collect::<Result<_>>()?;
-        let rows = lm.last_logits(&ids)?;
-        for ((prompt, row), toks) in chunk.iter().zip(rows).zip(&ids) {
-            let lse = logsumexp(&row);
-            let prob = |x: f32| (x as f64 - lse).exp();
-            let mut idx: Vec<usize> = (0..row.len()).collect();
-            let k = top_k.min(row.len());
-            if k > 0 {
-                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
-            }
-            idx.truncate(k);
-            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            let top = idx
-                .iter()
-                .map(|&i| TokenProb {
-                    id: i as u32,
-                    token: lm.tokenizer.decode(&[i as u32]).unwrap_or_default(),
-                    prob: prob(row[i]),
-                    logit: row[i],
-                })
-                .collect();
-            let answer = answer_ids.as_ref().map(|(a, aid)| {
-                let id = aid[0];
-                let x = row[id as usize];
-                AnswerScore {
-                    answer: a.clone(),
-                    id,
-                    prob: prob(x),
-                    rank: row.iter().filter(|&&y| y > x).count(),
-                    multi_token: aid.len() > 1,
-                }
-            });
-            out.push(Prediction {
-                prompt: prompt.clone(),
-                n_tokens: toks.len(),
-                top,
-                answer,
-            });
+    for ((prompt, row), toks) in prompts.iter().zip(rows).zip(&ids) {
+        let lse = logsumexp(&row);
+        let prob = |x: f32| (x as f64 - lse).exp();
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        let k = top_k.min(row.len());
+        if k > 0 {
+            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
         }
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let top = idx
+            .iter()
+            .map(|&i| TokenProb {
+                id: i as u32,
+                token: lm.tokenizer.decode(&[i as u32]).unwrap_or_default(),
+                prob: prob(row[i]),
+                logit: row[i],
+            })
+            .collect();
+        let answer = answer_ids.as_ref().map(|(a, aid)| {
+            let id = aid[0];
+            let x = row[id as usize];
+            AnswerScore {
+                answer: a.clone(),
+                id,
+                prob: prob(x),
+                rank: row.iter().filter(|&&y| y > x).count(),
+                multi_token: aid.len() > 1,
+            }
+        });
+        out.push(Prediction {
+            prompt: prompt.clone(),
+            n_tokens: toks.len(),
+            top,
+            answer,
+        });
     }
     Ok(out)
 }

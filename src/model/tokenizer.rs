@@ -63,6 +63,8 @@ pub struct TextTokenizer {
     pub pad_id: Option<u32>,
     /// Whether the model expects BOS at the start of every prompt (Gemma: yes; SmolLM2: no).
     pub add_bos: bool,
+    /// The model's chat template (Jinja source), when it has one (see [`crate::model::chat`]).
+    pub chat_template: Option<String>,
 }
 
 /// What `save_hf` writes beside tokenizer.json so that a round trip is exact.
@@ -73,6 +75,8 @@ struct Sidecar {
     eos_ids: Vec<u32>,
     pad_id: Option<u32>,
     add_bos: bool,
+    #[serde(default)]
+    chat_template: Option<String>,
 }
 
 const SIDECAR: &str = "unlearn_tokenizer.json";
@@ -541,6 +545,11 @@ impl TextTokenizer {
         let eos_ids: Vec<u32> = check("tokenizer.ggml.eos_token_id")?.into_iter().collect();
         let pad_id = check("tokenizer.ggml.padding_token_id")?;
         let add_bos = meta_bool(ct, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
+        let chat_template = ct
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
         Ok(TextTokenizer {
             inner,
             kind,
@@ -548,6 +557,7 @@ impl TextTokenizer {
             eos_ids,
             pad_id,
             add_bos,
+            chat_template,
         })
     }
 
@@ -589,6 +599,7 @@ impl TextTokenizer {
                 eos_ids: s.eos_ids,
                 pad_id: s.pad_id,
                 add_bos: s.add_bos,
+                chat_template: s.chat_template,
             });
         }
         let read = |name: &str| -> Result<serde_json::Value> {
@@ -639,6 +650,7 @@ impl TextTokenizer {
             },
         };
         let kind = kind_of(&inner);
+        let chat_template = tcfg["chat_template"].as_str().map(str::to_string);
         Ok(TextTokenizer {
             inner,
             kind,
@@ -646,6 +658,7 @@ impl TextTokenizer {
             eos_ids,
             pad_id,
             add_bos,
+            chat_template,
         })
     }
 
@@ -679,6 +692,7 @@ impl TextTokenizer {
             "pad_token": name(self.pad_id),
             "add_bos_token": self.add_bos,
             "add_eos_token": false,
+            "chat_template": self.chat_template,
         });
         crate::util::write_json(&dir.join("tokenizer_config.json"), &tcfg)?;
         let side = Sidecar {
@@ -687,6 +701,7 @@ impl TextTokenizer {
             eos_ids: self.eos_ids.clone(),
             pad_id: self.pad_id,
             add_bos: self.add_bos,
+            chat_template: self.chat_template.clone(),
         };
         crate::util::write_json(&dir.join(SIDECAR), &side)?;
         Ok(())
@@ -962,10 +977,12 @@ mod tests {
 
     #[test]
     fn save_hf_round_trip_and_plain_tokenizer_json() {
-        let tk = TextTokenizer::from_gguf(&tiny_gemma()).unwrap();
+        let mut tk = TextTokenizer::from_gguf(&tiny_gemma()).unwrap();
+        tk.chat_template = Some("{{ '<start_of_turn>' }}".into());
         let dir = tempfile::tempdir().unwrap();
         tk.save_hf(dir.path()).unwrap();
         let back = TextTokenizer::from_hf_dir(dir.path()).unwrap();
+        assert_eq!(back.chat_template, tk.chat_template);
         assert_eq!(
             (
                 back.kind,

@@ -715,12 +715,27 @@ impl Transformer {
 
     /// Logits `[N, V]` of final residual rows `[N, D]` (final norm, LM head, soft-capping).
     pub fn head(&self, rows: &Tensor) -> Result<Tensor> {
+        self.head_with(rows, self.lm_weight()?)
+    }
+
+    /// Logits `[N, K]` of final residual rows `[N, D]` for the vocabulary entries `tokens` only:
+    /// the LM head restricted to K rows (a K×D product instead of V×D).
+    pub fn head_tokens(&self, rows: &Tensor, tokens: &[u32]) -> Result<Tensor> {
+        let v = self.config.vocab_size;
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= v) {
+            bail!("token id {t} is outside the vocabulary (size {v})");
+        }
+        let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), &self.device)?;
+        self.head_with(rows, &self.lm_weight()?.index_select(&ids, 0)?)
+    }
+
+    fn head_with(&self, rows: &Tensor, lm_weight: &Tensor) -> Result<Tensor> {
         let (hn, _) = ops::rms_norm(
             rows,
             &self.norm_scale("model.norm.weight")?,
             self.config.rms_norm_eps,
         )?;
-        let logits = ops::linear(&hn, self.lm_weight()?)?;
+        let logits = ops::linear(&hn, lm_weight)?;
         Ok(match self.config.final_logit_softcapping {
             Some(cap) => ops::softcap(&logits, cap)?,
             None => logits,

@@ -1,0 +1,142 @@
+//! Last-position scores of many prompts, fast: prompts are sorted by length and batched with
+//! their neighbours (so batches carry little padding, see [`length_buckets`]), and the LM head can be restricted to a
+//! few tokens (the letters of a multiple-choice question). Results come back in the prompts'
+//! order.
+
+use crate::model::batch::{Batch, PadSide};
+use crate::model::transformer::{LogitsAt, RunOpts, Transformer};
+use anyhow::{bail, Result};
+use candle_core::DType;
+
+/// Padded slots a batch may hold beyond its real tokens, as a fraction of them.
+pub const MAX_PADDING: f64 = 0.25;
+
+/// Indices of `seqs` sorted by length (ties keep their order), cut into batches of at most
+/// `batch_size` (0 counts as 1). A batch also ends before a sequence whose length would make
+/// its padded size exceed its real tokens by more than [`MAX_PADDING`] (a long prompt among
+/// short ones gets a batch of its own rather than padding its neighbours).
+pub fn length_buckets(seqs: &[Vec<u32>], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].len());
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut real = 0usize;
+    for i in order {
+        let len = seqs[i].len();
+        // Sorted: the newcomer is the longest, so the padded size is (n + 1) · len.
+        let padded = (cur.len() + 1) * len;
+        let too_padded = padded as f64 > (1.0 + MAX_PADDING) * (real + len) as f64;
+        if !cur.is_empty() && (cur.len() >= batch_size.max(1) || too_padded) {
+            out.push(std::mem::take(&mut cur));
+            real = 0;
+        }
+        cur.push(i);
+        real += len;
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Run `f` on each length bucket of `seqs` (see [`length_buckets`]); `f` returns one result per
+/// sequence of its bucket, and the results are put back in the order of `seqs`.
+pub fn bucketed<T>(
+    seqs: &[Vec<u32>],
+    batch_size: usize,
+    mut f: impl FnMut(&[Vec<u32>]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut out: Vec<Option<T>> = (0..seqs.len()).map(|_| None).collect();
+    for bucket in length_buckets(seqs, batch_size) {
+        let chunk: Vec<Vec<u32>> = bucket.iter().map(|&i| seqs[i].clone()).collect();
+        let rows = f(&chunk)?;
+        if rows.len() != bucket.len() {
+            bail!(
+                "scoring a batch of {} prompts gave {} results",
+                bucket.len(),
+                rows.len()
+            );
+        }
+        for (i, r) in bucket.into_iter().zip(rows) {
+            out[i] = Some(r);
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+impl Transformer {
+    /// Logits of the vocabulary entries `tokens` at the last position of each sequence
+    /// (`[seqs.len()][tokens.len()]`), in length-bucketed, left-padded batches of
+    /// `batch_size`. Only the K rows of the LM head that are asked for are multiplied.
+    pub fn last_token_logits(
+        &self,
+        seqs: &[Vec<u32>],
+        tokens: &[u32],
+        pad: u32,
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        bucketed(seqs, batch_size, |chunk| {
+            let b = Batch::new(chunk, pad, PadSide::Left, self.device())?;
+            let opts = RunOpts {
+                logits: LogitsAt::None,
+                ..Default::default()
+            };
+            let resid = self.run(&b, &opts)?.resid;
+            // Left padding: every row's last token is in the last column.
+            let last = resid.narrow(1, b.len() - 1, 1)?.squeeze(1)?;
+            let z = self.head_tokens(&last, tokens)?;
+            Ok(z.to_dtype(DType::F32)?.to_vec2()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Arch;
+    use crate::model::transformer::tests::tiny_model;
+
+    #[test]
+    fn buckets_group_similar_lengths_and_results_return_in_order() {
+        let seqs = vec![vec![1; 5], vec![1; 1], vec![1; 4], vec![1; 1], vec![1; 9]];
+        assert_eq!(
+            length_buckets(&seqs, 2),
+            vec![vec![1, 3], vec![2, 0], vec![4]]
+        );
+        // Three short prompts fill a batch of 4 alone: the long one would pad them 4-fold.
+        let mixed = vec![vec![1; 2], vec![1; 10], vec![1; 2], vec![1; 2]];
+        assert_eq!(length_buckets(&mixed, 4), vec![vec![0, 2, 3], vec![1]]);
+        let lens = bucketed(&seqs, 2, |c| Ok(c.iter().map(|s| s.len()).collect())).unwrap();
+        assert_eq!(lens, vec![5, 1, 4, 1, 9]);
+        let e = bucketed(&seqs, 2, |_| Ok(vec![0usize])).unwrap_err();
+        assert!(e.to_string().contains("gave 1 results"), "{e}");
+    }
+
+    /// Bucketed batches with the head restricted to a few tokens give the logits of the plain
+    /// full-vocabulary run of each prompt alone (Llama with biases; Gemma with soft-capping).
+    #[test]
+    fn bucketed_token_logits_equal_single_prompt_full_logits() {
+        for arch in [Arch::Llama, Arch::Gemma3] {
+            let m = tiny_model(arch);
+            let seqs: Vec<Vec<u32>> = vec![
+                vec![1, 5, 9, 3, 7, 11],
+                vec![1, 4],
+                vec![1, 8, 15, 2, 6],
+                vec![1, 20, 3],
+                vec![1, 7, 7, 7, 7, 7, 7, 9],
+            ];
+            let tokens = [13u32, 2, 22, 5];
+            let fast = m.last_token_logits(&seqs, &tokens, 0, 2).unwrap();
+            assert_eq!(fast.len(), seqs.len());
+            for (s, got) in seqs.iter().zip(&fast) {
+                let full = &m.last_logits(std::slice::from_ref(s), 0).unwrap()[0];
+                let want: Vec<f32> = tokens.iter().map(|&t| full[t as usize]).collect();
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "{arch:?} {s:?}: {got:?} vs {want:?}");
+                }
+            }
+            let e = m.last_token_logits(&seqs, &[99], 0, 2).unwrap_err();
+            assert!(e.to_string().contains("token id 99"), "{e}");
+        }
+    }
+}

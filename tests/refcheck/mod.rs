@@ -1,0 +1,90 @@
+//! What the reference tests share: reading the PyTorch + transformers reference pack
+//! (tests/fixtures/reference/<model>/*.json) and comparing logits with it.
+#![allow(dead_code)]
+
+use candle_core::{DType, Tensor};
+use serde_json::Value;
+
+pub fn reference(name: &str, file: &str) -> Value {
+    let p = format!(
+        "{}/tests/fixtures/reference/{name}/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&p).expect(&p)).unwrap()
+}
+
+pub fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+pub fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+pub fn row(t: &Tensor, i: usize) -> Vec<f32> {
+    t.get(i)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+pub fn log_softmax(r: &[f32]) -> Vec<f64> {
+    let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = m + r.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+    r.iter().map(|&x| x as f64 - lse).collect()
+}
+
+/// The same top-k ids as the reference, where the order may differ only between logits closer
+/// than 1e-4, and log-probabilities within 1e-3.
+pub fn check_top(
+    name: &str,
+    what: &str,
+    logits: &[f32],
+    ref_ids: &[u32],
+    ref_logprobs: Option<&[f64]>,
+) {
+    let k = ref_ids.len();
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let ours: Vec<u32> = idx[..k].iter().map(|&i| i as u32).collect();
+    for (pos, (&a, &b)) in ours.iter().zip(ref_ids).enumerate() {
+        if a != b {
+            let gap = (logits[a as usize] - logits[b as usize]).abs();
+            assert!(gap < 1e-4, "{name} {what}: top-{k} differs at rank {pos}: ours {a}, reference {b} (logit gap {gap})\nours {ours:?}\nref  {ref_ids:?}");
+        }
+    }
+    let mut s1 = ours.clone();
+    let mut s2 = ref_ids.to_vec();
+    s1.sort();
+    s2.sort();
+    // The set may differ only at the boundary, by a near tie.
+    if s1 != s2 {
+        let last = logits[ref_ids[k - 1] as usize];
+        let kth = logits[ours[k - 1] as usize];
+        assert!(
+            (last - kth).abs() < 1e-4,
+            "{name} {what}: top-{k} sets differ: {ours:?} vs {ref_ids:?}"
+        );
+    }
+    if let Some(lp) = ref_logprobs {
+        let ls = log_softmax(logits);
+        for (&id, &want) in ref_ids.iter().zip(lp) {
+            let d = (ls[id as usize] - want).abs();
+            assert!(
+                d <= 1e-3,
+                "{name} {what}: log-softmax of token {id}: ours {}, reference {want}",
+                ls[id as usize]
+            );
+        }
+    }
+}
