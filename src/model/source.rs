@@ -491,7 +491,8 @@ mod tests {
             file_name: "bogus.gguf",
             sha256: Box::leak(hex::encode(Sha256::digest(bytes)).into_boxed_str()),
             size: bytes.len() as u64,
-            parts: &[("this-package-does-not-exist-unlearn-test-zz9", "x/y.gguf")],
+            parts: Parts::Listed(&[("this-package-does-not-exist-unlearn-test-zz9", "x/y.gguf")]),
+            version: None,
             provenance: "test",
         }
     }
