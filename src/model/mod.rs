@@ -7,6 +7,7 @@ pub mod config;
 pub mod fastmath;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_header;
 pub mod hf_dir;
 pub mod hooks;
 pub mod ops;
