@@ -7,6 +7,7 @@
 //! (each target prints its executions). A failure prints its seed; replay it with
 //! `UNLEARN_FUZZ_SEED=0x… cargo test --release --test fuzz TARGET`.
 
+mod gguf_gen;
 mod harness;
 mod seeds;
 
@@ -71,7 +72,14 @@ fn gguf_files() {
     }
     let tally = Tally::default();
     fuzz("gguf", 4096, &tally, |u| {
-        let bytes = seeded_or_raw(u, &seeds)?;
+        let bytes = match u.int_in_range(0..=3)? {
+            0 => gguf_gen::structured(u)?,
+            1 => {
+                let base = gguf_gen::structured(u)?;
+                harness::mutate(u, &base)?
+            }
+            _ => seeded_or_raw(u, &seeds)?,
+        };
         tally.add(&bounded(bytes.len(), || parse_gguf(&bytes)));
         Ok(())
     });
