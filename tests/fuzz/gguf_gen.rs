@@ -158,15 +158,15 @@ fn strs(v: &[&str]) -> Value {
     Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect())
 }
 
-/// A small valid header (Llama or Gemma 3, SentencePiece or byte-level tokenizer), then up to
-/// six fields bent: a value replaced, an entry dropped or added, a shape, type or offset
-/// changed, a count that lies, another version.
-pub fn structured(u: &mut Unstructured) -> ArbResult<Vec<u8>> {
-    let arch = *u.choose(&["llama", "gemma3"])?;
-    let tokens = ["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab", "  ", "<0x41>"];
+/// A small valid GGUF: a Llama or Gemma 3 header with a SentencePiece (`llama`) or byte-level
+/// (`gpt2`) tokenizer, an f32 embedding and a Q4_0 tensor.
+pub fn valid(arch: &str, tokenizer: &str) -> RawGguf {
+    let tokens = [
+        "<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab", "  ", "<0x41>",
+    ];
     let n = tokens.len();
     let k = |s: &str| format!("{arch}.{s}");
-    let mut meta: Vec<(String, Value)> = vec![
+    let meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         (k("embedding_length"), Value::U32(4)),
         (k("attention.head_count"), Value::U32(2)),
@@ -176,7 +176,7 @@ pub fn structured(u: &mut Unstructured) -> ArbResult<Vec<u8>> {
         ("general.alignment".into(), Value::U32(32)),
         (
             "tokenizer.ggml.model".into(),
-            Value::String(u.choose(&["llama", "gpt2"])?.to_string()),
+            Value::String(tokenizer.into()),
         ),
         ("tokenizer.ggml.tokens".into(), strs(&tokens)),
         (
@@ -185,12 +185,12 @@ pub fn structured(u: &mut Unstructured) -> ArbResult<Vec<u8>> {
         ),
         (
             "tokenizer.ggml.token_type".into(),
-            Value::Array((0..n).map(|i| Value::I32([2, 3, 3][i.min(2)])).collect()),
+            Value::Array((0..n).map(|i| Value::I32([2, 3, 3, 1][i.min(3)])).collect()),
         ),
         ("tokenizer.ggml.merges".into(), strs(&["a b", "▁ a"])),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
     ];
-    let mut tensors = vec![
+    let tensors = vec![
         RawTensor {
             name: "token_embd.weight".into(),
             dims: vec![4, n as u64],
@@ -204,14 +204,24 @@ pub fn structured(u: &mut Unstructured) -> ArbResult<Vec<u8>> {
             offset: 160,
         },
     ];
-    let mut raw = RawGguf {
+    RawGguf {
         version: 3,
-        meta: Vec::new(),
-        tensors: Vec::new(),
+        meta,
+        tensors,
         claimed_tensors: None,
         claimed_meta: None,
         data: (0..192u32).map(|i| (i * 7) as u8).collect(),
-    };
+    }
+}
+
+/// A [`valid`] GGUF with up to six fields bent: a value replaced, an entry dropped or added, a
+/// shape, type or offset changed, a count that lies, another version.
+pub fn structured(u: &mut Unstructured) -> ArbResult<Vec<u8>> {
+    let mut raw = valid(
+        u.choose(&["llama", "gemma3"])?,
+        u.choose(&["llama", "gpt2"])?,
+    );
+    let (meta, tensors) = (&mut raw.meta, &mut raw.tensors);
     for _ in 0..u.int_in_range(0..=6)? {
         match u.int_in_range(0..=9)? {
             0 | 1 => {
@@ -259,7 +269,5 @@ pub fn structured(u: &mut Unstructured) -> ArbResult<Vec<u8>> {
             }
         }
     }
-    raw.meta = meta;
-    raw.tensors = tensors;
     Ok(raw.bytes())
 }

@@ -257,7 +257,7 @@ pub fn mutate(u: &mut Unstructured, seed: &[u8]) -> ArbResult<Vec<u8>> {
 /// Either a mutation of one of `seeds` or raw random bytes (one case in eight).
 pub fn seeded_or_raw(u: &mut Unstructured, seeds: &[Vec<u8>]) -> ArbResult<Vec<u8>> {
     if u.ratio(1, 8)? {
-        return Ok(u.arbitrary()?);
+        return u.arbitrary();
     }
     let seed = u.choose(seeds)?;
     mutate(u, seed)

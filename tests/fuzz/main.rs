@@ -9,6 +9,7 @@
 
 mod gguf_gen;
 mod harness;
+mod regressions;
 mod seeds;
 
 use arbtest::arbitrary::Unstructured;
