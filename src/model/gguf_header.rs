@@ -99,7 +99,7 @@ struct Scan<'r, R> {
     v1: bool,
 }
 
-impl<R: Read + Seek> Scan<'_, R> {
+impl<R: Read> Scan<'_, R> {
     fn remaining(&self) -> u64 {
         self.len.saturating_sub(self.pos)
     }
@@ -144,7 +144,15 @@ impl<R: Read + Seek> Scan<'_, R> {
 
     fn skip(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<()> {
         self.need(n, what)?;
-        self.r.seek(SeekFrom::Current(n as i64))?;
+        // Read through rather than seek: behind a buffered reader this costs no system call.
+        let skipped = std::io::copy(&mut self.r.by_ref().take(n), &mut std::io::sink())?;
+        if skipped != n {
+            bail!(
+                "at byte {}: {}: the file ended early (truncated)",
+                self.pos + skipped,
+                what()
+            );
+        }
         self.pos += n;
         Ok(())
     }
@@ -239,6 +247,14 @@ impl<R: Read + Seek> Scan<'_, R> {
 /// there). On success `r` is back at the start. Errors say which byte and which entry is at fault.
 pub fn check<R: Read + Seek>(r: &mut R, len: u64) -> Result<()> {
     let start = r.stream_position()?;
+    let mut buffered = std::io::BufReader::new(&mut *r);
+    check_from(&mut buffered, len)?;
+    drop(buffered);
+    r.seek(SeekFrom::Start(start))?;
+    Ok(())
+}
+
+fn check_from<R: Read>(r: &mut R, len: u64) -> Result<()> {
     let mut s = Scan {
         r,
         pos: 0,
@@ -328,6 +344,5 @@ pub fn check<R: Read + Seek>(r: &mut R, len: u64) -> Result<()> {
             );
         }
     }
-    s.r.seek(SeekFrom::Start(start))?;
     Ok(())
 }
