@@ -18,7 +18,7 @@ pub const FIXED_ALLOWANCE: usize = 1 << 20;
 /// Above this, an over-bound request is not even attempted: the process stops with a message.
 const ABORT_ABOVE: usize = 1 << 30;
 /// Executions per target when `UNLEARN_FUZZ_ITERS` is not set (keeps the file under a minute).
-pub const DEFAULT_ITERS: u64 = 1500;
+pub const DEFAULT_ITERS: u64 = 10_000;
 
 thread_local! {
     /// The bound for the running case (0: not bounded).
