@@ -139,6 +139,70 @@ fn tokenizers() -> &'static [TextTokenizer; 2] {
     })
 }
 
+/// `tokenizer.json` and the special-token files of a Hugging Face directory.
+#[test]
+fn hf_tokenizer_files() {
+    let dir = scratch();
+    let seeds: Vec<Vec<(String, Vec<u8>)>> = tokenizers()
+        .iter()
+        .map(|t| {
+            let d = tempfile::tempdir().unwrap();
+            t.save_hf(d.path()).unwrap();
+            let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(d.path())
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect();
+            files.push((
+                "config.json".into(),
+                br#"{"bos_token_id": 1, "eos_token_id": [2]}"#.to_vec(),
+            ));
+            files
+        })
+        .collect();
+    let tally = Tally::default();
+    fuzz("hf-tokenizer", 2048, &tally, |u| {
+        let files = u.choose(&seeds)?;
+        let mut len = 0;
+        for (name, bytes) in files {
+            let path = dir.path().join(name);
+            let _ = std::fs::remove_file(&path);
+            if u.ratio(1, 4)? {
+                continue; // the file is absent
+            }
+            let text = match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(mut v) if u.arbitrary()? => {
+                    for _ in 0..u.int_in_range(1..=3)? {
+                        seeds::mutate_json(u, &mut v)?;
+                    }
+                    v.to_string().into_bytes()
+                }
+                _ => seeded_or_raw(u, std::slice::from_ref(bytes))?,
+            };
+            len += text.len();
+            std::fs::write(&path, &text).unwrap();
+        }
+        // tokenizers keeps a per-thread cache for every BPE model built: one thread per case.
+        let read = std::thread::scope(|s| {
+            s.spawn(|| {
+                bounded(len, || -> anyhow::Result<()> {
+                    let t = TextTokenizer::from_hf_dir(dir.path())?;
+                    t.decode(&t.encode("a ab\u{e9} <s>", true)?)?;
+                    Ok(())
+                })
+            })
+            .join()
+        });
+        tally.add(&read.unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        Ok(())
+    });
+}
+
 /// Text that tokenizers find hard: mutations of tricky seeds or arbitrary strings.
 fn tricky_text(u: &mut Unstructured) -> arbtest::arbitrary::Result<String> {
     const SEEDS: [&str; 6] = [

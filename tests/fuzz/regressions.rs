@@ -140,3 +140,63 @@ fn unknown_types_duplicates_and_bad_booleans_are_named() {
         "{e}"
     );
 }
+
+/// A syntax error inside `decoder` made tokenizers panic (`expect("Helper")`) instead of
+/// returning an error.
+#[test]
+fn a_tokenizer_json_with_a_broken_decoder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"{"version": "1.0", "decoder": {"type" "Fuse"}, "model": {"type": "BPE"}}"#;
+    std::fs::write(dir.path().join("tokenizer.json"), text).unwrap();
+    let e = bounded(text.len(), || {
+        unlearn::model::TextTokenizer::from_hf_dir(dir.path())
+    })
+    .err()
+    .expect("a broken tokenizer.json must be refused");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("not valid JSON") && e.contains("line 1"),
+        "{e}"
+    );
+}
+
+/// tokenizers panicked building a BPE whose merge makes a string longer than every token, or
+/// whose second part is shorter than the continuing-subword prefix.
+#[test]
+fn bpe_merges_tokenizers_would_panic_on_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |model: &str| {
+        format!(
+            r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": {model}}}"#
+        )
+    };
+    let cases = [
+        (
+            r#"{"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": [["a", "b"]]}"#,
+            r#"model.merges[0] = "a" "b": "ab" is not in model.vocab"#,
+        ),
+        (
+            r###"{"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"],
+                "continuing_subword_prefix": "##"}"###,
+            "does not start with the continuing-subword prefix \"##\"",
+        ),
+    ];
+    for (model, want) in cases {
+        let text = file(model);
+        std::fs::write(dir.path().join("tokenizer.json"), &text).unwrap();
+        let e = bounded(text.len(), || {
+            unlearn::model::TextTokenizer::from_hf_dir(dir.path())
+        })
+        .err()
+        .expect("bad merges must be refused");
+        let e = format!("{e:#}");
+        assert!(e.contains("tokenizer.json") && e.contains(want), "{e}");
+    }
+    // The same file with the merged token in the vocabulary loads.
+    let ok = file(r#"{"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]}"#);
+    std::fs::write(dir.path().join("tokenizer.json"), ok).unwrap();
+    let t = unlearn::model::TextTokenizer::from_hf_dir(dir.path()).unwrap();
+    assert_eq!(t.encode("ab", false).unwrap(), [2]);
+}
