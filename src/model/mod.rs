@@ -14,6 +14,7 @@ pub mod ops;
 pub mod predict;
 pub mod source;
 pub mod tokenizer;
+mod tokenizer_json;
 pub mod transformer;
 pub mod weights;
 

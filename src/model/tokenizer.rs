@@ -483,69 +483,6 @@ fn sentencepiece_bpe(
     Ok(tk)
 }
 
-/// Refuse the BPE merges of a tokenizer.json that tokenizers would panic on: a merge whose
-/// second part is shorter than the continuing-subword prefix or whose merged string is not a
-/// token (it is copied into a buffer as long as the longest token). Other models, and files
-/// tokenizers will refuse by itself, pass.
-fn check_bpe_merges(text: &str) -> Result<()> {
-    #[derive(Deserialize)]
-    struct Kind {
-        model: Option<KindOf>,
-    }
-    #[derive(Deserialize)]
-    struct KindOf {
-        #[serde(rename = "type")]
-        kind: Option<String>,
-    }
-    #[derive(Deserialize)]
-    struct File {
-        model: Bpe,
-    }
-    #[derive(Deserialize)]
-    struct Bpe {
-        vocab: ahash::AHashMap<String, u32>,
-        merges: Vec<Merge>,
-        continuing_subword_prefix: Option<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Merge {
-        Pair(String, String),
-        Joined(String),
-    }
-    let is_bpe = serde_json::from_str::<Kind>(text)
-        .ok()
-        .and_then(|k| k.model?.kind)
-        .is_some_and(|k| k == "BPE");
-    let Some(bpe) = is_bpe
-        .then(|| serde_json::from_str::<File>(text).ok())
-        .flatten()
-    else {
-        return Ok(());
-    };
-    let prefix = bpe.model.continuing_subword_prefix.unwrap_or_default();
-    for (i, m) in bpe.model.merges.iter().enumerate() {
-        let (a, b) = match m {
-            Merge::Pair(a, b) => (a.as_str(), b.as_str()),
-            Merge::Joined(j) => match j.split_once(' ') {
-                Some(ab) => ab,
-                None => continue,
-            },
-        };
-        let Some(rest) = b.get(prefix.len()..) else {
-            bail!(
-                "model.merges[{i}] = {a:?} {b:?}: the second part does not start with the \
-                 continuing-subword prefix {prefix:?}"
-            );
-        };
-        let merged = format!("{a}{rest}");
-        if !bpe.model.vocab.contains_key(&merged) {
-            bail!("model.merges[{i}] = {a:?} {b:?}: {merged:?} is not in model.vocab");
-        }
-    }
-    Ok(())
-}
-
 /// The kind of a tokenizer read from tokenizer.json, judged from its parts.
 fn kind_of(tk: &Tokenizer) -> TokenizerKind {
     let byte_level = |p: &PreTokenizerWrapper| match p {
@@ -629,10 +566,7 @@ impl TextTokenizer {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        // tokenizers panics on some syntax errors (one inside `decoder`): check the syntax first.
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)
-            .with_context(|| format!("{}: not valid JSON", path.display()))?;
-        check_bpe_merges(&text).with_context(|| format!("{}", path.display()))?;
+        super::tokenizer_json::check(&text).with_context(|| format!("{}", path.display()))?;
         let inner: Tokenizer = text
             .parse()
             .map_err(|e| anyhow::anyhow!("{}: cannot read the tokenizer: {e}", path.display()))?;

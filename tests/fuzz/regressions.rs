@@ -200,3 +200,30 @@ fn bpe_merges_tokenizers_would_panic_on_are_refused() {
     let t = unlearn::model::TextTokenizer::from_hf_dir(dir.path()).unwrap();
     assert_eq!(t.encode("ab", false).unwrap(), [2]);
 }
+
+/// tokenizers panicked encoding with a template post-processor that names a special token it
+/// does not define.
+#[test]
+fn a_template_naming_an_undefined_special_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": null, "decoder": null,
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [], "special_tokens": {}},
+        "model": {"type": "BPE", "vocab": {"a": 0, "<s>": 1}, "merges": []}}"#;
+    std::fs::write(dir.path().join("tokenizer.json"), text).unwrap();
+    let e = bounded(text.len(), || {
+        unlearn::model::TextTokenizer::from_hf_dir(dir.path())
+    })
+    .err()
+    .expect("the template must be refused");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("tokenizer.json")
+            && e.contains("post_processor.single[0]")
+            && e.contains("\"<s>\""),
+        "{e}"
+    );
+}
