@@ -207,6 +207,10 @@ fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, TextTokenizer)> {
     let (mut f, ct) = read_content(path)?;
     let config = config_from_gguf(&ct, path)?;
+    // Before any tensor is reshaped by these numbers (a head count of 0 would divide by zero).
+    config
+        .validate()
+        .with_context(|| format!("{}", path.display()))?;
     let tokenizer = TextTokenizer::from_gguf(&ct).with_context(|| format!("{}", path.display()))?;
     let mut weights = Weights::default();
     let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();

@@ -227,3 +227,26 @@ fn a_template_naming_an_undefined_special_token_is_refused() {
         "{e}"
     );
 }
+
+/// A head count of 0 made the Llama q/k un-permutation divide by zero while loading.
+#[test]
+fn a_head_count_of_zero_is_refused_before_tensors_are_reshaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("heads.gguf");
+    let mut g = valid("llama", "llama");
+    for (k, v) in &mut g.meta {
+        if k == "llama.attention.head_count" {
+            *v = Value::U32(0);
+        }
+    }
+    g.tensors[1].name = "blk.0.attn_q.weight".into();
+    std::fs::write(&p, g.bytes()).unwrap();
+    let e = gguf::load_gguf(&p, &candle_core::Device::Cpu)
+        .err()
+        .expect("a head count of 0 must be refused");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("heads.gguf") && e.contains("num_attention_heads") && e.contains("got 0"),
+        "{e}"
+    );
+}
