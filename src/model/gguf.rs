@@ -4,55 +4,39 @@
 //! layout, see [`qk_stored_permuted`]).
 
 use crate::model::config::{Activation, Arch, ModelConfig};
+use crate::model::gguf_header;
 use crate::model::{TextTokenizer, Weights};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Content;
 #[cfg(test)]
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor};
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 /// Read and check a GGUF header and metadata.
 pub fn read_content(path: &Path) -> Result<(std::fs::File, Content)> {
     let mut f =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let len = f.metadata()?.len();
-    let mut magic = [0u8; 4];
-    if len < 4 || f.read_exact(&mut magic).is_err() {
-        bail!(
-            "{}: file too short ({len} bytes) to be a GGUF file",
-            path.display()
-        );
-    }
-    if &magic != b"GGUF" {
-        bail!(
-            "{}: not a GGUF file (magic {:?}, expected \"GGUF\")",
-            path.display(),
-            String::from_utf8_lossy(&magic)
-        );
-    }
-    use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start(0))?;
-    let ct = Content::read(&mut f).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot read the GGUF header (truncated or corrupt?): {e}",
-            path.display()
-        )
-    })?;
-    // Every tensor must lie inside the file.
-    for (name, info) in &ct.tensor_infos {
-        let elems = info.shape.elem_count();
-        let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-        let end = ct.tensor_data_offset + info.offset + bytes as u64;
-        if end > len {
-            bail!(
-                "{}: truncated: tensor `{name}` ends at byte {end} but the file has {len} bytes",
-                path.display()
-            );
-        }
-    }
+    let len = f
+        .metadata()
+        .with_context(|| format!("{}: cannot read its size", path.display()))?
+        .len();
+    let ct = read_content_from(&mut f, len, &path.display().to_string())?;
     Ok((f, ct))
+}
+
+/// Read and check a GGUF header from `r` (positioned at the start of `len` bytes of GGUF);
+/// `what` names the source in errors. The header is checked by [`gguf_header::check`] before
+/// candle parses it, so that no count in it is trusted.
+pub fn read_content_from<R: Read + Seek>(r: &mut R, len: u64, what: &str) -> Result<Content> {
+    if len < 4 {
+        bail!("{what}: file too short ({len} bytes) to be a GGUF file");
+    }
+    gguf_header::check(r, len).map_err(|e| anyhow::anyhow!("{what}: {e:#}"))?;
+    Content::read(r).map_err(|e| {
+        anyhow::anyhow!("{what}: cannot read the GGUF header (truncated or corrupt?): {e}")
+    })
 }
 
 fn key_u32(ct: &Content, path: &Path, key: &str) -> Result<usize> {
@@ -132,7 +116,12 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         .tensor_infos
         .get("token_embd.weight")
         .with_context(|| format!("{}: tensor `token_embd.weight` is missing", path.display()))?;
-    let vocab = emb.shape.dims()[0];
+    let vocab = *emb.shape.dims().first().with_context(|| {
+        format!(
+            "{}: tensor `token_embd.weight` has no dimensions (expected [vocab, hidden])",
+            path.display()
+        )
+    })?;
     let gemma = arch == Arch::Gemma3;
     if ct.tensor_infos.contains_key("rope_freqs.weight") {
         bail!("{}: Llama 3.1 style RoPE frequency factors (`rope_freqs.weight`) are not supported yet; load the Hugging Face directory instead", path.display());
@@ -231,6 +220,10 @@ fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, TextTokenizer)> {
     let (mut f, ct) = read_content(path)?;
     let config = config_from_gguf(&ct, path)?;
+    // Before any tensor is reshaped by these numbers (a head count of 0 would divide by zero).
+    config
+        .validate()
+        .with_context(|| format!("{}", path.display()))?;
     let permuted = qk_stored_permuted(&arch_name(&ct, path)?);
     let tokenizer = TextTokenizer::from_gguf(&ct).with_context(|| format!("{}", path.display()))?;
     let mut weights = Weights::default();
@@ -411,7 +404,7 @@ mod tests {
             .contains("too short"));
         std::fs::write(&p, b"GGUF\x03\x00\x00\x00").unwrap();
         let e = read_content(&p).unwrap_err().to_string();
-        assert!(e.contains("cannot read the GGUF header"), "{e}");
+        assert!(e.contains("tensor count") && e.contains("truncated"), "{e}");
         let e = read_content(&dir.path().join("missing.gguf"))
             .unwrap_err()
             .to_string();

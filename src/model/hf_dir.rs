@@ -175,25 +175,39 @@ pub fn load_safetensors(dir: &Path, device: &Device) -> Result<Weights> {
     }
     let mut w = Weights::default();
     for f in files {
-        let map: HashMap<String, Tensor> = candle_core::safetensors::load(&f, device)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read safetensors: {e}", f.display()))?;
-        for (name, t) in map {
-            let t = match t.dtype() {
-                DType::F32 => t,
-                DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
-                other => bail!(
-                    "{}: tensor `{name}` has dtype {other:?}; expected f32, f16 or bf16",
-                    f.display()
-                ),
-            };
-            let name = name
-                .strip_prefix("language_model.")
-                .unwrap_or(&name)
-                .to_string();
-            w.tensors.insert(name, t);
-        }
+        let bytes = std::fs::read(&f).with_context(|| format!("{}: cannot read", f.display()))?;
+        let what = f.display().to_string();
+        w.tensors
+            .extend(tensors_from_safetensors(&bytes, &what, device)?);
     }
     Ok(w)
+}
+
+/// The tensors of one safetensors file's bytes as f32, named without a `language_model.`
+/// prefix; `what` names the file in errors.
+pub fn tensors_from_safetensors(
+    bytes: &[u8],
+    what: &str,
+    device: &Device,
+) -> Result<Vec<(String, Tensor)>> {
+    let map: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(bytes, device)
+        .map_err(|e| anyhow::anyhow!("{what}: cannot read safetensors: {e}"))?;
+    let mut out = Vec::with_capacity(map.len());
+    for (name, t) in map {
+        let t = match t.dtype() {
+            DType::F32 => t,
+            DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+            other => {
+                bail!("{what}: tensor `{name}` has dtype {other:?}; expected f32, f16, bf16 or f64")
+            }
+        };
+        let name = name
+            .strip_prefix("language_model.")
+            .unwrap_or(&name)
+            .to_string();
+        out.push((name, t));
+    }
+    Ok(out)
 }
 
 /// Load config, weights and tokenizer from a Hugging Face model directory.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod fastmath;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_header;
 pub mod hf_dir;
 pub mod hooks;
 pub mod ops;
@@ -15,6 +16,7 @@ pub mod predict;
 pub mod scoring;
 pub mod source;
 pub mod tokenizer;
+mod tokenizer_json;
 pub mod transformer;
 pub mod weights;
 

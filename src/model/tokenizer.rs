@@ -574,7 +574,11 @@ impl TextTokenizer {
                 path.display()
             );
         }
-        let inner = Tokenizer::from_file(&path)
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        super::tokenizer_json::check(&text).with_context(|| format!("{}", path.display()))?;
+        let inner: Tokenizer = text
+            .parse()
             .map_err(|e| anyhow::anyhow!("{}: cannot read the tokenizer: {e}", path.display()))?;
         let side = dir.join(SIDECAR);
         if side.exists() {

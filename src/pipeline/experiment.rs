@@ -174,10 +174,15 @@ impl Experiment {
     pub fn load(path: &Path) -> Result<Experiment> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let e: Experiment = toml::from_str(&text)
-            .with_context(|| format!("{}: not a valid experiment", path.display()))?;
+        Experiment::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and check the text of an experiment file; `what` names it in errors.
+    pub fn parse(text: &str, what: &str) -> Result<Experiment> {
+        let e: Experiment =
+            toml::from_str(text).with_context(|| format!("{what}: not a valid experiment"))?;
         e.validate()
-            .with_context(|| format!("{}: not a valid experiment", path.display()))?;
+            .with_context(|| format!("{what}: not a valid experiment"))?;
         Ok(e)
     }
 
