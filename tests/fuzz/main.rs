@@ -17,6 +17,7 @@ use harness::{bounded, fuzz, seeded_or_raw, Tally};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::OnceLock;
+use unlearn::data::dedup::Policy;
 use unlearn::model::{gguf, hf_dir, TextTokenizer};
 
 /// A scratch directory in memory where there is one (rewriting a file on disk thousands of
@@ -265,7 +266,15 @@ fn facts_files() {
         let bytes = seeded_or_raw(u, &texts[i..=i])?;
         let path = dir.path().join(format!("facts.{}", seeds[i].0));
         std::fs::write(&path, &bytes).unwrap();
-        tally.add(&bounded(bytes.len(), || unlearn::data::user::load(&path)));
+        // Both duplicate policies: refused (the default) and merged (`--dedup`).
+        let policy = if u.arbitrary::<bool>()? {
+            Policy::Merge
+        } else {
+            Policy::Refuse
+        };
+        tally.add(&bounded(bytes.len(), || {
+            unlearn::data::user::load(&path, policy)
+        }));
         Ok(())
     });
 }
