@@ -30,17 +30,17 @@ pub fn answer_token(lm: &LanguageModel, answer: &str) -> Result<u32> {
     }
 }
 
-/// Score facts in batches.
+/// Score facts in batches of prompts of similar length ([`crate::model::scoring::bucketed`]).
 pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Vec<FactScore>> {
-    let mut out = Vec::with_capacity(facts.len());
     let bar = crate::util::progress(facts.len() as u64, "scoring facts");
-    for chunk in facts.chunks(batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|f| lm.tokenizer.encode(&f.prompt, true))
-            .collect::<Result<_>>()?;
-        let rows = lm.last_logits(&ids)?;
-        for (f, row) in chunk.iter().zip(rows) {
+    let ids: Vec<Vec<u32>> = facts
+        .iter()
+        .map(|f| lm.tokenizer.encode(&f.prompt, true))
+        .collect::<Result<_>>()?;
+    let out = crate::model::scoring::bucketed(&ids, batch_size, |idx, chunk| {
+        let mut out = Vec::with_capacity(chunk.len());
+        for (&i, row) in idx.iter().zip(lm.last_logits(chunk)?) {
+            let f = &facts[i];
             let lse = crate::model::predict::logsumexp(&row);
             let a = answer_token(lm, &f.answer)? as usize;
             let x = row[a];
@@ -65,7 +65,8 @@ pub fn score(lm: &LanguageModel, facts: &[Fact], batch_size: usize) -> Result<Ve
             });
         }
         bar.inc(chunk.len() as u64);
-    }
+        Ok(out)
+    })?;
     bar.finish_and_clear();
     Ok(out)
 }

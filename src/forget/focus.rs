@@ -19,34 +19,38 @@ pub struct Standing {
 /// The standing of every fact of `set` under the model's current weights (a full forward of
 /// the prompts, in batches).
 pub fn standings(model: &Transformer, set: &SeqSet, pad: u32) -> Result<Vec<Standing>> {
-    let mut out = Vec::with_capacity(set.len());
-    for chunk in set.seqs.chunks(32) {
-        let mut prompts = Vec::with_capacity(chunk.len());
-        for s in chunk {
-            let Some(&(at, _)) = s.targets.first() else {
-                bail!("a forget fact without an answer token");
-            };
-            if s.rivals.is_empty() {
-                bail!(
-                    "kuda.focus and stop_at_forget_acc read each forget fact's answer against \
-                     the task's other candidates, and this task's facts have none"
-                );
-            }
-            prompts.push(s.ids[..=at].to_vec());
+    let mut prompts = Vec::with_capacity(set.len());
+    for s in &set.seqs {
+        let Some(&(at, _)) = s.targets.first() else {
+            bail!("a forget fact without an answer token");
+        };
+        if s.rivals.is_empty() {
+            bail!(
+                "kuda.focus and stop_at_forget_acc read each forget fact's answer against \
+                 the task's other candidates, and this task's facts have none"
+            );
         }
-        let rows = model.last_logits(&prompts, pad)?;
-        for (s, row) in chunk.iter().zip(rows) {
-            let a = row[s.targets[0].1 as usize] as f64;
-            let r: Vec<f64> = s.rivals.iter().map(|&t| row[t as usize] as f64).collect();
-            let top = r.iter().fold(a, |m, &x| m.max(x));
-            let z: f64 = (a - top).exp() + r.iter().map(|&x| (x - top).exp()).sum::<f64>();
-            out.push(Standing {
-                share: (a - top).exp() / z,
-                kept: r.iter().all(|&x| x < a),
-            });
-        }
+        prompts.push(s.ids[..=at].to_vec());
     }
-    Ok(out)
+    // Prompts of similar length batched together; each row reduced inside its batch.
+    crate::model::scoring::bucketed(&prompts, 32, |idx, chunk| {
+        let rows = model.last_logits(chunk, pad)?;
+        Ok(idx
+            .iter()
+            .zip(rows)
+            .map(|(&i, row)| {
+                let s = &set.seqs[i];
+                let a = row[s.targets[0].1 as usize] as f64;
+                let r: Vec<f64> = s.rivals.iter().map(|&t| row[t as usize] as f64).collect();
+                let top = r.iter().fold(a, |m, &x| m.max(x));
+                let z: f64 = (a - top).exp() + r.iter().map(|&x| (x - top).exp()).sum::<f64>();
+                Standing {
+                    share: (a - top).exp() / z,
+                    kept: r.iter().all(|&x| x < a),
+                }
+            })
+            .collect())
+    })
 }
 
 /// Per-fact weights share^γ (a share is floored at 10⁻³), scaled to average 1: γ = 0 weighs

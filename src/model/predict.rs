@@ -66,44 +66,47 @@ pub fn predict(
         .iter()
         .map(|p| lm.tokenizer.encode(p, true))
         .collect::<Result<_>>()?;
-    let rows = bucketed(&ids, batch_size, |chunk| lm.last_logits(chunk))?;
-    let mut out = Vec::with_capacity(prompts.len());
-    for ((prompt, row), toks) in prompts.iter().zip(rows).zip(&ids) {
-        let lse = logsumexp(&row);
-        let prob = |x: f32| (x as f64 - lse).exp();
-        let mut idx: Vec<usize> = (0..row.len()).collect();
-        let k = top_k.min(row.len());
-        if k > 0 {
-            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
-        }
-        idx.truncate(k);
-        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        let top = idx
-            .iter()
-            .map(|&i| TokenProb {
-                id: i as u32,
-                token: lm.tokenizer.decode(&[i as u32]).unwrap_or_default(),
-                prob: prob(row[i]),
-                logit: row[i],
-            })
-            .collect();
-        let answer = answer_ids.as_ref().map(|(a, aid)| {
-            let id = aid[0];
-            let x = row[id as usize];
-            AnswerScore {
-                answer: a.clone(),
-                id,
-                prob: prob(x),
-                rank: row.iter().filter(|&&y| y > x).count(),
-                multi_token: aid.len() > 1,
+    // Each vocabulary row is reduced to its prediction inside its batch.
+    bucketed(&ids, batch_size, |idx, chunk| {
+        let mut out = Vec::with_capacity(chunk.len());
+        for (&i, row) in idx.iter().zip(lm.last_logits(chunk)?) {
+            let (prompt, toks) = (&prompts[i], &ids[i]);
+            let lse = logsumexp(&row);
+            let prob = |x: f32| (x as f64 - lse).exp();
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            let k = top_k.min(row.len());
+            if k > 0 {
+                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
             }
-        });
-        out.push(Prediction {
-            prompt: prompt.clone(),
-            n_tokens: toks.len(),
-            top,
-            answer,
-        });
-    }
-    Ok(out)
+            idx.truncate(k);
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let top = idx
+                .iter()
+                .map(|&i| TokenProb {
+                    id: i as u32,
+                    token: lm.tokenizer.decode(&[i as u32]).unwrap_or_default(),
+                    prob: prob(row[i]),
+                    logit: row[i],
+                })
+                .collect();
+            let answer = answer_ids.as_ref().map(|(a, aid)| {
+                let id = aid[0];
+                let x = row[id as usize];
+                AnswerScore {
+                    answer: a.clone(),
+                    id,
+                    prob: prob(x),
+                    rank: row.iter().filter(|&&y| y > x).count(),
+                    multi_token: aid.len() > 1,
+                }
+            });
+            out.push(Prediction {
+                prompt: prompt.clone(),
+                n_tokens: toks.len(),
+                top,
+                answer,
+            });
+        }
+        Ok(out)
+    })
 }

@@ -39,17 +39,19 @@ pub fn length_buckets(seqs: &[Vec<u32>], batch_size: usize) -> Vec<Vec<usize>> {
     out
 }
 
-/// Run `f` on each length bucket of `seqs` (see [`length_buckets`]); `f` returns one result per
-/// sequence of its bucket, and the results are put back in the order of `seqs`.
+/// Run `f` on each length bucket of `seqs` (see [`length_buckets`]) with the bucket's indices
+/// into `seqs` and its sequences; `f` returns one result per sequence of its bucket (reduce a
+/// vocabulary row to what is read inside `f`, so that only one batch of rows is alive), and
+/// the results are put back in the order of `seqs`.
 pub fn bucketed<T>(
     seqs: &[Vec<u32>],
     batch_size: usize,
-    mut f: impl FnMut(&[Vec<u32>]) -> Result<Vec<T>>,
+    mut f: impl FnMut(&[usize], &[Vec<u32>]) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
     let mut out: Vec<Option<T>> = (0..seqs.len()).map(|_| None).collect();
     for bucket in length_buckets(seqs, batch_size) {
         let chunk: Vec<Vec<u32>> = bucket.iter().map(|&i| seqs[i].clone()).collect();
-        let rows = f(&chunk)?;
+        let rows = f(&bucket, &chunk)?;
         if rows.len() != bucket.len() {
             bail!(
                 "scoring a batch of {} prompts gave {} results",
@@ -75,7 +77,7 @@ impl Transformer {
         pad: u32,
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        bucketed(seqs, batch_size, |chunk| {
+        bucketed(seqs, batch_size, |_, chunk| {
             let b = Batch::new(chunk, pad, PadSide::Left, self.device())?;
             let opts = RunOpts {
                 logits: LogitsAt::None,
@@ -106,9 +108,9 @@ mod tests {
         // Three short prompts fill a batch of 4 alone: the long one would pad them 4-fold.
         let mixed = vec![vec![1; 2], vec![1; 10], vec![1; 2], vec![1; 2]];
         assert_eq!(length_buckets(&mixed, 4), vec![vec![0, 2, 3], vec![1]]);
-        let lens = bucketed(&seqs, 2, |c| Ok(c.iter().map(|s| s.len()).collect())).unwrap();
+        let lens = bucketed(&seqs, 2, |_, c| Ok(c.iter().map(|s| s.len()).collect())).unwrap();
         assert_eq!(lens, vec![5, 1, 4, 1, 9]);
-        let e = bucketed(&seqs, 2, |_| Ok(vec![0usize])).unwrap_err();
+        let e = bucketed(&seqs, 2, |_, _| Ok(vec![0usize])).unwrap_err();
         assert!(e.to_string().contains("gave 1 results"), "{e}");
     }
 
