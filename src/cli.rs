@@ -5,7 +5,7 @@ use crate::model::chat::ChatFormat;
 use crate::model::generate::{generate as gen, Sampling};
 use crate::model::predict::predict as pred;
 use crate::model::{source::Format, LanguageModel};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::Device;
 use serde_json::json;
 
@@ -211,34 +211,65 @@ pub fn predict(
     Ok(())
 }
 
-/// `unlearn mcq`: letter accuracy on a multiple-choice set (MMLU, WMDP or a JSONL file).
+/// `unlearn mcq`: letter accuracy on a multiple-choice set (MMLU, WMDP or a JSONL file),
+/// with its standard error and, where questions have subjects or splits, per group.
 pub fn mcq(
     spec: &str,
     set: &str,
     limit: Option<usize>,
     batch: usize,
     chat: bool,
+    shots: usize,
     as_json: bool,
 ) -> Result<()> {
-    let lm = load(spec)?;
-    let chat = chat_format(&lm, chat)?;
     let mut qs = mcq::load_set(set)?;
     if let Some(n) = limit {
         qs.truncate(n);
     }
+    let examples = if shots > 0 {
+        let dev = mcq::dev_examples()?;
+        if let Some(q) = qs.iter().find(|q| {
+            !q.subject
+                .as_ref()
+                .is_some_and(|s| dev.iter().any(|e| e.subject.as_ref() == Some(s)))
+        }) {
+            bail!(
+                "--shots {shots}: question {:?} of {set} has no MMLU subject with dev examples (subject {:?}); few-shot works on MMLU sets",
+                q.question.chars().take(60).collect::<String>(),
+                q.subject
+            );
+        }
+        dev
+    } else {
+        Vec::new()
+    };
+    let lm = load(spec)?;
+    let chat = chat_format(&lm, chat)?;
+    let how = mcq::Asking {
+        chat: chat.as_ref(),
+        shots,
+        examples: &examples,
+    };
     let t = std::time::Instant::now();
-    let s = mcq::score_with(&lm, &qs, batch, chat.as_ref())?;
+    let s = mcq::score_with(&lm, &qs, batch, &how)?;
     let secs = t.elapsed().as_secs_f64();
     if as_json {
-        let v =
-            json!({"model": spec, "set": set, "chat": chat.is_some(), "seconds": secs, "score": s});
+        let v = json!({"model": spec, "set": set, "chat": chat.is_some(), "shots": shots,
+            "seconds": secs, "tool": crate::util::tool_id(), "score": s});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "{set}: {} questions in {secs:.1}s, accuracy {:.3} (chance {:.3}), mean p(correct letter) {:.3}, letters chosen {:?}",
-        s.n, s.accuracy, s.chance, s.mean_p_correct, s.chosen
+        "{set} ({shots}-shot{}): {} questions in {secs:.1}s, accuracy {:.3} ± {:.3} (s.e.; chance {:.3}), mean p(correct letter) {:.3}, letters chosen {:?}",
+        if chat.is_some() { ", chat" } else { "" },
+        s.n, s.accuracy, s.stderr, s.chance, s.mean_p_correct, s.chosen
     );
+    for g in &s.groups {
+        println!(
+            "  {:<28} {:>4} questions  accuracy {:.3} ± {:.3}",
+            g.name, g.n, g.accuracy, g.stderr
+        );
+    }
     Ok(())
 }
 

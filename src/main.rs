@@ -165,14 +165,22 @@ enum Command {
         #[arg(required = true)]
         prompt: Vec<String>,
     },
-    /// Multiple-choice accuracy (the letter with the largest logit after "Answer:") on MMLU
-    /// (570), WMDP (785) or a JSONL file of {"question", "choices", "answer"} rows.
+    /// Multiple-choice accuracy as lm-eval-harness scores it (the letter with the largest
+    /// log-likelihood after "Answer:", with its standard error) on MMLU (570), the MMLU
+    /// subjects nearest WMDP (820), WMDP (785, by split) or a JSONL file of {"question",
+    /// "choices", "answer"} rows; zero-shot or with worked examples from MMLU dev.
     Mcq {
         #[arg(long, short, default_value = "gemma3-270m")]
         model: String,
-        /// mmlu, wmdp, or a .jsonl file.
+        /// mmlu (10 per subject), mmlu-near (college/high-school biology, virology, college
+        /// computer science, computer security: full test sets), wmdp, wmdp:N[,N…] (splits
+        /// 0–4), or a .jsonl file (an optional "subject" groups the scores).
         #[arg(long, default_value = "mmlu")]
         set: String,
+        /// Worked examples before each question: the first N MMLU dev questions of its
+        /// subject (0–5; needs questions with an MMLU subject).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
+        shots: u8,
         /// Score only the first N questions.
         #[arg(long)]
         limit: Option<usize>,
@@ -706,8 +714,9 @@ fn run(cmd: Command) -> Result<()> {
             limit,
             batch_size,
             chat,
+            shots,
             json,
-        } => cli::mcq(&model, &set, limit, batch_size, chat, json),
+        } => cli::mcq(&model, &set, limit, batch_size, chat, shots.into(), json),
         Command::Export { model, out } => cli::export(&model, &out),
         Command::Locate {
             facts:

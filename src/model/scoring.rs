@@ -4,7 +4,8 @@
 //! order.
 
 use crate::model::batch::{Batch, PadSide};
-use crate::model::transformer::{LogitsAt, RunOpts, Transformer};
+use crate::model::hooks::{ActivationCache, Hooks};
+use crate::model::transformer::{KvCache, LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Result};
 use candle_core::DType;
 
@@ -92,6 +93,57 @@ impl Transformer {
     }
 }
 
+impl Transformer {
+    /// [`last_token_logits`](Self::last_token_logits) of `prefix ++ suffix` for each suffix,
+    /// with the shared prefix run once: its keys and values are cached and repeated for each
+    /// batch, so a few-shot prompt costs about what its question alone does. Suffixes are
+    /// length-bucketed and left-padded after the prefix; each suffix's tokens take the
+    /// positions right after the prefix.
+    pub fn last_token_logits_after(
+        &self,
+        prefix: &[u32],
+        suffixes: &[Vec<u32>],
+        tokens: &[u32],
+        pad: u32,
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        if prefix.is_empty() {
+            return self.last_token_logits(suffixes, tokens, pad, batch_size);
+        }
+        let mut shared = KvCache::new(self.config.num_layers);
+        let pb = Batch::new(&[prefix.to_vec()], pad, PadSide::Left, self.device())?;
+        self.run_cached(
+            &pb,
+            self.embed(&pb.ids)?,
+            0,
+            &mut shared,
+            &Hooks::default(),
+            &mut ActivationCache::new(),
+            &LogitsAt::None,
+        )?;
+        let start = prefix.len() as u32;
+        bucketed(suffixes, batch_size, |_, chunk| {
+            let mut b = Batch::new(chunk, pad, PadSide::Left, self.device())?;
+            for p in b.positions.iter_mut().flatten() {
+                *p += start;
+            }
+            let mut kv = shared.repeated(b.size())?;
+            let (resid, _) = self.run_cached(
+                &b,
+                self.embed(&b.ids)?,
+                0,
+                &mut kv,
+                &Hooks::default(),
+                &mut ActivationCache::new(),
+                &LogitsAt::None,
+            )?;
+            let last = resid.narrow(1, b.len() - 1, 1)?.squeeze(1)?;
+            let z = self.head_tokens(&last, tokens)?;
+            Ok(z.to_dtype(DType::F32)?.to_vec2()?)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +187,22 @@ mod tests {
                 let want: Vec<f32> = tokens.iter().map(|&t| full[t as usize]).collect();
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-5, "{arch:?} {s:?}: {got:?} vs {want:?}");
+                }
+            }
+            // The same prompts behind a shared prefix run once: equal to each whole prompt.
+            let prefix = [1u32, 17, 3, 9, 12];
+            let whole: Vec<Vec<u32>> = seqs
+                .iter()
+                .map(|s| prefix.iter().chain(&s[1..]).copied().collect())
+                .collect();
+            let suffixes: Vec<Vec<u32>> = seqs.iter().map(|s| s[1..].to_vec()).collect();
+            let shared = m
+                .last_token_logits_after(&prefix, &suffixes, &tokens, 0, 2)
+                .unwrap();
+            let plain = m.last_token_logits(&whole, &tokens, 0, 1).unwrap();
+            for (got, want) in shared.iter().zip(&plain) {
+                for (a, b) in got.iter().zip(want) {
+                    assert!((a - b).abs() < 1e-4, "{arch:?}: {got:?} vs {want:?}");
                 }
             }
             let e = m.last_token_logits(&seqs, &[99], 0, 2).unwrap_err();

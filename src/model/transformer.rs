@@ -97,6 +97,31 @@ impl KvCache {
         self.layers.get(l).and_then(|x| x.as_ref())
     }
 
+    /// This one-row cache (a shared prompt prefix) repeated for `rows` rows.
+    pub fn repeated(&self, rows: usize) -> Result<KvCache> {
+        if self.keys.len() != 1 {
+            bail!(
+                "only a one-row cache can be repeated; this one holds {} rows",
+                self.keys.len()
+            );
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((
+                    k.repeat((rows, 1, 1, 1))?,
+                    v.repeat((rows, 1, 1, 1))?,
+                ))),
+                None => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            keys: vec![self.keys[0].clone(); rows],
+        })
+    }
+
     /// Position the next token of each row gets.
     pub fn next_positions(&self) -> Vec<u32> {
         self.keys
