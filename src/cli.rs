@@ -273,6 +273,56 @@ pub fn mcq(
     Ok(())
 }
 
+/// `unlearn known`: how many facts of a task the model knows under each rule, with standard
+/// errors of the shares.
+pub fn known(spec: &str, task: &str, as_json: bool) -> Result<()> {
+    use crate::data::known::{cached_scores, KnownRule};
+    let facts = crate::data::load_task(task, crate::data::dedup::Policy::Refuse)?;
+    let lm = load(spec)?;
+    crate::data::context::check_facts_fit(&lm, &facts, task)?;
+    let scores = cached_scores(&lm, &facts)?;
+    let with_rivals = facts.iter().filter(|f| f.candidates.len() >= 2).count();
+    let rules = [
+        ("top1", KnownRule::Top1, facts.len()),
+        ("candidates", KnownRule::Top1AmongCandidates, with_rivals),
+        ("p>=0.5", KnownRule::MinProb(0.5), facts.len()),
+    ];
+    let rows: Vec<serde_json::Value> = rules
+        .iter()
+        .filter(|(_, _, n)| *n > 0)
+        .map(|(name, rule, n)| {
+            let k = facts
+                .iter()
+                .zip(&scores)
+                .filter(|(f, s)| {
+                    (*name != "candidates" || f.candidates.len() >= 2) && rule.holds(s)
+                })
+                .count();
+            let share = k as f64 / *n as f64;
+            json!({"rule": name, "known": k, "of": n, "share": share,
+                "stderr": mcq::stderr(share, *n)})
+        })
+        .collect();
+    if as_json {
+        let v = json!({"model": spec, "task": task, "facts": facts.len(),
+            "tool": crate::util::tool_id(), "known": rows});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{task}: {} facts", facts.len());
+    for r in &rows {
+        println!(
+            "  --known {:<10} {:>6} of {:>6}  ({:.1} % ± {:.1})",
+            r["rule"].as_str().unwrap_or(""),
+            r["known"],
+            r["of"],
+            100.0 * r["share"].as_f64().unwrap_or(0.0),
+            100.0 * r["stderr"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
 /// `unlearn export`.
 pub fn export(spec: &str, out: &std::path::Path) -> Result<()> {
     crate::outdir::prepare(out, &[("--model", spec.to_string())])?;

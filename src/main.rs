@@ -195,6 +195,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// How many facts of a task the model knows: the answer's first token top-1 over the
+    /// vocabulary, first among the task's candidates, or with probability ≥ 0.5 (scores are
+    /// cached, so a later locate/forget on the same model starts at once).
+    Known {
+        #[arg(long, short, default_value = "gemma3-270m")]
+        model: String,
+        /// sports, counterfact, counterfact-rewrites, or a facts file (.jsonl/.tsv).
+        #[arg(long, default_value = "sports")]
+        task: String,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Find where the facts of a task live: causal tracing over the known facts of the forget
     /// split (or fact-lookup probes over all known facts), then the chosen MLP layers (top-k by
     /// indirect effect, KUDA's best window, the steepest probe-accuracy rises, or a control).
@@ -717,6 +730,7 @@ fn run(cmd: Command) -> Result<()> {
             shots,
             json,
         } => cli::mcq(&model, &set, limit, batch_size, chat, shots.into(), json),
+        Command::Known { model, task, json } => cli::known(&model, &task, json),
         Command::Export { model, out } => cli::export(&model, &out),
         Command::Locate {
             facts:

@@ -18,7 +18,7 @@ use crate::forget::trainer::{
 };
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;
-use crate::model::LanguageModel;
+use crate::model::{LanguageModel, Transformer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
@@ -753,22 +753,22 @@ fn retain_key_sums(
 
 /// The plan of one part of the forget facts under `cfg`.
 fn plan_for(
-    lm: &LanguageModel,
+    model: &Transformer,
+    pad: u32,
     ctx: &TrainCtx,
     cfg: &ForgetConfig,
     part: &[usize],
 ) -> Result<Plan> {
-    let pad = lm.pad_id();
     let mut fset = SeqSet::new(
         "forget",
         part.iter().map(|&i| ctx.forget_seqs[i].clone()).collect(),
     );
     let steer = if ctx.method == Method::Rmu {
         let first = first_layer(&ctx.params);
-        fset.precompute(&lm.model, pad, first, ctx.rep_layer, false, 16)?;
+        fset.precompute(model, pad, first, ctx.rep_layer, false, 16)?;
         let norm = mean_ref_norm(&fset)?;
         Some(steering_vector(
-            lm.model.config.hidden_size,
+            model.config.hidden_size,
             cfg.rmu.steer_coeff * norm,
             cfg.seed,
         ))
@@ -782,7 +782,7 @@ fn plan_for(
     };
     let projectors = match (&ctx.key_sums, projection) {
         (Some(sums), p) if p != Projection::None => {
-            Projectors::build(&lm.model, sums, &ctx.params, p, cfg.kuda.tau)?
+            Projectors::build(model, sums, &ctx.params, p, cfg.kuda.tau)?
         }
         _ => Projectors::default(),
     };
@@ -806,7 +806,7 @@ fn plan_for(
         pad,
         text_rows: cfg.text_ce_rows,
     };
-    plan.precompute(&lm.model, 16)?;
+    plan.precompute(model, 16)?;
     if ctx.method == Method::Kuda {
         let (known, all) = (ctx.known_retain, ctx.retain_seqs.len());
         center_deviation(&mut plan, cfg.kuda.center, 0..known, known..all)?;
@@ -992,7 +992,7 @@ fn train_all(
     let parts = partitions(ctx.forget_seqs.len(), ctx.partitions);
     let mut summaries = Vec::new();
     for (pi, part) in parts.iter().enumerate() {
-        let plan = plan_for(lm, ctx, cfg, part)?;
+        let plan = plan_for(&lm.model, lm.pad_id(), ctx, cfg, part)?;
         let key = hash_json(&json!({
             "cfg": cfg, "method": ctx.method, "edit": ctx.edit, "params": ctx.params, "base": ctx.base_fp,
             "forget": part.iter().map(|&i| &ctx.forget_ids[i]).collect::<Vec<_>>(),
@@ -1235,3 +1235,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "efficacy_tests.rs"]
+mod efficacy_tests;
