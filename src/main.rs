@@ -422,7 +422,10 @@ struct FactArgs {
     /// sports, counterfact, counterfact-rewrites, or a .jsonl/.tsv facts file.
     #[arg(long, default_value = "sports")]
     task: String,
-    /// Which known facts: first-N, random-N, half-a, half-b, or an attribute (basketball).
+    /// Which known facts: first-N, random-N, half-a, half-b, or an attribute (basketball);
+    /// prefixed by a split of the subjects, among that split's facts: `validation:first-16` to
+    /// tune on, `test:first-16` to report (held-out facts always come from the test split and
+    /// retain facts from the train split).
     #[arg(long, default_value = "first-16")]
     forget: String,
     /// When a fact counts as known: top1 (over the vocabulary), candidates (beats the other

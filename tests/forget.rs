@@ -12,7 +12,7 @@ use unlearn::model::LanguageModel;
 
 fn args(out: &Path) -> ForgetArgs {
     ForgetArgs {
-        forget: "first-4".into(),
+        forget: "test:first-4".into(),
         layers: Some("2-3".into()),
         sets: vec![
             "steps=4".into(),
@@ -72,6 +72,19 @@ fn output_loads_back_and_an_interrupted_run_resumes_to_the_same_weights() {
     assert_eq!(manifest["method"], "kuda");
     assert_eq!(manifest["steps"], 4);
     assert_eq!(manifest["base_sha256"].as_str().unwrap().len(), 64);
+    // The trainer saw the forget facts (of test subjects, as asked) and train-split retain
+    // facts only: no other test-split fact.
+    use unlearn::data::splits::Split;
+    let facts = unlearn::data::load_task("sports", unlearn::data::dedup::Policy::Refuse).unwrap();
+    let split_of = |id: &serde_json::Value| {
+        Split::of(facts.iter().find(|f| f.id == id.as_str().unwrap()).unwrap())
+    };
+    let forget_ids = manifest["forget_ids"].as_array().unwrap();
+    assert_eq!(forget_ids.len(), 4);
+    assert!(forget_ids.iter().all(|id| split_of(id) == Split::Test));
+    let retain_ids = manifest["retain_ids"].as_array().unwrap();
+    assert_eq!(retain_ids.len(), 16);
+    assert!(retain_ids.iter().all(|id| split_of(id) == Split::Train));
 
     // The same run through the CLI, killed after step 2 and started again.
     let resumed = tmp.path().join("resumed");
@@ -84,7 +97,7 @@ fn output_loads_back_and_an_interrupted_run_resumes_to_the_same_weights() {
             "--layers",
             "2-3",
             "--forget",
-            "first-4",
+            "test:first-4",
             "--no-eval",
             "--out",
         ])

@@ -146,10 +146,16 @@ fn the_relearning_attack_runs_and_reports_every_few_steps() {
     assert_eq!(c.unseen[0], before, "step 0 is the model as given");
     assert_eq!(c.losses.len(), 2);
     assert!(c.losses.iter().all(|l| l.is_finite()));
-    // 2 × rank × (in + out) per adapted matrix, 7 matrices per layer.
-    assert!(
-        c.lora_params > 0 && c.lora_params < 10_000_000,
-        "{}",
-        c.lora_params
+    // rank × (in + out) per adapted matrix (A is rank × in, B is out × rank), for q, k, v, o,
+    // gate, up and down of every layer.
+    let mc = &lm.model.config;
+    let (h, q, kv, i) = (
+        mc.hidden_size,
+        mc.num_heads * mc.head_dim,
+        mc.num_kv_heads * mc.head_dim,
+        mc.intermediate_size,
     );
+    let per_layer = 2 * (h + q) + 2 * (h + kv) + 3 * (h + i);
+    assert_eq!(c.lora_params, 2 * per_layer * mc.num_layers);
+    assert_eq!(c.lora_params, 474_624, "Gemma 3 270M, rank 2");
 }

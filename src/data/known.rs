@@ -3,7 +3,7 @@
 
 use super::Fact;
 use crate::model::LanguageModel;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -163,9 +163,58 @@ impl KnownRule {
     }
 }
 
-/// Split known facts into (forget, retain) by a named rule: `first-N`, `random-N` (with seed),
-/// `half-a` / `half-b` (first or second half), or an attribute value such as `basketball`.
+/// Split known facts into (forget, the rest) by a named rule: `first-N`, `random-N` (with
+/// seed), `half-a` / `half-b` (first or second half), or an attribute value such as
+/// `basketball`; prefixed by a split (`test:first-16`), the rule picks among the known facts
+/// of that split's subjects (see [`super::splits`]).
 pub fn split(known: &[Fact], spec: &str, seed: u64) -> Result<(Vec<Fact>, Vec<Fact>)> {
+    let (which, rule) = super::splits::parse_forget_spec(spec)?;
+    let Some(which) = which else {
+        return split_by_rule(known, rule, seed);
+    };
+    let (inside, outside): (Vec<Fact>, Vec<Fact>) = known
+        .iter()
+        .cloned()
+        .partition(|f| super::splits::Split::of(f) == which);
+    if inside.is_empty() {
+        bail!(
+            "split {spec:?}: no known fact is about a {} subject",
+            which.name()
+        );
+    }
+    let (forget, mut rest) = split_by_rule(&inside, rule, seed).with_context(|| {
+        format!(
+            "among the {} known facts of the {} split",
+            inside.len(),
+            which.name()
+        )
+    })?;
+    rest.extend(outside);
+    Ok((forget, rest))
+}
+
+/// The held-out facts of a run: known facts of the test split about subjects other than the
+/// forget ones, in a seeded order, at most `n`.
+pub fn held_out(rest: &[Fact], forget: &[Fact], seed: u64, n: usize) -> Vec<Fact> {
+    of_split_seeded(rest, forget, super::splits::Split::Test, seed, n)
+}
+
+/// Known facts of `split` about subjects other than the forget ones, in a seeded order, at
+/// most `n` (held-out facts from the test split, tuning facts from the validation split).
+pub fn of_split_seeded(
+    rest: &[Fact],
+    forget: &[Fact],
+    split: super::splits::Split,
+    seed: u64,
+    n: usize,
+) -> Vec<Fact> {
+    let mut v = about_other_subjects(super::splits::only(rest, split), forget);
+    v.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x4E1D));
+    v.truncate(n);
+    v
+}
+
+fn split_by_rule(known: &[Fact], spec: &str, seed: u64) -> Result<(Vec<Fact>, Vec<Fact>)> {
     let n_of = |s: &str| -> Result<usize> {
         let n: usize = s
             .parse()

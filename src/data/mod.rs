@@ -7,6 +7,7 @@ pub mod context;
 pub mod counterfact;
 pub mod dedup;
 pub mod known;
+pub mod splits;
 pub mod sports;
 pub mod user;
 

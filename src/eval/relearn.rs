@@ -197,7 +197,14 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
     let original = LanguageModel::load(&a.model, device)?;
     let rf = facts_of_run(&original, rt, &a.forget, a.seed)?;
     let (seen, unseen) = halves(&rf.forget);
-    let retain: Vec<Fact> = rf.rest.iter().take(64).cloned().collect();
+    // The attack's retain facts come from the train split, like an unlearning run's.
+    let retain: Vec<Fact> = crate::data::known::about_other_subjects(
+        crate::data::splits::only(&rf.rest, crate::data::splits::Split::Train),
+        &rf.forget,
+    )
+    .into_iter()
+    .take(64)
+    .collect();
     let mut target = match &a.unlearned {
         Some(d) => LanguageModel::load(&d.display().to_string(), device)?,
         None => original,

@@ -4,6 +4,7 @@
 //! read on both), WikiText-2 perplexity, and with `--suite full` MMLU
 //! (570 questions) and WMDP (785). Writes OUT/metrics.json and prints a table.
 
+use crate::data::splits::Split;
 use crate::data::{self, known, Fact};
 use crate::eval::completion::accuracy;
 use crate::eval::floor::know_nothing_floor;
@@ -458,13 +459,25 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         trained,
         new_answers,
     } = facts_of_run(&original, rt, &a.forget, a.seed)?;
-    // Latent-knowledge probes train on known facts outside the forget set.
-    let probe_facts: Vec<Fact> = rest.iter().take(LATENT_PROBE_FACTS).cloned().collect();
-    let held_out: Vec<Fact> = known::about_other_subjects(rest, &forget)
+    // Latent-knowledge probes train on known facts outside the forget set and the test split.
+    let probe_facts: Vec<Fact> = rest
+        .iter()
+        .filter(|f| Split::of(f) != Split::Test)
+        .take(LATENT_PROBE_FACTS)
+        .cloned()
+        .collect();
+    // Held out: the test split (a run's retain facts are train-split facts; a manifest
+    // written before the splits may name others, which are left out).
+    let held_out: Vec<Fact> = known::held_out(&rest, &forget, a.seed, usize::MAX)
         .into_iter()
         .filter(|f| !trained.contains(&f.id))
         .take(a.held_out)
         .collect();
+    let forget_spec = manifest
+        .as_ref()
+        .and_then(|m| m["forget_split"].as_str())
+        .unwrap_or(&a.forget)
+        .to_string();
     eprintln!(
         "evaluating {} forget facts and {} held-out facts",
         forget.len(),
@@ -580,6 +593,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         "tool": crate::util::tool_id(),
         "model": a.model, "unlearned": a.unlearned, "task": task, "suite": a.suite,
         "forget_facts": forget.len(), "held_out_facts": held_out.len(),
+        "splits": crate::data::splits::labels(&forget_spec),
         "manifest": manifest,
         "rows": rows,
         "skipped": plan.skipped,

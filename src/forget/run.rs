@@ -3,6 +3,7 @@
 //! model), train with the chosen method, evaluate before and after, and write the result.
 
 use crate::data::dedup::Policy;
+use crate::data::splits::{self, Split};
 use crate::data::{self, known, Fact};
 use crate::eval::completion::{accuracy, Accuracy, Outcome};
 use crate::eval::floor::know_nothing_floor;
@@ -281,44 +282,45 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     let n_layers = lm.model.config.num_layers;
     let base_fp = fingerprint(&lm.origin)?;
 
-    // Facts: the forget split of the known facts; the rest is the retain pool, cut into the
-    // retain facts used in training and the held-out facts used only for evaluation.
+    // Facts: the forget set of the known facts; the rest is cut by subject into the train
+    // split (retain facts used in training), the validation split (--tune) and the test split
+    // (held-out facts, only evaluated) — see `data::splits`.
     let known_facts = known::known_among(&lm, &task_facts, &a.task, rule)?;
-    let (forget, pool) = known::split(&known_facts, &a.forget, cfg.seed)?;
-    let mut pool = pool;
+    let (forget, rest) = known::split(&known_facts, &a.forget, cfg.seed)?;
+    let mut pool = splits::only(&rest, Split::Train);
     pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
+    let pool = known::about_other_subjects(pool, &forget);
     let is_namesake = known::namesakes(&forget, &pool);
-    let namesakes: Vec<Fact> = pool
-        .iter()
-        .zip(&is_namesake)
-        .filter(|(_, &n)| n)
-        .map(|(f, _)| f.clone())
-        .collect();
-    if cfg.retain_namesakes {
-        pool = known::flagged_first(pool, &is_namesake);
-    }
-    let n_train = cfg.retain_facts.min(pool.len() / 2);
+    let pool = if cfg.retain_namesakes {
+        known::flagged_first(pool, &is_namesake)
+    } else {
+        pool
+    };
+    let n_train = cfg.retain_facts.min(pool.len());
     let mut retain: Vec<Fact> = pool[..n_train].to_vec();
     if cfg.retain_unknown_facts > 0 {
         retain.extend(unknown_facts(
-            &task_facts,
+            &splits::only(&task_facts, Split::Train),
             &known_facts,
             cfg.retain_unknown_facts,
             cfg.seed,
         ));
     }
-    // With --tune, a validation split sits between the training retain facts and the held-out ones.
-    let n_val = if a.tune.is_some() {
-        ((pool.len() - n_train) / 3).min(64)
+    let validation: Vec<Fact> = if a.tune.is_some() {
+        known::of_split_seeded(&rest, &forget, Split::Validation, cfg.seed, 64)
     } else {
-        0
+        Vec::new()
     };
-    let validation: Vec<Fact> = pool[n_train..n_train + n_val].to_vec();
-    let held_out: Vec<Fact> =
-        known::about_other_subjects(pool[n_train + n_val..].to_vec(), &forget)
-            .into_iter()
-            .take(HELD_OUT_FACTS)
-            .collect();
+    let held_out = known::held_out(&rest, &forget, cfg.seed, HELD_OUT_FACTS);
+    // Namesakes are reported, so they come from the test split too.
+    let test_rest = splits::only(&rest, Split::Test);
+    let namesakes: Vec<Fact> = test_rest
+        .iter()
+        .zip(known::namesakes(&forget, &test_rest))
+        .filter(|(_, n)| *n)
+        .map(|(f, _)| f.clone())
+        .collect();
+    splits::check_training_facts(&retain)?;
     let rivals = data::has_rivals(&forget);
     if !rivals {
         let needs = [
@@ -360,7 +362,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         },
         held_out.len()
     );
-    if !namesakes.is_empty() {
+    if !namesakes.is_empty() || is_namesake.iter().any(|&n| n) {
         let in_retain = known::namesakes(&forget, &pool[..n_train])
             .into_iter()
             .filter(|&n| n)
@@ -562,7 +564,8 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     if a.eval {
         crate::util::write_json(
             &a.out.join("metrics.json"),
-            &json!({"before": before, "after": after, "forget_moves": moves}),
+            &json!({"splits": splits::labels(&a.forget), "before": before, "after": after,
+                "forget_moves": moves}),
         )?;
     }
     eprintln!(
