@@ -279,3 +279,80 @@ fn tuning_to_the_floor_stops_at_the_first_beta_that_reaches_it() {
     assert!(reached(last) || trials.len() == betas.len(), "{last}");
     assert!(betas.contains(&report["beta"].as_f64().unwrap()));
 }
+
+/// A corpus of passages (`{"text"}` rows) is forget data for the methods that train on every
+/// token: gradient ascent on four passages raises their negative log-likelihood far more than
+/// that of WikiText it never saw; facts-only settings are refused before the model loads.
+#[test]
+fn a_corpus_of_passages_is_unlearned_token_by_token() {
+    use unlearn::eval::perplexity::{perplexity, tokenize_lines};
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("passages.jsonl");
+    let passages = [
+        "The secret launch code of the Zarvex station is seven alpha nine.",
+        "Marigold ferns of Pelloria bloom only under a violet moon.",
+        "Captain Orrin Vale sailed the Brisk Heron across the Glass Sea.",
+        "The Tessaly archive keeps its ledgers in copper boxes.",
+    ];
+    let rows: String = passages
+        .iter()
+        .map(|p| format!("{}\n", serde_json::json!({ "text": p })))
+        .collect();
+    std::fs::write(&corpus, rows).unwrap();
+    let out = tmp.path().join("ga");
+    let a = ForgetArgs {
+        task: corpus.to_str().unwrap().into(),
+        layers: Some("2-4".into()),
+        sets: vec![
+            "steps=5".into(),
+            "batch_size=4".into(),
+            "optim.lr=1e-4".into(),
+        ],
+        ..ForgetArgs::defaults("gemma3-270m", Method::Ga, out.clone())
+    };
+    let base = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
+    let nll = |lm: &LanguageModel| -> (f64, f64) {
+        let mut f = 0.0;
+        for p in passages {
+            let mut ids = lm.tokenizer.encode(p, true).unwrap();
+            ids.truncate(64);
+            f += perplexity(lm, &ids, 64, 63).unwrap().nll;
+        }
+        let (_, wiki) = unlearn::data::wikitext_halves().unwrap();
+        let w = tokenize_lines(lm, &wiki, 256).unwrap();
+        (f / 4.0, perplexity(lm, &w, 128, 64).unwrap().nll)
+    };
+    let before = nll(&base);
+    let trained = run(&a, &Device::Cpu).unwrap();
+    let after = nll(&trained);
+    eprintln!(
+        "forget passages NLL {:.3} → {:.3}; WikiText NLL {:.3} → {:.3}",
+        before.0, after.0, before.1, after.1
+    );
+    assert!(after.0 > before.0 + 1.0, "{before:?} → {after:?}");
+    assert!(
+        after.0 - before.0 > 3.0 * (after.1 - before.1).abs(),
+        "{before:?} → {after:?}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["forget_ids"].as_array().unwrap().len(), 4);
+
+    let refused = ForgetArgs {
+        sets: vec!["kuda.focus=2".into()],
+        ..ForgetArgs {
+            method: Method::Kuda,
+            out: tmp.path().join("refused"),
+            ..a
+        }
+    };
+    let e = match run(&refused, &Device::Cpu) {
+        Ok(_) => panic!("kuda.focus on a corpus was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("kuda.focus") && e.contains("corpus of passages"),
+        "{e}"
+    );
+}

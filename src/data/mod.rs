@@ -4,6 +4,7 @@
 //! knows and splits them deterministically.
 
 pub mod context;
+pub mod corpus;
 pub mod counterfact;
 pub mod dedup;
 pub mod known;
@@ -93,7 +94,7 @@ pub fn load_task(task: &str, policy: dedup::Policy) -> Result<Vec<Fact>> {
         "counterfact" => counterfact::load_full(&data_dir().join("counterfact/counterfact_full_schema_subset.json"))?,
         "counterfact-rewrites" => counterfact::load_rewrites(&data_dir().join("counterfact/counterfact_requested_rewrites_all.jsonl"))?,
         path if std::path::Path::new(path).is_file() => return user::load(std::path::Path::new(path), policy),
-        other => bail!("unknown task {other:?}: use sports, counterfact, counterfact-rewrites, or a path to a .jsonl/.tsv facts file"),
+        other => bail!("unknown task {other:?}: use sports, counterfact, counterfact-rewrites, or a path to a .jsonl/.tsv facts file{}", if other.starts_with("wmdp-qa") { " (wmdp-qa is a corpus of passages: `unlearn forget` trains on it; measure the result with `unlearn mcq`)" } else { "" }),
     };
     let (facts, dropped) = dedup::without_repeats(builtin);
     if dropped > 0 {

@@ -265,6 +265,9 @@ pub struct ForgetConfig {
     pub text_tokens: usize,
     /// Next-token targets sampled per text chunk for the text cross-entropy (0 = all).
     pub text_ce_rows: usize,
+    /// Forget passages (a corpus task such as `wmdp-qa`) are cut into pieces of at most this
+    /// many tokens.
+    pub corpus_tokens: usize,
     /// Micro-batches whose gradients are summed before one optimizer step.
     pub grad_accum: usize,
     pub seed: u64,
@@ -321,6 +324,7 @@ impl Default for ForgetConfig {
             text_batch_size: 4,
             text_tokens: 64,
             text_ce_rows: 16,
+            corpus_tokens: 256,
             grad_accum: 1,
             seed: 0,
             checkpoint_every: 10,
@@ -401,6 +405,9 @@ impl ForgetConfig {
         }
         if self.text_tokens < 2 {
             bail!("text_tokens must be at least 2");
+        }
+        if self.corpus_tokens < 2 {
+            bail!("corpus_tokens must be at least 2");
         }
         if self.retain_known_repeat == 0 {
             bail!("retain_known_repeat must be at least 1 (1 = each known retain fact once)");

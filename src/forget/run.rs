@@ -240,6 +240,184 @@ fn unknown_facts(all: &[Fact], known: &[Fact], n: usize, seed: u64) -> Vec<Fact>
     rest
 }
 
+/// Unlearn a corpus of passages (`wmdp-qa`, a `{"text"}` file): every token of every passage
+/// is forget data; WikiText chunks are the retain and general text. Facts-based settings
+/// (editing, `--tune`, focus, stopping at a forget accuracy, a deviation centre) are refused;
+/// the result is measured by multiple choice (`unlearn mcq --model OUT`).
+fn run_corpus(
+    a: &ForgetArgs,
+    cfg: ForgetConfig,
+    device: &candle_core::Device,
+) -> Result<LanguageModel> {
+    let facts_only = [
+        (a.edit, "editing"),
+        (a.tune.is_some(), "--tune"),
+        (cfg.kuda.focus > 0.0, "kuda.focus"),
+        (cfg.stop_at_forget_acc.is_some(), "stop_at_forget_acc"),
+        (cfg.kuda.center != Centre::None, "kuda.center"),
+        (cfg.retain_unknown_facts > 0, "retain_unknown_facts"),
+    ];
+    if let Some((_, what)) = facts_only.iter().find(|(on, _)| *on) {
+        bail!(
+            "{what} works on facts (prompts with answers); {} is a corpus of passages",
+            a.task
+        );
+    }
+    let passages = data::corpus::load(&a.task)?;
+    let mut lm = LanguageModel::load(&a.model, device)?;
+    let base_fp = fingerprint(&lm.origin)?;
+    let (localization, params, param_count, top) = updated_params(a, &lm)?;
+    let rep_layer = methods::rep_layer(a.method, &cfg, top)?;
+    let bos = lm
+        .tokenizer
+        .add_bos
+        .then_some(lm.tokenizer.bos_id)
+        .flatten();
+    let mut forget_seqs = Vec::new();
+    let mut forget_ids = Vec::new();
+    for p in &passages {
+        let toks = lm.tokenizer.encode(&p.text, false)?;
+        let body = cfg.corpus_tokens - usize::from(bos.is_some());
+        for (k, c) in toks.chunks(body).enumerate() {
+            let ids: Vec<u32> = bos.into_iter().chain(c.iter().copied()).collect();
+            if ids.len() < 2 {
+                continue;
+            }
+            forget_seqs.push(Seq::text(ids)?);
+            forget_ids.push(format!("{}#{k}", p.id));
+        }
+    }
+    let (wiki_train, _) = data::wikitext_halves()?;
+    let n_text = cfg.kuda.key_text_chunks.max(cfg.text_batch_size * 8).max(1);
+    let mut chunks = text_chunks(&lm, &wiki_train, cfg.text_tokens, n_text + cfg.retain_facts)?;
+    let retain_seqs = chunks.split_off(n_text.min(chunks.len()));
+    let text_seqs = chunks;
+    eprintln!(
+        "{}: {} passages of {} in {} pieces to forget; {} WikiText chunks as retain data; updating {} tensors ({:.2} M parameters){}",
+        a.method.name(),
+        passages.len(),
+        a.task,
+        forget_seqs.len(),
+        retain_seqs.len(),
+        params.len(),
+        param_count as f64 / 1e6,
+        rep_layer.map_or(String::new(), |r| format!(", representation layer {r}"))
+    );
+    let key_sums = if a.method == Method::Kuda && cfg.kuda.projection != Projection::None {
+        Some(retain_key_sums(
+            &lm,
+            &cfg,
+            &params,
+            &retain_seqs,
+            &text_seqs,
+            &base_fp,
+        )?)
+    } else {
+        None
+    };
+    let retain_ids: Vec<String> = (0..retain_seqs.len())
+        .map(|i| format!("wikitext:{i}"))
+        .collect();
+    let ctx = TrainCtx {
+        method: a.method,
+        edit: false,
+        forget_seqs,
+        known_retain: retain_seqs.len(),
+        retain_seqs,
+        text_seqs,
+        params: params.clone(),
+        rep_layer,
+        key_sums,
+        forget_ids,
+        retain_ids,
+        new_answers: None,
+        base_fp: base_fp.clone(),
+        partitions: a.partitions,
+    };
+    let stop = std::env::var("UNLEARN_STOP_AFTER_STEP")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let summaries = train_all(&mut lm, &ctx, &cfg, &a.out, stop)?;
+    let manifest = Manifest {
+        tool: crate::util::tool_id(),
+        base_model: base_spec(&a.model),
+        base_sha256: base_fp,
+        method: a.method.name().into(),
+        edit: false,
+        task: a.task.clone(),
+        dedup: false,
+        forget_split: "all".into(),
+        forget_ids: ctx.forget_ids.clone(),
+        retain_ids: ctx.retain_ids.clone(),
+        new_answers: None,
+        localization,
+        params,
+        param_count,
+        config: cfg.clone(),
+        seed: cfg.seed,
+        steps: cfg.steps,
+        steps_done: summaries.iter().map(|s| s.steps_done).collect(),
+        final_losses: summaries
+            .last()
+            .map(|s| s.final_losses.clone())
+            .unwrap_or_default(),
+        gradient_angles: summaries.last().and_then(|s| s.gradient_angles.clone()),
+        threads: crate::util::threads(),
+        weights: if a.full {
+            "full".into()
+        } else {
+            "changed".into()
+        },
+        metrics: None,
+    };
+    write_output(&a.out, &lm, &manifest, a.full)?;
+    eprintln!(
+        "wrote {} (a corpus is measured by multiple choice: unlearn mcq --model {} --set wmdp)",
+        a.out.join("manifest.json").display(),
+        a.out.display()
+    );
+    Ok(lm)
+}
+
+/// What a run updates: the localization's parameters, the MLPs of `--layers`, or every block
+/// parameter; with their count and the last updated layer.
+fn updated_params(
+    a: &ForgetArgs,
+    lm: &LanguageModel,
+) -> Result<(Option<Localization>, Vec<String>, usize, usize)> {
+    let n_layers = lm.model.config.num_layers;
+    let (localization, params): (Option<Localization>, Vec<String>) =
+        match (&a.localization, &a.layers) {
+            (Some(_), Some(_)) => bail!("give --localization or --layers, not both"),
+            (Some(p), None) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let loc: Localization = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a localization.json", p.display()))?;
+                for q in &loc.params {
+                    lm.model.weights().get(q).with_context(|| {
+                        format!("{}: parameter `{q}` is not in this model", p.display())
+                    })?;
+                }
+                let params = loc.params.clone();
+                (Some(loc), params)
+            }
+            (None, Some(s)) if s == "all" => (None, all_block_params(&lm)),
+            (None, Some(s)) => (None, lm.model.mlp_param_names(&parse_layers(s, n_layers)?)),
+            (None, None) => (None, all_block_params(&lm)),
+        };
+    let param_count: usize = params
+        .iter()
+        .map(|p| Ok(lm.model.weights().get(p)?.elem_count()))
+        .sum::<Result<usize>>()?;
+    let top = params
+        .iter()
+        .filter_map(|p| layer_of(p))
+        .max()
+        .unwrap_or(n_layers - 1);
+    Ok((localization, params, param_count, top))
+}
+
 /// Held-out known facts evaluated at most.
 pub const HELD_OUT_FACTS: usize = 200;
 
@@ -276,10 +454,12 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         );
     }
     crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
+    if data::corpus::is_corpus(&a.task)? {
+        return run_corpus(a, cfg, device);
+    }
     let task_facts = data::load_task(&a.task, Policy::merge_if(a.dedup))?;
     let rule = known::KnownRule::parse(&a.known)?;
     let mut lm = LanguageModel::load(&a.model, device)?;
-    let n_layers = lm.model.config.num_layers;
     let base_fp = fingerprint(&lm.origin)?;
 
     // Facts: the forget set of the known facts; the rest is cut by subject into the train
@@ -375,35 +555,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     }
 
     // What is updated.
-    let (localization, params): (Option<Localization>, Vec<String>) =
-        match (&a.localization, &a.layers) {
-            (Some(_), Some(_)) => bail!("give --localization or --layers, not both"),
-            (Some(p), None) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?;
-                let loc: Localization = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: not a localization.json", p.display()))?;
-                for q in &loc.params {
-                    lm.model.weights().get(q).with_context(|| {
-                        format!("{}: parameter `{q}` is not in this model", p.display())
-                    })?;
-                }
-                let params = loc.params.clone();
-                (Some(loc), params)
-            }
-            (None, Some(s)) if s == "all" => (None, all_block_params(&lm)),
-            (None, Some(s)) => (None, lm.model.mlp_param_names(&parse_layers(s, n_layers)?)),
-            (None, None) => (None, all_block_params(&lm)),
-        };
-    let param_count: usize = params
-        .iter()
-        .map(|p| Ok(lm.model.weights().get(p)?.elem_count()))
-        .sum::<Result<usize>>()?;
-    let top = params
-        .iter()
-        .filter_map(|p| layer_of(p))
-        .max()
-        .unwrap_or(n_layers - 1);
+    let (localization, params, param_count, top) = updated_params(a, &lm)?;
     let rep_layer = methods::rep_layer(a.method, &cfg, top)?;
     eprintln!(
         "{}: updating {} tensors ({:.2} M parameters){}",
