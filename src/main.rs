@@ -303,6 +303,11 @@ enum Command {
         lora: LoraArgs,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// With a corpus task (`--task wmdp-qa:0,1,2,3`, a {"text"} file): the questions the
+        /// attack is scored on, e.g. `wmdp:4` (retrain-on-T: trained on four splits, measured
+        /// on the fifth).
+        #[arg(long)]
+        measure: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -789,6 +794,7 @@ fn run(cmd: Command) -> Result<()> {
             lr,
             lora,
             seed,
+            measure,
             out,
         } => {
             use unlearn::eval::relearn::{RelearnArgs, RelearnConfig};
@@ -809,6 +815,7 @@ fn run(cmd: Command) -> Result<()> {
                 dedup,
                 seed,
                 cfg,
+                measure,
                 out,
             };
             unlearn::eval::relearn::run(&args, &cli::device()?).map(|_| ())

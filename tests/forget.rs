@@ -335,8 +335,7 @@ fn a_corpus_of_passages_is_unlearned_token_by_token() {
         "{before:?} → {after:?}"
     );
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["forget_ids"].as_array().unwrap().len(), 4);
 
     let refused = ForgetArgs {

@@ -83,7 +83,6 @@ pub fn relearn(
     retain: &[Fact],
     cfg: &RelearnConfig,
 ) -> Result<RelearnCurve> {
-    cfg.validate()?;
     if seen.is_empty() || unseen.is_empty() {
         bail!(
             "relearn: needs forget facts to train on and others to measure (got {} and {})",
@@ -91,10 +90,87 @@ pub fn relearn(
             unseen.len()
         );
     }
-    let t0 = std::time::Instant::now();
     let facts = |fs: &[Fact]| -> Result<Vec<Seq>> {
         fs.iter().map(|f| Seq::fact(lm, f, &f.answer)).collect()
     };
+    let (train, keep) = (facts(seen)?, facts(retain)?);
+    let truth = |f: &Fact| f.answer.clone();
+    let a = attack(lm, train, keep, cfg, |lm| {
+        Ok((accuracy(lm, unseen, truth)?, accuracy(lm, seen, truth)?))
+    })?;
+    let (unseen, seen) = a.measured.into_iter().unzip();
+    Ok(RelearnCurve {
+        steps: a.steps,
+        unseen,
+        seen,
+        losses: a.losses,
+        lora_params: a.lora_params,
+        seconds: a.seconds,
+    })
+}
+
+/// Multiple-choice accuracy of held-back questions over the steps of an attack that trains
+/// on passages (retrain-on-T: WMDP splits 0–3 written with their answers, split 4 measured).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RelearnMcqCurve {
+    pub steps: Vec<usize>,
+    pub measured: Vec<crate::eval::mcq::McqScore>,
+    pub losses: Vec<f64>,
+    pub lora_params: usize,
+    pub seconds: f64,
+}
+
+/// Attack `lm` in place: LoRA on the passages `train` (every token a target; WikiText as
+/// retain data and general text), scoring the questions `measure` every few steps.
+pub fn relearn_passages(
+    lm: &mut LanguageModel,
+    train: Vec<Seq>,
+    measure: &[crate::eval::mcq::Mcq],
+    cfg: &RelearnConfig,
+) -> Result<RelearnMcqCurve> {
+    if train.is_empty() || measure.is_empty() {
+        bail!(
+            "relearn: needs passages to train on and questions to measure (got {} and {})",
+            train.len(),
+            measure.len()
+        );
+    }
+    let (wiki_train, _) = data::wikitext_halves()?;
+    // WikiText chunks after the ones `attack` uses as general text.
+    let n = cfg.text_batch_size.max(1) * 8;
+    let keep = text_chunks(lm, &wiki_train, 64, n + cfg.retain_batch_size.max(1) * 4)?.split_off(n);
+    let a = attack(lm, train, keep, cfg, |lm| {
+        crate::eval::mcq::score(lm, measure, 8)
+    })?;
+    Ok(RelearnMcqCurve {
+        steps: a.steps,
+        measured: a.measured,
+        losses: a.losses,
+        lora_params: a.lora_params,
+        seconds: a.seconds,
+    })
+}
+
+/// What [`attack`] returns: the measurements at its evaluation steps.
+struct Attack<M> {
+    steps: Vec<usize>,
+    measured: Vec<M>,
+    losses: Vec<f64>,
+    lora_params: usize,
+    seconds: f64,
+}
+
+/// The attack: LoRA adapters trained with cross-entropy on `train` (+ `retain`, + general
+/// text), `measure` called at step 0, every `eval_every` steps and at the end.
+fn attack<M>(
+    lm: &mut LanguageModel,
+    train: Vec<Seq>,
+    retain: Vec<Seq>,
+    cfg: &RelearnConfig,
+    mut measure: impl FnMut(&LanguageModel) -> Result<M>,
+) -> Result<Attack<M>> {
+    cfg.validate()?;
+    let t0 = std::time::Instant::now();
     let (wiki_train, _) = data::wikitext_halves()?;
     let text = text_chunks(lm, &wiki_train, 64, cfg.text_batch_size.max(1) * 8)?;
     let ce = |name: &str, weight: f64, data: DataSet| Term {
@@ -111,8 +187,8 @@ pub fn relearn(
             ce("retain_ce", cfg.retain_weight, DataSet::Retain),
             ce("text_ce", cfg.text_weight, DataSet::Text),
         ],
-        forget: SeqSet::new("seen forget facts", facts(seen)?),
-        retain: SeqSet::new("retain", facts(retain)?),
+        forget: SeqSet::new("relearned data", train),
+        retain: SeqSet::new("retain", retain),
         text: SeqSet::new("text", text),
         params: lora.targets(),
         rep_layer: None,
@@ -130,11 +206,9 @@ pub fn relearn(
         seed: cfg.seed,
         ..ForgetConfig::default()
     };
-    let truth = |f: &Fact| f.answer.clone();
-    let mut curve = RelearnCurve {
+    let mut out = Attack {
         steps: vec![0],
-        unseen: vec![accuracy(lm, unseen, truth)?],
-        seen: vec![accuracy(lm, seen, truth)?],
+        measured: vec![measure(lm)?],
         losses: Vec::new(),
         lora_params: lora.param_count(),
         seconds: 0.0,
@@ -148,20 +222,19 @@ pub fn relearn(
         &mut lora,
         "relearning attack",
         |step, total, lm| {
-            curve.losses.push(total);
+            out.losses.push(total);
             bar.set_message(format!("loss {total:.3}"));
             bar.inc(1);
             if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
-                curve.steps.push(step + 1);
-                curve.unseen.push(accuracy(lm, unseen, truth)?);
-                curve.seen.push(accuracy(lm, seen, truth)?);
+                out.steps.push(step + 1);
+                out.measured.push(measure(lm)?);
             }
             Ok(())
         },
     )?;
     bar.finish_and_clear();
-    curve.seconds = t0.elapsed().as_secs_f64();
-    Ok(curve)
+    out.seconds = t0.elapsed().as_secs_f64();
+    Ok(out)
 }
 
 /// Options of `unlearn relearn`.
@@ -175,6 +248,8 @@ pub struct RelearnArgs {
     pub dedup: bool,
     pub seed: u64,
     pub cfg: RelearnConfig,
+    /// With a corpus task: the multiple-choice questions measured over the attack (`wmdp:4`).
+    pub measure: Option<String>,
     pub out: PathBuf,
 }
 
@@ -192,6 +267,15 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
         &a.out,
         &crate::outdir::with_unlearned(&a.model, &a.unlearned),
     )?;
+    if crate::data::corpus::is_corpus(&a.task)? {
+        return run_passages(a, device);
+    }
+    if a.measure.is_some() {
+        bail!(
+            "--measure scores questions after training on a corpus of passages; {} is a facts task (its unseen forget facts are measured)",
+            a.task
+        );
+    }
     use crate::eval::run::{facts_of_run, run_task};
     let rt = run_task(a.unlearned.as_deref(), &a.task, &a.known, a.dedup)?;
     let original = LanguageModel::load(&a.model, device)?;
@@ -229,6 +313,48 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
         "config": a.cfg, "seen_ids": seen.iter().map(|f| &f.id).collect::<Vec<_>>(),
         "unseen_ids": unseen.iter().map(|f| &f.id).collect::<Vec<_>>(),
         "curve": curve,
+    });
+    let p = a.out.join("relearn.json");
+    crate::util::write_json(&p, &out)?;
+    eprintln!("wrote {}", p.display());
+    Ok(out)
+}
+
+/// `unlearn relearn` on a corpus: LoRA on the passages of `--task`, the questions of
+/// `--measure` scored every few steps; OUT/relearn.json.
+fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::Value> {
+    let Some(set) = &a.measure else {
+        bail!(
+            "{} is a corpus of passages: give --measure SET, the questions the attack is scored on (e.g. wmdp:4 after training on wmdp-qa:0,1,2,3)",
+            a.task
+        );
+    };
+    let questions = crate::eval::mcq::load_set(set)?;
+    let passages = crate::data::corpus::load(&a.task)?;
+    let mut lm = match &a.unlearned {
+        Some(d) => LanguageModel::load(&d.display().to_string(), device)?,
+        None => LanguageModel::load(&a.model, device)?,
+    };
+    let (train, _) = crate::forget::seqs::passage_seqs(&lm, &passages, 256)?;
+    eprintln!(
+        "relearning attack: LoRA rank {} on {} passages of {}, measured on {} questions of {set}",
+        a.cfg.lora.rank,
+        passages.len(),
+        a.task,
+        questions.len()
+    );
+    let curve = relearn_passages(&mut lm, train, &questions, &a.cfg)?;
+    for (s, m) in curve.steps.iter().zip(&curve.measured) {
+        println!(
+            "step {s:>3}: {set} accuracy {:.1}% ± {:.1}",
+            100.0 * m.accuracy,
+            100.0 * m.stderr
+        );
+    }
+    let out = serde_json::json!({
+        "tool": crate::util::tool_id(),
+        "model": a.model, "unlearned": a.unlearned, "task": a.task, "measure": set,
+        "config": a.cfg, "curve": curve,
     });
     let p = a.out.join("relearn.json");
     crate::util::write_json(&p, &out)?;

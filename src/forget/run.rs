@@ -12,7 +12,7 @@ use crate::forget::config::{Centre, ForgetConfig, Method};
 use crate::forget::export::{base_spec, write_output, Manifest};
 use crate::forget::methods;
 use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
-use crate::forget::seqs::{text_chunks, Place, Seq, SeqSet};
+use crate::forget::seqs::{passage_seqs, text_chunks, Place, Seq, SeqSet};
 use crate::forget::trainer::{
     answer_balanced, first_layer, layer_of, mean_ref_norm, mean_ref_row, mean_ref_row_by_place,
     steering_vector, train, Plan, RowMove, TrainSummary,
@@ -268,25 +268,7 @@ fn run_corpus(
     let base_fp = fingerprint(&lm.origin)?;
     let (localization, params, param_count, top) = updated_params(a, &lm)?;
     let rep_layer = methods::rep_layer(a.method, &cfg, top)?;
-    let bos = lm
-        .tokenizer
-        .add_bos
-        .then_some(lm.tokenizer.bos_id)
-        .flatten();
-    let mut forget_seqs = Vec::new();
-    let mut forget_ids = Vec::new();
-    for p in &passages {
-        let toks = lm.tokenizer.encode(&p.text, false)?;
-        let body = cfg.corpus_tokens - usize::from(bos.is_some());
-        for (k, c) in toks.chunks(body).enumerate() {
-            let ids: Vec<u32> = bos.into_iter().chain(c.iter().copied()).collect();
-            if ids.len() < 2 {
-                continue;
-            }
-            forget_seqs.push(Seq::text(ids)?);
-            forget_ids.push(format!("{}#{k}", p.id));
-        }
-    }
+    let (forget_seqs, forget_ids) = passage_seqs(&lm, &passages, cfg.corpus_tokens)?;
     let (wiki_train, _) = data::wikitext_halves()?;
     let n_text = cfg.kuda.key_text_chunks.max(cfg.text_batch_size * 8).max(1);
     let mut chunks = text_chunks(&lm, &wiki_train, cfg.text_tokens, n_text + cfg.retain_facts)?;

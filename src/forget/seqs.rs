@@ -180,6 +180,35 @@ pub fn text_chunks(
     Ok(out)
 }
 
+/// Passages of a corpus as training sequences: each passage (BOS first when the model adds
+/// one) cut into pieces of at most `max_tokens` tokens, every next token a target; with the
+/// pieces' ids (`<passage id>#<piece>`).
+pub fn passage_seqs(
+    lm: &LanguageModel,
+    passages: &[crate::data::corpus::Passage],
+    max_tokens: usize,
+) -> Result<(Vec<Seq>, Vec<String>)> {
+    let bos = lm
+        .tokenizer
+        .add_bos
+        .then_some(lm.tokenizer.bos_id)
+        .flatten();
+    let body = max_tokens.saturating_sub(usize::from(bos.is_some())).max(1);
+    let (mut seqs, mut ids) = (Vec::new(), Vec::new());
+    for p in passages {
+        let toks = lm.tokenizer.encode(&p.text, false)?;
+        for (k, c) in toks.chunks(body).enumerate() {
+            let piece: Vec<u32> = bos.into_iter().chain(c.iter().copied()).collect();
+            if piece.len() < 2 {
+                continue;
+            }
+            seqs.push(Seq::text(piece)?);
+            ids.push(format!("{}#{k}", p.id));
+        }
+    }
+    Ok((seqs, ids))
+}
+
 /// A set of sequences with the frozen model's values cached per sequence.
 pub struct SeqSet {
     pub name: String,

@@ -452,6 +452,7 @@ pub fn run(
                 dedup: e.dedup,
                 seed: e.seed,
                 cfg: e.relearn_config(),
+                measure: None,
                 out: rdir.clone(),
             };
             stages.push(Stage {
