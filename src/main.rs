@@ -234,9 +234,19 @@ enum Command {
         /// a third of the tracing time).
         #[arg(long)]
         no_heads: bool,
-        /// Layers in KUDA's window (and restored together in the MLP trace when larger than 1).
+        /// MLPs in KUDA's window (the run of this many layers with the largest summed MLP
+        /// effect).
         #[arg(long, default_value_t = 3)]
         window: usize,
+        /// MLP layers restored together in the MLP trace, centred on each layer: 1 = each
+        /// layer's own effect (ROME restores 10 for its figures; a wider restoration smooths
+        /// the effect before the window sums it again).
+        #[arg(long, default_value_t = 1)]
+        restore_window: usize,
+        /// Noise = 3 × the std of the subject tokens' embeddings over the task's known facts
+        /// (subjects, ROME's choice) or of the whole embedding matrix (vocabulary).
+        #[arg(long, default_value = "subjects")]
+        noise_from: String,
         /// Noise samples per fact.
         #[arg(long, default_value_t = 10)]
         samples: usize,
@@ -545,7 +555,7 @@ text_tokens = 64, text_ce_rows = 16 (targets sampled per chunk), corpus_tokens =
 min_lr_ratio = 0.1, clip_norm = 1.0\n\
   [kuda] beta = 3.0, token_ratio = 0.5, retain_weight = 10, text_weight = 10, retain_ce_weight = 0, \
 projection = relaxed|strict|none, tau = 0.01 (× mean eigenvalue), project_update = true, key_text_chunks = 64, \
-rep_layer (default: last updated layer), center = none|mean|unknown|known (cos(h − c, h₀ − c) around 0, the retain/text mean residual, or what the model holds at the same place in prompts about subjects it does not know (needs retain_unknown_facts) or about the known retain subjects, each answer weighted the same), focus = 0 (γ > 0: weigh each forget fact's deviation by its answer's share among the candidates^γ, so the pressure goes to the facts still known)\n\
+rep_layer (default: last updated layer), center = none|mean|unknown|known (cos(h − c, h₀ − c) around 0, the retain/text mean residual, or what the model holds at the same place in prompts about subjects it does not know (needs retain_unknown_facts) or about the known retain subjects, each answer weighted the same), focus = 0 (γ > 0: weigh each forget fact's deviation by its answer's share among the candidates^γ, so the pressure goes to the facts still known), start_perturbation = 0 (move the deviation's reference h₀ by a seeded random vector of this share of its norm, so the first steps have a fixed non-zero gradient)\n\
   [localized_ft] forget_weight = 1, retain_weight = 1, text_weight = 1\n\
   graddiff_retain_weight = 1\n\
   [npo] beta = 0.1, retain_weight = 1    [simnpo] beta = 2.5, gamma = 0, retain_weight = 1\n\
@@ -752,6 +762,8 @@ fn run(cmd: Command) -> Result<()> {
             method,
             top_k,
             window,
+            restore_window,
+            noise_from,
             samples,
             max_facts,
             budget_of,
@@ -761,6 +773,8 @@ fn run(cmd: Command) -> Result<()> {
             out,
         } => {
             let args = unlearn::locate::run::LocateArgs {
+                restore_window,
+                noise_from,
                 heads: !no_heads,
                 model,
                 task,

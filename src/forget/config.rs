@@ -102,6 +102,11 @@ pub struct KudaConfig {
     /// the candidates)^γ, read every `standing_every` steps and scaled to average 1, so that
     /// the pressure goes to the facts the model still knows. 0 = every fact alike (SPEC).
     pub focus: f64,
+    /// The deviation's reference h₀ moved by a seeded random vector of this share of its
+    /// norm (0 = off): exp(−β(1−cos(h, h₀))) has zero gradient at h = h₀, so without it the
+    /// first steps follow float rounding (and differ with thread count and batch shapes);
+    /// with it they follow a fixed direction away from the reference.
+    pub start_perturbation: f64,
 }
 
 impl Default for KudaConfig {
@@ -119,6 +124,7 @@ impl Default for KudaConfig {
             rep_layer: None,
             center: Centre::None,
             focus: 0.0,
+            start_perturbation: 0.0,
         }
     }
 }
@@ -418,6 +424,12 @@ impl ForgetConfig {
             bail!(
                 "kuda.focus must be ≥ 0 (got {}; 0 = every forget fact alike)",
                 k.focus
+            );
+        }
+        if !(k.start_perturbation.is_finite() && (0.0..1.0).contains(&k.start_perturbation)) {
+            bail!(
+                "kuda.start_perturbation must be in [0, 1) (a share of the reference's norm; got {})",
+                k.start_perturbation
             );
         }
         for (v, name) in [

@@ -947,8 +947,36 @@ fn plan_for(
     if ctx.method == Method::Kuda {
         let (known, all) = (ctx.known_retain, ctx.retain_seqs.len());
         center_deviation(&mut plan, cfg.kuda.center, 0..known, known..all)?;
+        if cfg.kuda.start_perturbation > 0.0 {
+            perturb_reference(&mut plan.forget, cfg.kuda.start_perturbation, cfg.seed)?;
+        }
     }
     Ok(plan)
+}
+
+/// Move each reference row of `set` (KUDA's h₀ at the representation layer) by a seeded
+/// Gaussian vector scaled to `share` of the row's norm, so that the deviation loss has a
+/// fixed, non-zero gradient at the start (see `kuda.start_perturbation`).
+fn perturb_reference(set: &mut SeqSet, share: f64, seed: u64) -> Result<()> {
+    use rand_distr::{Distribution, Normal};
+    let Some((_, refs)) = set.rep_ref.as_mut() else {
+        bail!("{}: reference residuals not computed", set.name);
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5EA7_0B0B);
+    let normal = Normal::new(0.0f64, 1.0).expect("unit normal");
+    for r in refs.iter_mut() {
+        let (t, d) = r.dims2()?;
+        let rows: Vec<Vec<f64>> = r.to_dtype(DType::F64)?.to_vec2()?;
+        let mut out = Vec::with_capacity(t * d);
+        for row in rows {
+            let z: Vec<f64> = (0..d).map(|_| normal.sample(&mut rng)).collect();
+            let zn = z.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+            let rn = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+            out.extend(row.iter().zip(&z).map(|(x, e)| x + share * rn * e / zn));
+        }
+        *r = Tensor::from_vec(out, (t, d), r.device())?.to_dtype(r.dtype())?;
+    }
+    Ok(())
 }
 
 /// The draw pool of the training retain set: each of the `n` retain facts once (`known` known

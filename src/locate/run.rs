@@ -49,7 +49,14 @@ pub struct LocateArgs {
     pub seed: u64,
     pub method: String,
     pub top_k: usize,
+    /// MLPs in KUDA's window.
     pub window: usize,
+    /// MLP layers restored together in the MLP trace, centred on each layer (1 = the
+    /// single-layer effect, which the window choice then sums).
+    pub restore_window: usize,
+    /// What the noise's 3 × std is measured on: `subjects` (the subject tokens' embeddings
+    /// over the task's known facts, as ROME does) or `vocabulary` (the whole matrix).
+    pub noise_from: String,
     pub samples: usize,
     pub max_facts: usize,
     pub budget_of: Option<PathBuf>,
@@ -83,8 +90,9 @@ fn by_role(row: &[f64], s0: usize, s1: usize) -> Vec<f64> {
 
 /// Run `unlearn locate`.
 pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
-    if a.samples == 0 || a.window == 0 || a.top_k == 0 || a.max_facts == 0 {
-        bail!("--samples, --window, --top-k and --max-facts must be at least 1");
+    if a.samples == 0 || a.window == 0 || a.top_k == 0 || a.max_facts == 0 || a.restore_window == 0
+    {
+        bail!("--samples, --window, --restore-window, --top-k and --max-facts must be at least 1");
     }
     if !METHODS.contains(&a.method.as_str()) {
         bail!("--method {:?}: use one of {}", a.method, METHODS.join(", "));
@@ -97,6 +105,21 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     let known_facts = known::known_among(&lm, &facts, &a.task, rule)?;
     let (forget, _) = known::split(&known_facts, &a.forget, a.seed)?;
     let traced: Vec<_> = forget.iter().take(a.max_facts).collect();
+    // 3 × the noise base: ROME's is the std of the subject tokens' embeddings over the data.
+    let noise_base = match a.noise_from.as_str() {
+        "subjects" => {
+            let spans = known_facts
+                .iter()
+                .map(|f| {
+                    let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+                    Ok(ids[span].to_vec())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            super::trace::subject_embedding_std(&lm.model, &spans)?
+        }
+        "vocabulary" => super::trace::embedding_std(&lm.model)?,
+        other => bail!("--noise-from {other:?}: use subjects or vocabulary"),
+    };
     let needs_trace = matches!(a.method.as_str(), "causal-trace" | "kuda-window");
     let mut per_fact = Vec::new();
     let mut resid_roles = vec![vec![0f64; ROLES.len()]; n_layers];
@@ -113,12 +136,13 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
             let base = TraceOpts {
                 samples: a.samples,
                 seed: a.seed,
+                noise_base: Some(noise_base),
                 ..Default::default()
             };
             let resid = trace(&lm.model, &ids, span.clone(), answer, &base)?;
             let mlp_opts = TraceOpts {
                 kind: TraceKind::Mlp,
-                window: a.window.min(n_layers),
+                window: a.restore_window.min(n_layers),
                 positions: Some(vec![span.end - 1]),
                 ..base.clone()
             };
@@ -193,7 +217,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         }
         let corruption = match a.corruption.as_str() {
             "noise" => Corruption::Noise {
-                std: super::trace::embedding_std(&lm.model)? * 3.0,
+                std: noise_base * 3.0,
             },
             "replace" => Corruption::Replace,
             other => bail!("--corruption {other:?}: use noise or replace"),
@@ -215,7 +239,7 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         }
         let o = super::path_patch::PathOpts {
             samples: a.samples,
-            noise_std: super::trace::embedding_std(&lm.model)? * 3.0,
+            noise_std: noise_base * 3.0,
             seed: a.seed,
             extraction_heads: EXTRACTION_HEADS,
         };

@@ -42,8 +42,13 @@ pub struct TraceOpts {
     /// Layers restored together, centred on l (1 = the layer alone; ROME uses 10 for MLP/attn).
     pub window: usize,
     pub samples: usize,
-    /// Noise standard deviation as a multiple of the embedding output's standard deviation.
+    /// Noise standard deviation as a multiple of `noise_base`.
     pub noise_scale: f64,
+    /// The standard deviation the noise scale multiplies: ROME's, that of the subject tokens'
+    /// embeddings over the traced facts ([`subject_embedding_std`]); None = that of the whole
+    /// embedding matrix ([`embedding_std`]).
+    #[serde(default)]
+    pub noise_base: Option<f64>,
     pub seed: u64,
     /// Restore only at these token positions (None: every position from the subject on).
     #[serde(default)]
@@ -57,6 +62,7 @@ impl Default for TraceOpts {
             window: 1,
             samples: 10,
             noise_scale: 3.0,
+            noise_base: None,
             seed: 0,
             positions: None,
         }
@@ -84,6 +90,23 @@ impl TraceGrid {
             .map(|r| r.iter().map(|p| p - self.p_corrupt).collect())
             .collect()
     }
+}
+
+/// Standard deviation of the embedding output over the subject tokens of `subjects` (each
+/// token as often as it occurs; Gemma: scaled): ROME's noise base, 3 × this.
+pub fn subject_embedding_std(model: &Transformer, subjects: &[Vec<u32>]) -> Result<f64> {
+    let ids: Vec<u32> = subjects.iter().flatten().copied().collect();
+    if ids.is_empty() {
+        bail!("trace: no subject tokens to measure the noise level on");
+    }
+    let w = model.weights().get("model.embed_tokens.weight")?;
+    let rows = w
+        .index_select(&Tensor::from_vec(ids.clone(), ids.len(), w.device())?, 0)?
+        .to_dtype(DType::F64)?;
+    let n = rows.elem_count() as f64;
+    let mean = rows.sum_all()?.to_scalar::<f64>()? / n;
+    let var = rows.sqr()?.sum_all()?.to_scalar::<f64>()? / n - mean * mean;
+    Ok(var.max(0.0).sqrt() * model.config.embed_scale())
 }
 
 /// Standard deviation of the embedding output over the whole vocabulary (Gemma: scaled).
@@ -161,7 +184,11 @@ pub fn trace(
     let dev = model.device().clone();
     let (n_layers, d) = (model.config.num_layers, model.config.hidden_size);
     let n = opts.samples;
-    let std = embedding_std(model)? * opts.noise_scale;
+    let base = match opts.noise_base {
+        Some(b) => b,
+        None => embedding_std(model)?,
+    };
+    let std = base * opts.noise_scale;
     // Seeded noise on the subject positions, one sample per row.
     let noise = subject_noise(
         &vec![subject.clone(); n],

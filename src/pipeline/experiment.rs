@@ -74,6 +74,12 @@ pub struct LocalizationSpec {
     pub top_k: usize,
     #[serde(default = "three")]
     pub window: usize,
+    /// MLP layers restored together in the MLP trace (1 = single-layer effects).
+    #[serde(default = "one")]
+    pub restore_window: usize,
+    /// Noise base: subjects (ROME) or vocabulary.
+    #[serde(default = "subjects")]
+    pub noise_from: String,
     #[serde(default = "five")]
     pub samples: usize,
     #[serde(default = "eight")]
@@ -91,6 +97,14 @@ pub struct LocalizationSpec {
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> usize {
+    1
+}
+
+fn subjects() -> String {
+    "subjects".into()
 }
 
 fn is_true(b: &bool) -> bool {
@@ -372,6 +386,8 @@ pub fn run(
             method: l.method.clone(),
             top_k: l.top_k,
             window: l.window,
+            restore_window: l.restore_window,
+            noise_from: l.noise_from.clone(),
             samples: l.samples,
             max_facts: l.max_facts,
             budget_of: l
