@@ -971,6 +971,91 @@ fn run(cmd: Command) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Every default the forget/edit help states equals the configuration's default, and every
+    /// setting of the configuration is in the help (except optim.lr, which the help gives per
+    /// method, and npo.gamma, which NPO does not read).
+    #[test]
+    fn the_forget_help_states_the_configuration_defaults() {
+        use unlearn::forget::config::{ForgetConfig, Method};
+        let cfg = serde_json::to_value(ForgetConfig::for_method(Method::Kuda)).unwrap();
+        let body = FORGET_HELP
+            .split("\n\n")
+            .nth(1)
+            .expect("the settings paragraph");
+        let mut stated = std::collections::BTreeMap::new();
+        for line in body.lines() {
+            // A line is `[section] k = v, k = v …` or top-level `k = v, …`; the npo and simnpo
+            // sections share one line.
+            let mut section = String::new();
+            for part in line.split("    ") {
+                let mut rest = part.trim();
+                if let Some(r) = rest.strip_prefix('[') {
+                    let (name, tail) = r.split_once(']').unwrap();
+                    section = name.to_string();
+                    rest = tail.trim();
+                }
+                // Drop parenthesised remarks, then split the `k = v` pairs.
+                let mut plain = String::new();
+                let mut depth = 0;
+                for c in rest.chars() {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ if depth == 0 => plain.push(c),
+                        _ => {}
+                    }
+                }
+                for pair in plain.split(',') {
+                    let Some((k, v)) = pair.split_once('=') else {
+                        continue;
+                    };
+                    let key = if section.is_empty() {
+                        k.trim().to_string()
+                    } else {
+                        format!("{section}.{}", k.trim())
+                    };
+                    let v = v
+                        .trim()
+                        .split('|')
+                        .next()
+                        .unwrap()
+                        .trim_matches('"')
+                        .to_string();
+                    stated.insert(key, v);
+                }
+            }
+        }
+        let mut settings = Vec::new();
+        for (k, v) in cfg.as_object().unwrap() {
+            match v.as_object() {
+                Some(sub) => {
+                    settings.extend(sub.iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2.clone())))
+                }
+                None => settings.push((k.clone(), v.clone())),
+            }
+        }
+        for (key, value) in &settings {
+            if key == "optim.lr" || key == "npo.gamma" {
+                continue;
+            }
+            let Some(text) = stated.get(key) else {
+                if value.is_null() {
+                    continue; // optional settings (rep_layer, layer) are described, not valued
+                }
+                panic!("{key} (default {value}) is not in the forget help");
+            };
+            let same = match value {
+                serde_json::Value::Number(n) => text.parse::<f64>().ok() == n.as_f64(),
+                serde_json::Value::Bool(b) => text == &b.to_string(),
+                serde_json::Value::String(s) => text == s,
+                serde_json::Value::Null => text == "none",
+                _ => false,
+            };
+            assert!(same, "{key}: the help says {text}, the default is {value}");
+        }
+        assert!(stated.len() >= 45, "{} settings parsed", stated.len());
+    }
+
     /// The message of parsing `args` (after the program name), or None when they parse.
     fn parse_error(args: &[&str]) -> Option<String> {
         let argv = std::iter::once("unlearn").chain(args.iter().copied());
