@@ -530,9 +530,10 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             .filter(|&n| n)
             .count();
         eprintln!(
-            "{} known facts are about namesakes of a forget subject: {in_retain} in the retain facts{}",
+            "known facts about namesakes of a forget subject: {} in the train split ({in_retain} of them in the retain facts{}), {} in the test split (evaluated)",
+            is_namesake.iter().filter(|&&n| n).count(),
+            if cfg.retain_namesakes { "" } else { "; retain_namesakes = false" },
             namesakes.len(),
-            if cfg.retain_namesakes { "" } else { " (retain_namesakes = false)" }
         );
     }
 
