@@ -2,7 +2,8 @@
 # What a model knows: facts of the built-in tasks and multiple-choice accuracy (MMLU 570, the
 # MMLU subjects nearest WMDP, WMDP by split), zero- and 5-shot, as JSON files under OUT.
 #   scripts/census.sh MODEL OUT [UNLEARN]      e.g. scripts/census.sh qwen2.5-coder-1.5b runs/census/1.5b
-# Each file is written once; a rerun skips files that exist. Make the table with
+# Each file is written once; a rerun skips files that exist. STEPS="wmdp-0shot known-sports"
+# runs only those steps. Make the table with
 #   python3 scripts/census-table.py OUT...
 set -euo pipefail
 model=${1:?usage: census.sh MODEL OUT [UNLEARN binary]}
@@ -12,6 +13,7 @@ mkdir -p "$out"
 step() { # name, command...
   local f="$out/$1.json"; shift
   [ -s "$f" ] && return 0
+  [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $(basename "$f" .json) "* ]] && return 0
   echo "census: $model $f" >&2
   "$@" --json > "$f.tmp" && mv "$f.tmp" "$f"
 }

@@ -52,7 +52,7 @@ fn text() -> Vec<Seq> {
     (0..8)
         .map(|_| {
             let mut ids = vec![1u32];
-            ids.extend((0..11).map(|_| rng.gen_range(2..10u32)));
+            ids.extend((0..11).map(|_| rng.random_range(2..10u32)));
             Seq::text(ids).unwrap()
         })
         .collect()

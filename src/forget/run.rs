@@ -384,9 +384,9 @@ fn updated_params(
                 let params = loc.params.clone();
                 (Some(loc), params)
             }
-            (None, Some(s)) if s == "all" => (None, all_block_params(&lm)),
+            (None, Some(s)) if s == "all" => (None, all_block_params(lm)),
             (None, Some(s)) => (None, lm.model.mlp_param_names(&parse_layers(s, n_layers)?)),
-            (None, None) => (None, all_block_params(&lm)),
+            (None, None) => (None, all_block_params(lm)),
         };
     let param_count: usize = params
         .iter()
