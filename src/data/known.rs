@@ -193,10 +193,18 @@ pub fn split(known: &[Fact], spec: &str, seed: u64) -> Result<(Vec<Fact>, Vec<Fa
     Ok((forget, rest))
 }
 
-/// The held-out facts of a run: known facts of the test split about subjects other than the
-/// forget ones, in a seeded order, at most `n`.
-pub fn held_out(rest: &[Fact], forget: &[Fact], seed: u64, n: usize) -> Vec<Fact> {
-    of_split_seeded(rest, forget, super::splits::Split::Test, seed, n)
+/// The held-out facts of a run: known facts about subjects other than the forget ones, in a
+/// seeded order, at most `n`, from the split the run reports on ([`super::splits::reported`]:
+/// validation for a forget set of validation subjects, else test).
+pub fn held_out(
+    rest: &[Fact],
+    forget: &[Fact],
+    forget_spec: &str,
+    seed: u64,
+    n: usize,
+) -> Vec<Fact> {
+    let split = super::splits::reported(forget_spec);
+    of_split_seeded(rest, forget, split, seed, n)
 }
 
 /// Known facts of `split` about subjects other than the forget ones, in a seeded order, at

@@ -6,8 +6,9 @@
 //!
 //! Forget sets follow the same split: `--forget validation:first-16` forgets the first 16
 //! known facts of validation subjects (tune on these), `--forget test:first-16` those of test
-//! subjects (report these). Held-out facts (knowledge that should stay) always come from the
-//! test split, about subjects other than the forget ones.
+//! subjects (report these). Held-out facts (knowledge that should stay) come from the test
+//! split, about subjects other than the forget ones — from the validation split when the
+//! forget set is of validation subjects, so that a tuning run reads nothing of the test split.
 
 use super::Fact;
 use anyhow::{bail, Result};
@@ -84,16 +85,26 @@ pub fn parse_forget_spec(spec: &str) -> Result<(Option<Split>, &str)> {
     }
 }
 
+/// The split a run's held-out facts and namesakes come from: validation when its forget set
+/// is of validation subjects (a tuning run reads nothing of the test split), else test.
+pub fn reported(forget_spec: &str) -> Split {
+    match parse_forget_spec(forget_spec) {
+        Ok((Some(Split::Validation), _)) => Split::Validation,
+        _ => Split::Test,
+    }
+}
+
 /// Which split each reported set of facts comes from, for `metrics.json`: the forget facts
 /// from the split named in the `--forget` spec (`all` without a prefix), held-out facts and
-/// namesakes from the test split, tuning facts from the validation split.
+/// namesakes from [`reported`], tuning facts from the validation split.
 pub fn labels(forget_spec: &str) -> serde_json::Value {
     let forget = match parse_forget_spec(forget_spec) {
         Ok((Some(s), _)) => s.name(),
         _ => "all",
     };
+    let kept = reported(forget_spec).name();
     serde_json::json!({
-        "forget": forget, "held_out": "test", "namesakes": "test", "tuning": "validation",
+        "forget": forget, "held_out": kept, "namesakes": kept, "tuning": "validation",
         "rule": "by subject: sha256 of the subject, train 50 % / validation 25 % / test 25 %",
     })
 }
@@ -155,5 +166,8 @@ mod tests {
         );
         assert_eq!(parse_forget_spec("first-16").unwrap(), (None, "first-16"));
         assert!(parse_forget_spec("dev:first-16").is_err());
+        assert_eq!(reported("validation:first-16"), Split::Validation);
+        assert_eq!(reported("test:first-16"), Split::Test);
+        assert_eq!(reported("first-16"), Split::Test);
     }
 }

@@ -466,18 +466,19 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         .take(LATENT_PROBE_FACTS)
         .cloned()
         .collect();
-    // Held out: the test split (a run's retain facts are train-split facts; a manifest
-    // written before the splits may name others, which are left out).
-    let held_out: Vec<Fact> = known::held_out(&rest, &forget, a.seed, usize::MAX)
-        .into_iter()
-        .filter(|f| !trained.contains(&f.id))
-        .take(a.held_out)
-        .collect();
     let forget_spec = manifest
         .as_ref()
         .and_then(|m| m["forget_split"].as_str())
         .unwrap_or(&a.forget)
         .to_string();
+    // Held out: the reported split (test; validation for a run on validation subjects). A
+    // run's retain facts are train-split facts; a manifest written before the splits may
+    // name others, which are left out.
+    let held_out: Vec<Fact> = known::held_out(&rest, &forget, &forget_spec, a.seed, usize::MAX)
+        .into_iter()
+        .filter(|f| !trained.contains(&f.id))
+        .take(a.held_out)
+        .collect();
     eprintln!(
         "evaluating {} forget facts and {} held-out facts",
         forget.len(),

@@ -473,9 +473,9 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     } else {
         Vec::new()
     };
-    let held_out = known::held_out(&rest, &forget, cfg.seed, HELD_OUT_FACTS);
-    // Namesakes are reported, so they come from the test split too.
-    let test_rest = splits::only(&rest, Split::Test);
+    let held_out = known::held_out(&rest, &forget, &a.forget, cfg.seed, HELD_OUT_FACTS);
+    // Namesakes are reported, so they come from the held-out facts' split too.
+    let test_rest = splits::only(&rest, splits::reported(&a.forget));
     let namesakes: Vec<Fact> = test_rest
         .iter()
         .zip(known::namesakes(&forget, &test_rest))
