@@ -2,13 +2,21 @@
 """Print the markdown table of an `unlearn run` output directory (docs/results.md uses it).
 
 usage: scripts/experiment-table.py runs/<experiment>
+Runs repeated over seeds (stages NAME-seedS, from `seeds = [...]` in the experiment file) get a
+second table: the mean over seeds with a 95 % bootstrap interval over seeds and facts (2,000
+resamples, seeded), and beside each run whether it differs from the first run or ties with it
+(the interval of the difference contains 0).
 Columns: forget accuracy (top-1 among candidates, vocabulary top-1), MCQ, held-out accuracy,
 WikiText-2 perplexity, fluency, best latent-probe accuracy, relearning (unseen half before ->
 after), for the original model and every unlearning run that has an evaluation.
 """
 import json
+import random
+import re
 import sys
 from pathlib import Path
+
+RESAMPLES = 2000
 
 COLS = [
     ("forget.top1_candidates", "forget (among sports)", "pct"),
@@ -69,6 +77,73 @@ def main(root):
         params = man.get("param_count")
         params = f"{params / 1e6:.1f}" if params else "–"
         print(f"| {name} | {man.get('method', '?')} | {params} | " + " | ".join(vals) + f" | {rl_s} |")
+    groups = seeded_groups(evals)
+    if groups:
+        seeds_table(groups, cols)
+
+
+def seeded_groups(evals):
+    """{base name: [(seed, rows by metric)]} for the runs named NAME-seedS."""
+    groups = {}
+    for p in evals:
+        m = re.fullmatch(r"(.+)-seed(\d+)", p.parent.name)
+        if not m:
+            continue
+        rows = {r["metric"]: r for r in json.loads(p.read_text())["rows"]}
+        groups.setdefault(m.group(1), []).append((int(m.group(2)), rows))
+    return groups
+
+
+def resample(runs, key, kind, rng):
+    """One bootstrap draw of the mean over seeds: seeds drawn with replacement, and for a
+    share, each drawn seed's facts drawn with replacement (a binomial draw of its n facts)."""
+    total = 0.0
+    for _ in runs:
+        rows = rng.choice(runs)[1]
+        r = rows[key]
+        v = r["unlearned"]
+        if kind == "pct" and r["n"] > 0:
+            v = sum(rng.random() < v for _ in range(r["n"])) / r["n"]
+        total += v
+    return total / len(runs)
+
+
+def seeds_table(groups, cols):
+    rng = random.Random(0)
+    names = list(groups)
+    head = ["run", "seeds"] + [c[1] for c in cols]
+    print()
+    print("Mean over seeds [95 % bootstrap interval]; vs the first run: higher, lower or tie.")
+    print()
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    draws = {}
+    for n in names:
+        for key, _, kind in cols:
+            runs = [r for r in groups[n] if r[1].get(key, {}).get("unlearned") is not None]
+            if runs:
+                draws[(n, key)] = [resample(runs, key, kind, rng) for _ in range(RESAMPLES)]
+    for n in names:
+        cells = []
+        for key, _, kind in cols:
+            d = draws.get((n, key))
+            if d is None:
+                cells.append("–")
+                continue
+            runs = [r for r in groups[n] if r[1].get(key, {}).get("unlearned") is not None]
+            mean = sum(r[1][key]["unlearned"] for r in runs) / len(runs)
+            ds = sorted(d)
+            lo, hi = ds[int(0.025 * RESAMPLES)], ds[int(0.975 * RESAMPLES) - 1]
+            cell = f"{fmt(mean, kind)} [{fmt(lo, kind)}, {fmt(hi, kind)}]"
+            ref = draws.get((names[0], key))
+            if n != names[0] and ref is not None:
+                # Independent draws of the two runs, paired by index.
+                diff = sorted(a - b for a, b in zip(d, ref))
+                dlo, dhi = diff[int(0.025 * RESAMPLES)], diff[int(0.975 * RESAMPLES) - 1]
+                cell += " tie" if dlo <= 0 <= dhi else (" higher" if dlo > 0 else " lower")
+            cells.append(cell)
+        seeds = ",".join(str(s) for s, _ in sorted(groups[n], key=lambda x: x[0]))
+        print(f"| {n} | {seeds} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

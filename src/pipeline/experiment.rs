@@ -38,6 +38,10 @@ pub struct Experiment {
     pub dedup: bool,
     #[serde(default)]
     pub seed: u64,
+    /// Repeat every unlearning run (and its evaluation and attack) with each of these seeds
+    /// (stages `NAME-seedS`); empty: once, with `seed`. Localizations run once, with `seed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     #[serde(default)]
     pub localization: Vec<LocalizationSpec>,
     pub unlearn: Vec<UnlearnSpec>,
@@ -200,6 +204,22 @@ impl Experiment {
         Ok(e)
     }
 
+    /// Each unlearning run with its seed and stage name: once with `seed`, or once per entry
+    /// of `seeds` as `NAME-seedS`.
+    pub fn runs(&self) -> Vec<(&UnlearnSpec, u64, String)> {
+        let mut v = Vec::new();
+        for u in &self.unlearn {
+            if self.seeds.is_empty() {
+                v.push((u, self.seed, u.name.clone()));
+            } else {
+                for &s in &self.seeds {
+                    v.push((u, s, format!("{}-seed{s}", u.name)));
+                }
+            }
+        }
+        v
+    }
+
     pub fn validate(&self) -> Result<()> {
         let mut names = std::collections::BTreeSet::new();
         for l in &self.localization {
@@ -223,6 +243,12 @@ impl Experiment {
                     bail!("localization `{}`: budget_of `{b}` must name a localization defined before it", l.name);
                 }
             }
+        }
+        let mut distinct = self.seeds.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != self.seeds.len() {
+            bail!("seeds {:?}: a seed is repeated", self.seeds);
         }
         if self.unlearn.is_empty() {
             bail!("no [[unlearn]] runs");
@@ -406,11 +432,11 @@ pub fn run(
         });
     }
     let mut reports = Vec::new();
-    for u in &e.unlearn {
+    for (u, seed, name) in e.runs() {
         let method: Method = u.method.parse()?;
-        let fkey = hash(&json!({"base": base, "spec": u,
+        let fkey = hash(&json!({"base": base, "spec": u, "seed": seed,
             "loc": u.localization.as_ref().map(|l| &loc_keys[l])}));
-        let fdir = stage_dir(out, "unlearn", &u.name);
+        let fdir = stage_dir(out, "unlearn", &name);
         let fa = ForgetArgs {
             task: e.task.clone(),
             forget: e.forget.clone(),
@@ -421,7 +447,7 @@ pub fn run(
                 .as_ref()
                 .map(|l| loc_dir(l).join("localization.json")),
             layers: u.layers.clone(),
-            sets: std::iter::once(format!("seed={}", e.seed))
+            sets: std::iter::once(format!("seed={seed}"))
                 .chain(u.set.iter().cloned())
                 .collect(),
             edit: u.edit,
@@ -429,14 +455,14 @@ pub fn run(
             ..ForgetArgs::defaults(&e.model, method, fdir.clone())
         };
         stages.push(Stage {
-            name: format!("unlearn {} ({})", u.name, u.method),
+            name: format!("unlearn {name} ({})", u.method),
             dir: fdir.clone(),
             key: fkey.clone(),
             work: Box::new(move || crate::forget::run::run(&fa, device).map(|_| ())),
         });
         reports.push(fdir.clone());
         if e.eval.suite != "none" {
-            let edir = stage_dir(out, "eval", &u.name);
+            let edir = stage_dir(out, "eval", &name);
             let ea = EvalArgs {
                 model: e.model.clone(),
                 unlearned: Some(fdir.clone()),
@@ -444,13 +470,13 @@ pub fn run(
                 forget: e.forget.clone(),
                 known: e.known.clone(),
                 dedup: e.dedup,
-                seed: e.seed,
+                seed,
                 suite: e.eval.suite.parse()?,
                 held_out: e.eval.held_out,
                 out: edir.clone(),
             };
             stages.push(Stage {
-                name: format!("evaluate {}", u.name),
+                name: format!("evaluate {name}"),
                 dir: edir.clone(),
                 key: hash(&json!({"unlearn": fkey, "eval": e.eval})),
                 work: Box::new(move || crate::eval::run::run(&ea, device).map(|_| ())),
@@ -458,7 +484,7 @@ pub fn run(
             reports.push(edir);
         }
         if e.relearn.steps > 0 {
-            let rdir = stage_dir(out, "relearn", &u.name);
+            let rdir = stage_dir(out, "relearn", &name);
             let ra = RelearnArgs {
                 model: e.model.clone(),
                 unlearned: Some(fdir.clone()),
@@ -466,13 +492,16 @@ pub fn run(
                 forget: e.forget.clone(),
                 known: e.known.clone(),
                 dedup: e.dedup,
-                seed: e.seed,
-                cfg: e.relearn_config(),
+                seed,
+                cfg: RelearnConfig {
+                    seed,
+                    ..e.relearn_config()
+                },
                 measure: None,
                 out: rdir.clone(),
             };
             stages.push(Stage {
-                name: format!("relearning attack on {}", u.name),
+                name: format!("relearning attack on {name}"),
                 dir: rdir.clone(),
                 key: hash(&json!({"unlearn": fkey, "relearn": e.relearn})),
                 work: Box::new(move || crate::eval::relearn::run(&ra, device).map(|_| ())),
@@ -561,6 +590,32 @@ mod tests {
     }
 
     /// The example experiments shipped in experiments/ are valid.
+    #[test]
+    fn seeds_repeat_every_unlearning_run() {
+        let text = r#"
+name = "t"
+seeds = [0, 1, 2]
+[[unlearn]]
+name = "ga"
+method = "ga"
+layers = "2-4"
+[[unlearn]]
+name = "rmu"
+method = "rmu"
+layers = "2-4"
+"#;
+        let e = Experiment::parse(text, "t.toml").unwrap();
+        let runs: Vec<(String, u64)> = e.runs().into_iter().map(|(_, s, n)| (n, s)).collect();
+        assert_eq!(runs.len(), 6);
+        assert_eq!(runs[0], ("ga-seed0".to_string(), 0));
+        assert_eq!(runs[5], ("rmu-seed2".to_string(), 2));
+        let once = Experiment::parse(&text.replace("seeds = [0, 1, 2]", "seed = 7"), "t").unwrap();
+        let names: Vec<(String, u64)> = once.runs().into_iter().map(|(_, s, n)| (n, s)).collect();
+        assert_eq!(names, [("ga".to_string(), 7), ("rmu".to_string(), 7)]);
+        let e = Experiment::parse(&text.replace("[0, 1, 2]", "[0, 1, 0]"), "t").unwrap_err();
+        assert!(format!("{e:#}").contains("repeated"), "{e:#}");
+    }
+
     #[test]
     fn shipped_experiments_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
