@@ -352,6 +352,83 @@ fn comparison(inputs: &[&Input]) -> String {
     s
 }
 
+/// For runs repeated over seeds (directories `NAME-seedS`): per metric of `KEYS`, each run's
+/// mean over seeds with an approximate 95 % interval over seeds and facts (normal: the spread
+/// between seeds plus each seed's binomial spread over its facts), as bar charts.
+fn seed_charts(inputs: &[&Input]) -> String {
+    const KEYS: [(&str, &str); 2] = [
+        (
+            "forget.top1_candidates",
+            "forget accuracy (lower is better)",
+        ),
+        ("held_out.top1_candidates", "held-out accuracy"),
+    ];
+    let mut groups: Vec<(String, Vec<&Input>)> = Vec::new();
+    for i in inputs {
+        let name = i
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let Some((base, seed)) = name.rsplit_once("-seed") else {
+            continue;
+        };
+        if seed.parse::<u64>().is_err() {
+            continue;
+        }
+        match groups.iter_mut().find(|g| g.0 == base) {
+            Some(g) => g.1.push(i),
+            None => groups.push((base.to_string(), vec![i])),
+        }
+    }
+    if groups.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("<section id=\"seeds\"><h2>Over seeds</h2><p>Mean over seeds; bars: ≈95 % interval over seeds and facts (normal approximation).</p>");
+    for (key, title) in KEYS {
+        let (mut labels, mut mean, mut lo, mut hi) = (vec![], vec![], vec![], vec![]);
+        for (base, runs) in &groups {
+            let vals: Vec<(f64, f64)> = runs
+                .iter()
+                .filter_map(|i| {
+                    let r = i.metrics.as_ref()?["rows"]
+                        .as_array()?
+                        .iter()
+                        .find(|r| r["metric"] == key)?;
+                    Some((r["unlearned"].as_f64()?, r["n"].as_f64()?))
+                })
+                .collect();
+            if vals.is_empty() {
+                continue;
+            }
+            let s = vals.len() as f64;
+            let m = vals.iter().map(|v| v.0).sum::<f64>() / s;
+            let between = if vals.len() > 1 {
+                vals.iter().map(|v| (v.0 - m).powi(2)).sum::<f64>() / (s - 1.0)
+            } else {
+                0.0
+            };
+            let within = vals
+                .iter()
+                .map(|(p, n)| p * (1.0 - p) / n.max(1.0))
+                .sum::<f64>()
+                / s;
+            let half = 1.96 * (between / s + within / s).sqrt();
+            labels.push(format!("{base} ({})", vals.len()));
+            mean.push(m);
+            lo.push((m - half).max(0.0));
+            hi.push((m + half).min(1.0));
+        }
+        if !mean.is_empty() {
+            out.push_str(&crate::report::svg::bars_with_errors(
+                title, &labels, &mean, &lo, &hi,
+            ));
+        }
+    }
+    out.push_str("</section>");
+    out
+}
+
 fn label(i: &Input) -> String {
     let method = i
         .metrics
@@ -398,6 +475,7 @@ pub fn render(dirs: &[PathBuf]) -> Result<String> {
         h.push_str("<section id=\"comparison\"><h2>Side by side</h2><p>Unlearned values of each run; the first column is the original model.</p>");
         h.push_str(&comparison(&evals));
         h.push_str("</section>");
+        h.push_str(&seed_charts(&evals));
     }
     for i in &inputs {
         let _ = write!(h, "<section><h2>{}</h2>", esc(&label(i)));
@@ -495,6 +573,35 @@ pub fn run(dirs: &[PathBuf], out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_over_seeds_get_error_bars() {
+        let d = tempfile::tempdir().unwrap();
+        let mut dirs = Vec::new();
+        for (name, v) in [("ga-seed0", 0.5), ("ga-seed1", 0.7), ("kuda-seed0", 0.1)] {
+            let dir = d.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let m = serde_json::json!({"task": "sports", "forget_facts": 16, "held_out_facts": 90,
+                "rows": [{"metric": "forget.top1_candidates", "n": 16, "original": 1.0, "unlearned": v,
+                          "lower_is_better": true}]});
+            std::fs::write(dir.join("metrics.json"), m.to_string()).unwrap();
+            dirs.push(dir);
+        }
+        let page = render(&dirs).unwrap();
+        assert!(page.contains("Over seeds"), "{page}");
+        assert!(
+            page.contains("ga (2)") && page.contains("kuda (1)"),
+            "{page}"
+        );
+        // ga: mean 0.6; between-seed variance 0.02, mean within-seed variance (0.25 + 0.21)/16/2,
+        // each over 2 seeds.
+        let half = 1.96 * (0.02f64 / 2.0 + (0.25 + 0.21) / 16.0 / 2.0 / 2.0).sqrt();
+        assert!(
+            page.contains(&format!("0.600 [{:.3}, {:.3}]", 0.6 - half, 0.6 + half)),
+            "{page}"
+        );
+        assert!(!render(&dirs[2..]).unwrap().contains("Over seeds"));
+    }
 
     #[test]
     fn a_page_with_every_section() {

@@ -164,6 +164,64 @@ pub fn bars(title: &str, labels: &[String], values: &[f64], highlight: &[bool]) 
     s
 }
 
+/// Bars of shares (0–1) with error bars from `lo[i]` to `hi[i]`, one per label.
+pub fn bars_with_errors(
+    title: &str,
+    labels: &[String],
+    mean: &[f64],
+    lo: &[f64],
+    hi: &[f64],
+) -> String {
+    let (bw, left, top, ph) = (70.0, 50.0, 40.0, 160.0);
+    let w = left + bw * mean.len() as f64 + 20.0;
+    let y = |v: f64| top + ph * (1.0 - v.clamp(0.0, 1.0));
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{}" font-family="sans-serif" font-size="11"><text x="{left}" y="20" font-size="14">{}</text>"#,
+        top + ph + 40.0,
+        esc(title)
+    );
+    for (i, &m) in mean.iter().enumerate() {
+        let x = left + bw * i as f64;
+        let cx = x + bw / 2.0;
+        let name = esc(labels.get(i).map_or("", |l| l));
+        let _ = write!(
+            s,
+            r##"<rect x="{}" y="{}" width="{}" height="{}" fill="#1f77b4"><title>{name}: {m:.3} [{:.3}, {:.3}]</title></rect><line x1="{cx}" x2="{cx}" y1="{}" y2="{}" stroke="black"/><line x1="{}" x2="{}" y1="{}" y2="{}" stroke="black"/><line x1="{}" x2="{}" y1="{}" y2="{}" stroke="black"/><text x="{cx}" y="{}" text-anchor="middle">{name}</text>"##,
+            x + 8.0,
+            y(m),
+            bw - 16.0,
+            y(0.0) - y(m),
+            lo[i],
+            hi[i],
+            y(lo[i]),
+            y(hi[i]),
+            cx - 6.0,
+            cx + 6.0,
+            y(lo[i]),
+            y(lo[i]),
+            cx - 6.0,
+            cx + 6.0,
+            y(hi[i]),
+            y(hi[i]),
+            top + ph + 16.0
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<line x1="{left}" x2="{}" y1="{}" y2="{}" stroke="black"/><text x="{}" y="{}" text-anchor="end">1</text><text x="{}" y="{}" text-anchor="end">0</text></svg>"#,
+        left + bw * mean.len() as f64,
+        y(0.0),
+        y(0.0),
+        left - 4.0,
+        y(1.0) + 4.0,
+        left - 4.0,
+        y(0.0)
+    );
+    s
+}
+
 const PALETTE: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
