@@ -342,6 +342,11 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         json!(forget.iter().map(|f| &f.id).collect::<Vec<_>>()),
     );
     o.insert("traced_facts".into(), json!(traced.len()));
+    o.insert(
+        "noise".into(),
+        json!({"from": a.noise_from, "base_std": noise_base, "std": 3.0 * noise_base,
+            "restore_window": a.restore_window}),
+    );
     if let Some(s) = &attribution {
         o.insert("attribution".into(), serde_json::to_value(s)?);
     }
