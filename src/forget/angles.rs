@@ -24,6 +24,9 @@ pub struct GradAngles {
     pub after_deg: f64,
 }
 
+/// Retain sequences the angle probe's cross-entropy gradient is taken on.
+pub const ANGLE_PROBE_ROWS: usize = 8;
+
 /// Angles at the model's current weights (its trainable set must be `plan.params`) on the
 /// batch of step `step`; `None` when the run has
 /// no retain facts (nothing to compare with) or a gradient is zero.
@@ -57,7 +60,11 @@ pub fn gradient_angles(
         loss: Loss::Logit(LogitLoss::Ce),
         project: false,
     };
-    let members = draw_members(plan, cfg, DataSet::Retain, step, 0);
+    // A few retain sequences are enough for a direction, and the probe runs the whole model
+    // down to the updated layers (on a 1.5B model a full retain batch of text chunks cost
+    // 8 GB more than the training step itself).
+    let mut members = draw_members(plan, cfg, DataSet::Retain, step, 0);
+    members.truncate(ANGLE_PROBE_ROWS);
     let (_, retain) = term_grads(model, plan, &probe, &members, &mut rng, None)?;
     let before = angle(&forget, &retain)?;
     let mut projected = forget;
