@@ -16,7 +16,10 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Instant;
 
-/// PyTorch 2.15 on this kind of machine, 1 thread (SPEC.md §6), seconds.
+/// The model SPEC.md §6 measured PyTorch on: its figures are shown only beside this model.
+const SPEC_MODEL: &str = "gemma3-270m";
+
+/// PyTorch 2.15 on this kind of machine, 1 thread (SPEC.md §6, Gemma 3 270M), seconds.
 const PYTORCH_1T: [(&str, Option<f64>); 5] = [
     ("trace_sweep", Some(79.0)),
     ("forward_full_logits", Some(1.18)),
@@ -104,7 +107,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     let mut record = |name: &str, secs: f64, peak: Option<u64>, extra: Value| {
         let torch = PYTORCH_1T
             .iter()
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| *n == name && spec == SPEC_MODEL)
             .and_then(|(_, v)| *v);
         eprintln!(
             "{name:<22} {secs:>7.3} s   peak RSS {:>6.0} MiB{}",
