@@ -205,8 +205,12 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     }
     let gflops = gemm_gflops(1024, repeats)?;
     eprintln!("gemm 1024³            {gflops:>7.1} GFLOP/s");
+    // Our model is dropped first: PyTorch loads its own copy of the weights, and both at once
+    // do not fit beside a 1.5B model's training buffers in 24 GB.
+    let model_path = lm.origin.path.clone();
+    drop(lm);
     let pytorch_run = if pytorch {
-        run_pytorch(&lm, repeats)
+        run_pytorch(&model_path, repeats)
     } else {
         Value::Null
     };
@@ -227,7 +231,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         "tool": "unlearn bench",
         "version": env!("CARGO_PKG_VERSION"),
         "model": spec,
-        "model_path": lm.origin.path,
+        "model_path": model_path,
         "threads": threads,
         "device": "cpu",
         "load_seconds": load_s,
@@ -243,12 +247,12 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
 }
 
 /// Run bench/pytorch_bench.py on the same GGUF when python3 can import torch.
-fn run_pytorch(lm: &LanguageModel, repeats: usize) -> Value {
+fn run_pytorch(model_path: &Path, repeats: usize) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pytorch_bench.py");
     let res = std::process::Command::new("python3")
         .arg(&script)
         .arg("--gguf")
-        .arg(&lm.origin.path)
+        .arg(model_path)
         .arg("--repeats")
         .arg(repeats.to_string())
         .env("OMP_NUM_THREADS", crate::util::threads().to_string())
@@ -259,7 +263,16 @@ fn run_pytorch(lm: &LanguageModel, repeats: usize) -> Value {
             serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({"error": e.to_string()}))
         }
         Ok(o) => {
-            json!({"skipped": String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string()})
+            // The last stderr line that is not a progress bar, and how the process ended (a
+            // kill by signal 9 is usually the kernel's out-of-memory killer).
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            let last = err
+                .split(['\r', '\n'])
+                .filter(|l| !l.trim().is_empty() && !l.contains("it/s]") && !l.contains("s/it]"))
+                .last()
+                .unwrap_or("no message")
+                .to_string();
+            json!({"skipped": format!("{} ({last})", o.status)})
         }
         Err(e) => json!({"skipped": format!("{e:#}")}),
     }
