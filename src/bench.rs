@@ -269,7 +269,7 @@ fn run_pytorch(model_path: &Path, repeats: usize) -> Value {
             let last = err
                 .split(['\r', '\n'])
                 .filter(|l| !l.trim().is_empty() && !l.contains("it/s]") && !l.contains("s/it]"))
-                .last()
+                .next_back()
                 .unwrap_or("no message")
                 .to_string();
             json!({"skipped": format!("{} ({last})", o.status)})
