@@ -268,8 +268,7 @@ fn run_pytorch(model_path: &Path, repeats: usize) -> Value {
             let err = String::from_utf8_lossy(&o.stderr).to_string();
             let last = err
                 .split(['\r', '\n'])
-                .filter(|l| !l.trim().is_empty() && !l.contains("it/s]") && !l.contains("s/it]"))
-                .next_back()
+                .rfind(|l| !l.trim().is_empty() && !l.contains("it/s]") && !l.contains("s/it]"))
                 .unwrap_or("no message")
                 .to_string();
             json!({"skipped": format!("{} ({last})", o.status)})
