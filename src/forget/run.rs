@@ -321,17 +321,49 @@ fn run_corpus(
         .and_then(|s| s.parse().ok());
     let summaries = train_all(&mut lm, &ctx, &cfg, &a.out, stop)?;
     let manifest = Manifest {
-        tool: crate::util::tool_id(),
-        base_model: base_spec(&a.model),
-        base_sha256: base_fp,
-        method: a.method.name().into(),
         edit: false,
-        task: a.task.clone(),
         dedup: false,
         forget_split: "all".into(),
+        ..manifest_of(
+            a,
+            &ctx,
+            &cfg,
+            &summaries,
+            (localization, params, param_count),
+            None,
+        )
+    };
+    write_output(&a.out, &lm, &manifest, a.full)?;
+    eprintln!(
+        "wrote {} (a corpus is measured by multiple choice: unlearn mcq --model {} --set wmdp)",
+        a.out.join("manifest.json").display(),
+        a.out.display()
+    );
+    Ok(lm)
+}
+
+/// The manifest of a finished run: the base model, what was updated with which settings,
+/// the facts trained on (from `ctx`) and how training ended.
+fn manifest_of(
+    a: &ForgetArgs,
+    ctx: &TrainCtx,
+    cfg: &ForgetConfig,
+    summaries: &[TrainSummary],
+    (localization, params, param_count): (Option<Localization>, Vec<String>, usize),
+    metrics: Option<serde_json::Value>,
+) -> Manifest {
+    Manifest {
+        tool: crate::util::tool_id(),
+        base_model: base_spec(&a.model),
+        base_sha256: ctx.base_fp.clone(),
+        method: a.method.name().into(),
+        edit: a.edit,
+        task: a.task.clone(),
+        dedup: a.dedup,
+        forget_split: a.forget.clone(),
         forget_ids: ctx.forget_ids.clone(),
         retain_ids: ctx.retain_ids.clone(),
-        new_answers: None,
+        new_answers: ctx.new_answers.clone(),
         localization,
         params,
         param_count,
@@ -350,15 +382,8 @@ fn run_corpus(
         } else {
             "changed".into()
         },
-        metrics: None,
-    };
-    write_output(&a.out, &lm, &manifest, a.full)?;
-    eprintln!(
-        "wrote {} (a corpus is measured by multiple choice: unlearn mcq --model {} --set wmdp)",
-        a.out.join("manifest.json").display(),
-        a.out.display()
-    );
-    Ok(lm)
+        metrics,
+    }
 }
 
 /// What a run updates: the localization's parameters, the MLPs of `--layers`, or every block
@@ -662,38 +687,16 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         None
     };
     let manifest = Manifest {
-        tool: crate::util::tool_id(),
-        base_model: base_spec(&a.model),
-        base_sha256: base_fp,
-        method: a.method.name().into(),
-        edit: a.edit,
-        task: a.task.clone(),
-        dedup: a.dedup,
-        forget_split: a.forget.clone(),
         forget_ids,
-        retain_ids: ctx.retain_ids.clone(),
-        new_answers: ctx.new_answers.clone(),
-        localization,
-        params,
-        param_count,
-        config: cfg.clone(),
-        seed: cfg.seed,
-        steps: cfg.steps,
-        steps_done: summaries.iter().map(|s| s.steps_done).collect(),
-        final_losses: summaries
-            .last()
-            .map(|s| s.final_losses.clone())
-            .unwrap_or_default(),
-        gradient_angles: summaries.last().and_then(|s| s.gradient_angles.clone()),
-        threads: crate::util::threads(),
-        weights: if a.full {
-            "full".into()
-        } else {
-            "changed".into()
-        },
-        metrics: a
-            .eval
-            .then(|| json!({"before": before, "after": after, "tuning": tuning})),
+        ..manifest_of(
+            a,
+            &ctx,
+            &cfg,
+            &summaries,
+            (localization, params, param_count),
+            a.eval
+                .then(|| json!({"before": before, "after": after, "tuning": tuning})),
+        )
     };
     write_output(&a.out, &lm, &manifest, a.full)?;
     if a.eval {
