@@ -64,40 +64,45 @@ struct Outcome {
     held_out: (f64, f64),
 }
 
+/// The training context of the planted facts: forget 0..12, retain 12..36, the planted
+/// layer's MLP updated, key statistics when KUDA projects.
+fn planted_ctx(model: &Transformer, method: Method, cfg: &ForgetConfig) -> TrainCtx {
+    let facts = planted::facts();
+    let params = model.mlp_param_names(&[PLANTED_LAYER]);
+    let retain_seqs: Vec<Seq> = facts[12..36].iter().map(seq).collect();
+    let text_seqs = text();
+    let projected = method == Method::Kuda && cfg.kuda.projection != Projection::None;
+    let key_sums = projected.then(|| {
+        let keys: Vec<Seq> = retain_seqs.iter().chain(&text_seqs).cloned().collect();
+        key_sums(model, &keys, &params, PAD, 8).unwrap()
+    });
+    TrainCtx {
+        method,
+        edit: false,
+        forget_seqs: facts[..12].iter().map(seq).collect(),
+        known_retain: retain_seqs.len(),
+        retain_seqs,
+        text_seqs,
+        params,
+        rep_layer: crate::forget::methods::rep_layer(method, cfg, PLANTED_LAYER).unwrap(),
+        key_sums,
+        forget_ids: (0..12).map(|i| i.to_string()).collect(),
+        retain_ids: (12..36).map(|i| i.to_string()).collect(),
+        new_answers: None,
+        base_fp: "planted".into(),
+        partitions: 1,
+    }
+}
+
 /// Train `method` with `cfg` on the planted layer's MLP: forget facts 0..12, retain facts
 /// 12..36, held out 36..48.
 fn unlearn(method: Method, cfg: &ForgetConfig) -> Outcome {
     let mut model = planted::model();
     let facts = planted::facts();
     let (forget, rest) = facts.split_at(12);
-    let (retain, held_out) = rest.split_at(24);
+    let held_out = &rest[24..];
     let before = (accuracy(&model, forget), accuracy(&model, held_out));
-    let params = model.mlp_param_names(&[PLANTED_LAYER]);
-    let forget_seqs: Vec<Seq> = forget.iter().map(seq).collect();
-    let retain_seqs: Vec<Seq> = retain.iter().map(seq).collect();
-    let text_seqs = text();
-    let projected = method == Method::Kuda && cfg.kuda.projection != Projection::None;
-    let sums = projected.then(|| {
-        let keys: Vec<Seq> = retain_seqs.iter().chain(&text_seqs).cloned().collect();
-        key_sums(&model, &keys, &params, PAD, 8).unwrap()
-    });
-    let rep_layer = crate::forget::methods::rep_layer(method, cfg, PLANTED_LAYER).unwrap();
-    let ctx = TrainCtx {
-        method,
-        edit: false,
-        forget_seqs,
-        known_retain: retain_seqs.len(),
-        retain_seqs,
-        text_seqs,
-        params: params.clone(),
-        rep_layer,
-        key_sums: sums,
-        forget_ids: (0..12).map(|i| i.to_string()).collect(),
-        retain_ids: (12..36).map(|i| i.to_string()).collect(),
-        new_answers: None,
-        base_fp: "planted".into(),
-        partitions: 1,
-    };
+    let ctx = planted_ctx(&model, method, cfg);
     let part: Vec<usize> = (0..12).collect();
     let plan = plan_for(&model, PAD, &ctx, cfg, &part).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -216,24 +221,8 @@ fn rmu_unlearns() {
 /// 12..36), and the model it was made from.
 fn planted_plan(method: Method) -> (Transformer, crate::forget::trainer::Plan) {
     let model = planted::model();
-    let facts = planted::facts();
     let cfg = ForgetConfig::for_method(method);
-    let ctx = TrainCtx {
-        method,
-        edit: false,
-        forget_seqs: facts[..12].iter().map(seq).collect(),
-        known_retain: 24,
-        retain_seqs: facts[12..36].iter().map(seq).collect(),
-        text_seqs: text(),
-        params: model.mlp_param_names(&[PLANTED_LAYER]),
-        rep_layer: crate::forget::methods::rep_layer(method, &cfg, PLANTED_LAYER).unwrap(),
-        key_sums: None,
-        forget_ids: vec![],
-        retain_ids: vec![],
-        new_answers: None,
-        base_fp: "planted".into(),
-        partitions: 1,
-    };
+    let ctx = planted_ctx(&model, method, &cfg);
     let plan = plan_for(&model, PAD, &ctx, &cfg, &(0..12).collect::<Vec<_>>()).unwrap();
     (model, plan)
 }
