@@ -73,6 +73,7 @@ fn build(hidden: usize) -> Transformer {
         attn_logit_softcapping: None,
         activation: Activation::Silu,
         rope_scaling: None,
+        rope_linear_factor: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         pad_token_id: Some(0),

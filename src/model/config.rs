@@ -1,28 +1,11 @@
 //! Model configuration: the architecture-independent description of a decoder-only transformer
-//! that the hooked transformer runs (Gemma 3 and the Llama family: Llama 2/3, SmolLM2, Qwen2).
+//! that the hooked transformer runs; what differs between architectures lives in
+//! [`crate::model::arch`].
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-/// Which block layout the model uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    /// Gemma 3: 4 norms per block, q/k norms, GELU-tanh, embedding scale, (1+w) norms,
-    /// sliding-window and global attention layers.
-    Gemma3,
-    /// Llama family (Llama 2/3, SmolLM2, Mistral without sliding window, Qwen2 with qkv bias).
-    Llama,
-}
-
-impl Arch {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Arch::Gemma3 => "gemma3",
-            Arch::Llama => "llama",
-        }
-    }
-}
+pub use crate::model::arch::Arch;
 
 /// Activation of the gated MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +57,10 @@ pub struct ModelConfig {
     pub attn_logit_softcapping: Option<f64>,
     pub activation: Activation,
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Linear RoPE scaling (positions divided by this factor) of the layers that use the
+    /// global base (Gemma 3 4B and larger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_linear_factor: Option<f64>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -89,12 +76,12 @@ impl ModelConfig {
         }
     }
 
-    /// RoPE base used by layer `l`.
-    pub fn rope_base(&self, l: usize) -> f64 {
-        if self.is_sliding(l) {
-            self.rope_local_theta.unwrap_or(self.rope_theta)
-        } else {
-            self.rope_theta
+    /// RoPE of layer `l`: its base, and whether the global frequency scaling applies (it does
+    /// on every layer that uses the global base).
+    pub fn rope_of(&self, l: usize) -> (f64, bool) {
+        match self.rope_local_theta {
+            Some(local) if self.is_sliding(l) => (local, false),
+            _ => (self.rope_theta, true),
         }
     }
 
@@ -106,11 +93,20 @@ impl ModelConfig {
             .sqrt()
     }
 
+    /// How attention scores are formed: the q·k scale and the soft cap.
+    pub fn attn_scores(&self) -> crate::model::ops::AttnScores {
+        crate::model::ops::AttnScores {
+            scale: self.attn_scale(),
+            softcap: self.attn_logit_softcapping,
+        }
+    }
+
     /// Scale applied to the token embeddings (Gemma: sqrt(hidden)).
     pub fn embed_scale(&self) -> f64 {
-        match self.arch {
-            Arch::Gemma3 => (self.hidden_size as f64).sqrt(),
-            Arch::Llama => 1.0,
+        if self.arch.layout().embed_scale {
+            (self.hidden_size as f64).sqrt()
+        } else {
+            1.0
         }
     }
 
@@ -123,10 +119,11 @@ impl ModelConfig {
         if self.attention_bias {
             per_layer += q + 2 * kv;
         }
-        per_layer += match self.arch {
-            Arch::Gemma3 => 4 * d + 2 * hd,
-            Arch::Llama => 2 * d,
-        };
+        let layout = self.arch.layout();
+        per_layer += if layout.sandwich_norms { 4 * d } else { 2 * d };
+        if layout.qk_norm {
+            per_layer += 2 * hd;
+        }
         let mut n = self.vocab_size * d + self.num_layers * per_layer + d;
         if !self.tie_word_embeddings {
             n += self.vocab_size * d;
@@ -180,29 +177,7 @@ impl ModelConfig {
     /// The Hugging Face `config.json` for this model (what transformers needs to load it).
     pub fn to_hf_json(&self) -> serde_json::Value {
         use serde_json::json;
-        let mut v = match self.arch {
-            Arch::Gemma3 => json!({
-                "architectures": ["Gemma3ForCausalLM"],
-                "model_type": "gemma3_text",
-                "hidden_activation": "gelu_pytorch_tanh",
-                "query_pre_attn_scalar": self.query_pre_attn_scalar.unwrap_or(self.head_dim as f64),
-                "rope_local_base_freq": self.rope_local_theta.unwrap_or(10000.0),
-                "sliding_window": self.sliding_window,
-                "sliding_window_pattern": self.sliding_window_pattern,
-                "layer_types": (0..self.num_layers)
-                    .map(|l| if self.is_sliding(l) { "sliding_attention" } else { "full_attention" })
-                    .collect::<Vec<_>>(),
-                "final_logit_softcapping": self.final_logit_softcapping,
-                "attn_logit_softcapping": self.attn_logit_softcapping,
-            }),
-            Arch::Llama => json!({
-                "architectures": [if self.attention_bias { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-                "model_type": if self.attention_bias { "qwen2" } else { "llama" },
-                "hidden_act": "silu",
-                "attention_bias": self.attention_bias,
-                "mlp_bias": false,
-            }),
-        };
+        let mut v = self.arch.hf_json(self);
         let o = v.as_object_mut().expect("object");
         o.insert("vocab_size".into(), self.vocab_size.into());
         o.insert("hidden_size".into(), self.hidden_size.into());
@@ -244,6 +219,12 @@ impl ModelConfig {
                        "original_max_position_embeddings": s.original_max_position_embeddings}),
             );
         }
+        if let Some(f) = self.rope_linear_factor {
+            o.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "linear", "factor": f}),
+            );
+        }
         v
     }
 }
@@ -275,6 +256,7 @@ mod tests {
             attn_logit_softcapping: None,
             activation: Activation::GeluTanh,
             rope_scaling: None,
+            rope_linear_factor: None,
             bos_token_id: Some(2),
             eos_token_ids: vec![1],
             pad_token_id: Some(0),
@@ -288,8 +270,8 @@ mod tests {
         assert_eq!(c.param_count(), 268_098_176);
         let globals: Vec<usize> = (0..18).filter(|&l| !c.is_sliding(l)).collect();
         assert_eq!(globals, vec![5, 11, 17]);
-        assert_eq!(c.rope_base(0), 10_000.0);
-        assert_eq!(c.rope_base(5), 1_000_000.0);
+        assert_eq!(c.rope_of(0), (10_000.0, false));
+        assert_eq!(c.rope_of(5), (1_000_000.0, true));
     }
 
     #[test]

@@ -168,6 +168,7 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
             Activation::Silu
         },
         rope_scaling: None,
+        rope_linear_factor: None,
         bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
         eos_token_ids: tok_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: tok_id("tokenizer.ggml.padding_token_id"),

@@ -2,165 +2,14 @@
 //! (f32/f16/bf16 tensors, converted to f32) and export (what unlearn writes loads back with
 //! identical logits: the exact configuration is kept in an `unlearn` section of config.json).
 
-use crate::model::config::{Activation, Arch, Llama3RopeScaling, ModelConfig};
+pub use crate::model::arch::config_from_hf;
+use crate::model::config::ModelConfig;
 use crate::model::{TextTokenizer, Weights};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Model configuration from an HF `config.json` value.
-pub fn config_from_hf(v: &Value, file: &Path) -> Result<ModelConfig> {
-    if let Some(exact) = v.get("unlearn") {
-        return serde_json::from_value(exact.clone())
-            .with_context(|| format!("{}: bad `unlearn` section", file.display()));
-    }
-    let get_u = |k: &str| -> Result<usize> {
-        v.get(k)
-            .and_then(|x| x.as_u64())
-            .map(|x| x as usize)
-            .with_context(|| {
-                format!(
-                    "{}: field `{k}` is missing or not an integer",
-                    file.display()
-                )
-            })
-    };
-    let opt_f = |k: &str| v.get(k).and_then(|x| x.as_f64());
-    let model_type = v
-        .get("model_type")
-        .and_then(|x| x.as_str())
-        .with_context(|| format!("{}: field `model_type` is missing", file.display()))?;
-    let (arch, activation) = match model_type {
-        "gemma3_text" | "gemma3" => (Arch::Gemma3, Activation::GeluTanh),
-        "llama" | "qwen2" | "mistral" => (Arch::Llama, Activation::Silu),
-        other => bail!("{}: model_type {other:?} is not supported (supported: gemma3_text, llama, qwen2, mistral)", file.display()),
-    };
-    let v = if model_type == "gemma3" {
-        v.get("text_config").unwrap_or(v)
-    } else {
-        v
-    };
-    let hidden = get_u("hidden_size")?;
-    let heads = get_u("num_attention_heads")?;
-    let head_dim = v
-        .get("head_dim")
-        .and_then(|x| x.as_u64())
-        .map(|x| x as usize)
-        .unwrap_or(hidden / heads.max(1));
-    let gemma = arch == Arch::Gemma3;
-    if model_type == "mistral" && v.get("sliding_window").is_some_and(|x| !x.is_null()) {
-        bail!(
-            "{}: Mistral with a sliding window is not supported",
-            file.display()
-        );
-    }
-    let ids = |k: &str| -> Vec<u32> {
-        match v.get(k) {
-            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_u64())
-                .map(|x| x as u32)
-                .collect(),
-            _ => vec![],
-        }
-    };
-    let rope_scaling = match v.get("rope_scaling") {
-        Some(Value::Object(o))
-            if o.get("rope_type")
-                .or(o.get("type"))
-                .and_then(|x| x.as_str())
-                == Some("llama3") =>
-        {
-            let f = |k: &str| {
-                o.get(k)
-                    .and_then(|x| x.as_f64())
-                    .with_context(|| format!("{}: rope_scaling.{k} is missing", file.display()))
-            };
-            Some(Llama3RopeScaling {
-                factor: f("factor")?,
-                low_freq_factor: f("low_freq_factor")?,
-                high_freq_factor: f("high_freq_factor")?,
-                original_max_position_embeddings: f("original_max_position_embeddings")? as usize,
-            })
-        }
-        Some(Value::Object(o))
-            if gemma && o.get("rope_type").and_then(|x| x.as_str()) == Some("linear") =>
-        {
-            bail!("{}: linear RoPE scaling is not supported", file.display())
-        }
-        Some(Value::Null) | None => None,
-        Some(Value::Object(_)) if gemma => None,
-        Some(other) => bail!("{}: rope_scaling {other} is not supported", file.display()),
-    };
-    let pattern = v
-        .get("sliding_window_pattern")
-        .and_then(|x| x.as_u64())
-        .map(|x| x as usize)
-        .or_else(|| {
-            let types = v.get("layer_types")?.as_array()?;
-            let first_global = types
-                .iter()
-                .position(|t| t.as_str() == Some("full_attention"))?;
-            Some(first_global + 1)
-        });
-    Ok(ModelConfig {
-        arch,
-        vocab_size: get_u("vocab_size")?,
-        hidden_size: hidden,
-        intermediate_size: get_u("intermediate_size")?,
-        num_layers: get_u("num_hidden_layers")?,
-        num_heads: heads,
-        num_kv_heads: v
-            .get("num_key_value_heads")
-            .and_then(|x| x.as_u64())
-            .map(|x| x as usize)
-            .unwrap_or(heads),
-        head_dim,
-        rms_norm_eps: opt_f("rms_norm_eps").unwrap_or(1e-6),
-        rope_theta: opt_f("rope_theta").unwrap_or(if gemma { 1_000_000.0 } else { 10_000.0 }),
-        rope_local_theta: if gemma {
-            Some(opt_f("rope_local_base_freq").unwrap_or(10_000.0))
-        } else {
-            None
-        },
-        sliding_window: if gemma {
-            v.get("sliding_window")
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-        } else {
-            None
-        },
-        sliding_window_pattern: if gemma { pattern.or(Some(6)) } else { None },
-        max_position_embeddings: v
-            .get("max_position_embeddings")
-            .and_then(|x| x.as_u64())
-            .map(|x| x as usize)
-            .unwrap_or(4096),
-        tie_word_embeddings: v
-            .get("tie_word_embeddings")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(gemma),
-        attention_bias: v
-            .get("attention_bias")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(model_type == "qwen2"),
-        query_pre_attn_scalar: if gemma {
-            Some(opt_f("query_pre_attn_scalar").unwrap_or(head_dim as f64))
-        } else {
-            None
-        },
-        final_logit_softcapping: opt_f("final_logit_softcapping"),
-        attn_logit_softcapping: opt_f("attn_logit_softcapping"),
-        activation,
-        rope_scaling,
-        bos_token_id: ids("bos_token_id").first().copied(),
-        eos_token_ids: ids("eos_token_id"),
-        pad_token_id: ids("pad_token_id").first().copied(),
-    })
-}
 
 /// Load every `*.safetensors` file of a directory as f32 tensors.
 pub fn load_safetensors(dir: &Path, device: &Device) -> Result<Weights> {
@@ -274,6 +123,7 @@ pub fn export_hf_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::config::Activation;
     use serde_json::json;
 
     #[test]

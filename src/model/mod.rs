@@ -2,6 +2,7 @@
 //! their tokenizer ([`tokenizer`]), the differentiable ops ([`ops`]) and the hooked, trainable
 //! transformer ([`transformer`]).
 
+pub mod arch;
 pub mod batch;
 pub mod chat;
 pub mod config;

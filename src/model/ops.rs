@@ -185,14 +185,14 @@ pub fn rope_tables(
     max_pos: usize,
     head_dim: usize,
     base: f64,
-    scaling: Option<&crate::model::config::Llama3RopeScaling>,
+    scaling: &RopeScaling,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     let mut inv: Vec<f64> = (0..half)
         .map(|i| 1.0 / base.powf(2.0 * i as f64 / head_dim as f64))
         .collect();
-    if let Some(s) = scaling {
+    if let Some(s) = scaling.llama3 {
         let low_wl = s.original_max_position_embeddings as f64 / s.low_freq_factor;
         let high_wl = s.original_max_position_embeddings as f64 / s.high_freq_factor;
         for f in inv.iter_mut() {
@@ -204,6 +204,11 @@ pub fn rope_tables(
                     / (s.high_freq_factor - s.low_freq_factor);
                 *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
             }
+        }
+    }
+    if let Some(factor) = scaling.linear {
+        for f in inv.iter_mut() {
+            *f /= factor;
         }
     }
     // Angles in f32 like the reference (inv_freq f32, positions f32, product in f32).
@@ -225,6 +230,30 @@ pub fn rope_tables(
     ))
 }
 
+/// Frequency scaling of a RoPE table: Llama 3.1's, and linear (positions / factor).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RopeScaling<'a> {
+    pub llama3: Option<&'a crate::model::config::Llama3RopeScaling>,
+    pub linear: Option<f64>,
+}
+
+/// How attention scores are formed from q·k: multiplied by `scale`, then, when `softcap` is
+/// set, soft-capped to `cap · tanh(s / cap)` (Gemma 2) before the mask and the softmax.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnScores {
+    pub scale: f64,
+    pub softcap: Option<f64>,
+}
+
+impl From<f64> for AttnScores {
+    fn from(scale: f64) -> Self {
+        AttnScores {
+            scale,
+            softcap: None,
+        }
+    }
+}
+
 /// Scaled dot-product attention with grouped key/value heads.
 /// `q`: `[B, H, T, hd]`, `k`, `v`: `[B, KV, S, hd]`, `mask`: additive `[B, 1, T, S]`.
 /// Returns `(z, p)`: the head outputs `[B, H, T, hd]` and the attention pattern `[B, H, T, S]`.
@@ -233,14 +262,17 @@ pub fn attention(
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
-    scale: f64,
+    how: &AttnScores,
 ) -> Result<(Tensor, Tensor)> {
     let (b, h, t, hd) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
     let g = h / kv;
     // Heads that share a key/value head are stacked along the rows: no repeat of k/v.
     let qg = q.reshape((b, kv, g * t, hd))?;
-    let scores = (qg.matmul(&k.t()?)? * scale)?.reshape((b, h, t, s))?;
+    let mut scores = (qg.matmul(&k.t()?)? * how.scale)?.reshape((b, h, t, s))?;
+    if let Some(cap) = how.softcap {
+        scores = softcap(&scores, cap)?;
+    }
     let p = softmax_last(&scores.broadcast_add(mask)?)?;
     let z = p
         .reshape((b, kv, g * t, s))?
@@ -256,7 +288,7 @@ pub fn attention_bwd(
     v: &Tensor,
     p: &Tensor,
     dz: &Tensor,
-    scale: f64,
+    how: &AttnScores,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, h, t, hd) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
@@ -265,7 +297,14 @@ pub fn attention_bwd(
     let dzg = dz.reshape((b, kv, g * t, hd))?;
     let dv = pg.t()?.matmul(&dzg)?;
     let dp = dzg.matmul(&v.t()?)?.reshape((b, h, t, s))?;
-    let ds = (softmax_last_bwd(p, &dp)? * scale)?.reshape((b, kv, g * t, s))?;
+    let mut ds = softmax_last_bwd(p, &dp)?;
+    if let Some(cap) = how.softcap {
+        // Recompute the capped scores rather than keep them for every layer.
+        let qg = q.reshape((b, kv, g * t, hd))?;
+        let capped = softcap(&(qg.matmul(&k.t()?)? * how.scale)?, cap)?.reshape((b, h, t, s))?;
+        ds = softcap_bwd(&capped, &ds, cap)?;
+    }
+    let ds = (ds * how.scale)?.reshape((b, kv, g * t, s))?;
     let dq = ds.matmul(k)?.reshape((b, h, t, hd))?;
     let dk = ds.t()?.matmul(&q.reshape((b, kv, g * t, hd))?)?;
     Ok((dq, dk, dv))
@@ -493,7 +532,7 @@ pub(crate) mod tests {
     #[test]
     fn rope_grads_match_finite_differences_and_rotate() {
         let dev = Device::Cpu;
-        let (cos, sin) = rope_tables(8, 6, 10000.0, None, &dev).unwrap();
+        let (cos, sin) = rope_tables(8, 6, 10000.0, &RopeScaling::default(), &dev).unwrap();
         let pos = Tensor::new(&[0u32, 3, 5, 7], &dev).unwrap();
         let c = cos
             .index_select(&pos, 0)
@@ -551,20 +590,34 @@ pub(crate) mod tests {
         let k = rnd(&[b, kv, t, hd], 10, 1.0);
         let v = rnd(&[b, kv, t, hd], 11, 1.0);
         let mask = causal_mask(b, t);
-        let sc = 0.5;
-        let bwd = |dz: &Tensor| {
-            let (_, p) = attention(&q, &k, &v, &mask, sc).unwrap();
-            attention_bwd(&q, &k, &v, &p, dz, sc).unwrap()
-        };
-        check_grad(&|q| attention(q, &k, &v, &mask, sc).unwrap().0, &q, &|dz| {
-            bwd(dz).0
-        });
-        check_grad(&|k| attention(&q, k, &v, &mask, sc).unwrap().0, &k, &|dz| {
-            bwd(dz).1
-        });
-        check_grad(&|v| attention(&q, &k, v, &mask, sc).unwrap().0, &v, &|dz| {
-            bwd(dz).2
-        });
+        // Plain, and soft-capped at a cap the scores reach (Gemma 2).
+        for sc in [
+            AttnScores::from(0.5),
+            AttnScores {
+                scale: 0.9,
+                softcap: Some(0.8),
+            },
+        ] {
+            let bwd = |dz: &Tensor| {
+                let (_, p) = attention(&q, &k, &v, &mask, &sc).unwrap();
+                attention_bwd(&q, &k, &v, &p, dz, &sc).unwrap()
+            };
+            check_grad(
+                &|q| attention(q, &k, &v, &mask, &sc).unwrap().0,
+                &q,
+                &|dz| bwd(dz).0,
+            );
+            check_grad(
+                &|k| attention(&q, k, &v, &mask, &sc).unwrap().0,
+                &k,
+                &|dz| bwd(dz).1,
+            );
+            check_grad(
+                &|v| attention(&q, &k, v, &mask, &sc).unwrap().0,
+                &v,
+                &|dz| bwd(dz).2,
+            );
+        }
     }
 
     #[test]
@@ -574,10 +627,10 @@ pub(crate) mod tests {
         let k = rnd(&[b, kv, t, hd], 13, 1.0);
         let v = rnd(&[b, kv, t, hd], 14, 1.0);
         let mask = causal_mask(b, t);
-        let (z, _) = attention(&q, &k, &v, &mask, 0.7).unwrap();
+        let (z, _) = attention(&q, &k, &v, &mask, &0.7.into()).unwrap();
         for head in 0..h {
             let qh = q.narrow(1, head, 1).unwrap().contiguous().unwrap();
-            let (zh, _) = attention(&qh, &k, &v, &mask, 0.7).unwrap();
+            let (zh, _) = attention(&qh, &k, &v, &mask, &0.7.into()).unwrap();
             let a = to_vec(&zh);
             let b2 = to_vec(&z.narrow(1, head, 1).unwrap());
             for (x, y) in a.iter().zip(b2) {

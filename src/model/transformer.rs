@@ -4,7 +4,7 @@
 //! layers at and above the lowest one that needs a gradient.
 
 use crate::model::batch::Batch;
-use crate::model::config::{Activation, Arch, ModelConfig};
+use crate::model::config::{Activation, ModelConfig};
 use crate::model::hooks::{selection_mask, ActivationCache, HookPoint, Hooks, PatchMode};
 use crate::model::ops;
 use crate::model::weights::Weights;
@@ -246,7 +246,8 @@ pub struct Transformer {
     trainable: BTreeSet<String>,
     names: Vec<LayerNames>,
     /// RoPE tables (cos, sin) `[max_pos, hd]` by base.
-    rope: Vec<(f64, Tensor, Tensor)>,
+    /// cos/sin tables by (RoPE base, scaled).
+    rope: Vec<((f64, bool), Tensor, Tensor)>,
     device: Device,
     dtype: DType,
 }
@@ -259,24 +260,19 @@ impl Transformer {
     pub fn new(config: ModelConfig, weights: Weights) -> Result<Self> {
         config.validate()?;
         weights.check_against(&config)?;
-        if config.attn_logit_softcapping.is_some() {
-            bail!("model config: attention logit soft-capping (Gemma 2) is not supported");
-        }
         let emb = weights.get("model.embed_tokens.weight")?;
         let (device, dtype) = (emb.device().clone(), emb.dtype());
         let max_pos = config.max_position_embeddings.clamp(1, ROPE_TABLE_LEN);
         let mut rope = Vec::new();
         for l in 0..config.num_layers {
-            let base = config.rope_base(l);
-            if !rope.iter().any(|(b, _, _)| *b == base) {
-                let (c, s) = ops::rope_tables(
-                    max_pos,
-                    config.head_dim,
-                    base,
-                    config.rope_scaling.as_ref(),
-                    &device,
-                )?;
-                rope.push((base, c.to_dtype(dtype)?, s.to_dtype(dtype)?));
+            let (base, scaled) = config.rope_of(l);
+            if !rope.iter().any(|(k, _, _)| *k == (base, scaled)) {
+                let scaling = ops::RopeScaling {
+                    llama3: config.rope_scaling.as_ref().filter(|_| scaled),
+                    linear: config.rope_linear_factor.filter(|_| scaled),
+                };
+                let (c, s) = ops::rope_tables(max_pos, config.head_dim, base, &scaling, &device)?;
+                rope.push(((base, scaled), c.to_dtype(dtype)?, s.to_dtype(dtype)?));
             }
         }
         let names = (0..config.num_layers).map(LayerNames::new).collect();
@@ -378,7 +374,7 @@ impl Transformer {
         };
         match point {
             HookPoint::ResidPre(_) => norm(&n.ln_in),
-            HookPoint::ResidMid(_) => norm(if c.arch == Arch::Gemma3 {
+            HookPoint::ResidMid(_) => norm(if c.arch.layout().sandwich_norms {
                 &n.ln_pre_ff
             } else {
                 &n.ln_post_attn
@@ -402,9 +398,10 @@ impl Transformer {
     /// Effective RMSNorm multiplier (Gemma stores w and multiplies by 1 + w).
     fn norm_scale(&self, name: &str) -> Result<Tensor> {
         let w = self.w(name)?;
-        Ok(match self.config.arch {
-            Arch::Gemma3 => w.affine(1.0, 1.0)?,
-            Arch::Llama => w.clone(),
+        Ok(if self.config.arch.layout().norm_plus_one {
+            w.affine(1.0, 1.0)?
+        } else {
+            w.clone()
         })
     }
 
@@ -417,11 +414,11 @@ impl Transformer {
     }
 
     fn rope_for(&self, l: usize, pos: &Tensor, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
-        let base = self.config.rope_base(l);
+        let key = self.config.rope_of(l);
         let (_, c, s) = self
             .rope
             .iter()
-            .find(|(bb, _, _)| *bb == base)
+            .find(|(k, _, _)| *k == key)
             .expect("table built for every base");
         let hd = self.config.head_dim;
         Ok((
@@ -634,7 +631,7 @@ impl Transformer {
     ) -> Result<(Tensor, Option<LayerTape>)> {
         let c = &self.config;
         let n = &self.names[l];
-        let gemma = c.arch == Arch::Gemma3;
+        let layout = c.arch.layout();
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let x = self.hook(HookPoint::ResidPre(l), x, hooks, cache, keep)?;
@@ -653,7 +650,7 @@ impl Transformer {
             .reshape((b, t, kvh, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let (qn, rq, kn, rk) = if gemma {
+        let (qn, rq, kn, rk) = if layout.qk_norm {
             let (qn, rq) = ops::rms_norm(&q_lin, &self.norm_scale(&n.q_norm)?, c.rms_norm_eps)?;
             let (kn, rk) = ops::rms_norm(&k_lin, &self.norm_scale(&n.k_norm)?, c.rms_norm_eps)?;
             (qn, Some(rq), kn, Some(rk))
@@ -673,12 +670,12 @@ impl Transformer {
             }
             None => (k.clone(), v4.clone()),
         };
-        let (z, p) = ops::attention(&q, &k_all, &v_all, mask, c.attn_scale())?;
+        let (z, p) = ops::attention(&q, &k_all, &v_all, mask, &c.attn_scores())?;
         let z_tl = z.transpose(1, 2)?.contiguous()?;
         let z_tl = self.hook(HookPoint::AttnZ(l), z_tl, hooks, cache, keep)?;
         let z_flat = z_tl.reshape((b, t, h * hd))?;
         let o = ops::linear(&z_flat, self.w(&n.o)?)?;
-        let (attn_out, r_pa) = if gemma {
+        let (attn_out, r_pa) = if layout.sandwich_norms {
             let (a, r) = ops::rms_norm(&o, &self.norm_scale(&n.ln_post_attn)?, c.rms_norm_eps)?;
             (a, Some(r))
         } else {
@@ -687,7 +684,11 @@ impl Transformer {
         let attn_out = self.hook(HookPoint::AttnOut(l), attn_out, hooks, cache, keep)?;
         let mid = (&x + attn_out)?;
         let mid = self.hook(HookPoint::ResidMid(l), mid, hooks, cache, keep)?;
-        let ln2 = if gemma { &n.ln_pre_ff } else { &n.ln_post_attn };
+        let ln2 = if layout.sandwich_norms {
+            &n.ln_pre_ff
+        } else {
+            &n.ln_post_attn
+        };
         let (h2, r2) = ops::rms_norm(&mid, &self.norm_scale(ln2)?, c.rms_norm_eps)?;
         let gate = ops::linear(&h2, self.w(&n.gate)?)?;
         let gate = self.hook(HookPoint::MlpPre(l), gate, hooks, cache, keep)?;
@@ -699,7 +700,7 @@ impl Transformer {
         let post = (&act * &up)?;
         let post = self.hook(HookPoint::MlpPost(l), post, hooks, cache, keep)?;
         let m = ops::linear(&post, self.w(&n.down)?)?;
-        let (mlp_out, r_pf) = if gemma {
+        let (mlp_out, r_pf) = if layout.sandwich_norms {
             let (a, r) = ops::rms_norm(&m, &self.norm_scale(&n.ln_post_ff)?, c.rms_norm_eps)?;
             (a, Some(r))
         } else {
@@ -997,20 +998,25 @@ impl Transformer {
     ) -> Result<Tensor> {
         let c = &self.config;
         let n = &self.names[l];
-        let gemma = c.arch == Arch::Gemma3;
+        let layout = c.arch.layout();
         let (b, t, _) = lt.x.dims3()?;
         let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let tp = |name: &str| self.is_trainable(name);
         let wants = |p: HookPoint| tape.grad_points.contains(&p);
-        let attn_trainable =
-            n.attn_params().iter().any(|x| tp(x)) || tp(&n.ln_in) || (gemma && tp(&n.ln_post_attn));
+        let attn_trainable = n.attn_params().iter().any(|x| tp(x))
+            || tp(&n.ln_in)
+            || (layout.sandwich_norms && tp(&n.ln_post_attn));
         let need_attn = need_dx
             || attn_trainable
             || wants(HookPoint::AttnZ(l))
             || wants(HookPoint::AttnOut(l))
             || wants(HookPoint::ResidPre(l));
         let need_dmid = need_attn || wants(HookPoint::ResidMid(l));
-        let ln2 = if gemma { &n.ln_pre_ff } else { &n.ln_post_attn };
+        let ln2 = if layout.sandwich_norms {
+            &n.ln_pre_ff
+        } else {
+            &n.ln_post_attn
+        };
 
         let g = self.grad_point(HookPoint::ResidPost(l), g_out, tape, grads)?;
         // MLP branch.
@@ -1104,7 +1110,7 @@ impl Transformer {
             grads,
         )?;
         let d_z = d_z_tl.transpose(1, 2)?.contiguous()?;
-        let (dq, dk, dv) = ops::attention_bwd(&lt.q, &lt.k, &lt.v, &lt.p, &d_z, c.attn_scale())?;
+        let (dq, dk, dv) = ops::attention_bwd(&lt.q, &lt.k, &lt.v, &lt.p, &d_z, &c.attn_scores())?;
         let dqn = ops::rope_bwd(&dq, &lt.cos, &lt.sin)?
             .transpose(1, 2)?
             .contiguous()?;

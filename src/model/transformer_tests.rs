@@ -3,11 +3,16 @@
 
 use super::*;
 use crate::model::batch::PadSide;
-use crate::model::config::Llama3RopeScaling;
+use crate::model::config::{Arch, Llama3RopeScaling};
 use crate::model::hooks::{Patch, Selection};
 use crate::model::ops::tests::rnd;
 
+/// A tiny config of `arch` that exercises its particulars: windows of 3 on alternating layers
+/// (Gemma 2/3), soft caps the scores reach (Gemma 2), Llama 3.1 RoPE scaling and q/k/v biases
+/// (Llama), a final soft cap (Gemma 3).
 pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
+    let gemma = arch.layout().embed_scale;
+    let windowed = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
     ModelConfig {
         arch,
         vocab_size: 23,
@@ -20,15 +25,15 @@ pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
         rope_local_theta: (arch == Arch::Gemma3).then_some(100.0),
-        sliding_window: (arch == Arch::Gemma3).then_some(3),
-        sliding_window_pattern: (arch == Arch::Gemma3).then_some(2),
+        sliding_window: windowed.then_some(3),
+        sliding_window_pattern: windowed.then_some(2),
         max_position_embeddings: 64,
-        tie_word_embeddings: arch == Arch::Gemma3,
+        tie_word_embeddings: gemma,
         attention_bias: arch == Arch::Llama,
-        query_pre_attn_scalar: (arch == Arch::Gemma3).then_some(6.0),
-        final_logit_softcapping: (arch == Arch::Gemma3).then_some(3.0),
-        attn_logit_softcapping: None,
-        activation: if arch == Arch::Gemma3 {
+        query_pre_attn_scalar: windowed.then_some(6.0),
+        final_logit_softcapping: windowed.then_some(3.0),
+        attn_logit_softcapping: (arch == Arch::Gemma2).then_some(2.0),
+        activation: if gemma {
             Activation::GeluTanh
         } else {
             Activation::Silu
@@ -39,6 +44,7 @@ pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
             high_freq_factor: 4.0,
             original_max_position_embeddings: 16,
         }),
+        rope_linear_factor: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         pad_token_id: Some(0),
@@ -127,7 +133,7 @@ fn metric(m: &Transformer, b: &Batch, hooks: Option<&Hooks>) -> f64 {
 
 #[test]
 fn parameter_gradients_match_finite_differences() {
-    for arch in [Arch::Gemma3, Arch::Llama] {
+    for arch in Arch::ALL {
         let mut m = tiny_model(arch);
         let names: Vec<String> = m.weights().tensors.keys().cloned().collect();
         m.set_trainable(&names).unwrap();
@@ -195,7 +201,7 @@ fn frozen_parameters_get_no_gradient_and_same_values() {
 
 #[test]
 fn hook_gradients_match_finite_differences() {
-    for arch in [Arch::Gemma3, Arch::Llama] {
+    for arch in Arch::ALL {
         let m = tiny_model(arch);
         let b = batch(&m, PadSide::Left);
         let points = HookPoint::all(m.config.num_layers);

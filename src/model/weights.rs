@@ -2,7 +2,7 @@
 //! (`model.layers.{l}.mlp.down_proj.weight`, out × in; Gemma norms stored as `w` with scale 1+w;
 //! Llama q/k in the HF (un-permuted) layout), so that export is a plain write.
 
-use crate::model::config::{Arch, ModelConfig};
+use crate::model::config::ModelConfig;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -44,9 +44,12 @@ impl Weights {
             v.push((format!("{p}.mlp.down_proj.weight"), vec![d, f]));
             v.push((format!("{p}.input_layernorm.weight"), vec![d]));
             v.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-            if c.arch == Arch::Gemma3 {
+            let layout = c.arch.layout();
+            if layout.sandwich_norms {
                 v.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![d]));
                 v.push((format!("{p}.post_feedforward_layernorm.weight"), vec![d]));
+            }
+            if layout.qk_norm {
                 v.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
                 v.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
             }

@@ -1,0 +1,34 @@
+//! Gemma 1 (Gemma-2B/7B): Llama's block with GELU-tanh, `1 + w` RMS norms, an embedding scaled
+//! by sqrt(hidden size) and tied embeddings.
+
+use super::{Arch, HfConfig, Layout};
+use crate::model::config::{Activation, ModelConfig};
+use anyhow::Result;
+use serde_json::{json, Value};
+
+pub const LAYOUT: Layout = Layout {
+    sandwich_norms: false,
+    qk_norm: false,
+    norm_plus_one: true,
+    embed_scale: true,
+};
+
+pub const HF_MODEL_TYPES: &[&str] = &["gemma"];
+
+/// Configuration from a Gemma `config.json`.
+pub fn from_hf(h: &HfConfig) -> Result<ModelConfig> {
+    let rope = h.rope()?;
+    let mut c = h.base(Arch::Gemma, h.activation(Activation::GeluTanh)?, &rope)?;
+    c.tie_word_embeddings = h.opt_bool("tie_word_embeddings").unwrap_or(true);
+    Ok(c)
+}
+
+/// The Gemma-specific fields of an exported `config.json`.
+pub fn hf_json(_: &ModelConfig) -> Value {
+    json!({
+        "architectures": ["GemmaForCausalLM"],
+        "model_type": "gemma",
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh",
+    })
+}

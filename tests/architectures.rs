@@ -1,0 +1,307 @@
+//! Every architecture against PyTorch + transformers, on the tiny random-weight models of
+//! tests/fixtures/tiny (made by its make_tiny.py): tokenizer ids, log-probabilities at every
+//! position (alone and in a left-padded batch, where sliding windows meet padding), gradients of
+//! every parameter, greedy continuations, and an export whose config.json alone (without the
+//! exact `unlearn` section) reads back to the same configuration.
+
+use candle_core::{DType, Device, Tensor};
+use std::path::PathBuf;
+use unlearn::model::generate::{generate, Sampling};
+use unlearn::model::hf_dir::{config_from_hf, export_hf_dir};
+use unlearn::model::transformer::{LogitsAt, RunOpts};
+use unlearn::model::{ops, Batch, LanguageModel, PadSide, Transformer};
+
+/// Largest |Δ log-softmax| accepted (float32 on both sides, sizes of 32–64).
+const LOGPROB_TOL: f64 = 1e-4;
+/// Largest gradient error accepted, relative to the largest entry of that gradient.
+const GRAD_TOL: f64 = 1e-3;
+
+fn dir(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tiny/{arch}"))
+}
+
+struct Reference {
+    ids: Vec<Vec<u32>>,
+    greedy: Vec<Vec<u32>>,
+    loss: f64,
+    tensors: std::collections::HashMap<String, Tensor>,
+    prompts: Vec<String>,
+}
+
+fn reference(arch: &str) -> Reference {
+    let d = dir(arch);
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
+    let ids_of = |v: &serde_json::Value| -> Vec<Vec<u32>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
+            })
+            .collect()
+    };
+    Reference {
+        ids: ids_of(&j["ids"]),
+        greedy: ids_of(&j["greedy"]),
+        loss: j["loss"].as_f64().unwrap(),
+        prompts: j["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect(),
+        tensors: candle_core::safetensors::load(d.join("reference.safetensors"), &Device::Cpu)
+            .unwrap(),
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f64 {
+    a.to_dtype(DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Log-softmax `[T, V]` of every position of one row of a batch run.
+fn logprobs(m: &Transformer, seqs: &[Vec<u32>], pad: u32) -> Vec<Tensor> {
+    let b = Batch::new(seqs, pad, PadSide::Left, &Device::Cpu).unwrap();
+    let out = m
+        .run(
+            &b,
+            &RunOpts {
+                logits: LogitsAt::All,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let logits = out.logits.unwrap();
+    let t = b.len();
+    seqs.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let row = logits
+                .get(i)
+                .unwrap()
+                .narrow(0, t - s.len(), s.len())
+                .unwrap();
+            ops::log_softmax_last(&row).unwrap()
+        })
+        .collect()
+}
+
+fn check_arch(arch: &str) {
+    let lm = LanguageModel::load(dir(arch).to_str().unwrap(), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    let r = reference(arch);
+    let pad = lm.pad_id();
+    // Tokenizer: the same ids as transformers' tokenizer, BOS included.
+    for (p, want) in r.prompts.iter().zip(&r.ids) {
+        assert_eq!(
+            &lm.tokenizer.encode(p, true).unwrap(),
+            want,
+            "{arch}: ids of {p:?}"
+        );
+    }
+    // Log-probabilities, one prompt at a time and all in one left-padded batch.
+    let single: Vec<Tensor> = r
+        .ids
+        .iter()
+        .flat_map(|s| logprobs(&lm.model, std::slice::from_ref(s), pad))
+        .collect();
+    let batched = logprobs(&lm.model, &r.ids, pad);
+    let mut worst = 0f64;
+    for (i, (a, b)) in single.iter().zip(&batched).enumerate() {
+        let want = &r.tensors[&format!("logprobs.{i}")];
+        let d = max_abs_diff(a, want);
+        worst = worst.max(d).max(max_abs_diff(b, want));
+        assert!(
+            d <= LOGPROB_TOL,
+            "{arch} prompt {i}: max |Δ log-softmax| {d:.2e}"
+        );
+        let d = max_abs_diff(b, want);
+        assert!(
+            d <= LOGPROB_TOL,
+            "{arch} prompt {i} in a padded batch: max |Δ| {d:.2e}"
+        );
+        let top = |t: &Tensor| -> Vec<u32> { t.argmax(1).unwrap().to_vec1().unwrap() };
+        assert_eq!(
+            top(a),
+            top(want),
+            "{arch} prompt {i}: top-1 at every position"
+        );
+    }
+    let grad_err = check_gradients(arch, &lm, &r);
+    eprintln!(
+        "{arch}: max |Δ log-softmax| {worst:.1e}, max relative gradient error {grad_err:.1e}"
+    );
+    // Greedy continuations (no stop token, as the reference generated them).
+    for (seq, want) in r.ids.iter().zip(&r.greedy) {
+        let got = generate(
+            &lm.model,
+            std::slice::from_ref(seq),
+            want.len(),
+            &[],
+            pad,
+            Sampling::default(),
+        )
+        .unwrap();
+        assert_eq!(&got[0], want, "{arch}: greedy continuation");
+    }
+    check_export_config(arch, &lm);
+}
+
+/// Gradients of every parameter of loss = mean over prompts of the mean next-token NLL.
+fn check_gradients(arch: &str, lm: &LanguageModel, r: &Reference) -> f64 {
+    let mut m = Transformer::new(lm.model.config.clone(), lm.model.weights().clone()).unwrap();
+    let names: Vec<String> = m.weights().tensors.keys().cloned().collect();
+    m.set_trainable(&names).unwrap();
+    let n = r.ids.len() as f64;
+    let mut total: std::collections::BTreeMap<String, Tensor> = Default::default();
+    let mut loss = 0.0;
+    for seq in &r.ids {
+        let b = Batch::new(
+            std::slice::from_ref(seq),
+            lm.pad_id(),
+            PadSide::Left,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let out = m
+            .run(
+                &b,
+                &RunOpts {
+                    logits: LogitsAt::All,
+                    grad: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let t = seq.len();
+        let logits = out.logits.as_ref().unwrap().get(0).unwrap();
+        let targets = Tensor::new(&seq[1..], &Device::Cpu).unwrap();
+        let (l, g) =
+            ops::cross_entropy_with_grad(&logits.narrow(0, 0, t - 1).unwrap(), &targets).unwrap();
+        loss += l / n;
+        let zero = Tensor::zeros((1, g.dim(1).unwrap()), g.dtype(), &Device::Cpu).unwrap();
+        let g = (Tensor::cat(&[&g, &zero], 0).unwrap() / n)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        for (name, gp) in m.backward(&out, Some(&g), None).unwrap().params {
+            let sum = match total.remove(&name) {
+                Some(prev) => (prev + gp).unwrap(),
+                None => gp,
+            };
+            total.insert(name, sum);
+        }
+    }
+    assert!(
+        (loss - r.loss).abs() < 1e-5 * r.loss,
+        "{arch}: loss {loss} vs {}",
+        r.loss
+    );
+    let (mut checked, mut worst) = (0, 0f64);
+    for (key, want) in &r.tensors {
+        let Some(name) = key.strip_prefix("grad.") else {
+            continue;
+        };
+        let got = total
+            .get(name)
+            .unwrap_or_else(|| panic!("{arch}: no gradient for {name}"));
+        let d = max_abs_diff(got, want) / max_abs(want).max(1e-12);
+        assert!(
+            d <= GRAD_TOL,
+            "{arch}: gradient of {name}: relative error {d:.2e}"
+        );
+        checked += 1;
+        worst = worst.max(d);
+    }
+    assert_eq!(
+        checked,
+        total.len(),
+        "{arch}: every parameter's gradient is checked"
+    );
+    worst
+}
+
+/// An export's config.json, read as transformers would (no `unlearn` section), gives back the
+/// same configuration.
+fn check_export_config(arch: &str, lm: &LanguageModel) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("export");
+    export_hf_dir(
+        &lm.model.config,
+        lm.model.weights(),
+        &lm.tokenizer,
+        &out,
+        None,
+    )
+    .unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("unlearn");
+    let back = config_from_hf(&v, &out.join("config.json")).unwrap();
+    assert_eq!(
+        back, lm.model.config,
+        "{arch}: exported config.json reads back"
+    );
+}
+
+#[test]
+fn llama_with_llama3_rope_scaling_matches_transformers() {
+    check_arch("llama");
+}
+
+#[test]
+fn mistral_with_a_sliding_window_matches_transformers() {
+    check_arch("mistral");
+}
+
+#[test]
+fn qwen2_with_qkv_bias_matches_transformers() {
+    check_arch("qwen2");
+}
+
+#[test]
+fn qwen3_with_qk_norms_matches_transformers() {
+    check_arch("qwen3");
+}
+
+#[test]
+fn gemma_1_matches_transformers() {
+    check_arch("gemma");
+}
+
+#[test]
+fn gemma2_with_soft_capping_and_alternating_windows_matches_transformers() {
+    check_arch("gemma2");
+}
+
+#[test]
+fn gemma3_with_local_and_global_layers_matches_transformers() {
+    check_arch("gemma3");
+}
