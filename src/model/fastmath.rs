@@ -2,10 +2,38 @@
 //! candle's `tanh` calls libm once per element (≈ 20 ns each, 11 ms for one MLP activation of
 //! a 8 × 32 batch of Gemma 3 270M); these loops use a polynomial `exp` that the compiler
 //! vectorizes. Absolute error of `tanh` below 2e-7, far inside the float32 rounding of the
-//! results. Other devices and dtypes fall back to candle's ops.
+//! results. Other devices and dtypes fall back to candle's ops — the device-generic paths,
+//! which the CPU can be made to take too (`UNLEARN_GENERIC_KERNELS=1` or [`set_generic_only`])
+//! so that tests compare them with the fast ones.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Storage, Tensor};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0: not yet read from the environment; 1: fast CPU paths; 2: generic paths only.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Take the device-generic paths on the CPU too (process-wide).
+pub fn set_generic_only(on: bool) {
+    MODE.store(if on { 2 } else { 1 }, Ordering::SeqCst);
+}
+
+/// Whether the CPU-only kernels may run on `device`.
+pub fn fast_on(device: &Device) -> bool {
+    if !matches!(device, Device::Cpu) {
+        return false;
+    }
+    let mode = match MODE.load(Ordering::Relaxed) {
+        0 => {
+            let generic = std::env::var_os("UNLEARN_GENERIC_KERNELS").is_some_and(|v| v == "1");
+            let m = if generic { 2 } else { 1 };
+            MODE.store(m, Ordering::SeqCst);
+            m
+        }
+        m => m,
+    };
+    mode == 1
+}
 
 /// `e^x` for f32, relative error below 2e-7 over the whole range (flush to 0 / saturate to
 /// `f32::MAX` outside [-87, 88]).
@@ -51,7 +79,7 @@ fn gelu_grad_one(x: f32) -> f32 {
 /// Run `f` over the f32 data of CPU tensors when all are contiguous f32 on the CPU.
 fn with_cpu_f32(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Vec<f32>) -> Result<Option<Tensor>> {
     let first = ts[0];
-    if !matches!(first.device(), Device::Cpu)
+    if !fast_on(first.device())
         || ts
             .iter()
             .any(|t| t.dtype() != DType::F32 || !t.is_contiguous() || t.dims() != first.dims())
@@ -240,7 +268,7 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
 
 fn cpu_f32_contiguous(ts: &[&Tensor]) -> bool {
     ts.iter()
-        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous())
+        .all(|t| fast_on(t.device()) && t.dtype() == DType::F32 && t.is_contiguous())
 }
 
 #[inline(always)]

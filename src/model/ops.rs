@@ -324,7 +324,7 @@ pub fn vocab_grad(
         .iter()
         .all(|(a, b)| a.dtype() == DType::F32 && b.dtype() == DType::F32)
         && rows.iter().all(|(_, g)| g.dtype() == DType::F32);
-    if matches!(device, Device::Cpu) && all_f32 {
+    if crate::model::fastmath::fast_on(device) && all_f32 {
         let dense_v = match dense {
             Some((dl, h)) => Some((
                 dl.flatten_all()?.to_vec1::<f32>()?,
