@@ -26,6 +26,11 @@ struct Cli {
     /// Trained weights depend on the count; a run resumes only with the count it started with.
     #[arg(long, global = true, env = "UNLEARN_THREADS")]
     threads: Option<usize>,
+    /// How frozen weight matrices are held in memory: f32, or bf16/f16 for half the memory
+    /// (trainable weights, norms and all arithmetic stay f32; results differ from f32 storage
+    /// by the weights' rounding, about 1e-2 in log-probabilities).
+    #[arg(long, global = true, env = "UNLEARN_WEIGHTS", default_value = "f32", value_parser = unlearn::model::parse_weights_dtype)]
+    weights: candle_core::DType,
     #[command(subcommand)]
     command: Command,
 }
@@ -671,6 +676,7 @@ fn parse_cli() -> Cli {
 fn main() {
     unlearn::util::tune_allocator();
     let cli = parse_cli();
+    unlearn::model::set_weights_dtype(cli.weights);
     let default_threads = matches!(cli.command, Command::Bench { .. }).then_some(1);
     if let Some(n) = cli.threads.or(default_threads) {
         // candle reads this when it sizes its matmul parallelism.

@@ -103,10 +103,16 @@ fn generic_paths_give_the_fast_paths_numbers() {
         let lm = LanguageModel::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
         let probe = Tensor::ones((2, 8), DType::F32, &Device::Cpu).unwrap();
         set_generic_only(false);
-        assert!(gelu(&probe).unwrap().is_some(), "the fast GELU runs on the CPU");
+        assert!(
+            gelu(&probe).unwrap().is_some(),
+            "the fast GELU runs on the CPU"
+        );
         let fast = outputs(&lm);
         set_generic_only(true);
-        assert!(gelu(&probe).unwrap().is_none(), "the switch turns the fast GELU off");
+        assert!(
+            gelu(&probe).unwrap().is_none(),
+            "the switch turns the fast GELU off"
+        );
         let generic = outputs(&lm);
         set_generic_only(false);
         let mut worst = rel_diff(&generic.all, &fast.all).max(rel_diff(&generic.last, &fast.last));

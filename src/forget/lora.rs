@@ -94,7 +94,8 @@ impl Lora {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (mut base, mut params) = (BTreeMap::new(), BTreeMap::new());
         for name in cfg.target_names(model) {
-            let w = model.weights().get(&name)?.clone();
+            // In the compute dtype (f32) even when the model stores its matrices in bf16.
+            let w = model.weights().get(&name)?.to_dtype(model.dtype())?;
             let (out, inp) = w
                 .dims2()
                 .with_context(|| format!("{name} is not a matrix"))?;

@@ -66,7 +66,7 @@ pub fn attribute(
         &dev,
     )?;
     let (b, t) = (batch.size(), batch.len());
-    let dtype = model.weights().get("model.embed_tokens.weight")?.dtype();
+    let dtype = model.dtype();
     let noise_std = match corruption {
         Corruption::Noise { std } => std,
         Corruption::Replace => 0.0,

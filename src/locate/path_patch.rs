@@ -84,7 +84,7 @@ fn runs(model: &Transformer, it: &PathItem, o: &PathOpts) -> Result<Runs> {
     }
     let dev = model.device().clone();
     let (n_layers, d) = (model.config.num_layers, model.config.hidden_size);
-    let dtype = model.weights().get("model.embed_tokens.weight")?.dtype();
+    let dtype = model.dtype();
     let one = Batch::new(std::slice::from_ref(&it.ids), 0, PadSide::Left, &dev)?;
     let mut hooks = Hooks::new();
     for l in 0..n_layers {

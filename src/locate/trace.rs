@@ -115,11 +115,20 @@ pub fn embedding_std(model: &Transformer) -> Result<f64> {
     if let Some((_, std)) = crate::model::fastmath::mean_std(w)? {
         return Ok(std * model.config.embed_scale());
     }
-    let e = w.to_dtype(DType::F64)?;
-    let n = e.elem_count() as f64;
-    let mean = e.sum_all()?.to_scalar::<f64>()? / n;
-    let var = e.sqr()?.sum_all()?.to_scalar::<f64>()? / n - mean * mean;
-    Ok(var.sqrt() * model.config.embed_scale())
+    // Other devices and bf16/f16 storage: f64 sums over row blocks (never the whole matrix
+    // widened at once).
+    let rows = w.dim(0)?;
+    let (mut s, mut s2) = (0f64, 0f64);
+    for start in (0..rows).step_by(8192) {
+        let e = w
+            .narrow(0, start, 8192.min(rows - start))?
+            .to_dtype(DType::F64)?;
+        s += e.sum_all()?.to_scalar::<f64>()?;
+        s2 += e.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    }
+    let n = w.elem_count() as f64;
+    let mean = s / n;
+    Ok((s2 / n - mean * mean).max(0.0).sqrt() * model.config.embed_scale())
 }
 
 /// Seeded Gaussian noise `[rows, t, d]` that is zero except at each row's `spans[row]`
@@ -196,7 +205,7 @@ pub fn trace(
         d,
         std,
         opts.seed,
-        model.weights().get("model.embed_tokens.weight")?.dtype(),
+        model.dtype(),
         &dev,
     )?;
     let corrupt = Patch {

@@ -251,7 +251,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
                 t = unpermute(&t, config.num_kv_heads)?;
             }
         }
-        weights.tensors.insert(hf, t);
+        weights.tensors.insert(hf, crate::model::stored(t)?);
     }
     bar.finish_and_clear();
     Ok((config, weights, tokenizer))

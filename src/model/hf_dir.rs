@@ -43,9 +43,11 @@ pub fn tensors_from_safetensors(
         .map_err(|e| anyhow::anyhow!("{what}: cannot read safetensors: {e}"))?;
     let mut out = Vec::with_capacity(map.len());
     for (name, t) in map {
+        // Matrices already in the storage dtype stay as they are (no f32 copy on the way).
         let t = match t.dtype() {
-            DType::F32 => t,
-            DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+            d if d == crate::model::weights_dtype() && t.rank() >= 2 => t,
+            DType::F32 => crate::model::stored(t)?,
+            DType::F16 | DType::BF16 | DType::F64 => crate::model::stored(t.to_dtype(DType::F32)?)?,
             other => {
                 bail!("{what}: tensor `{name}` has dtype {other:?}; expected f32, f16, bf16 or f64")
             }

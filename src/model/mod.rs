@@ -29,8 +29,62 @@ pub use tokenizer::TextTokenizer;
 pub use transformer::{Grads, LogitsAt, RunOpts, RunOutput, Transformer};
 pub use weights::Weights;
 
-use anyhow::Result;
-use candle_core::Device;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How frozen weight matrices are stored (0: f32, 1: bf16, 2: f16); vectors (norms, biases)
+/// and trainable parameters stay in f32, and every op computes in f32.
+static WEIGHTS_DTYPE: AtomicU8 = AtomicU8::new(0);
+
+/// Parse a `--weights` value: f32, bf16 or f16.
+pub fn parse_weights_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => bail!("--weights {other:?}: expected f32, bf16 or f16"),
+    })
+}
+
+/// Store the weight matrices of models loaded from now on in `dtype` (process-wide).
+pub fn set_weights_dtype(dtype: DType) {
+    let code = match dtype {
+        DType::BF16 => 1,
+        DType::F16 => 2,
+        _ => 0,
+    };
+    WEIGHTS_DTYPE.store(code, Ordering::SeqCst);
+}
+
+/// The dtype weight matrices are stored in.
+pub fn weights_dtype() -> DType {
+    match WEIGHTS_DTYPE.load(Ordering::Relaxed) {
+        1 => DType::BF16,
+        2 => DType::F16,
+        _ => DType::F32,
+    }
+}
+
+/// A tag for cache keys: empty for f32 storage, else the storage dtype (numbers computed with
+/// bf16-stored weights differ from f32 ones).
+pub fn weights_tag() -> &'static str {
+    match weights_dtype() {
+        DType::BF16 => "+bf16",
+        DType::F16 => "+f16",
+        _ => "",
+    }
+}
+
+/// A freshly loaded f32 tensor as it is stored: matrices in the weights dtype, vectors in f32.
+pub fn stored(t: Tensor) -> Result<Tensor> {
+    let dtype = weights_dtype();
+    Ok(if t.rank() >= 2 && dtype != t.dtype() {
+        t.to_dtype(dtype)?
+    } else {
+        t
+    })
+}
 
 /// A model as loaded from disk: configuration, weights in Hugging Face naming and conventions,
 /// tokenizer, and where it came from.

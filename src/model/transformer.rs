@@ -261,7 +261,13 @@ impl Transformer {
         config.validate()?;
         weights.check_against(&config)?;
         let emb = weights.get("model.embed_tokens.weight")?;
-        let (device, dtype) = (emb.device().clone(), emb.dtype());
+        // Weights stored in bf16/f16 are computed with in f32.
+        let dtype = if emb.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let device = emb.device().clone();
         let max_pos = config.max_position_embeddings.clamp(1, ROPE_TABLE_LEN);
         let mut rope = Vec::new();
         for l in 0..config.num_layers {
@@ -322,6 +328,15 @@ impl Transformer {
                 bail!("cannot train `{n}`: the model has no such parameter (names look like `model.layers.3.mlp.down_proj.weight`)");
             }
             set.insert(n.to_string());
+        }
+        // Trainable parameters (and so their gradients and optimizer state) are kept in the
+        // compute dtype even when the frozen weights are stored in bf16/f16.
+        for n in &set {
+            let t = &self.weights.tensors[n];
+            if t.dtype() != self.dtype {
+                let widened = t.to_dtype(self.dtype)?;
+                self.weights.tensors.insert(n.clone(), widened);
+            }
         }
         self.trainable = set;
         Ok(())
@@ -391,8 +406,21 @@ impl Transformer {
         self.trainable.contains(name)
     }
 
-    fn w(&self, name: &str) -> Result<&Tensor> {
-        self.weights.get(name)
+    /// A weight in the compute dtype (weights stored in bf16/f16 are widened here, one
+    /// matrix at a time).
+    fn w(&self, name: &str) -> Result<Tensor> {
+        let t = self.weights.get(name)?;
+        Ok(if t.dtype() == self.dtype {
+            t.clone()
+        } else {
+            t.to_dtype(self.dtype)?
+        })
+    }
+
+    /// The compute dtype: f32 (f64 for the finite-difference tests), whatever the weights are
+    /// stored in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Effective RMSNorm multiplier (Gemma stores w and multiplies by 1 + w).
@@ -430,9 +458,10 @@ impl Transformer {
     /// Token embeddings `[B, T, D]` (Gemma: scaled by sqrt(D)).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let e = self.w("model.embed_tokens.weight")?;
+        let e = self.weights.get("model.embed_tokens.weight")?;
         let x = e
             .index_select(&ids.flatten_all()?, 0)?
+            .to_dtype(self.dtype)?
             .reshape((b, t, self.config.hidden_size))?;
         let s = self.config.embed_scale();
         Ok(if s != 1.0 { x.affine(s, 0.0)? } else { x })
@@ -636,13 +665,13 @@ impl Transformer {
         let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let x = self.hook(HookPoint::ResidPre(l), x, hooks, cache, keep)?;
         let (h1, r1) = ops::rms_norm(&x, &self.norm_scale(&n.ln_in)?, c.rms_norm_eps)?;
-        let mut q_lin = ops::linear(&h1, self.w(&n.q)?)?;
-        let mut k_lin = ops::linear(&h1, self.w(&n.k)?)?;
-        let mut v_lin = ops::linear(&h1, self.w(&n.v)?)?;
+        let mut q_lin = ops::linear(&h1, &self.w(&n.q)?)?;
+        let mut k_lin = ops::linear(&h1, &self.w(&n.k)?)?;
+        let mut v_lin = ops::linear(&h1, &self.w(&n.v)?)?;
         if c.attention_bias {
-            q_lin = q_lin.broadcast_add(self.w(&n.qb)?)?;
-            k_lin = k_lin.broadcast_add(self.w(&n.kb)?)?;
-            v_lin = v_lin.broadcast_add(self.w(&n.vb)?)?;
+            q_lin = q_lin.broadcast_add(&self.w(&n.qb)?)?;
+            k_lin = k_lin.broadcast_add(&self.w(&n.kb)?)?;
+            v_lin = v_lin.broadcast_add(&self.w(&n.vb)?)?;
         }
         let q_lin = q_lin.reshape((b, t, h, hd))?;
         let k_lin = k_lin.reshape((b, t, kvh, hd))?;
@@ -674,7 +703,7 @@ impl Transformer {
         let z_tl = z.transpose(1, 2)?.contiguous()?;
         let z_tl = self.hook(HookPoint::AttnZ(l), z_tl, hooks, cache, keep)?;
         let z_flat = z_tl.reshape((b, t, h * hd))?;
-        let o = ops::linear(&z_flat, self.w(&n.o)?)?;
+        let o = ops::linear(&z_flat, &self.w(&n.o)?)?;
         let (attn_out, r_pa) = if layout.sandwich_norms {
             let (a, r) = ops::rms_norm(&o, &self.norm_scale(&n.ln_post_attn)?, c.rms_norm_eps)?;
             (a, Some(r))
@@ -690,16 +719,16 @@ impl Transformer {
             &n.ln_post_attn
         };
         let (h2, r2) = ops::rms_norm(&mid, &self.norm_scale(ln2)?, c.rms_norm_eps)?;
-        let gate = ops::linear(&h2, self.w(&n.gate)?)?;
+        let gate = ops::linear(&h2, &self.w(&n.gate)?)?;
         let gate = self.hook(HookPoint::MlpPre(l), gate, hooks, cache, keep)?;
-        let up = ops::linear(&h2, self.w(&n.up)?)?;
+        let up = ops::linear(&h2, &self.w(&n.up)?)?;
         let act = match c.activation {
             Activation::GeluTanh => ops::gelu_tanh(&gate)?,
             Activation::Silu => ops::silu(&gate)?,
         };
         let post = (&act * &up)?;
         let post = self.hook(HookPoint::MlpPost(l), post, hooks, cache, keep)?;
-        let m = ops::linear(&post, self.w(&n.down)?)?;
+        let m = ops::linear(&post, &self.w(&n.down)?)?;
         let (mlp_out, r_pf) = if layout.sandwich_norms {
             let (a, r) = ops::rms_norm(&m, &self.norm_scale(&n.ln_post_ff)?, c.rms_norm_eps)?;
             (a, Some(r))
@@ -741,7 +770,7 @@ impl Transformer {
 
     /// Logits `[N, V]` of final residual rows `[N, D]` (final norm, LM head, soft-capping).
     pub fn head(&self, rows: &Tensor) -> Result<Tensor> {
-        self.head_with(rows, self.lm_weight()?)
+        self.head_with(rows, &self.lm_weight()?)
     }
 
     /// Logits `[N, K]` of final residual rows `[N, D]` for the vocabulary entries `tokens` only:
@@ -752,7 +781,12 @@ impl Transformer {
             bail!("token id {t} is outside the vocabulary (size {v})");
         }
         let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), &self.device)?;
-        self.head_with(rows, &self.lm_weight()?.index_select(&ids, 0)?)
+        let selected = self
+            .weights
+            .get(self.lm_name())?
+            .index_select(&ids, 0)?
+            .to_dtype(self.dtype)?;
+        self.head_with(rows, &selected)
     }
 
     fn head_with(&self, rows: &Tensor, lm_weight: &Tensor) -> Result<Tensor> {
@@ -768,12 +802,8 @@ impl Transformer {
         })
     }
 
-    fn lm_weight(&self) -> Result<&Tensor> {
-        if self.config.tie_word_embeddings {
-            self.w("model.embed_tokens.weight")
-        } else {
-            self.w("lm_head.weight")
-        }
+    fn lm_weight(&self) -> Result<Tensor> {
+        self.w(self.lm_name())
     }
 
     fn lm_name(&self) -> &'static str {
@@ -824,7 +854,7 @@ impl Transformer {
             &self.norm_scale("model.norm.weight")?,
             self.config.rms_norm_eps,
         )?;
-        let mut logits = ops::linear(&hn, self.lm_weight()?)?;
+        let mut logits = ops::linear(&hn, &self.lm_weight()?)?;
         let mut capped = None;
         if let Some(cap) = self.config.final_logit_softcapping {
             logits = ops::softcap(&logits, cap)?;
@@ -874,7 +904,7 @@ impl Transformer {
                 _ => dl,
             };
             let lm = self.lm_weight()?;
-            let (dhn, _) = ops::linear_bwd(&head.hn, lm, &dl, false)?;
+            let (dhn, _) = ops::linear_bwd(&head.hn, &lm, &dl, false)?;
             if self.is_trainable(self.lm_name()) {
                 // Kept for the end, where a tied embedding adds its lookup rows in the same pass.
                 head_dense = Some((dl.clone(), head.hn.clone()));
@@ -1048,7 +1078,7 @@ impl Transformer {
             add_grad(&mut grads.params, &n.down, ops::linear_dw(&lt.post, &d_m)?)?;
         }
         if need_inner {
-            let (d_post, _) = ops::linear_bwd(&lt.post, self.w(&n.down)?, &d_m, false)?;
+            let (d_post, _) = ops::linear_bwd(&lt.post, &self.w(&n.down)?, &d_m, false)?;
             let d_post = self.grad_point(HookPoint::MlpPost(l), d_post, tape, grads)?;
             let d_act = (&d_post * &lt.up)?;
             let d_up = (&d_post * &lt.act)?;
@@ -1064,8 +1094,8 @@ impl Transformer {
                 add_grad(&mut grads.params, &n.up, ops::linear_dw(&lt.h2, &d_up)?)?;
             }
             if need_dmid || tp(ln2) {
-                let d_h2 = (ops::linear_bwd(&lt.h2, self.w(&n.gate)?, &d_gate, false)?.0
-                    + ops::linear_bwd(&lt.h2, self.w(&n.up)?, &d_up, false)?.0)?;
+                let d_h2 = (ops::linear_bwd(&lt.h2, &self.w(&n.gate)?, &d_gate, false)?.0
+                    + ops::linear_bwd(&lt.h2, &self.w(&n.up)?, &d_up, false)?.0)?;
                 let (dmid, ds) =
                     ops::rms_norm_bwd(&lt.mid, &self.norm_scale(ln2)?, &lt.r2, &d_h2, tp(ln2))?;
                 if let Some(ds) = ds {
@@ -1099,7 +1129,7 @@ impl Transformer {
             }
             None => d_attn_out,
         };
-        let (d_zflat, dwo) = ops::linear_bwd(&lt.z_flat, self.w(&n.o)?, &d_o, tp(&n.o))?;
+        let (d_zflat, dwo) = ops::linear_bwd(&lt.z_flat, &self.w(&n.o)?, &d_o, tp(&n.o))?;
         if let Some(dw) = dwo {
             add_grad(&mut grads.params, &n.o, dw)?;
         }
@@ -1164,9 +1194,9 @@ impl Transformer {
         if !need_dh1 {
             return Ok(g_mid);
         }
-        let d_h1 = ((ops::linear_bwd(&lt.h1, self.w(&n.q)?, &dq_lin, false)?.0
-            + ops::linear_bwd(&lt.h1, self.w(&n.k)?, &dk_lin, false)?.0)?
-            + ops::linear_bwd(&lt.h1, self.w(&n.v)?, &dv_lin, false)?.0)?;
+        let d_h1 = ((ops::linear_bwd(&lt.h1, &self.w(&n.q)?, &dq_lin, false)?.0
+            + ops::linear_bwd(&lt.h1, &self.w(&n.k)?, &dk_lin, false)?.0)?
+            + ops::linear_bwd(&lt.h1, &self.w(&n.v)?, &dv_lin, false)?.0)?;
         let (dx, ds) = ops::rms_norm_bwd(
             &lt.x,
             &self.norm_scale(&n.ln_in)?,
