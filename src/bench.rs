@@ -91,7 +91,8 @@ fn fwd_bwd(lm: &LanguageModel, batch: &Batch, targets: &Tensor) -> Result<()> {
 pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> {
     let threads = crate::util::threads();
     let t0 = Instant::now();
-    let mut lm = LanguageModel::load(spec, &Device::Cpu)?;
+    let device = crate::cli::device()?;
+    let mut lm = LanguageModel::load(spec, &device)?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_model = current_rss();
     eprintln!("loaded {spec} in {load_s:.1}s; {threads} thread(s)");
@@ -155,16 +156,20 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         peak,
         json!({"layers": mid, "trainable_params": trainable_params, "loss": "CE of last-position logits"}),
     );
-    let all: Vec<String> = lm.model.weights().tensors.keys().cloned().collect();
-    lm.model.set_trainable(&all)?;
-    let (s, peak) = time_it(repeats, || fwd_bwd(&lm, &batch, &targets))?;
-    record(
-        "fwd_bwd_all_weights",
-        s,
-        peak,
-        json!({"trainable_params": lm.model.weights().num_params(), "loss": "CE of last-position logits"}),
-    );
-    lm.model.set_trainable::<&str>(&[])?;
+    // Full fine-tuning widens every weight to f32 and keeps a gradient of each: timed up to
+    // 2 B parameters (a 7–8 B model would need 64 GB for that alone).
+    if lm.model.weights().num_params() <= 2_000_000_000 {
+        let all: Vec<String> = lm.model.weights().tensors.keys().cloned().collect();
+        lm.model.set_trainable(&all)?;
+        let (s, peak) = time_it(repeats, || fwd_bwd(&lm, &batch, &targets))?;
+        record(
+            "fwd_bwd_all_weights",
+            s,
+            peak,
+            json!({"trainable_params": lm.model.weights().num_params(), "loss": "CE of last-position logits"}),
+        );
+        lm.model.set_trainable::<&str>(&[])?;
+    }
 
     // Causal-tracing sweep (SPEC §6): the reference prompt, 10 noise samples, the residual
     // restored at every (layer, token), P(" Paris") from the full softmax.

@@ -42,7 +42,7 @@ pub fn inspect(spec: &str, as_json: bool) -> Result<()> {
     let v = json!({
         "model": spec,
         "path": o.path,
-        "format": match o.format { Format::Gguf => "gguf", Format::HfDir => "hf-directory", Format::Delta => "unlearn-delta" },
+        "format": match o.format { Format::Gguf => "gguf", Format::HfDir => "hf-directory", Format::Delta => "unlearn-delta", Format::Random => "random" },
         "provenance": o.provenance,
         "sha256": o.sha256,
         "architecture": c.arch.name(),

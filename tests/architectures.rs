@@ -60,7 +60,22 @@ fn reference(arch: &str) -> Reference {
     }
 }
 
+/// The device under test: the CPU, or `UNLEARN_TEST_DEVICE=cuda` (GPU 0, in a build with
+/// `--features cuda`; scripts/gpu-check.sh runs these tests that way).
+fn device() -> Device {
+    match std::env::var("UNLEARN_TEST_DEVICE").as_deref() {
+        Ok("cuda") => {
+            Device::new_cuda(0).expect("UNLEARN_TEST_DEVICE=cuda needs a CUDA build and a GPU")
+        }
+        _ => Device::Cpu,
+    }
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (
+        a.to_device(&Device::Cpu).unwrap(),
+        b.to_device(&Device::Cpu).unwrap(),
+    );
     (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
         .unwrap()
         .abs()
@@ -74,7 +89,9 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn max_abs(a: &Tensor) -> f64 {
-    a.to_dtype(DType::F64)
+    a.to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
         .unwrap()
         .abs()
         .unwrap()
@@ -88,7 +105,7 @@ fn max_abs(a: &Tensor) -> f64 {
 
 /// Log-softmax `[T, V]` of every position of one row of a batch run.
 fn logprobs(m: &Transformer, seqs: &[Vec<u32>], pad: u32) -> Vec<Tensor> {
-    let b = Batch::new(seqs, pad, PadSide::Left, &Device::Cpu).unwrap();
+    let b = Batch::new(seqs, pad, PadSide::Left, m.device()).unwrap();
     let out = m
         .run(
             &b,
@@ -114,7 +131,7 @@ fn logprobs(m: &Transformer, seqs: &[Vec<u32>], pad: u32) -> Vec<Tensor> {
 }
 
 fn check_arch(arch: &str) {
-    let lm = LanguageModel::load(dir(arch).to_str().unwrap(), &Device::Cpu)
+    let lm = LanguageModel::load(dir(arch).to_str().unwrap(), &device())
         .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
     let r = reference(arch);
     let pad = lm.pad_id();
@@ -187,7 +204,7 @@ fn check_gradients(arch: &str, lm: &LanguageModel, r: &Reference) -> f64 {
             std::slice::from_ref(seq),
             lm.pad_id(),
             PadSide::Left,
-            &Device::Cpu,
+            m.device(),
         )
         .unwrap();
         let out = m
@@ -202,11 +219,11 @@ fn check_gradients(arch: &str, lm: &LanguageModel, r: &Reference) -> f64 {
             .unwrap();
         let t = seq.len();
         let logits = out.logits.as_ref().unwrap().get(0).unwrap();
-        let targets = Tensor::new(&seq[1..], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&seq[1..], m.device()).unwrap();
         let (l, g) =
             ops::cross_entropy_with_grad(&logits.narrow(0, 0, t - 1).unwrap(), &targets).unwrap();
         loss += l / n;
-        let zero = Tensor::zeros((1, g.dim(1).unwrap()), g.dtype(), &Device::Cpu).unwrap();
+        let zero = Tensor::zeros((1, g.dim(1).unwrap()), g.dtype(), m.device()).unwrap();
         let g = (Tensor::cat(&[&g, &zero], 0).unwrap() / n)
             .unwrap()
             .unsqueeze(0)

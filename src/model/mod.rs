@@ -14,6 +14,7 @@ pub mod hf_dir;
 pub mod hooks;
 pub mod ops;
 pub mod predict;
+pub mod random;
 pub mod scoring;
 pub mod source;
 pub mod tokenizer;
@@ -111,6 +112,7 @@ pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
             Err(e) => return Err(e),
         },
         source::Format::HfDir => hf_dir::load_hf_dir(&origin.path, device)?,
+        source::Format::Random => random::load(&origin.spec["random:".len()..], device)?,
         source::Format::Delta => {
             let (base, changed) = crate::forget::export::read_delta(&origin.path, device)?;
             let mut weights = base.weights;

@@ -16,6 +16,8 @@ pub enum Format {
     /// An unlearn output directory holding only the changed tensors (`changed.safetensors`)
     /// and a `manifest.json` naming the base model.
     Delta,
+    /// Seeded random weights of a known shape (`random:llama3-8b`, see [`super::random`]).
+    Random,
 }
 
 /// A resolved `--model` argument.
@@ -142,6 +144,7 @@ pub fn fingerprint(o: &ModelOrigin) -> Result<String> {
         Format::Gguf => o.path.clone(),
         Format::HfDir => o.path.join("model.safetensors"),
         Format::Delta => o.path.join(DELTA_FILE),
+        Format::Random => return Ok(o.spec.clone()),
     };
     if file.exists() {
         crate::util::sha256_file(&file)
@@ -179,6 +182,16 @@ pub fn resolve(spec: &str) -> Result<ModelOrigin> {
             format: Format::Gguf,
             provenance: alias.provenance.into(),
             sha256: Some(alias.sha256.into()),
+        });
+    }
+    if let Some(name) = spec.strip_prefix("random:") {
+        super::random::config(name)?;
+        return Ok(ModelOrigin {
+            spec: spec.into(),
+            path: PathBuf::from(spec),
+            format: Format::Random,
+            provenance: format!("seeded random weights of {name}'s shape"),
+            sha256: Some(format!("random:{name}")),
         });
     }
     if let Some(id) = spec.strip_prefix("hf:") {
