@@ -263,6 +263,14 @@ mod tests {
         candle_core::safetensors::save(&m, dir.join(file)).unwrap();
     }
 
+    /// The error of loading the directory `dir`, which must fail.
+    fn load_error(dir: &Path) -> String {
+        match load_safetensors(dir, &Device::Cpu) {
+            Ok(_) => panic!("{} loaded", dir.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
     #[test]
     fn an_index_chooses_the_shards_and_is_checked() {
         let d = tempfile::tempdir().unwrap();
@@ -279,31 +287,22 @@ mod tests {
         assert_eq!(w.tensors.keys().collect::<Vec<_>>(), ["x", "y"]);
 
         index(json!({"x": "b.safetensors", "language_model.y": "b.safetensors"}));
-        let e = load_safetensors(d.path(), &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let e = load_error(d.path());
         assert!(
             e.contains("`x`") && e.contains("b.safetensors") && e.contains("lacks"),
             "{e}"
         );
 
         index(json!({"x": "a.safetensors", "y": "c.safetensors"}));
-        let e = load_safetensors(d.path(), &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let e = load_error(d.path());
         assert!(e.contains("c.safetensors") && e.contains("missing"), "{e}");
 
         index(json!({"x": "../a.safetensors"}));
-        let e = load_safetensors(d.path(), &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let e = load_error(d.path());
         assert!(e.contains("../a.safetensors"), "{e}");
 
         index(json!(["not", "a", "map"]));
-        let e = format!(
-            "{:#}",
-            load_safetensors(d.path(), &Device::Cpu).unwrap_err()
-        );
+        let e = load_error(d.path());
         assert!(e.contains(INDEX_FILE) && e.contains("weight_map"), "{e}");
     }
 }
