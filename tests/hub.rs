@@ -501,7 +501,7 @@ fn a_corrupt_download_is_refused_and_nothing_is_cached() {
         let home = tempfile::tempdir().unwrap();
         let e = fails(&mut predict_hub(REPO, &hub.endpoint(), home.path(), None));
         assert!(
-            e.contains(file) && e.contains(&hash) && e.contains("nothing was cached"),
+            e.contains(file) && e.contains(&hash) && e.contains("not cached"),
             "{e}"
         );
         let cache = repo_cache(home.path(), REPO);

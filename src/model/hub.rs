@@ -582,20 +582,16 @@ fn download_blob(
     let blobs = part.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(blobs).with_context(|| format!("creating {}", blobs.display()))?;
     eprintln!(
-        "hf:{}: downloading {} ({:.1} MB)",
+        "hf:{}: downloading {} ({})",
         spec.repo,
         file.name,
-        file.size as f64 / 1e6
+        indicatif::HumanBytes(file.size)
     );
     for attempt in 1..=ATTEMPTS {
         match download_attempt(client, spec, url, &part, file) {
             Ok(()) => break,
             Err(e) if attempt < ATTEMPTS && is_network(&e) => {
-                eprintln!(
-                    "hf:{}: {e:#}; resuming ({}/{ATTEMPTS})",
-                    spec.repo,
-                    attempt + 1
-                )
+                eprintln!("{e:#}; resuming (attempt {}/{ATTEMPTS})", attempt + 1)
             }
             Err(e) => return Err(e),
         }
@@ -604,7 +600,7 @@ fn download_blob(
     if got != file.hash.hex() {
         std::fs::remove_file(&part).ok();
         bail!(
-            "hf:{}: the download of {} has {} {got}, but the hub lists {}; it was deleted and nothing was cached",
+            "hf:{}: the download of {} has {} {got}, but the hub lists {}; the download was deleted, not cached",
             spec.label(),
             file.name,
             file.hash.kind(),
