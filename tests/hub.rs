@@ -39,6 +39,7 @@ fn fixture_files() -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// The sha256 of `b` in hex.
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -113,6 +114,7 @@ struct Answer {
 }
 
 impl Answer {
+    /// An answer with `status` and `body` and no extra header.
     fn new(status: u16, body: impl Into<Vec<u8>>) -> Answer {
         Answer {
             status,
@@ -132,6 +134,7 @@ struct Hub {
 }
 
 impl Hub {
+    /// Serve `state` on a free port of 127.0.0.1.
     fn start(state: State) -> Hub {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -157,6 +160,7 @@ impl Hub {
         }
     }
 
+    /// The base URL, for HF_ENDPOINT.
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -168,6 +172,7 @@ impl Hub {
 }
 
 impl Drop for Hub {
+    /// Stop accepting connections (a last one wakes the accept loop).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         TcpStream::connect(("127.0.0.1", self.port)).ok();
@@ -320,7 +325,7 @@ fn predict(model: &str) -> Command {
     c
 }
 
-/// [`predict`] of `hf:{repo}` through `hub` (an endpoint) with `home` as HF_HOME and `token`.
+/// [`predict`] of `hf:{repo}` through the hub at `endpoint` with `home` as HF_HOME and `token`.
 fn predict_hub(repo: &str, endpoint: &str, home: &Path, token: Option<&str>) -> Command {
     let mut c = predict(&format!("hf:{repo}"));
     c.env("HF_ENDPOINT", endpoint).env("HF_HOME", home);

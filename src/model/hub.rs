@@ -125,7 +125,7 @@ impl HubEnv {
             None => match var("XDG_CACHE_HOME") {
                 Some(x) => PathBuf::from(x),
                 None => dirs::home_dir()
-                    .context("no home directory: set HF_HOME (or HF_HUB_CACHE)")?
+                    .context("no home directory: set HF_HOME")?
                     .join(".cache"),
             }
             .join("huggingface"),

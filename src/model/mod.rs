@@ -97,7 +97,8 @@ pub struct LoadedModel {
 }
 
 /// Load a model from a `--model` argument: an alias (see [`source::ALIASES`]), a path to
-/// a `.gguf` file, or a path to a Hugging Face model directory.
+/// a `.gguf` file, a path to a Hugging Face model directory, or `hf:org/name[@revision]`
+/// (see [`hub`]).
 pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     let origin = source::resolve(spec)?;
     let (config, weights, tokenizer) = match origin.format {
