@@ -448,7 +448,7 @@ pub fn fetch(id: &str, env: &HubEnv) -> Result<HubModel> {
         Ok(r) => r,
         Err(e) if is_network(&e) => {
             let m = cached(&spec, &cache)
-                .map_err(|c| e.context(format!("and no cached copy can stand in ({c:#})")))?;
+                .map_err(|c| anyhow!("{e:#}; and no cached copy can stand in: {c:#}"))?;
             eprintln!(
                 "warning: hf:{}: the hub cannot be reached; using the cached snapshot {}",
                 spec.label(),
