@@ -100,6 +100,8 @@ struct State {
     cut: HashSet<String>,
     /// Files served with one byte changed.
     corrupt: HashSet<String>,
+    /// Answer range requests with the whole file (200), as some servers do.
+    no_ranges: bool,
     /// Every request: path and `Range` header.
     seen: Vec<(String, Option<String>)>,
 }
@@ -291,7 +293,7 @@ fn serve_file(s: &mut State, repo: &str, file: &str, headers: &HashMap<String, S
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<usize>().ok());
     let mut a = match from {
-        Some(n) if n < bytes.len() => {
+        Some(n) if n < bytes.len() && !s.no_ranges => {
             let mut a = Answer::new(206, bytes[n..].to_vec());
             a.headers.push((
                 "Content-Range",
@@ -602,5 +604,38 @@ fn unknown_repos_revisions_and_bin_only_repos_are_explained() {
     for (repo, says) in cases {
         let e = fails(&mut predict_hub(repo, &hub.endpoint(), home.path(), None));
         assert!(e.contains(repo) && e.contains(says), "{repo}: {e}");
+    }
+}
+
+#[test]
+fn a_partial_download_left_by_a_killed_run_is_continued() {
+    let repo = Repo::new(fixture_files());
+    let bytes = repo.files["model.safetensors"].clone();
+    let hash = sha256_hex(&bytes);
+    let hub = Hub::start(State {
+        repos: [(REPO.to_string(), repo)].into(),
+        ..Default::default()
+    });
+    let want = local_prediction();
+    let half = bytes.len() / 2;
+    // The true first half (continued with Range), then a wrong one that a server ignoring
+    // Range replaces with the whole file.
+    for (partial, ranges) in [(bytes[..half].to_vec(), true), (vec![7u8; half], false)] {
+        hub.state.lock().unwrap().no_ranges = !ranges;
+        let home = tempfile::tempdir().unwrap();
+        let blobs = repo_cache(home.path(), REPO).join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(blobs.join(format!("{hash}.incomplete")), &partial).unwrap();
+        let (got, _) = ok(&mut predict_hub(REPO, &hub.endpoint(), home.path(), None));
+        assert_eq!(got, want);
+        assert_eq!(std::fs::read(blobs.join(&hash)).unwrap(), bytes);
+        let range = format!("bytes={half}-");
+        let seen = hub.take_seen();
+        assert!(
+            seen.iter()
+                .any(|(p, r)| p.starts_with("/cdn/") && r.as_deref() == Some(range.as_str())),
+            "{seen:?}"
+        );
+        assert!(!blobs.join(format!("{hash}.incomplete")).exists());
     }
 }
