@@ -45,13 +45,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Time `f` (one warm-up, then `repeats` runs); returns (median seconds, peak RSS bytes).
-fn time_it(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Option<u64>)> {
+/// Median seconds of `repeats` runs of `f` after one warm-up, waiting for the device's queued
+/// work before each clock reading (GPU kernels run asynchronously), and the peak RSS.
+fn time_it(
+    device: &Device,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, Option<u64>)> {
     f()?;
+    device.synchronize()?;
     reset_peak();
     let mut ts = Vec::new();
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
         f()?;
+        device.synchronize()?;
         ts.push(t.elapsed().as_secs_f64());
     }
     Ok((median(ts), peak_rss()))
@@ -61,7 +69,7 @@ fn time_it(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Op
 pub fn gemm_gflops(n: usize, repeats: usize) -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    let (t, _) = time_it(repeats, || {
+    let (t, _) = time_it(&Device::Cpu, repeats, || {
         a.matmul(&b)?;
         Ok(())
     })?;
@@ -97,13 +105,18 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     let rss_model = current_rss();
     eprintln!("loaded {spec} in {load_s:.1}s; {threads} thread(s)");
     let (b, t) = (8, 32);
+    let vocab = lm.model.config.vocab_size as u32;
     let batch = Batch::new(
-        &bench_ids(b, t),
+        // Ids wrap around vocabularies smaller than the formula's range (random:tiny).
+        &bench_ids(b, t)
+            .into_iter()
+            .map(|r| r.into_iter().map(|x| x % vocab).collect())
+            .collect::<Vec<_>>(),
         lm.pad_id(),
         PadSide::Left,
         lm.model.device(),
     )?;
-    let targets = Tensor::from_vec(vec![1000u32; b], b, lm.model.device())?;
+    let targets = Tensor::from_vec(vec![1000u32 % vocab; b], b, lm.model.device())?;
     let mut rows = Vec::new();
     let mut record = |name: &str, secs: f64, peak: Option<u64>, extra: Value| {
         let torch = PYTORCH_1T
@@ -129,7 +142,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         ("forward_last_logits", LogitsAt::Last),
         ("forward_full_logits", LogitsAt::All),
     ] {
-        let (s, peak) = time_it(repeats, || {
+        let (s, peak) = time_it(&device, repeats, || {
             lm.model.run(
                 &batch,
                 &RunOpts {
@@ -149,7 +162,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         .iter()
         .map(|x| lm.model.weights().tensors[x].elem_count())
         .sum();
-    let (s, peak) = time_it(repeats, || fwd_bwd(&lm, &batch, &targets))?;
+    let (s, peak) = time_it(&device, repeats, || fwd_bwd(&lm, &batch, &targets))?;
     record(
         "fwd_bwd_3_mlps",
         s,
@@ -161,7 +174,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     if lm.model.weights().num_params() <= 2_000_000_000 {
         let all: Vec<String> = lm.model.weights().tensors.keys().cloned().collect();
         lm.model.set_trainable(&all)?;
-        let (s, peak) = time_it(repeats, || fwd_bwd(&lm, &batch, &targets))?;
+        let (s, peak) = time_it(&device, repeats, || fwd_bwd(&lm, &batch, &targets))?;
         record(
             "fwd_bwd_all_weights",
             s,
@@ -238,7 +251,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         "model": spec,
         "model_path": model_path,
         "threads": threads,
-        "device": "cpu",
+        "device": format!("{:?}", device.location()),
         "load_seconds": load_s,
         "rss_after_load_bytes": rss_model,
         "gemm_1024_gflops": gflops,
@@ -288,6 +301,7 @@ fn run_pytorch(model_path: &Path, repeats: usize) -> Value {
 /// the next-token loss, same trainable weights.
 fn unlearning_steps(lm: &mut LanguageModel, repeats: usize) -> Result<Vec<(String, f64, Value)>> {
     use crate::forget::config::{ForgetConfig, Method};
+    let device = lm.model.device().clone();
     use crate::forget::seqs::{text_chunks, Seq, SeqSet};
     use crate::forget::trainer::{step_grads, Plan};
     let facts = crate::data::load_task("sports", crate::data::dedup::Policy::Refuse)?;
@@ -301,7 +315,9 @@ fn unlearning_steps(lm: &mut LanguageModel, repeats: usize) -> Result<Vec<(Strin
     let retain = fact_seqs(16..32)?;
     let (wiki, _) = crate::data::wikitext_halves()?;
     let text = text_chunks(lm, &wiki, 64, 4)?;
-    let params = lm.model.mlp_param_names(&[2, 3, 4]);
+    // Layers 2–4 (the SPEC's benchmark), or the last three of a smaller model.
+    let first = 2.min(lm.model.config.num_layers.saturating_sub(3));
+    let params = lm.model.mlp_param_names(&[first, first + 1, first + 2]);
     let mut out = Vec::new();
     for m in [Method::Kuda, Method::LocalizedFt] {
         let cfg = ForgetConfig::for_method(m);
@@ -311,7 +327,7 @@ fn unlearning_steps(lm: &mut LanguageModel, repeats: usize) -> Result<Vec<(Strin
             retain: SeqSet::new("retain", retain.clone()),
             text: SeqSet::new("text", text.clone()),
             params: params.clone(),
-            rep_layer: crate::forget::methods::rep_layer(m, &cfg, 4)?,
+            rep_layer: crate::forget::methods::rep_layer(m, &cfg, first + 2)?,
             projectors: Default::default(),
             project_update: false,
             pad: lm.pad_id(),
@@ -319,11 +335,11 @@ fn unlearning_steps(lm: &mut LanguageModel, repeats: usize) -> Result<Vec<(Strin
         };
         plan.precompute(&lm.model, 16)?;
         lm.model.set_trainable(&params)?;
-        let (s, _) = time_it(repeats, || {
+        let (s, _) = time_it(&device, repeats, || {
             step_grads(&lm.model, &plan, &cfg, 0, None)?;
             Ok(())
         })?;
-        let (naive, _) = time_it(repeats, || {
+        let (naive, _) = time_it(&device, repeats, || {
             for set in [&forget, &retain, &text] {
                 naive_step(lm, set)?;
             }

@@ -346,14 +346,13 @@ impl Transformer {
         &self.trainable
     }
 
-    /// Names of every parameter of the given blocks' MLPs.
+    /// Names of every parameter of the given blocks' MLPs (blocks the model lacks have none;
+    /// commands check `--layers` against the model before they get here).
     pub fn mlp_param_names(&self, layers: &[usize]) -> Vec<String> {
         layers
             .iter()
-            .flat_map(|&l| {
-                let n = &self.names[l];
-                [n.gate.clone(), n.up.clone(), n.down.clone()]
-            })
+            .filter_map(|&l| self.names.get(l))
+            .flat_map(|n| [n.gate.clone(), n.up.clone(), n.down.clone()])
             .collect()
     }
 
