@@ -26,12 +26,14 @@ repo="$PWD"
 
 build() {
     eval "$(scripts/cuda-toolchain.sh)"
+    local target="${CARGO_TARGET_DIR:-$repo/target}" log test_bin
     cargo build --release --features cuda
-    cargo test --release --features cuda --test architectures --no-run 2>&1 | tee /tmp/gpu-check-build.log
-    test_bin="$(grep -o 'target/release/deps/architectures-[0-9a-f]*' /tmp/gpu-check-build.log | tail -1)"
+    log="$(mktemp)"
+    cargo test --release --features cuda --test architectures --no-run 2>&1 | tee "$log"
+    test_bin="$(grep -o '(/[^)]*/deps/architectures-[0-9a-f]*)' "$log" | tr -d '()' | tail -1)"
     [ -x "$test_bin" ] || { echo "gpu-check: the architectures test binary was not built" >&2; exit 1; }
     mkdir -p "$1/bin"
-    cp target/release/unlearn "$1/bin/unlearn"
+    cp "$target/release/unlearn" "$1/bin/unlearn"
     cp "$test_bin" "$1/bin/architectures"
     cp "$CUDA_HOME/lib/libcudart.so.13" "$1/bin/"
     strip "$1/bin/unlearn" "$1/bin/architectures"

@@ -322,3 +322,42 @@ fn gemma2_with_soft_capping_and_alternating_windows_matches_transformers() {
 fn gemma3_with_local_and_global_layers_matches_transformers() {
     check_arch("gemma3");
 }
+
+/// llama.cpp stores Llama 3.1's RoPE scaling as per-frequency divisors (`rope_freqs.weight`,
+/// computed by its converter as below); the tiny Llama run with those divisors instead of the
+/// `rope_scaling` parameters still matches transformers.
+#[test]
+fn llama_with_gguf_style_rope_factors_matches_transformers() {
+    let lm = LanguageModel::load(dir("llama").to_str().unwrap(), &device()).unwrap();
+    let mut c = lm.model.config.clone();
+    let s = c
+        .rope_scaling
+        .take()
+        .expect("the tiny Llama has Llama 3.1 scaling");
+    let (old, dim) = (s.original_max_position_embeddings as f64, c.head_dim);
+    let factors: Vec<f64> = (0..dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / dim as f32) as f64;
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < old / s.high_freq_factor {
+                1.0
+            } else if wavelen > old / s.low_freq_factor {
+                s.factor
+            } else {
+                let smooth =
+                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                1.0 / ((1.0 - smooth) / s.factor + smooth)
+            }
+        })
+        .collect();
+    // Both the smoothed band and the fully scaled frequencies occur.
+    assert!(factors.iter().any(|&f| f > 1.0 && f < s.factor) && factors.contains(&s.factor));
+    c.rope_freq_factors = Some(factors);
+    let m = Transformer::new(c, lm.model.weights().clone()).unwrap();
+    let r = reference("llama");
+    for (i, seq) in r.ids.iter().enumerate() {
+        let got = &logprobs(&m, std::slice::from_ref(seq), lm.pad_id())[0];
+        let d = max_abs_diff(got, &r.tensors[&format!("logprobs.{i}")]);
+        assert!(d <= LOGPROB_TOL, "prompt {i}: max |Δ log-softmax| {d:.2e}");
+    }
+}

@@ -74,6 +74,7 @@ fn build(hidden: usize) -> Transformer {
         activation: Activation::Silu,
         rope_scaling: None,
         rope_linear_factor: None,
+        rope_freq_factors: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         pad_token_id: Some(0),

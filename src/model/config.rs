@@ -61,6 +61,10 @@ pub struct ModelConfig {
     /// global base (Gemma 3 4B and larger).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_linear_factor: Option<f64>,
+    /// Per-frequency divisors of the global layers' RoPE frequencies, as llama.cpp stores
+    /// Llama 3.1's scaling (`rope_freqs.weight`): one per rotary pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_freq_factors: Option<Vec<f64>>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -171,6 +175,16 @@ impl ModelConfig {
                 self.rope_theta
             );
         }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                bail!(
+                    "model config: {} RoPE frequency factors for head_dim {} (expected {} positive numbers)",
+                    f.len(),
+                    self.head_dim,
+                    self.head_dim / 2
+                );
+            }
+        }
         Ok(())
     }
 
@@ -257,6 +271,7 @@ mod tests {
             activation: Activation::GeluTanh,
             rope_scaling: None,
             rope_linear_factor: None,
+            rope_freq_factors: None,
             bos_token_id: Some(2),
             eos_token_ids: vec![1],
             pad_token_id: Some(0),

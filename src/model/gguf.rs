@@ -102,7 +102,7 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         "gemma3" => Arch::Gemma3,
         "llama" | "qwen2" | "mistral" => Arch::Llama,
         other => bail!(
-            "{}: architecture {other:?} is not supported (supported: gemma3, llama, qwen2, mistral)",
+            "{}: GGUF architecture {other:?} is not supported (supported: gemma3, llama, qwen2, mistral); Gemma 1/2 and Qwen 3 load from their Hugging Face directory or `hf:org/name`",
             path.display()
         ),
     };
@@ -123,9 +123,6 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         )
     })?;
     let gemma = arch == Arch::Gemma3;
-    if ct.tensor_infos.contains_key("rope_freqs.weight") {
-        bail!("{}: Llama 3.1 style RoPE frequency factors (`rope_freqs.weight`) are not supported yet; load the Hugging Face directory instead", path.display());
-    }
     let tok_id = |key: &str| opt_u32(ct, key).map(|x| x as u32);
     let eps = opt_f64(ct, &k("attention.layer_norm_rms_epsilon")).with_context(|| {
         format!(
@@ -169,6 +166,7 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         },
         rope_scaling: None,
         rope_linear_factor: None,
+        rope_freq_factors: None,
         bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
         eos_token_ids: tok_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: tok_id("tokenizer.ggml.padding_token_id"),
@@ -220,7 +218,18 @@ fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
 /// Load config, weights and tokenizer from a GGUF file.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, TextTokenizer)> {
     let (mut f, ct) = read_content(path)?;
-    let config = config_from_gguf(&ct, path)?;
+    let mut config = config_from_gguf(&ct, path)?;
+    // Llama 3.1's RoPE scaling as llama.cpp stores it: the divisor of each frequency.
+    if ct.tensor_infos.contains_key("rope_freqs.weight") {
+        let t = ct
+            .tensor(&mut f, "rope_freqs.weight", &Device::Cpu)
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .map_err(|e| {
+                anyhow::anyhow!("{}: cannot read `rope_freqs.weight`: {e}", path.display())
+            })?;
+        let factors: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        config.rope_freq_factors = Some(factors.into_iter().map(f64::from).collect());
+    }
     // Before any tensor is reshaped by these numbers (a head count of 0 would divide by zero).
     config
         .validate()

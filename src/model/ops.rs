@@ -211,6 +211,11 @@ pub fn rope_tables(
             *f /= factor;
         }
     }
+    if let Some(factors) = scaling.factors {
+        for (f, d) in inv.iter_mut().zip(factors) {
+            *f /= d;
+        }
+    }
     // Angles in f32 like the reference (inv_freq f32, positions f32, product in f32).
     let inv32: Vec<f32> = inv.iter().map(|&v| v as f32).collect();
     let mut cos = Vec::with_capacity(max_pos * head_dim);
@@ -235,6 +240,8 @@ pub fn rope_tables(
 pub struct RopeScaling<'a> {
     pub llama3: Option<&'a crate::model::config::Llama3RopeScaling>,
     pub linear: Option<f64>,
+    /// Per-frequency divisors (llama.cpp's `rope_freqs`).
+    pub factors: Option<&'a [f64]>,
 }
 
 /// How attention scores are formed from q·k: multiplied by `scale`, then, when `softcap` is

@@ -276,6 +276,7 @@ impl Transformer {
                 let scaling = ops::RopeScaling {
                     llama3: config.rope_scaling.as_ref().filter(|_| scaled),
                     linear: config.rope_linear_factor.filter(|_| scaled),
+                    factors: config.rope_freq_factors.as_deref().filter(|_| scaled),
                 };
                 let (c, s) = ops::rope_tables(max_pos, config.head_dim, base, &scaling, &device)?;
                 rope.push(((base, scaled), c.to_dtype(dtype)?, s.to_dtype(dtype)?));

@@ -45,6 +45,7 @@ pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
             original_max_position_embeddings: 16,
         }),
         rope_linear_factor: None,
+        rope_freq_factors: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         pad_token_id: Some(0),

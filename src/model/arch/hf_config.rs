@@ -241,6 +241,7 @@ impl<'a> HfConfig<'a> {
             activation,
             rope_scaling: rope.llama3,
             rope_linear_factor: rope.linear_factor,
+            rope_freq_factors: None,
             bos_token_id: self.ids("bos_token_id").first().copied(),
             eos_token_ids: self.ids("eos_token_id"),
             pad_token_id: self.ids("pad_token_id").first().copied(),
