@@ -127,19 +127,25 @@ pub fn save_safetensors_atomic(
 
 /// sha256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = Sha256::new();
+    feed_file(path, &mut |b| h.update(b))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Pass a file's bytes to `f` in 1 MiB pieces.
+pub fn feed_file(path: &Path, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f
+        let n = file
             .read(&mut buf)
             .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
-            break;
+            return Ok(());
         }
-        h.update(&buf[..n]);
+        f(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
 }
 
 /// Worker threads of the CPU kernels: `RAYON_NUM_THREADS` (which `--threads` sets) when set,

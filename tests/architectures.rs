@@ -4,7 +4,10 @@
 //! every parameter, greedy continuations, and an export whose config.json alone (without the
 //! exact `unlearn` section) reads back to the same configuration.
 
-use candle_core::{DType, Device, Tensor};
+mod refcheck;
+
+use candle_core::{Device, Tensor};
+use refcheck::{max_abs, max_abs_diff};
 use std::path::PathBuf;
 use unlearn::model::generate::{generate, Sampling};
 use unlearn::model::hf_dir::{config_from_hf, export_hf_dir};
@@ -69,38 +72,6 @@ fn device() -> Device {
         }
         _ => Device::Cpu,
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (
-        a.to_device(&Device::Cpu).unwrap(),
-        b.to_device(&Device::Cpu).unwrap(),
-    );
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f64 {
-    a.to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
 }
 
 /// Log-softmax `[T, V]` of every position of one row of a batch run.

@@ -4,7 +4,10 @@
 //! into every parameter, and a causal trace, on tiny models of each architecture. Its own test
 //! binary, because the switch is process-wide.
 
+mod refcheck;
+
 use candle_core::{DType, Device, Tensor};
+use refcheck::{max_abs, max_abs_diff};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use unlearn::locate::trace::{trace, TraceKind, TraceOpts};
@@ -72,26 +75,7 @@ fn outputs(lm: &LanguageModel) -> Outputs {
 }
 
 fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    d.to_scalar::<f64>().unwrap() / scale.max(1e-12)
+    max_abs_diff(a, b) / max_abs(b).max(1e-12)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! one hidden unit of the planted MLP (gate and up read the subject's embedding, down writes
 //! the answer's unembedding direction); every other weight is small noise.
 
-use crate::model::config::{Activation, Arch, ModelConfig};
+use crate::model::config::ModelConfig;
 use crate::model::ops::tests::rnd;
 use crate::model::weights::Weights;
 use crate::model::Transformer;
@@ -52,32 +52,9 @@ pub fn model() -> Transformer {
 /// The planted model with residual width `hidden`.
 fn build(hidden: usize) -> Transformer {
     let c = ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 64,
-        hidden_size: hidden,
-        intermediate_size: 64,
-        num_layers: N_LAYERS,
-        num_heads: 4,
-        num_kv_heads: 2,
         head_dim: 8,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10000.0,
-        rope_local_theta: None,
-        sliding_window: None,
-        sliding_window_pattern: None,
         max_position_embeddings: 64,
-        tie_word_embeddings: false,
-        attention_bias: false,
-        query_pre_attn_scalar: None,
-        final_logit_softcapping: None,
-        attn_logit_softcapping: None,
-        activation: Activation::Silu,
-        rope_scaling: None,
-        rope_linear_factor: None,
-        rope_freq_factors: None,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        pad_token_id: Some(0),
+        ..ModelConfig::llama(64, hidden, 64, N_LAYERS, 4, 2, 10000.0, 1e-6)
     };
     let (d, f) = (c.hidden_size, c.intermediate_size);
     let mut w = Weights::default();

@@ -71,6 +71,49 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// A plain Llama-architecture configuration (no biases, windows, caps or RoPE scaling;
+    /// untied; BOS 1, EOS 2, PAD 0) of the given sizes, `head_dim = hidden / heads`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn llama(
+        vocab: usize,
+        hidden: usize,
+        intermediate: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+        rope_theta: f64,
+        rms_norm_eps: f64,
+    ) -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: intermediate,
+            num_layers: layers,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: hidden / heads.max(1),
+            rms_norm_eps,
+            rope_theta,
+            rope_local_theta: None,
+            sliding_window: None,
+            sliding_window_pattern: None,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            query_pre_attn_scalar: None,
+            final_logit_softcapping: None,
+            attn_logit_softcapping: None,
+            activation: Activation::Silu,
+            rope_scaling: None,
+            rope_linear_factor: None,
+            rope_freq_factors: None,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            pad_token_id: Some(0),
+        }
+    }
+
     /// True when layer `l` attends only within the sliding window.
     pub fn is_sliding(&self, l: usize) -> bool {
         match (self.sliding_window, self.sliding_window_pattern) {

@@ -3,7 +3,7 @@
 //! made on the device in the weights dtype, unit norms, and the tiny byte-level test
 //! tokenizer (token ids fit every vocabulary). Nothing it predicts means anything.
 
-use crate::model::config::{Activation, Arch, ModelConfig};
+use crate::model::config::ModelConfig;
 use crate::model::{TextTokenizer, Weights};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -20,33 +20,8 @@ pub const SHAPES: [&str; 3] = ["llama3-8b", "qwen2.5-1.5b", "tiny"];
 
 /// The configuration of a known shape.
 pub fn config(name: &str) -> Result<ModelConfig> {
-    let llama = |vocab, d, f, layers, heads, kv, theta| ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: vocab,
-        hidden_size: d,
-        intermediate_size: f,
-        num_layers: layers,
-        num_heads: heads,
-        num_kv_heads: kv,
-        head_dim: d / heads,
-        rms_norm_eps: 1e-5,
-        rope_theta: theta,
-        rope_local_theta: None,
-        sliding_window: None,
-        sliding_window_pattern: None,
-        max_position_embeddings: 8192,
-        tie_word_embeddings: false,
-        attention_bias: false,
-        query_pre_attn_scalar: None,
-        final_logit_softcapping: None,
-        attn_logit_softcapping: None,
-        activation: Activation::Silu,
-        rope_scaling: None,
-        rope_linear_factor: None,
-        rope_freq_factors: None,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        pad_token_id: Some(0),
+    let llama = |vocab, d, f, layers, heads, kv, theta| {
+        ModelConfig::llama(vocab, d, f, layers, heads, kv, theta, 1e-5)
     };
     Ok(match name {
         // Meta-Llama-3-8B: 8.03 B parameters.

@@ -2,7 +2,7 @@
 //! (tests/fixtures/reference/<model>/*.json) and comparing logits with it.
 #![allow(dead_code)]
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 pub fn reference(name: &str, file: &str) -> Value {
@@ -87,4 +87,31 @@ pub fn check_top(
             );
         }
     }
+}
+
+/// Largest |a − b| over all entries (any device, compared in f64 on the CPU).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let f = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    };
+    max_abs(&(f(a) - f(b)).unwrap())
+}
+
+/// Largest |a| over all entries (any device, in f64).
+pub fn max_abs(a: &Tensor) -> f64 {
+    a.to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }

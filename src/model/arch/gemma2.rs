@@ -2,7 +2,6 @@
 //! a scaled embedding, soft-capping of the attention scores and of the final logits, and a
 //! sliding window on every other layer (layers 0, 2, … local; 1, 3, … global).
 
-use super::hf_config::LayerPattern;
 use super::{layer_types, Arch, HfConfig, Layout};
 use crate::model::config::{Activation, ModelConfig};
 use anyhow::Result;
@@ -32,16 +31,7 @@ pub fn from_hf(h: &HfConfig) -> Result<ModelConfig> {
     );
     c.attn_logit_softcapping = h.opt_f_or("attn_logit_softcapping", ATTN_SOFTCAP);
     c.final_logit_softcapping = h.opt_f_or("final_logit_softcapping", FINAL_SOFTCAP);
-    c.sliding_window = h.opt_u("sliding_window");
-    c.sliding_window_pattern = match h.layer_pattern(c.num_layers)? {
-        LayerPattern::Unstated => Some(2),
-        LayerPattern::EveryNth(n) => Some(n),
-        LayerPattern::AllSliding => None,
-        LayerPattern::AllFull => {
-            c.sliding_window = None;
-            None
-        }
-    };
+    h.set_window(&mut c, 2)?;
     Ok(c)
 }
 

@@ -2,7 +2,6 @@
 //! embedding, sliding-window layers with their own RoPE base (10 000) and one global layer in
 //! every six (as `layer_types` or `sliding_window_pattern` says).
 
-use super::hf_config::LayerPattern;
 use super::{layer_types, Arch, HfConfig, Layout};
 use crate::model::config::{Activation, ModelConfig};
 use anyhow::Result;
@@ -29,16 +28,8 @@ pub fn from_hf(h: &HfConfig) -> Result<ModelConfig> {
     );
     c.attn_logit_softcapping = h.opt_f("attn_logit_softcapping");
     c.final_logit_softcapping = h.opt_f("final_logit_softcapping");
-    c.sliding_window = h.opt_u("sliding_window");
-    c.sliding_window_pattern = match h.layer_pattern(c.num_layers)? {
-        LayerPattern::EveryNth(n) => Some(n),
-        LayerPattern::Unstated => Some(h.opt_u("sliding_window_pattern").unwrap_or(6)),
-        LayerPattern::AllSliding => None,
-        LayerPattern::AllFull => {
-            c.sliding_window = None;
-            None
-        }
-    };
+    let unstated = h.opt_u("sliding_window_pattern").unwrap_or(6);
+    h.set_window(&mut c, unstated)?;
     Ok(c)
 }
 

@@ -209,6 +209,22 @@ impl<'a> HfConfig<'a> {
         Ok(LayerPattern::EveryNth(n))
     }
 
+    /// The sliding window (`sliding_window`) and which layers use it (`layer_types`, else one
+    /// global layer every `unstated_pattern` layers).
+    pub fn set_window(&self, c: &mut ModelConfig, unstated_pattern: usize) -> Result<()> {
+        c.sliding_window = self.opt_u("sliding_window");
+        c.sliding_window_pattern = match self.layer_pattern(c.num_layers)? {
+            LayerPattern::Unstated => Some(unstated_pattern),
+            LayerPattern::EveryNth(n) => Some(n),
+            LayerPattern::AllSliding => None,
+            LayerPattern::AllFull => {
+                c.sliding_window = None;
+                None
+            }
+        };
+        Ok(())
+    }
+
     /// The fields every architecture shares, with the architecture's defaults.
     pub fn base(&self, arch: Arch, activation: Activation, rope: &Rope) -> Result<ModelConfig> {
         let hidden = self.u("hidden_size")?;

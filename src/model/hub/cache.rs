@@ -94,20 +94,12 @@ impl BlobHash {
 /// The git blob id of a file: sha1 of `blob {len}\0` followed by its bytes.
 pub fn git_blob_sha1(path: &Path) -> Result<String> {
     use sha1::Digest as _;
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let len = f.metadata()?.len();
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
     let mut h = sha1::Sha1::new();
     h.update(format!("blob {len}\0").as_bytes());
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    crate::util::feed_file(path, &mut |b| h.update(b))?;
     Ok(hex::encode(h.finalize()))
 }
 
