@@ -5,6 +5,9 @@
 #   scripts/gpu-check.sh --build-only DIR    # on a machine with network: build DIR/gpu-check.tar.xz
 #   scripts/gpu-check.sh --prebuilt DIR OUT  # on an offline GPU machine: check with DIR's build
 #
+# The build travels as one 17 MB file (stripped binaries and libcudart): e.g. build into
+# gpu-build/ (ignored by git), carry gpu-build/ with the repository, then --prebuilt gpu-build.
+#
 # What it checks, on GPU 0:
 #   1. every architecture (Gemma 1/2/3, Llama 3.1, Mistral, Qwen2, Qwen3: the tiny random-weight
 #      models of tests/fixtures/tiny) against the PyTorch + transformers reference numbers the
