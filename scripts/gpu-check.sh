@@ -118,7 +118,7 @@ case "${1:-}" in
         check "$tmp/bin" "$out"
         ;;
     "" | -h | --help)
-        sed -n '2,22p' "$0"
+        awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
         ;;
     *)
         tmp="$(mktemp -d)"
