@@ -95,6 +95,9 @@ summary = {
                                        for r in (bench or {}).get("results", [])]},
     "peak_gpu_memory_mib": max(mem) if mem else None,
 }
+for key, log in (("architectures", "architectures.log"), ("bench_llama3_8b_bf16", "bench.log")):
+    if not summary[key]["passed"]:
+        summary[key]["log_tail"] = read(log).strip().splitlines()[-5:]
 json.dump(summary, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 print(json.dumps(summary, indent=1))
 EOF
