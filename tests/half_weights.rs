@@ -7,6 +7,8 @@ mod refcheck;
 
 use candle_core::{DType, Device, Tensor};
 use refcheck::{floats, ids_of, log_softmax, reference, row};
+use unlearn::forget::config::Method;
+use unlearn::forget::run::{run, ForgetArgs};
 use unlearn::model::transformer::{LogitsAt, RunOpts};
 use unlearn::model::{ops, set_weights_dtype, Batch, LanguageModel, PadSide};
 
@@ -92,6 +94,29 @@ fn half_precision_weights_agree_with_the_f32_reference_and_train_in_f32() {
         let (_, g) = ops::cross_entropy_with_grad(out.logits.as_ref().unwrap(), &target).unwrap();
         let grads = m.backward(&out, Some(&g), None).unwrap();
         assert_eq!(grads.params[name].dtype(), DType::F32);
+    }
+    // Unlearning runs through the real trainer with bf16-stored weights: KUDA with its
+    // null-space projection and RMU's steering target; what they write is f32.
+    set_weights_dtype(DType::BF16);
+    for method in [Method::Kuda, Method::Rmu] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let args = ForgetArgs {
+            forget: "validation:first-4".into(),
+            layers: Some("2-3".into()),
+            sets: vec![
+                "steps=2".into(),
+                "batch_size=4".into(),
+                "retain_facts=16".into(),
+                "kuda.key_text_chunks=8".into(),
+            ],
+            eval: false,
+            ..ForgetArgs::defaults("gemma3-270m", method, out.clone())
+        };
+        run(&args, &Device::Cpu).unwrap_or_else(|e| panic!("{method:?} with bf16 weights: {e:#}"));
+        let changed: std::collections::HashMap<String, Tensor> =
+            candle_core::safetensors::load(out.join("changed.safetensors"), &Device::Cpu).unwrap();
+        assert!(!changed.is_empty() && changed.values().all(|t| t.dtype() == DType::F32));
     }
     set_weights_dtype(DType::F32);
     assert!(

@@ -206,7 +206,7 @@ impl Projectors {
                 let (s, n) = sums
                     .get(&key)
                     .with_context(|| format!("no key statistics for `{key}`"))?;
-                let dt = model.weights().get(p)?.dtype();
+                let dt = model.dtype();
                 by_point.insert(
                     key.clone(),
                     projector_as(s, *n, mode, tau_rel, model.device(), dt)?,
