@@ -332,3 +332,53 @@ fn llama_with_gguf_style_rope_factors_matches_transformers() {
         assert!(d <= LOGPROB_TOL, "prompt {i}: max |Δ log-softmax| {d:.2e}");
     }
 }
+
+/// The tiny Gemma 1, Gemma 2 and Qwen 3 as llama.cpp's converter writes them (model.gguf, by
+/// make_gguf.py; transformers reads the Qwen 3 file's tensors back exactly) load to the Hugging
+/// Face directory's weights and configuration — up to what GGUF does not carry: Gemma 2's
+/// query scale, which llama.cpp fixes at 1/sqrt(head_dim), and float32 metadata — and the same
+/// token ids; where the configuration is whole, the log-probabilities match transformers.
+#[test]
+fn gguf_files_of_gemma_gemma2_and_qwen3_load_as_their_directories() {
+    for arch in ["gemma", "gemma2", "qwen3"] {
+        let hf = LanguageModel::load(dir(arch).to_str().unwrap(), &device()).unwrap();
+        let gguf = dir(arch).join("model.gguf");
+        let g = LanguageModel::load(gguf.to_str().unwrap(), &device())
+            .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+        let mut want = hf.model.config.clone();
+        assert!((g.model.config.rms_norm_eps - want.rms_norm_eps).abs() < 1e-12);
+        want.rms_norm_eps = g.model.config.rms_norm_eps;
+        let scale_carried = arch != "gemma2";
+        if !scale_carried {
+            want.query_pre_attn_scalar = Some(want.head_dim as f64);
+        }
+        assert_eq!(
+            g.model.config, want,
+            "{arch}: configuration from GGUF metadata"
+        );
+        let (a, b) = (&hf.model.weights().tensors, &g.model.weights().tensors);
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "{arch}"
+        );
+        for (name, t) in a {
+            // Exact, but for the f32 rounding of Gemma's (1 + w) − 1.
+            let d = max_abs_diff(t, &b[name]);
+            assert!(d <= 1e-6, "{arch}: tensor {name} differs by {d:.1e}");
+        }
+        let r = reference(arch);
+        for (i, (p, ids)) in r.prompts.iter().zip(&r.ids).enumerate() {
+            assert_eq!(
+                &g.tokenizer.encode(p, true).unwrap(),
+                ids,
+                "{arch}: ids of {p:?}"
+            );
+            if scale_carried {
+                let got = &logprobs(&g.model, std::slice::from_ref(ids), g.pad_id())[0];
+                let d = max_abs_diff(got, &r.tensors[&format!("logprobs.{i}")]);
+                assert!(d <= LOGPROB_TOL, "{arch} GGUF prompt {i}: max |Δ| {d:.2e}");
+            }
+        }
+    }
+}

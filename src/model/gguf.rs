@@ -99,10 +99,13 @@ pub fn qk_stored_permuted(arch_name: &str) -> bool {
 pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
     let arch_name = arch_name(ct, path)?;
     let arch = match arch_name.as_str() {
+        "gemma" => Arch::Gemma,
+        "gemma2" => Arch::Gemma2,
         "gemma3" => Arch::Gemma3,
+        "qwen3" => Arch::Qwen3,
         "llama" | "qwen2" | "mistral" => Arch::Llama,
         other => bail!(
-            "{}: GGUF architecture {other:?} is not supported (supported: gemma3, llama, qwen2, mistral); Gemma 1/2 and Qwen 3 load from their Hugging Face directory or `hf:org/name`",
+            "{}: GGUF architecture {other:?} is not supported (supported: gemma, gemma2, gemma3, llama, mistral, qwen2, qwen3)",
             path.display()
         ),
     };
@@ -122,7 +125,23 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
             path.display()
         )
     })?;
-    let gemma = arch == Arch::Gemma3;
+    let gemma3 = arch == Arch::Gemma3;
+    // llama.cpp keeps no window pattern, local RoPE base or query scale in the file: it
+    // hard-codes them per architecture, as here (Gemma 2: every other layer global, the scale
+    // 1/sqrt(head_dim) of its 2B and 9B models; Gemma 3: one global layer in six, local base
+    // 10 000).
+    let (window, pattern) = match arch {
+        Arch::Gemma2 => (
+            Some(opt_u32(ct, &k("attention.sliding_window")).unwrap_or(4096)),
+            Some(2),
+        ),
+        Arch::Gemma3 => (
+            Some(opt_u32(ct, &k("attention.sliding_window")).unwrap_or(512)),
+            Some(6),
+        ),
+        _ => (None, None),
+    };
+    let gemma_family = arch.layout().embed_scale;
     let tok_id = |key: &str| opt_u32(ct, key).map(|x| x as u32);
     let eps = opt_f64(ct, &k("attention.layer_norm_rms_epsilon")).with_context(|| {
         format!(
@@ -140,26 +159,21 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         num_kv_heads: kv,
         head_dim,
         rms_norm_eps: eps,
-        rope_theta: opt_f64(ct, &k("rope.freq_base")).unwrap_or(if gemma {
+        rope_theta: opt_f64(ct, &k("rope.freq_base")).unwrap_or(if gemma3 {
             1_000_000.0
         } else {
             10_000.0
         }),
-        // The Gemma 3 GGUF lacks the local RoPE base and the layer pattern: HF's values.
-        rope_local_theta: gemma.then_some(10_000.0),
-        sliding_window: if gemma {
-            Some(opt_u32(ct, &k("attention.sliding_window")).unwrap_or(512))
-        } else {
-            None
-        },
-        sliding_window_pattern: gemma.then_some(6),
+        rope_local_theta: gemma3.then_some(10_000.0),
+        sliding_window: window,
+        sliding_window_pattern: pattern,
         max_position_embeddings: opt_u32(ct, &k("context_length")).unwrap_or(4096),
         tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
         attention_bias: ct.tensor_infos.contains_key("blk.0.attn_q.bias"),
-        query_pre_attn_scalar: gemma.then_some(head_dim as f64),
+        query_pre_attn_scalar: window.is_some().then_some(head_dim as f64),
         final_logit_softcapping: opt_f64(ct, &k("final_logit_softcapping")),
         attn_logit_softcapping: opt_f64(ct, &k("attn_logit_softcapping")),
-        activation: if gemma {
+        activation: if gemma_family {
             Activation::GeluTanh
         } else {
             Activation::Silu
@@ -196,7 +210,7 @@ fn hf_name(name: &str, arch: Arch) -> Option<String> {
         "ffn_down" => "mlp.down_proj",
         "attn_norm" => "input_layernorm",
         "post_attention_norm" => "post_attention_layernorm",
-        "ffn_norm" if arch == Arch::Gemma3 => "pre_feedforward_layernorm",
+        "ffn_norm" if arch.layout().sandwich_norms => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
         "post_ffw_norm" => "post_feedforward_layernorm",
         _ => return None,
@@ -250,7 +264,8 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
         let mut t = q.dequantize(device).map_err(|e| {
             anyhow::anyhow!("{}: cannot dequantize tensor `{name}`: {e}", path.display())
         })?;
-        if config.arch == Arch::Gemma3 && hf.contains("norm") {
+        // llama.cpp stores Gemma's norm weights as the multiplier 1 + w.
+        if config.arch.layout().norm_plus_one && hf.contains("norm") {
             t = t.affine(1.0, -1.0)?;
         }
         if permuted {

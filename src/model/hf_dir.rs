@@ -51,7 +51,7 @@ pub fn read_index(dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
 }
 
 /// The weight files of a model directory: exactly the shards its index names (each must
-/// exist), else every `*.safetensors` file; sorted.
+/// exist), else `model.safetensors`, else every `*.safetensors` file; sorted.
 pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if let Some(map) = read_index(dir)? {
         let shards: BTreeSet<&String> = map.values().collect();
@@ -70,6 +70,12 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             bail!("{}: {INDEX_FILE} names no shard", dir.display());
         }
         return Ok(files);
+    }
+    // As transformers does: `model.safetensors` when there is one (other safetensors files
+    // beside it — adapters, references — are not the model's).
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
     }
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
