@@ -120,8 +120,7 @@ pub fn known_among(
 /// [`score`], cached on disk by model fingerprint and the facts' content (scoring a whole task
 /// is the slow part of every command that starts from "the facts the model knows").
 pub fn cached_scores(lm: &LanguageModel, facts: &[Fact]) -> Result<Vec<FactScore>> {
-    let mut key = crate::model::source::fingerprint(&lm.origin)?.into_bytes();
-    key.extend(crate::model::weights_tag().as_bytes());
+    let mut key = crate::model::cache_fingerprint(&lm.origin)?.into_bytes();
     key.extend(serde_json::to_vec(facts)?);
     let v: Vec<FactScore> = crate::util::cached_json("scores", &key, || score(lm, facts, 32))?;
     if v.len() != facts.len() {

@@ -509,7 +509,7 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
     // entry from a version that measured other things (it lacks a row the unlearned model
     // has) is measured again rather than leaving that row out.
     let key = serde_json::to_vec(
-        &json!({"v": 3, "model": crate::model::source::fingerprint(&original.origin)?,
+        &json!({"v": 3, "model": crate::model::cache_fingerprint(&original.origin)?,
         "forget": forget, "held_out": held_out, "new": new_answers, "suite": a.suite, "seed": a.seed}),
     )?;
     let same_rows = |cached: &(Measures, Fluency)| {

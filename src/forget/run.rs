@@ -606,7 +606,8 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         let key = serde_json::to_vec(
             // "v" changes with what `evaluate` measures (2: the know-nothing floor, 3: namesakes,
             // 4: no floor without candidate answers).
-            &json!({"v": 4, "model": base_fp, "forget": forget, "held_out": held_out,
+            &json!({"v": 4, "model": base_fp, "weights": crate::model::weights_tag(),
+            "forget": forget, "held_out": held_out,
             "namesakes": namesakes,
             "new": new_answers, "ppl": ppl_ids}),
         )?;
@@ -872,6 +873,7 @@ fn retain_key_sums(
     let mut h = Sha256::new();
     h.update(crate::util::code_fingerprint().as_bytes());
     h.update(base_fp.as_bytes());
+    h.update(crate::model::weights_tag().as_bytes());
     for p in params {
         h.update(p.as_bytes());
     }

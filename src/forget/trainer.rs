@@ -594,9 +594,11 @@ pub fn train(
     dir: &Path,
     stop_after: Option<usize>,
 ) -> Result<TrainSummary> {
+    // A run resumes only with the weights' storage dtype it started with.
+    let run_key = format!("{run_key}{}", crate::model::weights_tag());
     let ck = Checkpoints {
         dir: dir.join("checkpoint"),
-        run_key,
+        run_key: &run_key,
         threads: crate::util::threads(),
     };
     train_with(model, plan, cfg, &ck, dir, stop_after)

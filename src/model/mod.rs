@@ -78,6 +78,12 @@ pub fn weights_tag() -> &'static str {
     }
 }
 
+/// The fingerprint every cache of numbers computed with a model is keyed by: its weights'
+/// fingerprint and, unless f32, the storage dtype.
+pub fn cache_fingerprint(origin: &ModelOrigin) -> Result<String> {
+    Ok(source::fingerprint(origin)? + weights_tag())
+}
+
 /// A freshly loaded f32 tensor as it is stored: matrices in the weights dtype, vectors in f32.
 pub fn stored(t: Tensor) -> Result<Tensor> {
     let dtype = weights_dtype();

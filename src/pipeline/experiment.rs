@@ -389,8 +389,7 @@ pub fn run(
     e.validate()?;
     crate::outdir::prepare(out, &[("the experiment's model", e.model.clone())])?;
     let t0 = std::time::Instant::now();
-    let model_fp = crate::model::source::fingerprint(&crate::model::source::resolve(&e.model)?)?
-        + crate::model::weights_tag();
+    let model_fp = crate::model::cache_fingerprint(&crate::model::source::resolve(&e.model)?)?;
     let mut base = json!({"tool": crate::util::tool_id(), "model": model_fp, "task": e.task,
         "forget": e.forget, "known": e.known, "seed": e.seed});
     if e.dedup {
