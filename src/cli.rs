@@ -88,6 +88,12 @@ pub fn inspect(spec: &str, as_json: bool) -> Result<()> {
         let globals: Vec<usize> = (0..c.num_layers).filter(|&l| !c.is_sliding(l)).collect();
         println!("             sliding window {w}, global layers {globals:?}");
     }
+    if c.attn_logit_softcapping.is_some() || c.final_logit_softcapping.is_some() {
+        println!(
+            "             soft caps: attention scores {:?}, final logits {:?}",
+            c.attn_logit_softcapping, c.final_logit_softcapping
+        );
+    }
     println!(
         "rope         base {} (local {:?})",
         c.rope_theta, c.rope_local_theta
