@@ -93,6 +93,10 @@ summary = {
     "bench_llama3_8b_bf16": {"passed": bench_rc == 0,
                              "items": [{k: r.get(k) for k in ("name", "seconds", "details")}
                                        for r in (bench or {}).get("results", [])]},
+    # Forward throughput: the bench's batch (8 sequences of 32 tokens) per second.
+    "forward_tokens_per_s": {r["name"]: r["details"]["batch"] * r["details"]["tokens"] / r["seconds"]
+                             for r in (bench or {}).get("results", [])
+                             if r["name"].startswith("forward") and r.get("seconds")},
     "peak_gpu_memory_mib": max(mem) if mem else None,
 }
 for key, log in (("architectures", "architectures.log"), ("bench_llama3_8b_bf16", "bench.log")):
