@@ -28,7 +28,9 @@ cd "$(dirname "$0")/.."
 repo="$PWD"
 
 build() {
-    eval "$(scripts/cuda-toolchain.sh)"
+    # Through a variable, so that a failed install stops here (set -e).
+    cuda_env="$(scripts/cuda-toolchain.sh)"
+    eval "$cuda_env"
     local target="${CARGO_TARGET_DIR:-$repo/target}" log test_bin
     cargo build --release --features cuda
     log="$(mktemp)"
