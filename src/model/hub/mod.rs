@@ -298,6 +298,18 @@ mod tests {
             weight_files("o/n", &names, None).unwrap(),
             ["model.safetensors"]
         );
+        // An adapter beside the model is not the model's weights; without model.safetensors
+        // every top-level file is.
+        let beside = ["model.safetensors", "adapter_model.safetensors"];
+        assert_eq!(
+            weight_files("o/n", &beside, None).unwrap(),
+            ["model.safetensors"]
+        );
+        let split = ["b.safetensors", "a.safetensors", "sub/c.safetensors"];
+        assert_eq!(
+            weight_files("o/n", &split, None).unwrap(),
+            ["a.safetensors", "b.safetensors"]
+        );
 
         let sharded = [
             "config.json",

@@ -125,13 +125,17 @@ pub fn metadata_files(repo: &str, names: &[&str]) -> Result<Vec<String>> {
 }
 
 /// The weight files to fetch: exactly the shards the index's weight map names (each must be in
-/// the revision), else every top-level `*.safetensors` file; sorted.
+/// the revision), else `model.safetensors`, else every top-level `*.safetensors` file; sorted.
 pub fn weight_files(
     repo: &str,
     names: &[&str],
     index: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<String>> {
     let Some(map) = index else {
+        // As the directory loader reads it: `model.safetensors` alone when there is one.
+        if names.contains(&"model.safetensors") {
+            return Ok(vec!["model.safetensors".to_string()]);
+        }
         return Ok(names
             .iter()
             .filter(|n| is_top_safetensors(n))
