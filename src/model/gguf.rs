@@ -3,7 +3,7 @@
 //! architectures llama.cpp stores permuted for its interleaved RoPE are put back in HF's
 //! layout, see [`qk_stored_permuted`]).
 
-use crate::model::config::{Activation, Arch, ModelConfig};
+use crate::model::config::{Arch, ModelConfig};
 use crate::model::gguf_header;
 use crate::model::{TextTokenizer, Weights};
 use anyhow::{bail, Context, Result};
@@ -141,7 +141,6 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         ),
         _ => (None, None),
     };
-    let gemma_family = arch.layout().embed_scale;
     let tok_id = |key: &str| opt_u32(ct, key).map(|x| x as u32);
     let eps = opt_f64(ct, &k("attention.layer_norm_rms_epsilon")).with_context(|| {
         format!(
@@ -159,11 +158,7 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         num_kv_heads: kv,
         head_dim,
         rms_norm_eps: eps,
-        rope_theta: opt_f64(ct, &k("rope.freq_base")).unwrap_or(if gemma3 {
-            1_000_000.0
-        } else {
-            10_000.0
-        }),
+        rope_theta: opt_f64(ct, &k("rope.freq_base")).unwrap_or(arch.defaults().rope_theta),
         rope_local_theta: gemma3.then_some(10_000.0),
         sliding_window: window,
         sliding_window_pattern: pattern,
@@ -173,11 +168,7 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         query_pre_attn_scalar: window.is_some().then_some(head_dim as f64),
         final_logit_softcapping: opt_f64(ct, &k("final_logit_softcapping")),
         attn_logit_softcapping: opt_f64(ct, &k("attn_logit_softcapping")),
-        activation: if gemma_family {
-            Activation::GeluTanh
-        } else {
-            Activation::Silu
-        },
+        activation: arch.defaults().activation,
         rope_scaling: None,
         rope_linear_factor: None,
         rope_freq_factors: None,

@@ -11,7 +11,7 @@ use crate::model::ops::tests::rnd;
 /// (Gemma 2/3), soft caps the scores reach (Gemma 2), Llama 3.1 RoPE scaling and q/k/v biases
 /// (Llama), a final soft cap (Gemma 3).
 pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
-    let gemma = arch.layout().embed_scale;
+    let defaults = arch.defaults();
     let windowed = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
     ModelConfig {
         arch,
@@ -28,16 +28,12 @@ pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
         sliding_window: windowed.then_some(3),
         sliding_window_pattern: windowed.then_some(2),
         max_position_embeddings: 64,
-        tie_word_embeddings: gemma,
+        tie_word_embeddings: defaults.tie_word_embeddings,
         attention_bias: arch == Arch::Llama,
         query_pre_attn_scalar: windowed.then_some(6.0),
         final_logit_softcapping: windowed.then_some(3.0),
         attn_logit_softcapping: (arch == Arch::Gemma2).then_some(2.0),
-        activation: if gemma {
-            Activation::GeluTanh
-        } else {
-            Activation::Silu
-        },
+        activation: defaults.activation,
         rope_scaling: (arch == Arch::Llama).then_some(Llama3RopeScaling {
             factor: 8.0,
             low_freq_factor: 1.0,

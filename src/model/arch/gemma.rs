@@ -1,7 +1,7 @@
 //! Gemma 1 (Gemma-2B/7B): Llama's block with GELU-tanh, `1 + w` RMS norms, an embedding scaled
 //! by sqrt(hidden size) and tied embeddings.
 
-use super::{Arch, HfConfig, Layout};
+use super::{Arch, Defaults, HfConfig, Layout};
 use crate::model::config::{Activation, ModelConfig};
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -13,14 +13,17 @@ pub const LAYOUT: Layout = Layout {
     embed_scale: true,
 };
 
+pub const DEFAULTS: Defaults = Defaults {
+    activation: Activation::GeluTanh,
+    rope_theta: 10_000.0,
+    tie_word_embeddings: true,
+};
+
 pub const HF_MODEL_TYPES: &[&str] = &["gemma"];
 
 /// Configuration from a Gemma `config.json`.
 pub fn from_hf(h: &HfConfig) -> Result<ModelConfig> {
-    let rope = h.rope()?;
-    let mut c = h.base(Arch::Gemma, h.activation(Activation::GeluTanh)?, &rope)?;
-    c.tie_word_embeddings = h.opt_bool("tie_word_embeddings").unwrap_or(true);
-    Ok(c)
+    h.base(Arch::Gemma, &h.rope()?)
 }
 
 /// The Gemma-specific fields of an exported `config.json`.

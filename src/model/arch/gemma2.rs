@@ -2,7 +2,7 @@
 //! a scaled embedding, soft-capping of the attention scores and of the final logits, and a
 //! sliding window on every other layer (layers 0, 2, … local; 1, 3, … global).
 
-use super::{layer_types, Arch, HfConfig, Layout};
+use super::{layer_types, Arch, Defaults, HfConfig, Layout};
 use crate::model::config::{Activation, ModelConfig};
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -14,6 +14,12 @@ pub const LAYOUT: Layout = Layout {
     embed_scale: true,
 };
 
+pub const DEFAULTS: Defaults = Defaults {
+    activation: Activation::GeluTanh,
+    rope_theta: 10_000.0,
+    tie_word_embeddings: true,
+};
+
 pub const HF_MODEL_TYPES: &[&str] = &["gemma2"];
 
 /// transformers' defaults for the soft caps when `config.json` does not state them.
@@ -23,8 +29,7 @@ const FINAL_SOFTCAP: f64 = 30.0;
 /// Configuration from a Gemma 2 `config.json`.
 pub fn from_hf(h: &HfConfig) -> Result<ModelConfig> {
     let rope = h.rope()?;
-    let mut c = h.base(Arch::Gemma2, h.activation(Activation::GeluTanh)?, &rope)?;
-    c.tie_word_embeddings = h.opt_bool("tie_word_embeddings").unwrap_or(true);
+    let mut c = h.base(Arch::Gemma2, &rope)?;
     c.query_pre_attn_scalar = Some(
         h.opt_f("query_pre_attn_scalar")
             .unwrap_or(c.head_dim as f64),

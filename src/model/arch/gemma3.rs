@@ -2,7 +2,7 @@
 //! embedding, sliding-window layers with their own RoPE base (10 000) and one global layer in
 //! every six (as `layer_types` or `sliding_window_pattern` says).
 
-use super::{layer_types, Arch, HfConfig, Layout};
+use super::{layer_types, Arch, Defaults, HfConfig, Layout};
 use crate::model::config::{Activation, ModelConfig};
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -14,13 +14,18 @@ pub const LAYOUT: Layout = Layout {
     embed_scale: true,
 };
 
+pub const DEFAULTS: Defaults = Defaults {
+    activation: Activation::GeluTanh,
+    rope_theta: 1_000_000.0,
+    tie_word_embeddings: true,
+};
+
 pub const HF_MODEL_TYPES: &[&str] = &["gemma3_text", "gemma3"];
 
 /// Configuration from a Gemma 3 `config.json` (or its `text_config`).
 pub fn from_hf(h: &HfConfig) -> Result<ModelConfig> {
     let rope = h.rope()?;
-    let mut c = h.base(Arch::Gemma3, h.activation(Activation::GeluTanh)?, &rope)?;
-    c.tie_word_embeddings = h.opt_bool("tie_word_embeddings").unwrap_or(true);
+    let mut c = h.base(Arch::Gemma3, &rope)?;
     c.rope_local_theta = Some(rope.local_theta.unwrap_or(10_000.0));
     c.query_pre_attn_scalar = Some(
         h.opt_f("query_pre_attn_scalar")

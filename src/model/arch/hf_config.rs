@@ -225,15 +225,12 @@ impl<'a> HfConfig<'a> {
         Ok(())
     }
 
-    /// The fields every architecture shares, with the architecture's defaults.
-    pub fn base(&self, arch: Arch, activation: Activation, rope: &Rope) -> Result<ModelConfig> {
+    /// The fields every architecture shares, with the architecture's [`super::Defaults`].
+    pub fn base(&self, arch: Arch, rope: &Rope) -> Result<ModelConfig> {
         let hidden = self.u("hidden_size")?;
         let heads = self.u("num_attention_heads")?;
-        let default_theta = if arch == Arch::Gemma3 {
-            1_000_000.0
-        } else {
-            10_000.0
-        };
+        let d = arch.defaults();
+        let activation = self.activation(d.activation)?;
         Ok(ModelConfig {
             arch,
             vocab_size: self.u("vocab_size")?,
@@ -244,12 +241,14 @@ impl<'a> HfConfig<'a> {
             num_kv_heads: self.opt_u("num_key_value_heads").unwrap_or(heads),
             head_dim: self.opt_u("head_dim").unwrap_or(hidden / heads.max(1)),
             rms_norm_eps: self.opt_f("rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: rope.theta.unwrap_or(default_theta),
+            rope_theta: rope.theta.unwrap_or(d.rope_theta),
             rope_local_theta: None,
             sliding_window: None,
             sliding_window_pattern: None,
             max_position_embeddings: self.opt_u("max_position_embeddings").unwrap_or(4096),
-            tie_word_embeddings: self.opt_bool("tie_word_embeddings").unwrap_or(false),
+            tie_word_embeddings: self
+                .opt_bool("tie_word_embeddings")
+                .unwrap_or(d.tie_word_embeddings),
             attention_bias: self.opt_bool("attention_bias").unwrap_or(false),
             query_pre_attn_scalar: None,
             final_logit_softcapping: None,

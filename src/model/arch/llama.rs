@@ -2,7 +2,7 @@
 //! SmolLM2 (`llama`, with Llama 3.1's RoPE scaling), Mistral (`mistral`: a sliding window on
 //! every layer) and Qwen2 (`qwen2`: biases on the q/k/v projections).
 
-use super::{Arch, HfConfig, Layout};
+use super::{Arch, Defaults, HfConfig, Layout};
 use crate::model::config::{Activation, ModelConfig};
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -14,12 +14,18 @@ pub const LAYOUT: Layout = Layout {
     embed_scale: false,
 };
 
+pub const DEFAULTS: Defaults = Defaults {
+    activation: Activation::Silu,
+    rope_theta: 10_000.0,
+    tie_word_embeddings: false,
+};
+
 pub const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
 
 /// Configuration from a Llama, Mistral or Qwen2 `config.json`.
 pub fn from_hf(h: &HfConfig, model_type: &str) -> Result<ModelConfig> {
     let rope = h.rope()?;
-    let mut c = h.base(Arch::Llama, h.activation(Activation::Silu)?, &rope)?;
+    let mut c = h.base(Arch::Llama, &rope)?;
     match model_type {
         "qwen2" => {
             h.refuse_qwen_window()?;

@@ -49,6 +49,14 @@ pub struct Layout {
     pub embed_scale: bool,
 }
 
+/// What a configuration that does not say takes (`config.json` or GGUF metadata alike).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Defaults {
+    pub activation: crate::model::config::Activation,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
+}
+
 impl Arch {
     /// Every architecture, for listings.
     pub const ALL: [Arch; 5] = [
@@ -77,6 +85,17 @@ impl Arch {
             Arch::Gemma3 => gemma3::LAYOUT,
             Arch::Llama => llama::LAYOUT,
             Arch::Qwen3 => qwen3::LAYOUT,
+        }
+    }
+
+    /// The defaults of this architecture's configuration.
+    pub fn defaults(&self) -> Defaults {
+        match self {
+            Arch::Gemma => gemma::DEFAULTS,
+            Arch::Gemma2 => gemma2::DEFAULTS,
+            Arch::Gemma3 => gemma3::DEFAULTS,
+            Arch::Llama => llama::DEFAULTS,
+            Arch::Qwen3 => qwen3::DEFAULTS,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Qwen 3: the Llama block with RMS-normed query and key heads (plain `w` norms) before RoPE,
 //! and no q/k/v biases.
 
-use super::{Arch, HfConfig, Layout};
+use super::{Arch, Defaults, HfConfig, Layout};
 use crate::model::config::{Activation, ModelConfig};
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -13,13 +13,19 @@ pub const LAYOUT: Layout = Layout {
     embed_scale: false,
 };
 
+pub const DEFAULTS: Defaults = Defaults {
+    activation: Activation::Silu,
+    rope_theta: 10_000.0,
+    tie_word_embeddings: false,
+};
+
 pub const HF_MODEL_TYPES: &[&str] = &["qwen3"];
 
 /// Configuration from a Qwen 3 `config.json`.
 pub fn from_hf(h: &HfConfig) -> Result<ModelConfig> {
     h.refuse_qwen_window()?;
     let rope = h.rope()?;
-    h.base(Arch::Qwen3, h.activation(Activation::Silu)?, &rope)
+    h.base(Arch::Qwen3, &rope)
 }
 
 /// The Qwen 3-specific fields of an exported `config.json`.
