@@ -3,7 +3,8 @@
 //! previous one did not, with every scored token seeing at least `window − stride` tokens of
 //! context (except at the start). Logits are computed only at scored positions.
 
-use crate::model::{Batch, LanguageModel, LogitsAt, PadSide, RunOpts, Transformer};
+use crate::model::head_logprobs::run_target_logprobs;
+use crate::model::{Batch, LanguageModel, PadSide, Transformer};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -55,15 +56,7 @@ pub fn target_logprobs(
     targets: &[u32],
 ) -> Result<Vec<f64>> {
     let batch = Batch::new(&[seq], pad, PadSide::Right, model.device())?;
-    let out = model.run(
-        &batch,
-        &RunOpts {
-            logits: LogitsAt::Rows(rows.to_vec()),
-            ..Default::default()
-        },
-    )?;
-    let (lp, _) = crate::forget::seqs::logprobs_of(out.logits.as_ref().expect("asked"), targets)?;
-    Ok(lp)
+    run_target_logprobs(model, &batch, rows, targets)
 }
 
 /// Log-probabilities of the tails of several sequences in batches of `bs`: for `(seq, from)`,
@@ -96,15 +89,7 @@ pub fn tail_logprobs(
         }
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|(s, _)| s.clone()).collect();
         let batch = Batch::new(&seqs, pad, PadSide::Right, model.device())?;
-        let run = model.run(
-            &batch,
-            &RunOpts {
-                logits: LogitsAt::Rows(rows),
-                ..Default::default()
-            },
-        )?;
-        let (lp, _) =
-            crate::forget::seqs::logprobs_of(run.logits.as_ref().expect("asked"), &targets)?;
+        let lp = run_target_logprobs(model, &batch, &rows, &targets)?;
         let mut k = 0;
         for (seq, from) in chunk {
             let n = seq.len() - from;
@@ -164,6 +149,7 @@ pub fn perplexity_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{LogitsAt, RunOpts};
 
     /// Batched tails give the same numbers as one sequence at a time.
     #[test]

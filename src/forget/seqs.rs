@@ -4,6 +4,7 @@
 //! representation layer, and the reference log-probabilities of the targets.
 
 use crate::data::Fact;
+use crate::model::head_logprobs::{target_logprobs, RowIndex};
 use crate::model::{
     Batch, HookPoint, Hooks, LanguageModel, LogitsAt, PadSide, RunOpts, Transformer,
 };
@@ -320,11 +321,6 @@ impl SeqSet {
             if let Some(r) = rep_layer {
                 hooks = hooks.cache(HookPoint::ResidPost(r));
             }
-            let rows = if logp {
-                LogitsAt::Rows(target_rows(&self.seqs, chunk))
-            } else {
-                LogitsAt::None
-            };
             let stop = if logp {
                 None
             } else {
@@ -335,7 +331,7 @@ impl SeqSet {
                 &RunOpts {
                     hooks: Some(&hooks),
                     stop_at: stop.filter(|&s| s > 0),
-                    logits: rows,
+                    logits: LogitsAt::None,
                     ..Default::default()
                 },
             )?;
@@ -359,7 +355,8 @@ impl SeqSet {
             }
             if logp {
                 let targets = target_ids(&self.seqs, chunk);
-                let (lp, _) = logprobs_of(out.logits.as_ref().expect("asked"), &targets)?;
+                let at = RowIndex::new(&target_rows(&self.seqs, chunk), out.resid.dims3()?, model)?;
+                let lp = target_logprobs(model, &at.gather(&out.resid)?, &targets, false)?.lp;
                 lps.extend(per_seq_sums(&self.seqs, chunk, &lp));
             }
         }

@@ -14,7 +14,8 @@ use crate::forget::seqs::{logprobs_of, Place, SeqSet};
 use crate::forget::terms::{
     logit_loss, logits_grad, repr_loss, repr_loss_weighted, LogitLoss, ReprLoss,
 };
-use crate::model::{LogitsAt, RunOpts, Transformer};
+use crate::model::head_logprobs::{scale_rows, target_logprobs, RowIndex};
+use crate::model::{Checkpoint, LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
@@ -277,26 +278,45 @@ pub(crate) fn term_grads(
                 .flat_map(|(k, t)| t.iter().map(move |&(p, _)| (k, p)))
                 .collect();
             let targets: Vec<u32> = picked.iter().flatten().map(|&(_, t)| t).collect();
-            let out = model.run(
-                &prep.batch,
-                &RunOpts {
-                    start: prep.start.clone(),
-                    logits: LogitsAt::Rows(rows),
-                    grad: true,
-                    ..Default::default()
-                },
-            )?;
-            let logits = out.logits.as_ref().expect("asked for logits");
-            let (lp, sm) = logprobs_of(logits, &targets)?;
             let per: Vec<usize> = picked.iter().map(Vec::len).collect();
             let reference: Option<Vec<f64>> = set
                 .logp_ref
                 .as_ref()
                 .map(|r| members.iter().map(|&i| r[i]).collect());
-            let (loss, c) = logit_loss(*kind, &lp, &per, reference.as_deref())?;
-            let dl = logits_grad(&c, &targets, &sm)?.to_dtype(logits.dtype())?;
-            let g = model.backward(&out, Some(&dl), None)?;
-            Ok((loss, g.params))
+            // A frozen head: log-probabilities and their row gradients a chunk of rows at a
+            // time (no [rows, vocabulary] matrix); a trained head needs the logits' gradient.
+            let head_frozen = !model.head_is_trainable();
+            let out = model.run(
+                &prep.batch,
+                &RunOpts {
+                    start: prep.start.clone(),
+                    logits: if head_frozen {
+                        LogitsAt::None
+                    } else {
+                        LogitsAt::Rows(rows.clone())
+                    },
+                    grad: true,
+                    checkpoint: Checkpoint::Auto,
+                    ..Default::default()
+                },
+            )?;
+            let g = if head_frozen {
+                let at = RowIndex::new(&rows, out.resid.dims3()?, model)?;
+                let tl = target_logprobs(model, &at.gather(&out.resid)?, &targets, true)?;
+                let (loss, c) = logit_loss(*kind, &tl.lp, &per, reference.as_deref())?;
+                let d_rows = scale_rows(tl.d_rows.as_ref().expect("asked"), &c)?;
+                (
+                    loss,
+                    model.backward(&out, None, Some(&at.scatter(&d_rows)?))?,
+                )
+            } else {
+                let logits = out.logits.as_ref().expect("asked for logits");
+                let (lp, sm) = logprobs_of(logits, &targets)?;
+                let (loss, c) = logit_loss(*kind, &lp, &per, reference.as_deref())?;
+                let dl = logits_grad(&c, &targets, &sm)?.to_dtype(logits.dtype())?;
+                (loss, model.backward(&out, Some(&dl), None)?)
+            };
+            Ok((g.0, g.1.params))
         }
         Loss::Repr { loss, sample } => {
             let positions: Vec<Vec<usize>> = members
@@ -365,6 +385,7 @@ fn repr_rows(
             stop_at: Some(rep + 1),
             logits: LogitsAt::None,
             grad,
+            checkpoint: Checkpoint::Auto,
             ..Default::default()
         },
     )?;

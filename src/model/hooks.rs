@@ -157,6 +157,11 @@ pub struct Hooks {
 }
 
 impl Hooks {
+    /// No caching, patching or gradient point.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty() && self.patches.is_empty() && self.grads.is_empty()
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

@@ -10,6 +10,7 @@ pub mod fastmath;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_header;
+pub mod head_logprobs;
 pub mod hf_dir;
 pub mod hooks;
 pub mod hub;
@@ -28,7 +29,7 @@ pub use config::{Activation, Arch, ModelConfig};
 pub use hooks::{HookPoint, Hooks, Patch, PatchMode, Selection};
 pub use source::ModelOrigin;
 pub use tokenizer::TextTokenizer;
-pub use transformer::{Grads, LogitsAt, RunOpts, RunOutput, Transformer};
+pub use transformer::{Checkpoint, Grads, LogitsAt, RunOpts, RunOutput, Transformer};
 pub use weights::Weights;
 
 use anyhow::{bail, Result};

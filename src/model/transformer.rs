@@ -40,7 +40,27 @@ pub struct RunOpts<'a> {
     pub grad: bool,
     /// The backward also returns d(metric)/d(starting residual).
     pub grad_start: bool,
+    /// Whether the backward's blocks are checkpointed.
+    pub checkpoint: Checkpoint,
 }
+
+/// Activation checkpointing: keep only each block's input and recompute the block's
+/// activations during the backward, one block at a time instead of all of them at once, for
+/// one more forward of those blocks. The gradients are the same, bit for bit. Runs with hooks
+/// are never checkpointed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Checkpoint {
+    /// Keep every block's activations.
+    #[default]
+    Off,
+    /// Keep only the blocks' inputs.
+    On,
+    /// On when the blocks' activations would take more than [`CHECKPOINT_AUTO_BYTES`].
+    Auto,
+}
+
+/// Activations of the blocks a backward needs above which [`Checkpoint::Auto`] checkpoints.
+pub const CHECKPOINT_AUTO_BYTES: usize = 1 << 30;
 
 /// Result of a run.
 pub struct RunOutput {
@@ -217,6 +237,13 @@ struct LayerTape {
     sin: Tensor,
 }
 
+/// What the forward kept of one block for the backward.
+enum Recorded {
+    Activations(LayerTape),
+    /// Checkpointed: the block's input only.
+    Input(Tensor),
+}
+
 struct HeadTape {
     rows: Option<Tensor>,
     xr: Tensor,
@@ -229,7 +256,11 @@ struct Tape {
     start_layer: usize,
     lowest: usize,
     end_layer: usize,
-    layers: BTreeMap<usize, LayerTape>,
+    layers: BTreeMap<usize, Recorded>,
+    /// Attention masks (all layers, sliding-window layers) and positions, for recomputing
+    /// checkpointed blocks.
+    masks: (Tensor, Option<Tensor>),
+    pos: Tensor,
     /// Gradient masks (1 = passes) of entries replaced by patches.
     keep: BTreeMap<HookPoint, Vec<Tensor>>,
     grad_points: BTreeSet<HookPoint>,
@@ -568,20 +599,37 @@ impl Transformer {
             _ => None,
         };
         let mut layers = BTreeMap::new();
-        for l in start_layer..end_layer {
-            let mask = if self.config.is_sliding(l) {
-                mask_local.as_ref().unwrap_or(&mask_global)
-            } else {
-                &mask_global
+        let checkpoint = hooks.is_empty()
+            && match opts.checkpoint {
+                Checkpoint::Off => false,
+                Checkpoint::On => true,
+                Checkpoint::Auto => {
+                    let blocks = end_layer.saturating_sub(lowest.max(start_layer));
+                    blocks * self.block_activation_bytes(b, t) > CHECKPOINT_AUTO_BYTES
+                }
             };
+        for l in start_layer..end_layer {
+            let mask = self.mask_of(l, &mask_global, mask_local.as_ref());
             let (c, s) = self.rope_for(l, &pos, b, t)?;
             let record = l >= lowest;
+            if record && checkpoint {
+                layers.insert(l, Recorded::Input(x.clone()));
+            }
             let (nx, tape) = self.layer_forward(
-                l, x, mask, &c, &s, None, hooks, &mut cache, &mut keep, record,
+                l,
+                x,
+                mask,
+                &c,
+                &s,
+                None,
+                hooks,
+                &mut cache,
+                &mut keep,
+                record && !checkpoint,
             )?;
             x = nx;
             if let Some(tp) = tape {
-                layers.insert(l, tp);
+                layers.insert(l, Recorded::Activations(tp));
             }
         }
         let (logits, head) = if want_logits {
@@ -595,6 +643,8 @@ impl Transformer {
             lowest,
             end_layer,
             layers,
+            masks: (mask_global, mask_local),
+            pos,
             keep,
             grad_points: hooks.grads.clone(),
             head,
@@ -608,6 +658,47 @@ impl Transformer {
             cache,
             tape,
         })
+    }
+
+    /// Bytes one block keeps for its backward on a `b × t` batch (what [`LayerTape`] holds:
+    /// residual-width rows, keys and values, the MLP's hidden rows, the attention weights).
+    pub fn block_activation_bytes(&self, b: usize, t: usize) -> usize {
+        let c = &self.config;
+        let per_token = 9 * c.hidden_size.max(c.num_heads * c.head_dim)
+            + 3 * c.num_kv_heads * c.head_dim
+            + 4 * c.intermediate_size
+            + c.num_heads * t;
+        b * t * per_token * self.dtype.size_in_bytes()
+    }
+
+    /// The attention mask of block `l`: the sliding-window one on its sliding layers.
+    fn mask_of<'a>(&self, l: usize, global: &'a Tensor, local: Option<&'a Tensor>) -> &'a Tensor {
+        if self.config.is_sliding(l) {
+            local.unwrap_or(global)
+        } else {
+            global
+        }
+    }
+
+    /// The activations of a checkpointed block, from its input (no hooks: a checkpointed run
+    /// has none).
+    fn recompute_layer(&self, l: usize, x: &Tensor, tape: &Tape) -> Result<LayerTape> {
+        let (b, t) = tape.shape;
+        let mask = self.mask_of(l, &tape.masks.0, tape.masks.1.as_ref());
+        let (c, s) = self.rope_for(l, &tape.pos, b, t)?;
+        let (_, lt) = self.layer_forward(
+            l,
+            x.clone(),
+            mask,
+            &c,
+            &s,
+            None,
+            &Hooks::default(),
+            &mut ActivationCache::new(),
+            &mut BTreeMap::new(),
+            true,
+        )?;
+        lt.context("recomputing a block kept no activations")
     }
 
     /// Apply the hooks of one point to an activation.
@@ -802,8 +893,20 @@ impl Transformer {
         })
     }
 
-    fn lm_weight(&self) -> Result<Tensor> {
+    /// The LM head's matrix `[V, D]` in the compute dtype.
+    pub(crate) fn lm_weight(&self) -> Result<Tensor> {
         self.w(self.lm_name())
+    }
+
+    /// The final norm's effective multiplier.
+    pub(crate) fn final_norm_scale(&self) -> Result<Tensor> {
+        self.norm_scale("model.norm.weight")
+    }
+
+    /// Whether the final norm or the LM head is being trained (then a loss on logits needs
+    /// their gradients, not only the residual's).
+    pub fn head_is_trainable(&self) -> bool {
+        self.is_trainable(self.lm_name()) || self.is_trainable("model.norm.weight")
     }
 
     fn lm_name(&self) -> &'static str {
@@ -964,10 +1067,15 @@ impl Transformer {
                 && (self.is_trainable("model.embed_tokens.weight")
                     || tape.grad_points.contains(&HookPoint::Embed)));
         for l in (tape.lowest..tape.end_layer).rev() {
-            let lt = tape
-                .layers
-                .get(&l)
-                .context("backward: missing layer tape")?;
+            let recomputed;
+            let lt = match tape.layers.get(&l) {
+                Some(Recorded::Activations(lt)) => lt,
+                Some(Recorded::Input(x)) => {
+                    recomputed = self.recompute_layer(l, x, tape)?;
+                    &recomputed
+                }
+                None => bail!("backward: missing layer tape"),
+            };
             let need_dx = l > tape.lowest || need_below_lowest;
             g = self.layer_backward(l, lt, g, need_dx, tape, &mut grads)?;
         }
@@ -1309,11 +1417,7 @@ impl Transformer {
             None => None,
         };
         for l in layers {
-            let mask = if self.config.is_sliding(l) {
-                mask_local.as_ref().unwrap_or(&mask_global)
-            } else {
-                &mask_global
-            };
+            let mask = self.mask_of(l, &mask_global, mask_local.as_ref());
             let (c, s) = self.rope_for(l, &pos, b, t)?;
             let slot = &mut kv.layers[l];
             x = self
