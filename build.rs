@@ -1,5 +1,5 @@
 //! Build script: the code fingerprint, a hash of every source file that makes the binary
-//! (`src/`, `build.rs`, `Cargo.toml`, `Cargo.lock`). Every cache key and experiment stage hash
+//! (`src/`, the built-in `presets/`, `build.rs`, `Cargo.toml`, `Cargo.lock`). Every cache key and experiment stage hash
 //! includes it, so a changed binary recomputes what older code cached.
 
 use sha2::{Digest, Sha256};
@@ -23,6 +23,7 @@ fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let mut paths = Vec::new();
     files(&root.join("src"), &mut paths);
+    files(&root.join("presets"), &mut paths);
     for f in ["build.rs", "Cargo.toml", "Cargo.lock"] {
         paths.push(root.join(f));
     }
@@ -38,6 +39,7 @@ fn main() {
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     println!("cargo:rustc-env=UNLEARN_CODE_FINGERPRINT={}", &hex[..16]);
     println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=presets");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=Cargo.toml");
     println!("cargo:rerun-if-changed=Cargo.lock");

@@ -2,6 +2,8 @@
 """Print the markdown table of an `unlearn run` output directory (docs/results.md uses it).
 
 usage: scripts/experiment-table.py runs/<experiment>
+       scripts/experiment-table.py --forget-runs DIR...   (outputs of `unlearn forget`, named
+                                                      NAME-seedS: their own before/after numbers)
 Runs repeated over seeds (stages NAME-seedS, from `seeds = [...]` in the experiment file) get a
 second table: the mean over seeds with a 95 % bootstrap interval over seeds and facts (2,000
 resamples, seeded), and beside each run whether it differs from the first run or ties with it
@@ -82,16 +84,47 @@ def main(root):
         seeds_table(groups, cols)
 
 
-def seeded_groups(evals):
+def eval_rows(p):
+    return {r["metric"]: r for r in json.loads(p.read_text())["rows"]}
+
+
+def forget_rows(p):
+    """The rows of an `unlearn forget` output's metrics.json (its before/after numbers)."""
+    m = json.loads(p.read_text())
+    b, a = m["before"], m["after"]
+    rows = {}
+    for key, part, field, n in [
+        ("forget.top1_candidates", "forget", "top1_candidates", "n"),
+        ("forget.top1_vocab", "forget", "top1", "n"),
+        ("held_out.top1_candidates", "held_out", "top1_candidates", "n"),
+    ]:
+        rows[key] = {"original": b[part][field], "unlearned": a[part][field], "n": a[part][n]}
+    rows["utility.wikitext_perplexity"] = {
+        "original": b["wikitext"]["perplexity"], "unlearned": a["wikitext"]["perplexity"], "n": 0}
+    return rows
+
+
+def seeded_groups(paths, load=eval_rows):
     """{base name: [(seed, rows by metric)]} for the runs named NAME-seedS."""
     groups = {}
-    for p in evals:
+    for p in paths:
         m = re.fullmatch(r"(.+)-seed(\d+)", p.parent.name)
         if not m:
             continue
-        rows = {r["metric"]: r for r in json.loads(p.read_text())["rows"]}
-        groups.setdefault(m.group(1), []).append((int(m.group(2)), rows))
+        groups.setdefault(m.group(1), []).append((int(m.group(2)), load(p)))
     return groups
+
+
+def forget_runs(dirs):
+    paths = [Path(d) / "metrics.json" for d in dirs]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        sys.exit(f"no metrics.json (run with evaluation): {', '.join(missing)}")
+    groups = seeded_groups(paths, forget_rows)
+    first = next(iter(groups.values()))[0][1]
+    cols = [c for c in COLS if c[0] in first]
+    print("Before: " + ", ".join(f"{h} {fmt(first[k]['original'], kind)}" for k, h, kind in cols))
+    seeds_table(groups, cols)
 
 
 def resample(runs, key, kind, rng):
@@ -147,4 +180,7 @@ def seeds_table(groups, cols):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
+    if len(sys.argv) > 1 and sys.argv[1] == "--forget-runs":
+        forget_runs(sys.argv[2:])
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")

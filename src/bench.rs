@@ -329,7 +329,7 @@ fn unlearning_steps(lm: &mut LanguageModel, repeats: usize) -> Result<Vec<(Strin
             params: params.clone(),
             rep_layer: crate::forget::methods::rep_layer(m, &cfg, first + 2)?,
             projectors: Default::default(),
-            project_update: false,
+            project_at: crate::forget::trainer::ProjectAt::Gradient,
             pad: lm.pad_id(),
             text_rows: cfg.text_ce_rows,
         };

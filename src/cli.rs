@@ -347,3 +347,22 @@ pub fn export(spec: &str, out: &std::path::Path) -> Result<()> {
     );
     Ok(())
 }
+
+/// `unlearn presets`: every built-in preset with what it sets and where it was chosen.
+pub fn presets(as_json: bool) -> Result<()> {
+    let all = crate::forget::presets::all()?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    for p in &all {
+        println!("{} ({})", p.name, p.method);
+        println!("  {}", p.description);
+        if let Some(l) = &p.layers {
+            println!("  layers: {l}");
+        }
+        println!("  settings: {}", p.set.join(" "));
+        println!("  chosen on: {}\n", p.chosen_on);
+    }
+    Ok(())
+}

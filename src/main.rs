@@ -283,6 +283,13 @@ enum Command {
     /// another sport) with localized fine-tuning, in one batch or sequentially in partitions.
     #[command(after_help = FORGET_HELP)]
     Edit(ForgetCli),
+    /// The named presets of `forget --preset`: each one's method, layers and settings, and the
+    /// validation runs it was chosen on.
+    Presets {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The same numbers for the original and the unlearned model, side by side: forget and
     /// held-out accuracy (completion, multiple choice, capitalized/dashed subject, paraphrased
     /// templates), fluency of answers to forget prompts, WikiText-2 perplexity; `--suite full`
@@ -498,9 +505,14 @@ impl From<LoraArgs> for unlearn::forget::lora::LoraConfig {
 struct ForgetCli {
     #[command(flatten)]
     facts: FactArgs,
-    /// kuda, localized-ft, ga, graddiff, npo, simnpo, rmu (edit: localized-ft).
-    #[arg(long, default_value = "kuda")]
-    method: String,
+    /// kuda (the default), localized-ft, ga, graddiff, npo, simnpo, rmu (edit: localized-ft).
+    #[arg(long)]
+    method: Option<String>,
+    /// A named preset: a method, layers and settings chosen on validation runs (list them
+    /// with `unlearn presets`). Your --method must agree with it; your --layers,
+    /// --localization and --set override it.
+    #[arg(long)]
+    preset: Option<String>,
     /// A localization.json from `unlearn locate`: its parameters are the ones updated.
     #[arg(long)]
     localization: Option<PathBuf>,
@@ -567,7 +579,7 @@ text_tokens = 64, text_ce_rows = 16 (targets sampled per chunk), corpus_tokens =
   [optim] rule = adamw|sgd, lr, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, warmup_steps = 2, \
 min_lr_ratio = 0.1, clip_norm = 1.0\n\
   [kuda] beta = 3.0, token_ratio = 0.5, retain_weight = 10, text_weight = 10, retain_ce_weight = 0, \
-projection = relaxed|strict|none, tau = 0.01 (× mean eigenvalue), project_update = true, key_text_chunks = 64, \
+projection = relaxed|strict|none, tau = 0.01 (× mean eigenvalue), project_update = true (project the whole update; false: only the forget gradient), moments_per_term = false (with project_update = false: the forget terms keep their own Adam moments and their Adam update is projected), key_text_chunks = 64, \
 rep_layer (default: last updated layer), center = none|mean|unknown|known (cos(h − c, h₀ − c) around 0, the retain/text mean residual, or what the model holds at the same place in prompts about subjects it does not know (needs retain_unknown_facts) or about the known retain subjects, each answer weighted the same), focus = 0 (γ > 0: weigh each forget fact's deviation by its answer's share among the candidates^γ, so the pressure goes to the facts still known), start_perturbation = 0 (move the deviation's reference h₀ by a seeded random vector of this share of its norm, so the first steps have a fixed non-zero gradient)\n\
   [localized_ft] forget_weight = 1, retain_weight = 1, text_weight = 1\n\
   graddiff_retain_weight = 1\n\
@@ -582,8 +594,37 @@ Examples:\n\
 
 fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::ForgetArgs>> {
     use unlearn::forget::config::{ForgetConfig, Method};
-    let method: Method = c.method.parse()?;
-    let mut sets = c.sets;
+    let (method_name, layers, mut sets) = match &c.preset {
+        Some(name) => {
+            if c.config.is_some() {
+                anyhow::bail!(
+                    "--preset {name} and --config: a preset is a set of settings; give one of \
+                     them (and --set to change single settings)"
+                );
+            }
+            let e = unlearn::forget::presets::find(name)?.expand(
+                c.method.as_deref(),
+                c.layers.as_deref(),
+                c.localization.is_some(),
+                &c.sets,
+            )?;
+            (e.method, e.layers, e.sets)
+        }
+        None => (
+            c.method
+                .clone()
+                .unwrap_or_else(|| if edit { "localized-ft" } else { "kuda" }.into()),
+            c.layers.clone(),
+            c.sets.clone(),
+        ),
+    };
+    let method: Method = method_name.parse()?;
+    if edit && method == Method::Kuda {
+        anyhow::bail!(
+            "unlearn edit teaches new answers with a loss on them; KUDA has none (use \
+             --method localized-ft, the default for edit)"
+        );
+    }
     if let Some(s) = c.steps {
         sets.push(format!("steps={s}"));
     }
@@ -611,13 +652,9 @@ fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::
         forget: c.facts.forget,
         known: c.facts.known,
         dedup: c.facts.dedup,
-        method: if edit && c.method == "kuda" {
-            Method::LocalizedFt
-        } else {
-            method
-        },
+        method,
         localization: c.localization,
-        layers: c.layers,
+        layers,
         config: c.config,
         sets,
         edit,
@@ -929,6 +966,7 @@ fn run(cmd: Command) -> Result<()> {
             };
             unlearn::eval::run::run(&args, &cli::device()?).map(|_| ())
         }
+        Command::Presets { json } => cli::presets(json),
         Command::Tofu { command } => {
             use unlearn::eval::tofu::{run_eval, write_learn_sets, TofuEvalArgs, TofuOpts};
             let opts = |d: TofuData, general: usize, max_new: usize| TofuOpts {

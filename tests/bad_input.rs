@@ -289,3 +289,75 @@ fn facts_without_candidates_are_not_measured_against_themselves() {
         m["metrics"]
     );
 }
+
+/// A preset that does not exist, one that disagrees with --method, one given with --config,
+/// and `unlearn edit --method kuda` fail at once, saying why; a valid preset prints the
+/// settings it stands for, with the user's --set on top.
+#[test]
+fn presets_are_checked_before_anything_loads() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o");
+    let out = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["forget", "--preset", "nope", "--out", out],
+            "no preset `nope`",
+        ),
+        (
+            &[
+                "forget",
+                "--preset",
+                "kuda-sports",
+                "--method",
+                "npo",
+                "--out",
+                out,
+            ],
+            "--preset kuda-sports is a kuda preset",
+        ),
+        (
+            &[
+                "forget",
+                "--preset",
+                "kuda-sports",
+                "--config",
+                "x.toml",
+                "--out",
+                out,
+            ],
+            "give one of them",
+        ),
+        (
+            &["edit", "--method", "kuda", "--layers", "2-4", "--out", out],
+            "KUDA has none",
+        ),
+    ];
+    for (args, want) in cases {
+        let (o, took) = unlearn(args);
+        assert!(
+            !o.status.success() && stderr(&o).contains(want),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(took < Duration::from_secs(10), "{args:?}: {took:?}");
+    }
+    assert!(!Path::new(out).exists());
+    let (o, _) = unlearn(&[
+        "forget",
+        "--preset",
+        "kuda-sports",
+        "--set",
+        "steps=7",
+        "--print-config",
+    ]);
+    let toml = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(toml.contains("steps = 7"), "{toml}");
+    let (o, _) = unlearn(&["presets", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "kuda-sports"));
+}

@@ -26,21 +26,19 @@ fn muse_runs_and_privleak_against_itself_is_zero() {
         &Device::Cpu,
     )
     .unwrap();
-    assert_eq!(
-        v["privleak"]["original"].as_f64(),
-        Some(0.0),
-        "{}",
-        v["privleak"]
-    );
-    let auc = v["auc_retrained"].as_f64().unwrap();
+    assert_eq!(v.privleak.original, Some(0.0), "{:?}", v.privleak);
+    let auc = v.auc_retrained.unwrap();
     assert!((0.0..=1.0).contains(&auc), "AUC {auc}");
-    let rows = v["rows"].as_array().unwrap();
-    for r in rows {
-        let x = r["original"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&x), "{r}");
+    for r in &v.rows {
+        assert!((0.0..=1.0).contains(&r.original), "{r:?}");
     }
-    assert!(rows
+    assert!(v
+        .rows
         .iter()
-        .any(|r| r["metric"] == "muse.privleak_abs_vs_retrained"));
+        .any(|r| r.metric == "muse.privleak_abs_vs_retrained"));
+    // What the report reads back is what was written.
+    let back: unlearn::eval::schema::MuseMetrics =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(back.rows, v.rows);
     assert!(out.join("metrics.json").exists());
 }

@@ -97,16 +97,30 @@ pub fn reported(forget_spec: &str) -> Split {
 /// Which split each reported set of facts comes from, for `metrics.json`: the forget facts
 /// from the split named in the `--forget` spec (`all` without a prefix), held-out facts and
 /// namesakes from [`reported`], tuning facts from the validation split.
-pub fn labels(forget_spec: &str) -> serde_json::Value {
+pub fn labels(forget_spec: &str) -> SplitLabels {
     let forget = match parse_forget_spec(forget_spec) {
         Ok((Some(s), _)) => s.name(),
         _ => "all",
     };
     let kept = reported(forget_spec).name();
-    serde_json::json!({
-        "forget": forget, "held_out": kept, "namesakes": kept, "tuning": "validation",
-        "rule": "by subject: sha256 of the subject, train 50 % / validation 25 % / test 25 %",
-    })
+    SplitLabels {
+        forget: forget.into(),
+        held_out: kept.into(),
+        namesakes: kept.into(),
+        tuning: "validation".into(),
+        rule: "by subject: sha256 of the subject, train 50 % / validation 25 % / test 25 %".into(),
+    }
+}
+
+/// Which split each set of facts of a run comes from (see [`labels`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SplitLabels {
+    pub forget: String,
+    pub held_out: String,
+    pub namesakes: String,
+    pub tuning: String,
+    /// How facts are assigned to splits.
+    pub rule: String,
 }
 
 /// Refuse to train on facts of the test split: the retain facts a trainer receives must come

@@ -8,10 +8,10 @@ use crate::data::Fact;
 use crate::locate::probe::{self, FitOpts, Labels, Probe, ProbeAt};
 use crate::model::LanguageModel;
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Probe accuracy on the forget facts at every layer (0 = embeddings, l = after block l − 1).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LatentCurve {
     pub at: ProbeAt,
     /// Probes' accuracy on held-out retain facts of the original model (how good they are).

@@ -14,6 +14,7 @@ pub mod perplexity;
 pub mod relearn;
 pub mod rouge;
 pub mod run;
+pub mod schema;
 pub mod tofu;
 
 use crate::model::LanguageModel;

@@ -16,13 +16,14 @@
 
 use crate::eval::perplexity::tail_logprobs;
 use crate::eval::rouge::rouge_l;
+use crate::eval::schema::MuseMetrics;
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Sizes of the scaled benchmark.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct MuseOpts {
     /// Items of each split used (MUSE: 100).
     pub n: usize,
@@ -103,7 +104,8 @@ pub fn auc(pos: &[f64], neg: &[f64]) -> f64 {
 }
 
 /// (question or prompt, true answer, the model's answer).
-type Sample = (String, String, String);
+/// (prompt, reference answer, generation) of one MUSE question.
+pub type Sample = (String, String, String);
 
 fn knowmem(lm: &LanguageModel, dir: &Path, split: &str, n: usize) -> Result<(f64, Vec<Sample>)> {
     let qa: Vec<Qa> = read(&dir.join(format!("knowmem/{split}_qa.json")))?;
@@ -218,8 +220,9 @@ pub struct MuseArgs {
 
 /// Run `unlearn muse`: MUSE-News for the model and, when given, the unlearned one, written to
 /// OUT/metrics.json as before/after rows (the report shows them like `unlearn eval`'s).
-pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Value> {
-    use crate::eval::run::{print_table, Row};
+pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<MuseMetrics> {
+    use crate::eval::run::print_table;
+    use crate::eval::schema::{BeforeAfter, Row};
     let t0 = std::time::Instant::now();
     let mut models = crate::outdir::with_unlearned(&a.model, &a.unlearned);
     if let Some(r) = &a.retrained {
@@ -275,18 +278,34 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<serde_json::Val
         .as_ref()
         .and_then(|d| std::fs::read_to_string(d.join("manifest.json")).ok())
         .and_then(|t| serde_json::from_str(&t).ok());
-    let out = serde_json::json!({
-        "tool": crate::util::tool_id(),
-        "model": a.model, "unlearned": a.unlearned, "task": "muse-news", "suite": "muse",
-        "options": a.opts, "manifest": manifest, "rows": rows,
-        "forget_facts": n, "held_out_facts": n,
-        "privleak_note": "AUC of Min-K% (k = 40%) on forget vs holdout texts. privleak = (AUC − AUC_retrained) / AUC_retrained, MUSE's PrivLeak, when --retrained names a model that never saw the forget set (the rows give its absolute value: 0 = no leak); privleak_vs_half uses 0.5, the AUC of a model that saw neither set",
-        "privleak_vs_half": {"original": o.privleak_vs_half, "unlearned": u.as_ref().map(|s| s.privleak_vs_half)},
-        "retrained": a.retrained, "auc_retrained": auc_retrained,
-        "privleak": {"original": leak(&o), "unlearned": u.as_ref().and_then(leak)},
-        "samples": {"original": o.samples, "unlearned": u.as_ref().map(|s| s.samples.clone())},
-        "seconds": t0.elapsed().as_secs_f64(),
-    });
+    let out = MuseMetrics {
+        tool: crate::util::tool_id(),
+        model: a.model.clone(),
+        unlearned: a.unlearned.clone(),
+        task: "muse-news".into(),
+        suite: "muse".into(),
+        options: a.opts,
+        manifest,
+        rows,
+        forget_facts: n,
+        held_out_facts: n,
+        privleak_note: "AUC of Min-K% (k = 40%) on forget vs holdout texts. privleak = (AUC − AUC_retrained) / AUC_retrained, MUSE's PrivLeak, when --retrained names a model that never saw the forget set (the rows give its absolute value: 0 = no leak); privleak_vs_half uses 0.5, the AUC of a model that saw neither set".into(),
+        privleak_vs_half: BeforeAfter {
+            original: o.privleak_vs_half,
+            unlearned: u.as_ref().map(|s| s.privleak_vs_half),
+        },
+        retrained: a.retrained.clone(),
+        auc_retrained,
+        privleak: BeforeAfter {
+            original: leak(&o),
+            unlearned: u.as_ref().map(leak),
+        },
+        samples: BeforeAfter {
+            original: o.samples.clone(),
+            unlearned: u.as_ref().map(|s| s.samples.clone()),
+        },
+        seconds: t0.elapsed().as_secs_f64(),
+    };
     crate::util::write_json(&a.out.join("metrics.json"), &out)?;
     eprintln!("wrote {}", a.out.join("metrics.json").display());
     Ok(out)

@@ -193,7 +193,7 @@ fn attack<M>(
         params: lora.targets(),
         rep_layer: None,
         projectors: Default::default(),
-        project_update: false,
+        project_at: crate::forget::trainer::ProjectAt::Gradient,
         pad: lm.pad_id(),
         text_rows: 16,
     };

@@ -11,6 +11,7 @@ use crate::eval::floor::know_nothing_floor;
 use crate::eval::fluency::{fluency, Fluency};
 use crate::eval::formats::{formats_for, rewrite};
 use crate::eval::perplexity::{perplexity, tokenize_lines};
+use crate::eval::schema::{BeforeAfter, EvalMetrics, Row, Skipped};
 use crate::eval::{latent, mcq};
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
@@ -30,6 +31,15 @@ pub enum Suite {
     Quick,
     /// Quick + MMLU subset + WMDP.
     Full,
+}
+
+impl Suite {
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Quick => "quick",
+            Suite::Full => "full",
+        }
+    }
 }
 
 impl std::str::FromStr for Suite {
@@ -59,19 +69,6 @@ pub struct EvalArgs {
     pub out: PathBuf,
 }
 
-/// One row of the before/after table.
-#[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    pub metric: String,
-    pub n: usize,
-    pub original: f64,
-    pub unlearned: Option<f64>,
-    /// Whether larger is better for the user of an unlearned model (forget: lower is better).
-    pub lower_is_better: bool,
-    /// A yardstick, not a goal (the know-nothing floor): neither direction is better.
-    pub reference: bool,
-}
-
 /// The forget facts asked about made-up subjects (what "forgotten" scores).
 const FLOOR_METRIC: &str = "forget.know_nothing_floor.top1_candidates";
 
@@ -80,13 +77,6 @@ const REFERENCE_METRICS: &[&str] = &[FLOOR_METRIC];
 
 /// Metric name → (sample count, value, lower is better).
 type Measures = BTreeMap<String, (usize, f64, bool)>;
-
-/// A metric the facts cannot support, left out of the table with the reason (in metrics.json).
-#[derive(Clone, Debug, Serialize)]
-pub struct Skipped {
-    pub metric: String,
-    pub why: String,
-}
 
 /// What the facts allow to be measured and the data files it reads, settled before any model
 /// call (a missing file or a metric the facts cannot support is known before minutes of work).
@@ -443,7 +433,7 @@ pub fn facts_of_run(
 }
 
 /// Run `unlearn eval`; returns what it wrote to OUT/metrics.json.
-pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
+pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<EvalMetrics> {
     let t0 = std::time::Instant::now();
     crate::outdir::prepare(
         &a.out,
@@ -533,8 +523,10 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
             .filter_map(|(k, v)| k.strip_prefix("seconds.").map(|s| (s.to_string(), v.1)))
             .collect()
     };
-    let seconds =
-        json!({"original": timing(&orig_m), "unlearned": unl.as_ref().map(|(m, _)| timing(m))});
+    let section_seconds = BeforeAfter {
+        original: timing(&orig_m),
+        unlearned: unl.as_ref().map(|(m, _)| timing(m)),
+    };
     let mut rows: Vec<Row> = orig_m
         .iter()
         .filter(|(k, _)| !k.starts_with("seconds."))
@@ -590,20 +582,29 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<Value> {
         });
     }
     print_table(&rows);
-    let out = json!({
-        "tool": crate::util::tool_id(),
-        "model": a.model, "unlearned": a.unlearned, "task": task, "suite": a.suite,
-        "forget_facts": forget.len(), "held_out_facts": held_out.len(),
-        "splits": crate::data::splits::labels(&forget_spec),
-        "manifest": manifest,
-        "rows": rows,
-        "skipped": plan.skipped,
-        "latent": latent, "latent_probe_facts": probe_facts.len(),
-        "latent_summary_from_index": first_changed,
-        "section_seconds": seconds, "latent_seconds": t_latent.elapsed().as_secs_f64(),
-        "fluency_samples": {"original": orig_f.samples, "unlearned": unl.as_ref().map(|(_, f)| f.samples.clone())},
-        "seconds": t0.elapsed().as_secs_f64(),
-    });
+    let out = EvalMetrics {
+        tool: crate::util::tool_id(),
+        model: a.model.clone(),
+        unlearned: a.unlearned.clone(),
+        task: task.clone(),
+        suite: a.suite.name().into(),
+        forget_facts: forget.len(),
+        held_out_facts: held_out.len(),
+        splits: crate::data::splits::labels(&forget_spec),
+        manifest,
+        rows,
+        skipped: plan.skipped,
+        latent,
+        latent_probe_facts: probe_facts.len(),
+        latent_summary_from_index: first_changed,
+        section_seconds,
+        latent_seconds: t_latent.elapsed().as_secs_f64(),
+        fluency_samples: BeforeAfter {
+            original: orig_f.samples,
+            unlearned: unl.as_ref().map(|(_, f)| f.samples.clone()),
+        },
+        seconds: t0.elapsed().as_secs_f64(),
+    };
     crate::util::write_json(&a.out.join("metrics.json"), &out)?;
     eprintln!(
         "wrote {} in {:.0}s",

@@ -90,6 +90,10 @@ pub struct KudaConfig {
     /// Also project the optimizer's update (Adam's per-entry scaling would otherwise undo
     /// the projection of the gradient).
     pub project_update: bool,
+    /// With `project_update = false`: the projected (forget) terms keep their own Adam
+    /// moments and their Adam update is projected, instead of projecting their gradient
+    /// before moments shared with the retain terms.
+    pub moments_per_term: bool,
     /// General-text chunks added to the retain facts for the key statistics.
     pub key_text_chunks: usize,
     /// Representation layer ℓ* (default: the last updated layer).
@@ -120,6 +124,7 @@ impl Default for KudaConfig {
             projection: Projection::Relaxed,
             tau: 0.01,
             project_update: true,
+            moments_per_term: false,
             key_text_chunks: 64,
             rep_layer: None,
             center: Centre::None,
@@ -420,6 +425,12 @@ impl ForgetConfig {
         }
         self.optim.validate()?;
         let k = &self.kuda;
+        if k.moments_per_term && k.project_update {
+            bail!(
+                "kuda.moments_per_term projects the forget terms' own Adam update; it goes with \
+                 kuda.project_update = false (true projects the whole update)"
+            );
+        }
         if !(k.focus.is_finite() && k.focus >= 0.0) {
             bail!(
                 "kuda.focus must be ≥ 0 (got {}; 0 = every forget fact alike)",

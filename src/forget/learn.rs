@@ -236,7 +236,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         params: params.clone(),
         rep_layer: None,
         projectors: Default::default(),
-        project_update: false,
+        project_at: crate::forget::trainer::ProjectAt::Gradient,
         pad: lm.pad_id(),
         text_rows: cfg.text_ce_rows,
     };

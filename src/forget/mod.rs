@@ -14,6 +14,7 @@ pub mod lora;
 pub mod methods;
 pub mod nullspace;
 pub mod optim;
+pub mod presets;
 pub mod run;
 pub mod seqs;
 pub mod terms;

@@ -133,9 +133,14 @@ impl Optimizer {
         let c = &self.cfg;
         let mut out = BTreeMap::new();
         for (name, g) in grads {
+            // A projected term's own moments (see `ProjectAt::OwnMoments`) update the same
+            // parameter as its other entry.
+            let base = name
+                .strip_prefix(crate::forget::trainer::OWN_MOMENTS)
+                .unwrap_or(name);
             let w = params
-                .get(name)
-                .with_context(|| format!("optimizer: no parameter `{name}`"))?;
+                .get(base)
+                .with_context(|| format!("optimizer: no parameter `{base}`"))?;
             let step = match c.rule {
                 Rule::Sgd => g.affine(-lr, 0.0)?,
                 Rule::Adamw => {
@@ -156,7 +161,9 @@ impl Optimizer {
                     s
                 }
             };
-            let step = if c.weight_decay > 0.0 {
+            // Weight decay once per parameter.
+            let decays = base == name || !grads.contains_key(base);
+            let step = if c.weight_decay > 0.0 && decays {
                 (step - w.affine(lr * c.weight_decay, 0.0)?)?
             } else {
                 step

@@ -15,7 +15,7 @@ use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors
 use crate::forget::seqs::{passage_seqs, text_chunks, Place, Seq, SeqSet};
 use crate::forget::trainer::{
     answer_balanced, first_layer, layer_of, mean_ref_norm, mean_ref_row, mean_ref_row_by_place,
-    steering_vector, train, Plan, RowMove, TrainSummary,
+    steering_vector, train, Plan, ProjectAt, RowMove, TrainSummary,
 };
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;
@@ -432,8 +432,9 @@ pub(crate) fn hash_json(v: &serde_json::Value) -> String {
     hex::encode(Sha256::digest(v.to_string().as_bytes()))
 }
 
-/// Run `unlearn forget` / `unlearn edit`; returns the trained model.
-pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel> {
+/// The run's settings (defaults, `--config`, `--set`), checked against its other options
+/// before anything is loaded.
+fn settings(a: &ForgetArgs) -> Result<ForgetConfig> {
     let toml_text = match &a.config {
         Some(p) => {
             Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
@@ -460,70 +461,143 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             a.method.name()
         );
     }
+    Ok(cfg)
+}
+
+/// The facts of a run: the forget set of the known facts; the rest cut by subject into the
+/// train split (retain facts used in training), the validation split (`--tune`) and the test
+/// split (held-out facts and namesakes, only evaluated) — see `data::splits`.
+struct FactSets {
+    forget: Vec<Fact>,
+    retain: Vec<Fact>,
+    /// The first `n_train` retain facts are known ones (then come unknown ones, if asked).
+    n_train: usize,
+    validation: Vec<Fact>,
+    held_out: Vec<Fact>,
+    namesakes: Vec<Fact>,
+    /// Whether every forget fact has candidate answers to rank.
+    rivals: bool,
+}
+
+impl FactSets {
+    fn select(
+        a: &ForgetArgs,
+        cfg: &ForgetConfig,
+        lm: &LanguageModel,
+        task_facts: &[Fact],
+    ) -> Result<FactSets> {
+        let rule = known::KnownRule::parse(&a.known)?;
+        let known_facts = known::known_among(lm, task_facts, &a.task, rule)?;
+        let (forget, rest) = known::split(&known_facts, &a.forget, cfg.seed)?;
+        let mut pool = splits::only(&rest, Split::Train);
+        pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
+        let pool = known::about_other_subjects(pool, &forget);
+        let is_namesake = known::namesakes(&forget, &pool);
+        let pool = if cfg.retain_namesakes {
+            known::flagged_first(pool, &is_namesake)
+        } else {
+            pool
+        };
+        let n_train = cfg.retain_facts.min(pool.len());
+        let mut retain: Vec<Fact> = pool[..n_train].to_vec();
+        if cfg.retain_unknown_facts > 0 {
+            retain.extend(unknown_facts(
+                &splits::only(task_facts, Split::Train),
+                &known_facts,
+                cfg.retain_unknown_facts,
+                cfg.seed,
+            ));
+        }
+        let validation: Vec<Fact> = if a.tune.is_some() {
+            known::of_split_seeded(&rest, &forget, Split::Validation, cfg.seed, 64)
+        } else {
+            Vec::new()
+        };
+        let held_out = known::held_out(&rest, &forget, &a.forget, cfg.seed, HELD_OUT_FACTS);
+        // Namesakes are reported, so they come from the held-out facts' split too.
+        let test_rest = splits::only(&rest, splits::reported(&a.forget));
+        let namesakes: Vec<Fact> = test_rest
+            .iter()
+            .zip(known::namesakes(&forget, &test_rest))
+            .filter(|(_, n)| *n)
+            .map(|(f, _)| f.clone())
+            .collect();
+        splits::check_training_facts(&retain)?;
+        let rivals = data::has_rivals(&forget);
+        if !rivals {
+            let needs = [
+                (cfg.stop_at_forget_acc.is_some(), "stop_at_forget_acc"),
+                (cfg.kuda.focus > 0.0, "kuda.focus"),
+                (a.tune.is_some(), "--tune"),
+            ];
+            if let Some((_, what)) = needs.iter().find(|(on, _)| *on) {
+                bail!(
+                    "{what} reads each forget fact's answer against the task's other candidate \
+                     answers, and some forget facts of {} have none (give a `candidates` column, or \
+                     an `attribute` shared by facts with other answers)",
+                    a.task
+                );
+            }
+        }
+        eprintln!(
+            "{} facts to {}, {} retain facts for training{}, {} held out",
+            forget.len(),
+            if a.edit { "edit" } else { "forget" },
+            retain.len(),
+            if cfg.retain_known_repeat > 1 {
+                format!(
+                    " (the {n_train} known ones weighed ×{})",
+                    cfg.retain_known_repeat
+                )
+            } else {
+                String::new()
+            },
+            held_out.len()
+        );
+        if !namesakes.is_empty() || is_namesake.iter().any(|&n| n) {
+            let in_retain = known::namesakes(&forget, &pool[..n_train])
+                .into_iter()
+                .filter(|&n| n)
+                .count();
+            eprintln!(
+                "known facts about namesakes of a forget subject: {} in the train split ({in_retain} of them in the retain facts{}), {} in the test split (evaluated)",
+                is_namesake.iter().filter(|&&n| n).count(),
+                if cfg.retain_namesakes { "" } else { "; retain_namesakes = false" },
+                namesakes.len(),
+            );
+        }
+        Ok(FactSets {
+            forget,
+            retain,
+            n_train,
+            validation,
+            held_out,
+            namesakes,
+            rivals,
+        })
+    }
+}
+
+/// `unlearn forget` / `unlearn edit`: settings, facts, what is updated, training, the
+/// before/after evaluation and the output.
+pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel> {
+    let cfg = settings(a)?;
     crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
     if data::corpus::is_corpus(&a.task)? {
         return run_corpus(a, cfg, device);
     }
     let task_facts = data::load_task(&a.task, Policy::merge_if(a.dedup))?;
-    let rule = known::KnownRule::parse(&a.known)?;
     let mut lm = LanguageModel::load(&a.model, device)?;
     let base_fp = fingerprint(&lm.origin)?;
-
-    // Facts: the forget set of the known facts; the rest is cut by subject into the train
-    // split (retain facts used in training), the validation split (--tune) and the test split
-    // (held-out facts, only evaluated) — see `data::splits`.
-    let known_facts = known::known_among(&lm, &task_facts, &a.task, rule)?;
-    let (forget, rest) = known::split(&known_facts, &a.forget, cfg.seed)?;
-    let mut pool = splits::only(&rest, Split::Train);
-    pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5EED));
-    let pool = known::about_other_subjects(pool, &forget);
-    let is_namesake = known::namesakes(&forget, &pool);
-    let pool = if cfg.retain_namesakes {
-        known::flagged_first(pool, &is_namesake)
-    } else {
-        pool
-    };
-    let n_train = cfg.retain_facts.min(pool.len());
-    let mut retain: Vec<Fact> = pool[..n_train].to_vec();
-    if cfg.retain_unknown_facts > 0 {
-        retain.extend(unknown_facts(
-            &splits::only(&task_facts, Split::Train),
-            &known_facts,
-            cfg.retain_unknown_facts,
-            cfg.seed,
-        ));
-    }
-    let validation: Vec<Fact> = if a.tune.is_some() {
-        known::of_split_seeded(&rest, &forget, Split::Validation, cfg.seed, 64)
-    } else {
-        Vec::new()
-    };
-    let held_out = known::held_out(&rest, &forget, &a.forget, cfg.seed, HELD_OUT_FACTS);
-    // Namesakes are reported, so they come from the held-out facts' split too.
-    let test_rest = splits::only(&rest, splits::reported(&a.forget));
-    let namesakes: Vec<Fact> = test_rest
-        .iter()
-        .zip(known::namesakes(&forget, &test_rest))
-        .filter(|(_, n)| *n)
-        .map(|(f, _)| f.clone())
-        .collect();
-    splits::check_training_facts(&retain)?;
-    let rivals = data::has_rivals(&forget);
-    if !rivals {
-        let needs = [
-            (cfg.stop_at_forget_acc.is_some(), "stop_at_forget_acc"),
-            (cfg.kuda.focus > 0.0, "kuda.focus"),
-            (a.tune.is_some(), "--tune"),
-        ];
-        if let Some((_, what)) = needs.iter().find(|(on, _)| *on) {
-            bail!(
-                "{what} reads each forget fact's answer against the task's other candidate \
-                 answers, and some forget facts of {} have none (give a `candidates` column, or \
-                 an `attribute` shared by facts with other answers)",
-                a.task
-            );
-        }
-    }
+    let FactSets {
+        forget,
+        retain,
+        n_train,
+        validation,
+        held_out,
+        namesakes,
+        rivals,
+    } = FactSets::select(a, &cfg, &lm, &task_facts)?;
     let new_answers: Option<Vec<String>> = if a.edit {
         Some(
             forget
@@ -534,34 +608,6 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     } else {
         None
     };
-    eprintln!(
-        "{} facts to {}, {} retain facts for training{}, {} held out",
-        forget.len(),
-        if a.edit { "edit" } else { "forget" },
-        retain.len(),
-        if cfg.retain_known_repeat > 1 {
-            format!(
-                " (the {n_train} known ones weighed ×{})",
-                cfg.retain_known_repeat
-            )
-        } else {
-            String::new()
-        },
-        held_out.len()
-    );
-    if !namesakes.is_empty() || is_namesake.iter().any(|&n| n) {
-        let in_retain = known::namesakes(&forget, &pool[..n_train])
-            .into_iter()
-            .filter(|&n| n)
-            .count();
-        eprintln!(
-            "known facts about namesakes of a forget subject: {} in the train split ({in_retain} of them in the retain facts{}), {} in the test split (evaluated)",
-            is_namesake.iter().filter(|&&n| n).count(),
-            if cfg.retain_namesakes { "" } else { "; retain_namesakes = false" },
-            namesakes.len(),
-        );
-    }
-
     // What is updated.
     let (localization, params, param_count, top) = updated_params(a, &lm)?;
     let rep_layer = methods::rep_layer(a.method, &cfg, top)?;
@@ -945,7 +991,12 @@ fn plan_for(
         params: ctx.params.clone(),
         rep_layer: ctx.rep_layer,
         projectors,
-        project_update: ctx.method == Method::Kuda && cfg.kuda.project_update,
+        project_at: match (cfg.kuda.project_update, cfg.kuda.moments_per_term) {
+            _ if ctx.method != Method::Kuda => ProjectAt::Gradient,
+            (true, _) => ProjectAt::Update,
+            (false, false) => ProjectAt::Gradient,
+            (false, true) => ProjectAt::OwnMoments,
+        },
         pad,
         text_rows: cfg.text_ce_rows,
     };
@@ -1353,7 +1404,7 @@ mod tests {
             params: vec![],
             rep_layer: Some(0),
             projectors: Projectors::default(),
-            project_update: false,
+            project_at: crate::forget::trainer::ProjectAt::Gradient,
             pad: 0,
             text_rows: 0,
         };

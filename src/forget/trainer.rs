@@ -58,6 +58,23 @@ pub struct Term {
     pub project: bool,
 }
 
+/// What KUDA's null-space projection acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProjectAt {
+    /// The optimizer's whole update (every term's part of it).
+    Update,
+    /// The projected terms' gradients, before they enter the optimizer (its moments are
+    /// shared by every term, so its per-entry scaling moves the update out of the subspace).
+    Gradient,
+    /// The projected terms keep their own Adam moments, and their Adam update is projected;
+    /// the other terms' update is not.
+    OwnMoments,
+}
+
+/// Prefix of the gradient (and Adam state) entries of the projected terms under
+/// [`ProjectAt::OwnMoments`].
+pub const OWN_MOMENTS: &str = "projected-terms/";
+
 /// Everything one training run needs.
 pub struct Plan {
     pub terms: Vec<Term>,
@@ -69,7 +86,8 @@ pub struct Plan {
     /// Layer whose output the representation losses read.
     pub rep_layer: Option<usize>,
     pub projectors: Projectors,
-    pub project_update: bool,
+    /// What the projectors act on (nothing is projected without projectors).
+    pub project_at: ProjectAt,
     pub pad: u32,
     /// Next-token targets sampled per text chunk for cross-entropy (0 = all).
     pub text_rows: usize,
@@ -586,7 +604,12 @@ pub fn step_grads(
                 ))
                 .into());
             }
-            if term.project {
+            if term.project && plan.project_at == ProjectAt::OwnMoments {
+                g = g
+                    .into_iter()
+                    .map(|(n, t)| (format!("{OWN_MOMENTS}{n}"), t))
+                    .collect();
+            } else if term.project {
                 plan.projectors.apply(&mut g)?;
             }
             add_into(&mut grads, g, term.weight / cfg.grad_accum as f64)?;
@@ -594,6 +617,32 @@ pub fn step_grads(
         }
     }
     Ok((grads, losses))
+}
+
+/// Entries of the projected terms ([`OWN_MOMENTS`]) added into their parameters' entries,
+/// projected first when `projectors` are given.
+fn own_moments_folded(
+    mut map: BTreeMap<String, Tensor>,
+    projectors: Option<&Projectors>,
+) -> Result<BTreeMap<String, Tensor>> {
+    let own: Vec<String> = map
+        .keys()
+        .filter(|k| k.starts_with(OWN_MOMENTS))
+        .cloned()
+        .collect();
+    if own.is_empty() {
+        return Ok(map);
+    }
+    let mut part = BTreeMap::new();
+    for k in own {
+        let t = map.remove(&k).expect("listed");
+        part.insert(k[OWN_MOMENTS.len()..].to_string(), t);
+    }
+    if let Some(p) = projectors {
+        p.apply(&mut part)?;
+    }
+    add_into(&mut map, part, 1.0)?;
+    Ok(map)
 }
 
 fn finite(x: f64) -> bool {
@@ -763,7 +812,7 @@ fn train_with(
         }
         let mut grads = grads;
         let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
-        let norm = global_norm(&grads)?;
+        let norm = global_norm(&own_moments_folded(grads.clone(), None)?)?;
         if !finite(norm) {
             save!(step);
             bail!(
@@ -782,8 +831,10 @@ fn train_with(
         let params = param_map(model, plan)?;
         let opt_before = opt.clone();
         let mut upd = opt.update(&params, &grads, lr)?;
-        if plan.project_update {
-            plan.projectors.apply(&mut upd)?;
+        match plan.project_at {
+            ProjectAt::Update => plan.projectors.apply(&mut upd)?,
+            ProjectAt::OwnMoments => upd = own_moments_folded(upd, Some(&plan.projectors))?,
+            ProjectAt::Gradient => {}
         }
         let mut next = params.clone();
         for (n, u) in &upd {
@@ -1133,7 +1184,7 @@ mod tests {
             params,
             rep_layer: Some(1),
             projectors: proj,
-            project_update: true,
+            project_at: ProjectAt::Update,
             pad: 0,
             text_rows: 0,
         };
@@ -1414,24 +1465,66 @@ mod tests {
         assert!(s < r && r < n, "strict {s} < relaxed {r} < none {n}");
     }
 
+    /// With the forget terms alone (retain weight 0) and the strict projection, projecting
+    /// the forget terms' own Adam update keeps W·k of the retain keys as well as projecting
+    /// the whole update does; projecting the gradient before Adam does not (Adam's per-entry
+    /// scaling moves the step out of the subspace).
+    #[test]
+    fn own_moments_keep_the_forget_update_off_the_retain_keys() {
+        let orig = tiny_model(Arch::Gemma3);
+        let run = |at: ProjectAt| {
+            let mut m = tiny_model(Arch::Gemma3);
+            let mut cfg = tiny_cfg();
+            cfg.kuda.projection = Projection::Strict;
+            cfg.kuda.tau = 1e-6;
+            cfg.kuda.retain_weight = 0.0;
+            let mut plan = kuda_plan(&m, Projection::Strict, &cfg);
+            plan.project_at = at;
+            let dir = tempfile::tempdir().unwrap();
+            train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+            let moved = param_values(&m, &plan.params) != param_values(&orig, &plan.params);
+            assert!(moved, "{at:?}: nothing trained");
+            key_movement(&orig, &m, &plan.params)
+        };
+        let (update, own, gradient) = (
+            run(ProjectAt::Update),
+            run(ProjectAt::OwnMoments),
+            run(ProjectAt::Gradient),
+        );
+        assert!(
+            own < 1e-4 * gradient && update < 1e-4 * gradient,
+            "own moments {own}, whole update {update}, gradient before Adam {gradient}"
+        );
+    }
+
     #[test]
     fn an_interrupted_run_resumes_to_the_same_weights() {
-        // Plain KUDA, and KUDA with focus read every 2 steps (resuming after step 3 must use
-        // the weights read before step 3, kept in the checkpoint).
-        for focus in [0.0, 2.0] {
+        // Plain KUDA, KUDA with focus read every 2 steps (resuming after step 3 must use
+        // the weights read before step 3, kept in the checkpoint), and the forget terms with
+        // their own Adam moments (kept in the checkpoint too).
+        for (focus, at) in [
+            (0.0, ProjectAt::Update),
+            (2.0, ProjectAt::Update),
+            (0.0, ProjectAt::OwnMoments),
+        ] {
             let mut cfg = tiny_cfg();
             cfg.kuda.focus = focus;
             cfg.standing_every = 2;
+            let plan_of = |m: &Transformer| {
+                let mut p = kuda_plan(m, Projection::Relaxed, &cfg);
+                p.project_at = at;
+                p
+            };
             let straight = {
                 let mut m = tiny_model(Arch::Gemma3);
-                let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
+                let plan = plan_of(&m);
                 let dir = tempfile::tempdir().unwrap();
                 train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
                 m
             };
             let dir = tempfile::tempdir().unwrap();
             let mut m = tiny_model(Arch::Gemma3);
-            let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
+            let plan = plan_of(&m);
             let e = train(&mut m, &plan, &cfg, "k", dir.path(), Some(3)).unwrap_err();
             assert!(e.to_string().contains("after step 3"), "{e}");
             // A fresh process: the original weights, the same settings.
@@ -1441,7 +1534,7 @@ mod tests {
             assert_eq!(
                 param_values(&m, &plan.params),
                 param_values(&straight, &plan.params),
-                "focus {focus}: the weights differ after resuming"
+                "focus {focus}, {at:?}: the weights differ after resuming"
             );
             let log: Vec<serde_json::Value> =
                 std::fs::read_to_string(dir.path().join("train.jsonl"))

@@ -182,14 +182,7 @@ mod tests {
     use crate::model::transformer::tests::tiny_model;
     use crate::model::{Arch, PadSide};
 
-    fn v(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
+    use crate::model::ops::tests::to_vec as v;
 
     fn rows_and_targets() -> (Vec<(usize, usize)>, Vec<u32>) {
         (

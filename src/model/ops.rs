@@ -420,7 +420,7 @@ pub(crate) mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn to_vec(t: &Tensor) -> Vec<f64> {
+    pub fn to_vec(t: &Tensor) -> Vec<f64> {
         t.to_dtype(DType::F64)
             .unwrap()
             .flatten_all()

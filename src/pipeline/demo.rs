@@ -8,6 +8,7 @@
 //! HTML report. Stages are cached by content hash like any `unlearn run`: a re-run skips what
 //! is finished and an interrupted training resumes.
 
+use crate::eval::schema::Table;
 use crate::pipeline::experiment::{self, stage_dir, Experiment};
 use crate::util::read_json;
 use anyhow::{Context, Result};
@@ -67,26 +68,35 @@ pub fn summary(e: &Experiment, out: &Path) -> Result<String> {
         table.push_str(&format!("{h:>14}"));
     }
     // One value of a metrics file (or the attack's last unseen-half accuracy, for "relearn").
-    let cell = |m: &Value, rl: &Option<Value>, k: &str, field: &str| -> Option<f64> {
+    let cell = |m: &Table, rl: &Option<Value>, k: &str, unlearned: bool| -> Option<f64> {
         if k == "relearn" {
-            return rl.as_ref().filter(|_| field == "unlearned").and_then(|r| {
+            return rl.as_ref().filter(|_| unlearned).and_then(|r| {
                 r["curve"]["unseen"].as_array()?.last()?["top1_candidates"].as_f64()
             });
         }
-        m["rows"].as_array()?.iter().find(|r| r["metric"] == k)?[field].as_f64()
+        let r = m.row(k)?;
+        if unlearned {
+            r.unlearned
+        } else {
+            Some(r.original)
+        }
     };
     // The original model's row takes each column from the first evaluation that has it.
     let mut original: Vec<Option<f64>> = vec![None; COLS.len()];
     let mut lines: Vec<(String, Vec<Option<f64>>)> = Vec::new();
     for u in &e.unlearn {
-        let Some(m) = read_json(&stage_dir(out, "eval", &u.name).join("metrics.json"))? else {
+        let path = stage_dir(out, "eval", &u.name).join("metrics.json");
+        let Some(m) = read_json(&path)? else {
+            continue;
+        };
+        let Some(m) = Table::from_value(&m, &path)? else {
             continue;
         };
         let rl = read_json(&stage_dir(out, "relearn", &u.name).join("relearn.json"))?;
         for (o, (k, _)) in original.iter_mut().zip(COLS) {
-            *o = o.or_else(|| cell(&m, &rl, k, "original"));
+            *o = o.or_else(|| cell(&m, &rl, k, false));
         }
-        let values = COLS.iter().map(|(k, _)| cell(&m, &rl, k, "unlearned"));
+        let values = COLS.iter().map(|(k, _)| cell(&m, &rl, k, true));
         lines.push((u.name.clone(), values.collect()));
     }
     if !lines.is_empty() {
@@ -112,6 +122,7 @@ pub fn summary(e: &Experiment, out: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::schema::{EvalMetrics, Row};
     use serde_json::json;
 
     fn args() -> DemoArgs {
@@ -149,12 +160,21 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, v.to_string()).unwrap();
         };
-        let row =
-            |m: &str, o: f64, u: f64| json!({"metric": m, "n": 16, "original": o, "unlearned": u});
+        let row = |m: &str, o: f64, u: f64| Row {
+            metric: m.into(),
+            n: 16,
+            original: o,
+            unlearned: Some(u),
+            lower_is_better: true,
+            reference: false,
+        };
+        let metrics = |rows: Vec<Row>| serde_json::to_value(EvalMetrics::with_rows(rows)).unwrap();
         write(
             "eval/kuda/metrics.json",
-            json!({"rows": [row("forget.top1_candidates", 1.0, 0.25),
-                             row("utility.wikitext_perplexity", 13.94, 14.5)]}),
+            metrics(vec![
+                row("forget.top1_candidates", 1.0, 0.25),
+                row("utility.wikitext_perplexity", 13.94, 14.5),
+            ]),
         );
         write(
             "relearn/kuda/relearn.json",
@@ -163,8 +183,10 @@ mod tests {
         // ga was evaluated but not attacked; localized-ft has no evaluation yet.
         write(
             "eval/ga/metrics.json",
-            json!({"rows": [row("forget.top1_candidates", 1.0, 0.5),
-                             row("forget.know_nothing_floor.top1_candidates", 0.375, 0.5)]}),
+            metrics(vec![
+                row("forget.top1_candidates", 1.0, 0.5),
+                row("forget.know_nothing_floor.top1_candidates", 0.375, 0.5),
+            ]),
         );
         let s = summary(&e, d.path()).unwrap();
         let lines: Vec<&str> = s.lines().collect();

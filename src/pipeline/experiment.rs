@@ -134,7 +134,13 @@ fn eight() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct UnlearnSpec {
     pub name: String,
-    pub method: String,
+    /// The method; may be left out when `preset` gives it.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// A named preset (`unlearn presets`): its method, layers and settings, under this run's
+    /// own `layers`, `localization` and `set`.
+    #[serde(default)]
+    pub preset: Option<String>,
     /// Name of a `[[localization]]`; or give `layers`.
     #[serde(default)]
     pub localization: Option<String>,
@@ -146,6 +152,29 @@ pub struct UnlearnSpec {
     pub set: Vec<String>,
     #[serde(default)]
     pub edit: bool,
+}
+
+impl UnlearnSpec {
+    /// Method, layers and settings after the preset (if any).
+    pub fn expanded(&self) -> Result<crate::forget::presets::Expanded> {
+        match (&self.preset, &self.method) {
+            (Some(p), m) => crate::forget::presets::find(p)?.expand(
+                m.as_deref(),
+                self.layers.as_deref(),
+                self.localization.is_some(),
+                &self.set,
+            ),
+            (None, Some(m)) => {
+                m.parse::<Method>()?;
+                Ok(crate::forget::presets::Expanded {
+                    method: m.clone(),
+                    layers: self.layers.clone(),
+                    sets: self.set.clone(),
+                })
+            }
+            (None, None) => bail!("give a method (or a preset)"),
+        }
+    }
 }
 
 /// `[eval]`.
@@ -260,8 +289,8 @@ impl Experiment {
             if u.name.contains(['/', '\\']) || u.name.is_empty() {
                 bail!("unlearn run name {:?} must be a plain file name", u.name);
             }
-            u.method
-                .parse::<Method>()
+            let x = u
+                .expanded()
                 .with_context(|| format!("unlearn run `{}`", u.name))?;
             match (&u.localization, &u.layers) {
                 (Some(l), None) => {
@@ -277,7 +306,7 @@ impl Experiment {
                     )
                 }
             }
-            crate::forget::config::ForgetConfig::resolve(u.method.parse()?, None, &u.set)
+            crate::forget::config::ForgetConfig::resolve(x.method.parse()?, None, &x.sets)
                 .with_context(|| format!("unlearn run `{}`: set", u.name))?;
         }
         if self.eval.suite != "none" {
@@ -433,7 +462,8 @@ pub fn run(
     }
     let mut reports = Vec::new();
     for (u, seed, name) in e.runs() {
-        let method: Method = u.method.parse()?;
+        let x = u.expanded()?;
+        let method: Method = x.method.parse()?;
         let fkey = hash(&json!({"base": base, "spec": u, "seed": seed,
             "loc": u.localization.as_ref().map(|l| &loc_keys[l])}));
         let fdir = stage_dir(out, "unlearn", &name);
@@ -446,16 +476,16 @@ pub fn run(
                 .localization
                 .as_ref()
                 .map(|l| loc_dir(l).join("localization.json")),
-            layers: u.layers.clone(),
+            layers: x.layers.clone(),
             sets: std::iter::once(format!("seed={seed}"))
-                .chain(u.set.iter().cloned())
+                .chain(x.sets.iter().cloned())
                 .collect(),
             edit: u.edit,
             eval: false,
             ..ForgetArgs::defaults(&e.model, method, fdir.clone())
         };
         stages.push(Stage {
-            name: format!("unlearn {name} ({})", u.method),
+            name: format!("unlearn {name} ({})", x.method),
             dir: fdir.clone(),
             key: fkey.clone(),
             work: Box::new(move || crate::forget::run::run(&fa, device).map(|_| ())),
@@ -614,6 +644,40 @@ layers = "2-4"
         assert_eq!(names, [("ga".to_string(), 7), ("rmu".to_string(), 7)]);
         let e = Experiment::parse(&text.replace("[0, 1, 2]", "[0, 1, 0]"), "t").unwrap_err();
         assert!(format!("{e:#}").contains("repeated"), "{e:#}");
+    }
+
+    #[test]
+    fn a_run_may_name_a_preset_instead_of_a_method() {
+        let text = r#"
+name = "t"
+[[unlearn]]
+name = "p"
+preset = "kuda-sports"
+layers = "2-4"
+set = ["steps=3"]
+[[unlearn]]
+name = "none"
+layers = "2-4"
+"#;
+        let e = Experiment::parse(text, "t.toml").unwrap_err();
+        assert!(format!("{e:#}").contains("give a method"), "{e:#}");
+        let e = Experiment::parse(
+            &text.replace("name = \"none\"", "name = \"g\"\nmethod = \"ga\""),
+            "t",
+        )
+        .unwrap();
+        let x = e.unlearn[0].expanded().unwrap();
+        let p = crate::forget::presets::find("kuda-sports").unwrap();
+        assert_eq!(x.method, p.method);
+        assert_eq!(x.layers.as_deref(), Some("2-4"));
+        assert_eq!(x.sets.last().unwrap(), "steps=3");
+        assert_eq!(x.sets.len(), p.set.len() + 1);
+        let bad = text.replace(
+            "preset = \"kuda-sports\"",
+            "preset = \"kuda-sports\"\nmethod = \"npo\"",
+        );
+        let e = Experiment::parse(&bad, "t").unwrap_err();
+        assert!(format!("{e:#}").contains("--preset kuda-sports"), "{e:#}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `trace.svg`, `components.svg`) — with a side-by-side table when there are several
 //! evaluations.
 
+use crate::eval::schema::{EvalMetrics, Table};
 use crate::report::svg::{esc, lines};
 use anyhow::{bail, Result};
 use serde_json::Value;
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 /// What was found in one directory.
 struct Input {
     dir: PathBuf,
-    metrics: Option<Value>,
+    /// `metrics.json` of `unlearn eval` or `unlearn muse`.
+    metrics: Option<Table>,
     /// `forget`'s own before/after numbers.
     run_metrics: Option<Value>,
     manifest: Option<Value>,
@@ -45,9 +47,14 @@ fn read_input(dir: &Path) -> Result<Input> {
         }
     }
     // metrics.json of `eval` has rows; that of `forget` has before/after (shown with the run).
-    let metrics = crate::util::read_json(&dir.join("metrics.json"))?;
+    let path = dir.join("metrics.json");
+    let metrics = crate::util::read_json(&path)?;
+    let table = match &metrics {
+        Some(m) => Table::from_value(m, &path)?,
+        None => None,
+    };
     let (metrics, run_metrics, tofu) = match metrics {
-        Some(m) if m["rows"].is_array() => (Some(m), None, None),
+        _ if table.is_some() => (table, None, None),
         Some(m) if m["benchmark"] == "tofu" => (None, None, Some(m)),
         other => (None, other, None),
     };
@@ -76,7 +83,11 @@ fn read_input(dir: &Path) -> Result<Input> {
 }
 
 fn fmt(v: &Value) -> String {
-    match v.as_f64() {
+    fmt_num(v.as_f64())
+}
+
+fn fmt_num(v: Option<f64>) -> String {
+    match v {
         Some(x) if x.abs() >= 100.0 => format!("{x:.1}"),
         Some(x) => format!("{x:.3}"),
         None => "–".into(),
@@ -109,16 +120,15 @@ fn tofu_table(t: &Value) -> String {
 }
 
 /// The before/after table of one evaluation.
-fn metrics_table(m: &Value) -> String {
+fn metrics_table(m: &Table) -> String {
     let mut s = String::from(
         "<table><tr><th>metric</th><th>n</th><th>original</th><th>unlearned</th><th>change</th></tr>",
     );
-    for r in m["rows"].as_array().into_iter().flatten() {
-        let (o, u) = (r["original"].as_f64(), r["unlearned"].as_f64());
-        let lower = r["lower_is_better"].as_bool().unwrap_or(false);
-        let reference = r["reference"].as_bool().unwrap_or(false);
-        let (delta, class) = match (o, u) {
-            (Some(o), Some(u)) => {
+    for r in m.rows() {
+        let (o, u) = (r.original, r.unlearned);
+        let (lower, reference) = (r.lower_is_better, r.reference);
+        let (delta, class) = match u {
+            Some(u) => {
                 let d = u - o;
                 let good = if lower { d < 0.0 } else { d > 0.0 };
                 (
@@ -137,11 +147,11 @@ fn metrics_table(m: &Value) -> String {
         let _ = write!(
             s,
             "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{delta}</td></tr>",
-            esc(r["metric"].as_str().unwrap_or("")),
+            esc(&r.metric),
             if reference { " <small>(reference)</small>" } else { "" },
-            r["n"],
-            fmt(&r["original"]),
-            fmt(&r["unlearned"])
+            r.n,
+            fmt_num(Some(o)),
+            fmt_num(u)
         );
     }
     s.push_str("</table>");
@@ -175,15 +185,9 @@ fn run_metrics_table(m: &Value) -> String {
     s
 }
 
-fn samples_table(m: &Value) -> String {
-    let o = m["fluency_samples"]["original"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let u = m["fluency_samples"]["unlearned"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+fn samples_table(m: &EvalMetrics) -> String {
+    let o = &m.fluency_samples.original;
+    let u = m.fluency_samples.unlearned.clone().unwrap_or_default();
     if o.is_empty() {
         return String::new();
     }
@@ -194,9 +198,9 @@ fn samples_table(m: &Value) -> String {
         let _ = write!(
             s,
             "<tr><td>{}</td><td><pre>{}</pre></td><td><pre>{}</pre></td></tr>",
-            esc(x[0].as_str().unwrap_or("")),
-            esc(x[1].as_str().unwrap_or("")),
-            esc(u.get(i).and_then(|y| y[1].as_str()).unwrap_or("–"))
+            esc(&x.0),
+            esc(&x.1),
+            esc(u.get(i).map_or("–", |y| y.1.as_str()))
         );
     }
     s.push_str("</table>");
@@ -204,35 +208,30 @@ fn samples_table(m: &Value) -> String {
 }
 
 /// Probe accuracy on the forget facts by layer, original vs unlearned, one chart per position.
-fn latent_chart(m: &Value) -> String {
-    let Some(curves) = m["latent"].as_array() else {
-        return String::new();
-    };
-    let pts = |v: &Value| -> Option<Vec<(f64, f64)>> {
-        Some(
-            v.as_array()?
-                .iter()
-                .enumerate()
-                .map(|(i, y)| (i as f64, y.as_f64().unwrap_or(f64::NAN)))
-                .collect(),
-        )
+fn latent_chart(m: &EvalMetrics) -> String {
+    let pts = |v: &[f64]| -> Vec<(f64, f64)> {
+        v.iter().enumerate().map(|(i, &y)| (i as f64, y)).collect()
     };
     let mut out = String::new();
-    for c in curves {
-        let mut series = Vec::new();
-        for (key, name) in [
-            ("original", "original, true answer"),
-            ("unlearned", "unlearned, true answer"),
-            ("unlearned_new_answer", "unlearned, new answer"),
-            ("retain_test", "original, held-out retain facts"),
+    for c in &m.latent {
+        let mut series = vec![("original, true answer".to_string(), pts(&c.original))];
+        for (v, name) in [
+            (&c.unlearned, "unlearned, true answer"),
+            (&c.unlearned_new_answer, "unlearned, new answer"),
         ] {
-            if let Some(p) = pts(&c[key]) {
-                series.push((name.to_string(), p));
+            if let Some(v) = v {
+                series.push((name.to_string(), pts(v)));
             }
         }
-        let at = c["at"].as_str().unwrap_or("?");
+        series.push((
+            "original, held-out retain facts".to_string(),
+            pts(&c.retain_test),
+        ));
         out.push_str(&lines(
-            &format!("Probe accuracy on forget facts at the {at} token (0 = embeddings)"),
+            &format!(
+                "Probe accuracy on forget facts at the {} (0 = embeddings)",
+                c.at.name()
+            ),
             "layer",
             &series,
         ));
@@ -307,16 +306,9 @@ fn loss_chart(log: &[Value]) -> String {
 fn comparison(inputs: &[&Input]) -> String {
     let mut metrics: Vec<String> = Vec::new();
     for i in inputs {
-        for r in i
-            .metrics
-            .as_ref()
-            .and_then(|m| m["rows"].as_array())
-            .into_iter()
-            .flatten()
-        {
-            let k = r["metric"].as_str().unwrap_or("").to_string();
-            if !metrics.contains(&k) {
-                metrics.push(k);
+        for r in i.metrics.iter().flat_map(|m| m.rows()) {
+            if !metrics.contains(&r.metric) {
+                metrics.push(r.metric.clone());
             }
         }
     }
@@ -326,24 +318,18 @@ fn comparison(inputs: &[&Input]) -> String {
     }
     s.push_str("</tr>");
     for k in &metrics {
-        let row = |i: &Input| -> Option<Value> {
-            i.metrics.as_ref()?["rows"]
-                .as_array()?
-                .iter()
-                .find(|r| r["metric"] == k.as_str())
-                .cloned()
-        };
+        let row = |i: &Input| i.metrics.as_ref().and_then(|m| m.row(k)).cloned();
         let orig = inputs
             .iter()
             .find_map(|i| row(i))
-            .map(|r| fmt(&r["original"]))
+            .map(|r| fmt_num(Some(r.original)))
             .unwrap_or_default();
         let _ = write!(s, "<tr><td>{}</td><td>{orig}</td>", esc(k));
         for i in inputs {
             let _ = write!(
                 s,
                 "<td>{}</td>",
-                row(i).map(|r| fmt(&r["unlearned"])).unwrap_or_default()
+                row(i).map(|r| fmt_num(r.unlearned)).unwrap_or_default()
             );
         }
         s.push_str("</tr>");
@@ -391,11 +377,8 @@ fn seed_charts(inputs: &[&Input]) -> String {
             let vals: Vec<(f64, f64)> = runs
                 .iter()
                 .filter_map(|i| {
-                    let r = i.metrics.as_ref()?["rows"]
-                        .as_array()?
-                        .iter()
-                        .find(|r| r["metric"] == key)?;
-                    Some((r["unlearned"].as_f64()?, r["n"].as_f64()?))
+                    let r = i.metrics.as_ref()?.row(key)?;
+                    Some((r.unlearned?, r.n as f64))
                 })
                 .collect();
             if vals.is_empty() {
@@ -433,7 +416,7 @@ fn label(i: &Input) -> String {
     let method = i
         .metrics
         .as_ref()
-        .and_then(|m| m["manifest"]["method"].as_str().map(String::from))
+        .and_then(|m| m.manifest()?["method"].as_str().map(String::from))
         .or_else(|| {
             i.manifest
                 .as_ref()
@@ -483,24 +466,26 @@ pub fn render(dirs: &[PathBuf]) -> Result<String> {
             let _ = write!(
                 h,
                 "<h3>Before and after</h3><p>Task {}, {} forget facts, {} held-out facts; forget rows: lower is better.</p>{}",
-                esc(m["task"].as_str().unwrap_or("?")),
-                m["forget_facts"],
-                m["held_out_facts"],
+                esc(m.task()),
+                m.facts().0,
+                m.facts().1,
                 metrics_table(m)
             );
-            let lc = latent_chart(m);
-            if !lc.is_empty() {
-                let _ = write!(h, "<h3>Latent knowledge</h3><p>Per-layer answer probes trained on the original model's residual stream (retain facts), applied to the forget facts: what the layers still carry, whatever the output says.</p>{lc}");
-            }
-            let st = samples_table(m);
-            if !st.is_empty() {
-                let _ = write!(h, "<h3>Answers to forget prompts (greedy)</h3>{st}");
+            if let Some(e) = m.eval() {
+                let lc = latent_chart(e);
+                if !lc.is_empty() {
+                    let _ = write!(h, "<h3>Latent knowledge</h3><p>Per-layer answer probes trained on the original model's residual stream (retain facts), applied to the forget facts: what the layers still carry, whatever the output says.</p>{lc}");
+                }
+                let st = samples_table(e);
+                if !st.is_empty() {
+                    let _ = write!(h, "<h3>Answers to forget prompts (greedy)</h3>{st}");
+                }
             }
         }
         let manifest = i
             .manifest
             .as_ref()
-            .or_else(|| i.metrics.as_ref().map(|m| &m["manifest"]))
+            .or_else(|| i.metrics.as_ref().and_then(|m| m.manifest()))
             .filter(|m| !m.is_null());
         if let Some(m) = manifest {
             let _ = write!(
@@ -573,6 +558,20 @@ pub fn run(dirs: &[PathBuf], out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::latent::LatentCurve;
+    use crate::eval::schema::{BeforeAfter, Row};
+    use crate::locate::probe::ProbeAt;
+
+    fn row(metric: &str, n: usize, original: f64, unlearned: f64, reference: bool) -> Row {
+        Row {
+            metric: metric.into(),
+            n,
+            original,
+            unlearned: Some(unlearned),
+            lower_is_better: true,
+            reference,
+        }
+    }
 
     #[test]
     fn runs_over_seeds_get_error_bars() {
@@ -581,10 +580,8 @@ mod tests {
         for (name, v) in [("ga-seed0", 0.5), ("ga-seed1", 0.7), ("kuda-seed0", 0.1)] {
             let dir = d.path().join(name);
             std::fs::create_dir_all(&dir).unwrap();
-            let m = serde_json::json!({"task": "sports", "forget_facts": 16, "held_out_facts": 90,
-                "rows": [{"metric": "forget.top1_candidates", "n": 16, "original": 1.0, "unlearned": v,
-                          "lower_is_better": true}]});
-            std::fs::write(dir.join("metrics.json"), m.to_string()).unwrap();
+            let m = EvalMetrics::with_rows(vec![row("forget.top1_candidates", 16, 1.0, v, false)]);
+            std::fs::write(dir.join("metrics.json"), serde_json::to_string(&m).unwrap()).unwrap();
             dirs.push(dir);
         }
         let page = render(&dirs).unwrap();
@@ -609,15 +606,32 @@ mod tests {
         let (a, b, loc) = (d.path().join("a"), d.path().join("b"), d.path().join("loc"));
         for (dir, v) in [(&a, 0.0), (&b, 0.25)] {
             std::fs::create_dir_all(dir).unwrap();
-            let m = serde_json::json!({"task": "sports", "forget_facts": 16, "held_out_facts": 200,
-                "manifest": {"method": "kuda", "params": ["x"], "param_count": 10, "steps": 3, "seed": 0,
-                             "base_model": "gemma3-270m", "base_sha256": "abc"},
-                "rows": [{"metric": "forget.top1_candidates", "n": 16, "original": 1.0, "unlearned": v, "lower_is_better": true},
-                         {"metric": "forget.know_nothing_floor.top1_candidates", "n": 16, "original": 0.5, "unlearned": 0.375,
-                          "lower_is_better": true, "reference": true}],
-                "fluency_samples": {"original": [["p <1>", "golf"]], "unlearned": [["p <1>", "tennis"]]},
-                "latent": [{"at": "last-token", "original": [0.5, 1.0], "unlearned": [0.5, v], "retain_test": [0.4, 0.9]}]});
-            std::fs::write(dir.join("metrics.json"), m.to_string()).unwrap();
+            let mut m = EvalMetrics::with_rows(vec![
+                row("forget.top1_candidates", 16, 1.0, v, false),
+                row(
+                    "forget.know_nothing_floor.top1_candidates",
+                    16,
+                    0.5,
+                    0.375,
+                    true,
+                ),
+            ]);
+            m.manifest = Some(
+                serde_json::json!({"method": "kuda", "params": ["x"], "param_count": 10,
+                "steps": 3, "seed": 0, "base_model": "gemma3-270m", "base_sha256": "abc"}),
+            );
+            m.fluency_samples = BeforeAfter {
+                original: vec![("p <1>".into(), "golf".into())],
+                unlearned: Some(vec![("p <1>".into(), "tennis".into())]),
+            };
+            m.latent = vec![LatentCurve {
+                at: ProbeAt::LastToken,
+                retain_test: vec![0.4, 0.9],
+                original: vec![0.5, 1.0],
+                unlearned: Some(vec![0.5, v]),
+                unlearned_new_answer: None,
+            }];
+            std::fs::write(dir.join("metrics.json"), serde_json::to_string(&m).unwrap()).unwrap();
             std::fs::write(
                 dir.join("train.jsonl"),
                 "{\"step\":1,\"terms\":{\"f\":1.0}}\n{\"step\":2,\"terms\":{\"f\":0.5}}\n",
@@ -667,5 +681,11 @@ mod tests {
         ));
         let e = render(&[d.path().join("missing")]).unwrap_err();
         assert!(e.to_string().contains("missing"));
+        // A table that does not parse as one is an error naming the file, not a blank table.
+        let bad = d.path().join("bad");
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::write(bad.join("metrics.json"), r#"{"rows": [{"metric": 1}]}"#).unwrap();
+        let e = format!("{:#}", render(&[bad]).unwrap_err());
+        assert!(e.contains("bad/metrics.json"), "{e}");
     }
 }
