@@ -29,16 +29,17 @@ fn muse_runs_and_privleak_against_itself_is_zero() {
     assert_eq!(v.privleak.original, Some(0.0), "{:?}", v.privleak);
     let auc = v.auc_retrained.unwrap();
     assert!((0.0..=1.0).contains(&auc), "AUC {auc}");
-    for r in &v.rows {
+    for r in &v.head.rows {
         assert!((0.0..=1.0).contains(&r.original), "{r:?}");
     }
     assert!(v
+        .head
         .rows
         .iter()
         .any(|r| r.metric == "muse.privleak_abs_vs_retrained"));
     // What the report reads back is what was written.
     let back: unlearn::eval::schema::MuseMetrics =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(back.rows, v.rows);
+    assert_eq!(back.head.rows, v.head.rows);
     assert!(out.join("metrics.json").exists());
 }

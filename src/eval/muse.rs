@@ -222,7 +222,7 @@ pub struct MuseArgs {
 /// OUT/metrics.json as before/after rows (the report shows them like `unlearn eval`'s).
 pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<MuseMetrics> {
     use crate::eval::run::print_table;
-    use crate::eval::schema::{BeforeAfter, Row};
+    use crate::eval::schema::{BeforeAfter, Row, TableHead};
     let t0 = std::time::Instant::now();
     let mut models = crate::outdir::with_unlearned(&a.model, &a.unlearned);
     if let Some(r) = &a.retrained {
@@ -279,16 +279,18 @@ pub fn run(a: &MuseArgs, device: &candle_core::Device) -> Result<MuseMetrics> {
         .and_then(|d| std::fs::read_to_string(d.join("manifest.json")).ok())
         .and_then(|t| serde_json::from_str(&t).ok());
     let out = MuseMetrics {
-        tool: crate::util::tool_id(),
-        model: a.model.clone(),
-        unlearned: a.unlearned.clone(),
-        task: "muse-news".into(),
-        suite: "muse".into(),
+        head: TableHead {
+            tool: crate::util::tool_id(),
+            model: a.model.clone(),
+            unlearned: a.unlearned.clone(),
+            task: "muse-news".into(),
+            suite: "muse".into(),
+            forget_facts: n,
+            held_out_facts: n,
+            manifest,
+            rows,
+        },
         options: a.opts,
-        manifest,
-        rows,
-        forget_facts: n,
-        held_out_facts: n,
         privleak_note: "AUC of Min-K% (k = 40%) on forget vs holdout texts. privleak = (AUC − AUC_retrained) / AUC_retrained, MUSE's PrivLeak, when --retrained names a model that never saw the forget set (the rows give its absolute value: 0 = no leak); privleak_vs_half uses 0.5, the AUC of a model that saw neither set".into(),
         privleak_vs_half: BeforeAfter {
             original: o.privleak_vs_half,

@@ -11,7 +11,7 @@ use crate::eval::floor::know_nothing_floor;
 use crate::eval::fluency::{fluency, Fluency};
 use crate::eval::formats::{formats_for, rewrite};
 use crate::eval::perplexity::{perplexity, tokenize_lines};
-use crate::eval::schema::{BeforeAfter, EvalMetrics, Row, Skipped};
+use crate::eval::schema::{BeforeAfter, EvalMetrics, Row, Skipped, TableHead};
 use crate::eval::{latent, mcq};
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
@@ -583,16 +583,18 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<EvalMetrics> {
     }
     print_table(&rows);
     let out = EvalMetrics {
-        tool: crate::util::tool_id(),
-        model: a.model.clone(),
-        unlearned: a.unlearned.clone(),
-        task: task.clone(),
-        suite: a.suite.name().into(),
-        forget_facts: forget.len(),
-        held_out_facts: held_out.len(),
+        head: TableHead {
+            tool: crate::util::tool_id(),
+            model: a.model.clone(),
+            unlearned: a.unlearned.clone(),
+            task: task.clone(),
+            suite: a.suite.name().into(),
+            forget_facts: forget.len(),
+            held_out_facts: held_out.len(),
+            manifest,
+            rows,
+        },
         splits: crate::data::splits::labels(&forget_spec),
-        manifest,
-        rows,
         skipped: plan.skipped,
         latent,
         latent_probe_facts: probe_facts.len(),

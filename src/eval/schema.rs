@@ -39,23 +39,31 @@ pub struct BeforeAfter<T> {
     pub unlearned: Option<T>,
 }
 
-/// `unlearn eval`'s metrics.json.
+/// What every before/after table has: what was compared, on what, and the rows.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EvalMetrics {
+pub struct TableHead {
     /// The tool and code that wrote it.
     pub tool: String,
     pub model: String,
     pub unlearned: Option<PathBuf>,
     pub task: String,
-    /// quick or full.
+    /// quick or full (`unlearn eval`), muse.
     pub suite: String,
+    /// Forget and held-out facts (or texts) measured.
     pub forget_facts: usize,
     pub held_out_facts: usize,
-    /// Which split each set of facts comes from.
-    pub splits: SplitLabels,
     /// The unlearning run's manifest, when one was evaluated.
     pub manifest: Option<Value>,
     pub rows: Vec<Row>,
+}
+
+/// `unlearn eval`'s metrics.json.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    #[serde(flatten)]
+    pub head: TableHead,
+    /// Which split each set of facts comes from.
+    pub splits: SplitLabels,
     pub skipped: Vec<Skipped>,
     /// Probe accuracy by layer.
     pub latent: Vec<LatentCurve>,
@@ -75,16 +83,18 @@ impl EvalMetrics {
     /// A document with these rows and nothing measured besides (tests of its readers).
     pub fn with_rows(rows: Vec<Row>) -> EvalMetrics {
         EvalMetrics {
-            tool: crate::util::tool_id(),
-            model: "gemma3-270m".into(),
-            unlearned: None,
-            task: "sports".into(),
-            suite: "quick".into(),
-            forget_facts: 16,
-            held_out_facts: 74,
+            head: TableHead {
+                tool: crate::util::tool_id(),
+                model: "gemma3-270m".into(),
+                unlearned: None,
+                task: "sports".into(),
+                suite: "quick".into(),
+                forget_facts: 16,
+                held_out_facts: 74,
+                manifest: None,
+                rows,
+            },
             splits: crate::data::splits::labels("test:first-16"),
-            manifest: None,
-            rows,
             skipped: Vec::new(),
             latent: Vec::new(),
             latent_probe_facts: 0,
@@ -100,17 +110,9 @@ impl EvalMetrics {
 /// `unlearn muse`'s metrics.json.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MuseMetrics {
-    pub tool: String,
-    pub model: String,
-    pub unlearned: Option<PathBuf>,
-    pub task: String,
-    /// Always `muse`.
-    pub suite: String,
+    #[serde(flatten)]
+    pub head: TableHead,
     pub options: MuseOpts,
-    pub manifest: Option<Value>,
-    pub rows: Vec<Row>,
-    pub forget_facts: usize,
-    pub held_out_facts: usize,
     pub privleak_note: String,
     pub privleak_vs_half: BeforeAfter<f64>,
     pub retrained: Option<String>,
@@ -151,40 +153,21 @@ impl Table {
         }))
     }
 
-    pub fn rows(&self) -> &[Row] {
+    pub fn head(&self) -> &TableHead {
         match self {
-            Table::Eval(m) => &m.rows,
-            Table::Muse(m) => &m.rows,
+            Table::Eval(m) => &m.head,
+            Table::Muse(m) => &m.head,
         }
     }
 
     /// The row of `metric`.
     pub fn row(&self, metric: &str) -> Option<&Row> {
-        self.rows().iter().find(|r| r.metric == metric)
+        self.head().rows.iter().find(|r| r.metric == metric)
     }
 
     /// The unlearning run's manifest, when one was evaluated.
     pub fn manifest(&self) -> Option<&Value> {
-        match self {
-            Table::Eval(m) => m.manifest.as_ref(),
-            Table::Muse(m) => m.manifest.as_ref(),
-        }
-        .filter(|m| !m.is_null())
-    }
-
-    pub fn task(&self) -> &str {
-        match self {
-            Table::Eval(m) => &m.task,
-            Table::Muse(m) => &m.task,
-        }
-    }
-
-    /// Forget and held-out facts (or texts) measured.
-    pub fn facts(&self) -> (usize, usize) {
-        match self {
-            Table::Eval(m) => (m.forget_facts, m.held_out_facts),
-            Table::Muse(m) => (m.forget_facts, m.held_out_facts),
-        }
+        self.head().manifest.as_ref().filter(|m| !m.is_null())
     }
 
     /// `unlearn eval`'s metrics, if these are.

@@ -124,7 +124,7 @@ fn metrics_table(m: &Table) -> String {
     let mut s = String::from(
         "<table><tr><th>metric</th><th>n</th><th>original</th><th>unlearned</th><th>change</th></tr>",
     );
-    for r in m.rows() {
+    for r in &m.head().rows {
         let (o, u) = (r.original, r.unlearned);
         let (lower, reference) = (r.lower_is_better, r.reference);
         let (delta, class) = match u {
@@ -306,7 +306,7 @@ fn loss_chart(log: &[Value]) -> String {
 fn comparison(inputs: &[&Input]) -> String {
     let mut metrics: Vec<String> = Vec::new();
     for i in inputs {
-        for r in i.metrics.iter().flat_map(|m| m.rows()) {
+        for r in i.metrics.iter().flat_map(|m| &m.head().rows) {
             if !metrics.contains(&r.metric) {
                 metrics.push(r.metric.clone());
             }
@@ -466,9 +466,9 @@ pub fn render(dirs: &[PathBuf]) -> Result<String> {
             let _ = write!(
                 h,
                 "<h3>Before and after</h3><p>Task {}, {} forget facts, {} held-out facts; forget rows: lower is better.</p>{}",
-                esc(m.task()),
-                m.facts().0,
-                m.facts().1,
+                esc(&m.head().task),
+                m.head().forget_facts,
+                m.head().held_out_facts,
                 metrics_table(m)
             );
             if let Some(e) = m.eval() {
@@ -616,7 +616,7 @@ mod tests {
                     true,
                 ),
             ]);
-            m.manifest = Some(
+            m.head.manifest = Some(
                 serde_json::json!({"method": "kuda", "params": ["x"], "param_count": 10,
                 "steps": 3, "seed": 0, "base_model": "gemma3-270m", "base_sha256": "abc"}),
             );
