@@ -594,30 +594,29 @@ Examples:\n\
 
 fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::ForgetArgs>> {
     use unlearn::forget::config::{ForgetConfig, Method};
-    let (method_name, layers, mut sets) = match &c.preset {
-        Some(name) => {
-            if c.config.is_some() {
-                anyhow::bail!(
-                    "--preset {name} and --config: a preset is a set of settings; give one of \
-                     them (and --set to change single settings)"
-                );
-            }
-            let e = unlearn::forget::presets::find(name)?.expand(
-                c.method.as_deref(),
-                c.layers.as_deref(),
-                c.localization.is_some(),
-                &c.sets,
-            )?;
-            (e.method, e.layers, e.sets)
-        }
-        None => (
-            c.method
-                .clone()
-                .unwrap_or_else(|| if edit { "localized-ft" } else { "kuda" }.into()),
-            c.layers.clone(),
-            c.sets.clone(),
-        ),
+    if let (Some(name), Some(_)) = (&c.preset, &c.config) {
+        anyhow::bail!(
+            "--preset {name} and --config: a preset is a set of settings; give one of \
+             them (and --set to change single settings)"
+        );
+    }
+    // Without a preset the method defaults to KUDA (edit: localized fine-tuning).
+    let default = if edit { "localized-ft" } else { "kuda" };
+    let method = match &c.preset {
+        Some(_) => c.method.clone(),
+        None => Some(c.method.clone().unwrap_or_else(|| default.into())),
     };
+    let unlearn::forget::presets::Expanded {
+        method: method_name,
+        layers,
+        mut sets,
+    } = unlearn::forget::presets::Expanded::resolve(
+        c.preset.as_deref(),
+        method.as_deref(),
+        c.layers.as_deref(),
+        c.localization.is_some(),
+        &c.sets,
+    )?;
     let method: Method = method_name.parse()?;
     if edit && method == Method::Kuda {
         anyhow::bail!(

@@ -74,6 +74,31 @@ pub struct Expanded {
     pub sets: Vec<String>,
 }
 
+impl Expanded {
+    /// A run's method, layers and settings: under `preset` when one is named (see
+    /// [`Preset::expand`]), else its own `method`, which must then be given.
+    pub fn resolve(
+        preset: Option<&str>,
+        method: Option<&str>,
+        layers: Option<&str>,
+        localized: bool,
+        sets: &[String],
+    ) -> Result<Expanded> {
+        match (preset, method) {
+            (Some(p), m) => find(p)?.expand(m, layers, localized, sets),
+            (None, Some(m)) => {
+                m.parse::<Method>()?;
+                Ok(Expanded {
+                    method: m.to_string(),
+                    layers: layers.map(String::from),
+                    sets: sets.to_vec(),
+                })
+            }
+            (None, None) => bail!("give a method (or a preset)"),
+        }
+    }
+}
+
 impl Preset {
     /// Apply to a run's own choices: `method` (None when not given), `layers`, whether it has
     /// a localization, and its `--set` entries (which come after the preset's and so win).

@@ -292,7 +292,6 @@ fn run_corpus(
             &params,
             &retain_seqs,
             &text_seqs,
-            &base_fp,
         )?)
     } else {
         None
@@ -652,7 +651,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         let key = serde_json::to_vec(
             // "v" changes with what `evaluate` measures (2: the know-nothing floor, 3: namesakes,
             // 4: no floor without candidate answers).
-            &json!({"v": 4, "model": base_fp, "weights": crate::model::weights_tag(),
+            &json!({"v": 4, "model": crate::model::cache_fingerprint(&lm.origin)?,
             "forget": forget, "held_out": held_out,
             "namesakes": namesakes,
             "new": new_answers, "ppl": ppl_ids}),
@@ -671,7 +670,6 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
             &params,
             &retain_seqs,
             &text_seqs,
-            &base_fp,
         )?)
     } else {
         None
@@ -909,7 +907,6 @@ fn retain_key_sums(
     params: &[String],
     retain_seqs: &[Seq],
     text_seqs: &[Seq],
-    base_fp: &str,
 ) -> Result<crate::forget::nullspace::KeySums> {
     let key_seqs: Vec<Seq> = retain_seqs
         .iter()
@@ -918,8 +915,7 @@ fn retain_key_sums(
         .collect();
     let mut h = Sha256::new();
     h.update(crate::util::code_fingerprint().as_bytes());
-    h.update(base_fp.as_bytes());
-    h.update(crate::model::weights_tag().as_bytes());
+    h.update(crate::model::cache_fingerprint(&lm.origin)?.as_bytes());
     for p in params {
         h.update(p.as_bytes());
     }

@@ -4,7 +4,7 @@
 //! representation layer, and the reference log-probabilities of the targets.
 
 use crate::data::Fact;
-use crate::model::head_logprobs::{target_logprobs, RowIndex};
+use crate::model::head_logprobs::resid_logprobs;
 use crate::model::{
     Batch, HookPoint, Hooks, LanguageModel, LogitsAt, PadSide, RunOpts, Transformer,
 };
@@ -355,8 +355,10 @@ impl SeqSet {
             }
             if logp {
                 let targets = target_ids(&self.seqs, chunk);
-                let at = RowIndex::new(&target_rows(&self.seqs, chunk), out.resid.dims3()?, model)?;
-                let lp = target_logprobs(model, &at.gather(&out.resid)?, &targets, false)?.lp;
+                let rows = target_rows(&self.seqs, chunk);
+                let lp = resid_logprobs(model, &out.resid, &rows, &targets, false)?
+                    .0
+                    .lp;
                 lps.extend(per_seq_sums(&self.seqs, chunk, &lp));
             }
         }

@@ -14,7 +14,7 @@ use crate::forget::seqs::{logprobs_of, Place, SeqSet};
 use crate::forget::terms::{
     logit_loss, logits_grad, repr_loss, repr_loss_weighted, LogitLoss, ReprLoss,
 };
-use crate::model::head_logprobs::{scale_rows, target_logprobs, RowIndex};
+use crate::model::head_logprobs::{resid_logprobs, scale_rows};
 use crate::model::{Checkpoint, LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -318,9 +318,8 @@ pub(crate) fn term_grads(
                     ..Default::default()
                 },
             )?;
-            let g = if head_frozen {
-                let at = RowIndex::new(&rows, out.resid.dims3()?, model)?;
-                let tl = target_logprobs(model, &at.gather(&out.resid)?, &targets, true)?;
+            let (loss, g) = if head_frozen {
+                let (tl, at) = resid_logprobs(model, &out.resid, &rows, &targets, true)?;
                 let (loss, c) = logit_loss(*kind, &tl.lp, &per, reference.as_deref())?;
                 let d_rows = scale_rows(tl.d_rows.as_ref().expect("asked"), &c)?;
                 (
@@ -334,7 +333,7 @@ pub(crate) fn term_grads(
                 let dl = logits_grad(&c, &targets, &sm)?.to_dtype(logits.dtype())?;
                 (loss, model.backward(&out, Some(&dl), None)?)
             };
-            Ok((g.0, g.1.params))
+            Ok((loss, g.params))
         }
         Loss::Repr { loss, sample } => {
             let positions: Vec<Vec<usize>> = members

@@ -149,10 +149,23 @@ fn chunked(
 /// Scale row `i` of `d_rows` by `c[i]`: the gradient of a loss whose derivative with respect
 /// to log p(target_i) is `c[i]`.
 pub fn scale_rows(d_rows: &Tensor, c: &[f64]) -> Result<Tensor> {
-    let n = c.len();
-    let cf: Vec<f32> = c.iter().map(|&x| x as f32).collect();
-    let ct = Tensor::from_vec(cf, (n, 1), d_rows.device())?.to_dtype(d_rows.dtype())?;
+    let ct =
+        Tensor::from_vec(c.to_vec(), (c.len(), 1), d_rows.device())?.to_dtype(d_rows.dtype())?;
     Ok(d_rows.broadcast_mul(&ct)?)
+}
+
+/// [`target_logprobs`] at `(batch row, position)` `at[i]` of a run's final residual `resid`
+/// (`[B, T, D]`), with the index that puts row gradients back in place.
+pub fn resid_logprobs(
+    model: &Transformer,
+    resid: &Tensor,
+    at: &[(usize, usize)],
+    targets: &[u32],
+    grad: bool,
+) -> Result<(TargetLogprobs, RowIndex)> {
+    let index = RowIndex::new(at, resid.dims3()?, model)?;
+    let tl = target_logprobs(model, &index.gather(resid)?, targets, grad)?;
+    Ok((tl, index))
 }
 
 /// Log-probability of `targets[i]` at `(batch row, position)` `rows[i]` of a forward run of
@@ -170,8 +183,9 @@ pub fn run_target_logprobs(
             ..Default::default()
         },
     )?;
-    let at = RowIndex::new(rows, out.resid.dims3()?, model)?;
-    Ok(target_logprobs(model, &at.gather(&out.resid)?, targets, false)?.lp)
+    Ok(resid_logprobs(model, &out.resid, rows, targets, false)?
+        .0
+        .lp)
 }
 
 #[cfg(test)]

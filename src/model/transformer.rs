@@ -662,7 +662,7 @@ impl Transformer {
 
     /// Bytes one block keeps for its backward on a `b × t` batch (what [`LayerTape`] holds:
     /// residual-width rows, keys and values, the MLP's hidden rows, the attention weights).
-    pub fn block_activation_bytes(&self, b: usize, t: usize) -> usize {
+    fn block_activation_bytes(&self, b: usize, t: usize) -> usize {
         let c = &self.config;
         let per_token = 9 * c.hidden_size.max(c.num_heads * c.head_dim)
             + 3 * c.num_kv_heads * c.head_dim

@@ -157,23 +157,13 @@ pub struct UnlearnSpec {
 impl UnlearnSpec {
     /// Method, layers and settings after the preset (if any).
     pub fn expanded(&self) -> Result<crate::forget::presets::Expanded> {
-        match (&self.preset, &self.method) {
-            (Some(p), m) => crate::forget::presets::find(p)?.expand(
-                m.as_deref(),
-                self.layers.as_deref(),
-                self.localization.is_some(),
-                &self.set,
-            ),
-            (None, Some(m)) => {
-                m.parse::<Method>()?;
-                Ok(crate::forget::presets::Expanded {
-                    method: m.clone(),
-                    layers: self.layers.clone(),
-                    sets: self.set.clone(),
-                })
-            }
-            (None, None) => bail!("give a method (or a preset)"),
-        }
+        crate::forget::presets::Expanded::resolve(
+            self.preset.as_deref(),
+            self.method.as_deref(),
+            self.layers.as_deref(),
+            self.localization.is_some(),
+            &self.set,
+        )
     }
 }
 
