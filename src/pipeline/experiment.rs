@@ -226,14 +226,14 @@ impl Experiment {
     /// Each unlearning run with its seed and stage name: once with `seed`, or once per entry
     /// of `seeds` as `NAME-seedS`.
     pub fn runs(&self) -> Vec<(&UnlearnSpec, u64, String)> {
+        if self.seeds.is_empty() {
+            return self.unlearn.iter().map(|u| (u, self.seed, u.name.clone())).collect();
+        }
+        // Seed by seed: a long experiment stopped part-way has every run at the first seeds.
         let mut v = Vec::new();
-        for u in &self.unlearn {
-            if self.seeds.is_empty() {
-                v.push((u, self.seed, u.name.clone()));
-            } else {
-                for &s in &self.seeds {
-                    v.push((u, s, format!("{}-seed{s}", u.name)));
-                }
+        for &s in &self.seeds {
+            for u in &self.unlearn {
+                v.push((u, s, format!("{}-seed{s}", u.name)));
             }
         }
         v
