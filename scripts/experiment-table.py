@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Print the markdown table of an `unlearn run` output directory (docs/results.md uses it).
 
-usage: scripts/experiment-table.py runs/<experiment>
-       scripts/experiment-table.py --forget-runs DIR...   (outputs of `unlearn forget`, named
-                                                      NAME-seedS: their own before/after numbers)
+usage: scripts/experiment-table.py [--vs NAME] runs/<experiment>
+       scripts/experiment-table.py [--vs NAME] --forget-runs DIR...   (outputs of `unlearn
+                                  forget`, named NAME-seedS: their own before/after numbers)
 Runs repeated over seeds (stages NAME-seedS, from `seeds = [...]` in the experiment file) get a
 second table: the mean over seeds with a 95 % bootstrap interval over seeds and facts (2,000
-resamples, seeded), and beside each run whether it differs from the first run or ties with it
-(the interval of the difference contains 0).
+resamples, seeded), and beside each run whether it differs from the reference run (--vs NAME,
+else the first name in sorted order) or ties with it (the interval of the difference contains
+0); the unseen half after the relearning attack; and whether the mean meets the forget target
+(forget <= 5 % among candidates, held-out drop <= 5 points, perplexity <= +5 %).
 Columns: forget accuracy (top-1 among candidates, vocabulary top-1), MCQ, held-out accuracy,
 WikiText-2 perplexity, fluency, best latent-probe accuracy, relearning (unseen half before ->
 after), for the original model and every unlearning run that has an evaluation.
@@ -19,10 +21,14 @@ import sys
 from pathlib import Path
 
 RESAMPLES = 2000
+RELEARN = "relearn.unseen_after"
+# The forget target: forget accuracy among candidates, held-out drop, relative perplexity rise.
+TARGET_FORGET, TARGET_HELD_OUT_DROP, TARGET_PPL_RISE = 0.05, 0.05, 0.05
 
 COLS = [
     ("forget.top1_candidates", "forget (among sports)", "pct"),
     ("forget.top1_vocab", "forget (vocab top-1)", "pct"),
+    ("forget.know_nothing_floor.top1_candidates", "know-nothing floor", "pct"),
     ("forget.mcq_accuracy", "forget MCQ", "pct"),
     ("held_out.top1_candidates", "held-out", "pct"),
     ("utility.wikitext_perplexity", "WikiText-2 ppl", "f2"),
@@ -41,7 +47,7 @@ def fmt(v, kind):
     return f"{100 * v:.1f}%" if kind == "pct" else f"{v:.2f}"
 
 
-def main(root):
+def main(root, vs=None):
     root = Path(root)
     evals = sorted((root / "eval").glob("*/metrics.json"))
     if not evals:
@@ -81,11 +87,19 @@ def main(root):
         print(f"| {name} | {man.get('method', '?')} | {params} | " + " | ".join(vals) + f" | {rl_s} |")
     groups = seeded_groups(evals)
     if groups:
-        seeds_table(groups, cols)
+        seeds_table(groups, cols, vs)
 
 
 def eval_rows(p):
-    return {r["metric"]: r for r in json.loads(p.read_text())["rows"]}
+    """The rows of an evaluation, with the relearning attack's unseen half after it (when the
+    experiment ran one) as one more row."""
+    rows = {r["metric"]: r for r in json.loads(p.read_text())["rows"]}
+    rl = p.parent.parent.parent / "relearn" / p.parent.name / "relearn.json"
+    if rl.exists():
+        u = json.loads(rl.read_text())["curve"]["unseen"]
+        rows[RELEARN] = {"original": u[0]["top1_candidates"],
+                         "unlearned": u[-1]["top1_candidates"], "n": u[-1]["n"]}
+    return rows
 
 
 def forget_rows(p):
@@ -115,7 +129,7 @@ def seeded_groups(paths, load=eval_rows):
     return groups
 
 
-def forget_runs(dirs):
+def forget_runs(dirs, vs=None):
     paths = [Path(d) / "metrics.json" for d in dirs]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -124,7 +138,7 @@ def forget_runs(dirs):
     first = next(iter(groups.values()))[0][1]
     cols = [c for c in COLS if c[0] in first]
     print("Before: " + ", ".join(f"{h} {fmt(first[k]['original'], kind)}" for k, h, kind in cols))
-    seeds_table(groups, cols)
+    seeds_table(groups, cols, vs)
 
 
 def resample(runs, key, kind, rng):
@@ -141,12 +155,37 @@ def resample(runs, key, kind, rng):
     return total / len(runs)
 
 
-def seeds_table(groups, cols):
+def target(runs):
+    """Whether the mean over seeds meets the forget target, else which bound it misses."""
+    def mean(key, field="unlearned"):
+        vs = [r[key][field] for _, r in runs if r.get(key, {}).get(field) is not None]
+        return sum(vs) / len(vs) if vs else None
+    f = mean("forget.top1_candidates")
+    h, h0 = mean("held_out.top1_candidates"), mean("held_out.top1_candidates", "original")
+    p, p0 = mean("utility.wikitext_perplexity"), mean("utility.wikitext_perplexity", "original")
+    if None in (f, h, h0, p, p0):
+        return "–"
+    missed = [what for what, ok in [
+        ("forget", f <= TARGET_FORGET),
+        ("held-out", h0 - h <= TARGET_HELD_OUT_DROP),
+        ("perplexity", p <= p0 * (1 + TARGET_PPL_RISE)),
+    ] if not ok]
+    return "met" if not missed else "not met (" + ", ".join(missed) + ")"
+
+
+def seeds_table(groups, cols, vs=None):
     rng = random.Random(0)
     names = list(groups)
-    head = ["run", "seeds"] + [c[1] for c in cols]
+    if vs is not None:
+        if vs not in groups:
+            sys.exit(f"--vs {vs}: no runs named {vs}-seedS (runs: {', '.join(names)})")
+        names.remove(vs)
+        names.insert(0, vs)
+    if any(RELEARN in r for runs in groups.values() for _, r in runs):
+        cols = cols + [(RELEARN, "relearn: unseen half after", "pct")]
+    head = ["run", "seeds"] + [c[1] for c in cols] + ["forget target"]
     print()
-    print("Mean over seeds [95 % bootstrap interval]; vs the first run: higher, lower or tie.")
+    print(f"Mean over seeds [95 % bootstrap interval]; vs {names[0]}: higher, lower or tie.")
     print()
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -176,11 +215,17 @@ def seeds_table(groups, cols):
                 cell += " tie" if dlo <= 0 <= dhi else (" higher" if dlo > 0 else " lower")
             cells.append(cell)
         seeds = ",".join(str(s) for s, _ in sorted(groups[n], key=lambda x: x[0]))
-        print(f"| {n} | {seeds} | " + " | ".join(cells) + " |")
+        print(f"| {n} | {seeds} | " + " | ".join(cells) + f" | {target(groups[n])} |")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--forget-runs":
-        forget_runs(sys.argv[2:])
+    args = sys.argv[1:]
+    vs = None
+    if args[:1] == ["--vs"]:
+        if len(args) < 2:
+            sys.exit("--vs needs a run name")
+        vs, args = args[1], args[2:]
+    if args[:1] == ["--forget-runs"]:
+        forget_runs(args[1:], vs)
     else:
-        main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
+        main(args[0] if args else "runs/demo", vs)

@@ -143,7 +143,7 @@ mod tests {
             serde_json::to_value(&e.unlearn).unwrap()
         );
         let names: Vec<&str> = e.unlearn.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["kuda", "kuda-l12", "localized-ft", "ga"]);
+        assert_eq!(names, ["kuda", "kuda-preset", "localized-ft", "ga"]);
         assert_eq!(
             (e.model.as_str(), e.forget.as_str(), e.seed),
             ("some/model.gguf", "random-8", 7)

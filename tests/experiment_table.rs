@@ -1,0 +1,131 @@
+//! `scripts/experiment-table.py`, which makes the tables of docs/results.md, on a made-up
+//! experiment output: the mean over seeds, a bootstrap interval that holds the mean, "tie"
+//! against the reference run when two runs agree and "lower" when one is far below, the
+//! relearning column, and the forget target judged from the means.
+
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+
+/// An `eval/NAME/metrics.json` with the rows the table reads.
+fn write_eval(root: &Path, name: &str, forget: f64, held_out: f64, ppl: f64) {
+    let row = |metric: &str, n: usize, original: f64, unlearned: f64| {
+        json!({"metric": metric, "n": n, "original": original, "unlearned": unlearned,
+               "lower_is_better": false, "reference": false})
+    };
+    let m = json!({
+        "task": "sports",
+        "manifest": {"method": "kuda", "param_count": 11_800_000},
+        "rows": [
+            row("forget.top1_candidates", 16, 1.0, forget),
+            row("held_out.top1_candidates", 80, 1.0, held_out),
+            row("utility.wikitext_perplexity", 2048, 14.0, ppl),
+        ],
+    });
+    let d = root.join("eval").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("metrics.json"), m.to_string()).unwrap();
+}
+
+fn write_relearn(root: &Path, name: &str, before: f64, after: f64) {
+    let point = |v: f64| json!({"n": 8, "top1": v, "top1_candidates": v, "mean_p": v});
+    let r = json!({"curve": {"unseen": [point(before), point(after)]}});
+    let d = root.join("relearn").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("relearn.json"), r.to_string()).unwrap();
+}
+
+fn table(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/experiment-table.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The cells of the seed table's row for `run`.
+fn seed_row(text: &str, run: &str) -> Vec<String> {
+    let after = text.split("Mean over seeds").nth(1).expect("a seed table");
+    let line = after
+        .lines()
+        .find(|l| l.starts_with(&format!("| {run} |")))
+        .unwrap_or_else(|| panic!("no row {run} in\n{text}"));
+    line.trim_matches('|')
+        .split('|')
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn seed_table_gives_means_intervals_ties_and_the_target() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    for s in 0..3 {
+        // "keeps": forgets nothing; "same": the same numbers; "forgets": meets the target.
+        write_eval(root, &format!("keeps-seed{s}"), 1.0, 1.0, 14.0);
+        write_eval(root, &format!("same-seed{s}"), 1.0, 1.0, 14.0);
+        let f = [0.0, 0.0625, 0.0][s];
+        write_eval(root, &format!("forgets-seed{s}"), f, 0.975, 14.2);
+        write_relearn(root, &format!("keeps-seed{s}"), 1.0, 1.0);
+        write_relearn(root, &format!("same-seed{s}"), 1.0, 1.0);
+        write_relearn(root, &format!("forgets-seed{s}"), 0.0, 0.25);
+    }
+    let root_s = root.to_str().unwrap();
+    let text = table(&["--vs", "keeps", root_s]);
+    let head = text
+        .split("Mean over seeds")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("| run |"))
+        .unwrap()
+        .to_string();
+    assert!(head.contains("relearn: unseen half after"), "{head}");
+    assert!(head.ends_with("forget target |"), "{head}");
+
+    let keeps = seed_row(&text, "keeps");
+    assert_eq!(keeps[1], "0,1,2");
+    assert_eq!(keeps[2], "100.0% [100.0%, 100.0%]", "{text}");
+    assert_eq!(keeps.last().unwrap(), "not met (forget)");
+
+    let same = seed_row(&text, "same");
+    assert!(same[2].ends_with(" tie"), "{text}");
+
+    let forgets = seed_row(&text, "forgets");
+    // Mean of 0, 1/16 and 0; its interval holds the mean; far below "keeps".
+    assert!(forgets[2].starts_with("2.1% ["), "{text}");
+    assert!(forgets[2].ends_with(" lower"), "{text}");
+    let bounds: Vec<f64> = forgets[2]
+        .split(['[', ']'])
+        .nth(1)
+        .unwrap()
+        .split(", ")
+        .map(|x| x.trim_end_matches('%').parse().unwrap())
+        .collect();
+    assert!(bounds[0] <= 2.1 && 2.1 <= bounds[1], "{bounds:?}");
+    // Held-out 97.5 % (−2.5 points) and perplexity +1.4 %: inside the other two bounds.
+    assert_eq!(forgets.last().unwrap(), "met", "{text}");
+    assert!(forgets[forgets.len() - 2].starts_with("25.0% ["), "{text}");
+
+    // The same numbers read against another reference: "keeps" is now the one far above.
+    let text = table(&["--vs", "forgets", root_s]);
+    assert!(seed_row(&text, "keeps")[2].ends_with(" higher"), "{text}");
+
+    // A reference that is not there is an error naming the runs.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/experiment-table.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["--vs", "nope", root_s])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--vs nope") && err.contains("keeps"), "{err}");
+}
