@@ -8,6 +8,7 @@ use super::probe::{self, FitOpts, ProbeAt, ProbeCurve};
 use super::trace::{trace, TraceKind, TraceOpts};
 use crate::data::dedup::Policy;
 use crate::data::known;
+use crate::data::Fact;
 use crate::model::LanguageModel;
 use crate::report::svg;
 use anyhow::{bail, Context, Result};
@@ -88,8 +89,66 @@ fn by_role(row: &[f64], s0: usize, s1: usize) -> Vec<f64> {
     ]
 }
 
-/// Run `unlearn locate`.
-pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
+/// What a localization method measured on the traced facts.
+struct Scores {
+    /// One score per MLP layer: what the bar chart draws and the window sums.
+    mlp: Vec<f64>,
+    /// One score per head (layer × head): restored at the last token, or path patching's
+    /// direct effect; zeros where the method does not score heads.
+    head: Vec<Vec<f64>>,
+    /// Whether `head` was measured (and is ranked and drawn).
+    heads_measured: bool,
+    trace: Option<Traces>,
+    attribution: Option<super::attribution::AttributionScores>,
+    paths: Option<super::path_patch::PathScores>,
+    probes: Option<Vec<ProbeCurve>>,
+}
+
+/// Causal traces averaged over the facts: the residual grid by token role, and each fact's own.
+struct Traces {
+    resid_roles: Vec<Vec<f64>>,
+    per_fact: Vec<serde_json::Value>,
+}
+
+impl Scores {
+    fn empty(n_layers: usize, n_heads: usize) -> Scores {
+        Scores {
+            mlp: vec![0.0; n_layers],
+            head: vec![vec![0.0; n_heads]; n_layers],
+            heads_measured: false,
+            trace: None,
+            attribution: None,
+            paths: None,
+            probes: None,
+        }
+    }
+
+    /// Every MLP and every scored head, best first.
+    fn ranked(&self) -> Vec<(Component, f64)> {
+        let mut ranked: Vec<(Component, f64)> = self
+            .mlp
+            .iter()
+            .enumerate()
+            .map(|(l, &v)| (Component::Mlp { layer: l }, v))
+            .collect();
+        let heads = match &self.attribution {
+            Some(s) => Some(&s.heads),
+            None if self.heads_measured => Some(&self.head),
+            None => None,
+        };
+        for (l, hs) in heads.into_iter().flatten().enumerate() {
+            ranked.extend(
+                hs.iter()
+                    .enumerate()
+                    .map(|(h, &v)| (Component::Head { layer: l, head: h }, v)),
+            );
+        }
+        ranked.sort_by(|x, y| y.1.total_cmp(&x.1));
+        ranked
+    }
+}
+
+fn check_args(a: &LocateArgs) -> Result<()> {
     if a.samples == 0 || a.window == 0 || a.top_k == 0 || a.max_facts == 0 || a.restore_window == 0
     {
         bail!("--samples, --window, --restore-window, --top-k and --max-facts must be at least 1");
@@ -97,16 +156,13 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
     if !METHODS.contains(&a.method.as_str()) {
         bail!("--method {:?}: use one of {}", a.method, METHODS.join(", "));
     }
-    crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
-    let facts = crate::data::load_task(&a.task, Policy::merge_if(a.dedup))?;
-    let rule = known::KnownRule::parse(&a.known)?;
-    let lm = LanguageModel::load(&a.model, device)?;
-    let n_layers = lm.model.config.num_layers;
-    let known_facts = known::known_among(&lm, &facts, &a.task, rule)?;
-    let (forget, _) = known::split(&known_facts, &a.forget, a.seed)?;
-    let traced: Vec<_> = forget.iter().take(a.max_facts).collect();
-    // 3 × the noise base: ROME's is the std of the subject tokens' embeddings over the data.
-    let noise_base = match a.noise_from.as_str() {
+    Ok(())
+}
+
+/// The noise base (the noise is 3 × it): ROME's is the std of the subject tokens' embeddings
+/// over the task's known facts; `vocabulary` takes the whole embedding matrix.
+fn noise_base(lm: &LanguageModel, known_facts: &[Fact], from: &str) -> Result<f64> {
+    match from {
         "subjects" => {
             let spans = known_facts
                 .iter()
@@ -115,165 +171,220 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
                     Ok(ids[span].to_vec())
                 })
                 .collect::<Result<Vec<_>>>()?;
-            super::trace::subject_embedding_std(&lm.model, &spans)?
+            super::trace::subject_embedding_std(&lm.model, &spans)
         }
-        "vocabulary" => super::trace::embedding_std(&lm.model)?,
+        "vocabulary" => super::trace::embedding_std(&lm.model),
         other => bail!("--noise-from {other:?}: use subjects or vocabulary"),
-    };
-    let needs_trace = matches!(a.method.as_str(), "causal-trace" | "kuda-window");
+    }
+}
+
+/// Causal tracing of each fact: the residual at every layer × token, the MLPs restored at the
+/// last subject token, and (with `a.heads`) every head at the last token; averaged over facts.
+fn trace_facts(
+    a: &LocateArgs,
+    lm: &LanguageModel,
+    traced: &[&Fact],
+    noise_base: f64,
+) -> Result<Scores> {
+    let n_layers = lm.model.config.num_layers;
+    let n_heads = lm.model.config.num_heads;
+    let mut s = Scores::empty(n_layers, n_heads);
+    s.heads_measured = a.heads;
     let mut per_fact = Vec::new();
     let mut resid_roles = vec![vec![0f64; ROLES.len()]; n_layers];
     let mut role_counts = vec![vec![0usize; ROLES.len()]; n_layers];
-    let mut mlp_effect = vec![0f64; n_layers];
-    let n_heads = lm.model.config.num_heads;
-    let mut head_effect = vec![vec![0f64; n_heads]; n_layers];
-    if needs_trace {
-        let bar = crate::util::progress(traced.len() as u64, "tracing facts");
-        for f in &traced {
-            bar.inc(1);
-            let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
-            let answer = known::answer_token(&lm, &f.answer)?;
-            let base = TraceOpts {
-                samples: a.samples,
-                seed: a.seed,
-                noise_base: Some(noise_base),
-                ..Default::default()
-            };
-            let resid = trace(&lm.model, &ids, span.clone(), answer, &base)?;
-            let mlp_opts = TraceOpts {
-                kind: TraceKind::Mlp,
-                window: a.restore_window.min(n_layers),
-                positions: Some(vec![span.end - 1]),
-                ..base.clone()
-            };
-            let mlp = trace(&lm.model, &ids, span.clone(), answer, &mlp_opts)?;
-            // Each head's output at the last token (where heads move the attribute).
+    let bar = crate::util::progress(traced.len() as u64, "tracing facts");
+    for f in traced {
+        bar.inc(1);
+        let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+        let answer = known::answer_token(lm, &f.answer)?;
+        let base = TraceOpts {
+            samples: a.samples,
+            seed: a.seed,
+            noise_base: Some(noise_base),
+            ..Default::default()
+        };
+        let resid = trace(&lm.model, &ids, span.clone(), answer, &base)?;
+        let mlp_opts = TraceOpts {
+            kind: TraceKind::Mlp,
+            window: a.restore_window.min(n_layers),
+            positions: Some(vec![span.end - 1]),
+            ..base.clone()
+        };
+        let mlp = trace(&lm.model, &ids, span.clone(), answer, &mlp_opts)?;
+        // Each head's output at the last token (where heads move the attribute).
+        if a.heads {
             let head_opts = TraceOpts {
                 kind: TraceKind::Head,
                 window: 1,
                 positions: Some(vec![ids.len() - 1]),
                 ..base.clone()
             };
-            if a.heads {
-                let heads = trace(&lm.model, &ids, span.clone(), answer, &head_opts)?;
-                for (l, row) in head_effect.iter_mut().enumerate() {
-                    for (h, v) in row.iter_mut().enumerate() {
-                        *v += heads.grid[l * n_heads + h][ids.len() - 1] - heads.p_corrupt;
-                    }
+            let heads = trace(&lm.model, &ids, span.clone(), answer, &head_opts)?;
+            for (l, row) in s.head.iter_mut().enumerate() {
+                for (h, v) in row.iter_mut().enumerate() {
+                    *v += heads.grid[l * n_heads + h][ids.len() - 1] - heads.p_corrupt;
                 }
             }
-            for l in 0..n_layers {
-                let roles = by_role(&resid.effects()[l], span.start, span.end);
-                for (r, v) in roles.iter().enumerate() {
-                    if v.is_finite() {
-                        resid_roles[l][r] += v;
-                        role_counts[l][r] += 1;
-                    }
-                }
-                mlp_effect[l] += mlp.grid[l][span.end - 1] - mlp.p_corrupt;
-            }
-            per_fact.push(json!({"id": f.id, "subject": f.subject, "answer": f.answer, "p_clean": resid.p_clean,
-                "p_corrupt": resid.p_corrupt, "resid_grid": resid.grid, "mlp_last_subject": (0..n_layers).map(|l| mlp.grid[l][span.end - 1]).collect::<Vec<_>>()}));
         }
-        bar.finish_and_clear();
-        let n = traced.len() as f64;
         for l in 0..n_layers {
-            mlp_effect[l] /= n;
-            for v in head_effect[l].iter_mut() {
-                *v /= n;
+            let roles = by_role(&resid.effects()[l], span.start, span.end);
+            for (r, v) in roles.iter().enumerate() {
+                if v.is_finite() {
+                    resid_roles[l][r] += v;
+                    role_counts[l][r] += 1;
+                }
             }
-            for r in 0..ROLES.len() {
-                resid_roles[l][r] = if role_counts[l][r] > 0 {
-                    resid_roles[l][r] / role_counts[l][r] as f64
-                } else {
-                    f64::NAN
-                };
-            }
+            s.mlp[l] += mlp.grid[l][span.end - 1] - mlp.p_corrupt;
         }
+        per_fact.push(json!({"id": f.id, "subject": f.subject, "answer": f.answer, "p_clean": resid.p_clean,
+            "p_corrupt": resid.p_corrupt, "resid_grid": resid.grid, "mlp_last_subject": (0..n_layers).map(|l| mlp.grid[l][span.end - 1]).collect::<Vec<_>>()}));
     }
-    let mut attribution = None;
-    if a.method == "attribution" {
-        let mut items = Vec::new();
-        for f in &traced {
-            let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
-            let alt = f
-                .candidates
-                .iter()
-                .find(|c| **c != f.answer)
-                .or(f.new_answer.as_ref())
-                .with_context(|| format!("fact {}: attribution needs an alternative answer (candidates or new_answer)", f.id))?;
-            let corrupt_ids = if a.corruption == "replace" {
-                Some(replaced_subject(&lm, f, &known_facts, ids.len())?)
+    bar.finish_and_clear();
+    let n = traced.len() as f64;
+    for l in 0..n_layers {
+        s.mlp[l] /= n;
+        for v in s.head[l].iter_mut() {
+            *v /= n;
+        }
+        for r in 0..ROLES.len() {
+            resid_roles[l][r] = if role_counts[l][r] > 0 {
+                resid_roles[l][r] / role_counts[l][r] as f64
             } else {
-                None
+                f64::NAN
             };
-            items.push(super::attribution::AttributionItem {
-                ids,
-                subject: span,
-                answer: known::answer_token(&lm, &f.answer)?,
-                alternative: known::answer_token(&lm, alt)?,
-                corrupt_ids,
-            });
         }
-        let corruption = match a.corruption.as_str() {
-            "noise" => Corruption::Noise {
-                std: noise_base * 3.0,
-            },
-            "replace" => Corruption::Replace,
-            other => bail!("--corruption {other:?}: use noise or replace"),
+    }
+    s.trace = Some(Traces {
+        resid_roles,
+        per_fact,
+    });
+    Ok(s)
+}
+
+/// Attribution patching of the traced facts against a corrupted run (noise on the subject, or
+/// another known subject of as many tokens).
+fn attribution_scores(
+    a: &LocateArgs,
+    lm: &LanguageModel,
+    known_facts: &[Fact],
+    traced: &[&Fact],
+    noise_base: f64,
+) -> Result<Scores> {
+    let mut items = Vec::new();
+    for f in traced {
+        let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+        let alt = f
+            .candidates
+            .iter()
+            .find(|c| **c != f.answer)
+            .or(f.new_answer.as_ref())
+            .with_context(|| {
+                format!(
+                    "fact {}: attribution needs an alternative answer (candidates or new_answer)",
+                    f.id
+                )
+            })?;
+        let corrupt_ids = if a.corruption == "replace" {
+            Some(replaced_subject(lm, f, known_facts, ids.len())?)
+        } else {
+            None
         };
-        let s = super::attribution::attribute(&lm.model, &items, corruption, a.seed)?;
-        mlp_effect = s.mlps.clone();
-        attribution = Some(s);
+        items.push(super::attribution::AttributionItem {
+            ids,
+            subject: span,
+            answer: known::answer_token(lm, &f.answer)?,
+            alternative: known::answer_token(lm, alt)?,
+            corrupt_ids,
+        });
     }
-    let mut paths = None;
-    if a.method == "path-patch" {
-        let mut items = Vec::new();
-        for f in &traced {
-            let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
-            items.push(super::path_patch::PathItem {
-                ids,
-                subject: span,
-                answer: known::answer_token(&lm, &f.answer)?,
-            });
-        }
-        let o = super::path_patch::PathOpts {
-            samples: a.samples,
-            noise_std: noise_base * 3.0,
-            seed: a.seed,
-            extraction_heads: EXTRACTION_HEADS,
-        };
-        let bar = crate::util::progress(2 * items.len() as u64, "path patching");
-        let s = super::path_patch::path_patch(&lm.model, &items, &o, || bar.inc(1))?;
-        bar.finish_and_clear();
-        mlp_effect = s.mlp_via_heads.clone();
-        head_effect = s.head_direct.clone();
-        paths = Some(s);
-    }
-    let mut probes = None;
-    if a.method == "probe" {
-        let (curves, rise) = probe_curves(&lm, &known_facts, a.seed)?;
-        mlp_effect = rise;
-        probes = Some(curves);
-    }
-    let mut ranked: Vec<(Component, f64)> = (0..n_layers)
-        .map(|l| (Component::Mlp { layer: l }, mlp_effect[l]))
-        .collect();
-    let head_scores = match &attribution {
-        Some(s) => Some(&s.heads),
-        None if (needs_trace && a.heads) || paths.is_some() => Some(&head_effect),
-        None => None,
+    let corruption = match a.corruption.as_str() {
+        "noise" => Corruption::Noise {
+            std: noise_base * 3.0,
+        },
+        "replace" => Corruption::Replace,
+        other => bail!("--corruption {other:?}: use noise or replace"),
     };
-    if let Some(hs_all) = head_scores {
-        for (l, hs) in hs_all.iter().enumerate() {
-            ranked.extend(
-                hs.iter()
-                    .enumerate()
-                    .map(|(h, &v)| (Component::Head { layer: l, head: h }, v)),
-            );
-        }
+    let scores = super::attribution::attribute(&lm.model, &items, corruption, a.seed)?;
+    let c = &lm.model.config;
+    Ok(Scores {
+        mlp: scores.mlps.clone(),
+        attribution: Some(scores),
+        ..Scores::empty(c.num_layers, c.num_heads)
+    })
+}
+
+/// Path patching of the traced facts: each head's direct effect on the answer, and each MLP's
+/// effect through the extraction heads.
+fn path_patch_scores(
+    a: &LocateArgs,
+    lm: &LanguageModel,
+    traced: &[&Fact],
+    noise_base: f64,
+) -> Result<Scores> {
+    let mut items = Vec::new();
+    for f in traced {
+        let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+        items.push(super::path_patch::PathItem {
+            ids,
+            subject: span,
+            answer: known::answer_token(lm, &f.answer)?,
+        });
     }
-    ranked.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let o = super::path_patch::PathOpts {
+        samples: a.samples,
+        noise_std: noise_base * 3.0,
+        seed: a.seed,
+        extraction_heads: EXTRACTION_HEADS,
+    };
+    let bar = crate::util::progress(2 * items.len() as u64, "path patching");
+    let paths = super::path_patch::path_patch(&lm.model, &items, &o, || bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(Scores {
+        mlp: paths.mlp_via_heads.clone(),
+        head: paths.head_direct.clone(),
+        heads_measured: true,
+        paths: Some(paths),
+        trace: None,
+        attribution: None,
+        probes: None,
+    })
+}
+
+/// The scores of the method `a.method` (random and all-MLPs score nothing).
+fn score(
+    a: &LocateArgs,
+    lm: &LanguageModel,
+    known_facts: &[Fact],
+    traced: &[&Fact],
+    noise_base: f64,
+) -> Result<Scores> {
+    let c = &lm.model.config;
+    match a.method.as_str() {
+        "causal-trace" | "kuda-window" => trace_facts(a, lm, traced, noise_base),
+        "attribution" => attribution_scores(a, lm, known_facts, traced, noise_base),
+        "path-patch" => path_patch_scores(a, lm, traced, noise_base),
+        "probe" => {
+            let (curves, rise) = probe_curves(lm, known_facts, a.seed)?;
+            Ok(Scores {
+                mlp: rise,
+                probes: Some(curves),
+                ..Scores::empty(c.num_layers, c.num_heads)
+            })
+        }
+        _ => Ok(Scores::empty(c.num_layers, c.num_heads)),
+    }
+}
+
+/// The MLP layers a method chooses: the top k by score (k from `--top-k`, or enough MLPs for
+/// another localization's parameter budget), KUDA's best window, or k at random.
+fn choose_layers(
+    a: &LocateArgs,
+    lm: &LanguageModel,
+    ranked: &[(Component, f64)],
+    mlp: &[f64],
+) -> Result<Vec<usize>> {
+    let n_layers = lm.model.config.num_layers;
     let budget = match &a.budget_of {
         Some(p) => {
             let other: Localization = serde_json::from_str(
@@ -295,15 +406,12 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         Some(b) => b.div_ceil(mlp_params.max(1)).clamp(1, n_layers),
         None => a.top_k.min(n_layers),
     };
-    let chosen_layers: Vec<usize> = match a.method.as_str() {
+    Ok(match a.method.as_str() {
         "causal-trace" | "attribution" | "probe" | "path-patch" => ranked
             .iter()
-            .filter_map(|(c, _)| {
-                if let Component::Mlp { layer } = c {
-                    Some(*layer)
-                } else {
-                    None
-                }
+            .filter_map(|(c, _)| match c {
+                Component::Mlp { layer } => Some(*layer),
+                _ => None,
             })
             .take(k)
             .collect(),
@@ -313,13 +421,135 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
             } else {
                 a.window.min(n_layers)
             };
-            let s = best_window(&mlp_effect, w)?;
+            let s = best_window(mlp, w)?;
             (s..s + w).collect()
         }
         "random" => random_mlps(n_layers, k, a.seed),
         "all-mlps" => (0..n_layers).collect(),
         other => bail!("--method {other:?}: use one of {}", METHODS.join(", ")),
-    };
+    })
+}
+
+/// What `run` hands to the writer: the facts, the noise and what the method measured.
+struct Found<'a> {
+    known_facts: &'a [Fact],
+    forget: &'a [Fact],
+    traced: usize,
+    noise_base: f64,
+    scores: &'a Scores,
+    chosen_layers: &'a [usize],
+}
+
+/// localization.json (the localization and the method's own measurements) and its charts.
+fn write_outputs(
+    a: &LocateArgs,
+    lm: &LanguageModel,
+    loc: &Localization,
+    f: &Found,
+) -> Result<()> {
+    let n_layers = lm.model.config.num_layers;
+    let s = f.scores;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut v = serde_json::to_value(loc)?;
+    let o = v.as_object_mut().expect("object");
+    o.insert("known_facts".into(), json!(f.known_facts.len()));
+    o.insert(
+        "forget_facts".into(),
+        json!(f.forget.iter().map(|f| &f.id).collect::<Vec<_>>()),
+    );
+    o.insert("traced_facts".into(), json!(f.traced));
+    o.insert(
+        "noise".into(),
+        json!({"from": a.noise_from, "base_std": f.noise_base, "std": 3.0 * f.noise_base,
+            "restore_window": a.restore_window}),
+    );
+    if let Some(x) = &s.attribution {
+        o.insert("attribution".into(), serde_json::to_value(x)?);
+    }
+    if let Some(p) = &s.paths {
+        o.insert("path_patch".into(), serde_json::to_value(p)?);
+    }
+    if let Some(c) = &s.probes {
+        o.insert("probe_curves".into(), serde_json::to_value(c)?);
+        o.insert("probe_rise_by_block".into(), json!(s.mlp));
+    }
+    if let Some(t) = &s.trace {
+        o.insert("mlp_indirect_effect_last_subject".into(), json!(s.mlp));
+        o.insert("head_indirect_effect_last_token".into(), json!(s.head));
+        o.insert(
+            "resid_indirect_effect_by_role".into(),
+            json!({"roles": ROLES, "grid": t.resid_roles}),
+        );
+        o.insert("per_fact".into(), json!(t.per_fact));
+    }
+    crate::util::write_json(&a.out.join("localization.json"), &v)?;
+    let layers: Vec<String> = (0..n_layers).map(|l| l.to_string()).collect();
+    if let Some(t) = &s.trace {
+        let roles: Vec<String> = ROLES.iter().map(|s| s.to_string()).collect();
+        let title = format!(
+            "Residual restoration: indirect effect on P(answer), {} facts",
+            f.traced
+        );
+        write(
+            &a.out.join("trace.svg"),
+            &svg::heatmap(&title, &layers, &roles, &t.resid_roles, "ΔP"),
+        )?;
+    }
+    if s.heads_measured {
+        let head_names: Vec<String> = (0..lm.model.config.num_heads)
+            .map(|h| format!("head {h}"))
+            .collect();
+        let what = if s.paths.is_some() {
+            "Head → logits direct path (path patching): drop of P(answer)"
+        } else {
+            "Head restoration at the last token: indirect effect"
+        };
+        write(
+            &a.out.join("heads.svg"),
+            &svg::heatmap(
+                &format!("{what}, {} facts", f.traced),
+                &layers,
+                &head_names,
+                &s.head,
+                "ΔP",
+            ),
+        )?;
+    }
+    if let Some(c) = &s.probes {
+        write(&a.out.join("probes.svg"), &probe_svg(c, f.known_facts.len()))?;
+    }
+    let hl: Vec<bool> = (0..n_layers).map(|l| f.chosen_layers.contains(&l)).collect();
+    let title = format!(
+        "{} ({}: red = chosen)",
+        match a.method.as_str() {
+            "attribution" => "MLP attribution score",
+            "probe" => "Rise of probe accuracy (last subject token) across each block",
+            "path-patch" => "MLP effect on P(answer) through the extraction heads (path patching)",
+            _ => "MLP indirect effect at the last subject token",
+        },
+        a.method
+    );
+    write(
+        &a.out.join("components.svg"),
+        &svg::bars(&title, &layers, &s.mlp, &hl),
+    )
+}
+
+/// Run `unlearn locate`: the known facts of the task and their forget split, the method's
+/// scores on the first `max_facts` forget facts, the chosen layers, and the files.
+pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
+    check_args(a)?;
+    crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
+    let facts = crate::data::load_task(&a.task, Policy::merge_if(a.dedup))?;
+    let rule = known::KnownRule::parse(&a.known)?;
+    let lm = LanguageModel::load(&a.model, device)?;
+    let known_facts = known::known_among(&lm, &facts, &a.task, rule)?;
+    let (forget, _) = known::split(&known_facts, &a.forget, a.seed)?;
+    let traced: Vec<&Fact> = forget.iter().take(a.max_facts).collect();
+    let noise_base = noise_base(&lm, &known_facts, &a.noise_from)?;
+    let scores = score(a, &lm, &known_facts, &traced, noise_base)?;
+    let ranked = scores.ranked();
+    let chosen_layers = choose_layers(a, &lm, &ranked, &scores.mlp)?;
     let chosen: Vec<Component> = chosen_layers
         .iter()
         .map(|&l| Component::Mlp { layer: l })
@@ -333,88 +563,15 @@ pub fn run(a: &LocateArgs, device: &candle_core::Device) -> Result<()> {
         chosen,
         &lm.model,
     )?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut v = serde_json::to_value(&loc)?;
-    let o = v.as_object_mut().expect("object");
-    o.insert("known_facts".into(), json!(known_facts.len()));
-    o.insert(
-        "forget_facts".into(),
-        json!(forget.iter().map(|f| &f.id).collect::<Vec<_>>()),
-    );
-    o.insert("traced_facts".into(), json!(traced.len()));
-    o.insert(
-        "noise".into(),
-        json!({"from": a.noise_from, "base_std": noise_base, "std": 3.0 * noise_base,
-            "restore_window": a.restore_window}),
-    );
-    if let Some(s) = &attribution {
-        o.insert("attribution".into(), serde_json::to_value(s)?);
-    }
-    if let Some(p) = &paths {
-        o.insert("path_patch".into(), serde_json::to_value(p)?);
-    }
-    if let Some(c) = &probes {
-        o.insert("probe_curves".into(), serde_json::to_value(c)?);
-        o.insert("probe_rise_by_block".into(), json!(mlp_effect));
-    }
-    if needs_trace {
-        o.insert("mlp_indirect_effect_last_subject".into(), json!(mlp_effect));
-        o.insert("head_indirect_effect_last_token".into(), json!(head_effect));
-        o.insert(
-            "resid_indirect_effect_by_role".into(),
-            json!({"roles": ROLES, "grid": resid_roles}),
-        );
-        o.insert("per_fact".into(), json!(per_fact));
-    }
-    crate::util::write_json(&a.out.join("localization.json"), &v)?;
-    let layers: Vec<String> = (0..n_layers).map(|l| l.to_string()).collect();
-    if needs_trace {
-        let roles: Vec<String> = ROLES.iter().map(|s| s.to_string()).collect();
-        let title = format!(
-            "Residual restoration: indirect effect on P(answer), {} facts",
-            traced.len()
-        );
-        write(
-            &a.out.join("trace.svg"),
-            &svg::heatmap(&title, &layers, &roles, &resid_roles, "ΔP"),
-        )?;
-    }
-    if (needs_trace && a.heads) || paths.is_some() {
-        let head_names: Vec<String> = (0..n_heads).map(|h| format!("head {h}")).collect();
-        let what = if paths.is_some() {
-            "Head → logits direct path (path patching): drop of P(answer)"
-        } else {
-            "Head restoration at the last token: indirect effect"
-        };
-        write(
-            &a.out.join("heads.svg"),
-            &svg::heatmap(
-                &format!("{what}, {} facts", traced.len()),
-                &layers,
-                &head_names,
-                &head_effect,
-                "ΔP",
-            ),
-        )?;
-    }
-    if let Some(c) = &probes {
-        write(&a.out.join("probes.svg"), &probe_svg(c, known_facts.len()))?;
-    }
-    let hl: Vec<bool> = (0..n_layers).map(|l| chosen_layers.contains(&l)).collect();
-    let title = format!(
-        "{} ({}: red = chosen)",
-        match a.method.as_str() {
-            "attribution" => "MLP attribution score",
-            "probe" => "Rise of probe accuracy (last subject token) across each block",
-            "path-patch" => "MLP effect on P(answer) through the extraction heads (path patching)",
-            _ => "MLP indirect effect at the last subject token",
-        },
-        a.method
-    );
-    write(
-        &a.out.join("components.svg"),
-        &svg::bars(&title, &layers, &mlp_effect, &hl),
-    )?;
+    let found = Found {
+        known_facts: &known_facts,
+        forget: &forget,
+        traced: traced.len(),
+        noise_base,
+        scores: &scores,
+        chosen_layers: &chosen_layers,
+    };
+    write_outputs(a, &lm, &loc, &found)?;
     println!(
         "{}: {} MLP layers {:?}, {} parameters → {}",
         a.method,
