@@ -433,6 +433,148 @@ pub fn facts_of_run(
 }
 
 /// Run `unlearn eval`; returns what it wrote to OUT/metrics.json.
+/// The facts an evaluation reads: the run's forget facts, the held-out facts of the reported
+/// split (never a retain fact the run trained on), and the known facts the latent probes train
+/// on (outside the forget set and the test split).
+struct EvalFacts {
+    forget: Vec<Fact>,
+    held_out: Vec<Fact>,
+    probe_facts: Vec<Fact>,
+    /// The forget split the numbers belong to (the manifest's, else `--forget`).
+    forget_spec: String,
+}
+
+fn eval_facts(a: &EvalArgs, rf: &RunFacts) -> EvalFacts {
+    let probe_facts: Vec<Fact> = rf
+        .rest
+        .iter()
+        .filter(|f| Split::of(f) != Split::Test)
+        .take(LATENT_PROBE_FACTS)
+        .cloned()
+        .collect();
+    let forget_spec = rf
+        .manifest
+        .as_ref()
+        .and_then(|m| m["forget_split"].as_str())
+        .unwrap_or(&a.forget)
+        .to_string();
+    // Held out: the reported split (test; validation for a run on validation subjects). A
+    // run's retain facts are train-split facts; a manifest written before the splits may
+    // name others, which are left out.
+    let held_out: Vec<Fact> =
+        known::held_out(&rf.rest, &rf.forget, &forget_spec, a.seed, usize::MAX)
+            .into_iter()
+            .filter(|f| !rf.trained.contains(&f.id))
+            .take(a.held_out)
+            .collect();
+    EvalFacts {
+        forget: rf.forget.clone(),
+        held_out,
+        probe_facts,
+        forget_spec,
+    }
+}
+
+/// The original model's measures: they depend only on it, the facts and the suite, so they are
+/// cached. An entry from a version that measured other things (it lacks a row the unlearned
+/// model has) is measured again rather than leaving that row out.
+fn original_measures(
+    a: &EvalArgs,
+    original: &LanguageModel,
+    ef: &EvalFacts,
+    new_answers: Option<&[String]>,
+    plan: &Plan,
+    unlearned: Option<&(Measures, Fluency)>,
+) -> Result<(Measures, Fluency)> {
+    let key = serde_json::to_vec(
+        &json!({"v": 3, "model": crate::model::cache_fingerprint(&original.origin)?,
+        "forget": ef.forget, "held_out": ef.held_out, "new": new_answers, "suite": a.suite, "seed": a.seed}),
+    )?;
+    let same_rows =
+        |cached: &(Measures, Fluency)| unlearned.is_none_or(|(u, _)| u.keys().eq(cached.0.keys()));
+    crate::util::cached_json_if("eval", &key, same_rows, || {
+        measure(
+            original,
+            original,
+            &ef.forget,
+            &ef.held_out,
+            new_answers,
+            a,
+            plan,
+        )
+    })
+}
+
+/// The table's rows: every measure of the original beside the unlearned model's.
+fn table_rows(orig: &Measures, unl: Option<&Measures>) -> Vec<Row> {
+    orig.iter()
+        .filter(|(k, _)| !k.starts_with("seconds."))
+        .map(|(k, &(n, v, lower))| Row {
+            metric: k.clone(),
+            n,
+            original: v,
+            unlearned: unl.and_then(|m| m.get(k).map(|x| x.1)),
+            lower_is_better: lower,
+            reference: REFERENCE_METRICS.contains(&k.as_str()),
+        })
+        .collect()
+}
+
+/// Seconds per section of each model's measures.
+fn section_seconds(orig: &Measures, unl: Option<&Measures>) -> BeforeAfter<BTreeMap<String, f64>> {
+    let timing = |m: &Measures| -> BTreeMap<String, f64> {
+        m.iter()
+            .filter_map(|(k, v)| k.strip_prefix("seconds.").map(|s| (s.to_string(), v.1)))
+            .collect()
+    };
+    BeforeAfter {
+        original: timing(orig),
+        unlearned: unl.map(timing),
+    }
+}
+
+/// The first residual-stream index an unlearning run can change (index l = after block l − 1):
+/// layers below the first updated block are the same in both models.
+fn first_changed_index(manifest: Option<&Value>) -> usize {
+    manifest
+        .and_then(|m| m["params"].as_array())
+        .and_then(|ps| {
+            ps.iter()
+                .filter_map(|p| p.as_str().and_then(crate::forget::trainer::layer_of))
+                .min()
+        })
+        .map_or(0, |l| l + 1)
+}
+
+/// One summary row per probe position: the best layer's probe accuracy on the forget facts,
+/// over the layers the run can change.
+fn latent_rows(latent: &[latent::LatentCurve], forget: usize, first_changed: usize) -> Vec<Row> {
+    latent
+        .iter()
+        .map(|c| {
+            let best = |v: &[f64]| {
+                v.iter()
+                    .skip(first_changed)
+                    .cloned()
+                    .fold(f64::NAN, f64::max)
+            };
+            Row {
+                metric: format!(
+                    "latent.forget.best_layer_probe_{}",
+                    c.at.name().replace(' ', "_")
+                ),
+                n: forget,
+                original: best(&c.original),
+                unlearned: c.unlearned.as_deref().map(best),
+                lower_is_better: true,
+                reference: false,
+            }
+        })
+        .collect()
+}
+
+/// Run `unlearn eval`: the facts of the run, the unlearned model's measures and the (cached)
+/// original's, the latent probes, one table and `metrics.json`.
 pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<EvalMetrics> {
     let t0 = std::time::Instant::now();
     crate::outdir::prepare(
@@ -441,44 +583,18 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<EvalMetrics> {
     )?;
     let rt = run_task(a.unlearned.as_deref(), &a.task, &a.known, a.dedup)?;
     let original = LanguageModel::load(&a.model, device)?;
-    let RunFacts {
-        manifest,
-        task,
-        forget,
-        rest,
-        trained,
-        new_answers,
-    } = facts_of_run(&original, rt, &a.forget, a.seed)?;
-    // Latent-knowledge probes train on known facts outside the forget set and the test split.
-    let probe_facts: Vec<Fact> = rest
-        .iter()
-        .filter(|f| Split::of(f) != Split::Test)
-        .take(LATENT_PROBE_FACTS)
-        .cloned()
-        .collect();
-    let forget_spec = manifest
-        .as_ref()
-        .and_then(|m| m["forget_split"].as_str())
-        .unwrap_or(&a.forget)
-        .to_string();
-    // Held out: the reported split (test; validation for a run on validation subjects). A
-    // run's retain facts are train-split facts; a manifest written before the splits may
-    // name others, which are left out.
-    let held_out: Vec<Fact> = known::held_out(&rest, &forget, &forget_spec, a.seed, usize::MAX)
-        .into_iter()
-        .filter(|f| !trained.contains(&f.id))
-        .take(a.held_out)
-        .collect();
+    let rf = facts_of_run(&original, rt, &a.forget, a.seed)?;
+    let ef = eval_facts(a, &rf);
     eprintln!(
         "evaluating {} forget facts and {} held-out facts",
-        forget.len(),
-        held_out.len()
+        ef.forget.len(),
+        ef.held_out.len()
     );
-    let plan = Plan::new(&forget, &held_out, &probe_facts, a.suite)?;
+    let plan = Plan::new(&ef.forget, &ef.held_out, &ef.probe_facts, a.suite)?;
     for s in &plan.skipped {
         eprintln!("left out: {} ({})", s.metric, s.why);
     }
-
+    let new_answers = rf.new_answers.as_deref();
     let unlearned_lm = match &a.unlearned {
         Some(d) => Some(LanguageModel::load(&d.display().to_string(), device)?),
         None => None,
@@ -487,119 +603,50 @@ pub fn run(a: &EvalArgs, device: &candle_core::Device) -> Result<EvalMetrics> {
         Some(lm) => Some(measure(
             lm,
             &original,
-            &forget,
-            &held_out,
-            new_answers.as_deref(),
+            &ef.forget,
+            &ef.held_out,
+            new_answers,
             a,
             &plan,
         )?),
         None => None,
     };
-    // The original model's numbers depend only on it, the facts and the suite: cached. An
-    // entry from a version that measured other things (it lacks a row the unlearned model
-    // has) is measured again rather than leaving that row out.
-    let key = serde_json::to_vec(
-        &json!({"v": 3, "model": crate::model::cache_fingerprint(&original.origin)?,
-        "forget": forget, "held_out": held_out, "new": new_answers, "suite": a.suite, "seed": a.seed}),
-    )?;
-    let same_rows = |cached: &(Measures, Fluency)| {
-        unl.as_ref()
-            .is_none_or(|(u, _)| u.keys().eq(cached.0.keys()))
-    };
-    let (orig_m, orig_f): (Measures, Fluency) =
-        crate::util::cached_json_if("eval", &key, same_rows, || {
-            measure(
-                &original,
-                &original,
-                &forget,
-                &held_out,
-                new_answers.as_deref(),
-                a,
-                &plan,
-            )
-        })?;
-    let timing = |m: &Measures| -> BTreeMap<String, f64> {
-        m.iter()
-            .filter_map(|(k, v)| k.strip_prefix("seconds.").map(|s| (s.to_string(), v.1)))
-            .collect()
-    };
-    let section_seconds = BeforeAfter {
-        original: timing(&orig_m),
-        unlearned: unl.as_ref().map(|(m, _)| timing(m)),
-    };
-    let mut rows: Vec<Row> = orig_m
-        .iter()
-        .filter(|(k, _)| !k.starts_with("seconds."))
-        .map(|(k, &(n, v, lower))| Row {
-            metric: k.clone(),
-            n,
-            original: v,
-            unlearned: unl.as_ref().and_then(|(m, _)| m.get(k).map(|x| x.1)),
-            lower_is_better: lower,
-            reference: REFERENCE_METRICS.contains(&k.as_str()),
-        })
-        .collect();
+    let (orig_m, orig_f) = original_measures(a, &original, &ef, new_answers, &plan, unl.as_ref())?;
+    let unl_m = unl.as_ref().map(|(m, _)| m);
+    let mut rows = table_rows(&orig_m, unl_m);
     let t_latent = std::time::Instant::now();
     let latent = if plan.latent {
         latent::latent(
             &original,
             unlearned_lm.as_ref(),
-            &probe_facts,
-            &forget,
-            new_answers.as_deref(),
+            &ef.probe_facts,
+            &ef.forget,
+            new_answers,
         )?
     } else {
         Vec::new()
     };
-    // Layers below the first updated block are the same in both models: the summary row reads
-    // only the residual streams an unlearning run can change (index l = after block l − 1).
-    let first_changed = manifest
-        .as_ref()
-        .and_then(|m| m["params"].as_array())
-        .and_then(|ps| {
-            ps.iter()
-                .filter_map(|p| p.as_str().and_then(crate::forget::trainer::layer_of))
-                .min()
-        })
-        .map_or(0, |l| l + 1);
-    for c in &latent {
-        let best = |v: &[f64]| {
-            v.iter()
-                .skip(first_changed)
-                .cloned()
-                .fold(f64::NAN, f64::max)
-        };
-        rows.push(Row {
-            metric: format!(
-                "latent.forget.best_layer_probe_{}",
-                c.at.name().replace(' ', "_")
-            ),
-            n: forget.len(),
-            original: best(&c.original),
-            unlearned: c.unlearned.as_deref().map(best),
-            lower_is_better: true,
-            reference: false,
-        });
-    }
+    let first_changed = first_changed_index(rf.manifest.as_ref());
+    rows.extend(latent_rows(&latent, ef.forget.len(), first_changed));
     print_table(&rows);
     let out = EvalMetrics {
         head: TableHead {
             tool: crate::util::tool_id(),
             model: a.model.clone(),
             unlearned: a.unlearned.clone(),
-            task: task.clone(),
+            task: rf.task.clone(),
             suite: a.suite.name().into(),
-            forget_facts: forget.len(),
-            held_out_facts: held_out.len(),
-            manifest,
+            forget_facts: ef.forget.len(),
+            held_out_facts: ef.held_out.len(),
+            manifest: rf.manifest.clone(),
             rows,
         },
-        splits: crate::data::splits::labels(&forget_spec),
+        splits: crate::data::splits::labels(&ef.forget_spec),
         skipped: plan.skipped,
         latent,
-        latent_probe_facts: probe_facts.len(),
+        latent_probe_facts: ef.probe_facts.len(),
         latent_summary_from_index: first_changed,
-        section_seconds,
+        section_seconds: section_seconds(&orig_m, unl_m),
         latent_seconds: t_latent.elapsed().as_secs_f64(),
         fluency_samples: BeforeAfter {
             original: orig_f.samples,

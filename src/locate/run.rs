@@ -441,12 +441,7 @@ struct Found<'a> {
 }
 
 /// localization.json (the localization and the method's own measurements) and its charts.
-fn write_outputs(
-    a: &LocateArgs,
-    lm: &LanguageModel,
-    loc: &Localization,
-    f: &Found,
-) -> Result<()> {
+fn write_outputs(a: &LocateArgs, lm: &LanguageModel, loc: &Localization, f: &Found) -> Result<()> {
     let n_layers = lm.model.config.num_layers;
     let s = f.scores;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -516,9 +511,14 @@ fn write_outputs(
         )?;
     }
     if let Some(c) = &s.probes {
-        write(&a.out.join("probes.svg"), &probe_svg(c, f.known_facts.len()))?;
+        write(
+            &a.out.join("probes.svg"),
+            &probe_svg(c, f.known_facts.len()),
+        )?;
     }
-    let hl: Vec<bool> = (0..n_layers).map(|l| f.chosen_layers.contains(&l)).collect();
+    let hl: Vec<bool> = (0..n_layers)
+        .map(|l| f.chosen_layers.contains(&l))
+        .collect();
     let title = format!(
         "{} ({}: red = chosen)",
         match a.method.as_str() {

@@ -227,7 +227,11 @@ impl Experiment {
     /// of `seeds` as `NAME-seedS`.
     pub fn runs(&self) -> Vec<(&UnlearnSpec, u64, String)> {
         if self.seeds.is_empty() {
-            return self.unlearn.iter().map(|u| (u, self.seed, u.name.clone())).collect();
+            return self
+                .unlearn
+                .iter()
+                .map(|u| (u, self.seed, u.name.clone()))
+                .collect();
         }
         // Seed by seed: a long experiment stopped part-way has every run at the first seeds.
         let mut v = Vec::new();
