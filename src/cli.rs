@@ -98,6 +98,12 @@ pub fn inspect(spec: &str, as_json: bool) -> Result<()> {
         "rope         base {} (local {:?})",
         c.rope_theta, c.rope_local_theta
     );
+    if let Some(lr) = &c.rope_longrope {
+        println!(
+            "             LongRoPE: long factors past {} tokens, attention factor {:.4}",
+            lr.original_max_position_embeddings, lr.attention_factor
+        );
+    }
     println!(
         "vocabulary   {} (embeddings tied: {})",
         c.vocab_size, c.tie_word_embeddings

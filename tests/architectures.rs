@@ -1,8 +1,9 @@
 //! Every architecture against PyTorch + transformers, on the tiny random-weight models of
 //! tests/fixtures/tiny (made by its make_tiny.py): tokenizer ids, log-probabilities at every
 //! position (alone and in a left-padded batch, where sliding windows meet padding), gradients of
-//! every parameter, greedy continuations, and an export whose config.json alone (without the
-//! exact `unlearn` section) reads back to the same configuration.
+//! every parameter (of every tensor as transformers has it: Phi-3's fused ones fused from the
+//! gradients of their parts), greedy continuations, and an export whose config.json alone
+//! (without the exact `unlearn` section) reads back to the same configuration.
 
 mod refcheck;
 
@@ -212,6 +213,8 @@ fn check_gradients(arch: &str, lm: &LanguageModel, r: &Reference) -> f64 {
         "{arch}: loss {loss} vs {}",
         r.loss
     );
+    let c = &lm.model.config;
+    c.arch.tensors_to_hf(c, &mut total).unwrap();
     let (mut checked, mut worst) = (0, 0f64);
     for (key, want) in &r.tensors {
         let Some(name) = key.strip_prefix("grad.") else {
@@ -279,6 +282,14 @@ fn qwen3_with_qk_norms_matches_transformers() {
     check_arch("qwen3");
 }
 
+/// Fused qkv/gate-up projections, LongRoPE (the long factors for the 25-token prompt, the short
+/// ones for the others, the attention factor on all; greedy continuations that pass the
+/// original context), a sliding window on every layer.
+#[test]
+fn phi3_with_fused_projections_longrope_and_a_window_matches_transformers() {
+    check_arch("phi3");
+}
+
 #[test]
 fn gemma_1_matches_transformers() {
     check_arch("gemma");
@@ -333,14 +344,16 @@ fn llama_with_gguf_style_rope_factors_matches_transformers() {
     }
 }
 
-/// The tiny Gemma 1, Gemma 2 and Qwen 3 as llama.cpp's converter writes them (model.gguf, by
-/// make_gguf.py; transformers reads the Qwen 3 file's tensors back exactly) load to the Hugging
-/// Face directory's weights and configuration — up to what GGUF does not carry: Gemma 2's
-/// query scale, which llama.cpp fixes at 1/sqrt(head_dim), and float32 metadata — and the same
-/// token ids; where the configuration is whole, the log-probabilities match transformers.
+/// The tiny Gemma 1, Gemma 2, Qwen 3 and Phi-3 as llama.cpp's converter writes them
+/// (model.gguf, by make_gguf.py; transformers reads the Qwen 3 and Phi-3 files' tensors back
+/// exactly) load to the Hugging Face directory's weights (Phi-3's fused ones split alike) and
+/// configuration — up to what GGUF does not carry: Gemma 2's query scale, which llama.cpp fixes
+/// at 1/sqrt(head_dim), and float32 metadata (the norm epsilon, LongRoPE's attention factor) —
+/// and the same token ids; where the configuration is whole, the log-probabilities match
+/// transformers.
 #[test]
-fn gguf_files_of_gemma_gemma2_and_qwen3_load_as_their_directories() {
-    for arch in ["gemma", "gemma2", "qwen3"] {
+fn gguf_files_of_gemma_gemma2_qwen3_and_phi3_load_as_their_directories() {
+    for arch in ["gemma", "gemma2", "qwen3", "phi3"] {
         let hf = LanguageModel::load(dir(arch).to_str().unwrap(), &device()).unwrap();
         let gguf = dir(arch).join("model.gguf");
         let g = LanguageModel::load(gguf.to_str().unwrap(), &device())
@@ -348,6 +361,10 @@ fn gguf_files_of_gemma_gemma2_and_qwen3_load_as_their_directories() {
         let mut want = hf.model.config.clone();
         assert!((g.model.config.rms_norm_eps - want.rms_norm_eps).abs() < 1e-12);
         want.rms_norm_eps = g.model.config.rms_norm_eps;
+        if let (Some(w), Some(g)) = (&mut want.rope_longrope, &g.model.config.rope_longrope) {
+            assert!((g.attention_factor - w.attention_factor).abs() < 1e-6);
+            w.attention_factor = g.attention_factor;
+        }
         let scale_carried = arch != "gemma2";
         if !scale_carried {
             want.query_pre_attn_scalar = Some(want.head_dim as f64);

@@ -93,12 +93,6 @@ impl Batch {
         self.len() == 0
     }
 
-    /// Position ids as a u32 tensor `[B·T]` (for gathering RoPE tables).
-    pub fn position_tensor(&self, device: &Device) -> Result<Tensor> {
-        let flat: Vec<u32> = self.positions.iter().flatten().copied().collect();
-        Ok(Tensor::from_vec(flat, self.size() * self.len(), device)?)
-    }
-
     /// Additive attention mask `[B, 1, T, S]` for queries in this batch's slots against `past`
     /// earlier key slots (all valid, from a KV cache) followed by this batch's slots.
     /// A query sees a key when the key is real, not in the future, and (with a window)

@@ -26,6 +26,18 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: usize,
 }
 
+/// LongRoPE frequency scaling (Phi-3's `longrope`, formerly `su`): each RoPE frequency divided
+/// by its factor (one per rotary pair) — the short factors for a sequence of at most
+/// `original_max_position_embeddings` tokens, the long ones for a longer sequence — and cos and
+/// sin multiplied by `attention_factor` whatever the length.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LongRope {
+    pub short_factor: Vec<f64>,
+    pub long_factor: Vec<f64>,
+    pub original_max_position_embeddings: usize,
+    pub attention_factor: f64,
+}
+
 /// Everything the forward pass needs to know about a model's shape and numerics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -65,6 +77,9 @@ pub struct ModelConfig {
     /// Llama 3.1's scaling (`rope_freqs.weight`): one per rotary pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_freq_factors: Option<Vec<f64>>,
+    /// LongRoPE of the global layers (Phi-3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_longrope: Option<LongRope>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -108,6 +123,7 @@ impl ModelConfig {
             rope_scaling: None,
             rope_linear_factor: None,
             rope_freq_factors: None,
+            rope_longrope: None,
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
             pad_token_id: Some(0),
@@ -129,6 +145,39 @@ impl ModelConfig {
         match self.rope_local_theta {
             Some(local) if self.is_sliding(l) => (local, false),
             _ => (self.rope_theta, true),
+        }
+    }
+
+    /// The frequency scalings of the RoPE tables of a layer (`scaled`: one that takes the global
+    /// scaling, see [`rope_of`](Self::rope_of)), one table each: a single one, or with LongRoPE
+    /// the short and the long one (see [`rope_table_of`](Self::rope_table_of)).
+    pub fn rope_scalings(&self, scaled: bool) -> Vec<crate::model::ops::RopeScaling<'_>> {
+        let base = crate::model::ops::RopeScaling {
+            llama3: self.rope_scaling.as_ref().filter(|_| scaled),
+            linear: self.rope_linear_factor.filter(|_| scaled),
+            factors: self.rope_freq_factors.as_deref().filter(|_| scaled),
+            cos_sin_scale: None,
+        };
+        match self.rope_longrope.as_ref() {
+            None => vec![base],
+            Some(lr) => [&lr.short_factor, &lr.long_factor]
+                .into_iter()
+                .map(|f| crate::model::ops::RopeScaling {
+                    factors: scaled.then_some(f.as_slice()),
+                    cos_sin_scale: scaled.then_some(lr.attention_factor),
+                    ..base
+                })
+                .collect(),
+        }
+    }
+
+    /// Which of the [`rope_scalings`](Self::rope_scalings) tables a sequence of `len` tokens
+    /// (those cached before it included) takes: 0, or with LongRoPE 1 (the long factors) when it
+    /// is longer than the original context, as transformers chooses by the length it runs.
+    pub fn rope_table_of(&self, len: usize) -> usize {
+        match &self.rope_longrope {
+            Some(lr) if len > lr.original_max_position_embeddings => 1,
+            _ => 0,
         }
     }
 
@@ -218,6 +267,9 @@ impl ModelConfig {
                 self.rope_theta
             );
         }
+        if let Some(lr) = &self.rope_longrope {
+            self.validate_longrope(lr)?;
+        }
         if let Some(f) = &self.rope_freq_factors {
             if f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
                 bail!(
@@ -227,6 +279,37 @@ impl ModelConfig {
                     self.head_dim / 2
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// LongRoPE: one positive factor per rotary pair in each set, a positive attention factor and
+    /// original context, and no other frequency scaling beside it.
+    fn validate_longrope(&self, lr: &LongRope) -> Result<()> {
+        for (name, f) in [("short", &lr.short_factor), ("long", &lr.long_factor)] {
+            if f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                bail!(
+                    "model config: {} LongRoPE {name} factors for head_dim {} (expected {} positive numbers)",
+                    f.len(),
+                    self.head_dim,
+                    self.head_dim / 2
+                );
+            }
+        }
+        if !(lr.attention_factor.is_finite() && lr.attention_factor > 0.0) {
+            bail!(
+                "model config: LongRoPE attention factor must be a positive number, got {}",
+                lr.attention_factor
+            );
+        }
+        if lr.original_max_position_embeddings == 0 {
+            bail!("model config: LongRoPE original_max_position_embeddings must be positive");
+        }
+        if self.rope_scaling.is_some()
+            || self.rope_linear_factor.is_some()
+            || self.rope_freq_factors.is_some()
+        {
+            bail!("model config: LongRoPE cannot be combined with another RoPE scaling");
         }
         Ok(())
     }
@@ -282,6 +365,20 @@ impl ModelConfig {
                 json!({"rope_type": "linear", "factor": f}),
             );
         }
+        if let Some(lr) = &self.rope_longrope {
+            // The attention factor is written as it is (transformers takes it so), and the
+            // original context also at the top level, where Phi-3's configuration reads it.
+            o.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "longrope", "short_factor": lr.short_factor,
+                       "long_factor": lr.long_factor, "attention_factor": lr.attention_factor,
+                       "original_max_position_embeddings": lr.original_max_position_embeddings}),
+            );
+            o.insert(
+                "original_max_position_embeddings".into(),
+                lr.original_max_position_embeddings.into(),
+            );
+        }
         v
     }
 }
@@ -315,6 +412,7 @@ mod tests {
             rope_scaling: None,
             rope_linear_factor: None,
             rope_freq_factors: None,
+            rope_longrope: None,
             bos_token_id: Some(2),
             eos_token_ids: vec![1],
             pad_token_id: Some(0),

@@ -37,13 +37,22 @@ pub fn generate(
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     let mut done = vec![false; prompts.len()];
     let mut input: Vec<Vec<u32>> = prompts.to_vec();
+    // Every row's tokens so far, for a run of the whole sequences again.
+    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     for _ in 0..max_new {
         if done.iter().all(|&d| d) {
             break;
         }
+        if !kv.is_empty() && rope_changes(model, &seqs) {
+            // The cached keys were rotated with the other RoPE table (LongRoPE past its
+            // original context): run the whole sequences again, as transformers' Phi-3 does.
+            kv = KvCache::new(model.config.num_layers);
+            input = seqs.clone();
+        }
         let logits = model.step(&input, pad_id, &mut kv)?;
         let next = choose(&logits, sampling, &mut rng)?;
         for (i, &tok) in next.iter().enumerate() {
+            seqs[i].push(tok);
             if !done[i] {
                 out[i].push(tok);
                 if stop_ids.contains(&tok) {
@@ -54,6 +63,14 @@ pub fn generate(
         input = next.iter().map(|&t| vec![t]).collect();
     }
     Ok(out)
+}
+
+/// Whether a row's RoPE table changes with its newest token (the last of `seqs`), so that its
+/// cached keys do not hold.
+fn rope_changes(model: &Transformer, seqs: &[Vec<u32>]) -> bool {
+    let c = &model.config;
+    seqs.iter()
+        .any(|s| c.rope_table_of(s.len() - 1) != c.rope_table_of(s.len()))
 }
 
 /// Pick one token per row from last-position logits `[B, V]`.

@@ -1,9 +1,12 @@
 //! GGUF files: metadata → [`ModelConfig`], tensors dequantized to f32 and renamed to Hugging
 //! Face names and conventions (Gemma norms stored as 1 + w become w; the q/k weights of the
 //! architectures llama.cpp stores permuted for its interleaved RoPE are put back in HF's
-//! layout, see [`qk_stored_permuted`]).
+//! layout, see [`qk_stored_permuted`]; Phi-3's fused projections are split as its Hugging Face
+//! checkpoints' are). Phi-3's LongRoPE is read from `rope_factors_short` / `rope_factors_long`
+//! and the `rope.scaling` keys; its `attention.sliding_window` (0: none) applies on every layer,
+//! as in the Hugging Face model (llama.cpp itself runs Phi-3 without it).
 
-use crate::model::config::{Arch, ModelConfig};
+use crate::model::config::{Arch, LongRope, ModelConfig};
 use crate::model::gguf_header;
 use crate::model::{TextTokenizer, Weights};
 use anyhow::{bail, Context, Result};
@@ -103,9 +106,10 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         "gemma2" => Arch::Gemma2,
         "gemma3" => Arch::Gemma3,
         "qwen3" => Arch::Qwen3,
+        "phi3" => Arch::Phi3,
         "llama" | "qwen2" | "mistral" => Arch::Llama,
         other => bail!(
-            "{}: GGUF architecture {other:?} is not supported (supported: gemma, gemma2, gemma3, llama, mistral, qwen2, qwen3)",
+            "{}: GGUF architecture {other:?} is not supported (supported: gemma, gemma2, gemma3, llama, mistral, phi3, qwen2, qwen3)",
             path.display()
         ),
     };
@@ -115,6 +119,14 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
     let heads = key_u32(ct, path, &k("attention.head_count"))?;
     let kv = opt_u32(ct, &k("attention.head_count_kv")).unwrap_or(heads);
     let head_dim = opt_u32(ct, &k("attention.key_length")).unwrap_or(hidden / heads.max(1));
+    // Phi-4-mini (converted as `phi3`) rotates 3/4 of each head.
+    let rotary = opt_u32(ct, &k("rope.dimension_count")).filter(|_| arch == Arch::Phi3);
+    if let Some(rot) = rotary.filter(|&r| r != head_dim) {
+        bail!(
+            "{}: GGUF metadata `{a}.rope.dimension_count` is {rot}, head_dim {head_dim}: RoPE on part of each head is not supported",
+            path.display()
+        );
+    }
     let emb = ct
         .tensor_infos
         .get("token_embd.weight")
@@ -139,8 +151,13 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
             Some(opt_u32(ct, &k("attention.sliding_window")).unwrap_or(512)),
             Some(6),
         ),
+        Arch::Phi3 => (
+            opt_u32(ct, &k("attention.sliding_window")).filter(|&w| w > 0),
+            None,
+        ),
         _ => (None, None),
     };
+    let gemma_window = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
     let tok_id = |key: &str| opt_u32(ct, key).map(|x| x as u32);
     let eps = opt_f64(ct, &k("attention.layer_norm_rms_epsilon")).with_context(|| {
         format!(
@@ -165,20 +182,23 @@ pub fn config_from_gguf(ct: &Content, path: &Path) -> Result<ModelConfig> {
         max_position_embeddings: opt_u32(ct, &k("context_length")).unwrap_or(4096),
         tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
         attention_bias: ct.tensor_infos.contains_key("blk.0.attn_q.bias"),
-        query_pre_attn_scalar: window.is_some().then_some(head_dim as f64),
+        query_pre_attn_scalar: gemma_window.then_some(head_dim as f64),
         final_logit_softcapping: opt_f64(ct, &k("final_logit_softcapping")),
         attn_logit_softcapping: opt_f64(ct, &k("attn_logit_softcapping")),
         activation: arch.defaults().activation,
         rope_scaling: None,
         rope_linear_factor: None,
         rope_freq_factors: None,
+        rope_longrope: None,
         bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
         eos_token_ids: tok_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: tok_id("tokenizer.ggml.padding_token_id"),
     })
 }
 
-/// HF name of a GGUF tensor (None: not part of the model, e.g. `rope_freqs`).
+/// HF name of a GGUF tensor (None: not part of the model, e.g. `rope_freqs`). Phi-3's fused
+/// tensors keep their Hugging Face names (`attn_qkv` → `qkv_proj`; its `ffn_up` holds gate and
+/// up: `gate_up_proj`).
 fn hf_name(name: &str, arch: Arch) -> Option<String> {
     match name {
         "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
@@ -193,10 +213,12 @@ fn hf_name(name: &str, arch: Arch) -> Option<String> {
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
+        "attn_qkv" => "self_attn.qkv_proj",
         "attn_output" => "self_attn.o_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" if arch == Arch::Phi3 => "mlp.gate_up_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         "attn_norm" => "input_layernorm",
@@ -207,6 +229,50 @@ fn hf_name(name: &str, arch: Arch) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{m}.{kind}"))
+}
+
+/// The values of a one-dimensional tensor of the file (None: it has no such tensor).
+fn read_vector<R: Read + Seek>(
+    ct: &Content,
+    f: &mut R,
+    name: &str,
+    path: &Path,
+) -> Result<Option<Vec<f64>>> {
+    if !ct.tensor_infos.contains_key(name) {
+        return Ok(None);
+    }
+    let t = ct
+        .tensor(f, name, &Device::Cpu)
+        .and_then(|q| q.dequantize(&Device::Cpu))
+        .map_err(|e| anyhow::anyhow!("{}: cannot read `{name}`: {e}", path.display()))?;
+    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    Ok(Some(v.into_iter().map(f64::from).collect()))
+}
+
+/// LongRoPE as llama.cpp stores Phi-3's: the factors as tensors `rope_factors_short` and
+/// `rope_factors_long`, the original context and attention factor (default 1) as metadata.
+fn longrope<R: Read + Seek>(ct: &Content, f: &mut R, path: &Path) -> Result<Option<LongRope>> {
+    let short = read_vector(ct, f, "rope_factors_short.weight", path)?;
+    let long = read_vector(ct, f, "rope_factors_long.weight", path)?;
+    let (short_factor, long_factor) = match (short, long) {
+        (None, None) => return Ok(None),
+        (Some(s), Some(l)) => (s, l),
+        _ => bail!(
+            "{}: one of the tensors `rope_factors_short.weight` and `rope_factors_long.weight` is missing",
+            path.display()
+        ),
+    };
+    let a = arch_name(ct, path)?;
+    Ok(Some(LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: key_u32(
+            ct,
+            path,
+            &format!("{a}.rope.scaling.original_context_length"),
+        )?,
+        attention_factor: opt_f64(ct, &format!("{a}.rope.scaling.attn_factor")).unwrap_or(1.0),
+    }))
 }
 
 /// Undo llama.cpp's q/k row permutation: rows (head, pair, half) → (head, half, pair).
@@ -225,16 +291,8 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
     let (mut f, ct) = read_content(path)?;
     let mut config = config_from_gguf(&ct, path)?;
     // Llama 3.1's RoPE scaling as llama.cpp stores it: the divisor of each frequency.
-    if ct.tensor_infos.contains_key("rope_freqs.weight") {
-        let t = ct
-            .tensor(&mut f, "rope_freqs.weight", &Device::Cpu)
-            .and_then(|q| q.dequantize(&Device::Cpu))
-            .map_err(|e| {
-                anyhow::anyhow!("{}: cannot read `rope_freqs.weight`: {e}", path.display())
-            })?;
-        let factors: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        config.rope_freq_factors = Some(factors.into_iter().map(f64::from).collect());
-    }
+    config.rope_freq_factors = read_vector(&ct, &mut f, "rope_freqs.weight", path)?;
+    config.rope_longrope = longrope(&ct, &mut f, path)?;
     // Before any tensor is reshaped by these numbers (a head count of 0 would divide by zero).
     config
         .validate()
@@ -269,6 +327,10 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
         weights.tensors.insert(hf, crate::model::stored(t)?);
     }
     bar.finish_and_clear();
+    config
+        .arch
+        .tensors_from_hf(&config, &mut weights.tensors)
+        .with_context(|| format!("{}", path.display()))?;
     Ok((config, weights, tokenizer))
 }
 
@@ -295,6 +357,16 @@ mod tests {
             "model.layers.1.self_attn.q_proj.bias"
         );
         assert!(hf_name("rope_freqs.weight", Arch::Llama).is_none());
+        // Phi-3's fused tensors keep their Hugging Face names until they are split.
+        assert_eq!(
+            hf_name("blk.2.ffn_up.weight", Arch::Phi3).unwrap(),
+            "model.layers.2.mlp.gate_up_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.2.attn_qkv.weight", Arch::Phi3).unwrap(),
+            "model.layers.2.self_attn.qkv_proj.weight"
+        );
+        assert!(hf_name("rope_factors_long.weight", Arch::Phi3).is_none());
     }
 
     #[test]

@@ -160,6 +160,10 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<(ModelConfig, Weights,
     if config.tie_word_embeddings {
         weights.tensors.remove("lm_head.weight");
     }
+    config
+        .arch
+        .tensors_from_hf(&config, &mut weights.tensors)
+        .with_context(|| format!("{}", dir.display()))?;
     weights
         .check_against(&config)
         .with_context(|| format!("{}", dir.display()))?;
@@ -168,7 +172,8 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<(ModelConfig, Weights,
 }
 
 /// Write a model as a Hugging Face directory: `model.safetensors` (every tensor, or only the
-/// named ones), `config.json`, tokenizer files. Each file is written atomically; an existing
+/// named ones; stored as the architecture stores them, e.g. Phi-3's fused projections),
+/// `config.json`, tokenizer files. Each file is written atomically; an existing
 /// directory's other files are left alone.
 pub fn export_hf_dir(
     config: &ModelConfig,
@@ -178,15 +183,15 @@ pub fn export_hf_dir(
     only: Option<&[String]>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut chosen: Vec<(String, Tensor)> = Vec::new();
+    let mut chosen: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, t) in &weights.tensors {
         if only.is_none_or(|o| o.contains(name)) {
-            chosen.push((
+            chosen.insert(
                 name.clone(),
                 t.to_dtype(DType::F32)?
                     .to_device(&Device::Cpu)?
                     .contiguous()?,
-            ));
+            );
         }
     }
     if let Some(o) = only {
@@ -196,6 +201,7 @@ pub fn export_hf_dir(
             }
         }
     }
+    config.arch.tensors_to_hf(config, &mut chosen)?;
     crate::util::save_safetensors_atomic(
         &chosen.into_iter().collect::<HashMap<_, _>>(),
         &dir.join("model.safetensors"),

@@ -179,8 +179,8 @@ pub fn rope_bwd(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((dy.broadcast_mul(cos)? + rotate_half_t(&dy.broadcast_mul(sin)?)?)?)
 }
 
-/// RoPE tables `cos`, `sin` of shape `[max_pos, hd]` for a given base and optional Llama 3
-/// frequency scaling.
+/// RoPE tables `cos`, `sin` of shape `[max_pos, hd]` for a given base and optional frequency
+/// scaling.
 pub fn rope_tables(
     max_pos: usize,
     head_dim: usize,
@@ -218,14 +218,15 @@ pub fn rope_tables(
     }
     // Angles in f32 like the reference (inv_freq f32, positions f32, product in f32).
     let inv32: Vec<f32> = inv.iter().map(|&v| v as f32).collect();
+    let scale = scaling.cos_sin_scale.unwrap_or(1.0) as f32;
     let mut cos = Vec::with_capacity(max_pos * head_dim);
     let mut sin = Vec::with_capacity(max_pos * head_dim);
     for p in 0..max_pos {
         for _half in 0..2 {
             for &f in &inv32 {
                 let a = (p as f32) * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                cos.push(a.cos() * scale);
+                sin.push(a.sin() * scale);
             }
         }
     }
@@ -240,8 +241,10 @@ pub fn rope_tables(
 pub struct RopeScaling<'a> {
     pub llama3: Option<&'a crate::model::config::Llama3RopeScaling>,
     pub linear: Option<f64>,
-    /// Per-frequency divisors (llama.cpp's `rope_freqs`).
+    /// Per-frequency divisors (llama.cpp's `rope_freqs`, LongRoPE's factors).
     pub factors: Option<&'a [f64]>,
+    /// cos and sin multiplied by this (LongRoPE's attention factor).
+    pub cos_sin_scale: Option<f64>,
 }
 
 /// How attention scores are formed from q·k: multiplied by `scale`, then, when `softcap` is

@@ -110,6 +110,16 @@ impl Transformer {
         if prefix.is_empty() {
             return self.last_token_logits(suffixes, tokens, pad, batch_size);
         }
+        let table = |len: usize| self.config.rope_table_of(len);
+        if suffixes
+            .iter()
+            .any(|s| table(prefix.len() + s.len()) != table(prefix.len()))
+        {
+            // The whole prompt takes another RoPE table than the prefix alone (LongRoPE past
+            // its original context): the prefix's cached keys would not hold.
+            let whole: Vec<Vec<u32>> = suffixes.iter().map(|s| [prefix, s].concat()).collect();
+            return self.last_token_logits(&whole, tokens, pad, batch_size);
+        }
         let mut shared = KvCache::new(self.config.num_layers);
         let pb = Batch::new(&[prefix.to_vec()], pad, PadSide::Left, self.device())?;
         self.run_cached(
@@ -167,10 +177,12 @@ mod tests {
     }
 
     /// Bucketed batches with the head restricted to a few tokens give the logits of the plain
-    /// full-vocabulary run of each prompt alone (Llama with biases; Gemma with soft-capping).
+    /// full-vocabulary run of each prompt alone (Llama with biases; Gemma with soft-capping;
+    /// Phi-3 with LongRoPE, whose whole prompts pass its original context where the short
+    /// prefix does not).
     #[test]
     fn bucketed_token_logits_equal_single_prompt_full_logits() {
-        for arch in [Arch::Llama, Arch::Gemma3] {
+        for arch in [Arch::Llama, Arch::Gemma3, Arch::Phi3] {
             let m = tiny_model(arch);
             let seqs: Vec<Vec<u32>> = vec![
                 vec![1, 5, 9, 3, 7, 11],
@@ -190,19 +202,20 @@ mod tests {
                 }
             }
             // The same prompts behind a shared prefix run once: equal to each whole prompt.
-            let prefix = [1u32, 17, 3, 9, 12];
-            let whole: Vec<Vec<u32>> = seqs
-                .iter()
-                .map(|s| prefix.iter().chain(&s[1..]).copied().collect())
-                .collect();
-            let suffixes: Vec<Vec<u32>> = seqs.iter().map(|s| s[1..].to_vec()).collect();
-            let shared = m
-                .last_token_logits_after(&prefix, &suffixes, &tokens, 0, 2)
-                .unwrap();
-            let plain = m.last_token_logits(&whole, &tokens, 0, 1).unwrap();
-            for (got, want) in shared.iter().zip(&plain) {
-                for (a, b) in got.iter().zip(want) {
-                    assert!((a - b).abs() < 1e-4, "{arch:?}: {got:?} vs {want:?}");
+            for prefix in [&[1u32, 17, 3, 9, 12][..], &[1, 17]] {
+                let whole: Vec<Vec<u32>> = seqs
+                    .iter()
+                    .map(|s| prefix.iter().chain(&s[1..]).copied().collect())
+                    .collect();
+                let suffixes: Vec<Vec<u32>> = seqs.iter().map(|s| s[1..].to_vec()).collect();
+                let shared = m
+                    .last_token_logits_after(prefix, &suffixes, &tokens, 0, 2)
+                    .unwrap();
+                let plain = m.last_token_logits(&whole, &tokens, 0, 1).unwrap();
+                for (got, want) in shared.iter().zip(&plain) {
+                    for (a, b) in got.iter().zip(want) {
+                        assert!((a - b).abs() < 1e-4, "{arch:?}: {got:?} vs {want:?}");
+                    }
                 }
             }
             let e = m.last_token_logits(&seqs, &[99], 0, 2).unwrap_err();

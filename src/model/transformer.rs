@@ -257,8 +257,8 @@ struct Tape {
     lowest: usize,
     end_layer: usize,
     layers: BTreeMap<usize, Recorded>,
-    /// Attention masks (all layers, sliding-window layers) and positions, for recomputing
-    /// checkpointed blocks.
+    /// Attention masks (all layers, sliding-window layers) and RoPE table rows, for
+    /// recomputing checkpointed blocks.
     masks: (Tensor, Option<Tensor>),
     pos: Tensor,
     /// Gradient masks (1 = passes) of entries replaced by patches.
@@ -276,9 +276,11 @@ pub struct Transformer {
     weights: Weights,
     trainable: BTreeSet<String>,
     names: Vec<LayerNames>,
-    /// RoPE tables (cos, sin) `[max_pos, hd]` by base.
-    /// cos/sin tables by (RoPE base, scaled).
+    /// RoPE tables (cos, sin) by (RoPE base, scaled): `[n·max_pos, hd]`, the n tables of
+    /// [`ModelConfig::rope_scalings`] one after the other.
     rope: Vec<((f64, bool), Tensor, Tensor)>,
+    /// Rows of each of those n tables (max_pos).
+    rope_rows: usize,
     device: Device,
     dtype: DType,
 }
@@ -304,12 +306,14 @@ impl Transformer {
         for l in 0..config.num_layers {
             let (base, scaled) = config.rope_of(l);
             if !rope.iter().any(|(k, _, _)| *k == (base, scaled)) {
-                let scaling = ops::RopeScaling {
-                    llama3: config.rope_scaling.as_ref().filter(|_| scaled),
-                    linear: config.rope_linear_factor.filter(|_| scaled),
-                    factors: config.rope_freq_factors.as_deref().filter(|_| scaled),
-                };
-                let (c, s) = ops::rope_tables(max_pos, config.head_dim, base, &scaling, &device)?;
+                let (mut cos, mut sin) = (Vec::new(), Vec::new());
+                for scaling in config.rope_scalings(scaled) {
+                    let (c, s) =
+                        ops::rope_tables(max_pos, config.head_dim, base, &scaling, &device)?;
+                    cos.push(c);
+                    sin.push(s);
+                }
+                let (c, s) = (Tensor::cat(&cos, 0)?, Tensor::cat(&sin, 0)?);
                 rope.push(((base, scaled), c.to_dtype(dtype)?, s.to_dtype(dtype)?));
             }
         }
@@ -320,6 +324,7 @@ impl Transformer {
             trainable: BTreeSet::new(),
             names,
             rope,
+            rope_rows: max_pos,
             device,
             dtype,
         })
@@ -472,6 +477,30 @@ impl Transformer {
             .ok()
     }
 
+    /// The RoPE table rows of a batch's slots `[B·T]`: each slot's position in the table its
+    /// row takes ([`ModelConfig::rope_table_of`] of the row's length, cached tokens included:
+    /// its largest position + 1). A row's length decides for itself alone, so a sequence gets
+    /// the same numbers whatever it is batched with (transformers decides by the batch's
+    /// longest row).
+    fn rope_index(&self, batch: &Batch) -> Result<Tensor> {
+        let rows: Vec<u32> = batch
+            .positions
+            .iter()
+            .flat_map(|row| {
+                let len = row.iter().max().map_or(0, |&p| p as usize + 1);
+                let offset = (self.config.rope_table_of(len) * self.rope_rows) as u32;
+                row.iter().map(move |&p| p + offset)
+            })
+            .collect();
+        Ok(Tensor::from_vec(
+            rows,
+            batch.size() * batch.len(),
+            &self.device,
+        )?)
+    }
+
+    /// cos and sin `[B, 1, T, hd]` of layer `l` at the table rows `pos` (see
+    /// [`rope_index`](Self::rope_index)).
     fn rope_for(&self, l: usize, pos: &Tensor, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
         let key = self.config.rope_of(l);
         let (_, c, s) = self
@@ -590,7 +619,7 @@ impl Transformer {
                 self.hook(HookPoint::Embed, e, hooks, &mut cache, &mut keep)?
             }
         };
-        let pos = batch.position_tensor(&self.device)?;
+        let pos = self.rope_index(batch)?;
         let mask_global = batch.attn_mask(&[], None, self.dtype, &self.device)?;
         let mask_local = match self.config.sliding_window {
             Some(w) if (0..n_layers).any(|l| self.config.is_sliding(l)) => {
@@ -1410,7 +1439,7 @@ impl Transformer {
         self.check_batch(batch)?;
         let (b, t) = (batch.size(), batch.len());
         let mut keep = BTreeMap::new();
-        let pos = batch.position_tensor(&self.device)?;
+        let pos = self.rope_index(batch)?;
         let mask_global = batch.attn_mask(&kv.keys, None, self.dtype, &self.device)?;
         let mask_local = match self.config.sliding_window {
             Some(w) => Some(batch.attn_mask(&kv.keys, Some(w), self.dtype, &self.device)?),

@@ -3,13 +3,14 @@
 
 use super::*;
 use crate::model::batch::PadSide;
-use crate::model::config::{Arch, Llama3RopeScaling};
+use crate::model::config::{Arch, Llama3RopeScaling, LongRope};
 use crate::model::hooks::{Patch, Selection};
 use crate::model::ops::tests::rnd;
 
 /// A tiny config of `arch` that exercises its particulars: windows of 3 on alternating layers
-/// (Gemma 2/3), soft caps the scores reach (Gemma 2), Llama 3.1 RoPE scaling and q/k/v biases
-/// (Llama), a final soft cap (Gemma 3).
+/// (Gemma 2/3) or on every layer (Phi-3), soft caps the scores reach (Gemma 2), Llama 3.1 RoPE
+/// scaling and q/k/v biases (Llama), a final soft cap (Gemma 3), LongRoPE past 4 tokens (Phi-3:
+/// of the two [`seqs`], the longer takes the long factors).
 pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
     let defaults = arch.defaults();
     let windowed = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
@@ -25,7 +26,7 @@ pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
         rope_local_theta: (arch == Arch::Gemma3).then_some(100.0),
-        sliding_window: windowed.then_some(3),
+        sliding_window: (windowed || arch == Arch::Phi3).then_some(3),
         sliding_window_pattern: windowed.then_some(2),
         max_position_embeddings: 64,
         tie_word_embeddings: defaults.tie_word_embeddings,
@@ -42,6 +43,12 @@ pub(crate) fn tiny_config(arch: Arch) -> ModelConfig {
         }),
         rope_linear_factor: None,
         rope_freq_factors: None,
+        rope_longrope: (arch == Arch::Phi3).then(|| LongRope {
+            short_factor: vec![1.0, 2.0],
+            long_factor: vec![3.0, 5.0],
+            original_max_position_embeddings: 4,
+            attention_factor: 1.2,
+        }),
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         pad_token_id: Some(0),
@@ -350,7 +357,7 @@ fn patching_the_clean_activation_restores_the_clean_output_exactly() {
 
 #[test]
 fn padded_batches_match_single_runs_on_both_sides() {
-    for arch in [Arch::Gemma3, Arch::Llama] {
+    for arch in [Arch::Gemma3, Arch::Llama, Arch::Phi3] {
         let m = tiny_model(arch);
         for side in [PadSide::Left, PadSide::Right] {
             let b = batch(&m, side);
@@ -461,7 +468,8 @@ fn layer_ranges_compose() {
 
 #[test]
 fn kv_cache_generation_matches_recomputation() {
-    for arch in [Arch::Gemma3, Arch::Llama] {
+    // Phi-3: the shorter prompt passes LongRoPE's original context at its first new token.
+    for arch in [Arch::Gemma3, Arch::Llama, Arch::Phi3] {
         let m = tiny_model(arch);
         let prompts = seqs();
         let fast =
@@ -566,6 +574,7 @@ fn checkpointed_runs_give_the_same_gradients() {
         Arch::Gemma3,
         Arch::Llama,
         Arch::Qwen3,
+        Arch::Phi3,
     ] {
         let mut m = tiny_model(arch);
         let mut names = m.mlp_param_names(&[0, 2]);

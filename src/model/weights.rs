@@ -1,6 +1,8 @@
 //! The weights of a model as named f32 tensors, in Hugging Face naming and conventions
 //! (`model.layers.{l}.mlp.down_proj.weight`, out × in; Gemma norms stored as `w` with scale 1+w;
-//! Llama q/k in the HF (un-permuted) layout), so that export is a plain write.
+//! Llama q/k in the HF (un-permuted) layout), so that export is a plain write — but for Phi-3's
+//! fused projections, which are held split into q/k/v and gate/up (see
+//! [`crate::model::arch::phi3`]).
 
 use crate::model::config::ModelConfig;
 use anyhow::{bail, Result};

@@ -194,7 +194,8 @@ pub fn safetensors() -> Vec<u8> {
     out
 }
 
-/// config.json texts: a Llama, a Gemma 3 with a text config, an exact `unlearn` section.
+/// config.json texts: a Llama, a Gemma 3 with a text config, a Phi-3 with LongRoPE, an exact
+/// `unlearn` section.
 pub fn config_jsons() -> Vec<String> {
     let llama = serde_json::json!({"model_type": "llama", "hidden_size": 8, "num_attention_heads": 2,
         "num_key_value_heads": 1, "intermediate_size": 16, "num_hidden_layers": 2, "vocab_size": 32,
@@ -206,10 +207,14 @@ pub fn config_jsons() -> Vec<String> {
         "num_attention_heads": 2, "head_dim": 4, "intermediate_size": 16, "num_hidden_layers": 6,
         "vocab_size": 32, "sliding_window": 512, "query_pre_attn_scalar": 256,
         "layer_types": ["sliding_attention", "full_attention"], "rope_scaling": null}});
+    let phi3 = serde_json::json!({"model_type": "phi3", "hidden_size": 8, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "intermediate_size": 16, "num_hidden_layers": 2, "vocab_size": 32,
+        "max_position_embeddings": 64, "original_max_position_embeddings": 16, "sliding_window": 7,
+        "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.5], "long_factor": [2.0, 4.0]}});
     let cfg = unlearn::model::hf_dir::config_from_hf(&llama, std::path::Path::new("c.json"))
         .expect("the seed config is valid");
     let exact = serde_json::json!({ "unlearn": cfg });
-    [llama, gemma, exact]
+    [llama, gemma, phi3, exact]
         .iter()
         .map(|v| v.to_string())
         .collect()

@@ -1,6 +1,7 @@
 //! Reading a Hugging Face `config.json`: the fields every architecture shares, RoPE in both the
 //! classic (`rope_theta` + `rope_scaling`) and the transformers 5 (`rope_parameters`, flat or by
 //! layer type) forms, and `layer_types`. Each architecture's file adds its own fields.
+//! RoPE on part of each head (`partial_rotary_factor` below 1, as Phi-4-mini has) is refused.
 
 use super::Arch;
 use crate::model::config::{Activation, Llama3RopeScaling, ModelConfig};
@@ -22,6 +23,20 @@ pub struct Rope {
     pub local_theta: Option<f64>,
     pub llama3: Option<Llama3RopeScaling>,
     pub linear_factor: Option<f64>,
+    /// LongRoPE's parameters as given (an architecture that takes it makes them a
+    /// [`crate::model::config::LongRope`]; [`HfConfig::base`] refuses them).
+    pub longrope: Option<LongRopeParams>,
+}
+
+/// The parameters of a `longrope` (or `su`) RoPE scaling object, as `config.json` gives them.
+#[derive(Debug, Default, PartialEq)]
+pub struct LongRopeParams {
+    /// Where they are (`rope_scaling`, `rope_parameters`), for errors.
+    pub what: String,
+    pub short_factor: Vec<f64>,
+    pub long_factor: Vec<f64>,
+    pub factor: Option<f64>,
+    pub attention_factor: Option<f64>,
 }
 
 /// Which layers attend within a sliding window, as `layer_types` gives them.
@@ -117,7 +132,7 @@ impl<'a> HfConfig<'a> {
                     rope.local_theta = local.get("rope_theta").and_then(|x| x.as_f64());
                     let mut scaled = Rope::default();
                     self.scaling(local, &mut scaled, "rope_parameters.sliding_attention")?;
-                    if scaled.llama3.is_some() || scaled.linear_factor.is_some() {
+                    if scaled != Rope::default() {
                         bail!(self.err("RoPE scaling of sliding-window layers is not supported"));
                     }
                 }
@@ -130,6 +145,7 @@ impl<'a> HfConfig<'a> {
             Some(other) => bail!(self.err(format!("rope_parameters {other} is not an object"))),
         }
         rope.theta = rope.theta.or(self.opt_f("rope_theta"));
+        self.full_rotary(self.v.get("partial_rotary_factor"), "partial_rotary_factor")?;
         rope.local_theta = rope.local_theta.or(self.opt_f("rope_local_base_freq"));
         match self.v.get("rope_scaling") {
             Some(Value::Object(o)) => self.scaling(o, &mut rope, "rope_scaling")?,
@@ -139,8 +155,34 @@ impl<'a> HfConfig<'a> {
         Ok(rope)
     }
 
+    /// Refuse a `partial_rotary_factor` (at `what`) other than 1.
+    fn full_rotary(&self, factor: Option<&Value>, what: &str) -> Result<()> {
+        match factor {
+            None | Some(Value::Null) => Ok(()),
+            Some(x) if x.as_f64() == Some(1.0) => Ok(()),
+            Some(x) => bail!(self.err(format!(
+                "{what} = {x}: RoPE on part of each head is not supported (only 1.0)"
+            ))),
+        }
+    }
+
+    /// A list of numbers at `o[k]` (`what` names `o` in errors).
+    fn numbers(&self, o: &Map<String, Value>, k: &str, what: &str) -> Result<Vec<f64>> {
+        let bad = || self.err(format!("{what}.{k} is missing or not a list of numbers"));
+        o.get(k)
+            .and_then(|x| x.as_array())
+            .ok_or_else(bad)?
+            .iter()
+            .map(|x| x.as_f64().ok_or_else(bad))
+            .collect()
+    }
+
     /// The scaling of one RoPE parameter object into `rope`.
     fn scaling(&self, o: &Map<String, Value>, rope: &mut Rope, what: &str) -> Result<()> {
+        self.full_rotary(
+            o.get("partial_rotary_factor"),
+            &format!("{what}.partial_rotary_factor"),
+        )?;
         let kind = o
             .get("rope_type")
             .or(o.get("type"))
@@ -163,8 +205,17 @@ impl<'a> HfConfig<'a> {
                         as usize,
                 })
             }
+            "longrope" | "su" => {
+                rope.longrope = Some(LongRopeParams {
+                    what: what.to_string(),
+                    short_factor: self.numbers(o, "short_factor", what)?,
+                    long_factor: self.numbers(o, "long_factor", what)?,
+                    factor: o.get("factor").and_then(|x| x.as_f64()),
+                    attention_factor: o.get("attention_factor").and_then(|x| x.as_f64()),
+                })
+            }
             other => bail!(self.err(format!(
-                "{what}: RoPE type {other:?} is not supported (supported: default, linear, llama3)"
+                "{what}: RoPE type {other:?} is not supported (supported: default, linear, llama3, longrope)"
             ))),
         }
         Ok(())
@@ -227,6 +278,12 @@ impl<'a> HfConfig<'a> {
 
     /// The fields every architecture shares, with the architecture's [`super::Defaults`].
     pub fn base(&self, arch: Arch, rope: &Rope) -> Result<ModelConfig> {
+        if let Some(p) = &rope.longrope {
+            bail!(self.err(format!(
+                "{}: RoPE type longrope is read for model_type phi3 only",
+                p.what
+            )));
+        }
         let hidden = self.u("hidden_size")?;
         let heads = self.u("num_attention_heads")?;
         let d = arch.defaults();
@@ -257,6 +314,7 @@ impl<'a> HfConfig<'a> {
             rope_scaling: rope.llama3,
             rope_linear_factor: rope.linear_factor,
             rope_freq_factors: None,
+            rope_longrope: None,
             bos_token_id: self.ids("bos_token_id").first().copied(),
             eos_token_ids: self.ids("eos_token_id"),
             pad_token_id: self.ids("pad_token_id").first().copied(),
@@ -301,6 +359,7 @@ pub fn config_from_hf(v: &Value, file: &Path) -> Result<ModelConfig> {
         Arch::Gemma3 => super::gemma3::from_hf(&h)?,
         Arch::Llama => super::llama::from_hf(&h, model_type)?,
         Arch::Qwen3 => super::qwen3::from_hf(&h)?,
+        Arch::Phi3 => super::phi3::from_hf(&h)?,
     };
     if c.sliding_window.is_none() {
         c.sliding_window_pattern = None;

@@ -1,10 +1,12 @@
 //! The architectures the transformer runs, each one's differences in one file: its block layout
 //! (which norms, q/k norms, the `1 + w` norm convention, the embedding scale), how its Hugging
-//! Face `config.json` maps onto [`ModelConfig`], and what an export writes back.
+//! Face `config.json` maps onto [`ModelConfig`], how its stored tensors map onto the ones the
+//! transformer uses, and what an export writes back.
 //!
 //! * [`gemma`]: Gemma 1. * [`gemma2`]: Gemma 2 (soft-capping, alternating sliding windows).
 //! * [`gemma3`]: Gemma 3 (q/k norms, local and global RoPE bases).
 //! * [`llama`]: Llama 2/3/3.1, SmolLM2, Mistral (sliding window), Qwen2 (q/k/v bias).
+//! * [`phi3`]: Phi-3 / Phi-3.5 (fused qkv and gate/up projections, LongRoPE, a sliding window).
 //! * [`qwen3`]: Qwen 3 (q/k norms without bias).
 
 pub mod gemma;
@@ -12,12 +14,16 @@ pub mod gemma2;
 pub mod gemma3;
 mod hf_config;
 pub mod llama;
+pub mod phi3;
 pub mod qwen3;
 
-pub use hf_config::{config_from_hf, HfConfig};
+pub use hf_config::{config_from_hf, HfConfig, LongRopeParams};
 
 use crate::model::config::ModelConfig;
+use anyhow::Result;
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Which block layout the model uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +40,8 @@ pub enum Arch {
     Llama,
     /// Qwen 3: Llama's block with RMS-normed queries and keys.
     Qwen3,
+    /// Phi-3: Llama's block stored with fused projections; LongRoPE.
+    Phi3,
 }
 
 /// What a block computes beyond the shared pre-norm attention + gated MLP.
@@ -59,11 +67,12 @@ pub struct Defaults {
 
 impl Arch {
     /// Every architecture, for listings.
-    pub const ALL: [Arch; 5] = [
+    pub const ALL: [Arch; 6] = [
         Arch::Gemma,
         Arch::Gemma2,
         Arch::Gemma3,
         Arch::Llama,
+        Arch::Phi3,
         Arch::Qwen3,
     ];
 
@@ -74,6 +83,7 @@ impl Arch {
             Arch::Gemma3 => "gemma3",
             Arch::Llama => "llama",
             Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
         }
     }
 
@@ -85,6 +95,7 @@ impl Arch {
             Arch::Gemma3 => gemma3::LAYOUT,
             Arch::Llama => llama::LAYOUT,
             Arch::Qwen3 => qwen3::LAYOUT,
+            Arch::Phi3 => phi3::LAYOUT,
         }
     }
 
@@ -96,6 +107,7 @@ impl Arch {
             Arch::Gemma3 => gemma3::DEFAULTS,
             Arch::Llama => llama::DEFAULTS,
             Arch::Qwen3 => qwen3::DEFAULTS,
+            Arch::Phi3 => phi3::DEFAULTS,
         }
     }
 
@@ -114,6 +126,7 @@ impl Arch {
             Arch::Gemma3 => gemma3::HF_MODEL_TYPES,
             Arch::Llama => llama::HF_MODEL_TYPES,
             Arch::Qwen3 => qwen3::HF_MODEL_TYPES,
+            Arch::Phi3 => phi3::HF_MODEL_TYPES,
         }
     }
 
@@ -135,6 +148,24 @@ impl Arch {
             Arch::Gemma3 => gemma3::hf_json(c),
             Arch::Llama => llama::hf_json(c),
             Arch::Qwen3 => qwen3::hf_json(c),
+            Arch::Phi3 => phi3::hf_json(c),
+        }
+    }
+
+    /// Tensors as a checkpoint stores them (Hugging Face names; GGUF's after renaming) → the
+    /// tensors the transformer uses: Phi-3's fused projections split.
+    pub fn tensors_from_hf(&self, c: &ModelConfig, t: &mut BTreeMap<String, Tensor>) -> Result<()> {
+        match self {
+            Arch::Phi3 => phi3::split_fused(c, t),
+            _ => Ok(()),
+        }
+    }
+
+    /// The inverse of [`tensors_from_hf`](Self::tensors_from_hf), for an export.
+    pub fn tensors_to_hf(&self, c: &ModelConfig, t: &mut BTreeMap<String, Tensor>) -> Result<()> {
+        match self {
+            Arch::Phi3 => phi3::fuse(c, t),
+            _ => Ok(()),
         }
     }
 }
