@@ -178,6 +178,12 @@ fn noise_base(lm: &LanguageModel, known_facts: &[Fact], from: &str) -> Result<f6
     }
 }
 
+/// A traced fact's prompt ids (BOS first), its subject's token span and its answer's token.
+fn encoded(lm: &LanguageModel, f: &Fact) -> Result<(Vec<u32>, std::ops::Range<usize>, u32)> {
+    let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+    Ok((ids, span, known::answer_token(lm, &f.answer)?))
+}
+
 /// Causal tracing of each fact: the residual at every layer × token, the MLPs restored at the
 /// last subject token, and (with `a.heads`) every head at the last token; averaged over facts.
 fn trace_facts(
@@ -196,8 +202,7 @@ fn trace_facts(
     let bar = crate::util::progress(traced.len() as u64, "tracing facts");
     for f in traced {
         bar.inc(1);
-        let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
-        let answer = known::answer_token(lm, &f.answer)?;
+        let (ids, span, answer) = encoded(lm, f)?;
         let base = TraceOpts {
             samples: a.samples,
             seed: a.seed,
@@ -273,7 +278,7 @@ fn attribution_scores(
 ) -> Result<Scores> {
     let mut items = Vec::new();
     for f in traced {
-        let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+        let (ids, span, answer) = encoded(lm, f)?;
         let alt = f
             .candidates
             .iter()
@@ -293,7 +298,7 @@ fn attribution_scores(
         items.push(super::attribution::AttributionItem {
             ids,
             subject: span,
-            answer: known::answer_token(lm, &f.answer)?,
+            answer,
             alternative: known::answer_token(lm, alt)?,
             corrupt_ids,
         });
@@ -324,11 +329,11 @@ fn path_patch_scores(
 ) -> Result<Scores> {
     let mut items = Vec::new();
     for f in traced {
-        let (ids, span) = lm.tokenizer.encode_with_span(&f.prompt, &f.subject, true)?;
+        let (ids, span, answer) = encoded(lm, f)?;
         items.push(super::path_patch::PathItem {
             ids,
             subject: span,
-            answer: known::answer_token(lm, &f.answer)?,
+            answer,
         });
     }
     let o = super::path_patch::PathOpts {
