@@ -75,10 +75,8 @@ def main(root, vs=None):
         name = p.parent.name
         man = m.get("manifest") or {}
         vals = [fmt(rows.get(k, {}).get("unlearned"), kind) for k, _, kind in cols]
-        rl = root / "relearn" / name / "relearn.json"
-        if rl.exists():
-            c = json.loads(rl.read_text())["curve"]
-            u = c["unseen"]
+        u = unseen_curve(p)
+        if u:
             rl_s = f"{100 * u[0]['top1_candidates']:.0f}% → {100 * u[-1]['top1_candidates']:.0f}% (p {u[0]['mean_p']:.2f} → {u[-1]['mean_p']:.2f})"
         else:
             rl_s = "–"
@@ -90,13 +88,19 @@ def main(root, vs=None):
         seeds_table(groups, cols, vs)
 
 
+def unseen_curve(eval_path):
+    """The relearning attack's points on the unseen half for the run of `eval/NAME/metrics.json`
+    (None when the experiment ran no attack)."""
+    rl = eval_path.parent.parent.parent / "relearn" / eval_path.parent.name / "relearn.json"
+    return json.loads(rl.read_text())["curve"]["unseen"] if rl.exists() else None
+
+
 def eval_rows(p):
     """The rows of an evaluation, with the relearning attack's unseen half after it (when the
     experiment ran one) as one more row."""
     rows = {r["metric"]: r for r in json.loads(p.read_text())["rows"]}
-    rl = p.parent.parent.parent / "relearn" / p.parent.name / "relearn.json"
-    if rl.exists():
-        u = json.loads(rl.read_text())["curve"]["unseen"]
+    u = unseen_curve(p)
+    if u:
         rows[RELEARN] = {"original": u[0]["top1_candidates"],
                          "unlearned": u[-1]["top1_candidates"], "n": u[-1]["n"]}
     return rows

@@ -345,14 +345,13 @@ fn path_patch_scores(
     let bar = crate::util::progress(2 * items.len() as u64, "path patching");
     let paths = super::path_patch::path_patch(&lm.model, &items, &o, || bar.inc(1))?;
     bar.finish_and_clear();
+    let c = &lm.model.config;
     Ok(Scores {
         mlp: paths.mlp_via_heads.clone(),
         head: paths.head_direct.clone(),
         heads_measured: true,
         paths: Some(paths),
-        trace: None,
-        attribution: None,
-        probes: None,
+        ..Scores::empty(c.num_layers, c.num_heads)
     })
 }
 
