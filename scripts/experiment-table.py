@@ -2,6 +2,8 @@
 """Print the markdown table of an `unlearn run` output directory (docs/results.md uses it).
 
 usage: scripts/experiment-table.py [--vs NAME] runs/<experiment>
+       scripts/experiment-table.py --choose runs/<experiment>   (a validation sweep: which
+                                  candidate of each method becomes its preset, by the rule below)
        scripts/experiment-table.py [--vs NAME] --forget-runs DIR...   (outputs of `unlearn
                                   forget`, named NAME-seedS: their own before/after numbers)
 Runs repeated over seeds (stages NAME-seedS, from `seeds = [...]` in the experiment file) get a
@@ -10,6 +12,10 @@ resamples, seeded), and beside each run whether it differs from the reference ru
 else the first name in sorted order) or ties with it (the interval of the difference contains
 0); the unseen half after the relearning attack; and whether the mean meets the forget target
 (forget <= 5 % among candidates, held-out drop <= 5 points, perplexity <= +5 %).
+--choose applies the preset rule of the sweep files (experiments/sweep-*.toml), fixed before
+their runs: per method, the candidate with the lowest mean forget accuracy among those whose mean
+held-out accuracy stays >= 95 % and whose perplexity stays within +5 %; when none qualifies, the
+highest held-out accuracy among those within +5 % perplexity; else the lowest perplexity.
 Columns: forget accuracy (top-1 among candidates, vocabulary top-1), MCQ, held-out accuracy,
 WikiText-2 perplexity, fluency, best latent-probe accuracy, relearning (unseen half before ->
 after), for the original model and every unlearning run that has an evaluation.
@@ -24,6 +30,8 @@ RESAMPLES = 2000
 RELEARN = "relearn.unseen_after"
 # The forget target: forget accuracy among candidates, held-out drop, relative perplexity rise.
 TARGET_FORGET, TARGET_HELD_OUT_DROP, TARGET_PPL_RISE = 0.05, 0.05, 0.05
+# The preset rule's guards: held-out accuracy kept, perplexity rise allowed.
+CHOOSE_HELD_OUT, CHOOSE_PPL_RISE = 0.95, 0.05
 
 COLS = [
     ("forget.top1_candidates", "forget (among sports)", "pct"),
@@ -177,6 +185,54 @@ def target(runs):
     return "met" if not missed else "not met (" + ", ".join(missed) + ")"
 
 
+def mean_of(runs, key, field="unlearned"):
+    """The mean over seeds of one row's field (None when no seed has it)."""
+    vs = [r[key][field] for _, r in runs if r.get(key, {}).get(field) is not None]
+    return sum(vs) / len(vs) if vs else None
+
+
+def choose(root):
+    """Per method, the candidate the preset rule picks, with every candidate's means."""
+    root = Path(root)
+    evals = sorted((root / "eval").glob("*/metrics.json"))
+    if not evals:
+        sys.exit(f"{root}: no eval/*/metrics.json")
+    groups = seeded_groups(evals)
+    method = {}
+    for p in evals:
+        m = re.fullmatch(r"(.+)-seed(\d+)", p.parent.name)
+        if m:
+            man = json.loads(p.read_text()).get("manifest") or {}
+            method[m.group(1)] = man.get("method", "?")
+    print("| method | candidate | seeds | forget | held-out | perplexity | qualifies | chosen |")
+    print("|---|---|---|---|---|---|---|---|")
+    for meth in sorted(set(method.values())):
+        cands = []
+        for name in sorted(n for n in groups if method.get(n) == meth):
+            runs = groups[name]
+            f = mean_of(runs, "forget.top1_candidates")
+            h = mean_of(runs, "held_out.top1_candidates")
+            p, p0 = (mean_of(runs, "utility.wikitext_perplexity", x)
+                     for x in ("unlearned", "original"))
+            if None in (f, h, p, p0):
+                continue
+            ppl_ok = p <= p0 * (1 + CHOOSE_PPL_RISE)
+            cands.append((name, len(runs), f, h, p, ppl_ok, ppl_ok and h >= CHOOSE_HELD_OUT))
+        if not cands:
+            continue
+        ok = [c for c in cands if c[6]]
+        ppl_ok = [c for c in cands if c[5]]
+        if ok:
+            pick = min(ok, key=lambda c: (c[2], -c[3]))
+        elif ppl_ok:
+            pick = max(ppl_ok, key=lambda c: (c[3], -c[2]))
+        else:
+            pick = min(cands, key=lambda c: c[4])
+        for c in cands:
+            print(f"| {meth} | {c[0]} | {c[1]} | {fmt(c[2], 'pct')} | {fmt(c[3], 'pct')} | "
+                  f"{fmt(c[4], 'f2')} | {'yes' if c[6] else 'no'} | {'**chosen**' if c is pick else ''} |")
+
+
 def seeds_table(groups, cols, vs=None):
     rng = random.Random(0)
     names = list(groups)
@@ -229,7 +285,11 @@ if __name__ == "__main__":
         if len(args) < 2:
             sys.exit("--vs needs a run name")
         vs, args = args[1], args[2:]
-    if args[:1] == ["--forget-runs"]:
+    if args[:1] == ["--choose"]:
+        if len(args) != 2:
+            sys.exit("--choose needs one experiment output directory")
+        choose(args[1])
+    elif args[:1] == ["--forget-runs"]:
         forget_runs(args[1:], vs)
     else:
         main(args[0] if args else "runs/demo", vs)

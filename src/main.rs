@@ -575,12 +575,21 @@ const FORGET_HELP: &str = "Settings (TOML keys for --config, or --set key=value)
 optim.lr depends on the method (kuda 1e-3, localized-ft 3e-5, ga/graddiff 2e-5, npo/simnpo 5e-5, rmu 1e-4). \
 Print the resolved settings with --print-config.\n\n\
   steps = 30, batch_size = 16 (forget facts per step), retain_batch_size = 32, text_batch_size = 4, \
-text_tokens = 64, text_ce_rows = 16 (targets sampled per chunk), corpus_tokens = 256 (forget passages of a corpus task are cut into pieces of at most this many tokens), grad_accum = 1, seed = 0, checkpoint_every = 10, max_abs_loss = 1e4, diverge_weight_ratio = 10 (stop when the updated weights' norm exceeds this × the original; 0 = off), diverge_retain_ratio = 100 (stop when the retain cross-entropy exceeds this × its first value; 0 = off), retain_facts = 128, retain_unknown_facts = 0 (facts the model does not know, added to the retain set), retain_namesakes = false (true: known facts about other subjects sharing a name word with a forget subject go into the retain facts first), retain_known_repeat = 1 (each known retain fact enters the retain terms this many times, the unknown ones once), forget_positions = \"prompt\" (or subject, last-subject, named = last subject token onward: where KUDA's deviation and RMU's steering act), standing_every = 10 (steps between readings of the forget facts' answers against the other candidates), stop_at_forget_acc = none (e.g. 0.05: stop at the first reading where that share of forget facts or fewer still rank their answer first; forget only)\n\
+text_tokens = 64, text_ce_rows = 16 (targets sampled per chunk), corpus_tokens = 256 (forget passages of a corpus task are cut into pieces of at most this many tokens), grad_accum = 1, seed = 0, checkpoint_every = 10, max_abs_loss = 1e4, diverge_weight_ratio = 10 (stop when the updated weights' norm exceeds this × the original; 0 = off), diverge_retain_ratio = 100 (stop when the retain cross-entropy exceeds this × its first value; 0 = off), retain_facts = 128, retain_unknown_facts = 0 (facts the model does not know, added to the retain set), retain_namesakes = false (true: known facts about other subjects sharing a name word with a forget subject go into the retain facts first), forget_positions = \"prompt\" (or subject, last-subject, named = last subject token onward: where KUDA's deviation and RMU's steering act), standing_every = 10 (steps between readings of the forget facts' answers against the other candidates), stop_at_forget_acc = none (e.g. 0.05: stop at the first reading where that share of forget facts or fewer still rank their answer first; forget only)\n\
   [optim] rule = adamw|sgd, lr, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, warmup_steps = 2, \
 min_lr_ratio = 0.1, clip_norm = 1.0\n\
-  [kuda] beta = 3.0, token_ratio = 0.5, retain_weight = 10, text_weight = 10, retain_ce_weight = 0, \
-projection = relaxed|strict|none, tau = 0.01 (× mean eigenvalue), project_update = true (project the whole update; false: only the forget gradient), moments_per_term = false (with project_update = false: the forget terms keep their own Adam moments and their Adam update is projected), key_text_chunks = 64, \
-rep_layer (default: last updated layer), center = none|mean|unknown|known (cos(h − c, h₀ − c) around 0, the retain/text mean residual, or what the model holds at the same place in prompts about subjects it does not know (needs retain_unknown_facts) or about the known retain subjects, each answer weighted the same), focus = 0 (γ > 0: weigh each forget fact's deviation by its answer's share among the candidates^γ, so the pressure goes to the facts still known), start_perturbation = 0 (move the deviation's reference h₀ by a seeded random vector of this share of its norm, so the first steps have a fixed non-zero gradient)\n\
+  [kuda] beta = 3.0, token_ratio = 0.5, retain_weight = 10, text_weight = 10, \
+projection = relaxed|strict|none, tau = 0.01 (× mean eigenvalue), key_text_chunks = 64, \
+rep_layer (default: last updated layer), center = none|mean|unknown|known (cos(h − c, h₀ − c) around 0, the retain/text mean residual, or what the model holds at the same place in prompts about subjects it does not know (needs retain_unknown_facts) or about the known retain subjects, each answer weighted the same), focus = 0 (γ > 0: weigh each forget fact's deviation by its answer's share among the candidates^γ, so the pressure goes to the facts still known)\n\
+  Research settings, each measured against the default and chosen by no preset (docs/results.md, \
+\"KUDA's loose ends\"):\n\
+  [kuda.experimental] retain_ce_weight = 0 (an added retain cross-entropy; runs the layers above ℓ*), \
+project_update = true (project the whole update; false: only the forget gradient), moments_per_term = false \
+(with project_update = false: the forget terms keep their own Adam moments and their Adam update is projected), \
+start_perturbation = 0 (move the deviation's reference h₀ by a seeded random vector of this share of its norm, so \
+the first steps have a fixed non-zero gradient)\n\
+  [experimental] retain_known_repeat = 1 (each known retain fact enters the retain terms this many times, the \
+unknown ones once)\n\
   [localized_ft] forget_weight = 1, retain_weight = 1, text_weight = 1\n\
   graddiff_retain_weight = 1\n\
   [npo] beta = 0.1, retain_weight = 1    [simnpo] beta = 2.5, gamma = 0, retain_weight = 1\n\
@@ -1077,14 +1086,22 @@ mod tests {
             }
         }
         let mut settings = Vec::new();
-        for (k, v) in cfg.as_object().unwrap() {
+        fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
             match v.as_object() {
-                Some(sub) => {
-                    settings.extend(sub.iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2.clone())))
+                Some(obj) => {
+                    for (k, sub) in obj {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        leaves(&key, sub, out);
+                    }
                 }
-                None => settings.push((k.clone(), v.clone())),
+                None => out.push((prefix.to_string(), v.clone())),
             }
         }
+        leaves("", &cfg, &mut settings);
         for (key, value) in &settings {
             if key == "optim.lr" || key == "npo.gamma" {
                 continue;

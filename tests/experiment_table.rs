@@ -9,13 +9,18 @@ use std::process::Command;
 
 /// An `eval/NAME/metrics.json` with the rows the table reads.
 fn write_eval(root: &Path, name: &str, forget: f64, held_out: f64, ppl: f64) {
+    write_eval_of(root, name, "kuda", forget, held_out, ppl);
+}
+
+/// The same, for a run of `method`.
+fn write_eval_of(root: &Path, name: &str, method: &str, forget: f64, held_out: f64, ppl: f64) {
     let row = |metric: &str, n: usize, original: f64, unlearned: f64| {
         json!({"metric": metric, "n": n, "original": original, "unlearned": unlearned,
                "lower_is_better": false, "reference": false})
     };
     let m = json!({
         "task": "sports",
-        "manifest": {"method": "kuda", "param_count": 11_800_000},
+        "manifest": {"method": method, "param_count": 11_800_000},
         "rows": [
             row("forget.top1_candidates", 16, 1.0, forget),
             row("held_out.top1_candidates", 80, 1.0, held_out),
@@ -128,4 +133,33 @@ fn seed_table_gives_means_intervals_ties_and_the_target() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--vs nope") && err.contains("keeps"), "{err}");
+}
+
+/// `--choose`: per method, the lowest forget accuracy among candidates that keep held-out
+/// accuracy >= 95 % and perplexity within +5 %; failing that, the highest held-out accuracy
+/// within the perplexity bound.
+#[test]
+fn choose_applies_the_preset_rule_per_method() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    for s in 0..3 {
+        // npo: "deep" forgets most but loses held-out facts; "mild" qualifies; "hot" breaks
+        // the perplexity bound with the best numbers otherwise.
+        write_eval_of(root, &format!("npo-deep-seed{s}"), "npo", 0.0, 0.90, 14.0);
+        write_eval_of(root, &format!("npo-mild-seed{s}"), "npo", 0.25, 0.97, 14.2);
+        write_eval_of(root, &format!("npo-soft-seed{s}"), "npo", 0.50, 0.99, 14.0);
+        write_eval_of(root, &format!("npo-hot-seed{s}"), "npo", 0.0, 1.0, 15.0);
+        // ga: none keeps 95 %; the one with the higher held-out accuracy is taken.
+        write_eval_of(root, &format!("ga-a-seed{s}"), "ga", 0.0, 0.50, 14.0);
+        write_eval_of(root, &format!("ga-b-seed{s}"), "ga", 0.25, 0.80, 14.0);
+    }
+    let text = table(&["--choose", root.to_str().unwrap()]);
+    let chosen: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("**chosen**"))
+        .map(|l| l.split('|').nth(2).unwrap().trim())
+        .collect();
+    assert_eq!(chosen, ["ga-b", "npo-mild"], "{text}");
+    let hot = text.lines().find(|l| l.contains("| npo-hot |")).unwrap();
+    assert!(hot.contains("| no |"), "{hot}");
 }

@@ -82,18 +82,9 @@ pub struct KudaConfig {
     pub retain_weight: f64,
     /// Weight of ‖h − h₀‖² on general text.
     pub text_weight: f64,
-    /// Weight of an optional cross-entropy on retain facts (runs the layers above ℓ*).
-    pub retain_ce_weight: f64,
     pub projection: Projection,
     /// τ relative to the mean eigenvalue of the key covariance.
     pub tau: f64,
-    /// Also project the optimizer's update (Adam's per-entry scaling would otherwise undo
-    /// the projection of the gradient).
-    pub project_update: bool,
-    /// With `project_update = false`: the projected (forget) terms keep their own Adam
-    /// moments and their Adam update is projected, instead of projecting their gradient
-    /// before moments shared with the retain terms.
-    pub moments_per_term: bool,
     /// General-text chunks added to the retain facts for the key statistics.
     pub key_text_chunks: usize,
     /// Representation layer ℓ* (default: the last updated layer).
@@ -106,11 +97,9 @@ pub struct KudaConfig {
     /// the candidates)^γ, read every `standing_every` steps and scaled to average 1, so that
     /// the pressure goes to the facts the model still knows. 0 = every fact alike (SPEC).
     pub focus: f64,
-    /// The deviation's reference h₀ moved by a seeded random vector of this share of its
-    /// norm (0 = off): exp(−β(1−cos(h, h₀))) has zero gradient at h = h₀, so without it the
-    /// first steps follow float rounding (and differ with thread count and batch shapes);
-    /// with it they follow a fixed direction away from the reference.
-    pub start_perturbation: f64,
+    /// Variants that were measured (docs/results.md, "KUDA's loose ends") and did not
+    /// earn a place in a preset: `kuda.experimental.*`.
+    pub experimental: KudaExperimental,
 }
 
 impl Default for KudaConfig {
@@ -120,15 +109,44 @@ impl Default for KudaConfig {
             token_ratio: 0.5,
             retain_weight: 10.0,
             text_weight: 10.0,
-            retain_ce_weight: 0.0,
             projection: Projection::Relaxed,
             tau: 0.01,
-            project_update: true,
-            moments_per_term: false,
             key_text_chunks: 64,
             rep_layer: None,
             center: Centre::None,
             focus: 0.0,
+            experimental: KudaExperimental::default(),
+        }
+    }
+}
+
+/// KUDA's research settings (`kuda.experimental.*`): each measured against the default on
+/// validation facts, none chosen by a preset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KudaExperimental {
+    /// Weight of an optional cross-entropy on retain facts (runs the layers above ℓ*).
+    pub retain_ce_weight: f64,
+    /// Also project the optimizer's update (Adam's per-entry scaling would otherwise undo
+    /// the projection of the gradient).
+    pub project_update: bool,
+    /// With `project_update = false`: the projected (forget) terms keep their own Adam
+    /// moments and their Adam update is projected, instead of projecting their gradient
+    /// before moments shared with the retain terms.
+    pub moments_per_term: bool,
+    /// The deviation's reference h₀ moved by a seeded random vector of this share of its
+    /// norm (0 = off): exp(−β(1−cos(h, h₀))) has zero gradient at h = h₀, so without it the
+    /// first steps follow float rounding (and differ with thread count and batch shapes);
+    /// with it they follow a fixed direction away from the reference.
+    pub start_perturbation: f64,
+}
+
+impl Default for KudaExperimental {
+    fn default() -> Self {
+        KudaExperimental {
+            retain_ce_weight: 0.0,
+            project_update: true,
+            moments_per_term: false,
             start_perturbation: 0.0,
         }
     }
@@ -262,6 +280,24 @@ impl Default for RmuConfig {
     }
 }
 
+/// Research settings of the retain set (`experimental.*`), measured and not chosen by a preset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForgetExperimental {
+    /// How many times each known retain fact enters the training retain set (the unknown
+    /// ones once): the retain terms then weigh the known subjects, whose answers the
+    /// evaluation reads, this many times the unknown ones. 1 = all facts alike.
+    pub retain_known_repeat: usize,
+}
+
+impl Default for ForgetExperimental {
+    fn default() -> Self {
+        ForgetExperimental {
+            retain_known_repeat: 1,
+        }
+    }
+}
+
 /// Everything `unlearn forget` can be told.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -303,10 +339,6 @@ pub struct ForgetConfig {
     /// (a different subject sharing a name word: "Elijah Millsap" for "Paul Millsap"), then at
     /// random; off, they are drawn at random like the others and may land in the held-out set.
     pub retain_namesakes: bool,
-    /// How many times each known retain fact enters the training retain set (the unknown
-    /// ones once): the retain terms then weigh the known subjects, whose answers the
-    /// evaluation reads, this many times the unknown ones. 1 = all facts alike.
-    pub retain_known_repeat: usize,
     /// Positions of a forget fact that KUDA's deviation and RMU's steering act on: `prompt`
     /// (subject to the last prompt token), `subject`, `last-subject`, or `named` (last subject token to the last prompt token).
     pub forget_positions: ForgetPositions,
@@ -324,6 +356,9 @@ pub struct ForgetConfig {
     pub npo: PreferenceConfig,
     pub simnpo: PreferenceConfig,
     pub rmu: RmuConfig,
+    /// Retain-set variants that were measured and did not earn a place in a preset:
+    /// `experimental.*`.
+    pub experimental: ForgetExperimental,
 }
 
 impl Default for ForgetConfig {
@@ -345,7 +380,6 @@ impl Default for ForgetConfig {
             retain_facts: 128,
             retain_unknown_facts: 0,
             retain_namesakes: false,
-            retain_known_repeat: 1,
             forget_positions: ForgetPositions::Prompt,
             standing_every: 10,
             stop_at_forget_acc: None,
@@ -364,6 +398,7 @@ impl Default for ForgetConfig {
                 retain_weight: 1.0,
             },
             rmu: RmuConfig::default(),
+            experimental: ForgetExperimental::default(),
         }
     }
 }
@@ -420,15 +455,15 @@ impl ForgetConfig {
         if self.corpus_tokens < 2 {
             bail!("corpus_tokens must be at least 2");
         }
-        if self.retain_known_repeat == 0 {
-            bail!("retain_known_repeat must be at least 1 (1 = each known retain fact once)");
+        if self.experimental.retain_known_repeat == 0 {
+            bail!("experimental.retain_known_repeat must be at least 1 (1 = each known retain fact once)");
         }
         self.optim.validate()?;
         let k = &self.kuda;
-        if k.moments_per_term && k.project_update {
+        if k.experimental.moments_per_term && k.experimental.project_update {
             bail!(
-                "kuda.moments_per_term projects the forget terms' own Adam update; it goes with \
-                 kuda.project_update = false (true projects the whole update)"
+                "kuda.experimental.moments_per_term projects the forget terms' own Adam update; it \
+                 goes with kuda.experimental.project_update = false (true projects the whole update)"
             );
         }
         if !(k.focus.is_finite() && k.focus >= 0.0) {
@@ -437,10 +472,11 @@ impl ForgetConfig {
                 k.focus
             );
         }
-        if !(k.start_perturbation.is_finite() && (0.0..1.0).contains(&k.start_perturbation)) {
+        let start = k.experimental.start_perturbation;
+        if !(start.is_finite() && (0.0..1.0).contains(&start)) {
             bail!(
-                "kuda.start_perturbation must be in [0, 1) (a share of the reference's norm; got {})",
-                k.start_perturbation
+                "kuda.experimental.start_perturbation must be in [0, 1) (a share of the \
+                 reference's norm; got {start})"
             );
         }
         for (v, name) in [
@@ -477,7 +513,10 @@ impl ForgetConfig {
         for (v, name) in [
             (k.retain_weight, "kuda.retain_weight"),
             (k.text_weight, "kuda.text_weight"),
-            (k.retain_ce_weight, "kuda.retain_ce_weight"),
+            (
+                k.experimental.retain_ce_weight,
+                "kuda.experimental.retain_ce_weight",
+            ),
             (
                 self.localized_ft.forget_weight,
                 "localized_ft.forget_weight",
@@ -499,11 +538,45 @@ impl ForgetConfig {
         Ok(())
     }
 
+    /// A configuration as a manifest recorded it, with the research settings that moved under
+    /// `experimental` read from where older manifests kept them.
+    pub fn deserialize_recorded<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<ForgetConfig, D::Error> {
+        let mut v = Value::deserialize(d)?;
+        for (section, name) in MOVED_TO_EXPERIMENTAL {
+            let from = match section {
+                Some(s) => v.get_mut(*s).and_then(Value::as_object_mut),
+                None => v.as_object_mut(),
+            };
+            if let Some(old) = from.and_then(|o| o.remove(*name)) {
+                let to = match section {
+                    Some(s) => &mut v[*s],
+                    None => &mut v,
+                };
+                if to.get("experimental").is_none() {
+                    to["experimental"] = Value::Object(Default::default());
+                }
+                to["experimental"][*name] = old;
+            }
+        }
+        serde_json::from_value(v).map_err(serde::de::Error::custom)
+    }
+
     /// The defaults of every method as TOML (for `--help` and `forget --print-config`).
     pub fn defaults_toml(m: Method) -> String {
         toml::to_string(&ForgetConfig::for_method(m)).unwrap_or_default()
     }
 }
+
+/// Settings that moved under `experimental` (section, name), for manifests written before.
+const MOVED_TO_EXPERIMENTAL: &[(Option<&str>, &str)] = &[
+    (Some("kuda"), "retain_ce_weight"),
+    (Some("kuda"), "project_update"),
+    (Some("kuda"), "moments_per_term"),
+    (Some("kuda"), "start_perturbation"),
+    (None, "retain_known_repeat"),
+];
 
 /// A value given for a setting: the text after `--set key=`, or a TOML value.
 enum Given<'a> {
@@ -655,6 +728,14 @@ fn leaf_keys(v: &Value, prefix: &str) -> Vec<String> {
 /// settings of its section when none is close.
 fn suggestion(defaults: &Value, key: &str) -> String {
     let all = leaf_keys(defaults, "");
+    // A research setting that moved under `experimental`.
+    let moved = match key.rsplit_once('.') {
+        Some((section, name)) => format!("{section}.experimental.{name}"),
+        None => format!("experimental.{key}"),
+    };
+    if all.contains(&moved) {
+        return format!(" (it is a research setting now: `{moved}`)");
+    }
     let best = all
         .iter()
         .map(|k| (edit_distance(k, key), k))
@@ -721,6 +802,45 @@ mod tests {
     }
 
     #[test]
+    fn manifests_with_the_research_settings_at_their_old_places_still_load() {
+        let mut v = serde_json::to_value(ForgetConfig::for_method(Method::Kuda)).unwrap();
+        let k = v["kuda"].as_object_mut().unwrap();
+        k.remove("experimental");
+        k.insert("project_update".into(), Value::Bool(false));
+        k.insert("start_perturbation".into(), Value::from(0.05));
+        let o = v.as_object_mut().unwrap();
+        o.remove("experimental");
+        o.insert("retain_known_repeat".into(), Value::from(3));
+        let c = ForgetConfig::deserialize_recorded(v).unwrap();
+        assert!(!c.kuda.experimental.project_update);
+        assert_eq!(c.kuda.experimental.start_perturbation, 0.05);
+        assert_eq!(c.experimental.retain_known_repeat, 3);
+        assert_eq!(c.kuda.experimental.retain_ce_weight, 0.0);
+    }
+
+    #[test]
+    fn research_settings_live_under_experimental_and_old_keys_say_where() {
+        let c = ForgetConfig::resolve(
+            Method::Kuda,
+            Some("[kuda.experimental]\nproject_update = false\n"),
+            &["kuda.experimental.start_perturbation=0.05".into()],
+        )
+        .unwrap();
+        assert!(!c.kuda.experimental.project_update);
+        assert_eq!(c.kuda.experimental.start_perturbation, 0.05);
+        for (old, new) in [
+            (
+                "kuda.project_update=false",
+                "kuda.experimental.project_update",
+            ),
+            ("retain_known_repeat=2", "experimental.retain_known_repeat"),
+        ] {
+            let e = ForgetConfig::resolve(Method::Kuda, None, &[old.into()]).unwrap_err();
+            assert!(format!("{e:#}").contains(&format!("`{new}`")), "{e:#}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let e = ForgetConfig::resolve(Method::Kuda, None, &["kuda.betta=3".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("kuda.betta"), "{e:#}");
@@ -750,8 +870,12 @@ mod tests {
             "diverge_retain_ratio=0".into(),
         ];
         ForgetConfig::resolve(Method::Kuda, None, &off).unwrap();
-        let e = ForgetConfig::resolve(Method::Kuda, None, &["retain_known_repeat=0".into()])
-            .unwrap_err();
+        let e = ForgetConfig::resolve(
+            Method::Kuda,
+            None,
+            &["experimental.retain_known_repeat=0".into()],
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("retain_known_repeat"), "{e:#}");
     }
 

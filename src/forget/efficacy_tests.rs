@@ -160,7 +160,7 @@ fn kuda_unlearns_under_each_projection() {
     // Measured: none .333 / .917, strict .417 / 1, relaxed .333 / 1.
     for p in [Projection::None, Projection::Strict, Projection::Relaxed] {
         let mut c = config(Method::Kuda, 100, 3e-3);
-        c.kuda.retain_ce_weight = 5.0;
+        c.kuda.experimental.retain_ce_weight = 5.0;
         c.kuda.projection = p;
         check(&unlearn(Method::Kuda, &c), 0.5, 0.83);
     }

@@ -37,6 +37,7 @@ pub struct Manifest {
     pub localization: Option<Localization>,
     pub params: Vec<String>,
     pub param_count: usize,
+    #[serde(deserialize_with = "ForgetConfig::deserialize_recorded")]
     pub config: ForgetConfig,
     pub seed: u64,
     pub steps: usize,

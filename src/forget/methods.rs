@@ -76,7 +76,7 @@ pub fn terms(
                         sample: 1.0,
                     },
                 ),
-                retain_ce(k.retain_ce_weight),
+                retain_ce(k.experimental.retain_ce_weight),
             ]
         }
         Method::LocalizedFt => {

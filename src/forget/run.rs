@@ -543,10 +543,10 @@ impl FactSets {
             forget.len(),
             if a.edit { "edit" } else { "forget" },
             retain.len(),
-            if cfg.retain_known_repeat > 1 {
+            if cfg.experimental.retain_known_repeat > 1 {
                 format!(
                     " (the {n_train} known ones weighed ×{})",
-                    cfg.retain_known_repeat
+                    cfg.experimental.retain_known_repeat
                 )
             } else {
                 String::new()
@@ -980,14 +980,17 @@ fn plan_for(
             repeat_known(
                 ctx.retain_seqs.len(),
                 ctx.known_retain,
-                cfg.retain_known_repeat,
+                cfg.experimental.retain_known_repeat,
             ),
         )?,
         text: SeqSet::new("text", ctx.text_seqs.clone()),
         params: ctx.params.clone(),
         rep_layer: ctx.rep_layer,
         projectors,
-        project_at: match (cfg.kuda.project_update, cfg.kuda.moments_per_term) {
+        project_at: match (
+            cfg.kuda.experimental.project_update,
+            cfg.kuda.experimental.moments_per_term,
+        ) {
             _ if ctx.method != Method::Kuda => ProjectAt::Gradient,
             (true, _) => ProjectAt::Update,
             (false, false) => ProjectAt::Gradient,
@@ -1000,8 +1003,12 @@ fn plan_for(
     if ctx.method == Method::Kuda {
         let (known, all) = (ctx.known_retain, ctx.retain_seqs.len());
         center_deviation(&mut plan, cfg.kuda.center, 0..known, known..all)?;
-        if cfg.kuda.start_perturbation > 0.0 {
-            perturb_reference(&mut plan.forget, cfg.kuda.start_perturbation, cfg.seed)?;
+        if cfg.kuda.experimental.start_perturbation > 0.0 {
+            perturb_reference(
+                &mut plan.forget,
+                cfg.kuda.experimental.start_perturbation,
+                cfg.seed,
+            )?;
         }
     }
     Ok(plan)
@@ -1009,7 +1016,7 @@ fn plan_for(
 
 /// Move each reference row of `set` (KUDA's h₀ at the representation layer) by a seeded
 /// Gaussian vector scaled to `share` of the row's norm, so that the deviation loss has a
-/// fixed, non-zero gradient at the start (see `kuda.start_perturbation`).
+/// fixed, non-zero gradient at the start (see `kuda.experimental.start_perturbation`).
 fn perturb_reference(set: &mut SeqSet, share: f64, seed: u64) -> Result<()> {
     use rand_distr::{Distribution, Normal};
     let Some((_, refs)) = set.rep_ref.as_mut() else {
