@@ -508,10 +508,10 @@ struct ForgetCli {
     /// kuda (the default), localized-ft, ga, graddiff, npo, simnpo, rmu (edit: localized-ft).
     #[arg(long)]
     method: Option<String>,
-    /// A named preset: a method, layers and settings chosen on validation runs (list them
-    /// with `unlearn presets`). Your --method must agree with it; your --layers,
-    /// --localization and --set override it.
-    #[arg(long)]
+    #[arg(long, help = concat!("A named preset: a method, layers and settings chosen on \
+        validation runs (`unlearn presets` says what each is and how it was chosen): ",
+        env!("UNLEARN_PRESET_NAMES"), ". Your --method must agree with it; your --layers, \
+        --localization and --set override it"))]
     preset: Option<String>,
     /// A localization.json from `unlearn locate`: its parameters are the ones updated.
     #[arg(long)]

@@ -1,5 +1,6 @@
 //! Named presets: a method, its layers and its settings, chosen on a validation protocol and
-//! stored with where and on what they were chosen (`presets/*.toml`, built into the binary).
+//! stored with where and on what they were chosen (`presets/*.toml`, each file built into the
+//! binary).
 //! A preset expands into the flags it stands for: `--preset NAME` gives the method (unless
 //! `--method` names the same one), the layers (unless `--layers` or `--localization` is given)
 //! and `--set` entries placed before the user's own, so an explicit `--set` wins.
@@ -8,11 +9,8 @@ use crate::forget::config::{ForgetConfig, Method};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// The presets built in: (name, TOML text).
-const BUILT_IN: &[(&str, &str)] = &[(
-    "kuda-sports",
-    include_str!("../../presets/kuda-sports.toml"),
-)];
+// `BUILT_IN`: every `presets/NAME.toml`, collected by the build script.
+include!(concat!(env!("OUT_DIR"), "/presets.rs"));
 
 /// One preset.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
