@@ -61,7 +61,10 @@ fn built_in_presets(root: &Path) {
     let mut code = String::from("/// The presets built in: (name, TOML text), in name order.\n");
     code.push_str("const BUILT_IN: &[(&str, &str)] = &[\n");
     for (name, path) in &presets {
-        code.push_str(&format!("    ({name:?}, include_str!({:?})),\n", path.display().to_string()));
+        code.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("presets.rs");

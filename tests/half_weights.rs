@@ -6,39 +6,11 @@
 mod refcheck;
 
 use candle_core::{DType, Device, Tensor};
-use refcheck::{floats, ids_of, log_softmax, reference, row};
+use refcheck::against_gemma_reference as against_reference;
 use unlearn::forget::config::Method;
 use unlearn::forget::run::{run, ForgetArgs};
 use unlearn::model::transformer::{LogitsAt, RunOpts};
 use unlearn::model::{ops, set_weights_dtype, Batch, LanguageModel, PadSide};
-
-/// (top-1 agreements, prompts, max |Δ log-softmax| over each prompt's reference top 20).
-fn against_reference(lm: &LanguageModel) -> (usize, usize, f64) {
-    let r = reference("gemma3", "prompts.json");
-    let (mut agree, mut n, mut worst) = (0, 0, 0f64);
-    for p in r["prompts"].as_array().unwrap() {
-        let ids = ids_of(&p["input_ids"]);
-        let b = Batch::new(&[ids], lm.pad_id(), PadSide::Left, &Device::Cpu).unwrap();
-        let logits = lm
-            .model
-            .run(&b, &RunOpts::default())
-            .unwrap()
-            .logits
-            .unwrap();
-        let ls = log_softmax(&row(&logits, 0));
-        let top = ids_of(&p["top20_ids"]);
-        let want = floats(&p["top20_logprobs"]);
-        let best = (0..ls.len())
-            .max_by(|&a, &b| ls[a].total_cmp(&ls[b]))
-            .unwrap();
-        agree += usize::from(best as u32 == top[0]);
-        n += 1;
-        for (id, w) in top.iter().zip(want) {
-            worst = worst.max((ls[*id as usize] - w).abs());
-        }
-    }
-    (agree, n, worst)
-}
 
 #[test]
 fn half_precision_weights_agree_with_the_f32_reference_and_train_in_f32() {

@@ -99,6 +99,12 @@ fn chunked(
     let scale = model.final_norm_scale()?;
     let (hn, rstd) = ops::rms_norm(rows, &scale, model.config.rms_norm_eps)?;
     let w = model.lm_weight()?;
+    if ops::is_half(w.dtype()) && grad {
+        bail!(
+            "gradients need the f32 compute dtype (this model computes in {:?})",
+            w.dtype()
+        );
+    }
     let cap = model.config.final_logit_softcapping;
     // Softmax arithmetic in f32 at least (f64 when the model computes in f64).
     let wide = if rows.dtype() == DType::F64 {
@@ -111,8 +117,8 @@ fn chunked(
     let mut start = 0;
     while start < n {
         let k = per.min(n - start);
-        let h = hn.narrow(0, start, k)?;
-        let mut logits = ops::linear(&h, &w)?;
+        let h = hn.narrow(0, start, k)?.to_dtype(w.dtype())?;
+        let mut logits = ops::linear(&h, &w)?.to_dtype(wide)?;
         if let Some(c) = cap {
             logits = ops::softcap(&logits, c)?;
         }

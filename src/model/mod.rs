@@ -37,7 +37,8 @@ use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// How frozen weight matrices are stored (0: f32, 1: bf16, 2: f16); vectors (norms, biases)
-/// and trainable parameters stay in f32, and every op computes in f32.
+/// and trainable parameters stay in f32, and ops compute in the compute dtype (f32 unless
+/// [`set_compute_dtype`] says otherwise).
 static WEIGHTS_DTYPE: AtomicU8 = AtomicU8::new(0);
 
 /// Parse a `--weights` value: f32, bf16 or f16.
@@ -69,12 +70,54 @@ pub fn weights_dtype() -> DType {
     }
 }
 
-/// A tag for cache keys: empty for f32 storage, else the storage dtype (numbers computed with
-/// bf16-stored weights differ from f32 ones).
+/// The dtype the forward pass computes in (0: f32, 1: bf16, 2: f16); see [`set_compute_dtype`].
+static COMPUTE_DTYPE: AtomicU8 = AtomicU8::new(0);
+
+/// Parse a `--compute` value: f32, bf16 or f16.
+pub fn parse_compute_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => bail!("--compute {other:?}: expected f32, bf16 or f16"),
+    })
+}
+
+/// Compute the forward passes of models built from now on in `dtype` (process-wide): with bf16
+/// or f16, activations and matrix products are in that dtype while norms, softmax, logits and
+/// everything read from a run (logits, cached activations, the final residual) are f32.
+/// Gradients (training, attribution patching) need f32 and are refused. A half compute dtype
+/// also stores the weight matrices in it.
+pub fn set_compute_dtype(dtype: DType) {
+    let code = match dtype {
+        DType::BF16 => 1,
+        DType::F16 => 2,
+        _ => 0,
+    };
+    COMPUTE_DTYPE.store(code, Ordering::SeqCst);
+    if code != 0 {
+        set_weights_dtype(dtype);
+    }
+}
+
+/// The dtype forward passes compute in.
+pub fn compute_dtype() -> DType {
+    match COMPUTE_DTYPE.load(Ordering::Relaxed) {
+        1 => DType::BF16,
+        2 => DType::F16,
+        _ => DType::F32,
+    }
+}
+
+/// A tag for cache keys: empty for f32 storage and compute, else the storage dtype and, when
+/// not f32, the compute dtype (numbers computed with bf16-stored weights or in bf16 differ
+/// from f32 ones).
 pub fn weights_tag() -> &'static str {
-    match weights_dtype() {
-        DType::BF16 => "+bf16",
-        DType::F16 => "+f16",
+    match (weights_dtype(), compute_dtype()) {
+        (_, DType::BF16) => "+bf16+compute-bf16",
+        (_, DType::F16) => "+f16+compute-f16",
+        (DType::BF16, _) => "+bf16",
+        (DType::F16, _) => "+f16",
         _ => "",
     }
 }
@@ -171,7 +214,8 @@ impl LanguageModel {
             tokenizer,
             origin,
         } = load(spec, device)?;
-        let model = Transformer::new(config, weights)?;
+        let mut model = Transformer::new(config, weights)?;
+        model.set_compute_dtype(compute_dtype())?;
         Ok(LanguageModel {
             model,
             tokenizer,

@@ -60,7 +60,13 @@ pub fn linear_dw(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 /// RMSNorm over the last dimension: `y = x · rstd · scale` with `rstd = 1/sqrt(mean(x²)+eps)`.
 /// `scale` is the effective multiplier (Gemma: 1 + w). Returns `(y, rstd)`; `rstd` has a
 /// trailing dimension of 1 and is what the backward needs.
+/// Half-precision inputs (bf16/f16) are normalized in f32 and the result returned in their
+/// dtype (`rstd` stays f32).
 pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    if is_half(x.dtype()) {
+        let (y, rstd) = rms_norm(&x.to_dtype(DType::F32)?, &scale.to_dtype(DType::F32)?, eps)?;
+        return Ok((y.to_dtype(x.dtype())?, rstd));
+    }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let rstd = (ms + eps)?.sqrt()?.recip()?;
     let y = x.broadcast_mul(&rstd)?.broadcast_mul(scale)?;
@@ -128,6 +134,11 @@ pub fn silu_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 
 fn sigmoid(x: &Tensor) -> Result<Tensor> {
     Ok(x.neg()?.exp()?.affine(1.0, 1.0)?.recip()?)
+}
+
+/// Whether `d` is a half-precision dtype (bf16 or f16).
+pub fn is_half(d: DType) -> bool {
+    matches!(d, DType::BF16 | DType::F16)
 }
 
 /// Softmax over the last dimension (max-subtracted).
@@ -267,6 +278,7 @@ impl From<f64> for AttnScores {
 /// Scaled dot-product attention with grouped key/value heads.
 /// `q`: `[B, H, T, hd]`, `k`, `v`: `[B, KV, S, hd]`, `mask`: additive `[B, 1, T, S]`.
 /// Returns `(z, p)`: the head outputs `[B, H, T, hd]` and the attention pattern `[B, H, T, S]`.
+/// With bf16/f16 `q`, `k`, `v` the mask is f32 and so is the pattern `p`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -279,12 +291,23 @@ pub fn attention(
     let g = h / kv;
     // Heads that share a key/value head are stacked along the rows: no repeat of k/v.
     let qg = q.reshape((b, kv, g * t, hd))?;
-    let mut scores = (qg.matmul(&k.t()?)? * how.scale)?.reshape((b, h, t, s))?;
+    let mut scores = qg.matmul(&k.t()?)?;
+    // Half-precision products: scores, mask and softmax in f32, the pattern applied in half.
+    let half = is_half(q.dtype());
+    if half {
+        scores = scores.to_dtype(DType::F32)?;
+    }
+    let mut scores = (scores * how.scale)?.reshape((b, h, t, s))?;
     if let Some(cap) = how.softcap {
         scores = softcap(&scores, cap)?;
     }
     let p = softmax_last(&scores.broadcast_add(mask)?)?;
-    let z = p
+    let pv = if half {
+        p.to_dtype(v.dtype())?
+    } else {
+        p.clone()
+    };
+    let z = pv
         .reshape((b, kv, g * t, s))?
         .matmul(v)?
         .reshape((b, h, t, hd))?;

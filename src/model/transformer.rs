@@ -294,7 +294,8 @@ impl Transformer {
         config.validate()?;
         weights.check_against(&config)?;
         let emb = weights.get("model.embed_tokens.weight")?;
-        // Weights stored in bf16/f16 are computed with in f32.
+        // Weights stored in bf16/f16 are computed with in f32 unless a half compute dtype is
+        // chosen (`set_compute_dtype`).
         let dtype = if emb.dtype() == DType::F64 {
             DType::F64
         } else {
@@ -334,6 +335,72 @@ impl Transformer {
         &self.device
     }
 
+    /// Compute forward passes in `dtype`: f32, or bf16/f16 (activations and matrix products in
+    /// half; norms, softmax and logits in f32; what a run returns in f32). Gradients need f32:
+    /// a half-precision model refuses `set_trainable` and runs that ask for gradients.
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
+        if dtype == self.dtype {
+            return Ok(());
+        }
+        if self.dtype == DType::F64 || !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            bail!(
+                "compute dtype {dtype:?}: expected f32, bf16 or f16 (and f32 weights, not {:?})",
+                self.dtype
+            );
+        }
+        if !self.trainable.is_empty() {
+            bail!("compute dtype {dtype:?}: the model has trainable parameters, which need f32");
+        }
+        for (_, c, s) in &mut self.rope {
+            *c = c.to_dtype(dtype)?;
+            *s = s.to_dtype(dtype)?;
+        }
+        self.dtype = dtype;
+        Ok(())
+    }
+
+    /// Whether forward passes compute in bf16/f16.
+    fn half(&self) -> bool {
+        ops::is_half(self.dtype)
+    }
+
+    /// An activation handed in (a starting residual, a patch value) in the compute dtype.
+    fn inward(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(if t.dtype() == self.dtype {
+            t.clone()
+        } else {
+            t.to_dtype(self.dtype)?
+        })
+    }
+
+    /// An activation handed out (the final residual, a cached activation): f32 when the model
+    /// computes in half precision.
+    fn outward(&self, t: Tensor) -> Result<Tensor> {
+        if !self.half() {
+            return Ok(t);
+        }
+        let t = t.to_dtype(DType::F32)?;
+        // f16's range ends at 65,504; a residual stream that goes past it (Gemma's does)
+        // turns into inf and NaN, which must not pass for numbers.
+        if self.dtype == DType::F16 && !t.sum_all()?.to_scalar::<f32>()?.is_finite() {
+            bail!(
+                "computing in f16 overflowed (this model's activations go past f16's range of \
+                 ±65,504); use --compute bf16, which has f32's range"
+            );
+        }
+        Ok(t)
+    }
+
+    /// The dtype of attention masks: the compute dtype, or f32 where attention scores are
+    /// computed in f32 (half precision).
+    fn mask_dtype(&self) -> DType {
+        if self.half() {
+            DType::F32
+        } else {
+            self.dtype
+        }
+    }
+
     pub fn weights(&self) -> &Weights {
         &self.weights
     }
@@ -358,6 +425,13 @@ impl Transformer {
 
     /// Choose the trainable parameters (HF names); all others are frozen and cost no gradient.
     pub fn set_trainable<S: AsRef<str>>(&mut self, names: &[S]) -> Result<()> {
+        if self.half() && !names.is_empty() {
+            bail!(
+                "training computes in f32, and this model computes in {:?}: run training without \
+                 --compute (keep --weights bf16 to halve the frozen weights' memory)",
+                self.dtype
+            );
+        }
         let mut set = BTreeSet::new();
         for n in names {
             let n = n.as_ref();
@@ -453,15 +527,21 @@ impl Transformer {
         })
     }
 
-    /// The compute dtype: f32 (f64 for the finite-difference tests), whatever the weights are
-    /// stored in.
+    /// The compute dtype: f32 (f64 for the finite-difference tests) whatever the weights are
+    /// stored in, or bf16/f16 when chosen with [`Transformer::set_compute_dtype`].
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
     /// Effective RMSNorm multiplier (Gemma stores w and multiplies by 1 + w).
     fn norm_scale(&self, name: &str) -> Result<Tensor> {
-        let w = self.w(name)?;
+        // Half-precision models normalize in f32, with the multiplier in f32 (1 + w in bf16
+        // would round it).
+        let w = if self.half() {
+            self.weights.get(name)?.to_dtype(DType::F32)?
+        } else {
+            self.w(name)?
+        };
         Ok(if self.config.arch.layout().norm_plus_one {
             w.affine(1.0, 1.0)?
         } else {
@@ -557,6 +637,13 @@ impl Transformer {
     /// Run the model on a batch.
     pub fn run(&self, batch: &Batch, opts: &RunOpts) -> Result<RunOutput> {
         self.check_batch(batch)?;
+        if opts.grad && self.half() {
+            bail!(
+                "gradients need the f32 compute dtype (this model computes in {:?}); run \
+                 without --compute",
+                self.dtype
+            );
+        }
         let n_layers = self.config.num_layers;
         let (b, t) = (batch.size(), batch.len());
         let empty = Hooks::default();
@@ -612,7 +699,7 @@ impl Transformer {
                         [b, t, self.config.hidden_size]
                     );
                 }
-                r.clone()
+                self.inward(r)?
             }
             None => {
                 let e = self.embed(&batch.ids)?;
@@ -620,10 +707,10 @@ impl Transformer {
             }
         };
         let pos = self.rope_index(batch)?;
-        let mask_global = batch.attn_mask(&[], None, self.dtype, &self.device)?;
+        let mask_global = batch.attn_mask(&[], None, self.mask_dtype(), &self.device)?;
         let mask_local = match self.config.sliding_window {
             Some(w) if (0..n_layers).any(|l| self.config.is_sliding(l)) => {
-                Some(batch.attn_mask(&[], Some(w), self.dtype, &self.device)?)
+                Some(batch.attn_mask(&[], Some(w), self.mask_dtype(), &self.device)?)
             }
             _ => None,
         };
@@ -683,7 +770,7 @@ impl Transformer {
         });
         Ok(RunOutput {
             logits,
-            resid: x,
+            resid: self.outward(x)?,
             cache,
             tape,
         })
@@ -742,7 +829,8 @@ impl Transformer {
         for patch in hooks.patches.iter().filter(|x| x.point == p) {
             let z = matches!(p, HookPoint::AttnZ(_));
             let m = selection_mask(&patch.sel, a.dims(), z, &self.device)?.to_dtype(self.dtype)?;
-            let v = patch.value.broadcast_as(a.dims()).with_context(|| {
+            let v = self.inward(&patch.value)?;
+            let v = v.broadcast_as(a.dims()).with_context(|| {
                 format!(
                     "patch at `{p}`: value of shape {:?} does not fit the activation {:?}",
                     patch.value.dims(),
@@ -759,7 +847,7 @@ impl Transformer {
             };
         }
         if hooks.cache.contains(&p) {
-            cache.insert(p, a.clone());
+            cache.insert(p, self.outward(a.clone())?);
         }
         Ok(a)
     }
@@ -915,7 +1003,7 @@ impl Transformer {
             &self.norm_scale("model.norm.weight")?,
             self.config.rms_norm_eps,
         )?;
-        let logits = ops::linear(&hn, lm_weight)?;
+        let logits = self.outward(ops::linear(&self.inward(&hn)?, lm_weight)?)?;
         Ok(match self.config.final_logit_softcapping {
             Some(cap) => ops::softcap(&logits, cap)?,
             None => logits,
@@ -986,7 +1074,7 @@ impl Transformer {
             &self.norm_scale("model.norm.weight")?,
             self.config.rms_norm_eps,
         )?;
-        let mut logits = ops::linear(&hn, &self.lm_weight()?)?;
+        let mut logits = self.outward(ops::linear(&hn, &self.lm_weight()?)?)?;
         let mut capped = None;
         if let Some(cap) = self.config.final_logit_softcapping {
             logits = ops::softcap(&logits, cap)?;
@@ -1417,7 +1505,7 @@ impl Transformer {
     pub fn run_cached_range(
         &self,
         batch: &Batch,
-        mut x: Tensor,
+        x: Tensor,
         layers: std::ops::Range<usize>,
         kv: &mut KvCache,
         hooks: &Hooks,
@@ -1438,11 +1526,12 @@ impl Transformer {
         }
         self.check_batch(batch)?;
         let (b, t) = (batch.size(), batch.len());
+        let mut x = self.inward(&x)?;
         let mut keep = BTreeMap::new();
         let pos = self.rope_index(batch)?;
-        let mask_global = batch.attn_mask(&kv.keys, None, self.dtype, &self.device)?;
+        let mask_global = batch.attn_mask(&kv.keys, None, self.mask_dtype(), &self.device)?;
         let mask_local = match self.config.sliding_window {
-            Some(w) => Some(batch.attn_mask(&kv.keys, Some(w), self.dtype, &self.device)?),
+            Some(w) => Some(batch.attn_mask(&kv.keys, Some(w), self.mask_dtype(), &self.device)?),
             None => None,
         };
         for l in layers {
@@ -1479,7 +1568,7 @@ impl Transformer {
             LogitsAt::None => None,
             other => Some(self.head_forward(&x, other, batch)?.0),
         };
-        Ok((x, logits))
+        Ok((self.outward(x)?, logits))
     }
 }
 

@@ -115,3 +115,38 @@ pub fn max_abs(a: &Tensor) -> f64 {
         .to_scalar::<f64>()
         .unwrap()
 }
+
+/// Gemma 3 270M against its PyTorch f32 reference prompts: (top-1 agreements, prompts, max
+/// |Δ log-softmax| over each prompt's reference top 20).
+pub fn against_gemma_reference(lm: &unlearn::model::LanguageModel) -> (usize, usize, f64) {
+    let r = reference("gemma3", "prompts.json");
+    let (mut agree, mut n, mut worst) = (0, 0, 0f64);
+    for p in r["prompts"].as_array().unwrap() {
+        let ids = ids_of(&p["input_ids"]);
+        let b = unlearn::model::Batch::new(
+            &[ids],
+            lm.pad_id(),
+            unlearn::model::PadSide::Left,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let logits = lm
+            .model
+            .run(&b, &unlearn::model::RunOpts::default())
+            .unwrap()
+            .logits
+            .unwrap();
+        let ls = log_softmax(&row(&logits, 0));
+        let top = ids_of(&p["top20_ids"]);
+        let want = floats(&p["top20_logprobs"]);
+        let best = (0..ls.len())
+            .max_by(|&a, &b| ls[a].total_cmp(&ls[b]))
+            .unwrap();
+        agree += usize::from(best as u32 == top[0]);
+        n += 1;
+        for (id, w) in top.iter().zip(want) {
+            worst = worst.max((ls[*id as usize] - w).abs());
+        }
+    }
+    (agree, n, worst)
+}
