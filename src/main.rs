@@ -35,8 +35,9 @@ struct Cli {
     #[arg(long, global = true, env = "UNLEARN_THREADS")]
     threads: Option<usize>,
     /// How frozen weight matrices are held in memory: f32, or bf16/f16 for half the memory
-    /// (trainable weights, norms and all arithmetic stay f32; results differ from f32 storage
-    /// by the weights' rounding, about 1e-2 in log-probabilities).
+    /// (trainable weights and norms stay f32, and so does the arithmetic unless --compute says
+    /// otherwise; results differ from f32 storage by the weights' rounding, about 1e-2 in
+    /// log-probabilities).
     #[arg(long, global = true, env = "UNLEARN_WEIGHTS", default_value = "f32", value_parser = unlearn::model::parse_weights_dtype)]
     weights: candle_core::DType,
     /// The dtype forward passes compute in: f32, or bf16/f16 (matrix products and activations

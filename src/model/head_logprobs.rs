@@ -117,8 +117,8 @@ fn chunked(
     let mut start = 0;
     while start < n {
         let k = per.min(n - start);
-        let h = hn.narrow(0, start, k)?.to_dtype(w.dtype())?;
-        let mut logits = ops::linear(&h, &w)?.to_dtype(wide)?;
+        let h = hn.narrow(0, start, k)?;
+        let mut logits = ops::linear_wide(&h, &w)?.to_dtype(wide)?;
         if let Some(c) = cap {
             logits = ops::softcap(&logits, c)?;
         }

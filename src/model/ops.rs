@@ -25,6 +25,27 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(y.reshape(out)?)
 }
 
+/// [`linear`] with f32 output for a bf16/f16 `w` (an LM head): `w` is widened to f32 a block
+/// of rows at a time, so that logits are not rounded to half precision (where near
+/// candidates would tie) and the widened matrix never exists whole. Any other `w` goes to
+/// [`linear`].
+pub fn linear_wide(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !is_half(w.dtype()) {
+        return linear(x, w);
+    }
+    const ROWS: usize = 16_384;
+    let x = x.to_dtype(DType::F32)?;
+    let out = w.dim(0)?;
+    let mut parts = Vec::with_capacity(out.div_ceil(ROWS));
+    let mut start = 0;
+    while start < out {
+        let n = ROWS.min(out - start);
+        parts.push(linear(&x, &w.narrow(0, start, n)?.to_dtype(DType::F32)?)?);
+        start += n;
+    }
+    Ok(Tensor::cat(&parts, x.rank() - 1)?)
+}
+
 /// Backward of [`linear`]: the input gradient, and the weight gradient only when `need_dw`
 /// (a frozen weight costs no gradient computation or memory).
 pub fn linear_bwd(

@@ -1003,7 +1003,8 @@ impl Transformer {
             &self.norm_scale("model.norm.weight")?,
             self.config.rms_norm_eps,
         )?;
-        let logits = self.outward(ops::linear(&self.inward(&hn)?, lm_weight)?)?;
+        // Logits in f32 also from a half-precision model (see `ops::linear_wide`).
+        let logits = self.outward(ops::linear_wide(&hn, lm_weight)?)?;
         Ok(match self.config.final_logit_softcapping {
             Some(cap) => ops::softcap(&logits, cap)?,
             None => logits,
@@ -1074,7 +1075,7 @@ impl Transformer {
             &self.norm_scale("model.norm.weight")?,
             self.config.rms_norm_eps,
         )?;
-        let mut logits = self.outward(ops::linear(&hn, &self.lm_weight()?)?)?;
+        let mut logits = self.outward(ops::linear_wide(&hn, &self.lm_weight()?)?)?;
         let mut capped = None;
         if let Some(cap) = self.config.final_logit_softcapping {
             logits = ops::softcap(&logits, cap)?;
