@@ -152,7 +152,10 @@ fn f16_compute_agrees_with_f32_on_models_whose_activations_fit() {
             .join(format!("tests/fixtures/tiny/{arch}"));
         let lm = LanguageModel::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
         let ids: Vec<u32> = (1..20).collect();
-        let want = lm.last_logits(std::slice::from_ref(&ids)).unwrap().remove(0);
+        let want = lm
+            .last_logits(std::slice::from_ref(&ids))
+            .unwrap()
+            .remove(0);
         let mut m =
             unlearn::model::Transformer::new(lm.model.config.clone(), lm.model.weights().clone())
                 .unwrap();
