@@ -7,7 +7,7 @@
 mod refcheck;
 
 use candle_core::{DType, Device};
-use refcheck::against_gemma_reference;
+use refcheck::{against_gemma_reference, log_softmax};
 use unlearn::locate::trace::{trace, TraceKind, TraceOpts};
 use unlearn::model::transformer::{LogitsAt, RunOpts};
 use unlearn::model::{set_compute_dtype, set_weights_dtype, Batch, LanguageModel, PadSide};
@@ -161,18 +161,13 @@ fn f16_compute_agrees_with_f32_on_models_whose_activations_fit() {
                 .unwrap();
         m.set_compute_dtype(DType::F16).unwrap();
         let got = m.last_logits(&[ids], lm.pad_id()).unwrap().remove(0);
-        let lsm = |v: &[f32]| {
-            let mx = v.iter().cloned().fold(f32::MIN, f32::max);
-            let z: f32 = v.iter().map(|x| (x - mx).exp()).sum();
-            v.iter().map(|x| x - mx - z.ln()).collect::<Vec<f32>>()
-        };
-        let (a, b) = (lsm(&got), lsm(&want));
+        let (a, b) = (log_softmax(&got), log_softmax(&want));
         let worst = a
             .iter()
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        let top = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+            .fold(0f64, f64::max);
+        let top = |v: &[f64]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
         eprintln!("{arch}: f16 compute, max |Δ log-softmax| {worst:.2e}");
         assert_eq!(top(&a), top(&b), "{arch}");
         assert!(worst > 0.0 && worst < 0.05, "{arch}: {worst}");

@@ -43,31 +43,17 @@ static WEIGHTS_DTYPE: AtomicU8 = AtomicU8::new(0);
 
 /// Parse a `--weights` value: f32, bf16 or f16.
 pub fn parse_weights_dtype(s: &str) -> Result<DType> {
-    Ok(match s {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("--weights {other:?}: expected f32, bf16 or f16"),
-    })
+    parse_float_dtype("--weights", s)
 }
 
 /// Store the weight matrices of models loaded from now on in `dtype` (process-wide).
 pub fn set_weights_dtype(dtype: DType) {
-    let code = match dtype {
-        DType::BF16 => 1,
-        DType::F16 => 2,
-        _ => 0,
-    };
-    WEIGHTS_DTYPE.store(code, Ordering::SeqCst);
+    WEIGHTS_DTYPE.store(float_code(dtype), Ordering::SeqCst);
 }
 
 /// The dtype weight matrices are stored in.
 pub fn weights_dtype() -> DType {
-    match WEIGHTS_DTYPE.load(Ordering::Relaxed) {
-        1 => DType::BF16,
-        2 => DType::F16,
-        _ => DType::F32,
-    }
+    float_of_code(WEIGHTS_DTYPE.load(Ordering::Relaxed))
 }
 
 /// The dtype the forward pass computes in (0: f32, 1: bf16, 2: f16); see [`set_compute_dtype`].
@@ -75,12 +61,7 @@ static COMPUTE_DTYPE: AtomicU8 = AtomicU8::new(0);
 
 /// Parse a `--compute` value: f32, bf16 or f16.
 pub fn parse_compute_dtype(s: &str) -> Result<DType> {
-    Ok(match s {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("--compute {other:?}: expected f32, bf16 or f16"),
-    })
+    parse_float_dtype("--compute", s)
 }
 
 /// Compute the forward passes of models built from now on in `dtype` (process-wide): with bf16
@@ -89,11 +70,7 @@ pub fn parse_compute_dtype(s: &str) -> Result<DType> {
 /// Gradients (training, attribution patching) need f32 and are refused. A half compute dtype
 /// also stores the weight matrices in it.
 pub fn set_compute_dtype(dtype: DType) {
-    let code = match dtype {
-        DType::BF16 => 1,
-        DType::F16 => 2,
-        _ => 0,
-    };
+    let code = float_code(dtype);
     COMPUTE_DTYPE.store(code, Ordering::SeqCst);
     if code != 0 {
         set_weights_dtype(dtype);
@@ -102,7 +79,30 @@ pub fn set_compute_dtype(dtype: DType) {
 
 /// The dtype forward passes compute in.
 pub fn compute_dtype() -> DType {
-    match COMPUTE_DTYPE.load(Ordering::Relaxed) {
+    float_of_code(COMPUTE_DTYPE.load(Ordering::Relaxed))
+}
+
+/// A `flag`'s float dtype: f32, bf16 or f16.
+fn parse_float_dtype(flag: &str, s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => bail!("{flag} {other:?}: expected f32, bf16 or f16"),
+    })
+}
+
+/// The code a float dtype is kept as in an atomic (0: f32 and anything else, 1: bf16, 2: f16).
+fn float_code(dtype: DType) -> u8 {
+    match dtype {
+        DType::BF16 => 1,
+        DType::F16 => 2,
+        _ => 0,
+    }
+}
+
+fn float_of_code(code: u8) -> DType {
+    match code {
         1 => DType::BF16,
         2 => DType::F16,
         _ => DType::F32,
