@@ -17,7 +17,7 @@
 #   2. a random-weight model of Llama-3-8B's shape with bf16 weights (`--model random:llama3-8b
 #      --weights bf16`, no weights downloaded): `unlearn bench` times the forward pass, a
 #      localized KUDA step and a causal-tracing sweep; nvidia-smi is sampled for peak GPU memory;
-#   3. the same shape computing in bf16 (`--compute bf16`): forward passes and the tracing sweep.
+#   3. the same shape computing in bf16 (`--compute bf16`, mixed-precision training): the same items.
 # Results: OUT/gpu-check.json (summary), OUT/bench-bf16-weights.json,
 # OUT/bench-compute-bf16.json, OUT/*.log.
 #
@@ -90,7 +90,7 @@ check() {
     local smi=$!
     "$bin/unlearn" --weights bf16 bench --model "random:$shape" --repeats 3 \
         --out "$out/bench-bf16-weights.json" >"$out/bench.log" 2>&1 || bench_rc=$?
-    # 3. The same shape computing in bf16 (forward passes and the tracing sweep).
+    # 3. The same shape computing in bf16 (mixed-precision training).
     "$bin/unlearn" --compute bf16 bench --model "random:$shape" --repeats 3 \
         --out "$out/bench-compute-bf16.json" >"$out/bench-compute-bf16.log" 2>&1 || bench_rc=$?
     kill "$smi" 2>/dev/null || true

@@ -154,49 +154,34 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         })?;
         record(name, s, peak, json!({"batch": b, "tokens": t}));
     }
-    // A half-precision compute dtype serves forward passes only: the training items are left
-    // out (training computes in f32).
-    let trains = !crate::model::ops::is_half(lm.model.dtype());
-    if !trains {
-        eprintln!(
-            "computing in {:?}: forward passes and the tracing sweep only (training computes in f32)",
-            lm.model.dtype()
-        );
-    }
     let n = lm.model.config.num_layers;
     let mid: Vec<usize> = vec![n / 2 - 1, n / 2, n / 2 + 1];
-    let names = if trains {
-        lm.model.mlp_param_names(&mid)
-    } else {
-        Vec::new()
-    };
+    let names = lm.model.mlp_param_names(&mid);
     lm.model.set_trainable(&names)?;
     let trainable_params: usize = names
         .iter()
         .map(|x| lm.model.weights().tensors[x].elem_count())
         .sum();
-    if trains {
+    let (s, peak) = time_it(&device, repeats, || fwd_bwd(&lm, &batch, &targets))?;
+    record(
+        "fwd_bwd_3_mlps",
+        s,
+        peak,
+        json!({"layers": mid, "trainable_params": trainable_params, "loss": "CE of last-position logits"}),
+    );
+    // Full fine-tuning widens every weight to f32 and keeps a gradient of each: timed up to
+    // 2 B parameters (a 7–8 B model would need 64 GB for that alone).
+    if lm.model.weights().num_params() <= 2_000_000_000 {
+        let all: Vec<String> = lm.model.weights().tensors.keys().cloned().collect();
+        lm.model.set_trainable(&all)?;
         let (s, peak) = time_it(&device, repeats, || fwd_bwd(&lm, &batch, &targets))?;
         record(
-            "fwd_bwd_3_mlps",
+            "fwd_bwd_all_weights",
             s,
             peak,
-            json!({"layers": mid, "trainable_params": trainable_params, "loss": "CE of last-position logits"}),
+            json!({"trainable_params": lm.model.weights().num_params(), "loss": "CE of last-position logits"}),
         );
-        // Full fine-tuning widens every weight to f32 and keeps a gradient of each: timed up to
-        // 2 B parameters (a 7–8 B model would need 64 GB for that alone).
-        if lm.model.weights().num_params() <= 2_000_000_000 {
-            let all: Vec<String> = lm.model.weights().tensors.keys().cloned().collect();
-            lm.model.set_trainable(&all)?;
-            let (s, peak) = time_it(&device, repeats, || fwd_bwd(&lm, &batch, &targets))?;
-            record(
-                "fwd_bwd_all_weights",
-                s,
-                peak,
-                json!({"trainable_params": lm.model.weights().num_params(), "loss": "CE of last-position logits"}),
-            );
-            lm.model.set_trainable::<&str>(&[])?;
-        }
+        lm.model.set_trainable::<&str>(&[])?;
     }
 
     // Causal-tracing sweep (SPEC §6): the reference prompt, 10 noise samples, the residual
@@ -233,17 +218,15 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
                "useful_gflop": flops / 1e9, "gflops_achieved": flops / secs / 1e9,
                "note": "useful FLOPs only: restored suffixes through the later blocks plus one LM-head row per restoration"}),
     );
-    if trains {
-        for (name, secs, extra) in unlearning_steps(&mut lm, repeats)? {
-            record(&name, secs, peak_rss(), extra);
-        }
+    for (name, secs, extra) in unlearning_steps(&mut lm, repeats)? {
+        record(&name, secs, peak_rss(), extra);
     }
     let gflops = gemm_gflops(1024, repeats)?;
     eprintln!("gemm 1024³            {gflops:>7.1} GFLOP/s");
     // Our model is dropped first: PyTorch loads its own copy of the weights, and both at once
     // do not fit beside a 1.5B model's training buffers in 24 GB.
     let model_path = lm.origin.path.clone();
-    let compute = format!("{:?}", lm.model.dtype()).to_lowercase();
+    let compute = format!("{:?}", lm.model.compute_dtype()).to_lowercase();
     drop(lm);
     let pytorch_run = if pytorch {
         run_pytorch(&model_path, repeats)

@@ -42,8 +42,8 @@ struct Cli {
     weights: candle_core::DType,
     /// The dtype forward passes compute in: f32, or bf16/f16 (matrix products and activations
     /// in half precision, as GPUs run them fastest; norms, softmax and logits in f32; the weight
-    /// matrices stored in the same dtype). For evaluation, prediction and causal tracing;
-    /// training and gradient-based localization need f32 and refuse it.
+    /// matrices stored in the same dtype). Training is mixed precision: trainable weights,
+    /// gradients and optimizer state stay f32, and the backward runs in f32.
     #[arg(long, global = true, env = "UNLEARN_COMPUTE", default_value = "f32", value_parser = unlearn::model::parse_compute_dtype)]
     compute: candle_core::DType,
     #[command(subcommand)]
@@ -738,14 +738,6 @@ fn main() {
     let cli = parse_cli();
     unlearn::model::set_weights_dtype(cli.weights);
     if cli.compute != candle_core::DType::F32 {
-        if let Some(what) = trains(&cli.command) {
-            eprintln!(
-                "error: --compute {:?}: {what} trains, and training computes in f32; drop \
-                 --compute (keep --weights bf16 to halve the frozen weights' memory)",
-                cli.compute
-            );
-            std::process::exit(2);
-        }
         unlearn::model::set_compute_dtype(cli.compute);
     }
     let default_threads = matches!(cli.command, Command::Bench { .. }).then_some(1);
@@ -756,19 +748,6 @@ fn main() {
     if let Err(e) = run(cli.command) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
-    }
-}
-
-/// The commands that train (and so need the f32 compute dtype), by name.
-fn trains(cmd: &Command) -> Option<&'static str> {
-    match cmd {
-        Command::Demo { .. } => Some("unlearn demo"),
-        Command::Run { .. } => Some("unlearn run"),
-        Command::Forget(_) => Some("unlearn forget"),
-        Command::Edit(_) => Some("unlearn edit"),
-        Command::Relearn { .. } => Some("unlearn relearn"),
-        Command::Learn { .. } => Some("unlearn learn"),
-        _ => None,
     }
 }
 

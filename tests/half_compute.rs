@@ -1,16 +1,22 @@
 //! Forward passes computed in bf16 / f16 (`--compute`): Gemma 3 270M against the PyTorch f32
 //! reference prompts (top-1 agreement, |Δ log-softmax| over the reference's top 20); the
 //! scoring path (a few LM-head rows) and a causal trace run and agree with the f32 model; what a
-//! run hands out is f32; training and gradients are refused with a message that says why. Its
-//! own test binary, because the compute dtype of loaded models is process-wide.
+//! run hands out is f32; training is mixed precision (f32 master weights and backward, gradients
+//! close to the f32 model's; KUDA and RMU run through the trainer). Its own test binary, because
+//! the compute dtype of loaded models is process-wide.
 
 mod refcheck;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use refcheck::{against_gemma_reference, log_softmax};
+use std::collections::BTreeMap;
+use unlearn::forget::config::Method;
+use unlearn::forget::run::{run, ForgetArgs};
 use unlearn::locate::trace::{trace, TraceKind, TraceOpts};
 use unlearn::model::transformer::{LogitsAt, RunOpts};
-use unlearn::model::{set_compute_dtype, set_weights_dtype, Batch, LanguageModel, PadSide};
+use unlearn::model::{
+    ops, set_compute_dtype, set_weights_dtype, Batch, LanguageModel, PadSide, Transformer,
+};
 
 /// The scores of three candidate answers at the end of two fact prompts, and the MLP trace
 /// grid of the first prompt (subject tokens 3..5, 3 noise samples).
@@ -38,12 +44,78 @@ fn scores_and_trace(lm: &LanguageModel) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
 }
 
 /// One test, because the dtypes of loaded models are process-wide.
+/// Gradients of the next-token loss (`target` after `ids`) with respect to the matrices
+/// `names` (trainable, so f32 masters) of `base` computing in `dtype`.
+fn grads(
+    base: &Transformer,
+    dtype: DType,
+    ids: &[u32],
+    target: u32,
+    names: &[&str],
+) -> BTreeMap<String, Tensor> {
+    let mut m = Transformer::new(base.config.clone(), base.weights().clone()).unwrap();
+    m.set_compute_dtype(dtype).unwrap();
+    m.set_trainable(names).unwrap();
+    for n in names {
+        assert_eq!(m.weights().get(n).unwrap().dtype(), DType::F32, "{n}");
+    }
+    let b = Batch::new(&[ids.to_vec()], 0, PadSide::Left, &Device::Cpu).unwrap();
+    let out = m
+        .run(
+            &b,
+            &RunOpts {
+                logits: LogitsAt::Last,
+                grad: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let target = Tensor::new(&[target], &Device::Cpu).unwrap();
+    let (_, g) = ops::cross_entropy_with_grad(out.logits.as_ref().unwrap(), &target).unwrap();
+    m.backward(&out, Some(&g), None).unwrap().params
+}
+
+/// The largest relative (Frobenius) error of `got` against `want`, over the matrices of `want`.
+fn worst_relative_error(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>) -> f64 {
+    let norm2 = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    want.iter()
+        .map(|(name, w)| {
+            let g = &got[name];
+            assert_eq!(g.dtype(), DType::F32, "{name}");
+            (norm2(&(g - w).unwrap()) / norm2(w)).sqrt()
+        })
+        .fold(0f64, f64::max)
+}
+
+/// The gradients of an attention and an MLP matrix of Gemma 3 270M for " Paris" after the
+/// Eiffel Tower prompt, computing in `dtype`.
+fn gemma_grads(lm: &LanguageModel, dtype: DType) -> BTreeMap<String, Tensor> {
+    let ids = lm
+        .tokenizer
+        .encode("The Eiffel Tower is located in the city of", true)
+        .unwrap();
+    let paris = lm.tokenizer.encode(" Paris", false).unwrap()[0];
+    let names = [
+        "model.layers.4.self_attn.q_proj.weight",
+        "model.layers.5.mlp.down_proj.weight",
+    ];
+    grads(&lm.model, dtype, &ids, paris, &names)
+}
+
 #[test]
-fn half_precision_compute_agrees_with_f32_and_refuses_gradients() {
+fn half_precision_compute_agrees_with_f32_and_trains_in_mixed_precision() {
     f16_compute_agrees_with_f32_on_models_whose_activations_fit();
     let f32_model = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
-    assert_eq!(f32_model.model.dtype(), DType::F32);
+    assert_eq!(f32_model.model.compute_dtype(), DType::F32);
     let (scores32, grid32) = scores_and_trace(&f32_model);
+    let grads32 = gemma_grads(&f32_model, DType::F32);
     drop(f32_model);
     // Gemma's residual stream goes past f16's range: an error that says so, not numbers.
     set_compute_dtype(DType::F16);
@@ -58,7 +130,8 @@ fn half_precision_compute_agrees_with_f32_and_refuses_gradients() {
     for (dtype, max_delta) in [(DType::BF16, 0.3)] {
         set_compute_dtype(dtype);
         let lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
-        assert_eq!(lm.model.dtype(), dtype);
+        assert_eq!(lm.model.compute_dtype(), dtype);
+        assert_eq!(lm.model.dtype(), DType::F32, "what runs hand out");
         let w = lm
             .model
             .weights()
@@ -113,31 +186,36 @@ fn half_precision_compute_agrees_with_f32_and_refuses_gradients() {
         eprintln!("compute {dtype:?}: MLP trace grid differs by at most {worst:.3}");
         assert!(worst < 0.05, "{dtype:?}: trace differs by {worst}");
 
-        // Gradients are refused, with a message that says what to do.
-        let err = lm
-            .model
-            .run(
-                &b,
-                &RunOpts {
-                    logits: LogitsAt::Last,
-                    grad: true,
-                    ..Default::default()
-                },
-            )
-            .err()
-            .expect("a half-precision run refuses gradients");
-        assert!(format!("{err:#}").contains("f32 compute dtype"), "{err:#}");
-        let mut m =
-            unlearn::model::Transformer::new(lm.model.config.clone(), lm.model.weights().clone())
-                .unwrap();
-        m.set_compute_dtype(dtype).unwrap();
-        let err = m
-            .set_trainable(&["model.layers.5.mlp.down_proj.weight"])
-            .unwrap_err();
-        assert!(
-            format!("{err:#}").contains("training computes in f32"),
-            "{err:#}"
-        );
+        // Mixed-precision training: f32 master weights, the backward in f32 on the widened
+        // activations; the gradient is the f32 model's up to the forward's rounding.
+        let rel = worst_relative_error(&gemma_grads(&lm, dtype), &grads32);
+        eprintln!("compute {dtype:?}: gradients' largest relative error {rel:.2e}");
+        assert!(rel < 0.15, "relative gradient error {rel}");
+        drop(lm);
+        // The trainer runs in mixed precision: KUDA with its projection, and RMU's steering;
+        // what they write is f32.
+        for method in [Method::Kuda, Method::Rmu] {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("out");
+            let args = ForgetArgs {
+                forget: "validation:first-4".into(),
+                layers: Some("2-3".into()),
+                sets: vec![
+                    "steps=2".into(),
+                    "batch_size=4".into(),
+                    "retain_facts=16".into(),
+                    "kuda.key_text_chunks=8".into(),
+                ],
+                eval: false,
+                ..ForgetArgs::defaults("gemma3-270m", method, out.clone())
+            };
+            run(&args, &Device::Cpu)
+                .unwrap_or_else(|e| panic!("{method:?} computing in {dtype:?}: {e:#}"));
+            let changed: std::collections::HashMap<String, Tensor> =
+                candle_core::safetensors::load(out.join("changed.safetensors"), &Device::Cpu)
+                    .unwrap();
+            assert!(!changed.is_empty() && changed.values().all(|t| t.dtype() == DType::F32));
+        }
     }
     set_compute_dtype(DType::F32);
     set_weights_dtype(DType::F32);
@@ -156,11 +234,12 @@ fn f16_compute_agrees_with_f32_on_models_whose_activations_fit() {
             .last_logits(std::slice::from_ref(&ids))
             .unwrap()
             .remove(0);
-        let mut m =
-            unlearn::model::Transformer::new(lm.model.config.clone(), lm.model.weights().clone())
-                .unwrap();
+        let mut m = Transformer::new(lm.model.config.clone(), lm.model.weights().clone()).unwrap();
         m.set_compute_dtype(DType::F16).unwrap();
-        let got = m.last_logits(&[ids], lm.pad_id()).unwrap().remove(0);
+        let got = m
+            .last_logits(std::slice::from_ref(&ids), lm.pad_id())
+            .unwrap()
+            .remove(0);
         let (a, b) = (log_softmax(&got), log_softmax(&want));
         let worst = a
             .iter()
@@ -171,5 +250,25 @@ fn f16_compute_agrees_with_f32_on_models_whose_activations_fit() {
         eprintln!("{arch}: f16 compute, max |Δ log-softmax| {worst:.2e}");
         assert_eq!(top(&a), top(&b), "{arch}");
         assert!(worst > 0.0 && worst < 0.05, "{arch}: {worst}");
+        // Gradients of every matrix of block 1: the error scales with the forward's rounding,
+        // f16 (10 mantissa bits) about 8 times closer to f32 than bf16 (7 bits): the backward is
+        // right and the difference is the rounding.
+        let names: Vec<String> = lm
+            .model
+            .weights()
+            .tensors
+            .keys()
+            .filter(|n| n.starts_with("model.layers.1.") && n.ends_with("proj.weight"))
+            .cloned()
+            .collect();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        let want = grads(&lm.model, DType::F32, &ids, 7, &names);
+        let e16 = worst_relative_error(&grads(&lm.model, DType::F16, &ids, 7, &names), &want);
+        let eb16 = worst_relative_error(&grads(&lm.model, DType::BF16, &ids, 7, &names), &want);
+        eprintln!("{arch}: gradients' largest relative error: f16 {e16:.2e}, bf16 {eb16:.2e}");
+        assert!(
+            4.0 * e16 < eb16 && e16 < 0.05 && eb16 < 0.3,
+            "{arch}: f16 {e16}, bf16 {eb16}"
+        );
     }
 }

@@ -99,12 +99,12 @@ fn chunked(
     let scale = model.final_norm_scale()?;
     let (hn, rstd) = ops::rms_norm(rows, &scale, model.config.rms_norm_eps)?;
     let w = model.lm_weight()?;
-    if ops::is_half(w.dtype()) && grad {
-        bail!(
-            "gradients need the f32 compute dtype (this model computes in {:?})",
-            w.dtype()
-        );
-    }
+    // The gradient is f32 arithmetic: a half-precision head is widened for it.
+    let w = if grad && ops::is_half(w.dtype()) {
+        w.to_dtype(DType::F32)?
+    } else {
+        w
+    };
     let cap = model.config.final_logit_softcapping;
     // Softmax arithmetic in f32 at least (f64 when the model computes in f64).
     let wide = if rows.dtype() == DType::F64 {

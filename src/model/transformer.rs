@@ -151,6 +151,7 @@ impl KvCache {
     }
 }
 
+#[derive(Clone)]
 struct LayerNames {
     q: String,
     k: String,
@@ -270,6 +271,90 @@ struct Tape {
     grad_start: bool,
 }
 
+impl LayerTape {
+    /// The same activations in f32 (a half-precision forward's, for the f32 backward).
+    fn widened(&self) -> Result<LayerTape> {
+        let w = |t: &Tensor| t.to_dtype(DType::F32);
+        let wo = |t: &Option<Tensor>| t.as_ref().map(w).transpose();
+        Ok(LayerTape {
+            x: w(&self.x)?,
+            h1: w(&self.h1)?,
+            r1: w(&self.r1)?,
+            q_lin: w(&self.q_lin)?,
+            k_lin: w(&self.k_lin)?,
+            rq: wo(&self.rq)?,
+            rk: wo(&self.rk)?,
+            q: w(&self.q)?,
+            k: w(&self.k)?,
+            v: w(&self.v)?,
+            p: w(&self.p)?,
+            z_flat: w(&self.z_flat)?,
+            o: w(&self.o)?,
+            r_pa: wo(&self.r_pa)?,
+            mid: w(&self.mid)?,
+            h2: w(&self.h2)?,
+            r2: w(&self.r2)?,
+            gate: w(&self.gate)?,
+            up: w(&self.up)?,
+            act: w(&self.act)?,
+            post: w(&self.post)?,
+            m: w(&self.m)?,
+            r_pf: wo(&self.r_pf)?,
+            cos: w(&self.cos)?,
+            sin: w(&self.sin)?,
+        })
+    }
+}
+
+impl Tape {
+    /// The same tape in f32: what the f32 backward of a half-precision forward reads.
+    fn widened(&self) -> Result<Tape> {
+        let w = |t: &Tensor| t.to_dtype(DType::F32);
+        let layers = self
+            .layers
+            .iter()
+            .map(|(&l, r)| {
+                Ok((
+                    l,
+                    match r {
+                        Recorded::Activations(lt) => Recorded::Activations(lt.widened()?),
+                        Recorded::Input(x) => Recorded::Input(w(x)?),
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let head = match &self.head {
+            Some(h) => Some(HeadTape {
+                rows: h.rows.clone(),
+                xr: w(&h.xr)?,
+                hn: w(&h.hn)?,
+                rstd: w(&h.rstd)?,
+                capped: h.capped.as_ref().map(w).transpose()?,
+            }),
+            None => None,
+        };
+        let keep = self
+            .keep
+            .iter()
+            .map(|(p, v)| Ok((*p, v.iter().map(w).collect::<candle_core::Result<_>>()?)))
+            .collect::<Result<_>>()?;
+        Ok(Tape {
+            start_layer: self.start_layer,
+            lowest: self.lowest,
+            end_layer: self.end_layer,
+            layers,
+            masks: (w(&self.masks.0)?, self.masks.1.as_ref().map(w).transpose()?),
+            pos: self.pos.clone(),
+            keep,
+            grad_points: self.grad_points.clone(),
+            head,
+            ids: self.ids.clone(),
+            shape: self.shape,
+            grad_start: self.grad_start,
+        })
+    }
+}
+
 /// The hooked transformer over a model's weights.
 pub struct Transformer {
     pub config: ModelConfig,
@@ -336,8 +421,9 @@ impl Transformer {
     }
 
     /// Compute forward passes in `dtype`: f32, or bf16/f16 (activations and matrix products in
-    /// half; norms, softmax and logits in f32; what a run returns in f32). Gradients need f32:
-    /// a half-precision model refuses `set_trainable` and runs that ask for gradients.
+    /// half; norms, softmax and logits in f32; what a run returns in f32). Training is mixed
+    /// precision: trainable weights stay f32, and the backward runs in f32 on the widened
+    /// activations.
     pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
         if dtype == self.dtype {
             return Ok(());
@@ -348,15 +434,32 @@ impl Transformer {
                 self.dtype
             );
         }
-        if !self.trainable.is_empty() {
-            bail!("compute dtype {dtype:?}: the model has trainable parameters, which need f32");
-        }
         for (_, c, s) in &mut self.rope {
             *c = c.to_dtype(dtype)?;
             *s = s.to_dtype(dtype)?;
         }
         self.dtype = dtype;
         Ok(())
+    }
+
+    /// The same model computing in f32 (the weights shared, not copied): where a half-precision
+    /// model runs its backward.
+    fn widened(&self) -> Result<Transformer> {
+        let rope = self
+            .rope
+            .iter()
+            .map(|(k, c, s)| Ok((*k, c.to_dtype(DType::F32)?, s.to_dtype(DType::F32)?)))
+            .collect::<Result<_>>()?;
+        Ok(Transformer {
+            config: self.config.clone(),
+            weights: self.weights.clone(),
+            trainable: self.trainable.clone(),
+            names: self.names.clone(),
+            rope,
+            rope_rows: self.rope_rows,
+            device: self.device.clone(),
+            dtype: DType::F32,
+        })
     }
 
     /// Whether forward passes compute in bf16/f16.
@@ -425,13 +528,6 @@ impl Transformer {
 
     /// Choose the trainable parameters (HF names); all others are frozen and cost no gradient.
     pub fn set_trainable<S: AsRef<str>>(&mut self, names: &[S]) -> Result<()> {
-        if self.half() && !names.is_empty() {
-            bail!(
-                "training computes in f32, and this model computes in {:?}: run training without \
-                 --compute (keep --weights bf16 to halve the frozen weights' memory)",
-                self.dtype
-            );
-        }
         let mut set = BTreeSet::new();
         for n in names {
             let n = n.as_ref();
@@ -440,12 +536,14 @@ impl Transformer {
             }
             set.insert(n.to_string());
         }
-        // Trainable parameters (and so their gradients and optimizer state) are kept in the
-        // compute dtype even when the frozen weights are stored in bf16/f16.
+        // Trainable parameters (and so their gradients and optimizer state) are kept in f32
+        // (f64 in the finite-difference tests) even when the frozen weights are stored, or the
+        // forward computes, in bf16/f16.
+        let master = if self.half() { DType::F32 } else { self.dtype };
         for n in &set {
             let t = &self.weights.tensors[n];
-            if t.dtype() != self.dtype {
-                let widened = t.to_dtype(self.dtype)?;
+            if t.dtype() != master {
+                let widened = t.to_dtype(master)?;
                 self.weights.tensors.insert(n.clone(), widened);
             }
         }
@@ -527,9 +625,20 @@ impl Transformer {
         })
     }
 
-    /// The compute dtype: f32 (f64 for the finite-difference tests) whatever the weights are
-    /// stored in, or bf16/f16 when chosen with [`Transformer::set_compute_dtype`].
+    /// The dtype of what runs hand out and take in (logits, activations, residuals, patches)
+    /// and of trainable weights, gradients and optimizer state: f32 (f64 in the
+    /// finite-difference tests), also when the forward computes in bf16/f16.
     pub fn dtype(&self) -> DType {
+        if self.half() {
+            DType::F32
+        } else {
+            self.dtype
+        }
+    }
+
+    /// The dtype the forward pass computes in: [`Transformer::dtype`], or bf16/f16 when chosen
+    /// with [`Transformer::set_compute_dtype`].
+    pub fn compute_dtype(&self) -> DType {
         self.dtype
     }
 
@@ -637,13 +746,6 @@ impl Transformer {
     /// Run the model on a batch.
     pub fn run(&self, batch: &Batch, opts: &RunOpts) -> Result<RunOutput> {
         self.check_batch(batch)?;
-        if opts.grad && self.half() {
-            bail!(
-                "gradients need the f32 compute dtype (this model computes in {:?}); run \
-                 without --compute",
-                self.dtype
-            );
-        }
         let n_layers = self.config.num_layers;
         let (b, t) = (batch.size(), batch.len());
         let empty = Hooks::default();
@@ -1109,6 +1211,18 @@ impl Transformer {
             .tape
             .as_ref()
             .context("backward: the run was made without `grad: true`")?;
+        if self.half() {
+            // Mixed precision: the forward ran in half precision, the backward runs in f32 on
+            // the widened activations (gradients of f32 master weights, as in AMP training).
+            let wide = self.widened()?;
+            let out32 = RunOutput {
+                logits: None,
+                resid: out.resid.clone(),
+                cache: ActivationCache::new(),
+                tape: Some(tape.widened()?),
+            };
+            return wide.backward(&out32, d_logits, d_resid);
+        }
         let (b, t) = tape.shape;
         let d = self.config.hidden_size;
         let mut grads = Grads::default();
