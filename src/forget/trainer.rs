@@ -663,7 +663,7 @@ pub fn train(
     dir: &Path,
     stop_after: Option<usize>,
 ) -> Result<TrainSummary> {
-    // A run resumes only with the weights' storage dtype it started with.
+    // A run resumes only with the weights' storage and compute dtypes it started with.
     let run_key = format!("{run_key}{}", crate::model::weights_tag());
     let ck = Checkpoints {
         dir: dir.join("checkpoint"),
