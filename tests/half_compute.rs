@@ -8,14 +8,14 @@
 mod refcheck;
 
 use candle_core::{DType, Device, Tensor};
-use refcheck::{against_gemma_reference, log_softmax};
+use refcheck::{
+    against_gemma_reference, log_softmax, next_token_grads, short_unlearning_runs_write_f32,
+};
 use std::collections::BTreeMap;
-use unlearn::forget::config::Method;
-use unlearn::forget::run::{run, ForgetArgs};
 use unlearn::locate::trace::{trace, TraceKind, TraceOpts};
 use unlearn::model::transformer::{LogitsAt, RunOpts};
 use unlearn::model::{
-    ops, set_compute_dtype, set_weights_dtype, Batch, LanguageModel, PadSide, Transformer,
+    set_compute_dtype, set_weights_dtype, Batch, LanguageModel, PadSide, Transformer,
 };
 
 /// The scores of three candidate answers at the end of two fact prompts, and the MLP trace
@@ -44,37 +44,6 @@ fn scores_and_trace(lm: &LanguageModel) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
 }
 
 /// One test, because the dtypes of loaded models are process-wide.
-/// Gradients of the next-token loss (`target` after `ids`) with respect to the matrices
-/// `names` (trainable, so f32 masters) of `base` computing in `dtype`.
-fn grads(
-    base: &Transformer,
-    dtype: DType,
-    ids: &[u32],
-    target: u32,
-    names: &[&str],
-) -> BTreeMap<String, Tensor> {
-    let mut m = Transformer::new(base.config.clone(), base.weights().clone()).unwrap();
-    m.set_compute_dtype(dtype).unwrap();
-    m.set_trainable(names).unwrap();
-    for n in names {
-        assert_eq!(m.weights().get(n).unwrap().dtype(), DType::F32, "{n}");
-    }
-    let b = Batch::new(&[ids.to_vec()], 0, PadSide::Left, &Device::Cpu).unwrap();
-    let out = m
-        .run(
-            &b,
-            &RunOpts {
-                logits: LogitsAt::Last,
-                grad: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let target = Tensor::new(&[target], &Device::Cpu).unwrap();
-    let (_, g) = ops::cross_entropy_with_grad(out.logits.as_ref().unwrap(), &target).unwrap();
-    m.backward(&out, Some(&g), None).unwrap().params
-}
-
 /// The largest relative (Frobenius) error of `got` against `want`, over the matrices of `want`.
 fn worst_relative_error(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>) -> f64 {
     let norm2 = |t: &Tensor| {
@@ -106,7 +75,7 @@ fn gemma_grads(lm: &LanguageModel, dtype: DType) -> BTreeMap<String, Tensor> {
         "model.layers.4.self_attn.q_proj.weight",
         "model.layers.5.mlp.down_proj.weight",
     ];
-    grads(&lm.model, dtype, &ids, paris, &names)
+    next_token_grads(&lm.model, dtype, &ids, paris, &names)
 }
 
 #[test]
@@ -194,28 +163,7 @@ fn half_precision_compute_agrees_with_f32_and_trains_in_mixed_precision() {
         drop(lm);
         // The trainer runs in mixed precision: KUDA with its projection, and RMU's steering;
         // what they write is f32.
-        for method in [Method::Kuda, Method::Rmu] {
-            let tmp = tempfile::tempdir().unwrap();
-            let out = tmp.path().join("out");
-            let args = ForgetArgs {
-                forget: "validation:first-4".into(),
-                layers: Some("2-3".into()),
-                sets: vec![
-                    "steps=2".into(),
-                    "batch_size=4".into(),
-                    "retain_facts=16".into(),
-                    "kuda.key_text_chunks=8".into(),
-                ],
-                eval: false,
-                ..ForgetArgs::defaults("gemma3-270m", method, out.clone())
-            };
-            run(&args, &Device::Cpu)
-                .unwrap_or_else(|e| panic!("{method:?} computing in {dtype:?}: {e:#}"));
-            let changed: std::collections::HashMap<String, Tensor> =
-                candle_core::safetensors::load(out.join("changed.safetensors"), &Device::Cpu)
-                    .unwrap();
-            assert!(!changed.is_empty() && changed.values().all(|t| t.dtype() == DType::F32));
-        }
+        short_unlearning_runs_write_f32(&format!("computing in {dtype:?}"));
     }
     set_compute_dtype(DType::F32);
     set_weights_dtype(DType::F32);
@@ -262,9 +210,15 @@ fn f16_compute_agrees_with_f32_on_models_whose_activations_fit() {
             .cloned()
             .collect();
         let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-        let want = grads(&lm.model, DType::F32, &ids, 7, &names);
-        let e16 = worst_relative_error(&grads(&lm.model, DType::F16, &ids, 7, &names), &want);
-        let eb16 = worst_relative_error(&grads(&lm.model, DType::BF16, &ids, 7, &names), &want);
+        let want = next_token_grads(&lm.model, DType::F32, &ids, 7, &names);
+        let e16 = worst_relative_error(
+            &next_token_grads(&lm.model, DType::F16, &ids, 7, &names),
+            &want,
+        );
+        let eb16 = worst_relative_error(
+            &next_token_grads(&lm.model, DType::BF16, &ids, 7, &names),
+            &want,
+        );
         eprintln!("{arch}: gradients' largest relative error: f16 {e16:.2e}, bf16 {eb16:.2e}");
         assert!(
             4.0 * e16 < eb16 && e16 < 0.05 && eb16 < 0.3,

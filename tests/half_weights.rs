@@ -5,12 +5,11 @@
 
 mod refcheck;
 
-use candle_core::{DType, Device, Tensor};
-use refcheck::against_gemma_reference as against_reference;
-use unlearn::forget::config::Method;
-use unlearn::forget::run::{run, ForgetArgs};
-use unlearn::model::transformer::{LogitsAt, RunOpts};
-use unlearn::model::{ops, set_weights_dtype, Batch, LanguageModel, PadSide};
+use candle_core::{DType, Device};
+use refcheck::{
+    against_gemma_reference as against_reference, next_token_grads, short_unlearning_runs_write_f32,
+};
+use unlearn::model::{set_weights_dtype, LanguageModel};
 
 #[test]
 fn half_precision_weights_agree_with_the_f32_reference_and_train_in_f32() {
@@ -41,55 +40,18 @@ fn half_precision_weights_agree_with_the_f32_reference_and_train_in_f32() {
         assert!(delta <= max_delta, "{dtype:?}: |Δ log-softmax| {delta:.2e}");
         seen.push(delta);
         // A training step: the trainable matrix is widened to f32 and so is its gradient.
-        let mut m =
-            unlearn::model::Transformer::new(lm.model.config.clone(), lm.model.weights().clone())
-                .unwrap();
         let name = "model.layers.5.mlp.down_proj.weight";
-        m.set_trainable(&[name]).unwrap();
-        assert_eq!(m.weights().get(name).unwrap().dtype(), DType::F32);
         let ids = lm
             .tokenizer
             .encode("The capital of France is", true)
             .unwrap();
-        let b = Batch::new(&[ids], lm.pad_id(), PadSide::Left, &Device::Cpu).unwrap();
-        let out = m
-            .run(
-                &b,
-                &RunOpts {
-                    logits: LogitsAt::Last,
-                    grad: true,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        let target = Tensor::new(&[5u32], &Device::Cpu).unwrap();
-        let (_, g) = ops::cross_entropy_with_grad(out.logits.as_ref().unwrap(), &target).unwrap();
-        let grads = m.backward(&out, Some(&g), None).unwrap();
-        assert_eq!(grads.params[name].dtype(), DType::F32);
+        let grads = next_token_grads(&lm.model, DType::F32, &ids, 5, &[name]);
+        assert_eq!(grads[name].dtype(), DType::F32);
     }
     // Unlearning runs through the real trainer with bf16-stored weights: KUDA with its
     // null-space projection and RMU's steering target; what they write is f32.
     set_weights_dtype(DType::BF16);
-    for method in [Method::Kuda, Method::Rmu] {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("out");
-        let args = ForgetArgs {
-            forget: "validation:first-4".into(),
-            layers: Some("2-3".into()),
-            sets: vec![
-                "steps=2".into(),
-                "batch_size=4".into(),
-                "retain_facts=16".into(),
-                "kuda.key_text_chunks=8".into(),
-            ],
-            eval: false,
-            ..ForgetArgs::defaults("gemma3-270m", method, out.clone())
-        };
-        run(&args, &Device::Cpu).unwrap_or_else(|e| panic!("{method:?} with bf16 weights: {e:#}"));
-        let changed: std::collections::HashMap<String, Tensor> =
-            candle_core::safetensors::load(out.join("changed.safetensors"), &Device::Cpu).unwrap();
-        assert!(!changed.is_empty() && changed.values().all(|t| t.dtype() == DType::F32));
-    }
+    short_unlearning_runs_write_f32("with bf16 weights");
     set_weights_dtype(DType::F32);
     assert!(
         seen[1] > seen[0],

@@ -150,3 +150,71 @@ pub fn against_gemma_reference(lm: &unlearn::model::LanguageModel) -> (usize, us
     }
     (agree, n, worst)
 }
+
+/// KUDA (with its null-space projection) and RMU (its steering target) run through the real
+/// trainer for two steps on Gemma 3 270M under the process-wide dtypes of the moment (`what`
+/// names them in a failure); what they write is f32.
+pub fn short_unlearning_runs_write_f32(what: &str) {
+    use unlearn::forget::config::Method;
+    use unlearn::forget::run::{run, ForgetArgs};
+    for method in [Method::Kuda, Method::Rmu] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let args = ForgetArgs {
+            forget: "validation:first-4".into(),
+            layers: Some("2-3".into()),
+            sets: vec![
+                "steps=2".into(),
+                "batch_size=4".into(),
+                "retain_facts=16".into(),
+                "kuda.key_text_chunks=8".into(),
+            ],
+            eval: false,
+            ..ForgetArgs::defaults("gemma3-270m", method, out.clone())
+        };
+        run(&args, &Device::Cpu).unwrap_or_else(|e| panic!("{method:?} {what}: {e:#}"));
+        let changed: std::collections::HashMap<String, Tensor> =
+            candle_core::safetensors::load(out.join("changed.safetensors"), &Device::Cpu).unwrap();
+        assert!(!changed.is_empty() && changed.values().all(|t| t.dtype() == DType::F32));
+    }
+}
+
+/// Gradients of the next-token loss (`target` after `ids`) with respect to the matrices
+/// `names` (trainable, so f32 masters) of `base` computing in `dtype`.
+pub fn next_token_grads(
+    base: &unlearn::model::Transformer,
+    dtype: DType,
+    ids: &[u32],
+    target: u32,
+    names: &[&str],
+) -> std::collections::BTreeMap<String, Tensor> {
+    let mut m =
+        unlearn::model::Transformer::new(base.config.clone(), base.weights().clone()).unwrap();
+    m.set_compute_dtype(dtype).unwrap();
+    m.set_trainable(names).unwrap();
+    for n in names {
+        assert_eq!(m.weights().get(n).unwrap().dtype(), DType::F32, "{n}");
+    }
+    let b = unlearn::model::Batch::new(
+        &[ids.to_vec()],
+        0,
+        unlearn::model::PadSide::Left,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let out = m
+        .run(
+            &b,
+            &unlearn::model::RunOpts {
+                logits: unlearn::model::LogitsAt::Last,
+                grad: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let target = Tensor::new(&[target], &Device::Cpu).unwrap();
+    let (_, g) =
+        unlearn::model::ops::cross_entropy_with_grad(out.logits.as_ref().unwrap(), &target)
+            .unwrap();
+    m.backward(&out, Some(&g), None).unwrap().params
+}
