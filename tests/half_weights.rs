@@ -51,7 +51,7 @@ fn half_precision_weights_agree_with_the_f32_reference_and_train_in_f32() {
     // Unlearning runs through the real trainer with bf16-stored weights: KUDA with its
     // null-space projection and RMU's steering target; what they write is f32.
     set_weights_dtype(DType::BF16);
-    short_unlearning_runs_write_f32("with bf16 weights");
+    short_unlearning_runs_write_f32("weights bf16");
     set_weights_dtype(DType::F32);
     assert!(
         seen[1] > seen[0],

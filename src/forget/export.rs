@@ -53,6 +53,10 @@ pub struct Manifest {
     /// written before it was recorded).
     #[serde(default)]
     pub threads: usize,
+    /// How the run held and computed the model (`f32`, `weights bf16`, `compute bf16`; empty in
+    /// manifests written before it was recorded).
+    #[serde(default)]
+    pub precision: String,
     /// `changed` (only changed tensors) or `full` (also a complete HF directory).
     pub weights: String,
     pub metrics: Option<serde_json::Value>,

@@ -278,6 +278,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         final_losses: final_losses.clone(),
         gradient_angles: None,
         threads: crate::util::threads(),
+        precision: crate::model::precision_label(),
         weights: "changed".into(),
         metrics: None,
     };

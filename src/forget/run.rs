@@ -376,6 +376,7 @@ fn manifest_of(
             .unwrap_or_default(),
         gradient_angles: summaries.last().and_then(|s| s.gradient_angles.clone()),
         threads: crate::util::threads(),
+        precision: crate::model::precision_label(),
         weights: if a.full {
             "full".into()
         } else {

@@ -122,6 +122,20 @@ pub fn weights_tag() -> &'static str {
     }
 }
 
+/// How models are held and computed, in words: `f32`, `weights bf16` (or f16), `compute bf16`
+/// (or f16; the weights then stored alike).
+pub fn precision_label() -> String {
+    let name = |d: DType| format!("{d:?}").to_lowercase();
+    let (weights, compute) = (weights_dtype(), compute_dtype());
+    if ops::is_half(compute) {
+        format!("compute {}", name(compute))
+    } else if ops::is_half(weights) {
+        format!("weights {}", name(weights))
+    } else {
+        "f32".into()
+    }
+}
+
 /// The fingerprint every cache of numbers computed with a model is keyed by: its weights'
 /// fingerprint and, unless f32, the storage dtype.
 pub fn cache_fingerprint(origin: &ModelOrigin) -> Result<String> {

@@ -152,9 +152,9 @@ pub fn against_gemma_reference(lm: &unlearn::model::LanguageModel) -> (usize, us
 }
 
 /// KUDA (with its null-space projection) and RMU (its steering target) run through the real
-/// trainer for two steps on Gemma 3 270M under the process-wide dtypes of the moment (`what`
-/// names them in a failure); what they write is f32.
-pub fn short_unlearning_runs_write_f32(what: &str) {
+/// trainer for two steps on Gemma 3 270M under the process-wide dtypes of the moment, which
+/// `precision` names as the manifest must (`weights bf16`, `compute f16`); what they write is f32.
+pub fn short_unlearning_runs_write_f32(precision: &str) {
     use unlearn::forget::config::Method;
     use unlearn::forget::run::{run, ForgetArgs};
     for method in [Method::Kuda, Method::Rmu] {
@@ -172,10 +172,14 @@ pub fn short_unlearning_runs_write_f32(what: &str) {
             eval: false,
             ..ForgetArgs::defaults("gemma3-270m", method, out.clone())
         };
-        run(&args, &Device::Cpu).unwrap_or_else(|e| panic!("{method:?} {what}: {e:#}"));
+        run(&args, &Device::Cpu).unwrap_or_else(|e| panic!("{method:?} ({precision}): {e:#}"));
         let changed: std::collections::HashMap<String, Tensor> =
             candle_core::safetensors::load(out.join("changed.safetensors"), &Device::Cpu).unwrap();
         assert!(!changed.is_empty() && changed.values().all(|t| t.dtype() == DType::F32));
+        // The manifest says how the run held and computed the model.
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["precision"], precision, "{method:?}");
     }
 }
 
