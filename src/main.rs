@@ -130,6 +130,12 @@ enum Command {
         /// Output directory (default: runs/<name of the experiment>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Run only these unlearning runs (comma-separated; `npo` takes `npo` and every
+        /// `npo-…`) and the localizations they read, e.g. a long sweep one method at a time.
+        /// The stages are the same as in a whole run, so a later whole run finds them cached;
+        /// the report then covers these runs only, until the whole experiment is run again.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Show a model's architecture, dimensions, parameter count, tokenizer and origin.
     Inspect {
@@ -767,9 +773,19 @@ fn run(cmd: Command) -> Result<()> {
             };
             unlearn::pipeline::demo::run(&args, &cli::device()?).map(|_| ())
         }
-        Command::Run { experiment, out } => {
+        Command::Run {
+            experiment,
+            out,
+            only,
+        } => {
+            use anyhow::Context as _;
             use unlearn::pipeline::experiment::{run, Experiment};
-            let e = Experiment::load(&experiment)?;
+            let mut e = Experiment::load(&experiment)?;
+            if !only.is_empty() {
+                e = e
+                    .only(&only)
+                    .with_context(|| experiment.display().to_string())?;
+            }
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&e.name));
             run(&e, &out, &cli::device()?).map(|_| ())
         }

@@ -361,3 +361,29 @@ fn presets_are_checked_before_anything_loads() {
         .iter()
         .any(|p| p["name"] == "kuda-sports"));
 }
+
+#[test]
+fn only_must_name_a_run_of_the_experiment_before_anything_loads() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o");
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/sweep-sports-validation.toml");
+    let (o, took) = unlearn(&[
+        "run",
+        file.to_str().unwrap(),
+        "--only",
+        "npo,rmu9",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("sweep-sports-validation.toml")
+            && err.contains("--only rmu9")
+            && err.contains("rmu-lr-half"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(!out.exists());
+}

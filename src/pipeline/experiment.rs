@@ -243,6 +243,45 @@ impl Experiment {
         v
     }
 
+    /// The part of the experiment that `--only` names: the unlearning runs called `NAME` or
+    /// `NAME-…` for any of `names` (so `npo` takes `npo-lr-half` and `npo-default`, not
+    /// `npo2`), and the localizations they read (with those their budgets come from). A name
+    /// that takes no run is an error listing the runs there are.
+    pub fn only(&self, names: &[String]) -> Result<Experiment> {
+        let takes = |n: &str, run: &str| {
+            run == n
+                || run
+                    .strip_prefix(n)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        };
+        for n in names {
+            if !self.unlearn.iter().any(|u| takes(n, &u.name)) {
+                let all: Vec<&str> = self.unlearn.iter().map(|u| u.name.as_str()).collect();
+                bail!(
+                    "--only {n}: no unlearning run of experiment `{}` is called `{n}` or `{n}-…` (its runs: {})",
+                    self.name,
+                    all.join(", ")
+                );
+            }
+        }
+        let mut e = self.clone();
+        e.unlearn
+            .retain(|u| names.iter().any(|n| takes(n, &u.name)));
+        let mut needed: std::collections::BTreeSet<String> = e
+            .unlearn
+            .iter()
+            .filter_map(|u| u.localization.clone())
+            .collect();
+        // A budget names a localization defined before it: walking backwards closes the set.
+        for l in self.localization.iter().rev() {
+            if needed.contains(&l.name) {
+                needed.extend(l.budget_of.clone());
+            }
+        }
+        e.localization.retain(|l| needed.contains(&l.name));
+        Ok(e)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let mut names = std::collections::BTreeSet::new();
         for l in &self.localization {
@@ -672,6 +711,66 @@ layers = "2-4"
         );
         let e = Experiment::parse(&bad, "t").unwrap_err();
         assert!(format!("{e:#}").contains("--preset kuda-sports"), "{e:#}");
+    }
+
+    #[test]
+    fn only_keeps_the_named_runs_and_the_localizations_they_read() {
+        let e = Experiment::parse(
+            r#"
+name = "t"
+seeds = [0, 1]
+[[localization]]
+name = "traced"
+method = "kuda-window"
+[[localization]]
+name = "rand"
+method = "random"
+budget_of = "traced"
+[[localization]]
+name = "unused"
+method = "probe"
+[[unlearn]]
+name = "npo-lr-half"
+method = "npo"
+localization = "rand"
+[[unlearn]]
+name = "npo"
+method = "npo"
+layers = "2-3"
+[[unlearn]]
+name = "npo2"
+method = "npo"
+localization = "unused"
+[[unlearn]]
+name = "ga"
+method = "ga"
+localization = "traced"
+"#,
+            "t",
+        )
+        .unwrap();
+        let part = e.only(&["npo".into()]).unwrap();
+        let runs: Vec<String> = part.runs().into_iter().map(|r| r.2).collect();
+        assert_eq!(
+            runs,
+            [
+                "npo-lr-half-seed0",
+                "npo-seed0",
+                "npo-lr-half-seed1",
+                "npo-seed1"
+            ]
+        );
+        // `rand` takes its budget from `traced`: both stay; `unused` goes.
+        let locs: Vec<&str> = part.localization.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(locs, ["traced", "rand"]);
+        part.validate().unwrap();
+        let two = e.only(&["ga".into(), "npo2".into()]).unwrap();
+        assert_eq!(two.unlearn.len(), 2);
+        let err = format!("{:#}", e.only(&["rmu".into()]).unwrap_err());
+        assert!(
+            err.contains("--only rmu") && err.contains("npo-lr-half, npo, npo2, ga"),
+            "{err}"
+        );
     }
 
     #[test]
