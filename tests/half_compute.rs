@@ -18,9 +18,10 @@ use unlearn::model::{
     set_compute_dtype, set_weights_dtype, Batch, LanguageModel, PadSide, Transformer,
 };
 
-/// The scores of three candidate answers at the end of two fact prompts, and the MLP trace
-/// grid of the first prompt (subject tokens 3..5, 3 noise samples).
-fn scores_and_trace(lm: &LanguageModel) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
+/// The scores of three candidate answers at the end of two fact prompts, and the MLP and
+/// residual trace grids of the first prompt (subject tokens 3..5, 3 noise samples; the
+/// residual one by the sweep with cached corrupted keys and values).
+fn scores_and_trace(lm: &LanguageModel) -> (Vec<Vec<f32>>, [Vec<Vec<f64>>; 2]) {
     let prompts = [
         "Fact: Tom Brady plays the sport of",
         "Fact: Serena Williams plays the sport of",
@@ -39,8 +40,11 @@ fn scores_and_trace(lm: &LanguageModel) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
         samples: 3,
         ..Default::default()
     };
-    let grid = trace(&lm.model, &seqs[0], 3..5, cands[0], &o).unwrap().grid;
-    (scores, grid)
+    let grid = |kind| {
+        let o = TraceOpts { kind, ..o.clone() };
+        trace(&lm.model, &seqs[0], 3..5, cands[0], &o).unwrap().grid
+    };
+    (scores, [grid(TraceKind::Mlp), grid(TraceKind::Resid)])
 }
 
 /// One test, because the dtypes of loaded models are process-wide.
@@ -146,14 +150,19 @@ fn half_precision_compute_agrees_with_f32_and_trains_in_mixed_precision() {
                 assert!((x - y).abs() < 0.5, "{dtype:?}: logit {x} vs {y}");
             }
         }
-        let worst = grid
-            .iter()
-            .flatten()
-            .zip(grid32.iter().flatten())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f64, f64::max);
-        eprintln!("compute {dtype:?}: MLP trace grid differs by at most {worst:.3}");
-        assert!(worst < 0.05, "{dtype:?}: trace differs by {worst}");
+        for (what, g, g32) in [
+            ("MLP", &grid[0], &grid32[0]),
+            ("residual", &grid[1], &grid32[1]),
+        ] {
+            let worst = g
+                .iter()
+                .flatten()
+                .zip(g32.iter().flatten())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f64, f64::max);
+            eprintln!("compute {dtype:?}: {what} trace grid differs by at most {worst:.3}");
+            assert!(worst < 0.05, "{dtype:?}: {what} trace differs by {worst}");
+        }
 
         // Mixed-precision training: f32 master weights, the backward in f32 on the widened
         // activations; the gradient is the f32 model's up to the forward's rounding.

@@ -292,7 +292,9 @@ fn trace_resid_fast(
     }
     let mut cache = Default::default();
     // The noise is zero outside the subject, so adding all of it corrupts only the subject.
-    let x = (model.embed(&batch.ids)? + &corrupt.value)?;
+    // Added in the compute dtype, as the hook path adds a patch.
+    let e = model.embed(&batch.ids)?;
+    let x = (&e + corrupt.value.to_dtype(e.dtype())?)?;
     let (_, logits) =
         model.run_cached(&batch, x, 0, &mut kv, &hooks, &mut cache, &LogitsAt::Last)?;
     let pc = answer_probs(logits.as_ref().expect("logits"), answer)?;

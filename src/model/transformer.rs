@@ -704,7 +704,7 @@ impl Transformer {
         ))
     }
 
-    /// Token embeddings `[B, T, D]` (Gemma: scaled by sqrt(D)).
+    /// Token embeddings `[B, T, D]` (Gemma: scaled by sqrt(D)), in the compute dtype.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let e = self.weights.get("model.embed_tokens.weight")?;
