@@ -226,7 +226,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     // Our model is dropped first: PyTorch loads its own copy of the weights, and both at once
     // do not fit beside a 1.5B model's training buffers in 24 GB.
     let model_path = lm.origin.path.clone();
-    let compute = format!("{:?}", lm.model.compute_dtype()).to_lowercase();
+    let compute = crate::model::dtype_name(lm.model.compute_dtype());
     drop(lm);
     let pytorch_run = if pytorch {
         run_pytorch(&model_path, repeats)
@@ -254,7 +254,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         "threads": threads,
         "device": format!("{:?}", device.location()),
         "compute_dtype": compute,
-        "weights_dtype": format!("{:?}", crate::model::weights_dtype()).to_lowercase(),
+        "weights_dtype": crate::model::dtype_name(crate::model::weights_dtype()),
         "load_seconds": load_s,
         "rss_after_load_bytes": rss_model,
         "gemm_1024_gflops": gflops,

@@ -172,10 +172,7 @@ fn half_precision_compute_agrees_with_f32_and_trains_in_mixed_precision() {
         drop(lm);
         // The trainer runs in mixed precision: KUDA with its projection, and RMU's steering;
         // what they write is f32.
-        short_unlearning_runs_write_f32(&format!(
-            "compute {}",
-            format!("{dtype:?}").to_lowercase()
-        ));
+        short_unlearning_runs_write_f32(&format!("compute {}", unlearn::model::dtype_name(dtype)));
     }
     set_compute_dtype(DType::F32);
     set_weights_dtype(DType::F32);

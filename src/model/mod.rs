@@ -122,17 +122,18 @@ pub fn weights_tag() -> &'static str {
     }
 }
 
+/// A float dtype's name as the command line and the outputs write it (`f32`, `bf16`, `f16`).
+pub fn dtype_name(d: DType) -> String {
+    format!("{d:?}").to_lowercase()
+}
+
 /// How models are held and computed, in words: `f32`, `weights bf16` (or f16), `compute bf16`
-/// (or f16; the weights then stored alike).
+/// (or f16; the weights then stored alike) — the cases of [`weights_tag`].
 pub fn precision_label() -> String {
-    let name = |d: DType| format!("{d:?}").to_lowercase();
-    let (weights, compute) = (weights_dtype(), compute_dtype());
-    if ops::is_half(compute) {
-        format!("compute {}", name(compute))
-    } else if ops::is_half(weights) {
-        format!("weights {}", name(weights))
-    } else {
-        "f32".into()
+    match (weights_dtype(), compute_dtype()) {
+        (_, c) if ops::is_half(c) => format!("compute {}", dtype_name(c)),
+        (w, _) if ops::is_half(w) => format!("weights {}", dtype_name(w)),
+        _ => "f32".into(),
     }
 }
 

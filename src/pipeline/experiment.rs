@@ -713,20 +713,21 @@ layers = "2-4"
         assert!(format!("{e:#}").contains("--preset kuda-sports"), "{e:#}");
     }
 
-    #[test]
-    fn only_keeps_the_named_runs_and_the_localizations_they_read() {
-        let e = Experiment::parse(
-            r#"
-name = "t"
-seeds = [0, 1]
-[[localization]]
+    /// Two localizations, the second at the first one's parameter budget.
+    const TWO_LOCALIZATIONS: &str = r#"[[localization]]
 name = "traced"
 method = "kuda-window"
 [[localization]]
 name = "rand"
 method = "random"
 budget_of = "traced"
-[[localization]]
+"#;
+
+    #[test]
+    fn only_keeps_the_named_runs_and_the_localizations_they_read() {
+        let text = format!(
+            "name = \"t\"\nseeds = [0, 1]\n{TWO_LOCALIZATIONS}{}",
+            r#"[[localization]]
 name = "unused"
 method = "probe"
 [[unlearn]]
@@ -745,10 +746,9 @@ localization = "unused"
 name = "ga"
 method = "ga"
 localization = "traced"
-"#,
-            "t",
-        )
-        .unwrap();
+"#
+        );
+        let e = Experiment::parse(&text, "t").unwrap();
         let part = e.only(&["npo".into()]).unwrap();
         let runs: Vec<String> = part.runs().into_iter().map(|r| r.2).collect();
         assert_eq!(
@@ -789,21 +789,15 @@ localization = "traced"
 
     #[test]
     fn experiment_files_are_checked() {
-        let ok = r#"
-name = "t"
-[[localization]]
-name = "traced"
-method = "kuda-window"
-[[localization]]
-name = "rand"
-method = "random"
-budget_of = "traced"
-[[unlearn]]
+        let ok = &format!(
+            "name = \"t\"\n{TWO_LOCALIZATIONS}{}",
+            r#"[[unlearn]]
 name = "kuda"
 method = "kuda"
 localization = "traced"
 set = ["steps=5"]
-"#;
+"#
+        );
         let e: Experiment = toml::from_str(ok).unwrap();
         e.validate().unwrap();
         assert_eq!(e.eval.suite, "quick");
