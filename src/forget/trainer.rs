@@ -669,6 +669,7 @@ pub fn train(
         dir: dir.join("checkpoint"),
         run_key: &run_key,
         threads: crate::util::threads(),
+        undo_in_memory_bytes: UNDO_IN_MEMORY_BYTES,
     };
     train_with(model, plan, cfg, &ck, dir, stop_after)
 }
@@ -706,16 +707,7 @@ fn train_with(
     let mut focus: Option<Vec<f64>> = None;
     let mut steps_done = cfg.steps;
     if let Some((step, tensors)) = ck.read()? {
-        for p in &plan.params {
-            let w = tensors
-                .get(&format!("param/{p}"))
-                .with_context(|| format!("checkpoint lacks `{p}`"))?;
-            model.set_param(p, w.to_device(model.device())?)?;
-        }
-        opt.restore(&tensors, step, model.device())?;
-        if let Some(w) = tensors.get(FOCUS_KEY) {
-            focus = Some(w.to_dtype(DType::F64)?.to_vec1()?);
-        }
+        restore_state(model, plan, &mut opt, &mut focus, step, &tensors)?;
         if let Some(v) = tensors.get(RETAIN_FIRST_KEY) {
             guard.set_retain_first(v.to_dtype(DType::F64)?.to_vec1::<f64>()?[0]);
         }
@@ -729,8 +721,16 @@ fn train_with(
     bar.set_position(start as u64);
     let mut last = BTreeMap::new();
     // Where a run whose retain loss exploded (read one step after the update that did it)
-    // goes back to.
-    let mut undo: Option<BeforeUpdate> = None;
+    // goes back to: held in memory, or on disk when the trainable state is large (on a 1.5B
+    // model the copy of three MLPs with their moments is 1.4 GB).
+    let mut undo: Option<Undo> = None;
+    let undo_ck = Checkpoints {
+        dir: ck_dir.join("undo"),
+        ..*ck
+    };
+    let undo_on_disk = 3 * trainable_bytes(model, plan)? > ck.undo_in_memory_bytes;
+    // Scratch: removed however the run ends (a killed run's copy is overwritten next time).
+    let _undo_dir = undo_on_disk.then(|| RemovedOnDrop(undo_ck.dir.clone()));
     let angles_start = if start < cfg.steps {
         gradient_angles(model, plan, cfg, start)?
     } else {
@@ -793,12 +793,19 @@ fn train_with(
         if let Some(why) = guard.retain_diverged(&losses) {
             // These losses were read at the weights after `step` steps: go back one update.
             let kept_step = match undo.take() {
-                Some(b) => {
+                Some(Undo::Held(b)) => {
                     for (n, w) in b.weights {
                         model.set_param(&n, w)?;
                     }
                     (opt, focus) = (b.opt, b.focus);
                     step - 1
+                }
+                Some(Undo::Written) => {
+                    let (s, t) = undo_ck
+                        .read()?
+                        .with_context(|| format!("{} is gone", undo_ck.dir.display()))?;
+                    restore_state(model, plan, &mut opt, &mut focus, s, &t)?;
+                    s
                 }
                 None => step,
             };
@@ -809,6 +816,10 @@ fn train_with(
                 ck_dir.display()
             );
         }
+        // Past the retain check the update before this one can no longer be undone: its copy
+        // of the weights and of the optimizer goes now, not after this step's own copies are
+        // made (on a 1.5B model the two together are gigabytes).
+        drop(undo.take());
         let mut grads = grads;
         let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
         let norm = global_norm(&own_moments_folded(grads.clone(), None)?)?;
@@ -830,6 +841,7 @@ fn train_with(
         let params = param_map(model, plan)?;
         let opt_before = opt.clone();
         let mut upd = opt.update(&params, &grads, lr)?;
+        drop(grads);
         match plan.project_at {
             ProjectAt::Update => plan.projectors.apply(&mut upd)?,
             ProjectAt::OwnMoments => upd = own_moments_folded(upd, Some(&plan.projectors))?,
@@ -848,13 +860,28 @@ fn train_with(
                 ck_dir.display()
             );
         }
+        if undo_on_disk {
+            // The model still holds the weights after `step` steps.
+            undo_ck.save(
+                model,
+                plan,
+                &opt_before,
+                focus.as_deref(),
+                guard.retain_first(),
+                step,
+            )?;
+        }
         for n in upd.keys() {
             model.set_param(n, next[n].clone())?;
         }
-        undo = Some(BeforeUpdate {
-            weights: params,
-            opt: opt_before,
-            focus: focus.clone(),
+        undo = Some(if undo_on_disk {
+            Undo::Written
+        } else {
+            Undo::Held(BeforeUpdate {
+                weights: params,
+                opt: opt_before,
+                focus: focus.clone(),
+            })
         });
         let mut line = json!({"step": step + 1, "lr": lr, "loss": total, "terms": losses, "grad_norm": norm,
             "seconds": ts.elapsed().as_secs_f64()});
@@ -880,6 +907,7 @@ fn train_with(
         }
     }
     bar.finish_and_clear();
+    drop(undo);
     let gradient_angles = match angles_start {
         Some(s) => gradient_angles(model, plan, cfg, steps_done.saturating_sub(1))?.map(|end| {
             AnglesAtEnds {
@@ -937,6 +965,55 @@ struct BeforeUpdate {
     focus: Option<Vec<f64>>,
 }
 
+/// The state before the last update, to go back to: held, or written to the undo checkpoint.
+enum Undo {
+    Held(BeforeUpdate),
+    Written,
+}
+
+/// A directory removed when this goes out of scope.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// [`Checkpoints::undo_in_memory_bytes`] of a run.
+const UNDO_IN_MEMORY_BYTES: usize = 256 << 20;
+
+/// Bytes of the updated parameters.
+fn trainable_bytes(model: &Transformer, plan: &Plan) -> Result<usize> {
+    plan.params.iter().try_fold(0, |sum, p| {
+        let w = model.weights().get(p)?;
+        Ok(sum + w.elem_count() * w.dtype().size_in_bytes())
+    })
+}
+
+/// Put the state of a checkpoint written after `step` steps back into the model, the
+/// optimizer and the focus weights.
+fn restore_state(
+    model: &mut Transformer,
+    plan: &Plan,
+    opt: &mut Optimizer,
+    focus: &mut Option<Vec<f64>>,
+    step: usize,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    for p in &plan.params {
+        let w = tensors
+            .get(&format!("param/{p}"))
+            .with_context(|| format!("checkpoint lacks `{p}`"))?;
+        model.set_param(p, w.to_device(model.device())?)?;
+    }
+    opt.restore(tensors, step, model.device())?;
+    if let Some(w) = tensors.get(FOCUS_KEY) {
+        *focus = Some(w.to_dtype(DType::F64)?.to_vec1()?);
+    }
+    Ok(())
+}
+
 /// Checkpoint entry of the divergence guard's first retain loss.
 const RETAIN_FIRST_KEY: &str = "guard/retain_first";
 
@@ -954,6 +1031,9 @@ struct Checkpoints<'a> {
     dir: PathBuf,
     run_key: &'a str,
     threads: usize,
+    /// Trainable state (weights and Adam's moments) up to which the copy kept to undo an
+    /// update is held in memory; above it, it is written to `undo/` beside the checkpoint.
+    undo_in_memory_bytes: usize,
 }
 
 impl Checkpoints<'_> {
@@ -1729,10 +1809,31 @@ mod tests {
             plan.precompute(m, 4).unwrap();
             plan
         };
+        // The state to go back to held in memory, and written to disk (as for a large model).
+        for undo_in_memory_bytes in [UNDO_IN_MEMORY_BYTES, 0] {
+            retain_explodes_with(&cfg, &graddiff_plan, undo_in_memory_bytes);
+        }
+    }
+
+    fn retain_explodes_with(
+        cfg: &ForgetConfig,
+        graddiff_plan: &dyn Fn(&Transformer) -> Plan,
+        undo_in_memory_bytes: usize,
+    ) {
         let mut m = tiny_model(Arch::Gemma3);
         let plan = graddiff_plan(&m);
         let dir = tempfile::tempdir().unwrap();
-        let e = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap_err();
+        let ck = Checkpoints {
+            dir: dir.path().join("checkpoint"),
+            run_key: "k",
+            threads: crate::util::threads(),
+            undo_in_memory_bytes,
+        };
+        let e = train_with(&mut m, &plan, cfg, &ck, dir.path(), None).unwrap_err();
+        assert!(
+            !ck.dir.join("undo").exists(),
+            "the undo copy is left behind"
+        );
         let msg = format!("{e:#}");
         let step: usize = msg
             .strip_prefix("step ")
@@ -1770,6 +1871,7 @@ mod tests {
             dir: dir.path().join("checkpoint"),
             run_key: "k",
             threads,
+            undo_in_memory_bytes: UNDO_IN_MEMORY_BYTES,
         };
         let mut m = tiny_model(Arch::Gemma3);
         let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
