@@ -800,13 +800,7 @@ fn train_with(
                     (opt, focus) = (b.opt, b.focus);
                     step - 1
                 }
-                Some(Undo::Written) => {
-                    let (s, t) = undo_ck
-                        .read()?
-                        .with_context(|| format!("{} is gone", undo_ck.dir.display()))?;
-                    restore_state(model, plan, &mut opt, &mut focus, s, &t)?;
-                    s
-                }
+                Some(Undo::Written) => undo_ck.restore(model, plan, &mut opt, &mut focus)?,
                 None => step,
             };
             save!(kept_step);
@@ -839,7 +833,22 @@ fn train_with(
         }
         let lr = cfg.optim.lr_at(step, cfg.steps);
         let params = param_map(model, plan)?;
-        let opt_before = opt.clone();
+        // The optimizer before this update, to go back to: a copy held in memory, or the undo
+        // checkpoint written now (the model still holds the weights after `step` steps), so
+        // that the old and new moments of a large model are never in memory together.
+        let opt_before = if undo_on_disk {
+            undo_ck.save(
+                model,
+                plan,
+                &opt,
+                focus.as_deref(),
+                guard.retain_first(),
+                step,
+            )?;
+            None
+        } else {
+            Some(opt.clone())
+        };
         let mut upd = opt.update(&params, &grads, lr)?;
         drop(grads);
         match plan.project_at {
@@ -852,7 +861,12 @@ fn train_with(
             next.insert(n.clone(), (&params[n] + u)?);
         }
         if let Some(why) = guard.weights_diverged(&next)? {
-            opt = opt_before;
+            match opt_before {
+                Some(o) => opt = o,
+                None => {
+                    undo_ck.restore(model, plan, &mut opt, &mut focus)?;
+                }
+            }
             save!(step);
             bail!(
                 "step {}: {why}; stopped, the weights after step {step} are kept in {}",
@@ -860,28 +874,16 @@ fn train_with(
                 ck_dir.display()
             );
         }
-        if undo_on_disk {
-            // The model still holds the weights after `step` steps.
-            undo_ck.save(
-                model,
-                plan,
-                &opt_before,
-                focus.as_deref(),
-                guard.retain_first(),
-                step,
-            )?;
-        }
         for n in upd.keys() {
             model.set_param(n, next[n].clone())?;
         }
-        undo = Some(if undo_on_disk {
-            Undo::Written
-        } else {
-            Undo::Held(BeforeUpdate {
+        undo = Some(match opt_before {
+            Some(opt) => Undo::Held(BeforeUpdate {
                 weights: params,
-                opt: opt_before,
+                opt,
                 focus: focus.clone(),
-            })
+            }),
+            None => Undo::Written,
         });
         let mut line = json!({"step": step + 1, "lr": lr, "loss": total, "terms": losses, "grad_norm": norm,
             "seconds": ts.elapsed().as_secs_f64()});
@@ -1073,6 +1075,21 @@ impl Checkpoints<'_> {
             &dir.join("state.json"),
             serde_json::to_string(&meta)?.as_bytes(),
         )
+    }
+
+    /// Put the state of this run's checkpoint back (see [`restore_state`]); its step.
+    fn restore(
+        &self,
+        model: &mut Transformer,
+        plan: &Plan,
+        opt: &mut Optimizer,
+        focus: &mut Option<Vec<f64>>,
+    ) -> Result<usize> {
+        let (step, t) = self
+            .read()?
+            .with_context(|| format!("{} holds no state of this run", self.dir.display()))?;
+        restore_state(model, plan, opt, focus, step, &t)?;
+        Ok(step)
     }
 
     /// The step and state of this run's checkpoint; none when there is none or it belongs to
@@ -1784,6 +1801,43 @@ mod tests {
         train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
         let n1 = params_norm(&m, &plan.params);
         assert!(n1 > 10.0 * n0, "‖W‖ {n0} → {n1}");
+    }
+
+    #[test]
+    fn the_state_to_go_back_to_is_the_same_held_in_memory_or_written_to_disk() {
+        let mut cfg = tiny_cfg();
+        cfg.optim.lr = 1e3;
+        let plan = kuda_plan(&tiny_model(Arch::Gemma3), Projection::None, &cfg);
+        // The checkpoint a run stopped by exploding weights keeps: weights, moments, focus.
+        let kept = |undo_in_memory_bytes| {
+            let dir = tempfile::tempdir().unwrap();
+            let ck = Checkpoints {
+                dir: dir.path().join("checkpoint"),
+                run_key: "k",
+                threads: crate::util::threads(),
+                undo_in_memory_bytes,
+            };
+            let mut m = tiny_model(Arch::Gemma3);
+            let e = train_with(&mut m, &plan, &cfg, &ck, dir.path(), None).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("the weights after step 1 are kept"),
+                "{e:#}"
+            );
+            assert!(
+                !ck.dir.join("undo").exists(),
+                "the undo copy is left behind"
+            );
+            let (step, t) = ck.read().unwrap().unwrap();
+            let mut t: Vec<(String, Vec<f64>)> = t
+                .into_iter()
+                .map(|(n, v)| (n, v.flatten_all().unwrap().to_vec1::<f64>().unwrap()))
+                .collect();
+            t.sort_by(|a, b| a.0.cmp(&b.0));
+            (step, t)
+        };
+        let held = kept(UNDO_IN_MEMORY_BYTES);
+        assert!(held.1.iter().any(|(n, _)| n.starts_with("adam.m/")));
+        assert_eq!(held, kept(0));
     }
 
     #[test]
