@@ -1810,23 +1810,9 @@ mod tests {
         let plan = kuda_plan(&tiny_model(Arch::Gemma3), Projection::None, &cfg);
         // The checkpoint a run stopped by exploding weights keeps: weights, moments, focus.
         let kept = |undo_in_memory_bytes| {
-            let dir = tempfile::tempdir().unwrap();
-            let ck = Checkpoints {
-                dir: dir.path().join("checkpoint"),
-                run_key: "k",
-                threads: crate::util::threads(),
-                undo_in_memory_bytes,
-            };
-            let mut m = tiny_model(Arch::Gemma3);
-            let e = train_with(&mut m, &plan, &cfg, &ck, dir.path(), None).unwrap_err();
-            assert!(
-                format!("{e:#}").contains("the weights after step 1 are kept"),
-                "{e:#}"
-            );
-            assert!(
-                !ck.dir.join("undo").exists(),
-                "the undo copy is left behind"
-            );
+            let (_, msg, dir) = stopped_run(&plan, &cfg, undo_in_memory_bytes);
+            assert!(msg.contains("the weights after step 1 are kept"), "{msg}");
+            let ck = test_checkpoints(dir.path(), undo_in_memory_bytes);
             let (step, t) = ck.read().unwrap().unwrap();
             let mut t: Vec<(String, Vec<f64>)> = t
                 .into_iter()
@@ -1869,26 +1855,41 @@ mod tests {
         }
     }
 
+    /// A tiny model's run under `plan` and `cfg` that must stop, with the state before an
+    /// update held in memory up to `undo_in_memory_bytes`: the model, the error and the run's
+    /// directory (the undo copy must be gone from it).
+    fn stopped_run(
+        plan: &Plan,
+        cfg: &ForgetConfig,
+        undo_in_memory_bytes: usize,
+    ) -> (Transformer, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = test_checkpoints(dir.path(), undo_in_memory_bytes);
+        let mut m = tiny_model(Arch::Gemma3);
+        let e = train_with(&mut m, plan, cfg, &ck, dir.path(), None).unwrap_err();
+        assert!(
+            !ck.dir.join("undo").exists(),
+            "the undo copy is left behind"
+        );
+        (m, format!("{e:#}"), dir)
+    }
+
+    fn test_checkpoints(dir: &Path, undo_in_memory_bytes: usize) -> Checkpoints<'static> {
+        Checkpoints {
+            dir: dir.join("checkpoint"),
+            run_key: "k",
+            threads: crate::util::threads(),
+            undo_in_memory_bytes,
+        }
+    }
+
     fn retain_explodes_with(
         cfg: &ForgetConfig,
         graddiff_plan: &dyn Fn(&Transformer) -> Plan,
         undo_in_memory_bytes: usize,
     ) {
-        let mut m = tiny_model(Arch::Gemma3);
-        let plan = graddiff_plan(&m);
-        let dir = tempfile::tempdir().unwrap();
-        let ck = Checkpoints {
-            dir: dir.path().join("checkpoint"),
-            run_key: "k",
-            threads: crate::util::threads(),
-            undo_in_memory_bytes,
-        };
-        let e = train_with(&mut m, &plan, cfg, &ck, dir.path(), None).unwrap_err();
-        assert!(
-            !ck.dir.join("undo").exists(),
-            "the undo copy is left behind"
-        );
-        let msg = format!("{e:#}");
+        let plan = graddiff_plan(&tiny_model(Arch::Gemma3));
+        let (m, msg, _dir) = stopped_run(&plan, cfg, undo_in_memory_bytes);
         let step: usize = msg
             .strip_prefix("step ")
             .and_then(|r| r.split(':').next())
