@@ -1923,10 +1923,8 @@ mod tests {
         let cfg = tiny_cfg();
         let dir = tempfile::tempdir().unwrap();
         let ck = |threads| Checkpoints {
-            dir: dir.path().join("checkpoint"),
-            run_key: "k",
             threads,
-            undo_in_memory_bytes: UNDO_IN_MEMORY_BYTES,
+            ..test_checkpoints(dir.path(), UNDO_IN_MEMORY_BYTES)
         };
         let mut m = tiny_model(Arch::Gemma3);
         let plan = kuda_plan(&m, Projection::Relaxed, &cfg);
