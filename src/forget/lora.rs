@@ -245,7 +245,7 @@ pub fn train_adapters(
                 *t = t.affine(ocfg.clip_norm / norm, 0.0)?;
             }
         }
-        let upd = opt.update(&lora.params, &ga, ocfg.lr_at(step, cfg.steps))?;
+        let upd = opt.update(&lora.params, ga, ocfg.lr_at(step, cfg.steps))?;
         for (k, u) in upd {
             let p = (&lora.params[&k] + u)?;
             lora.params.insert(k, p);

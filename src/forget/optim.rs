@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which update rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,13 +105,17 @@ pub fn global_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     Ok(s.sqrt())
 }
 
-/// AdamW moments per parameter and the step count.
+/// AdamW moments per parameter and the step count. Between updates the moments can be parked
+/// in a file ([`Optimizer::park`]): a large model's moments are only read by the update, and
+/// out of memory they leave room for the forward and backward passes.
 #[derive(Clone, Default)]
 pub struct Optimizer {
     pub cfg: OptimConfig,
     m: BTreeMap<String, Tensor>,
     v: BTreeMap<String, Tensor>,
     pub t: usize,
+    /// Where the moments are while parked (and on which device they go back).
+    parked: Option<(PathBuf, Device)>,
 }
 
 impl Optimizer {
@@ -123,16 +127,21 @@ impl Optimizer {
     }
 
     /// The update Δ (to be added to each parameter) for gradients `grads` at learning rate `lr`.
+    /// Each gradient goes as soon as its step is made (on a large model the gradients and the
+    /// update are never both whole in memory).
     pub fn update(
         &mut self,
         params: &BTreeMap<String, Tensor>,
-        grads: &BTreeMap<String, Tensor>,
+        grads: BTreeMap<String, Tensor>,
         lr: f64,
     ) -> Result<BTreeMap<String, Tensor>> {
+        self.unpark()?;
         self.t += 1;
         let c = &self.cfg;
+        let graded: std::collections::BTreeSet<String> = grads.keys().cloned().collect();
         let mut out = BTreeMap::new();
-        for (name, g) in grads {
+        for (owned, g) in grads {
+            let (name, g) = (&owned, &g);
             // A projected term's own moments (see `ProjectAt::OwnMoments`) update the same
             // parameter as its other entry.
             let base = name
@@ -162,7 +171,7 @@ impl Optimizer {
                 }
             };
             // Weight decay once per parameter.
-            let decays = base == name || !grads.contains_key(base);
+            let decays = base == name || !graded.contains(base);
             let step = if c.weight_decay > 0.0 && decays {
                 (step - w.affine(lr * c.weight_decay, 0.0)?)?
             } else {
@@ -173,8 +182,36 @@ impl Optimizer {
         Ok(out)
     }
 
-    /// Moments as named tensors (for a checkpoint).
+    /// Write the moments to `path` and let them go from memory until the next update,
+    /// [`Optimizer::unpark`] or [`Optimizer::restore`] (exact: f32 written and read back).
+    pub fn park(&mut self, path: &Path) -> Result<()> {
+        let Some(device) = self.m.values().next().map(|t| t.device().clone()) else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        crate::util::save_safetensors_atomic(&self.state_tensors()?, path)?;
+        self.m.clear();
+        self.v.clear();
+        self.parked = Some((path.to_path_buf(), device));
+        Ok(())
+    }
+
+    /// Bring parked moments back into memory (nothing when they are there).
+    pub fn unpark(&mut self) -> Result<()> {
+        if let Some((path, device)) = self.parked.take() {
+            let t = self.t;
+            self.restore(&load_tensors(&path)?, t, &device)?;
+        }
+        Ok(())
+    }
+
+    /// Moments as named tensors (for a checkpoint); read from their file while parked.
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        if let Some((path, _)) = &self.parked {
+            return load_tensors(path);
+        }
         let mut out = HashMap::new();
         for (n, t) in &self.m {
             out.insert(format!("adam.m/{n}"), t.to_device(&Device::Cpu)?);
@@ -185,13 +222,17 @@ impl Optimizer {
         Ok(out)
     }
 
-    /// Restore moments from checkpoint tensors and the step count.
+    /// Restore moments from checkpoint tensors and the step count (moments the tensors do not
+    /// hold, such as those of a state before the first update, are none).
     pub fn restore(
         &mut self,
         tensors: &HashMap<String, Tensor>,
         t: usize,
         device: &Device,
     ) -> Result<()> {
+        self.parked = None;
+        self.m.clear();
+        self.v.clear();
         for (k, v) in tensors {
             if let Some(n) = k.strip_prefix("adam.m/") {
                 self.m.insert(n.into(), v.to_device(device)?);
@@ -204,10 +245,68 @@ impl Optimizer {
     }
 }
 
-/// Read a checkpoint's tensors.
+/// Read a checkpoint's tensors (on the CPU), one tensor's bytes at a time: never the whole
+/// file in memory beside its tensors (a 1.5B model's moments are a gigabyte).
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("reading checkpoint {}", path.display()))
+    read_safetensors(path).with_context(|| format!("reading checkpoint {}", path.display()))
+}
+
+fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let file_len = f.metadata()?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > file_len.saturating_sub(8) {
+        bail!("the header length {header_len} passes the end of the file ({file_len} bytes)");
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header)?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).context("the header is not a JSON object")?;
+    let data_start = 8 + header_len;
+    let mut out = HashMap::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entry: TensorEntry = serde_json::from_value(info)
+            .with_context(|| format!("tensor `{name}`: unreadable entry"))?;
+        let dtype = match entry.dtype.as_str() {
+            "F64" => candle_core::DType::F64,
+            "F32" => candle_core::DType::F32,
+            "BF16" => candle_core::DType::BF16,
+            "F16" => candle_core::DType::F16,
+            "I64" => candle_core::DType::I64,
+            "U32" => candle_core::DType::U32,
+            "U8" => candle_core::DType::U8,
+            other => bail!("tensor `{name}`: unsupported dtype {other}"),
+        };
+        let [begin, end] = entry.data_offsets;
+        let want = entry.shape.iter().product::<usize>() * dtype.size_in_bytes();
+        if end < begin || (end - begin) as usize != want || data_start + end > file_len {
+            bail!(
+                "tensor `{name}`: bytes {begin}..{end} do not hold shape {:?} of {} or pass the end of the file",
+                entry.shape,
+                entry.dtype
+            );
+        }
+        f.seek(SeekFrom::Start(data_start + begin))?;
+        let mut bytes = vec![0u8; want];
+        f.read_exact(&mut bytes)?;
+        let t = Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, &Device::Cpu)?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// One tensor of a safetensors header.
+#[derive(Deserialize)]
+struct TensorEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
 }
 
 #[cfg(test)]
@@ -237,11 +336,112 @@ mod tests {
         let g: BTreeMap<_, _> =
             [("w".to_string(), Tensor::new(&[0.5f32, -3.0], &dev).unwrap())].into();
         let mut o = Optimizer::new(OptimConfig::default());
-        let d: Vec<f32> = o.update(&w, &g, 0.01).unwrap()["w"].to_vec1().unwrap();
+        let d: Vec<f32> = o.update(&w, g.clone(), 0.01).unwrap()["w"]
+            .to_vec1()
+            .unwrap();
         assert!(
             (d[0] + 0.01).abs() < 1e-6 && (d[1] - 0.01).abs() < 1e-6,
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn parked_moments_leave_memory_and_come_back_exactly() {
+        let dev = Device::Cpu;
+        let w: BTreeMap<_, _> = [(
+            "w".to_string(),
+            Tensor::new(&[1f32, 2.0, -1.0], &dev).unwrap(),
+        )]
+        .into();
+        let grads = |k: f32| -> BTreeMap<String, Tensor> {
+            [(
+                "w".to_string(),
+                Tensor::new(&[0.3f32 * k, -1.7 / k, 0.01 * k * k], &dev).unwrap(),
+            )]
+            .into()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut held, mut parked) = (
+            Optimizer::new(OptimConfig::default()),
+            Optimizer::new(OptimConfig::default()),
+        );
+        for k in 1..=4 {
+            let a: Vec<f32> = held.update(&w, grads(k as f32), 0.01).unwrap()["w"]
+                .to_vec1()
+                .unwrap();
+            let b: Vec<f32> = parked.update(&w, grads(k as f32), 0.01).unwrap()["w"]
+                .to_vec1()
+                .unwrap();
+            assert_eq!(a, b, "update {k}");
+            parked.park(&dir.path().join("m.safetensors")).unwrap();
+            assert!(parked.m.is_empty() && parked.v.is_empty());
+            // A checkpoint of a parked optimizer holds the same moments.
+            let mut x: Vec<_> = held.state_tensors().unwrap().into_iter().collect();
+            let mut y: Vec<_> = parked.state_tensors().unwrap().into_iter().collect();
+            x.sort_by(|a, b| a.0.cmp(&b.0));
+            y.sort_by(|a, b| a.0.cmp(&b.0));
+            let vals = |v: &[(String, Tensor)]| -> Vec<(String, Vec<f32>)> {
+                v.iter()
+                    .map(|(n, t)| (n.clone(), t.to_vec1().unwrap()))
+                    .collect()
+            };
+            assert_eq!(vals(&x), vals(&y));
+        }
+    }
+
+    #[test]
+    fn checkpoint_files_read_back_as_written_and_a_cut_file_is_named() {
+        let dev = Device::Cpu;
+        let mut t: HashMap<String, Tensor> = HashMap::new();
+        t.insert(
+            "a".into(),
+            Tensor::new(&[[1f32, -2.5], [3.0, 4.0]], &dev).unwrap(),
+        );
+        t.insert("b".into(), Tensor::new(&[0.1f64, 2e-300], &dev).unwrap());
+        t.insert(
+            "c".into(),
+            Tensor::new(&[1f32, 2.0, 3.0], &dev)
+                .unwrap()
+                .to_dtype(candle_core::DType::BF16)
+                .unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.safetensors");
+        crate::util::save_safetensors_atomic(&t, &p).unwrap();
+        let back = load_tensors(&p).unwrap();
+        assert_eq!(back.len(), 3);
+        for (n, x) in &t {
+            let y = &back[n];
+            assert_eq!((x.dtype(), x.dims()), (y.dtype(), y.dims()), "{n}");
+            let f = |t: &Tensor| -> Vec<f64> {
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F64)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            assert_eq!(f(x), f(y), "{n}");
+        }
+        // A file cut short (a disk that filled up) is refused, naming the file.
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
+        let e = format!("{:#}", load_tensors(&p).unwrap_err());
+        assert!(
+            e.contains("s.safetensors") && e.contains("end of the file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn restoring_a_state_before_any_update_leaves_no_moments() {
+        let dev = Device::Cpu;
+        let w: BTreeMap<_, _> = [("w".to_string(), Tensor::new(&[1f32], &dev).unwrap())].into();
+        let g: BTreeMap<_, _> = [("w".to_string(), Tensor::new(&[0.5f32], &dev).unwrap())].into();
+        let mut o = Optimizer::new(OptimConfig::default());
+        o.update(&w, g, 0.1).unwrap();
+        o.restore(&HashMap::new(), 0, &dev).unwrap();
+        assert!(o.m.is_empty() && o.v.is_empty() && o.t == 0);
     }
 
     #[test]

@@ -722,7 +722,8 @@ fn train_with(
     let mut last = BTreeMap::new();
     // Where a run whose retain loss exploded (read one step after the update that did it)
     // goes back to: held in memory, or on disk when the trainable state is large (on a 1.5B
-    // model the copy of three MLPs with their moments is 1.4 GB).
+    // model the copy of three MLPs with their moments is 1.4 GB). On disk too, between
+    // updates, Adam's moments when the undo copy is written there (`Optimizer::park`).
     let mut undo: Option<Undo> = None;
     let undo_ck = Checkpoints {
         dir: ck_dir.join("undo"),
@@ -794,6 +795,7 @@ fn train_with(
             // These losses were read at the weights after `step` steps: go back one update.
             let kept_step = match undo.take() {
                 Some(Undo::Held(b)) => {
+                    let b = *b;
                     for (n, w) in b.weights {
                         model.set_param(&n, w)?;
                     }
@@ -837,6 +839,7 @@ fn train_with(
         // checkpoint written now (the model still holds the weights after `step` steps), so
         // that the old and new moments of a large model are never in memory together.
         let opt_before = if undo_on_disk {
+            opt.unpark()?;
             undo_ck.save(
                 model,
                 plan,
@@ -849,16 +852,18 @@ fn train_with(
         } else {
             Some(opt.clone())
         };
-        let mut upd = opt.update(&params, &grads, lr)?;
-        drop(grads);
+        let mut upd = opt.update(&params, grads, lr)?;
         match plan.project_at {
             ProjectAt::Update => plan.projectors.apply(&mut upd)?,
             ProjectAt::OwnMoments => upd = own_moments_folded(upd, Some(&plan.projectors))?,
             ProjectAt::Gradient => {}
         }
+        // The new weights, each update going as soon as it is added.
+        let updated: Vec<String> = upd.keys().cloned().collect();
         let mut next = params.clone();
-        for (n, u) in &upd {
-            next.insert(n.clone(), (&params[n] + u)?);
+        for (n, u) in upd {
+            let w = (&params[&n] + u)?;
+            next.insert(n, w);
         }
         if let Some(why) = guard.weights_diverged(&next)? {
             match opt_before {
@@ -874,16 +879,20 @@ fn train_with(
                 ck_dir.display()
             );
         }
-        for n in upd.keys() {
+        for n in &updated {
             model.set_param(n, next[n].clone())?;
         }
         undo = Some(match opt_before {
-            Some(opt) => Undo::Held(BeforeUpdate {
+            Some(opt) => Undo::Held(Box::new(BeforeUpdate {
                 weights: params,
                 opt,
                 focus: focus.clone(),
-            }),
-            None => Undo::Written,
+            })),
+            None => {
+                // The weights before the update are on disk: their copy goes now.
+                drop(params);
+                Undo::Written
+            }
         });
         let mut line = json!({"step": step + 1, "lr": lr, "loss": total, "terms": losses, "grad_norm": norm,
             "seconds": ts.elapsed().as_secs_f64()});
@@ -900,6 +909,11 @@ fn train_with(
         if stop || (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
             save!(step + 1);
         }
+        if undo_on_disk {
+            // Out of memory until the next update (on a 1.5B model a gigabyte that the next
+            // forward and backward passes then have).
+            opt.park(&undo_ck.dir.join("moments.safetensors"))?;
+        }
         if stop {
             bar.abandon();
             bail!(
@@ -909,7 +923,10 @@ fn train_with(
         }
     }
     bar.finish_and_clear();
+    // Neither the update to undo nor the optimizer is read again: on a 1.5B model Adam's
+    // moments alone are a gigabyte, which the gradients of the angles below then reuse.
     drop(undo);
+    drop(opt);
     let gradient_angles = match angles_start {
         Some(s) => gradient_angles(model, plan, cfg, steps_done.saturating_sub(1))?.map(|end| {
             AnglesAtEnds {
@@ -969,7 +986,7 @@ struct BeforeUpdate {
 
 /// The state before the last update, to go back to: held, or written to the undo checkpoint.
 enum Undo {
-    Held(BeforeUpdate),
+    Held(Box<BeforeUpdate>),
     Written,
 }
 
@@ -1804,6 +1821,29 @@ mod tests {
     }
 
     #[test]
+    fn a_run_ends_the_same_with_its_undo_copy_and_moments_in_memory_or_on_disk() {
+        // On disk (a large model), the moments are parked between updates too.
+        let cfg = tiny_cfg();
+        let plan = kuda_plan(&tiny_model(Arch::Gemma3), Projection::Relaxed, &cfg);
+        let run = |undo_in_memory_bytes| {
+            let dir = tempfile::tempdir().unwrap();
+            let ck = test_checkpoints(dir.path(), undo_in_memory_bytes);
+            let mut m = tiny_model(Arch::Gemma3);
+            train_with(&mut m, &plan, &cfg, &ck, dir.path(), None).unwrap();
+            assert!(
+                !ck.dir.join("undo").exists(),
+                "the undo copy is left behind"
+            );
+            let (step, t) = checkpoint_values(&ck);
+            (param_values(&m, &plan.params), step, t)
+        };
+        let held = run(UNDO_IN_MEMORY_BYTES);
+        assert_eq!(held.1, cfg.steps);
+        assert!(held.2.iter().any(|(n, _)| n.starts_with("adam.v/")));
+        assert_eq!(held, run(0));
+    }
+
+    #[test]
     fn the_state_to_go_back_to_is_the_same_held_in_memory_or_written_to_disk() {
         let mut cfg = tiny_cfg();
         cfg.optim.lr = 1e3;
@@ -1813,13 +1853,7 @@ mod tests {
             let (_, msg, dir) = stopped_run(&plan, &cfg, undo_in_memory_bytes);
             assert!(msg.contains("the weights after step 1 are kept"), "{msg}");
             let ck = test_checkpoints(dir.path(), undo_in_memory_bytes);
-            let (step, t) = ck.read().unwrap().unwrap();
-            let mut t: Vec<(String, Vec<f64>)> = t
-                .into_iter()
-                .map(|(n, v)| (n, v.flatten_all().unwrap().to_vec1::<f64>().unwrap()))
-                .collect();
-            t.sort_by(|a, b| a.0.cmp(&b.0));
-            (step, t)
+            checkpoint_values(&ck)
         };
         let held = kept(UNDO_IN_MEMORY_BYTES);
         assert!(held.1.iter().any(|(n, _)| n.starts_with("adam.m/")));
@@ -1872,6 +1906,17 @@ mod tests {
             "the undo copy is left behind"
         );
         (m, format!("{e:#}"), dir)
+    }
+
+    /// The step and every tensor (by name, widened) of a run's checkpoint.
+    fn checkpoint_values(ck: &Checkpoints) -> (usize, Vec<(String, Vec<f64>)>) {
+        let (step, t) = ck.read().unwrap().unwrap();
+        let mut t: Vec<(String, Vec<f64>)> = t
+            .into_iter()
+            .map(|(n, v)| (n, v.flatten_all().unwrap().to_vec1::<f64>().unwrap()))
+            .collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        (step, t)
     }
 
     fn test_checkpoints(dir: &Path, undo_in_memory_bytes: usize) -> Checkpoints<'static> {
