@@ -1,6 +1,6 @@
 //! Small shared helpers: atomic file writes, hashing, thread setup.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -123,6 +123,70 @@ pub fn save_safetensors_atomic(
     candle_core::safetensors::save(tensors, tmp.path())
         .with_context(|| format!("writing {}", path.display()))?;
     persist(tmp, path)
+}
+
+/// Read a safetensors file onto `device` one tensor's bytes at a time: never the whole file in
+/// memory beside its tensors (a 1.5B model's Adam moments are a gigabyte). Offsets and sizes are
+/// checked, so a file cut short is refused rather than read as zeros.
+pub fn load_safetensors(
+    path: &Path,
+    device: &candle_core::Device,
+) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let file_len = f.metadata()?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > file_len.saturating_sub(8) {
+        bail!("the header length {header_len} passes the end of the file ({file_len} bytes)");
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header)?;
+    let header: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).context("the header is not a JSON object")?;
+    let data_start = 8 + header_len;
+    let mut out = std::collections::HashMap::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entry: TensorEntry = serde_json::from_value(info)
+            .with_context(|| format!("tensor `{name}`: unreadable entry"))?;
+        let dtype = match entry.dtype.as_str() {
+            "F64" => candle_core::DType::F64,
+            "F32" => candle_core::DType::F32,
+            "BF16" => candle_core::DType::BF16,
+            "F16" => candle_core::DType::F16,
+            "I64" => candle_core::DType::I64,
+            "U32" => candle_core::DType::U32,
+            "U8" => candle_core::DType::U8,
+            other => bail!("tensor `{name}`: unsupported dtype {other}"),
+        };
+        let [begin, end] = entry.data_offsets;
+        let want = entry.shape.iter().product::<usize>() * dtype.size_in_bytes();
+        if end < begin || (end - begin) as usize != want || data_start + end > file_len {
+            bail!(
+                "tensor `{name}`: bytes {begin}..{end} do not hold shape {:?} of {} or pass the end of the file",
+                entry.shape,
+                entry.dtype
+            );
+        }
+        f.seek(SeekFrom::Start(data_start + begin))?;
+        let mut bytes = vec![0u8; want];
+        f.read_exact(&mut bytes)?;
+        let t = candle_core::Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, device)?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// One tensor of a safetensors header.
+#[derive(serde::Deserialize)]
+struct TensorEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
 }
 
 /// sha256 of a file, as lowercase hex.

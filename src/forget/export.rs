@@ -124,7 +124,7 @@ pub fn read_delta(dir: &Path, device: &Device) -> Result<(LoadedModel, Vec<(Stri
         );
     }
     let file = dir.join(DELTA_FILE);
-    let t = candle_core::safetensors::load(&file, device)
+    let t = crate::util::load_safetensors(&file, device)
         .with_context(|| format!("reading {}", file.display()))?;
     Ok((loaded, t.into_iter().collect()))
 }

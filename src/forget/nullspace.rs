@@ -100,7 +100,7 @@ pub fn key_sums(
 /// Load key sums from `path` if it exists, else compute and save them there (atomically).
 pub fn cached_key_sums(path: &Path, compute: impl FnOnce() -> Result<KeySums>) -> Result<KeySums> {
     if path.exists() {
-        let t = candle_core::safetensors::load(path, &Device::Cpu)
+        let t = crate::util::load_safetensors(path, &Device::Cpu)
             .with_context(|| format!("reading cached key statistics {}", path.display()))?;
         let mut out = KeySums::new();
         for (name, sigma) in &t {

@@ -245,68 +245,10 @@ impl Optimizer {
     }
 }
 
-/// Read a checkpoint's tensors (on the CPU), one tensor's bytes at a time: never the whole
-/// file in memory beside its tensors (a 1.5B model's moments are a gigabyte).
+/// Read a checkpoint's tensors (on the CPU, a tensor at a time: [`crate::util::load_safetensors`]).
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    read_safetensors(path).with_context(|| format!("reading checkpoint {}", path.display()))
-}
-
-fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    let file_len = f.metadata()?.len();
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > file_len.saturating_sub(8) {
-        bail!("the header length {header_len} passes the end of the file ({file_len} bytes)");
-    }
-    let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header)?;
-    let header: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).context("the header is not a JSON object")?;
-    let data_start = 8 + header_len;
-    let mut out = HashMap::new();
-    for (name, info) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let entry: TensorEntry = serde_json::from_value(info)
-            .with_context(|| format!("tensor `{name}`: unreadable entry"))?;
-        let dtype = match entry.dtype.as_str() {
-            "F64" => candle_core::DType::F64,
-            "F32" => candle_core::DType::F32,
-            "BF16" => candle_core::DType::BF16,
-            "F16" => candle_core::DType::F16,
-            "I64" => candle_core::DType::I64,
-            "U32" => candle_core::DType::U32,
-            "U8" => candle_core::DType::U8,
-            other => bail!("tensor `{name}`: unsupported dtype {other}"),
-        };
-        let [begin, end] = entry.data_offsets;
-        let want = entry.shape.iter().product::<usize>() * dtype.size_in_bytes();
-        if end < begin || (end - begin) as usize != want || data_start + end > file_len {
-            bail!(
-                "tensor `{name}`: bytes {begin}..{end} do not hold shape {:?} of {} or pass the end of the file",
-                entry.shape,
-                entry.dtype
-            );
-        }
-        f.seek(SeekFrom::Start(data_start + begin))?;
-        let mut bytes = vec![0u8; want];
-        f.read_exact(&mut bytes)?;
-        let t = Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, &Device::Cpu)?;
-        out.insert(name, t);
-    }
-    Ok(out)
-}
-
-/// One tensor of a safetensors header.
-#[derive(Deserialize)]
-struct TensorEntry {
-    dtype: String,
-    shape: Vec<usize>,
-    data_offsets: [u64; 2],
+    crate::util::load_safetensors(path, &Device::Cpu)
+        .with_context(|| format!("reading checkpoint {}", path.display()))
 }
 
 #[cfg(test)]
