@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
 # WMDP unlearning and relearning on Qwen2.5-Coder 1.5B (the protocol of Deeb & Roger 2024,
 # "Do unlearning methods remove information from LLM weights?"), on the five WMDP-deduped
-# splits built in (data/wmdp):
-#   (a) unlearn the questions of all five splits, written with their correct answers
-#       (task wmdp-qa), with each method; measure WMDP by split, MMLU (570 and the five
-#       subjects nearest WMDP) by multiple choice;
-#   (b) retrain-on-T: LoRA on the question+answer texts of splits 0-3, split 4 measured over
-#       the steps (never trained on after unlearning); the original model under the same
-#       retraining is the ceiling.
-# Settings come from SETTINGS below (chosen on validation: split 3 during unlearning, and a
-# retraining run that measures split 3 after training on 0-2 -- never split 4).
+# splits built in (data/wmdp). Every method unlearns the questions of all five splits, written
+# with their correct answers (task wmdp-qa).
+#
+# 1. Validation: the settings are chosen here, reading neither split 4 nor any reported MMLU
+#    question. Each method runs at half, one and two times its default learning rate
+#    (LR_FACTORS); each run is measured on WMDP split 3, on MMLU-val (260 MMLU questions that
+#    no table reports: `unlearn mcq --set mmlu-val`) and by WikiText-2 perplexity (held-out
+#    half). The rule, fixed before the runs: per method, the candidate with the lowest split-3
+#    accuracy whose MMLU-val accuracy stays within 2 points of the original model's and whose
+#    perplexity stays within +5 %; when none qualifies, the one with the highest MMLU-val
+#    accuracy among those within +5 % perplexity (else the lowest perplexity).
+#    `python3 scripts/wmdp-table.py --choose OUT` applies it, prints the validation table and
+#    writes OUT/chosen.json. The chosen run of each method (and the original model) is then
+#    retrained on splits 0-2 and measured on split 3: the validation counterpart of (b).
+# 2. The reported tables, on the chosen runs (unlearning is deterministic: the chosen run is
+#    the model the tables measure):
+#    (a) WMDP by split, MMLU (570) and the five subjects nearest WMDP; perplexity from (1);
+#    (b) retrain-on-T: LoRA on the question+answer texts of splits 0-3, and full fine-tuning of
+#        the tensors the method updated, split 4 measured over the steps (never trained on
+#        after unlearning); the original model under the same retraining is the ceiling (its
+#        full fine-tuning on MLP layers 4-6, the baselines' layers).
 #   experiments/wmdp-qwen.sh OUT [UNLEARN]
-# Every step writes its files once; a rerun skips what exists. On a 2-core CPU one WMDP+MMLU
-# evaluation of the 1.5B model takes about an hour; run it where there is a GPU.
+#   python3 scripts/wmdp-table.py OUT
+# Every step writes its files once; a rerun skips what exists, so an interrupted run goes on
+# where it stopped. METHODS="rmu npo" limits the methods. On a 2-core CPU one full WMDP + MMLU
+# evaluation of the 1.5B model takes about an hour and the whole protocol well over a day;
+# run it where there is a GPU (UNLEARN_WEIGHTS=bf16 halves the memory).
 set -euo pipefail
 out=${1:?usage: wmdp-qwen.sh OUT [UNLEARN binary]}
 bin=${2:-target/release/unlearn}
 model=qwen2.5-coder-1.5b
+methods=${METHODS:-kuda rmu npo simnpo ga localized-ft}
+lr_factors=${LR_FACTORS:-0.5 1 2}
+here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 once() { # file, command...
   local f=$1; shift
@@ -24,27 +42,31 @@ once() { # file, command...
   echo "wmdp-qwen: $f" >&2
   "$@"
 }
-mcqs() { # model-or-dir, dir
-  for set in wmdp mmlu mmlu-near; do
-    once "$2/mcq-$set.json" sh -c "'$bin' mcq --model '$1' --set $set --json > '$2/mcq-$set.json.tmp' && mv '$2/mcq-$set.json.tmp' '$2/mcq-$set.json'"
-  done
+mcq() { # model-or-dir, dir, set
+  local f="$2/mcq-${3//:/-}.json"
+  once "$f" sh -c "'$bin' mcq --model '$1' --set $3 --json > '$f.tmp' && mv '$f.tmp' '$f'"
 }
-retrain() { # dir, [--unlearned DIR]
-  local d=$1; shift
-  once "$d/retrain/relearn.json" "$bin" relearn --model $model "$@" --task wmdp-qa:0,1,2,3 \
-    --measure wmdp:4 --steps 40 --eval-every 10 --out "$d/retrain"
+retrain() { # out dir, train splits, measured split, [--unlearned DIR] [--full] [--layers L]
+  local d=$1 train=$2 measure=$3; shift 3
+  once "$d/relearn.json" "$bin" relearn --model $model "$@" --task "wmdp-qa:$train" \
+    --measure "wmdp:$measure" --steps 40 --eval-every 10 --out "$d"
+}
+default_lr() { # method: its learning rate from the config types
+  "$bin" forget --method "$1" --print-config |
+    awk '/^\[/ {s = $0} s == "[optim]" && $1 == "lr" {print $3}'
 }
 
-# The original model: what there is to remove, and the retraining ceiling.
-mkdir -p "$out/original"
-mcqs $model "$out/original"
-retrain "$out/original"
+# The original model: what there is to remove, and the retraining ceilings.
+o="$out/original"
+mkdir -p "$o"
+for set in wmdp:3 mmlu-val; do mcq $model "$o" $set; done
+retrain "$o/retrain-val" 0,1,2 3
 
 # KUDA's window, traced on the facts this model knows (Sports athletes of validation subjects).
 once "$out/locate/localization.json" "$bin" locate --model $model --method kuda-window \
   --forget validation:first-16 --samples 5 --max-facts 8 --no-heads --out "$out/locate"
 
-declare -A SETTINGS=(
+declare -A WHERE=(
   [kuda]="--localization $out/locate/localization.json"
   [localized-ft]="--localization $out/locate/localization.json"
   [rmu]="--layers 4-6 --set rmu.layer=6"
@@ -52,12 +74,34 @@ declare -A SETTINGS=(
   [simnpo]="--layers 4-6"
   [ga]="--layers 4-6"
 )
-for m in kuda rmu npo simnpo ga localized-ft; do
-  d="$out/$m"
-  # shellcheck disable=SC2086
-  once "$d/manifest.json" "$bin" forget --model $model --method $m --task wmdp-qa \
-    ${SETTINGS[$m]} --out "$d"
-  mcqs "$d" "$d"
-  retrain "$d" --unlearned "$d"
+
+# 1. Validation sweep.
+for m in $methods; do
+  base=$(default_lr "$m")
+  for f in $lr_factors; do
+    d="$out/sweep/$m-lr$f"
+    lr=$(python3 -c "print(f'{$base * $f:.3g}')")
+    # shellcheck disable=SC2086
+    once "$d/manifest.json" "$bin" forget --model $model --method "$m" --task wmdp-qa \
+      ${WHERE[$m]} --set "optim.lr=$lr" --out "$d"
+    for set in wmdp:3 mmlu-val; do mcq "$d" "$d" $set; done
+  done
+done
+python3 "$here/scripts/wmdp-table.py" --choose "$out"
+chosen() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$out/chosen.json" "$1"; }
+for m in $methods; do
+  d="$out/$(chosen "$m")"
+  retrain "$d/retrain-val" 0,1,2 3 --unlearned "$d"
+done
+
+# 2. The reported tables.
+for set in wmdp mmlu mmlu-near; do mcq $model "$o" $set; done
+retrain "$o/retrain" 0,1,2,3 4
+retrain "$o/retrain-full" 0,1,2,3 4 --full --layers 4-6
+for m in $methods; do
+  d="$out/$(chosen "$m")"
+  for set in wmdp mmlu mmlu-near; do mcq "$d" "$d" $set; done
+  retrain "$d/retrain" 0,1,2,3 4 --unlearned "$d"
+  retrain "$d/retrain-full" 0,1,2,3 4 --unlearned "$d" --full
 done
 echo "done: tables with python3 scripts/wmdp-table.py $out" >&2

@@ -198,8 +198,9 @@ enum Command {
         #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,
         /// mmlu (10 per subject), mmlu-near (college/high-school biology, virology, college
-        /// computer science, computer security: full test sets), wmdp, wmdp:N[,N…] (splits
-        /// 0–4), or a .jsonl file (an optional "subject" groups the scores).
+        /// computer science, computer security: full test sets), mmlu-val (5 other questions of
+        /// each other subject, to tune on), wmdp, wmdp:N[,N…] (splits 0–4), or a .jsonl file (an
+        /// optional "subject" groups the scores).
         #[arg(long, default_value = "mmlu")]
         set: String,
         /// Worked examples before each question: the first N MMLU dev questions of its
@@ -339,8 +340,9 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 5)]
         eval_every: usize,
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
+        /// Learning rate [default: 1e-3 for the adapters, 2e-5 with --full].
+        #[arg(long)]
+        lr: Option<f64>,
         #[command(flatten)]
         lora: LoraArgs,
         #[arg(long, default_value_t = 0)]
@@ -350,6 +352,14 @@ enum Command {
         /// on the fifth).
         #[arg(long)]
         measure: Option<String>,
+        /// Fine-tune the weights themselves instead of LoRA adapters: the tensors the
+        /// unlearned run updated (or the MLPs of --layers).
+        #[arg(long)]
+        full: bool,
+        /// With --full: MLP layers to fine-tune (`4-6`) or `all`; needed on the original
+        /// model.
+        #[arg(long)]
+        layers: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -894,16 +904,24 @@ fn run(cmd: Command) -> Result<()> {
             lora,
             seed,
             measure,
+            full,
+            layers,
             out,
         } => {
             use unlearn::eval::relearn::{RelearnArgs, RelearnConfig};
+            let d = RelearnConfig::default();
             let cfg = RelearnConfig {
                 steps,
                 eval_every,
-                lr,
+                lr: if full { d.lr } else { lr.unwrap_or(d.lr) },
+                full_lr: if full {
+                    lr.unwrap_or(d.full_lr)
+                } else {
+                    d.full_lr
+                },
                 seed,
                 lora: lora.into(),
-                ..Default::default()
+                ..d
             };
             let args = RelearnArgs {
                 model,
@@ -915,6 +933,8 @@ fn run(cmd: Command) -> Result<()> {
                 seed,
                 cfg,
                 measure,
+                full,
+                layers,
                 out,
             };
             unlearn::eval::relearn::run(&args, &cli::device()?).map(|_| ())

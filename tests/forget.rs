@@ -337,6 +337,23 @@ fn a_corpus_of_passages_is_unlearned_token_by_token() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["forget_ids"].as_array().unwrap().len(), 4);
+    // The run measured WikiText perplexity of both models on the held-out half it never trained on.
+    let m: unlearn::forget::run::CorpusMetrics =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let (_, wiki_eval) = unlearn::data::wikitext_halves().unwrap();
+    let ppl = |lm: &LanguageModel| {
+        let ids = tokenize_lines(lm, &wiki_eval, unlearn::forget::run::PPL_TOKENS).unwrap();
+        perplexity(lm, &ids, 512, 256).unwrap()
+    };
+    // (JSON keeps a float to within its last bit.)
+    let same = |a: &unlearn::eval::perplexity::Perplexity,
+                b: &unlearn::eval::perplexity::Perplexity| {
+        (a.perplexity / b.perplexity - 1.0).abs() < 1e-12 && a.tokens == b.tokens
+    };
+    assert!(same(&m.before.wikitext, &ppl(&base)), "{:?}", m.before);
+    assert!(same(&m.after.wikitext, &ppl(&trained)), "{:?}", m.after);
+    assert!(!same(&m.before.wikitext, &m.after.wikitext));
+    assert_eq!(manifest["metrics"]["after"]["wikitext"]["tokens"], 2048);
 
     let refused = ForgetArgs {
         sets: vec!["kuda.focus=2".into()],

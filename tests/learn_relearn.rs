@@ -141,7 +141,7 @@ fn the_relearning_attack_runs_and_reports_every_few_steps() {
         },
         ..Default::default()
     };
-    let c = relearn(&mut lm, &seen, &unseen, retain, &cfg).unwrap();
+    let c = relearn(&mut lm, &seen, &unseen, retain, &cfg, None).unwrap();
     assert_eq!(c.steps, [0, 1, 2]);
     assert_eq!(c.unseen[0], before, "step 0 is the model as given");
     assert_eq!(c.losses.len(), 2);
@@ -158,4 +158,61 @@ fn the_relearning_attack_runs_and_reports_every_few_steps() {
     let per_layer = 2 * (h + q) + 2 * (h + kv) + 3 * (h + i);
     assert_eq!(c.lora_params, 2 * per_layer * mc.num_layers);
     assert_eq!(c.lora_params, 474_624, "Gemma 3 270M, rank 2");
+}
+
+/// `--full`: the attack fine-tunes the named weights themselves (exactly those: every other
+/// tensor is bit-identical afterwards) at `full_lr`, and the facts it trains on gain.
+#[test]
+fn the_full_fine_tuning_attack_trains_exactly_the_named_weights() {
+    let mut lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
+    let known = unlearn::data::known::known_facts(
+        &lm,
+        "sports",
+        "top1",
+        unlearn::data::dedup::Policy::Refuse,
+    )
+    .unwrap();
+    let (seen, unseen) = halves(&known[..8]);
+    let retain = &known[8..16];
+    let names = lm.model.mlp_param_names(&[3, 4]);
+    let before: Vec<(String, candle_core::Tensor)> = lm
+        .model
+        .weights()
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    let cfg = RelearnConfig {
+        steps: 3,
+        eval_every: 3,
+        full_lr: 1e-4,
+        batch_size: 4,
+        retain_batch_size: 4,
+        text_batch_size: 1,
+        ..Default::default()
+    };
+    let c = relearn(&mut lm, &seen, &unseen, retain, &cfg, Some(&names)).unwrap();
+    assert_eq!(c.steps, [0, 3]);
+    let mc = &lm.model.config;
+    assert_eq!(c.full_params, 2 * 3 * mc.hidden_size * mc.intermediate_size);
+    assert_eq!(c.lora_params, 0);
+    assert!(
+        c.seen[1].mean_p > c.seen[0].mean_p,
+        "trained facts: mean p {} -> {}",
+        c.seen[0].mean_p,
+        c.seen[1].mean_p
+    );
+    for (k, t0) in &before {
+        let t1 = lm.model.weights().get(k).unwrap();
+        let d = max_abs(
+            &(t1.to_dtype(candle_core::DType::F32).unwrap()
+                - t0.to_dtype(candle_core::DType::F32).unwrap())
+            .unwrap(),
+        );
+        if names.contains(k) {
+            assert!(d > 0.0, "{k} was not trained");
+        } else {
+            assert_eq!(d, 0.0, "{k} changed");
+        }
+    }
 }

@@ -326,9 +326,10 @@ impl Tally {
 }
 
 /// The built-in question sets: MMLU (10 questions of each of 57 subjects), the full test sets
-/// of the five MMLU subjects nearest WMDP (820), and WMDP (785, grouped by its five splits;
-/// `wmdp:0,3` picks splits).
-pub const SETS: [&str; 3] = ["mmlu", "mmlu-near", "wmdp"];
+/// of the five MMLU subjects nearest WMDP (820), an MMLU validation set to tune on (questions
+/// 11–15 of each of the other 52 subjects: 260, in neither of those), and WMDP (785, grouped by
+/// its five splits; `wmdp:0,3` picks splits).
+pub const SETS: [&str; 4] = ["mmlu", "mmlu-near", "mmlu-val", "wmdp"];
 
 /// Questions of a built-in set (see [`SETS`]) or of a JSONL file (see [`load_jsonl`]).
 pub fn load_set(set: &str) -> Result<Vec<Mcq>> {
@@ -336,6 +337,7 @@ pub fn load_set(set: &str) -> Result<Vec<Mcq>> {
     match set {
         "mmlu" => load_jsonl(&dir.join("mmlu/mmlu_test_10x57.jsonl")),
         "mmlu-near" => load_jsonl(&dir.join("mmlu/mmlu_near_test.jsonl")),
+        "mmlu-val" => load_jsonl(&dir.join("mmlu/mmlu_val_5x52.jsonl")),
         "wmdp" => wmdp_splits(&[0, 1, 2, 3, 4]),
         s if s.starts_with("wmdp:") => {
             let splits = s["wmdp:".len()..]
@@ -479,6 +481,15 @@ mod tests {
     fn sets_are_named() {
         assert_eq!(load_set("mmlu").unwrap().len(), 570);
         assert_eq!(load_set("mmlu-near").unwrap().len(), 820);
+        // The validation questions are none of the reported ones.
+        let val = load_set("mmlu-val").unwrap();
+        assert_eq!(val.len(), 260);
+        let reported: std::collections::HashSet<String> = ["mmlu", "mmlu-near"]
+            .iter()
+            .flat_map(|s| load_set(s).unwrap())
+            .map(|q| q.question)
+            .collect();
+        assert!(val.iter().all(|q| !reported.contains(&q.question)));
         let w = load_set("wmdp").unwrap();
         assert_eq!(w.len(), 785);
         assert_eq!(w[157 * 3].subject.as_deref(), Some("split_3"));
@@ -508,7 +519,7 @@ mod tests {
         assert!(e.contains("has 5 for subject \"abstract_algebra\""), "{e}");
         let e = load_set("trivia").unwrap_err().to_string();
         assert!(
-            e.contains("\"trivia\"") && e.contains("mmlu, mmlu-near, wmdp"),
+            e.contains("\"trivia\"") && e.contains("mmlu, mmlu-near, mmlu-val, wmdp"),
             "{e}"
         );
         let e = load_set("/nonexistent/q.jsonl").unwrap_err().to_string();

@@ -3,17 +3,19 @@
 //! *other* half, which the attack never sees, is measured every few steps. Knowledge that was
 //! only suppressed comes back on the unseen half; knowledge that is gone has to be learned
 //! from scratch, and the unseen half stays near chance. `unlearn relearn` runs it on an
-//! unlearned model (and, for comparison, on the original one when asked).
+//! unlearned model (and, for comparison, on the original one when asked). With `--full` the
+//! attack fine-tunes weights themselves (the tensors the unlearning updated) instead of
+//! adapters: the stronger attack when the change sits in a few layers.
 
 use crate::data::{self, Fact};
 use crate::eval::completion::{accuracy, Accuracy};
 use crate::forget::config::ForgetConfig;
-use crate::forget::lora::{train_adapters, Lora, LoraConfig};
+use crate::forget::lora::{fine_tune, Lora, LoraConfig, Tuned};
 use crate::forget::seqs::{text_chunks, Seq, SeqSet};
 use crate::forget::terms::LogitLoss;
 use crate::forget::trainer::{DataSet, Loss, Plan, Term};
 use crate::model::LanguageModel;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -24,7 +26,10 @@ pub struct RelearnConfig {
     pub steps: usize,
     /// Measure the unseen half every this many steps (and at 0 and the end).
     pub eval_every: usize,
+    /// The adapters' learning rate.
     pub lr: f64,
+    /// The learning rate when weights are fine-tuned themselves (`--full`).
+    pub full_lr: f64,
     /// Forget facts (of the seen half) per step.
     pub batch_size: usize,
     pub retain_batch_size: usize,
@@ -41,6 +46,7 @@ impl Default for RelearnConfig {
             steps: 20,
             eval_every: 5,
             lr: 1e-3,
+            full_lr: 2e-5,
             batch_size: 8,
             retain_batch_size: 8,
             text_batch_size: 2,
@@ -57,8 +63,10 @@ impl RelearnConfig {
         if self.steps == 0 || self.eval_every == 0 || self.batch_size == 0 {
             bail!("relearn: steps, eval_every and batch_size must be at least 1");
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("relearn: lr must be a positive number, got {}", self.lr);
+        for (name, lr) in [("lr", self.lr), ("full_lr", self.full_lr)] {
+            if !(lr.is_finite() && lr > 0.0) {
+                bail!("relearn: {name} must be a positive number, got {lr}");
+            }
         }
         self.lora.validate()
     }
@@ -71,17 +79,23 @@ pub struct RelearnCurve {
     pub unseen: Vec<Accuracy>,
     pub seen: Vec<Accuracy>,
     pub losses: Vec<f64>,
+    /// Adapter parameters trained (0 when weights were fine-tuned themselves).
     pub lora_params: usize,
+    /// Weights fine-tuned themselves (0 with adapters).
+    #[serde(default)]
+    pub full_params: usize,
     pub seconds: f64,
 }
 
-/// Attack `lm` in place: LoRA on `seen` (+ `retain`, + text), measuring `unseen`.
+/// Attack `lm` in place: LoRA (or, with `full`, those weights) on `seen` (+ `retain`, + text),
+/// measuring `unseen`.
 pub fn relearn(
     lm: &mut LanguageModel,
     seen: &[Fact],
     unseen: &[Fact],
     retain: &[Fact],
     cfg: &RelearnConfig,
+    full: Option<&[String]>,
 ) -> Result<RelearnCurve> {
     if seen.is_empty() || unseen.is_empty() {
         bail!(
@@ -95,7 +109,7 @@ pub fn relearn(
     };
     let (train, keep) = (facts(seen)?, facts(retain)?);
     let truth = |f: &Fact| f.answer.clone();
-    let a = attack(lm, train, keep, cfg, |lm| {
+    let a = attack(lm, train, keep, cfg, full, |lm| {
         Ok((accuracy(lm, unseen, truth)?, accuracy(lm, seen, truth)?))
     })?;
     let (unseen, seen) = a.measured.into_iter().unzip();
@@ -105,6 +119,7 @@ pub fn relearn(
         seen,
         losses: a.losses,
         lora_params: a.lora_params,
+        full_params: a.full_params,
         seconds: a.seconds,
     })
 }
@@ -116,17 +131,23 @@ pub struct RelearnMcqCurve {
     pub steps: Vec<usize>,
     pub measured: Vec<crate::eval::mcq::McqScore>,
     pub losses: Vec<f64>,
+    /// Adapter parameters trained (0 when weights were fine-tuned themselves).
     pub lora_params: usize,
+    /// Weights fine-tuned themselves (0 with adapters).
+    #[serde(default)]
+    pub full_params: usize,
     pub seconds: f64,
 }
 
-/// Attack `lm` in place: LoRA on the passages `train` (every token a target; WikiText as
-/// retain data and general text), scoring the questions `measure` every few steps.
+/// Attack `lm` in place: LoRA (or, with `full`, those weights) on the passages `train` (every
+/// token a target; WikiText as retain data and general text), scoring the questions `measure`
+/// every few steps.
 pub fn relearn_passages(
     lm: &mut LanguageModel,
     train: Vec<Seq>,
     measure: &[crate::eval::mcq::Mcq],
     cfg: &RelearnConfig,
+    full: Option<&[String]>,
 ) -> Result<RelearnMcqCurve> {
     if train.is_empty() || measure.is_empty() {
         bail!(
@@ -139,7 +160,7 @@ pub fn relearn_passages(
     // WikiText chunks after the ones `attack` uses as general text.
     let n = cfg.text_batch_size.max(1) * 8;
     let keep = text_chunks(lm, &wiki_train, 64, n + cfg.retain_batch_size.max(1) * 4)?.split_off(n);
-    let a = attack(lm, train, keep, cfg, |lm| {
+    let a = attack(lm, train, keep, cfg, full, |lm| {
         crate::eval::mcq::score(lm, measure, 8)
     })?;
     Ok(RelearnMcqCurve {
@@ -147,6 +168,7 @@ pub fn relearn_passages(
         measured: a.measured,
         losses: a.losses,
         lora_params: a.lora_params,
+        full_params: a.full_params,
         seconds: a.seconds,
     })
 }
@@ -157,16 +179,19 @@ struct Attack<M> {
     measured: Vec<M>,
     losses: Vec<f64>,
     lora_params: usize,
+    full_params: usize,
     seconds: f64,
 }
 
-/// The attack: LoRA adapters trained with cross-entropy on `train` (+ `retain`, + general
-/// text), `measure` called at step 0, every `eval_every` steps and at the end.
+/// The attack: LoRA adapters (or, with `full`, those weights themselves at `cfg.full_lr`)
+/// trained with cross-entropy on `train` (+ `retain`, + general text), `measure` called at
+/// step 0, every `eval_every` steps and at the end.
 fn attack<M>(
     lm: &mut LanguageModel,
     train: Vec<Seq>,
     retain: Vec<Seq>,
     cfg: &RelearnConfig,
+    full: Option<&[String]>,
     mut measure: impl FnMut(&LanguageModel) -> Result<M>,
 ) -> Result<Attack<M>> {
     cfg.validate()?;
@@ -180,7 +205,22 @@ fn attack<M>(
         loss: Loss::Logit(LogitLoss::Ce),
         project: false,
     };
-    let mut lora = Lora::new(&lm.model, cfg.lora.clone(), cfg.seed)?;
+    let mut lora = match full {
+        Some(_) => None,
+        None => Some(Lora::new(&lm.model, cfg.lora.clone(), cfg.seed)?),
+    };
+    let params = match (full, &lora) {
+        (Some(names), _) => names.to_vec(),
+        (None, Some(l)) => l.targets(),
+        (None, None) => unreachable!("adapters are made when no weights are named"),
+    };
+    let full_params = match full {
+        Some(names) => names
+            .iter()
+            .map(|p| Ok(lm.model.weights().get(p)?.elem_count()))
+            .sum::<Result<usize>>()?,
+        None => 0,
+    };
     let mut plan = Plan {
         terms: vec![
             ce("relearn_ce", 1.0, DataSet::Forget),
@@ -190,7 +230,7 @@ fn attack<M>(
         forget: SeqSet::new("relearned data", train),
         retain: SeqSet::new("retain", retain),
         text: SeqSet::new("text", text),
-        params: lora.targets(),
+        params,
         rep_layer: None,
         projectors: Default::default(),
         project_at: crate::forget::trainer::ProjectAt::Gradient,
@@ -210,16 +250,21 @@ fn attack<M>(
         steps: vec![0],
         measured: vec![measure(lm)?],
         losses: Vec::new(),
-        lora_params: lora.param_count(),
+        lora_params: lora.as_ref().map_or(0, |l| l.param_count()),
+        full_params,
         seconds: 0.0,
     };
     let bar = crate::util::progress(cfg.steps as u64, "relearning");
-    train_adapters(
+    let (lr, tuned) = match &mut lora {
+        Some(l) => (cfg.lr, Tuned::Adapters(l)),
+        None => (cfg.full_lr, Tuned::Weights),
+    };
+    fine_tune(
         lm,
         &plan,
         &fcfg,
-        cfg.lr,
-        &mut lora,
+        lr,
+        tuned,
         "relearning attack",
         |step, total, lm| {
             out.losses.push(total);
@@ -250,7 +295,45 @@ pub struct RelearnArgs {
     pub cfg: RelearnConfig,
     /// With a corpus task: the multiple-choice questions measured over the attack (`wmdp:4`).
     pub measure: Option<String>,
+    /// Fine-tune weights themselves instead of adapters: the unlearned run's updated tensors,
+    /// or the MLPs of `layers`.
+    pub full: bool,
+    /// With `full`: MLP layers (`4-6`) or `all` (every block parameter).
+    pub layers: Option<String>,
     pub out: PathBuf,
+}
+
+/// The tensors a `--full` attack fine-tunes (`None` without `--full`): the MLPs of `--layers`,
+/// else the tensors the unlearned run updated.
+fn full_params(a: &RelearnArgs, lm: &LanguageModel) -> Result<Option<Vec<String>>> {
+    if !a.full {
+        if a.layers.is_some() {
+            bail!("--layers chooses what a --full attack fine-tunes; LoRA adapts --targets");
+        }
+        return Ok(None);
+    }
+    let names = match (&a.layers, &a.unlearned) {
+        (Some(l), _) if l == "all" => crate::forget::run::all_block_params(lm),
+        (Some(l), _) => lm.model.mlp_param_names(&crate::forget::run::parse_layers(
+            l,
+            lm.model.config.num_layers,
+        )?),
+        (None, Some(d)) => {
+            let p = d.join("manifest.json");
+            let m = crate::util::read_json(&p)?
+                .with_context(|| format!("{}: cannot be read", p.display()))?;
+            let names: Vec<String> = serde_json::from_value(m["params"].clone())
+                .with_context(|| format!("{}: field `params` (the updated tensors)", p.display()))?;
+            if names.is_empty() {
+                bail!("{}: the run updated no tensors", p.display());
+            }
+            names
+        }
+        (None, None) => bail!(
+            "--full on the original model: give --layers, the MLPs to fine-tune (those the unlearned runs updated, to compare)"
+        ),
+    };
+    Ok(Some(names))
 }
 
 /// Split the forget facts into the half the attack trains on and the half it is measured on.
@@ -293,13 +376,21 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
         Some(d) => LanguageModel::load(&d.display().to_string(), device)?,
         None => original,
     };
+    let full = full_params(a, &target)?;
     eprintln!(
-        "relearning attack: LoRA rank {} on {} seen forget facts, measured on {} unseen",
-        a.cfg.lora.rank,
+        "relearning attack: {} on {} seen forget facts, measured on {} unseen",
+        attacker(a, full.as_deref()),
         seen.len(),
         unseen.len()
     );
-    let curve = relearn(&mut target, &seen, &unseen, &retain, &a.cfg)?;
+    let curve = relearn(
+        &mut target,
+        &seen,
+        &unseen,
+        &retain,
+        &a.cfg,
+        full.as_deref(),
+    )?;
     for (s, u) in curve.steps.iter().zip(&curve.unseen) {
         println!(
             "step {s:>3}: unseen forget facts top-1 among candidates {:.1}%, mean p {:.3}",
@@ -310,7 +401,7 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
     let out = serde_json::json!({
         "tool": crate::util::tool_id(),
         "model": a.model, "unlearned": a.unlearned, "task": rf.task,
-        "config": a.cfg, "seen_ids": seen.iter().map(|f| &f.id).collect::<Vec<_>>(),
+        "config": a.cfg, "full_weights": full, "seen_ids": seen.iter().map(|f| &f.id).collect::<Vec<_>>(),
         "unseen_ids": unseen.iter().map(|f| &f.id).collect::<Vec<_>>(),
         "curve": curve,
     });
@@ -318,6 +409,18 @@ pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::
     crate::util::write_json(&p, &out)?;
     eprintln!("wrote {}", p.display());
     Ok(out)
+}
+
+/// How the attack is described in its progress line.
+fn attacker(a: &RelearnArgs, full: Option<&[String]>) -> String {
+    match full {
+        Some(names) => format!(
+            "full fine-tuning of {} tensors, lr {}",
+            names.len(),
+            a.cfg.full_lr
+        ),
+        None => format!("LoRA rank {}", a.cfg.lora.rank),
+    }
 }
 
 /// `unlearn relearn` on a corpus: LoRA on the passages of `--task`, the questions of
@@ -336,14 +439,15 @@ fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_j
         None => LanguageModel::load(&a.model, device)?,
     };
     let (train, _) = crate::forget::seqs::passage_seqs(&lm, &passages, 256)?;
+    let full = full_params(a, &lm)?;
     eprintln!(
-        "relearning attack: LoRA rank {} on {} passages of {}, measured on {} questions of {set}",
-        a.cfg.lora.rank,
+        "relearning attack: {} on {} passages of {}, measured on {} questions of {set}",
+        attacker(a, full.as_deref()),
         passages.len(),
         a.task,
         questions.len()
     );
-    let curve = relearn_passages(&mut lm, train, &questions, &a.cfg)?;
+    let curve = relearn_passages(&mut lm, train, &questions, &a.cfg, full.as_deref())?;
     for (s, m) in curve.steps.iter().zip(&curve.measured) {
         println!(
             "step {s:>3}: {set} accuracy {:.1}% ± {:.1}",
@@ -354,7 +458,7 @@ fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_j
     let out = serde_json::json!({
         "tool": crate::util::tool_id(),
         "model": a.model, "unlearned": a.unlearned, "task": a.task, "measure": set,
-        "config": a.cfg, "curve": curve,
+        "config": a.cfg, "full_weights": full, "curve": curve,
     });
     let p = a.out.join("relearn.json");
     crate::util::write_json(&p, &out)?;

@@ -13,7 +13,7 @@
 use crate::data::Fact;
 use crate::forget::config::{ForgetConfig, Method};
 use crate::forget::export::{base_spec, write_output, Manifest};
-use crate::forget::lora::{train_adapters, Lora, LoraConfig};
+use crate::forget::lora::{fine_tune, Lora, LoraConfig, Tuned};
 use crate::forget::run::{all_block_params, hash_json, parse_layers};
 use crate::forget::seqs::{text_chunks, Seq, SeqSet};
 use crate::forget::terms::LogitLoss;
@@ -316,12 +316,12 @@ fn learn_adapters(
 ) -> Result<(std::collections::BTreeMap<String, f64>, f64)> {
     let t0 = std::time::Instant::now();
     let bar = crate::util::progress(cfg.steps as u64, "learning (LoRA)");
-    let losses = train_adapters(
+    let losses = fine_tune(
         lm,
         plan,
         cfg,
         cfg.optim.lr,
-        lora,
+        Tuned::Adapters(lora),
         "learning",
         |_, total, _| {
             bar.set_message(format!("loss {total:.3}"));

@@ -204,17 +204,24 @@ impl Lora {
     }
 }
 
-/// Train the adapters of `lora` on `plan` for `cfg.steps` steps (AdamW at `lr`, no weight
-/// decay, `cfg.optim`'s schedule and clipping, the trainer's data order), leaving W₀ + s·B·A in
-/// `lm`. `after_step(step, total_loss, lm)` runs after each step, with the model holding the
-/// adapters without dropout; `what` names the run in errors. Returns the last step's loss per
-/// term.
-pub fn train_adapters(
+/// What a short fine-tuning ([`fine_tune`]) trains.
+pub enum Tuned<'a> {
+    /// LoRA adapters on the plan's matrices; W₀ + s·B·A is in the model after every step.
+    Adapters(&'a mut Lora),
+    /// The plan's parameters themselves (full fine-tuning of those tensors).
+    Weights,
+}
+
+/// Fine-tune `tuned` on `plan` for `cfg.steps` steps (AdamW at `lr`, no weight decay,
+/// `cfg.optim`'s schedule and clipping, the trainer's data order). `after_step(step,
+/// total_loss, lm)` runs after each step, with the model holding the trained weights (adapters
+/// without dropout); `what` names the run in errors. Returns the last step's loss per term.
+pub fn fine_tune(
     lm: &mut crate::model::LanguageModel,
     plan: &crate::forget::trainer::Plan,
     cfg: &crate::forget::config::ForgetConfig,
     lr: f64,
-    lora: &mut Lora,
+    mut tuned: Tuned,
     what: &str,
     mut after_step: impl FnMut(usize, f64, &crate::model::LanguageModel) -> Result<()>,
 ) -> Result<BTreeMap<String, f64>> {
@@ -224,37 +231,60 @@ pub fn train_adapters(
     ocfg.weight_decay = 0.0;
     let mut opt = Optimizer::new(ocfg.clone());
     lm.model.set_trainable(&plan.params)?;
+    let mut weights = BTreeMap::new();
+    match &tuned {
+        // W₀ + s·B·A without dropout is in the model after every step (B = 0 before the
+        // first); only a step with dropout masks needs its own weights first.
+        Tuned::Adapters(lora) => lora.without_masks().apply(&mut lm.model)?,
+        Tuned::Weights => {
+            for p in &plan.params {
+                weights.insert(p.clone(), lm.model.weights().get(p)?.clone());
+            }
+        }
+    }
     let mut last = BTreeMap::new();
-    // W₀ + s·B·A without dropout is in the model after every step (B = 0 before the first);
-    // only a step with dropout masks needs its own weights first.
-    lora.without_masks().apply(&mut lm.model)?;
     for step in 0..cfg.steps {
-        if lora.cfg.dropout > 0.0 {
-            lora.new_masks(cfg.seed, step)?;
-            lora.apply(&mut lm.model)?;
+        if let Tuned::Adapters(lora) = &mut tuned {
+            if lora.cfg.dropout > 0.0 {
+                lora.new_masks(cfg.seed, step)?;
+                lora.apply(&mut lm.model)?;
+            }
         }
         let (g, losses) = crate::forget::trainer::step_grads(&lm.model, plan, cfg, step, None)
             .with_context(|| format!("{what}, step {}", step + 1))?;
-        let mut ga = lora.factor_grads(&g)?;
-        let norm = global_norm(&ga)?;
+        let (params, mut grads) = match &mut tuned {
+            Tuned::Adapters(lora) => {
+                let ga = lora.factor_grads(&g)?;
+                (&mut lora.params, ga)
+            }
+            Tuned::Weights => (&mut weights, g),
+        };
+        let norm = global_norm(&grads)?;
         if !norm.is_finite() {
             bail!("{what}, step {}: the gradient is not a number", step + 1);
         }
         if ocfg.clip_norm > 0.0 && norm > ocfg.clip_norm {
-            for t in ga.values_mut() {
+            for t in grads.values_mut() {
                 *t = t.affine(ocfg.clip_norm / norm, 0.0)?;
             }
         }
-        let upd = opt.update(&lora.params, ga, ocfg.lr_at(step, cfg.steps))?;
+        let upd = opt.update(params, grads, ocfg.lr_at(step, cfg.steps))?;
         for (k, u) in upd {
-            let p = (&lora.params[&k] + u)?;
-            lora.params.insert(k, p);
+            let p = (&params[&k] + u)?;
+            params.insert(k, p);
         }
         let total: f64 = plan.terms.iter().map(|t| t.weight * losses[&t.name]).sum();
         if !total.is_finite() {
             bail!("{what}, step {}: the loss is not a number", step + 1);
         }
-        lora.without_masks().apply(&mut lm.model)?;
+        match &tuned {
+            Tuned::Adapters(lora) => lora.without_masks().apply(&mut lm.model)?,
+            Tuned::Weights => {
+                for (k, w) in &weights {
+                    lm.model.set_param(k, w.clone())?;
+                }
+            }
+        }
         after_step(step, total, lm)?;
         last = losses;
     }

@@ -224,6 +224,23 @@ fn evaluate(lm: &LanguageModel, sets: &EvalSets) -> Result<Metrics> {
     })
 }
 
+/// What a corpus run measures itself (`OUT/metrics.json`): WikiText-2 perplexity of the
+/// original and the unlearned model; what the corpus taught is measured by multiple choice.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CorpusMetrics {
+    /// The corpus forgotten (every passage of it is trained on).
+    pub task: String,
+    pub before: CorpusSide,
+    pub after: CorpusSide,
+}
+
+/// One model's side of [`CorpusMetrics`]: perplexity on the held-out half of WikiText-2
+/// (the other half is the retain text).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CorpusSide {
+    pub wikitext: Perplexity,
+}
+
 /// WikiText-2 tokens scored for perplexity (held-out half, windows of 512, stride 256).
 pub const PPL_TOKENS: usize = 2048;
 
@@ -269,7 +286,21 @@ fn run_corpus(
     let (localization, params, param_count, top) = updated_params(a, &lm)?;
     let rep_layer = methods::rep_layer(a.method, &cfg, top)?;
     let (forget_seqs, forget_ids) = passage_seqs(&lm, &passages, cfg.corpus_tokens)?;
-    let (wiki_train, _) = data::wikitext_halves()?;
+    let (wiki_train, wiki_eval) = data::wikitext_halves()?;
+    let ppl_ids = tokenize_lines(&lm, &wiki_eval, PPL_TOKENS)?;
+    // The original model's perplexity depends only on it and the text: cached.
+    let wikitext_before = if a.eval {
+        let key = serde_json::to_vec(
+            &json!({"corpus_ppl": 1, "model": crate::model::cache_fingerprint(&lm.origin)?,
+            "ppl": ppl_ids}),
+        )?;
+        let p: Perplexity =
+            crate::util::cached_json("metrics", &key, || perplexity(&lm, &ppl_ids, 512, 256))?;
+        eprintln!("before: wikitext ppl {:.3}", p.perplexity);
+        Some(p)
+    } else {
+        None
+    };
     let n_text = cfg.kuda.key_text_chunks.max(cfg.text_batch_size * 8).max(1);
     let mut chunks = text_chunks(&lm, &wiki_train, cfg.text_tokens, n_text + cfg.retain_facts)?;
     let retain_seqs = chunks.split_off(n_text.min(chunks.len()));
@@ -319,6 +350,27 @@ fn run_corpus(
         .ok()
         .and_then(|s| s.parse().ok());
     let summaries = train_all(&mut lm, &ctx, &cfg, &a.out, stop)?;
+    let metrics = match &wikitext_before {
+        Some(before) => {
+            let after = perplexity(&lm, &ppl_ids, 512, 256)?;
+            eprintln!(
+                "wikitext ppl {:.3} -> {:.3} ({:+.1} %)",
+                before.perplexity,
+                after.perplexity,
+                100.0 * (after.perplexity / before.perplexity - 1.0)
+            );
+            let m = CorpusMetrics {
+                task: a.task.clone(),
+                before: CorpusSide {
+                    wikitext: before.clone(),
+                },
+                after: CorpusSide { wikitext: after },
+            };
+            crate::util::write_json(&a.out.join("metrics.json"), &m)?;
+            Some(serde_json::to_value(&m)?)
+        }
+        None => None,
+    };
     let manifest = Manifest {
         edit: false,
         dedup: false,
@@ -329,7 +381,7 @@ fn run_corpus(
             &cfg,
             &summaries,
             (localization, params, param_count),
-            None,
+            metrics,
         )
     };
     write_output(&a.out, &lm, &manifest, a.full)?;

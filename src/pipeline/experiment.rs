@@ -561,6 +561,8 @@ pub fn run(
                     ..e.relearn_config()
                 },
                 measure: None,
+                full: false,
+                layers: None,
                 out: rdir.clone(),
             };
             stages.push(Stage {

@@ -1,0 +1,138 @@
+//! `scripts/wmdp-table.py`, which chooses the WMDP settings on validation and makes the WMDP
+//! tables, on a made-up output of `experiments/wmdp-qwen.sh`: the validation rule (lowest
+//! split 3 within the MMLU-val and perplexity bounds, else the best MMLU-val within the
+//! perplexity bound), `chosen.json`, the recovered share after retraining and the target.
+
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+
+fn score(acc: f64, groups: &[f64]) -> serde_json::Value {
+    let groups: Vec<_> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, a)| json!({"name": format!("split_{i}"), "accuracy": a, "stderr": 0.04}))
+        .collect();
+    json!({"score": {"accuracy": acc, "stderr": 0.02, "groups": groups}})
+}
+
+fn write(p: &Path, v: serde_json::Value) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, v.to_string()).unwrap();
+}
+
+/// A sweep run: its learning rate, split 3, MMLU-val and perplexity after (10 before).
+fn candidate(root: &Path, name: &str, lr: f64, split3: f64, val: f64, ppl: f64) {
+    let d = root.join("sweep").join(name);
+    write(&d.join("mcq-wmdp-3.json"), score(split3, &[]));
+    write(&d.join("mcq-mmlu-val.json"), score(val, &[]));
+    write(
+        &d.join("manifest.json"),
+        json!({"config": {"optim": {"lr": lr}}}),
+    );
+    let p = |x: f64| json!({"wikitext": {"perplexity": x, "nll": x.ln(), "tokens": 2048, "window": 512, "stride": 256}});
+    write(
+        &d.join("metrics.json"),
+        json!({"task": "wmdp-qa", "before": p(10.0), "after": p(ppl)}),
+    );
+}
+
+fn retrain(d: &Path, accs: &[f64]) {
+    let m: Vec<_> = accs
+        .iter()
+        .map(|a| json!({"accuracy": a, "stderr": 0.04}))
+        .collect();
+    write(
+        &d.join("relearn.json"),
+        json!({"curve": {"steps": (0..accs.len()).map(|i| i * 20).collect::<Vec<_>>(), "measured": m}}),
+    );
+}
+
+fn table(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/wmdp-table.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn settings_are_chosen_on_validation_and_the_target_is_judged() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let orig = root.join("original");
+    write(&orig.join("mcq-wmdp-3.json"), score(0.46, &[]));
+    write(&orig.join("mcq-mmlu-val.json"), score(0.50, &[]));
+    // NPO: lr2 forgets most but costs 10 MMLU-val points; lr1 is the lowest within bounds.
+    candidate(root, "npo-lr0.5", 2.5e-5, 0.40, 0.50, 10.2);
+    candidate(root, "npo-lr1", 5e-5, 0.30, 0.49, 10.3);
+    candidate(root, "npo-lr2", 1e-4, 0.25, 0.40, 10.3);
+    // RMU: nothing within both bounds; lr1 breaks the perplexity bound, so lr2 (best
+    // MMLU-val within +5 % perplexity) is chosen.
+    candidate(root, "rmu-lr1", 1e-4, 0.25, 0.47, 11.0);
+    candidate(root, "rmu-lr2", 2e-4, 0.30, 0.45, 10.4);
+    candidate(root, "rmu-lr0.5", 5e-5, 0.35, 0.44, 10.1);
+    let v = table(&["--choose", root.to_str().unwrap()]);
+    let chosen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("chosen.json")).unwrap()).unwrap();
+    assert_eq!(
+        chosen,
+        json!({"rmu": "sweep/rmu-lr2", "npo": "sweep/npo-lr1"}),
+        "{v}"
+    );
+    assert!(
+        v.contains("| npo | 5e-05 | 30.0 ± 2.0 | 49.0 ± 2.0 | 10.30 (+3.0 %) | **yes**"),
+        "{v}"
+    );
+    assert!(v.contains("none within both bounds"), "{v}");
+
+    // The reported tables on the chosen runs.
+    write(
+        &orig.join("mcq-wmdp.json"),
+        score(0.50, &[0.55, 0.58, 0.49, 0.46, 0.45]),
+    );
+    write(&orig.join("mcq-mmlu.json"), score(0.50, &[]));
+    write(&orig.join("mcq-mmlu-near.json"), score(0.53, &[]));
+    let npo = root.join("sweep/npo-lr1");
+    write(
+        &npo.join("mcq-wmdp.json"),
+        score(0.27, &[0.28, 0.26, 0.27, 0.30, 0.25]),
+    );
+    write(&npo.join("mcq-mmlu.json"), score(0.49, &[]));
+    write(&npo.join("mcq-mmlu-near.json"), score(0.50, &[]));
+    // Split 4: 45 % before, 25 % unlearned; LoRA brings back a quarter, full fine-tuning 75 %.
+    retrain(&npo.join("retrain"), &[0.25, 0.28, 0.30]);
+    retrain(&npo.join("retrain-full"), &[0.25, 0.35, 0.40]);
+    let rmu = root.join("sweep/rmu-lr2");
+    write(
+        &rmu.join("mcq-wmdp.json"),
+        score(0.25, &[0.25, 0.25, 0.25, 0.25, 0.25]),
+    );
+    write(&rmu.join("mcq-mmlu.json"), score(0.45, &[]));
+    write(&rmu.join("mcq-mmlu-near.json"), score(0.52, &[]));
+    let t = table(&[root.to_str().unwrap()]);
+    assert!(
+        t.contains("| npo (lr 5e-05) | 27.0 ± 2.0 | 28.0 ± 4.0 |"),
+        "{t}"
+    );
+    assert!(
+        t.contains("| npo | LoRA | 25.0 | 0: 25.0, 20: 28.0, 40: 30.0 | 0.25 |"),
+        "{t}"
+    );
+    assert!(t.contains("| npo | full fine-tuning | 25.0 |"), "{t}");
+    assert!(
+        t.contains("* npo: not met — recovered share up to 0.75"),
+        "{t}"
+    );
+    assert!(
+        t.contains("* rmu: not met — MMLU -5.0 points; retraining not measured"),
+        "{t}"
+    );
+}
