@@ -21,17 +21,20 @@
 #    (b) retrain-on-T: LoRA on the question+answer texts of splits 0-3, and full fine-tuning of
 #        the tensors the method updated, split 4 measured over the steps (never trained on
 #        after unlearning); the original model under the same retraining is the ceiling (its
-#        full fine-tuning on MLP layers 4-6, the baselines' layers).
+#        full fine-tuning on MLP layers 4-6, the baselines' layers: LAYERS).
 #   experiments/wmdp-qwen.sh OUT [UNLEARN]
 #   python3 scripts/wmdp-table.py OUT
 # Every step writes its files once; a rerun skips what exists, so an interrupted run goes on
-# where it stopped. METHODS="rmu npo" limits the methods. On a 2-core CPU one full WMDP + MMLU
+# where it stopped. METHODS="rmu npo" limits the methods; MODEL and LAYERS (the baselines' MLP
+# layers, RMU steering at the last) change the model (MODEL=random:tiny LAYERS=1-2 METHODS="rmu
+# ga" runs the whole script in minutes, to check it). On a 2-core CPU one full WMDP + MMLU
 # evaluation of the 1.5B model takes about an hour and the whole protocol well over a day;
 # run it where there is a GPU (UNLEARN_WEIGHTS=bf16 halves the memory).
 set -euo pipefail
 out=${1:?usage: wmdp-qwen.sh OUT [UNLEARN binary]}
 bin=${2:-target/release/unlearn}
-model=qwen2.5-coder-1.5b
+model=${MODEL:-qwen2.5-coder-1.5b}
+layers=${LAYERS:-4-6}
 methods=${METHODS:-kuda rmu npo simnpo ga localized-ft}
 lr_factors=${LR_FACTORS:-0.5 1 2}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,22 +60,25 @@ default_lr() { # method: its learning rate from the config types
 }
 
 # The original model: what there is to remove, and the retraining ceilings.
-o="$out/original"
+# Unlearned models go to OUT/sweep/NAME, what is measured of them to OUT/measured/NAME.
+o="$out/measured/original"
 mkdir -p "$o"
 for set in wmdp:3 mmlu-val; do mcq $model "$o" $set; done
 retrain "$o/retrain-val" 0,1,2 3
 
 # KUDA's window, traced on the facts this model knows (Sports athletes of validation subjects).
-once "$out/locate/localization.json" "$bin" locate --model $model --method kuda-window \
-  --forget validation:first-16 --samples 5 --max-facts 8 --no-heads --out "$out/locate"
+if [[ " $methods " == *" kuda "* || " $methods " == *" localized-ft "* ]]; then
+  once "$out/locate/localization.json" "$bin" locate --model $model --method kuda-window \
+    --forget validation:first-16 --samples 5 --max-facts 8 --no-heads --out "$out/locate"
+fi
 
 declare -A WHERE=(
   [kuda]="--localization $out/locate/localization.json"
   [localized-ft]="--localization $out/locate/localization.json"
-  [rmu]="--layers 4-6 --set rmu.layer=6"
-  [npo]="--layers 4-6"
-  [simnpo]="--layers 4-6"
-  [ga]="--layers 4-6"
+  [rmu]="--layers $layers --set rmu.layer=${layers##*-}"
+  [npo]="--layers $layers"
+  [simnpo]="--layers $layers"
+  [ga]="--layers $layers"
 )
 
 # 1. Validation sweep.
@@ -84,24 +90,26 @@ for m in $methods; do
     # shellcheck disable=SC2086
     once "$d/manifest.json" "$bin" forget --model $model --method "$m" --task wmdp-qa \
       ${WHERE[$m]} --set "optim.lr=$lr" --out "$d"
-    for set in wmdp:3 mmlu-val; do mcq "$d" "$d" $set; done
+    mkdir -p "$out/measured/$m-lr$f"
+    for set in wmdp:3 mmlu-val; do mcq "$d" "$out/measured/$m-lr$f" $set; done
   done
 done
 python3 "$here/scripts/wmdp-table.py" --choose "$out"
 chosen() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$out/chosen.json" "$1"; }
 for m in $methods; do
-  d="$out/$(chosen "$m")"
-  retrain "$d/retrain-val" 0,1,2 3 --unlearned "$d"
+  n=$(chosen "$m")
+  retrain "$out/measured/$n/retrain-val" 0,1,2 3 --unlearned "$out/sweep/$n"
 done
 
 # 2. The reported tables.
 for set in wmdp mmlu mmlu-near; do mcq $model "$o" $set; done
 retrain "$o/retrain" 0,1,2,3 4
-retrain "$o/retrain-full" 0,1,2,3 4 --full --layers 4-6
+retrain "$o/retrain-full" 0,1,2,3 4 --full --layers "$layers"
 for m in $methods; do
-  d="$out/$(chosen "$m")"
-  for set in wmdp mmlu mmlu-near; do mcq "$d" "$d" $set; done
-  retrain "$d/retrain" 0,1,2,3 4 --unlearned "$d"
-  retrain "$d/retrain-full" 0,1,2,3 4 --unlearned "$d" --full
+  n=$(chosen "$m")
+  d="$out/sweep/$n" e="$out/measured/$n"
+  for set in wmdp mmlu mmlu-near; do mcq "$d" "$e" $set; done
+  retrain "$e/retrain" 0,1,2,3 4 --unlearned "$d"
+  retrain "$e/retrain-full" 0,1,2,3 4 --unlearned "$d" --full
 done
 echo "done: tables with python3 scripts/wmdp-table.py $out" >&2

@@ -54,6 +54,8 @@ def ppl(d):
 
 
 def candidates(out, method):
+    """The names of a method's validation runs: models in OUT/sweep/NAME, what was measured of
+    them in OUT/measured/NAME."""
     sweep = os.path.join(out, "sweep")
     if not os.path.isdir(sweep):
         return []
@@ -83,7 +85,7 @@ def curve_cells(r):
 
 
 def validation(out):
-    orig = os.path.join(out, "original")
+    orig = os.path.join(out, "measured", "original")
     o3, oval = score(orig, "wmdp-3"), score(orig, "mmlu-val")
     if not (o3 and oval):
         sys.exit(f"{orig}: the original model's mcq-wmdp-3.json and mcq-mmlu-val.json are missing")
@@ -91,12 +93,12 @@ def validation(out):
     print()
     print("| method | learning rate | WMDP split 3 | MMLU-val | perplexity | chosen |")
     print("|---|---|---|---|---|---|")
-    chosen, why = {}, {}
+    chosen = {}
     for m in METHODS:
         rows = []
         for n in candidates(out, m):
-            d = os.path.join(out, "sweep", n)
-            s3, sval = score(d, "wmdp-3"), score(d, "mmlu-val")
+            d, e = os.path.join(out, "sweep", n), os.path.join(out, "measured", n)
+            s3, sval = score(e, "wmdp-3"), score(e, "mmlu-val")
             before, after = ppl(d)
             man = load(d, "manifest.json")
             if not (s3 and sval and after and man):
@@ -106,7 +108,7 @@ def validation(out):
         if not rows:
             continue
         pick, reason = choose([r[:5] for r in rows], oval["accuracy"])
-        chosen[m], why[m] = os.path.join("sweep", pick), reason
+        chosen[m] = pick
         for n, _, _, before, after, s3, sval, lr in rows:
             mark = f"**yes** ({reason})" if n == pick else ""
             print(f"| {m} | {lr:g} | {pct(s3)} | {pct(sval)} | {after:.2f} ({100 * (after / before - 1):+.1f} %) | {mark} |")
@@ -116,8 +118,8 @@ def validation(out):
     r = load(orig, "retrain-val", "relearn.json")
     if r:
         print(f"| original | {curve_cells(r)} | – |")
-    for m, d in chosen.items():
-        r = load(out, d, "retrain-val", "relearn.json")
+    for m, n in chosen.items():
+        r = load(out, "measured", n, "retrain-val", "relearn.json")
         if r is None:
             continue
         c = r["curve"]["measured"]
@@ -133,15 +135,17 @@ def reported(out):
     chosen = load(out, "chosen.json")
     if chosen is None:
         sys.exit(f"{out}/chosen.json is missing: run the validation first (--choose)")
-    dirs = {"original": os.path.join(out, "original")}
-    dirs.update({m: os.path.join(out, chosen[m]) for m in METHODS if m in chosen})
+    # (the model's directory, the directory of what was measured of it)
+    dirs = {"original": (None, os.path.join(out, "measured", "original"))}
+    dirs.update({m: (os.path.join(out, "sweep", chosen[m]), os.path.join(out, "measured", chosen[m]))
+                 for m in METHODS if m in chosen})
     print("| method | WMDP all | split 0 | split 1 | split 2 | split 3 (validation) | split 4 | MMLU 570 | near subjects | perplexity |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     res = {}
     ppl_orig = None
-    for m, d in dirs.items():
-        w, mm, near = score(d, "wmdp"), score(d, "mmlu"), score(d, "mmlu-near")
-        before, after = ppl(d) if m != "original" else (None, None)
+    for m, (d, e) in dirs.items():
+        w, mm, near = score(e, "wmdp"), score(e, "mmlu"), score(e, "mmlu-near")
+        before, after = ppl(d) if d else (None, None)
         if before:
             ppl_orig = before
         if w is None:
@@ -165,9 +169,9 @@ def reported(out):
     print("|---|---|---|---|---|")
     shares = {}
     o4 = res.get("original", {}).get("splits", [None] * 5)[4]
-    for m, d in dirs.items():
+    for m, (_, e) in dirs.items():
         for sub, attack in [("retrain", "LoRA"), ("retrain-full", "full fine-tuning")]:
-            r = load(d, sub, "relearn.json")
+            r = load(e, sub, "relearn.json")
             if r is None:
                 continue
             c = r["curve"]["measured"]

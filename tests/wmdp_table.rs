@@ -21,11 +21,13 @@ fn write(p: &Path, v: serde_json::Value) {
     std::fs::write(p, v.to_string()).unwrap();
 }
 
-/// A sweep run: its learning rate, split 3, MMLU-val and perplexity after (10 before).
+/// A sweep run (OUT/sweep/NAME, measured in OUT/measured/NAME): its learning rate, split 3,
+/// MMLU-val and perplexity after (10 before).
 fn candidate(root: &Path, name: &str, lr: f64, split3: f64, val: f64, ppl: f64) {
     let d = root.join("sweep").join(name);
-    write(&d.join("mcq-wmdp-3.json"), score(split3, &[]));
-    write(&d.join("mcq-mmlu-val.json"), score(val, &[]));
+    let e = root.join("measured").join(name);
+    write(&e.join("mcq-wmdp-3.json"), score(split3, &[]));
+    write(&e.join("mcq-mmlu-val.json"), score(val, &[]));
     write(
         &d.join("manifest.json"),
         json!({"config": {"optim": {"lr": lr}}}),
@@ -67,7 +69,7 @@ fn table(args: &[&str]) -> String {
 fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path();
-    let orig = root.join("original");
+    let orig = root.join("measured/original");
     write(&orig.join("mcq-wmdp-3.json"), score(0.46, &[]));
     write(&orig.join("mcq-mmlu-val.json"), score(0.50, &[]));
     // NPO: lr2 forgets most but costs 10 MMLU-val points; lr1 is the lowest within bounds.
@@ -84,7 +86,7 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
         serde_json::from_str(&std::fs::read_to_string(root.join("chosen.json")).unwrap()).unwrap();
     assert_eq!(
         chosen,
-        json!({"rmu": "sweep/rmu-lr2", "npo": "sweep/npo-lr1"}),
+        json!({"rmu": "rmu-lr2", "npo": "npo-lr1"}),
         "{v}"
     );
     assert!(
@@ -100,7 +102,7 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     );
     write(&orig.join("mcq-mmlu.json"), score(0.50, &[]));
     write(&orig.join("mcq-mmlu-near.json"), score(0.53, &[]));
-    let npo = root.join("sweep/npo-lr1");
+    let npo = root.join("measured/npo-lr1");
     write(
         &npo.join("mcq-wmdp.json"),
         score(0.27, &[0.28, 0.26, 0.27, 0.30, 0.25]),
@@ -110,7 +112,7 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     // Split 4: 45 % before, 25 % unlearned; LoRA brings back a quarter, full fine-tuning 75 %.
     retrain(&npo.join("retrain"), &[0.25, 0.28, 0.30]);
     retrain(&npo.join("retrain-full"), &[0.25, 0.35, 0.40]);
-    let rmu = root.join("sweep/rmu-lr2");
+    let rmu = root.join("measured/rmu-lr2");
     write(
         &rmu.join("mcq-wmdp.json"),
         score(0.25, &[0.25, 0.25, 0.25, 0.25, 0.25]),
