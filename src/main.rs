@@ -908,21 +908,8 @@ fn run(cmd: Command) -> Result<()> {
             layers,
             out,
         } => {
-            use unlearn::eval::relearn::{RelearnArgs, RelearnConfig};
-            let d = RelearnConfig::default();
-            let cfg = RelearnConfig {
-                steps,
-                eval_every,
-                lr: if full { d.lr } else { lr.unwrap_or(d.lr) },
-                full_lr: if full {
-                    lr.unwrap_or(d.full_lr)
-                } else {
-                    d.full_lr
-                },
-                seed,
-                lora: lora.into(),
-                ..d
-            };
+            use unlearn::eval::relearn::RelearnArgs;
+            let cfg = relearn_config(steps, eval_every, lr, full, seed, lora);
             let args = RelearnArgs {
                 model,
                 unlearned,
@@ -1073,9 +1060,73 @@ fn run(cmd: Command) -> Result<()> {
     }
 }
 
+/// The attack's settings from `unlearn relearn`'s options (`--lr` is the adapters' learning
+/// rate, or with `--full` the weights').
+fn relearn_config(
+    steps: usize,
+    eval_every: usize,
+    lr: Option<f64>,
+    full: bool,
+    seed: u64,
+    lora: LoraArgs,
+) -> unlearn::eval::relearn::RelearnConfig {
+    let d = unlearn::eval::relearn::RelearnConfig::default();
+    unlearn::eval::relearn::RelearnConfig {
+        steps,
+        eval_every,
+        lr: if full { d.lr } else { lr.unwrap_or(d.lr) },
+        full_lr: if full {
+            lr.unwrap_or(d.full_lr)
+        } else {
+            d.full_lr
+        },
+        seed,
+        lora: lora.into(),
+        ..d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `unlearn relearn` without options runs the attack at the configuration's defaults, which
+    /// its help states; `--lr` sets the learning rate of what is trained.
+    #[test]
+    fn the_relearn_options_default_to_the_configuration() {
+        use unlearn::eval::relearn::RelearnConfig;
+        let parse = |extra: &[&str]| {
+            let args = ["unlearn", "relearn", "--out", "x"].iter().chain(extra);
+            match Cli::try_parse_from(args).unwrap().command {
+                Command::Relearn {
+                    steps,
+                    eval_every,
+                    lr,
+                    full,
+                    seed,
+                    lora,
+                    ..
+                } => relearn_config(steps, eval_every, lr, full, seed, lora),
+                _ => unreachable!(),
+            }
+        };
+        let d = RelearnConfig::default();
+        assert_eq!(parse(&[]), d);
+        assert_eq!(parse(&["--full"]), d);
+        assert_eq!(parse(&["--lr", "0.5"]).lr, 0.5);
+        let f = parse(&["--full", "--lr", "0.5"]);
+        assert_eq!((f.lr, f.full_lr), (d.lr, 0.5));
+        let help = Cli::command()
+            .find_subcommand_mut("relearn")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let stated = format!(
+            "default: {:e} for the adapters, {:e} with --full",
+            d.lr, d.full_lr
+        );
+        assert!(help.contains(&stated), "{stated}\n{help}");
+    }
 
     /// Every default the forget/edit help states equals the configuration's default, and every
     /// setting of the configuration is in the help (except optim.lr, which the help gives per

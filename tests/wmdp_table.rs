@@ -84,11 +84,7 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     let v = table(&["--choose", root.to_str().unwrap()]);
     let chosen: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("chosen.json")).unwrap()).unwrap();
-    assert_eq!(
-        chosen,
-        json!({"rmu": "rmu-lr2", "npo": "npo-lr1"}),
-        "{v}"
-    );
+    assert_eq!(chosen, json!({"rmu": "rmu-lr2", "npo": "npo-lr1"}), "{v}");
     assert!(
         v.contains("| npo | 5e-05 | 30.0 ± 2.0 | 49.0 ± 2.0 | 10.30 (+3.0 %) | **yes**"),
         "{v}"
