@@ -3,9 +3,10 @@
 //! against the reference run when two runs agree and "lower" when one is far below, the
 //! relearning column, and the forget target judged from the means.
 
+mod pyscript;
+
 use serde_json::json;
 use std::path::Path;
-use std::process::Command;
 
 /// An `eval/NAME/metrics.json` with the rows the table reads.
 fn write_eval(root: &Path, name: &str, forget: f64, held_out: f64, ppl: f64) {
@@ -41,18 +42,7 @@ fn write_relearn(root: &Path, name: &str, before: f64, after: f64) {
 }
 
 fn table(args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/experiment-table.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    pyscript::run("experiment-table.py", args)
 }
 
 /// The cells of the seed table's row for `run`.
@@ -124,12 +114,7 @@ fn seed_table_gives_means_intervals_ties_and_the_target() {
     assert!(seed_row(&text, "keeps")[2].ends_with(" higher"), "{text}");
 
     // A reference that is not there is an error naming the runs.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/experiment-table.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(["--vs", "nope", root_s])
-        .output()
-        .unwrap();
+    let out = pyscript::output("experiment-table.py", &["--vs", "nope", root_s]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--vs nope") && err.contains("keeps"), "{err}");

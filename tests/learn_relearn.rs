@@ -116,9 +116,9 @@ fn learning_qa_raises_its_answers_and_loads_back() {
     );
 }
 
-#[test]
-fn the_relearning_attack_runs_and_reports_every_few_steps() {
-    let mut lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
+/// Gemma 3 270M and the Sports athletes it knows.
+fn gemma_and_known_athletes() -> (LanguageModel, Vec<Fact>) {
+    let lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
     let known = unlearn::data::known::known_facts(
         &lm,
         "sports",
@@ -126,6 +126,12 @@ fn the_relearning_attack_runs_and_reports_every_few_steps() {
         unlearn::data::dedup::Policy::Refuse,
     )
     .unwrap();
+    (lm, known)
+}
+
+#[test]
+fn the_relearning_attack_runs_and_reports_every_few_steps() {
+    let (mut lm, known) = gemma_and_known_athletes();
     let (seen, unseen) = halves(&known[..8]);
     let retain = &known[8..16];
     let before = accuracy(&lm, &unseen, |f| f.answer.clone()).unwrap();
@@ -164,14 +170,7 @@ fn the_relearning_attack_runs_and_reports_every_few_steps() {
 /// tensor is bit-identical afterwards) at `full_lr`, and the facts it trains on gain.
 #[test]
 fn the_full_fine_tuning_attack_trains_exactly_the_named_weights() {
-    let mut lm = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
-    let known = unlearn::data::known::known_facts(
-        &lm,
-        "sports",
-        "top1",
-        unlearn::data::dedup::Policy::Refuse,
-    )
-    .unwrap();
+    let (mut lm, known) = gemma_and_known_athletes();
     let (seen, unseen) = halves(&known[..8]);
     let retain = &known[8..16];
     let names = lm.model.mlp_param_names(&[3, 4]);

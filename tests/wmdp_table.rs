@@ -3,9 +3,10 @@
 //! split 3 within the MMLU-val and perplexity bounds, else the best MMLU-val within the
 //! perplexity bound), `chosen.json`, the recovered share after retraining and the target.
 
+mod pyscript;
+
 use serde_json::json;
 use std::path::Path;
-use std::process::Command;
 
 fn score(acc: f64, groups: &[f64]) -> serde_json::Value {
     let groups: Vec<_> = groups
@@ -51,18 +52,7 @@ fn retrain(d: &Path, accs: &[f64]) {
 }
 
 fn table(args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/wmdp-table.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    pyscript::run("wmdp-table.py", args)
 }
 
 #[test]
