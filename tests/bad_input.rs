@@ -387,3 +387,39 @@ fn only_must_name_a_run_of_the_experiment_before_anything_loads() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert!(!out.exists());
 }
+
+/// The full fine-tuning attack's options are checked before any model loads: `--layers`
+/// without `--full`, and `--full` on the original model without the layers to fine-tune.
+#[test]
+fn the_full_attack_needs_its_weights_named_before_anything_loads() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o");
+    let o = out.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["--layers", "4-6"],
+            "--layers chooses what a --full attack",
+        ),
+        (
+            vec!["--full"],
+            "--full on the original model: give --layers",
+        ),
+    ] {
+        let mut all = vec![
+            "relearn",
+            "--model",
+            "qwen2.5-coder-1.5b",
+            "--task",
+            "wmdp-qa:0",
+            "--measure",
+            "wmdp:4",
+            "--out",
+            o,
+        ];
+        all.extend(args);
+        let (r, took) = unlearn(&all);
+        let err = stderr(&r);
+        assert!(!r.status.success() && err.contains(says), "{says}: {err}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+}

@@ -205,14 +205,13 @@ fn attack<M>(
         loss: Loss::Logit(LogitLoss::Ce),
         project: false,
     };
-    let mut lora = match full {
-        Some(_) => None,
-        None => Some(Lora::new(&lm.model, cfg.lora.clone(), cfg.seed)?),
-    };
-    let params = match (full, &lora) {
-        (Some(names), _) => names.to_vec(),
-        (None, Some(l)) => l.targets(),
-        (None, None) => unreachable!("adapters are made when no weights are named"),
+    let (mut lora, params) = match full {
+        Some(names) => (None, names.to_vec()),
+        None => {
+            let l = Lora::new(&lm.model, cfg.lora.clone(), cfg.seed)?;
+            let targets = l.targets();
+            (Some(l), targets)
+        }
     };
     let full_params = match full {
         Some(names) => names
@@ -307,9 +306,6 @@ pub struct RelearnArgs {
 /// else the tensors the unlearned run updated.
 fn full_params(a: &RelearnArgs, lm: &LanguageModel) -> Result<Option<Vec<String>>> {
     if !a.full {
-        if a.layers.is_some() {
-            bail!("--layers chooses what a --full attack fine-tunes; LoRA adapts --targets");
-        }
         return Ok(None);
     }
     let names = match (&a.layers, &a.unlearned) {
@@ -322,18 +318,31 @@ fn full_params(a: &RelearnArgs, lm: &LanguageModel) -> Result<Option<Vec<String>
             let p = d.join("manifest.json");
             let m = crate::util::read_json(&p)?
                 .with_context(|| format!("{}: cannot be read", p.display()))?;
-            let names: Vec<String> = serde_json::from_value(m["params"].clone())
-                .with_context(|| format!("{}: field `params` (the updated tensors)", p.display()))?;
+            let names: Vec<String> =
+                serde_json::from_value(m["params"].clone()).with_context(|| {
+                    format!("{}: field `params` (the updated tensors)", p.display())
+                })?;
             if names.is_empty() {
                 bail!("{}: the run updated no tensors", p.display());
             }
             names
         }
-        (None, None) => bail!(
-            "--full on the original model: give --layers, the MLPs to fine-tune (those the unlearned runs updated, to compare)"
-        ),
+        (None, None) => bail!("--full needs --layers or --unlearned"),
     };
     Ok(Some(names))
+}
+
+/// `--full` and `--layers` agree with each other and with `--unlearned` (before anything loads).
+fn check_full(a: &RelearnArgs) -> Result<()> {
+    match (a.full, &a.layers, &a.unlearned) {
+        (false, Some(_), _) => {
+            bail!("--layers chooses what a --full attack fine-tunes; LoRA adapts --targets")
+        }
+        (true, None, None) => bail!(
+            "--full on the original model: give --layers, the MLPs to fine-tune (those the unlearned runs updated, to compare)"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Split the forget facts into the half the attack trains on and the half it is measured on.
@@ -346,6 +355,7 @@ pub fn halves(forget: &[Fact]) -> (Vec<Fact>, Vec<Fact>) {
 /// Run `unlearn relearn`: the attack on the unlearned model (or on `--model` alone), written
 /// to OUT/relearn.json.
 pub fn run(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_json::Value> {
+    check_full(a)?;
     crate::outdir::prepare(
         &a.out,
         &crate::outdir::with_unlearned(&a.model, &a.unlearned),
