@@ -259,22 +259,42 @@ fn relearn_chart(r: &Value) -> String {
             .unwrap_or_default()
     };
     let lora = &r["config"]["lora"];
+    // A `--full` attack fine-tunes weights themselves, not adapters.
+    let attack = match c["full_params"].as_u64().filter(|&n| n > 0) {
+        Some(n) => format!(
+            "Full fine-tuning of {} tensors ({n} parameters), lr {}",
+            r["full_weights"].as_array().map_or(0, |v| v.len()),
+            r["config"]["full_lr"]
+        ),
+        None => format!(
+            "LoRA rank {}, α {}, on {} ({} adapter parameters), lr {}",
+            lora["rank"],
+            lora["alpha"],
+            esc(lora["targets"].as_str().unwrap_or("?")),
+            c["lora_params"],
+            r["config"]["lr"]
+        ),
+    };
     format!(
-        "<p>LoRA rank {}, α {}, on {} ({} adapter parameters), lr {}: trained on {} forget facts, measured on {} it never sees.</p>{}",
-        lora["rank"],
-        lora["alpha"],
-        esc(lora["targets"].as_str().unwrap_or("?")),
-        c["lora_params"],
-        r["config"]["lr"],
+        "<p>{attack}: trained on {} forget facts, measured on {} it never sees.</p>{}",
         r["seen_ids"].as_array().map_or(0, |v| v.len()),
         r["unseen_ids"].as_array().map_or(0, |v| v.len()),
         lines(
             "Forget accuracy (top-1 among candidates) during the relearning attack",
             "step",
             &[
-                ("unseen half".to_string(), series_of("unseen", "top1_candidates")),
-                ("trained half".to_string(), series_of("seen", "top1_candidates")),
-                ("unseen half, top-1 over the vocabulary".to_string(), series_of("unseen", "top1")),
+                (
+                    "unseen half".to_string(),
+                    series_of("unseen", "top1_candidates")
+                ),
+                (
+                    "trained half".to_string(),
+                    series_of("seen", "top1_candidates")
+                ),
+                (
+                    "unseen half, top-1 over the vocabulary".to_string(),
+                    series_of("unseen", "top1")
+                ),
             ],
         )
     )
@@ -557,6 +577,23 @@ pub fn run(dirs: &[PathBuf], out: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A full fine-tuning attack is described as one, not as LoRA with no parameters.
+    #[test]
+    fn a_full_fine_tuning_attack_is_named_as_such() {
+        let acc =
+            |v: f64| serde_json::json!({"n": 8, "top1": v, "top1_candidates": v, "mean_p": v});
+        let rl = serde_json::json!({"config": {"lr": 0.001, "full_lr": 2e-5, "lora": {"rank": 8}},
+            "full_weights": ["a", "b", "c"], "seen_ids": ["1"], "unseen_ids": ["2"],
+            "curve": {"steps": [0, 5], "unseen": [acc(0.1), acc(0.6)], "seen": [acc(0.1), acc(1.0)],
+                      "lora_params": 0, "full_params": 300}});
+        let h = relearn_chart(&rl);
+        assert!(
+            h.contains("Full fine-tuning of 3 tensors (300 parameters), lr 0.00002"),
+            "{h}"
+        );
+        assert!(!h.contains("LoRA"), "{h}");
+    }
     use super::*;
     use crate::eval::latent::LatentCurve;
     use crate::eval::schema::{BeforeAfter, Row};
