@@ -40,6 +40,13 @@ fn candidate(root: &Path, name: &str, lr: f64, split3: f64, val: f64, ppl: f64) 
     );
 }
 
+/// The reported multiple-choice files of one model: WMDP (all and by split), MMLU, near subjects.
+fn reported(d: &Path, wmdp: f64, splits: &[f64], mmlu: f64, near: f64) {
+    write(&d.join("mcq-wmdp.json"), score(wmdp, splits));
+    write(&d.join("mcq-mmlu.json"), score(mmlu, &[]));
+    write(&d.join("mcq-mmlu-near.json"), score(near, &[]));
+}
+
 fn retrain(d: &Path, accs: &[f64]) {
     let m: Vec<_> = accs
         .iter()
@@ -82,29 +89,14 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     assert!(v.contains("none within both bounds"), "{v}");
 
     // The reported tables on the chosen runs.
-    write(
-        &orig.join("mcq-wmdp.json"),
-        score(0.50, &[0.55, 0.58, 0.49, 0.46, 0.45]),
-    );
-    write(&orig.join("mcq-mmlu.json"), score(0.50, &[]));
-    write(&orig.join("mcq-mmlu-near.json"), score(0.53, &[]));
+    reported(&orig, 0.50, &[0.55, 0.58, 0.49, 0.46, 0.45], 0.50, 0.53);
     let npo = root.join("measured/npo-lr1");
-    write(
-        &npo.join("mcq-wmdp.json"),
-        score(0.27, &[0.28, 0.26, 0.27, 0.30, 0.25]),
-    );
-    write(&npo.join("mcq-mmlu.json"), score(0.49, &[]));
-    write(&npo.join("mcq-mmlu-near.json"), score(0.50, &[]));
+    reported(&npo, 0.27, &[0.28, 0.26, 0.27, 0.30, 0.25], 0.49, 0.50);
     // Split 4: 45 % before, 25 % unlearned; LoRA brings back a quarter, full fine-tuning 75 %.
     retrain(&npo.join("retrain"), &[0.25, 0.28, 0.30]);
     retrain(&npo.join("retrain-full"), &[0.25, 0.35, 0.40]);
     let rmu = root.join("measured/rmu-lr2");
-    write(
-        &rmu.join("mcq-wmdp.json"),
-        score(0.25, &[0.25, 0.25, 0.25, 0.25, 0.25]),
-    );
-    write(&rmu.join("mcq-mmlu.json"), score(0.45, &[]));
-    write(&rmu.join("mcq-mmlu-near.json"), score(0.52, &[]));
+    reported(&rmu, 0.25, &[0.25; 5], 0.45, 0.52);
     let t = table(&[root.to_str().unwrap()]);
     assert!(
         t.contains("| npo (lr 5e-05) | 27.0 ± 2.0 | 28.0 ± 4.0 |"),
