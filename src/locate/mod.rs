@@ -5,6 +5,7 @@
 
 pub mod attribution;
 pub mod localization;
+pub mod logreg;
 pub mod path_patch;
 #[cfg(test)]
 pub(crate) mod planted;

@@ -145,28 +145,12 @@ pub struct Probe {
     classes: usize,
 }
 
-/// Settings of the probe fit.
-#[derive(Clone, Copy, Debug)]
-pub struct FitOpts {
-    /// L2 penalty on the weights (on standardized features).
-    pub l2: f64,
-    pub iters: usize,
-    pub lr: f64,
-}
-
-impl Default for FitOpts {
-    fn default() -> Self {
-        FitOpts {
-            l2: 1e-2,
-            iters: 300,
-            lr: 0.05,
-        }
-    }
-}
+pub use super::logreg::FitOpts;
 
 impl Probe {
-    /// Fit by full-batch Adam on the mean cross-entropy + l2/2·‖W‖² (a convex problem, so the
-    /// result depends on the data only, not on a seed).
+    /// Fit on standardized features: the minimum of the mean cross-entropy + l2/2·‖W‖², a
+    /// strictly convex problem solved to its optimum (see [`super::logreg`]), so the probe
+    /// depends on the data only, not on a seed or on the order of floating-point sums.
     pub fn fit(x: &[Vec<f32>], y: &[usize], classes: usize, o: FitOpts) -> Result<Probe> {
         if x.is_empty() || x.len() != y.len() {
             bail!("probe: {} feature rows for {} labels", x.len(), y.len());
@@ -205,45 +189,14 @@ impl Probe {
                     .collect()
             })
             .collect();
-        let mut p = Probe {
+        let (w, b) = super::logreg::fit(&xs, y, classes, o)?;
+        Ok(Probe {
             mean,
             scale,
-            w: vec![0.0; classes * d],
-            b: vec![0.0; classes],
+            w,
+            b,
             classes,
-        };
-        let np = p.w.len() + classes;
-        let (mut m1, mut m2) = (vec![0f64; np], vec![0f64; np]);
-        let (b1, b2) = (0.9f64, 0.999f64);
-        for it in 1..=o.iters {
-            let mut g = vec![0f64; np];
-            for (r, &label) in xs.iter().zip(y) {
-                let probs = p.softmax_std(r);
-                for c in 0..classes {
-                    let e = (probs[c] - if c == label { 1.0 } else { 0.0 }) / n;
-                    for (gw, v) in g[c * d..(c + 1) * d].iter_mut().zip(r) {
-                        *gw += e * v;
-                    }
-                    g[p.w.len() + c] += e;
-                }
-            }
-            for (gw, w) in g.iter_mut().zip(&p.w) {
-                *gw += o.l2 * w;
-            }
-            let (c1, c2) = (1.0 - b1.powi(it as i32), 1.0 - b2.powi(it as i32));
-            let wl = p.w.len();
-            for (k, gk) in g.iter().enumerate() {
-                m1[k] = b1 * m1[k] + (1.0 - b1) * gk;
-                m2[k] = b2 * m2[k] + (1.0 - b2) * gk * gk;
-                let step = o.lr * (m1[k] / c1) / ((m2[k] / c2).sqrt() + 1e-8);
-                if k < wl {
-                    p.w[k] -= step;
-                } else {
-                    p.b[k - wl] -= step;
-                }
-            }
-        }
-        Ok(p)
+        })
     }
 
     fn softmax_std(&self, r: &[f64]) -> Vec<f64> {
