@@ -27,6 +27,88 @@ pub fn split(retain: &[Fact]) -> (&[Fact], &[Fact]) {
     retain.split_at(retain.len() / 4)
 }
 
+/// The original model's side of the probes: per reading position, one probe per layer, its
+/// accuracy on the retain facts kept to test it and its reading of the forget facts. It does
+/// not depend on the unlearned model, so an experiment that evaluates many runs of the same
+/// facts fits it once per process ([`original_side`]).
+struct OriginalSide {
+    labels: Labels,
+    curves: Vec<(ProbeAt, Vec<Probe>, Vec<f64>, Vec<f64>)>,
+}
+
+/// What identifies an [`OriginalSide`]: the model and the facts (ids, prompts and answers).
+fn side_key(original: &LanguageModel, retain: &[Fact], forget: &[Fact]) -> Result<String> {
+    let facts = |fs: &[Fact]| -> Vec<(String, String, String)> {
+        fs.iter()
+            .map(|f| (f.id.clone(), f.prompt.clone(), f.answer.clone()))
+            .collect()
+    };
+    Ok(serde_json::to_string(&(
+        crate::model::cache_fingerprint(&original.origin)?,
+        facts(retain),
+        facts(forget),
+    ))?)
+}
+
+/// How many original sides this process has fitted (for tests).
+static FITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The last original side fitted in this process, by its key.
+static LAST_SIDE: std::sync::Mutex<Option<(String, std::sync::Arc<OriginalSide>)>> =
+    std::sync::Mutex::new(None);
+
+/// Fit the probes on the original model (or reuse the last fit of the same model and facts).
+fn original_side(
+    original: &LanguageModel,
+    retain: &[Fact],
+    forget: &[Fact],
+) -> Result<std::sync::Arc<OriginalSide>> {
+    let key = side_key(original, retain, forget)?;
+    if let Some((k, side)) = LAST_SIDE.lock().ok().as_deref().and_then(|o| o.as_ref()) {
+        if *k == key {
+            return Ok(side.clone());
+        }
+    }
+    FITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (test, train) = split(retain);
+    let labels = Labels::from_facts(train)?;
+    let f_train = probe::features(original, train, 16)?;
+    let f_test = probe::features(original, test, 16)?;
+    let f_orig = probe::features(original, forget, 16)?;
+    let y = |facts: &[Fact]| -> Vec<Option<usize>> {
+        facts.iter().map(|f| labels.of(&f.answer)).collect()
+    };
+    let (y_test, y_forget) = (y(test), y(forget));
+    let y_train: Vec<usize> = y(train).into_iter().flatten().collect();
+    let bar = crate::util::progress(
+        (2 * f_train.last_token.len()) as u64,
+        "latent-knowledge probes",
+    );
+    let mut curves = Vec::new();
+    for at in ProbeAt::BOTH {
+        let (mut probes, mut retain_test, mut orig) = (Vec::new(), Vec::new(), Vec::new());
+        for l in 0..f_train.at(at).len() {
+            let p = Probe::fit(
+                &f_train.at(at)[l],
+                &y_train,
+                labels.classes.len(),
+                FitOpts::default(),
+            )?;
+            retain_test.push(p.accuracy(&f_test.at(at)[l], &y_test));
+            orig.push(p.accuracy(&f_orig.at(at)[l], &y_forget));
+            probes.push(p);
+            bar.inc(1);
+        }
+        curves.push((at, probes, retain_test, orig));
+    }
+    bar.finish_and_clear();
+    let side = std::sync::Arc::new(OriginalSide { labels, curves });
+    if let Ok(mut last) = LAST_SIDE.lock() {
+        *last = Some((key, side.clone()));
+    }
+    Ok(side)
+}
+
 /// Probes trained on the original model, read on both. `retain` trains (a quarter is kept to
 /// test the probes); `new_answers` are the edit targets, aligned with `forget`.
 pub fn latent(
@@ -36,54 +118,63 @@ pub fn latent(
     forget: &[Fact],
     new_answers: Option<&[String]>,
 ) -> Result<Vec<LatentCurve>> {
-    let (test, train) = split(retain);
-    let labels = Labels::from_facts(train)?;
-    let f_train = probe::features(original, train, 16)?;
-    let f_test = probe::features(original, test, 16)?;
-    let f_orig = probe::features(original, forget, 16)?;
+    let side = original_side(original, retain, forget)?;
     let f_unl = match unlearned {
         Some(lm) => Some(probe::features(lm, forget, 16)?),
         None => None,
     };
-    let y = |facts: &[Fact]| -> Vec<Option<usize>> {
-        facts.iter().map(|f| labels.of(&f.answer)).collect()
-    };
-    let (y_train, y_test, y_forget) = (y(train), y(test), y(forget));
-    let y_train: Vec<usize> = y_train.into_iter().flatten().collect();
+    let y_forget: Vec<Option<usize>> = forget.iter().map(|f| side.labels.of(&f.answer)).collect();
     let y_new: Option<Vec<Option<usize>>> =
-        new_answers.map(|v| v.iter().map(|a| labels.of(a)).collect());
-    let mut out = Vec::new();
-    let bar = crate::util::progress(
-        (2 * f_train.last_token.len()) as u64,
-        "latent-knowledge probes",
-    );
-    for at in ProbeAt::BOTH {
-        let mut c = LatentCurve {
-            at,
-            retain_test: Vec::new(),
-            original: Vec::new(),
-            unlearned: f_unl.as_ref().map(|_| Vec::new()),
-            unlearned_new_answer: f_unl.as_ref().and(y_new.as_ref()).map(|_| Vec::new()),
-        };
-        for l in 0..f_train.at(at).len() {
-            let p = Probe::fit(
-                &f_train.at(at)[l],
-                &y_train,
-                labels.classes.len(),
-                FitOpts::default(),
-            )?;
-            c.retain_test.push(p.accuracy(&f_test.at(at)[l], &y_test));
-            c.original.push(p.accuracy(&f_orig.at(at)[l], &y_forget));
-            if let (Some(u), Some(fu)) = (c.unlearned.as_mut(), f_unl.as_ref()) {
-                u.push(p.accuracy(&fu.at(at)[l], &y_forget));
-                if let (Some(n), Some(yn)) = (c.unlearned_new_answer.as_mut(), y_new.as_ref()) {
-                    n.push(p.accuracy(&fu.at(at)[l], yn));
-                }
-            }
-            bar.inc(1);
+        new_answers.map(|v| v.iter().map(|a| side.labels.of(a)).collect());
+    let read = |fu: &probe::Features, at: ProbeAt, probes: &[Probe], y: &[Option<usize>]| {
+        probes
+            .iter()
+            .enumerate()
+            .map(|(l, p)| p.accuracy(&fu.at(at)[l], y))
+            .collect::<Vec<f64>>()
+    };
+    Ok(side
+        .curves
+        .iter()
+        .map(|(at, probes, retain_test, orig)| LatentCurve {
+            at: *at,
+            retain_test: retain_test.clone(),
+            original: orig.clone(),
+            unlearned: f_unl.as_ref().map(|fu| read(fu, *at, probes, &y_forget)),
+            unlearned_new_answer: f_unl
+                .as_ref()
+                .zip(y_new.as_ref())
+                .map(|(fu, yn)| read(fu, *at, probes, yn)),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// The unlearned model's reading goes through the same probes: the original read as the
+    /// "unlearned" model gives the original's curve exactly; a second evaluation of the same
+    /// facts reuses the fit (same numbers, no new fit), other facts fit again.
+    #[test]
+    fn probes_fit_once_per_facts_and_read_both_models_alike() {
+        let lm = LanguageModel::load("random:tiny", &candle_core::Device::Cpu).unwrap();
+        let facts =
+            crate::data::load_task("sports", crate::data::dedup::Policy::merge_if(true)).unwrap();
+        let (retain, forget) = (&facts[..48], &facts[48..56]);
+        let before = FITS.load(Ordering::Relaxed);
+        let a = latent(&lm, Some(&lm), retain, forget, None).unwrap();
+        let b = latent(&lm, Some(&lm), retain, forget, None).unwrap();
+        assert_eq!(FITS.load(Ordering::Relaxed), before + 1);
+        assert_eq!(a.len(), 2);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.original.len(), lm.model.config.num_layers + 1);
+            assert_eq!(x.unlearned.as_ref(), Some(&x.original));
+            assert_eq!(x.original, y.original);
+            assert_eq!(x.retain_test, y.retain_test);
         }
-        out.push(c);
+        latent(&lm, None, retain, &facts[56..64], None).unwrap();
+        assert_eq!(FITS.load(Ordering::Relaxed), before + 2);
     }
-    bar.finish_and_clear();
-    Ok(out)
 }
