@@ -33,7 +33,15 @@ pub fn split(retain: &[Fact]) -> (&[Fact], &[Fact]) {
 /// facts fits it once per process ([`original_side`]).
 struct OriginalSide {
     labels: Labels,
-    curves: Vec<(ProbeAt, Vec<Probe>, Vec<f64>, Vec<f64>)>,
+    curves: Vec<SideCurve>,
+}
+
+/// One reading position of an [`OriginalSide`].
+struct SideCurve {
+    at: ProbeAt,
+    probes: Vec<Probe>,
+    retain_test: Vec<f64>,
+    original: Vec<f64>,
 }
 
 /// What identifies an [`OriginalSide`]: the model and the facts (ids, prompts and answers).
@@ -99,7 +107,12 @@ fn original_side(
             probes.push(p);
             bar.inc(1);
         }
-        curves.push((at, probes, retain_test, orig));
+        curves.push(SideCurve {
+            at,
+            probes,
+            retain_test,
+            original: orig,
+        });
     }
     bar.finish_and_clear();
     let side = std::sync::Arc::new(OriginalSide { labels, curves });
@@ -136,15 +149,17 @@ pub fn latent(
     Ok(side
         .curves
         .iter()
-        .map(|(at, probes, retain_test, orig)| LatentCurve {
-            at: *at,
-            retain_test: retain_test.clone(),
-            original: orig.clone(),
-            unlearned: f_unl.as_ref().map(|fu| read(fu, *at, probes, &y_forget)),
+        .map(|c| LatentCurve {
+            at: c.at,
+            retain_test: c.retain_test.clone(),
+            original: c.original.clone(),
+            unlearned: f_unl
+                .as_ref()
+                .map(|fu| read(fu, c.at, &c.probes, &y_forget)),
             unlearned_new_answer: f_unl
                 .as_ref()
                 .zip(y_new.as_ref())
-                .map(|(fu, yn)| read(fu, *at, probes, yn)),
+                .map(|(fu, yn)| read(fu, c.at, &c.probes, yn)),
         })
         .collect())
 }
