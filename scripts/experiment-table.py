@@ -4,6 +4,9 @@
 usage: scripts/experiment-table.py [--vs NAME] runs/<experiment>
        scripts/experiment-table.py --choose runs/<experiment>   (a validation sweep: which
                                   candidate of each method becomes its preset, by the rule below)
+       scripts/experiment-table.py --choose runs/<sweep> --write-presets SWEEP.toml SUFFIX DIR
+                                  (and one DIR/<method>-SUFFIX.toml preset per method: the picked
+                                  candidate's settings, layers and every candidate's numbers)
        scripts/experiment-table.py [--vs NAME] --forget-runs DIR...   (outputs of `unlearn
                                   forget`, named NAME-seedS: their own before/after numbers)
 Runs repeated over seeds (stages NAME-seedS, from `seeds = [...]` in the experiment file) get a
@@ -192,12 +195,14 @@ def mean_of(runs, key, field="unlearned"):
 
 
 def choose(root):
-    """Per method, the candidate the preset rule picks, with every candidate's means."""
+    """Per method, the candidate the preset rule picks, with every candidate's means; returns
+    {method: (picked candidate, every candidate, whether the picked one qualified)}."""
     root = Path(root)
     evals = sorted((root / "eval").glob("*/metrics.json"))
     if not evals:
         sys.exit(f"{root}: no eval/*/metrics.json")
     groups = seeded_groups(evals)
+    picks = {}
     method = {}
     for p in evals:
         m = re.fullmatch(r"(.+)-seed(\d+)", p.parent.name)
@@ -231,6 +236,79 @@ def choose(root):
         for c in cands:
             print(f"| {meth} | {c[0]} | {c[1]} | {fmt(c[2], 'pct')} | {fmt(c[3], 'pct')} | "
                   f"{fmt(c[4], 'f2')} | {'yes' if c[6] else 'no'} | {'**chosen**' if c is pick else ''} |")
+        picks[meth] = (pick, cands, "qualified" if ok else ("held-out" if ppl_ok else "perplexity"))
+    return groups, picks
+
+
+def interval(runs, key, kind, rng):
+    """Mean over seeds and its 95 % bootstrap interval, formatted."""
+    d = sorted(resample(runs, key, kind, rng) for _ in range(RESAMPLES))
+    mean = sum(r[key]["unlearned"] for _, r in runs) / len(runs)
+    lo, hi = d[int(0.025 * RESAMPLES)], d[int(0.975 * RESAMPLES) - 1]
+    if kind == "pct":
+        return f"{100 * mean:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def toml_str(v):
+    return json.dumps(v, ensure_ascii=False)
+
+
+def write_presets(root, sweep_toml, suffix, out_dir):
+    """One preset file per method: the candidate the rule picked, its settings from the sweep
+    file, the layers of the window traced on validation facts, and every candidate's numbers
+    (mean over seeds [95 % bootstrap over seeds and facts]) in `chosen_on`."""
+    import tomllib
+    root, out_dir = Path(root), Path(out_dir)
+    sweep = tomllib.loads(Path(sweep_toml).read_text())
+    rows = {u["name"]: u for u in sweep.get("unlearn", [])}
+    groups, picks = choose(root)
+    rng = random.Random(0)
+    task = sweep.get("task", "sports")
+    model = sweep.get("model", "gemma3-270m")
+    forget = sweep.get("forget", "")
+    if not forget.startswith("validation:"):
+        sys.exit(f"{sweep_toml}: forget = {forget!r}; presets are chosen on validation facts only")
+    seeds = ",".join(str(x) for x in sweep.get("seeds", [sweep.get("seed", 0)]))
+    for meth, (pick, cands, how) in sorted(picks.items()):
+        row = rows.get(pick[0])
+        if row is None:
+            sys.exit(f"{sweep_toml}: no [[unlearn]] named {pick[0]}")
+        loc = root / "locate" / row["localization"] / "localization.json" if row.get("localization") else None
+        layers = row.get("layers")
+        if layers is None and loc is not None:
+            ls = sorted(c["layer"] for c in json.loads(loc.read_text())["chosen"])
+            layers = f"{ls[0]}-{ls[-1]}" if ls == list(range(ls[0], ls[-1] + 1)) else ",".join(map(str, ls))
+        runs = groups[pick[0]]
+        first = runs[0][1]
+        n_forget, n_held = first["forget.top1_candidates"]["n"], first["held_out.top1_candidates"]["n"]
+        p0 = mean_of(runs, "utility.wikitext_perplexity", "original")
+        cand_text = "; ".join(
+            f"{c[0]} {interval(groups[c[0]], 'forget.top1_candidates', 'pct', rng)} / "
+            f"{interval(groups[c[0]], 'held_out.top1_candidates', 'pct', rng)} / "
+            f"{interval(groups[c[0]], 'utility.wikitext_perplexity', 'f2', rng)}"
+            for c in cands)
+        outcome = {
+            "qualified": "the lowest mean forget accuracy among the candidates that kept held-out accuracy >= 95 % and perplexity within +5 %",
+            "held-out": "no candidate kept held-out accuracy >= 95 % within +5 % perplexity, so the one with the highest held-out accuracy within +5 % perplexity",
+            "perplexity": "no candidate stayed within +5 % perplexity, so the one with the lowest perplexity",
+        }[how]
+        settings = ", ".join(row.get("set", [])) or "the method's defaults"
+        lines = [
+            f"# {meth} for {task} facts on {model}, chosen on validation facts by the rule fixed in",
+            f"# {sweep_toml}.",
+            "# Written by scripts/experiment-table.py --write-presets; reproduce the choice with",
+            f"#   unlearn run {sweep_toml} --only {meth}",
+            f"#   python3 scripts/experiment-table.py --choose {root}",
+            f"description = {toml_str(f'{meth} for {task} facts on {model}: {settings}, MLPs {layers} (the window traced on validation facts); mean over seeds on validation: forget {100 * pick[2]:.1f} %, held-out {100 * pick[3]:.1f} %, perplexity {pick[4]:.2f} ({p0:.2f} before)')}",
+            f"chosen_on = {toml_str(f'validation split only: {n_forget} facts of validation subjects forgotten ({forget}), {n_held} validation held-out facts, seeds {seeds}, window traced on validation facts (MLPs {layers}). Rule fixed before the runs: {outcome}; picked {pick[0]}. Candidates (forget top-1 among candidates / held-out / WikiText-2 perplexity, mean over seeds [95 % bootstrap over seeds and facts]): {cand_text} ({p0:.2f} before).')}",
+            f"method = {toml_str(row['method'])}",
+            f"layers = {toml_str(layers)}",
+            "set = [" + ", ".join(toml_str(x) for x in row.get("set", [])) + "]",
+        ]
+        path = out_dir / f"{meth}-{suffix}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def seeds_table(groups, cols, vs=None):
@@ -286,9 +364,12 @@ if __name__ == "__main__":
             sys.exit("--vs needs a run name")
         vs, args = args[1], args[2:]
     if args[:1] == ["--choose"]:
-        if len(args) != 2:
-            sys.exit("--choose needs one experiment output directory")
-        choose(args[1])
+        if len(args) == 6 and args[2] == "--write-presets":
+            write_presets(args[1], args[3], args[4], args[5])
+        elif len(args) != 2:
+            sys.exit("usage: --choose RUN [--write-presets SWEEP.toml SUFFIX DIR]")
+        else:
+            choose(args[1])
     elif args[:1] == ["--forget-runs"]:
         forget_runs(args[1:], vs)
     else:

@@ -148,3 +148,84 @@ fn choose_applies_the_preset_rule_per_method() {
     let hot = text.lines().find(|l| l.contains("| npo-hot |")).unwrap();
     assert!(hot.contains("| no |"), "{hot}");
 }
+
+/// `--choose RUN --write-presets SWEEP SUFFIX DIR`: one preset per method with the picked
+/// candidate's settings (from the sweep file), the traced window's layers, the rule's outcome
+/// and every candidate's numbers; each file loads as a built-in preset does.
+#[test]
+fn write_presets_turns_the_choice_into_loadable_presets() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("run");
+    for s in 0..3 {
+        write_eval_of(&root, &format!("npo-soft-seed{s}"), "npo", 0.50, 0.99, 14.0);
+        write_eval_of(&root, &format!("npo-mild-seed{s}"), "npo", 0.25, 0.97, 14.2);
+        write_eval_of(&root, &format!("ga-a-seed{s}"), "ga", 0.0, 0.50, 14.0);
+        write_eval_of(&root, &format!("ga-b-seed{s}"), "ga", 0.25, 0.80, 14.0);
+    }
+    let loc = root.join("locate/traced");
+    std::fs::create_dir_all(&loc).unwrap();
+    let chosen = json!({"chosen": [{"layer": 3, "type": "mlp"}, {"layer": 4, "type": "mlp"},
+                                   {"layer": 5, "type": "mlp"}]});
+    std::fs::write(loc.join("localization.json"), chosen.to_string()).unwrap();
+    let sweep = d.path().join("sweep.toml");
+    let rows = [
+        ("npo-soft", "npo", "optim.lr=2.5e-05"),
+        ("npo-mild", "npo", "optim.lr=5e-05"),
+        ("ga-a", "ga", "optim.lr=4e-05"),
+        ("ga-b", "ga", "optim.lr=1e-05"),
+    ];
+    let mut text = "name = \"s\"\ntask = \"counterfact\"\nforget = \"validation:first-16\"\nseeds = [0, 1, 2]\n".to_string();
+    for (name, method, set) in rows {
+        text += &format!("\n[[unlearn]]\nname = \"{name}\"\nmethod = \"{method}\"\nlocalization = \"traced\"\nset = [\"{set}\"]\n");
+    }
+    std::fs::write(&sweep, text).unwrap();
+    let out = d.path().join("presets");
+    std::fs::create_dir_all(&out).unwrap();
+    table(&[
+        "--choose",
+        root.to_str().unwrap(),
+        "--write-presets",
+        sweep.to_str().unwrap(),
+        "counterfact",
+        out.to_str().unwrap(),
+    ]);
+    let npo = std::fs::read_to_string(out.join("npo-counterfact.toml")).unwrap();
+    let p = unlearn::forget::presets::parse("npo-counterfact", &npo).unwrap();
+    assert_eq!(p.method, "npo");
+    assert_eq!(p.layers.as_deref(), Some("3-5"));
+    assert_eq!(p.set, ["optim.lr=5e-05"]);
+    assert!(p.chosen_on.contains("picked npo-mild"), "{}", p.chosen_on);
+    assert!(p.chosen_on.contains("npo-soft 50.0 % ["), "{}", p.chosen_on);
+    let ga = std::fs::read_to_string(out.join("ga-counterfact.toml")).unwrap();
+    let p = unlearn::forget::presets::parse("ga-counterfact", &ga).unwrap();
+    assert_eq!(p.set, ["optim.lr=1e-05"]);
+    assert!(
+        p.chosen_on.contains("highest held-out accuracy"),
+        "{}",
+        p.chosen_on
+    );
+    // A sweep on anything but validation facts cannot make presets.
+    std::fs::write(
+        &sweep,
+        std::fs::read_to_string(&sweep)
+            .unwrap()
+            .replace("validation:", "test:"),
+    )
+    .unwrap();
+    let o = pyscript::output(
+        "experiment-table.py",
+        &[
+            "--choose",
+            root.to_str().unwrap(),
+            "--write-presets",
+            sweep.to_str().unwrap(),
+            "x",
+            out.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("validation facts only"),
+        "{err}"
+    );
+}

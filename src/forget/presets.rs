@@ -52,7 +52,8 @@ pub fn find(name: &str) -> Result<Preset> {
     }
 }
 
-fn parse(name: &str, text: &str) -> Result<Preset> {
+/// A preset file's text, checked as a built-in one is (its method and settings resolve).
+pub fn parse(name: &str, text: &str) -> Result<Preset> {
     let mut p: Preset =
         toml::from_str(text).with_context(|| format!("preset `{name}` (presets/{name}.toml)"))?;
     p.name = name.to_string();
