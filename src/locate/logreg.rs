@@ -6,7 +6,7 @@
 //! floating-point sums (thread count, row order): probe accuracies then moved by whole facts.
 //! Near the optimum they depend on the data, not on the arithmetic's order.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, D};
 
 /// Settings of the fit.
@@ -107,6 +107,11 @@ fn minimize(
     o: FitOpts,
 ) -> Result<Vec<f64>> {
     let (mut loss, mut g) = f(&theta)?;
+    if !loss.is_finite() || g.iter().any(|v| !v.is_finite()) {
+        bail!(
+            "probe fit: the loss or its gradient is not finite at the start (non-finite features?)"
+        );
+    }
     let mut hist: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> = Default::default();
     for _ in 0..o.max_iters {
         let gnorm = dot(&g, &g).sqrt();
@@ -247,5 +252,13 @@ mod tests {
             })
             .count();
         assert_eq!(hits, 60);
+    }
+
+    #[test]
+    fn non_finite_features_are_an_error() {
+        let (mut xs, y) = data(10, 3, 2, 5);
+        xs[4][1] = f64::NAN;
+        let e = fit(&xs, &y, 2, FitOpts::default()).unwrap_err().to_string();
+        assert!(e.contains("not finite"), "{e}");
     }
 }
