@@ -115,6 +115,7 @@ fn original_side(
         });
     }
     bar.finish_and_clear();
+    probe::report_unconverged(curves.iter().flat_map(|c| &c.probes));
     let side = std::sync::Arc::new(OriginalSide { labels, curves });
     if let Ok(mut last) = LAST_SIDE.lock() {
         *last = Some((key, side.clone()));

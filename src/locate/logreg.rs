@@ -85,27 +85,34 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// The minimum of the regularized cross-entropy on standardized rows `xs` with labels `y`:
-/// W (`classes × dim`, row-major) and b.
-pub fn fit(
-    xs: &[Vec<f64>],
-    y: &[usize],
-    classes: usize,
-    o: FitOpts,
-) -> Result<(Vec<f64>, Vec<f64>)> {
+/// A fitted regression.
+pub struct Fitted {
+    /// `classes × dim`, row-major.
+    pub w: Vec<f64>,
+    pub b: Vec<f64>,
+    /// The gradient's norm where the fit stopped (at most the tolerance when it converged).
+    pub grad_norm: f64,
+}
+
+/// The minimum of the regularized cross-entropy on standardized rows `xs` with labels `y`.
+pub fn fit(xs: &[Vec<f64>], y: &[usize], classes: usize, o: FitOpts) -> Result<Fitted> {
     let obj = Objective::new(xs, y, classes, o.l2)?;
     let cd = classes * obj.d;
-    let theta = minimize(|t| obj.eval(t), vec![0.0; cd + classes], o)?;
-    Ok((theta[..cd].to_vec(), theta[cd..].to_vec()))
+    let (theta, grad_norm) = minimize(|t| obj.eval(t), vec![0.0; cd + classes], o)?;
+    Ok(Fitted {
+        w: theta[..cd].to_vec(),
+        b: theta[cd..].to_vec(),
+        grad_norm,
+    })
 }
 
 /// L-BFGS from `theta` until ‖∇‖ ≤ `o.tol`, the line search finds no decrease (rounding), or
-/// `o.max_iters` iterations.
+/// `o.max_iters` iterations; returns the point and its gradient's norm.
 fn minimize(
     f: impl Fn(&[f64]) -> Result<(f64, Vec<f64>)>,
     mut theta: Vec<f64>,
     o: FitOpts,
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, f64)> {
     let (mut loss, mut g) = f(&theta)?;
     if !loss.is_finite() || g.iter().any(|v| !v.is_finite()) {
         bail!(
@@ -116,7 +123,7 @@ fn minimize(
     for _ in 0..o.max_iters {
         let gnorm = dot(&g, &g).sqrt();
         if gnorm <= o.tol {
-            return Ok(theta);
+            return Ok((theta, gnorm));
         }
         // Two-loop recursion: dir = −H·g.
         let mut q = g.clone();
@@ -152,7 +159,7 @@ fn minimize(
             }
             step *= 0.5;
             if step < 1e-20 {
-                return Ok(theta);
+                return Ok((theta, gnorm));
             }
         };
         let s: Vec<f64> = next.iter().zip(&theta).map(|(a, b)| a - b).collect();
@@ -166,7 +173,8 @@ fn minimize(
         }
         (theta, loss, g) = (next, nloss, ng);
     }
-    Ok(theta)
+    let gnorm = dot(&g, &g).sqrt();
+    Ok((theta, gnorm))
 }
 
 /// The tensors the objective is made of, in f64 (for tests).
@@ -223,14 +231,15 @@ mod tests {
     fn fit_reaches_the_unique_optimum_whatever_the_row_order() {
         let (xs, y) = data(60, 80, 6, 3);
         let o = FitOpts::default();
-        let (w, b) = fit(&xs, &y, 6, o).unwrap();
+        let Fitted { w, b, grad_norm } = fit(&xs, &y, 6, o).unwrap();
+        assert!(grad_norm <= o.tol);
         let theta: Vec<f64> = w.iter().chain(&b).cloned().collect();
         let (_, g) = loss_at(&xs, &y, 6, o.l2, &theta);
         assert!(dot(&g, &g).sqrt() <= o.tol);
         let order: Vec<usize> = (0..60).rev().collect();
         let xr: Vec<Vec<f64>> = order.iter().map(|&i| xs[i].clone()).collect();
         let yr: Vec<usize> = order.iter().map(|&i| y[i]).collect();
-        let (w2, b2) = fit(&xr, &yr, 6, o).unwrap();
+        let Fitted { w: w2, b: b2, .. } = fit(&xr, &yr, 6, o).unwrap();
         let diff = w
             .iter()
             .chain(&b)
@@ -258,7 +267,10 @@ mod tests {
     fn non_finite_features_are_an_error() {
         let (mut xs, y) = data(10, 3, 2, 5);
         xs[4][1] = f64::NAN;
-        let e = fit(&xs, &y, 2, FitOpts::default()).unwrap_err().to_string();
+        let e = fit(&xs, &y, 2, FitOpts::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not finite"), "{e}");
     }
 }

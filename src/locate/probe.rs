@@ -143,9 +143,31 @@ pub struct Probe {
     w: Vec<f64>,
     b: Vec<f64>,
     classes: usize,
+    /// The fit's gradient norm where it stopped (see [`FitOpts::tol`]).
+    #[serde(default)]
+    pub grad_norm: f64,
 }
 
 pub use super::logreg::FitOpts;
+
+/// One line on stderr when some of `probes` stopped at the iteration cap short of the
+/// tolerance: near their optimum, not at it.
+pub fn report_unconverged<'a>(probes: impl IntoIterator<Item = &'a Probe>) {
+    let tol = FitOpts::default().tol;
+    let (mut n, mut short, mut worst) = (0, 0, 0f64);
+    for p in probes {
+        n += 1;
+        if p.grad_norm > tol {
+            short += 1;
+            worst = worst.max(p.grad_norm);
+        }
+    }
+    if short > 0 {
+        eprintln!(
+            "note: {short} of {n} probes stopped at the iteration cap with gradient norm up to {worst:.1e} (tolerance {tol:.0e}): near their optimum, not at it"
+        );
+    }
+}
 
 impl Probe {
     /// Fit on standardized features: the minimum of the mean cross-entropy + l2/2·‖W‖², a
@@ -189,13 +211,14 @@ impl Probe {
                     .collect()
             })
             .collect();
-        let (w, b) = super::logreg::fit(&xs, y, classes, o)?;
+        let f = super::logreg::fit(&xs, y, classes, o)?;
         Ok(Probe {
             mean,
             scale,
-            w,
-            b,
+            w: f.w,
+            b: f.b,
             classes,
+            grad_norm: f.grad_norm,
         })
     }
 
@@ -302,6 +325,7 @@ pub fn curve(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    report_unconverged(&probes);
     Ok((c, probes, labels))
 }
 
