@@ -1,6 +1,7 @@
 //! Multinomial logistic regression solved towards its optimum: the mean cross-entropy of
-//! softmax(X·Wᵀ + b) plus l2/2·‖W‖² is strictly convex in W, so it has one minimum, approached
-//! here by L-BFGS with a backtracking line search until the gradient's norm is below a
+//! softmax(X·Wᵀ + b) plus l2/2·‖W‖² is strictly convex in W, so it has one minimum (b is fixed
+//! up to a common shift that the fit never moves: its gradient sums to zero), approached here by
+//! L-BFGS with a backtracking line search until the gradient's norm is below a
 //! tolerance (or an iteration cap). A fixed number of constant-rate Adam steps, the usual probe
 //! fit, stops wherever its oscillation happens to be, and that point moves with the rounding of
 //! floating-point sums (thread count, row order): probe accuracies then moved by whole facts.
@@ -177,7 +178,7 @@ fn minimize(
     Ok((theta, gnorm))
 }
 
-/// The tensors the objective is made of, in f64 (for tests).
+/// The loss and its gradient at θ (for tests).
 #[cfg(test)]
 fn loss_at(
     xs: &[Vec<f64>],
