@@ -240,11 +240,16 @@ def choose(root):
     return groups, picks
 
 
+def bounds(draws):
+    """The 95 % interval of RESAMPLES bootstrap draws."""
+    d = sorted(draws)
+    return d[int(0.025 * RESAMPLES)], d[int(0.975 * RESAMPLES) - 1]
+
+
 def interval(runs, key, kind, rng):
     """Mean over seeds and its 95 % bootstrap interval, formatted."""
-    d = sorted(resample(runs, key, kind, rng) for _ in range(RESAMPLES))
+    lo, hi = bounds(resample(runs, key, kind, rng) for _ in range(RESAMPLES))
     mean = sum(r[key]["unlearned"] for _, r in runs) / len(runs)
-    lo, hi = d[int(0.025 * RESAMPLES)], d[int(0.975 * RESAMPLES) - 1]
     if kind == "pct":
         return f"{100 * mean:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
     return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
@@ -262,13 +267,13 @@ def write_presets(root, sweep_toml, suffix, out_dir):
     root, out_dir = Path(root), Path(out_dir)
     sweep = tomllib.loads(Path(sweep_toml).read_text())
     rows = {u["name"]: u for u in sweep.get("unlearn", [])}
+    forget = sweep.get("forget", "")
+    if not forget.startswith("validation:"):
+        sys.exit(f"{sweep_toml}: forget = {forget!r}; presets are chosen on validation facts only")
     groups, picks = choose(root)
     rng = random.Random(0)
     task = sweep.get("task", "sports")
     model = sweep.get("model", "gemma3-270m")
-    forget = sweep.get("forget", "")
-    if not forget.startswith("validation:"):
-        sys.exit(f"{sweep_toml}: forget = {forget!r}; presets are chosen on validation facts only")
     seeds = ",".join(str(x) for x in sweep.get("seeds", [sweep.get("seed", 0)]))
     for meth, (pick, cands, how) in sorted(picks.items()):
         row = rows.get(pick[0])
@@ -277,6 +282,8 @@ def write_presets(root, sweep_toml, suffix, out_dir):
         loc = root / "locate" / row["localization"] / "localization.json" if row.get("localization") else None
         layers = row.get("layers")
         if layers is None and loc is not None:
+            if not loc.exists():
+                sys.exit(f"{loc}: missing (the localization {row['localization']!r} of {pick[0]} has not run)")
             ls = sorted(c["layer"] for c in json.loads(loc.read_text())["chosen"])
             layers = f"{ls[0]}-{ls[-1]}" if ls == list(range(ls[0], ls[-1] + 1)) else ",".join(map(str, ls))
         runs = groups[pick[0]]
@@ -342,14 +349,12 @@ def seeds_table(groups, cols, vs=None):
                 continue
             runs = [r for r in groups[n] if r[1].get(key, {}).get("unlearned") is not None]
             mean = sum(r[1][key]["unlearned"] for r in runs) / len(runs)
-            ds = sorted(d)
-            lo, hi = ds[int(0.025 * RESAMPLES)], ds[int(0.975 * RESAMPLES) - 1]
+            lo, hi = bounds(d)
             cell = f"{fmt(mean, kind)} [{fmt(lo, kind)}, {fmt(hi, kind)}]"
             ref = draws.get((names[0], key))
             if n != names[0] and ref is not None:
                 # Independent draws of the two runs, paired by index.
-                diff = sorted(a - b for a, b in zip(d, ref))
-                dlo, dhi = diff[int(0.025 * RESAMPLES)], diff[int(0.975 * RESAMPLES) - 1]
+                dlo, dhi = bounds(a - b for a, b in zip(d, ref))
                 cell += " tie" if dlo <= 0 <= dhi else (" higher" if dlo > 0 else " lower")
             cells.append(cell)
         seeds = ",".join(str(s) for s, _ in sorted(groups[n], key=lambda x: x[0]))
