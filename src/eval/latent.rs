@@ -83,44 +83,43 @@ fn original_side(
     let f_train = probe::features(original, train, 16)?;
     let f_test = probe::features(original, test, 16)?;
     let f_orig = probe::features(original, forget, 16)?;
-    let y = |facts: &[Fact]| -> Vec<Option<usize>> {
-        facts.iter().map(|f| labels.of(&f.answer)).collect()
-    };
-    let (y_test, y_forget) = (y(test), y(forget));
-    let y_train: Vec<usize> = y(train).into_iter().flatten().collect();
-    let bar = crate::util::progress(
-        (2 * f_train.last_token.len()) as u64,
-        "latent-knowledge probes",
-    );
+    let y_forget = labels_of(&labels, forget.iter().map(|f| f.answer.as_str()));
     let mut curves = Vec::new();
     for at in ProbeAt::BOTH {
-        let (mut probes, mut retain_test, mut orig) = (Vec::new(), Vec::new(), Vec::new());
-        for l in 0..f_train.at(at).len() {
-            let p = Probe::fit(
-                &f_train.at(at)[l],
-                &y_train,
-                labels.classes.len(),
-                FitOpts::default(),
-            )?;
-            retain_test.push(p.accuracy(&f_test.at(at)[l], &y_test));
-            orig.push(p.accuracy(&f_orig.at(at)[l], &y_forget));
-            probes.push(p);
-            bar.inc(1);
-        }
+        let (c, probes, _) = probe::curve(
+            at,
+            f_train.at(at),
+            train,
+            f_test.at(at),
+            test,
+            FitOpts::default(),
+        )?;
         curves.push(SideCurve {
             at,
+            original: read_layers(&probes, f_orig.at(at), &y_forget),
             probes,
-            retain_test,
-            original: orig,
+            retain_test: c.test,
         });
     }
-    bar.finish_and_clear();
-    probe::report_unconverged(curves.iter().flat_map(|c| &c.probes));
     let side = std::sync::Arc::new(OriginalSide { labels, curves });
     if let Ok(mut last) = LAST_SIDE.lock() {
         *last = Some((key, side.clone()));
     }
     Ok(side)
+}
+
+/// Each answer's class among the probes' labels (None: an answer they never saw).
+fn labels_of<'a>(labels: &Labels, answers: impl Iterator<Item = &'a str>) -> Vec<Option<usize>> {
+    answers.map(|a| labels.of(a)).collect()
+}
+
+/// Each layer's probe accuracy on features `x` (`x[l]`: rows at layer l) with labels `y`.
+fn read_layers(probes: &[Probe], x: &[Vec<Vec<f32>>], y: &[Option<usize>]) -> Vec<f64> {
+    probes
+        .iter()
+        .zip(x)
+        .map(|(p, xl)| p.accuracy(xl, y))
+        .collect()
 }
 
 /// Probes trained on the original model, read on both. `retain` trains (a quarter is kept to
@@ -137,16 +136,8 @@ pub fn latent(
         Some(lm) => Some(probe::features(lm, forget, 16)?),
         None => None,
     };
-    let y_forget: Vec<Option<usize>> = forget.iter().map(|f| side.labels.of(&f.answer)).collect();
-    let y_new: Option<Vec<Option<usize>>> =
-        new_answers.map(|v| v.iter().map(|a| side.labels.of(a)).collect());
-    let read = |fu: &probe::Features, at: ProbeAt, probes: &[Probe], y: &[Option<usize>]| {
-        probes
-            .iter()
-            .enumerate()
-            .map(|(l, p)| p.accuracy(&fu.at(at)[l], y))
-            .collect::<Vec<f64>>()
-    };
+    let y_forget = labels_of(&side.labels, forget.iter().map(|f| f.answer.as_str()));
+    let y_new = new_answers.map(|v| labels_of(&side.labels, v.iter().map(String::as_str)));
     Ok(side
         .curves
         .iter()
@@ -156,11 +147,11 @@ pub fn latent(
             original: c.original.clone(),
             unlearned: f_unl
                 .as_ref()
-                .map(|fu| read(fu, c.at, &c.probes, &y_forget)),
+                .map(|fu| read_layers(&c.probes, fu.at(c.at), &y_forget)),
             unlearned_new_answer: f_unl
                 .as_ref()
                 .zip(y_new.as_ref())
-                .map(|(fu, yn)| read(fu, c.at, &c.probes, yn)),
+                .map(|(fu, yn)| read_layers(&c.probes, fu.at(c.at), yn)),
         })
         .collect())
 }
