@@ -275,7 +275,14 @@ def write_presets(root, sweep_toml, suffix, out_dir):
     task = sweep.get("task", "sports")
     model = sweep.get("model", "gemma3-270m")
     seeds = ",".join(str(x) for x in sweep.get("seeds", [sweep.get("seed", 0)]))
+    n_seeds = len(sweep.get("seeds", [sweep.get("seed", 0)]))
     for meth, (pick, cands, how) in sorted(picks.items()):
+        want = sorted(n for n, u in rows.items() if u.get("method") == meth)
+        have = {c[0]: c[1] for c in cands}
+        short = [f"{n} ({have.get(n, 0)} of {n_seeds} seeds)" for n in want if have.get(n, 0) != n_seeds]
+        if short:
+            sys.exit(f"{root}: {meth}: the sweep is not finished: {', '.join(short)}; "
+                     f"run `unlearn run {sweep_toml} --only {meth}` first")
         row = rows.get(pick[0])
         if row is None:
             sys.exit(f"{sweep_toml}: no [[unlearn]] named {pick[0]}")
