@@ -274,8 +274,8 @@ def write_presets(root, sweep_toml, suffix, out_dir):
     rng = random.Random(0)
     task = sweep.get("task", "sports")
     model = sweep.get("model", "gemma3-270m")
-    seeds = ",".join(str(x) for x in sweep.get("seeds", [sweep.get("seed", 0)]))
-    n_seeds = len(sweep.get("seeds", [sweep.get("seed", 0)]))
+    seed_list = sweep.get("seeds", [sweep.get("seed", 0)])
+    seeds, n_seeds = ",".join(map(str, seed_list)), len(seed_list)
     for meth, (pick, cands, how) in sorted(picks.items()):
         want = sorted(n for n, u in rows.items() if u.get("method") == meth)
         have = {c[0]: c[1] for c in cands}
