@@ -25,6 +25,17 @@ def acc(v):
     return f"{100 * s['accuracy']:.1f} ± {100 * s['stderr']:.1f}"
 
 
+def group(g):
+    """A group's accuracy ± stderr (a WMDP split, an MMLU subject), or "–"."""
+    if g is None:
+        return "–"
+    return f"{100 * g['accuracy']:.1f} ± {100 * g['stderr']:.1f}"
+
+
+# The MMLU subjects nearest WMDP, in the order the tables list them.
+NEAR = ["college_biology", "high_school_biology", "virology", "college_computer_science", "computer_security"]
+
+
 def known(v, rule):
     if v is None:
         return "–"
@@ -34,16 +45,22 @@ def known(v, rule):
     return "–"
 
 
+# Every file scripts/census.sh writes, in its order.
+FILES = ["mmlu-0shot", "mmlu-5shot", "wmdp-0shot", "mmlu-near-0shot", "mmlu-near-5shot",
+         "known-sports", "known-counterfact", "mmlu-0shot-chat", "wmdp-0shot-chat"]
+
+
 def main(dirs):
     rows = []
     for d in dirs:
-        first = next((load(d, n) for n in ["mmlu-0shot", "wmdp-0shot", "known-sports"] if load(d, n)), None)
+        first = next((v for n in FILES if (v := load(d, n))), None)
         model = first["model"] if first else os.path.basename(d)
         rows.append((model, d))
-    print("| model | MMLU 570, 0-shot | MMLU 570, 5-shot | near subjects (820), 0-shot | near, 5-shot | WMDP 785, 0-shot |")
-    print("|---|---|---|---|---|---|")
+    print("| model | MMLU 570, 0-shot | MMLU 570, 5-shot | MMLU 570, chat turn | near subjects (820), 0-shot | near, 5-shot | WMDP 785, 0-shot | WMDP, chat turn |")
+    print("|---|---|---|---|---|---|---|---|")
     for model, d in rows:
-        cells = [acc(load(d, n)) for n in ["mmlu-0shot", "mmlu-5shot", "mmlu-near-0shot", "mmlu-near-5shot", "wmdp-0shot"]]
+        names = ["mmlu-0shot", "mmlu-5shot", "mmlu-0shot-chat", "mmlu-near-0shot", "mmlu-near-5shot", "wmdp-0shot", "wmdp-0shot-chat"]
+        cells = [acc(load(d, n)) for n in names]
         print(f"| {model} | " + " | ".join(cells) + " |")
     print()
     print("| model | WMDP split 0 | split 1 | split 2 | split 3 | split 4 | letters chosen (WMDP) |")
@@ -54,21 +71,19 @@ def main(dirs):
             print(f"| {model} | – | – | – | – | – | – |")
             continue
         g = {x["name"]: x for x in w["score"]["groups"]}
-        cells = [f"{100 * g[f'split_{i}']['accuracy']:.1f} ± {100 * g[f'split_{i}']['stderr']:.1f}" if f"split_{i}" in g else "–" for i in range(5)]
+        cells = [group(g.get(f"split_{i}")) for i in range(5)]
         letters = " ".join(f"{l} {n}" for l, n in zip("ABCD", w["score"]["chosen"]))
         print(f"| {model} | " + " | ".join(cells) + f" | {letters} |")
     print()
     print("| model | MMLU near subject | 0-shot | 5-shot |")
     print("|---|---|---|---|")
     for model, d in rows:
-        z, f = load(d, "mmlu-near-0shot"), load(d, "mmlu-near-5shot")
-        if z is None:
-            continue
-        fg = {x["name"]: x for x in f["score"]["groups"]} if f else {}
-        for g in z["score"]["groups"]:
-            five = fg.get(g["name"])
-            five = f"{100 * five['accuracy']:.1f} ± {100 * five['stderr']:.1f}" if five else "–"
-            print(f"| {model} | {g['name']} ({g['n']}) | {100 * g['accuracy']:.1f} ± {100 * g['stderr']:.1f} | {five} |")
+        shots = [load(d, "mmlu-near-0shot"), load(d, "mmlu-near-5shot")]
+        groups = [{x["name"]: x for x in v["score"]["groups"]} if v else {} for v in shots]
+        for name in sorted(set(groups[0]) | set(groups[1]), key=lambda n: NEAR.index(n) if n in NEAR else len(NEAR)):
+            n = next(g[name]["n"] for g in groups if name in g)
+            cells = [group(g.get(name)) for g in groups]
+            print(f"| {model} | {name} ({n}) | " + " | ".join(cells) + " |")
     print()
     print("| model | Sports known (top-1) | Sports (first among candidates) | CounterFact known (top-1) | CounterFact (candidates) |")
     print("|---|---|---|---|---|")

@@ -17,10 +17,7 @@ fn score(acc: f64, groups: &[f64]) -> serde_json::Value {
     json!({"score": {"accuracy": acc, "stderr": 0.02, "groups": groups}})
 }
 
-fn write(p: &Path, v: serde_json::Value) {
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, v.to_string()).unwrap();
-}
+use pyscript::write_json as write;
 
 /// A sweep run (OUT/sweep/NAME, measured in OUT/measured/NAME): its learning rate, split 3,
 /// MMLU-val and perplexity after (10 before).

@@ -1,6 +1,6 @@
 //! Run one of the repository's Python scripts (`scripts/NAME`): [`run`] returns what it
 //! printed and fails the test with its error output if it fails; [`output`] returns its
-//! exit status and output as they are.
+//! exit status and output as they are; [`write_json`] lays out the files a script reads.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -24,4 +24,11 @@ pub fn run(script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Write `v` to `p`, creating its folders.
+#[allow(dead_code)] // not every test crate that includes this module writes its own input
+pub fn write_json(p: &Path, v: serde_json::Value) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, v.to_string()).unwrap();
 }
