@@ -41,9 +41,12 @@ def known(v, rule):
         return "–"
     for r in v["known"]:
         if r["rule"] == rule:
-            return f"{r['known']} / {r['of']}"
+            return f"{r['known']} / {r['of']} ({100 * r['known'] / r['of']:.1f} %)"
     return "–"
 
+
+# The fact tasks, as the tables name them.
+TASKS = {"sports": "Sports athletes", "counterfact": "CounterFact facts"}
 
 # Every file scripts/census.sh writes, in its order.
 FILES = ["mmlu-0shot", "mmlu-5shot", "wmdp-0shot", "mmlu-near-0shot", "mmlu-near-5shot",
@@ -85,11 +88,13 @@ def main(dirs):
             cells = [group(g.get(name)) for g in groups]
             print(f"| {model} | {name} ({n}) | " + " | ".join(cells) + " |")
     print()
-    print("| model | Sports known (top-1) | Sports (first among candidates) | CounterFact known (top-1) | CounterFact (candidates) |")
+    print("| model | task | top-1 over the vocabulary | first among the candidates | P ≥ 0.5 |")
     print("|---|---|---|---|---|")
     for model, d in rows:
-        s, c = load(d, "known-sports"), load(d, "known-counterfact")
-        print(f"| {model} | {known(s, 'top1')} | {known(s, 'candidates')} | {known(c, 'top1')} | {known(c, 'candidates')} |")
+        for task in ["sports", "counterfact"]:
+            v = load(d, f"known-{task}")
+            cells = [known(v, r) for r in ["top1", "candidates", "p>=0.5"]]
+            print(f"| {model} | {TASKS[task]} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ fn known(d: &Path, step: &str, model: &str, top1: usize, candidates: usize, of: 
     let rules = json!([
         {"rule": "top1", "known": top1, "of": of},
         {"rule": "candidates", "known": candidates, "of": of},
+        {"rule": "p>=0.5", "known": top1 / 2, "of": of},
     ]);
     write(
         &d.join(format!("{step}.json")),
@@ -50,7 +51,7 @@ fn every_step_lands_in_its_cell_and_a_missing_one_is_a_dash() {
         0.6,
         &[("virology", 0.4), ("college_biology", 0.7)],
     );
-    known(&a, "known-sports", "model-a", 300, 900, 1559);
+    known(&a, "known-sports", "model-a", 300, 900, 1500);
     // Model b has only its CounterFact count: still named, every other cell a dash.
     known(&b, "known-counterfact", "model-b", 40, 70, 100);
 
@@ -68,6 +69,7 @@ fn every_step_lands_in_its_cell_and_a_missing_one_is_a_dash() {
     let bio = out.find("| model-a | college_biology (100) | – | 70.0 ± 5.0 |");
     let vir = out.find("| model-a | virology (100) | – | 40.0 ± 5.0 |");
     assert!(bio.is_some() && vir.is_some() && bio < vir, "{out}");
-    has("| model-a | 300 / 1559 | 900 / 1559 | – | – |");
-    has("| model-b | – | – | 40 / 100 | 70 / 100 |");
+    has("| model-a | Sports athletes | 300 / 1500 (20.0 %) | 900 / 1500 (60.0 %) | 150 / 1500 (10.0 %) |");
+    has("| model-a | CounterFact facts | – | – | – |");
+    has("| model-b | CounterFact facts | 40 / 100 (40.0 %) | 70 / 100 (70.0 %) | 20 / 100 (20.0 %) |");
 }
