@@ -18,18 +18,16 @@ def load(d, name):
         return json.load(f)
 
 
-def acc(v):
-    if v is None:
-        return "–"
-    s = v["score"]
-    return f"{100 * s['accuracy']:.1f} ± {100 * s['stderr']:.1f}"
-
-
 def group(g):
     """A group's accuracy ± stderr (a WMDP split, an MMLU subject), or "–"."""
     if g is None:
         return "–"
     return f"{100 * g['accuracy']:.1f} ± {100 * g['stderr']:.1f}"
+
+
+def acc(v):
+    """A whole file's accuracy ± stderr, or "–" when the step was not run."""
+    return group(v["score"] if v else None)
 
 
 # The MMLU subjects nearest WMDP, in the order the tables list them.
