@@ -330,6 +330,7 @@ fn learn_adapters(
         },
     )?;
     bar.finish_and_clear();
+    lora.merge(&mut lm.model)?;
     Ok((losses, t0.elapsed().as_secs_f64()))
 }
 

@@ -1,10 +1,10 @@
 //! LoRA adapters on the model's linear layers: W = W₀ + (α/r)·B·A with A (r × in) drawn
-//! uniformly in ±1/√in and B (out × r) zero, so training starts at W₀. The hooked transformer's
-//! backward gives dL/dW; the adapter gradients follow exactly from it:
-//! dL/dB = s·G·Aᵀ and dL/dA = s·Bᵀ·G (s = α/r), so LoRA trains through the same trainer as
-//! everything else without a separate forward. Dropout is applied to the adapter's input
-//! features with one mask per step shared by all tokens (a per-token mask cannot be factored
-//! out of the weight gradient); with the mask m the effective update is s·B·A·diag(m)/(1 − p).
+//! uniformly in ±1/√in and B (out × r) zero, so training starts at W₀. The adapters run beside
+//! their matrices ([`crate::model::adapter`]): the transformer's backward gives their gradients
+//! dL/dB = s·G·Aᵀ and dL/dA = s·Bᵀ·G (s = α/r, G = dL/dW) without forming G, so LoRA trains
+//! through the same trainer as everything else. Dropout is applied to the adapter's input
+//! features with one mask per step shared by all tokens; with the mask m the effective update
+//! is s·B·A·diag(m)/(1 − p).
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::model::adapter::{self, Adapter};
 use crate::model::Transformer;
 
 /// Adapter settings.
@@ -77,11 +78,12 @@ impl LoraConfig {
     }
 }
 
-/// One adapter per target matrix, with the frozen W₀.
+/// One adapter per target matrix (the frozen W₀ stays in the model).
 #[derive(Debug)]
 pub struct Lora {
     pub cfg: LoraConfig,
-    base: BTreeMap<String, Tensor>,
+    /// Target matrix names and their input widths.
+    inputs: BTreeMap<String, usize>,
     /// `{name}.lora_A` and `{name}.lora_B`.
     pub params: BTreeMap<String, Tensor>,
     /// Input-feature mask of the current step (None: no dropout).
@@ -92,26 +94,29 @@ impl Lora {
     pub fn new(model: &Transformer, cfg: LoraConfig, seed: u64) -> Result<Lora> {
         cfg.validate()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let (mut base, mut params) = (BTreeMap::new(), BTreeMap::new());
+        let (mut inputs, mut params) = (BTreeMap::new(), BTreeMap::new());
+        // In the compute dtype (f32) even when the model stores its matrices in bf16.
+        let (dtype, device) = (model.dtype(), model.device());
         for name in cfg.target_names(model) {
-            // In the compute dtype (f32) even when the model stores its matrices in bf16.
-            let w = model.weights().get(&name)?.to_dtype(model.dtype())?;
-            let (out, inp) = w
+            let (out, inp) = model
+                .weights()
+                .get(&name)?
                 .dims2()
                 .with_context(|| format!("{name} is not a matrix"))?;
             let bound = 1.0 / (inp as f64).sqrt();
             let a: Vec<f64> = (0..cfg.rank * inp)
                 .map(|_| rng.random_range(-bound..bound))
                 .collect();
-            let a = Tensor::from_vec(a, (cfg.rank, inp), w.device())?.to_dtype(w.dtype())?;
-            let b = Tensor::zeros((out, cfg.rank), w.dtype(), w.device())?;
-            params.insert(format!("{name}.lora_A"), a);
-            params.insert(format!("{name}.lora_B"), b);
-            base.insert(name, w);
+            let a = Tensor::from_vec(a, (cfg.rank, inp), device)?.to_dtype(dtype)?;
+            let b = Tensor::zeros((out, cfg.rank), dtype, device)?;
+            let (na, nb) = adapter::grad_names(&name);
+            params.insert(na, a);
+            params.insert(nb, b);
+            inputs.insert(name, inp);
         }
         Ok(Lora {
             cfg,
-            base,
+            inputs,
             params,
             masks: BTreeMap::new(),
         })
@@ -122,12 +127,12 @@ impl Lora {
     }
 
     pub fn targets(&self) -> Vec<String> {
-        self.base.keys().cloned().collect()
+        self.inputs.keys().cloned().collect()
     }
 
     /// A (r × in) with this step's dropout mask applied to its columns, rescaled by 1/(1 − p).
     fn a_eff(&self, name: &str) -> Result<Tensor> {
-        let a = &self.params[&format!("{name}.lora_A")];
+        let a = &self.params[&adapter::grad_names(name).0];
         Ok(match self.masks.get(name) {
             Some(m) => a.broadcast_mul(m)?,
             None => a.clone(),
@@ -141,8 +146,8 @@ impl Lora {
             return Ok(());
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37));
-        for (name, w) in &self.base {
-            let inp = w.dims2()?.1;
+        for (name, &inp) in &self.inputs {
+            let a = &self.params[&adapter::grad_names(name).0];
             let m: Vec<f64> = (0..inp)
                 .map(|_| {
                     if rng.random::<f64>() < p {
@@ -152,38 +157,58 @@ impl Lora {
                     }
                 })
                 .collect();
-            let m = Tensor::from_vec(m, (1, inp), w.device())?.to_dtype(w.dtype())?;
+            let m = Tensor::from_vec(m, (1, inp), a.device())?.to_dtype(a.dtype())?;
             self.masks.insert(name.clone(), m);
         }
         Ok(())
     }
 
-    /// Write W₀ + s·B·A_eff into the model.
-    pub fn apply(&self, model: &mut Transformer) -> Result<()> {
+    /// Run the adapters (A with this step's dropout mask) beside their matrices in `model`.
+    pub fn attach(&self, model: &mut Transformer) -> Result<()> {
+        let mut map = BTreeMap::new();
+        for name in self.inputs.keys() {
+            let b = self.params[&adapter::grad_names(name).1].clone();
+            let a = self.a_eff(name)?;
+            let scale = self.scale();
+            map.insert(name.clone(), Adapter { a, b, scale });
+        }
+        model.set_adapters(map)
+    }
+
+    /// Write W₀ + s·B·A (no dropout) into the model's matrices, in the compute dtype, and take
+    /// the adapters off.
+    pub fn merge(&self, model: &mut Transformer) -> Result<()> {
+        model.set_adapters(BTreeMap::new())?;
         let s = self.scale();
-        for (name, w0) in &self.base {
-            let b = &self.params[&format!("{name}.lora_B")];
-            let delta = b.matmul(&self.a_eff(name)?)?.affine(s, 0.0)?;
+        for name in self.inputs.keys() {
+            let (na, nb) = adapter::grad_names(name);
+            let w0 = model.weights().get(name)?.to_dtype(model.dtype())?;
+            let delta = self.params[&nb].matmul(&self.params[&na])?.affine(s, 0.0)?;
             model.set_param(name, (w0 + delta)?)?;
         }
         Ok(())
     }
 
-    /// Adapter gradients from the gradients of the adapted matrices.
-    pub fn factor_grads(&self, g: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
-        let s = self.scale();
+    /// The adapters' gradients out of a backward's (d/dA of the masked A times the mask).
+    pub fn adapter_grads(
+        &self,
+        mut g: BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
-        for name in self.base.keys() {
-            let Some(gw) = g.get(name) else { continue };
-            let b = &self.params[&format!("{name}.lora_B")];
-            let a_eff = self.a_eff(name)?;
-            let gb = gw.matmul(&a_eff.t()?)?.affine(s, 0.0)?;
-            let mut ga = b.t()?.matmul(gw)?.affine(s, 0.0)?;
-            if let Some(m) = self.masks.get(name) {
-                ga = ga.broadcast_mul(m)?;
+        for name in self.inputs.keys() {
+            let (na, nb) = adapter::grad_names(name);
+            if let Some(mut ga) = g.remove(&na) {
+                if let Some(m) = self.masks.get(name) {
+                    ga = ga.broadcast_mul(m)?;
+                }
+                out.insert(na, ga);
             }
-            out.insert(format!("{name}.lora_A"), ga);
-            out.insert(format!("{name}.lora_B"), gb);
+            if let Some(gb) = g.remove(&nb) {
+                out.insert(nb, gb);
+            }
+        }
+        if let Some(other) = g.keys().next() {
+            bail!("LoRA training gave a gradient for `{other}`, which is not an adapter");
         }
         Ok(out)
     }
@@ -192,7 +217,7 @@ impl Lora {
     pub fn without_masks(&self) -> Lora {
         Lora {
             cfg: self.cfg.clone(),
-            base: self.base.clone(),
+            inputs: self.inputs.clone(),
             params: self.params.clone(),
             masks: BTreeMap::new(),
         }
@@ -215,7 +240,9 @@ pub enum Tuned<'a> {
 /// Fine-tune `tuned` on `plan` for `cfg.steps` steps (AdamW at `lr`, no weight decay,
 /// `cfg.optim`'s schedule and clipping, the trainer's data order). `after_step(step,
 /// total_loss, lm)` runs after each step, with the model holding the trained weights (adapters
-/// without dropout); `what` names the run in errors. Returns the last step's loss per term.
+/// without dropout, run beside their matrices and left there at the end: [`Lora::merge`]
+/// writes them into the weights); `what` names the run in errors. Returns the last step's loss
+/// per term.
 pub fn fine_tune(
     lm: &mut crate::model::LanguageModel,
     plan: &crate::forget::trainer::Plan,
@@ -230,13 +257,17 @@ pub fn fine_tune(
     ocfg.lr = lr;
     ocfg.weight_decay = 0.0;
     let mut opt = Optimizer::new(ocfg.clone());
-    lm.model.set_trainable(&plan.params)?;
     let mut weights = BTreeMap::new();
     match &tuned {
-        // W₀ + s·B·A without dropout is in the model after every step (B = 0 before the
-        // first); only a step with dropout masks needs its own weights first.
-        Tuned::Adapters(lora) => lora.without_masks().apply(&mut lm.model)?,
+        // The adapters without dropout run in the model after every step (B = 0 before the
+        // first); only a step with dropout masks needs its own first. The matrices themselves
+        // are frozen: the backward gives the adapters' gradients only.
+        Tuned::Adapters(lora) => {
+            lm.model.set_trainable::<&str>(&[])?;
+            lora.without_masks().attach(&mut lm.model)?
+        }
         Tuned::Weights => {
+            lm.model.set_trainable(&plan.params)?;
             for p in &plan.params {
                 weights.insert(p.clone(), lm.model.weights().get(p)?.clone());
             }
@@ -247,14 +278,14 @@ pub fn fine_tune(
         if let Tuned::Adapters(lora) = &mut tuned {
             if lora.cfg.dropout > 0.0 {
                 lora.new_masks(cfg.seed, step)?;
-                lora.apply(&mut lm.model)?;
+                lora.attach(&mut lm.model)?;
             }
         }
         let (g, losses) = crate::forget::trainer::step_grads(&lm.model, plan, cfg, step, None)
             .with_context(|| format!("{what}, step {}", step + 1))?;
         let (params, mut grads) = match &mut tuned {
             Tuned::Adapters(lora) => {
-                let ga = lora.factor_grads(&g)?;
+                let ga = lora.adapter_grads(g)?;
                 (&mut lora.params, ga)
             }
             Tuned::Weights => (&mut weights, g),
@@ -278,7 +309,7 @@ pub fn fine_tune(
             bail!("{what}, step {}: the loss is not a number", step + 1);
         }
         match &tuned {
-            Tuned::Adapters(lora) => lora.without_masks().apply(&mut lm.model)?,
+            Tuned::Adapters(lora) => lora.without_masks().attach(&mut lm.model)?,
             Tuned::Weights => {
                 for (k, w) in &weights {
                     lm.model.set_param(k, w.clone())?;
@@ -295,10 +326,14 @@ pub fn fine_tune(
 mod tests {
     use super::*;
     use crate::model::transformer::tests::tiny_model;
-    use crate::model::{Arch, Batch, LogitsAt, PadSide, RunOpts};
+    use crate::model::{Arch, Batch, Checkpoint, LogitsAt, PadSide, RunOpts};
 
     /// A scalar metric of the model: sum of the last-position logits times fixed weights.
     fn metric(m: &Transformer) -> (f64, BTreeMap<String, Tensor>) {
+        metric_with(m, Checkpoint::Off)
+    }
+
+    fn metric_with(m: &Transformer, checkpoint: Checkpoint) -> (f64, BTreeMap<String, Tensor>) {
         let b = Batch::new(
             &[vec![1, 5, 9, 3], vec![1, 4, 8]],
             0,
@@ -312,6 +347,7 @@ mod tests {
                 &RunOpts {
                     logits: LogitsAt::Last,
                     grad: true,
+                    checkpoint,
                     ..Default::default()
                 },
             )
@@ -349,10 +385,9 @@ mod tests {
                     *v = crate::model::ops::tests::rnd(&dims, 5, 0.3);
                 }
             }
-            m.set_trainable(&lora.targets()).unwrap();
-            lora.apply(&mut m).unwrap();
-            let (_, gw) = metric(&m);
-            let ga = lora.factor_grads(&gw).unwrap();
+            lora.attach(&mut m).unwrap();
+            let (_, g) = metric(&m);
+            let ga = lora.adapter_grads(g).unwrap();
             for key in [
                 "model.layers.1.mlp.up_proj.weight.lora_A",
                 "model.layers.0.self_attn.q_proj.weight.lora_B",
@@ -367,7 +402,7 @@ mod tests {
                         flat[i] = x;
                         let t = Tensor::from_vec(flat.clone(), base.dims(), base.device()).unwrap();
                         lora.params.insert(key.into(), t);
-                        lora.apply(&mut m).unwrap();
+                        lora.attach(&mut m).unwrap();
                         metric(&m).0
                     };
                     let fd = (eval(x0 + h) - eval(x0 - h)) / (2.0 * h);
@@ -382,29 +417,126 @@ mod tests {
         }
     }
 
-    #[test]
-    fn starts_at_the_base_weights_and_rejects_nonsense() {
-        let mut m = tiny_model(Arch::Llama);
-        let w0 = m
-            .weights()
-            .get("model.layers.0.mlp.up_proj.weight")
-            .unwrap()
-            .clone();
-        let lora = Lora::new(&m, LoraConfig::default(), 0).unwrap();
-        lora.apply(&mut m).unwrap();
-        let w1 = m
-            .weights()
-            .get("model.layers.0.mlp.up_proj.weight")
-            .unwrap();
-        let d: f64 = (&w0 - w1)
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar()
+            .unwrap()
+    }
+
+    /// Adapters run beside their matrices give the model W₀ + s·B·A gives (outputs and, with
+    /// block checkpointing too, the adapter gradients s·G·Aᵀ and s·Bᵀ·G of the merged
+    /// matrices' gradients G), on every block layout (Qwen2's q/k/v bias, Gemma 3's sandwich
+    /// and q/k norms).
+    #[test]
+    fn adapters_beside_the_matrices_equal_the_merged_matrices() {
+        for arch in [Arch::Llama, Arch::Gemma3, Arch::Qwen3] {
+            let base = tiny_model(arch);
+            let cfg = LoraConfig {
+                rank: 3,
+                alpha: 5.0,
+                dropout: 0.0,
+                targets: "all-linear".into(),
+            };
+            let mut lora = Lora::new(&base, cfg, 2).unwrap();
+            for (k, v) in lora.params.iter_mut() {
+                if k.ends_with("lora_B") {
+                    let dims = v.dims().to_vec();
+                    *v = crate::model::ops::tests::rnd(&dims, 9, 0.3);
+                }
+            }
+            let mut merged = tiny_model(arch);
+            lora.merge(&mut merged).unwrap();
+            merged.set_trainable(&lora.targets()).unwrap();
+            let (v_merged, g_merged) = metric(&merged);
+            let mut beside = tiny_model(arch);
+            lora.attach(&mut beside).unwrap();
+            for checkpoint in [Checkpoint::Off, Checkpoint::On] {
+                let (v, g) = metric_with(&beside, checkpoint);
+                assert!(
+                    (v - v_merged).abs() < 1e-9 * (1.0 + v.abs()),
+                    "{arch:?}: {v} vs {v_merged}"
+                );
+                let g = lora.adapter_grads(g).unwrap();
+                assert_eq!(
+                    g.len(),
+                    lora.params.len(),
+                    "{arch:?}: every adapter has a gradient"
+                );
+                let s = lora.scale();
+                for name in lora.targets() {
+                    let (na, nb) = adapter::grad_names(&name);
+                    let gw = &g_merged[&name];
+                    let want_b = gw
+                        .matmul(&lora.params[&na].t().unwrap())
+                        .unwrap()
+                        .affine(s, 0.0)
+                        .unwrap();
+                    let want_a = lora.params[&nb]
+                        .t()
+                        .unwrap()
+                        .matmul(gw)
+                        .unwrap()
+                        .affine(s, 0.0)
+                        .unwrap();
+                    for (got, want, what) in [(&g[&na], &want_a, &na), (&g[&nb], &want_b, &nb)] {
+                        let scale = want
+                            .abs()
+                            .unwrap()
+                            .max_all()
+                            .unwrap()
+                            .to_scalar::<f64>()
+                            .unwrap();
+                        let d = max_diff(got, want);
+                        assert!(
+                            d <= 1e-9 * (1.0 + scale),
+                            "{arch:?} {what} {checkpoint:?}: {d}"
+                        );
+                    }
+                }
+            }
+            // Off again: the model is W₀.
+            beside.set_adapters(BTreeMap::new()).unwrap();
+            let (v0, _) = metric(&tiny_model(arch));
+            assert_eq!(metric(&beside).0, v0);
+        }
+    }
+
+    #[test]
+    fn starts_at_the_base_weights_and_rejects_nonsense() {
+        let mut m = tiny_model(Arch::Llama);
+        let (v0, _) = metric(&m);
+        let w0 = m
+            .weights()
+            .get("model.layers.0.mlp.up_proj.weight")
+            .unwrap()
+            .clone();
+        let lora = Lora::new(&m, LoraConfig::default(), 0).unwrap();
+        lora.attach(&mut m).unwrap();
+        assert_eq!(metric(&m).0, v0, "B = 0: the adapters add nothing");
+        lora.merge(&mut m).unwrap();
+        let w1 = m
+            .weights()
+            .get("model.layers.0.mlp.up_proj.weight")
             .unwrap();
-        assert_eq!(d, 0.0);
+        assert_eq!(max_diff(&w0, w1), 0.0);
+        assert_eq!(metric(&m).0, v0);
+        // A pair that does not fit its matrix is refused, naming it.
+        let name = "model.layers.0.mlp.up_proj.weight";
+        let wrong = Adapter {
+            a: Tensor::zeros((2, 3), w0.dtype(), w0.device()).unwrap(),
+            b: Tensor::zeros((w0.dim(0).unwrap(), 2), w0.dtype(), w0.device()).unwrap(),
+            scale: 1.0,
+        };
+        let e = m
+            .set_adapters(BTreeMap::from([(name.to_string(), wrong)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(name) && e.contains("expected"), "{e}");
         let bad = LoraConfig {
             dropout: 1.0,
             ..Default::default()

@@ -2,6 +2,7 @@
 //! [`hf_dir`]), their tokenizer ([`tokenizer`]), the differentiable ops ([`ops`]) and the
 //! hooked, trainable transformer ([`transformer`]).
 
+pub mod adapter;
 pub mod arch;
 pub mod batch;
 pub mod chat;

@@ -3,6 +3,7 @@
 //! logits only where asked, and keeps what its hand-written backward needs — only for the
 //! layers at and above the lowest one that needs a gradient.
 
+use crate::model::adapter::{self, Adapter};
 use crate::model::batch::Batch;
 use crate::model::config::{Activation, ModelConfig};
 use crate::model::hooks::{selection_mask, ActivationCache, HookPoint, Hooks, PatchMode};
@@ -360,6 +361,9 @@ pub struct Transformer {
     pub config: ModelConfig,
     weights: Weights,
     trainable: BTreeSet<String>,
+    /// Low-rank adapters run beside weight matrices (LoRA), by matrix name; their gradients
+    /// come out of the backward as `NAME.lora_A` / `NAME.lora_B`.
+    adapters: BTreeMap<String, Adapter>,
     names: Vec<LayerNames>,
     /// RoPE tables (cos, sin) by (RoPE base, scaled): `[n·max_pos, hd]`, the n tables of
     /// [`ModelConfig::rope_scalings`] one after the other.
@@ -408,6 +412,7 @@ impl Transformer {
             config,
             weights,
             trainable: BTreeSet::new(),
+            adapters: BTreeMap::new(),
             names,
             rope,
             rope_rows: max_pos,
@@ -454,6 +459,7 @@ impl Transformer {
             config: self.config.clone(),
             weights: self.weights.clone(),
             trainable: self.trainable.clone(),
+            adapters: self.adapters.clone(),
             names: self.names.clone(),
             rope,
             rope_rows: self.rope_rows,
@@ -553,6 +559,57 @@ impl Transformer {
 
     pub fn trainable(&self) -> &BTreeSet<String> {
         &self.trainable
+    }
+
+    /// Run these adapters beside their matrices from now on (replacing any earlier ones);
+    /// an empty map removes them. Each is checked against its matrix.
+    pub fn set_adapters(&mut self, adapters: BTreeMap<String, Adapter>) -> Result<()> {
+        for (name, a) in &adapters {
+            if self.key_point(name).is_none() {
+                bail!("cannot adapt `{name}`: not a weight matrix of a block");
+            }
+            a.check(name, self.weights.get(name)?.dims())?;
+        }
+        self.adapters = adapters;
+        Ok(())
+    }
+
+    /// The matrix `name` applied to `x`, with its adapter when it has one.
+    fn lin(&self, name: &str, x: &Tensor) -> Result<Tensor> {
+        let y = ops::linear(x, &self.w(name)?)?;
+        match self.adapters.get(name) {
+            Some(a) => Ok((y + a.forward(x)?)?),
+            None => Ok(y),
+        }
+    }
+
+    /// The gradient of [`Self::lin`]'s input.
+    fn lin_dx(&self, name: &str, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let dx = ops::linear_bwd(x, &self.w(name)?, dy, false)?.0;
+        match self.adapters.get(name) {
+            Some(a) => Ok((dx + a.input_grad(dy)?)?),
+            None => Ok(dx),
+        }
+    }
+
+    /// The gradients [`Self::lin`] gives its parameters: the matrix's own when it is trainable,
+    /// its adapter pair's when it has one.
+    fn lin_grads(&self, name: &str, x: &Tensor, dy: &Tensor, grads: &mut Grads) -> Result<()> {
+        if self.is_trainable(name) {
+            add_grad(&mut grads.params, name, ops::linear_dw(x, dy)?)?;
+        }
+        if let Some(a) = self.adapters.get(name) {
+            let (ga, gb) = a.grads(x, dy)?;
+            let (na, nb) = adapter::grad_names(name);
+            add_grad(&mut grads.params, &na, ga)?;
+            add_grad(&mut grads.params, &nb, gb)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the backward must give `name` a gradient (its own or its adapter's).
+    fn learns(&self, name: &str) -> bool {
+        self.is_trainable(name) || self.adapters.contains_key(name)
     }
 
     /// Names of every parameter of the given blocks' MLPs (blocks the model lacks have none;
@@ -774,7 +831,7 @@ impl Transformer {
             usize::MAX
         } else {
             let mut lo = end_layer;
-            for n in &self.trainable {
+            for n in self.trainable.iter().chain(self.adapters.keys()) {
                 match Self::param_layer(n) {
                     Some(l) => lo = lo.min(l),
                     None if n == "model.embed_tokens.weight" => lo = lo.min(start_layer),
@@ -975,9 +1032,9 @@ impl Transformer {
         let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let x = self.hook(HookPoint::ResidPre(l), x, hooks, cache, keep)?;
         let (h1, r1) = ops::rms_norm(&x, &self.norm_scale(&n.ln_in)?, c.rms_norm_eps)?;
-        let mut q_lin = ops::linear(&h1, &self.w(&n.q)?)?;
-        let mut k_lin = ops::linear(&h1, &self.w(&n.k)?)?;
-        let mut v_lin = ops::linear(&h1, &self.w(&n.v)?)?;
+        let mut q_lin = self.lin(&n.q, &h1)?;
+        let mut k_lin = self.lin(&n.k, &h1)?;
+        let mut v_lin = self.lin(&n.v, &h1)?;
         if c.attention_bias {
             q_lin = q_lin.broadcast_add(&self.w(&n.qb)?)?;
             k_lin = k_lin.broadcast_add(&self.w(&n.kb)?)?;
@@ -1013,7 +1070,7 @@ impl Transformer {
         let z_tl = z.transpose(1, 2)?.contiguous()?;
         let z_tl = self.hook(HookPoint::AttnZ(l), z_tl, hooks, cache, keep)?;
         let z_flat = z_tl.reshape((b, t, h * hd))?;
-        let o = ops::linear(&z_flat, &self.w(&n.o)?)?;
+        let o = self.lin(&n.o, &z_flat)?;
         let (attn_out, r_pa) = if layout.sandwich_norms {
             let (a, r) = ops::rms_norm(&o, &self.norm_scale(&n.ln_post_attn)?, c.rms_norm_eps)?;
             (a, Some(r))
@@ -1029,16 +1086,16 @@ impl Transformer {
             &n.ln_post_attn
         };
         let (h2, r2) = ops::rms_norm(&mid, &self.norm_scale(ln2)?, c.rms_norm_eps)?;
-        let gate = ops::linear(&h2, &self.w(&n.gate)?)?;
+        let gate = self.lin(&n.gate, &h2)?;
         let gate = self.hook(HookPoint::MlpPre(l), gate, hooks, cache, keep)?;
-        let up = ops::linear(&h2, &self.w(&n.up)?)?;
+        let up = self.lin(&n.up, &h2)?;
         let act = match c.activation {
             Activation::GeluTanh => ops::gelu_tanh(&gate)?,
             Activation::Silu => ops::silu(&gate)?,
         };
         let post = (&act * &up)?;
         let post = self.hook(HookPoint::MlpPost(l), post, hooks, cache, keep)?;
-        let m = ops::linear(&post, &self.w(&n.down)?)?;
+        let m = self.lin(&n.down, &post)?;
         let (mlp_out, r_pf) = if layout.sandwich_norms {
             let (a, r) = ops::rms_norm(&m, &self.norm_scale(&n.ln_post_ff)?, c.rms_norm_eps)?;
             (a, Some(r))
@@ -1371,7 +1428,7 @@ impl Transformer {
         let layout = c.arch.layout();
         let (b, t, _) = lt.x.dims3()?;
         let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let tp = |name: &str| self.is_trainable(name);
+        let tp = |name: &str| self.learns(name);
         let wants = |p: HookPoint| tape.grad_points.contains(&p);
         let attn_trainable = n.attn_params().iter().any(|x| tp(x))
             || tp(&n.ln_in)
@@ -1414,11 +1471,9 @@ impl Transformer {
             || wants(HookPoint::MlpPost(l))
             || wants(HookPoint::MlpPre(l));
         let mut g_mid = g;
-        if tp(&n.down) {
-            add_grad(&mut grads.params, &n.down, ops::linear_dw(&lt.post, &d_m)?)?;
-        }
+        self.lin_grads(&n.down, &lt.post, &d_m, grads)?;
         if need_inner {
-            let (d_post, _) = ops::linear_bwd(&lt.post, &self.w(&n.down)?, &d_m, false)?;
+            let d_post = self.lin_dx(&n.down, &lt.post, &d_m)?;
             let d_post = self.grad_point(HookPoint::MlpPost(l), d_post, tape, grads)?;
             let d_act = (&d_post * &lt.up)?;
             let d_up = (&d_post * &lt.act)?;
@@ -1427,15 +1482,11 @@ impl Transformer {
                 Activation::Silu => ops::silu_bwd(&lt.gate, &d_act)?,
             };
             let d_gate = self.grad_point(HookPoint::MlpPre(l), d_gate, tape, grads)?;
-            if tp(&n.gate) {
-                add_grad(&mut grads.params, &n.gate, ops::linear_dw(&lt.h2, &d_gate)?)?;
-            }
-            if tp(&n.up) {
-                add_grad(&mut grads.params, &n.up, ops::linear_dw(&lt.h2, &d_up)?)?;
-            }
+            self.lin_grads(&n.gate, &lt.h2, &d_gate, grads)?;
+            self.lin_grads(&n.up, &lt.h2, &d_up, grads)?;
             if need_dmid || tp(ln2) {
-                let d_h2 = (ops::linear_bwd(&lt.h2, &self.w(&n.gate)?, &d_gate, false)?.0
-                    + ops::linear_bwd(&lt.h2, &self.w(&n.up)?, &d_up, false)?.0)?;
+                let d_h2 = (self.lin_dx(&n.gate, &lt.h2, &d_gate)?
+                    + self.lin_dx(&n.up, &lt.h2, &d_up)?)?;
                 let (dmid, ds) =
                     ops::rms_norm_bwd(&lt.mid, &self.norm_scale(ln2)?, &lt.r2, &d_h2, tp(ln2))?;
                 if let Some(ds) = ds {
@@ -1469,10 +1520,8 @@ impl Transformer {
             }
             None => d_attn_out,
         };
-        let (d_zflat, dwo) = ops::linear_bwd(&lt.z_flat, &self.w(&n.o)?, &d_o, tp(&n.o))?;
-        if let Some(dw) = dwo {
-            add_grad(&mut grads.params, &n.o, dw)?;
-        }
+        self.lin_grads(&n.o, &lt.z_flat, &d_o, grads)?;
+        let d_zflat = self.lin_dx(&n.o, &lt.z_flat, &d_o)?;
         let d_z_tl = self.grad_point(
             HookPoint::AttnZ(l),
             d_zflat.reshape((b, t, h, hd))?,
@@ -1522,10 +1571,8 @@ impl Transformer {
             (&n.k, &n.kb, &dk_lin),
             (&n.v, &n.vb, &dv_lin),
         ] {
-            if tp(name) {
-                add_grad(&mut grads.params, name, ops::linear_dw(&lt.h1, dy)?)?;
-            }
-            if c.attention_bias && tp(bias) {
+            self.lin_grads(name, &lt.h1, dy, grads)?;
+            if c.attention_bias && self.is_trainable(bias) {
                 let width = dy.dim(2)?;
                 add_grad(&mut grads.params, bias, dy.reshape(((), width))?.sum(0)?)?;
             }
@@ -1534,9 +1581,9 @@ impl Transformer {
         if !need_dh1 {
             return Ok(g_mid);
         }
-        let d_h1 = ((ops::linear_bwd(&lt.h1, &self.w(&n.q)?, &dq_lin, false)?.0
-            + ops::linear_bwd(&lt.h1, &self.w(&n.k)?, &dk_lin, false)?.0)?
-            + ops::linear_bwd(&lt.h1, &self.w(&n.v)?, &dv_lin, false)?.0)?;
+        let d_h1 = ((self.lin_dx(&n.q, &lt.h1, &dq_lin)?
+            + self.lin_dx(&n.k, &lt.h1, &dk_lin)?)?
+            + self.lin_dx(&n.v, &lt.h1, &dv_lin)?)?;
         let (dx, ds) = ops::rms_norm_bwd(
             &lt.x,
             &self.norm_scale(&n.ln_in)?,
