@@ -13,5 +13,6 @@ pub mod locate;
 pub mod model;
 pub mod outdir;
 pub mod pipeline;
+pub mod progress;
 pub mod report;
 pub mod util;

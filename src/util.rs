@@ -231,25 +231,7 @@ pub fn tune_allocator() {
     }
 }
 
-/// A progress bar on stderr (hidden when stderr is not a terminal).
-pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {elapsed}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
-
-/// A spinner on stderr for work of unknown length.
-pub fn spinner(what: &str) -> indicatif::ProgressBar {
-    let s = indicatif::ProgressBar::new_spinner();
-    s.set_message(what.to_string());
-    s.enable_steady_tick(std::time::Duration::from_millis(120));
-    s
-}
+pub use crate::progress::{progress, spinner};
 
 /// A JSON value computed once and kept in the cache directory under `kind/`, keyed by the
 /// sha256 of the code fingerprint and `key` (which must name everything else the value
