@@ -325,7 +325,7 @@ pub fn fine_tune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::transformer::tests::tiny_model;
+    use crate::model::transformer::tests::{max_diff, tiny_model};
     use crate::model::{Arch, Batch, Checkpoint, LogitsAt, PadSide, RunOpts};
 
     /// A scalar metric of the model: sum of the last-position logits times fixed weights.
@@ -415,17 +415,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// Adapters run beside their matrices give the model W₀ + s·B·A gives (outputs and, with

@@ -82,7 +82,7 @@ fn v(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     v(a).iter()
         .zip(v(b))
         .map(|(x, y)| (x - y).abs())
