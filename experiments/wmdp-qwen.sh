@@ -25,10 +25,16 @@
 #   experiments/wmdp-qwen.sh OUT [UNLEARN]
 #   python3 scripts/wmdp-table.py OUT
 # Every step writes its files once; a rerun skips what exists, so an interrupted run goes on
-# where it stopped. METHODS="rmu npo" limits the methods; MODEL and LAYERS (the baselines' MLP
-# layers, RMU steering at the last) change the model (MODEL=random:tiny LAYERS=1-2 METHODS="rmu
-# ga" runs the whole script in minutes, to check it). On a 2-core CPU one full WMDP + MMLU
-# evaluation of the 1.5B model takes about an hour and the whole protocol well over a day;
+# where it stopped. METHODS="rmu npo" limits the methods (a later run with more methods adds
+# theirs; the choice of a method does not depend on the others); MODEL and LAYERS (the
+# baselines' MLP layers, RMU steering at the last) change the model (MODEL=random:tiny
+# LAYERS=1-2 METHODS="rmu ga" runs the whole script in minutes, to check it). JOBS=2 runs two
+# independent steps at a time (each on cores/JOBS threads unless UNLEARN_THREADS is set): on a
+# 2-core CPU, two one-thread steps get through about 1.6 times the work of one two-thread step
+# (README, WMDP).
+# A step is made under a lock (OUT/locks), so two runs of the script on one OUT never make the
+# same file twice. On a 2-core CPU one full WMDP + MMLU evaluation of the 1.5B model takes
+# about an hour, a 40-step retraining about an hour, and the whole protocol more than a day;
 # run it where there is a GPU (UNLEARN_WEIGHTS=bf16 halves the memory).
 set -euo pipefail
 out=${1:?usage: wmdp-qwen.sh OUT [UNLEARN binary]}
@@ -37,17 +43,48 @@ model=${MODEL:-qwen2.5-coder-1.5b}
 layers=${LAYERS:-4-6}
 methods=${METHODS:-kuda rmu npo simnpo ga localized-ft}
 lr_factors=${LR_FACTORS:-0.5 1 2}
+jobs_max=${JOBS:-1}
 here=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$out"
-once() { # file, command...
+if [ "$jobs_max" -gt 1 ] && [ -z "${UNLEARN_THREADS:-}" ]; then
+  t=$(( $(nproc) / jobs_max ))
+  export UNLEARN_THREADS=$(( t > 0 ? t : 1 ))
+fi
+mkdir -p "$out/locks"
+once() { # file, command...: make the file unless it exists, one maker at a time
   local f=$1; shift
   [ -s "$f" ] && return 0
-  echo "wmdp-qwen: $f" >&2
-  "$@"
+  local lock="$out/locks/$(printf '%s' "${f#"$out"/}" | tr '/' '_').lock"
+  exec {fd}>"$lock"
+  flock "$fd"
+  if [ ! -s "$f" ]; then
+    echo "wmdp-qwen: $f" >&2
+    "$@"
+  fi
+  exec {fd}>&-
 }
+running=0
+spawn() { # command...: run it beside the others, at most JOBS at a time
+  if [ "$jobs_max" -le 1 ]; then "$@"; return; fi
+  while [ "$running" -ge "$jobs_max" ]; do reap; done
+  "$@" &
+  running=$((running + 1))
+}
+reap() { # wait for one step; a failed one stops the run (and the steps beside it)
+  if ! wait -n; then
+    echo "wmdp-qwen: a step failed; stopping" >&2
+    kill $(jobs -p) 2>/dev/null || true
+    exit 1
+  fi
+  running=$((running - 1))
+}
+drain() { while [ "$running" -gt 0 ]; do reap; done; }
 mcq() { # model-or-dir, dir, set
   local f="$2/mcq-${3//:/-}.json"
   once "$f" sh -c "'$bin' mcq --model '$1' --set $3 --json > '$f.tmp' && mv '$f.tmp' '$f'"
+}
+mcqs() { # model-or-dir, dir, set...
+  local m=$1 d=$2; shift 2
+  for set in "$@"; do mcq "$m" "$d" "$set"; done
 }
 retrain() { # out dir, train splits, measured split, [--unlearned DIR] [--full] [--layers L]
   local d=$1 train=$2 measure=$3; shift 3
@@ -58,20 +95,12 @@ default_lr() { # method: its learning rate from the config types
   "$bin" forget --method "$1" --print-config |
     awk '/^\[/ {s = $0} s == "[optim]" && $1 == "lr" {print $3}'
 }
-
-# The original model: what there is to remove, and the retraining ceilings.
-# Unlearned models go to OUT/sweep/NAME, what is measured of them to OUT/measured/NAME.
-o="$out/measured/original"
-mkdir -p "$o"
-for set in wmdp:3 mmlu-val; do mcq $model "$o" $set; done
-retrain "$o/retrain-val" 0,1,2 3
-
+needs_window() { [[ "$1" == kuda || "$1" == localized-ft ]]; }
 # KUDA's window, traced on the facts this model knows (Sports athletes of validation subjects).
-if [[ " $methods " == *" kuda "* || " $methods " == *" localized-ft "* ]]; then
+find_window() {
   once "$out/locate/localization.json" "$bin" locate --model $model --method kuda-window \
     --forget validation:first-16 --samples 5 --max-facts 8 --no-heads --out "$out/locate"
-fi
-
+}
 declare -A WHERE=(
   [kuda]="--localization $out/locate/localization.json"
   [localized-ft]="--localization $out/locate/localization.json"
@@ -80,36 +109,50 @@ declare -A WHERE=(
   [simnpo]="--layers $layers"
   [ga]="--layers $layers"
 )
-
-# 1. Validation sweep.
-for m in $methods; do
+sweep_run() { # method, learning-rate factor: unlearn, then measure on validation
+  local m=$1 f=$2 base lr
+  local d="$out/sweep/$m-lr$f" e="$out/measured/$m-lr$f"
+  if needs_window "$m"; then find_window; fi
   base=$(default_lr "$m")
-  for f in $lr_factors; do
-    d="$out/sweep/$m-lr$f"
-    lr=$(python3 -c "print(f'{$base * $f:.3g}')")
-    # shellcheck disable=SC2086
-    once "$d/manifest.json" "$bin" forget --model $model --method "$m" --task wmdp-qa \
-      ${WHERE[$m]} --set "optim.lr=$lr" --out "$d"
-    mkdir -p "$out/measured/$m-lr$f"
-    for set in wmdp:3 mmlu-val; do mcq "$d" "$out/measured/$m-lr$f" $set; done
-  done
+  lr=$(python3 -c "print(f'{$base * $f:.3g}')")
+  # shellcheck disable=SC2086
+  once "$d/manifest.json" "$bin" forget --model $model --method "$m" --task wmdp-qa \
+    ${WHERE[$m]} --set "optim.lr=$lr" --out "$d"
+  mkdir -p "$e"
+  mcqs "$d" "$e" wmdp:3 mmlu-val
+}
+
+# The original model: what there is to remove, and the retraining ceilings.
+# Unlearned models go to OUT/sweep/NAME, what is measured of them to OUT/measured/NAME.
+o="$out/measured/original"
+mkdir -p "$o"
+
+# 1. Validation sweep (the window first: the runs that need it wait for it).
+for m in $methods; do
+  if needs_window "$m"; then spawn find_window; break; fi
 done
+spawn mcqs $model "$o" wmdp:3 mmlu-val
+spawn retrain "$o/retrain-val" 0,1,2 3
+for m in $methods; do needs_window "$m" || for f in $lr_factors; do spawn sweep_run "$m" "$f"; done; done
+for m in $methods; do ! needs_window "$m" || for f in $lr_factors; do spawn sweep_run "$m" "$f"; done; done
+drain
 python3 "$here/scripts/wmdp-table.py" --choose "$out"
 chosen() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$out/chosen.json" "$1"; }
 for m in $methods; do
   n=$(chosen "$m")
-  retrain "$out/measured/$n/retrain-val" 0,1,2 3 --unlearned "$out/sweep/$n"
+  spawn retrain "$out/measured/$n/retrain-val" 0,1,2 3 --unlearned "$out/sweep/$n"
 done
 
 # 2. The reported tables.
-for set in wmdp mmlu mmlu-near; do mcq $model "$o" $set; done
-retrain "$o/retrain" 0,1,2,3 4
-retrain "$o/retrain-full" 0,1,2,3 4 --full --layers "$layers"
+spawn mcqs $model "$o" wmdp mmlu mmlu-near
+spawn retrain "$o/retrain" 0,1,2,3 4
+spawn retrain "$o/retrain-full" 0,1,2,3 4 --full --layers "$layers"
 for m in $methods; do
   n=$(chosen "$m")
   d="$out/sweep/$n" e="$out/measured/$n"
-  for set in wmdp mmlu mmlu-near; do mcq "$d" "$e" $set; done
-  retrain "$e/retrain" 0,1,2,3 4 --unlearned "$d"
-  retrain "$e/retrain-full" 0,1,2,3 4 --unlearned "$d" --full
+  spawn mcqs "$d" "$e" wmdp mmlu mmlu-near
+  spawn retrain "$e/retrain" 0,1,2,3 4 --unlearned "$d"
+  spawn retrain "$e/retrain-full" 0,1,2,3 4 --unlearned "$d" --full
 done
+drain
 echo "done: tables with python3 scripts/wmdp-table.py $out" >&2
