@@ -1,6 +1,9 @@
 //! What happens on bad input, through the command line: the input model is never modified,
 //! contradictory facts are refused, and what can be checked fails before any long work.
 
+mod files;
+use files::walk;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -26,19 +29,6 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     v.sort();
     v
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// A Hugging Face directory as far as `--model` is concerned (it is refused before loading).

@@ -2,6 +2,9 @@
 //! folder: JSON and JSONL files keep their paths; models, checkpoints and large files stay
 //! behind; the destination is replaced as a whole; a missing source is refused.
 
+mod files;
+use files::walk;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -60,17 +63,4 @@ fn only_the_small_json_files_are_kept_with_their_paths() {
         dst.join("sweep/kuda-lr1/manifest.json").exists(),
         "a refused copy leaves DEST as it was"
     );
-}
-
-fn walk(d: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
