@@ -1,0 +1,73 @@
+//! `experiments/wmdp-qwen.sh`, the WMDP protocol's driver, with a stand-in binary
+//! (`tests/scriptcheck/fake_unlearn.py`) that logs its calls: two runs side by side on one
+//! output folder, each with two steps at a time, make every step exactly once (the locks) and
+//! in order (the window before the runs that need it); a third run makes nothing (every step
+//! is a file); the tables are made from what they wrote.
+
+mod pyscript;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn driver(out: &Path, log: &Path) -> std::process::Child {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Command::new("bash")
+        .arg(root.join("experiments/wmdp-qwen.sh"))
+        .arg(out)
+        .arg(root.join("tests/scriptcheck/fake_unlearn.py"))
+        .env("FAKE_LOG", log)
+        .env("JOBS", "2")
+        .env("METHODS", "kuda ga")
+        .env("LR_FACTORS", "0.5 1")
+        .env("MODEL", "fake")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bash runs")
+}
+
+fn finish(c: std::process::Child) {
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn side_by_side_runs_make_each_step_once_and_a_rerun_makes_none() {
+    let t = tempfile::tempdir().unwrap();
+    let (out, log) = (t.path().join("out"), t.path().join("calls.log"));
+    let (a, b) = (driver(&out, &log), driver(&out, &log));
+    finish(a);
+    finish(b);
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), lines.len(), "a step was made twice:\n{calls}");
+    let count = |what: &str| lines.iter().filter(|l| l.starts_with(what)).count();
+    // 2 methods × 2 learning rates; the original's and each chosen run's retrainings (1 + 2
+    // validation, 2 + 2 × 2 reported); the window once.
+    assert_eq!(count("forget "), 4, "{calls}");
+    assert_eq!(count("locate "), 1, "{calls}");
+    assert_eq!(count("relearn "), 9, "{calls}");
+    // Original: 2 validation + 3 reported sets; each sweep run 2; each chosen run 3.
+    assert_eq!(count("mcq "), 2 + 3 + 4 * 2 + 2 * 3, "{calls}");
+    let at = |what: &str| lines.iter().position(|l| l.contains(what)).unwrap();
+    assert!(
+        at("locate ") < at("--method kuda "),
+        "the window before KUDA:\n{calls}"
+    );
+    assert!(out.join("chosen.json").exists());
+    finish(driver(&out, &log));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        calls,
+        "a rerun made something"
+    );
+    let table = pyscript::run("wmdp-table.py", &[out.to_str().unwrap()]);
+    assert!(table.contains("| kuda (lr 0.0005) |"), "{table}");
+}
