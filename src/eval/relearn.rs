@@ -10,13 +10,14 @@
 use crate::data::{self, Fact};
 use crate::eval::completion::{accuracy, Accuracy};
 use crate::forget::config::ForgetConfig;
-use crate::forget::lora::{fine_tune, Lora, LoraConfig, Tuned};
+use crate::forget::lora::{fine_tune, Lora, LoraConfig, Resume, Tuned};
 use crate::forget::seqs::{text_chunks, Seq, SeqSet};
 use crate::forget::terms::LogitLoss;
 use crate::forget::trainer::{DataSet, Loss, Plan, Term};
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::path::PathBuf;
 
 /// Settings of the attack.
@@ -109,7 +110,7 @@ pub fn relearn(
     };
     let (train, keep) = (facts(seen)?, facts(retain)?);
     let truth = |f: &Fact| f.answer.clone();
-    let a = attack(lm, train, keep, cfg, full, |lm| {
+    let a = attack(lm, train, keep, cfg, full, None, |lm| {
         Ok((accuracy(lm, unseen, truth)?, accuracy(lm, seen, truth)?))
     })?;
     let (unseen, seen) = a.measured.into_iter().unzip();
@@ -141,13 +142,14 @@ pub struct RelearnMcqCurve {
 
 /// Attack `lm` in place: LoRA (or, with `full`, those weights) on the passages `train` (every
 /// token a target; WikiText as retain data and general text), scoring the questions `measure`
-/// every few steps.
+/// every few steps (kept at each measurement with `resume`: see [`attack`]).
 pub fn relearn_passages(
     lm: &mut LanguageModel,
     train: Vec<Seq>,
     measure: &[crate::eval::mcq::Mcq],
     cfg: &RelearnConfig,
     full: Option<&[String]>,
+    resume: Option<&Resume>,
 ) -> Result<RelearnMcqCurve> {
     if train.is_empty() || measure.is_empty() {
         bail!(
@@ -160,7 +162,7 @@ pub fn relearn_passages(
     // WikiText chunks after the ones `attack` uses as general text.
     let n = cfg.text_batch_size.max(1) * 8;
     let keep = text_chunks(lm, &wiki_train, 64, n + cfg.retain_batch_size.max(1) * 4)?.split_off(n);
-    let a = attack(lm, train, keep, cfg, full, |lm| {
+    let a = attack(lm, train, keep, cfg, full, resume, |lm| {
         crate::eval::mcq::score(lm, measure, 8)
     })?;
     Ok(RelearnMcqCurve {
@@ -171,6 +173,25 @@ pub fn relearn_passages(
         full_params: a.full_params,
         seconds: a.seconds,
     })
+}
+
+/// An attack's measurements so far, as kept for a resumed run (`curve.json`).
+#[derive(Deserialize)]
+struct Kept<M> {
+    step: usize,
+    steps: Vec<usize>,
+    measured: Vec<M>,
+    losses: Vec<f64>,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct KeptRef<'a, M> {
+    step: usize,
+    steps: &'a [usize],
+    measured: &'a [M],
+    losses: &'a [f64],
+    seconds: f64,
 }
 
 /// What [`attack`] returns: the measurements at its evaluation steps.
@@ -185,13 +206,16 @@ struct Attack<M> {
 
 /// The attack: LoRA adapters (or, with `full`, those weights themselves at `cfg.full_lr`)
 /// trained with cross-entropy on `train` (+ `retain`, + general text), `measure` called at
-/// step 0, every `eval_every` steps and at the end.
-fn attack<M>(
+/// step 0, every `eval_every` steps and at the end. With `resume`, the state and the
+/// measurements so far are kept at every measurement (`curve.json` beside the trainer's
+/// state), and a run cut off goes on from its last measurement.
+fn attack<M: Serialize + serde::de::DeserializeOwned>(
     lm: &mut LanguageModel,
     train: Vec<Seq>,
     retain: Vec<Seq>,
     cfg: &RelearnConfig,
     full: Option<&[String]>,
+    resume: Option<&Resume>,
     mut measure: impl FnMut(&LanguageModel) -> Result<M>,
 ) -> Result<Attack<M>> {
     cfg.validate()?;
@@ -237,7 +261,7 @@ fn attack<M>(
         text_rows: 16,
     };
     plan.precompute(&lm.model, 16)?;
-    let fcfg = ForgetConfig {
+    let mut fcfg = ForgetConfig {
         steps: cfg.steps,
         batch_size: cfg.batch_size,
         retain_batch_size: cfg.retain_batch_size,
@@ -245,26 +269,54 @@ fn attack<M>(
         seed: cfg.seed,
         ..ForgetConfig::default()
     };
-    let mut out = Attack {
-        steps: vec![0],
-        measured: vec![measure(lm)?],
-        losses: Vec::new(),
-        lora_params: lora.as_ref().map_or(0, |l| l.param_count()),
-        full_params,
-        seconds: 0.0,
+    let kept = resume.and_then(|r| {
+        let step = r.saved_step()?;
+        let v = crate::util::read_json(&r.dir.join("curve.json")).ok()??;
+        (v["step"].as_u64()? as usize == step).then_some(())?;
+        let s: Kept<M> = serde_json::from_value(v).ok()?;
+        Some(s)
+    });
+    let mut out = match kept {
+        Some(k) => {
+            eprintln!("relearning: going on from step {}", k.step);
+            Attack {
+                steps: k.steps,
+                measured: k.measured,
+                losses: k.losses,
+                lora_params: lora.as_ref().map_or(0, |l| l.param_count()),
+                full_params,
+                seconds: k.seconds,
+            }
+        }
+        None => Attack {
+            steps: vec![0],
+            measured: vec![measure(lm)?],
+            losses: Vec::new(),
+            lora_params: lora.as_ref().map_or(0, |l| l.param_count()),
+            full_params,
+            seconds: 0.0,
+        },
     };
+    let seconds_before = out.seconds;
     let bar = crate::util::progress(cfg.steps as u64, "relearning");
-    let (lr, tuned) = match &mut lora {
-        Some(l) => (cfg.lr, Tuned::Adapters(l)),
-        None => (cfg.full_lr, Tuned::Weights),
+    bar.set_position(out.losses.len() as u64);
+    let tuned = match &mut lora {
+        Some(l) => {
+            fcfg.optim.lr = cfg.lr;
+            Tuned::Adapters(l)
+        }
+        None => {
+            fcfg.optim.lr = cfg.full_lr;
+            Tuned::Weights
+        }
     };
     fine_tune(
         lm,
         &plan,
         &fcfg,
-        lr,
         tuned,
         "relearning attack",
+        resume,
         |step, total, lm| {
             out.losses.push(total);
             bar.set_message(format!("loss {total:.3}"));
@@ -272,12 +324,24 @@ fn attack<M>(
             if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
                 out.steps.push(step + 1);
                 out.measured.push(measure(lm)?);
+                if let Some(r) = resume {
+                    let kept = KeptRef {
+                        step: step + 1,
+                        steps: &out.steps,
+                        measured: &out.measured,
+                        losses: &out.losses,
+                        seconds: seconds_before + t0.elapsed().as_secs_f64(),
+                    };
+                    std::fs::create_dir_all(&r.dir)?;
+                    crate::util::write_json(&r.dir.join("curve.json"), &kept)?;
+                    return Ok(true);
+                }
             }
-            Ok(())
+            Ok(false)
         },
     )?;
     bar.finish_and_clear();
-    out.seconds = t0.elapsed().as_secs_f64();
+    out.seconds = seconds_before + t0.elapsed().as_secs_f64();
     Ok(out)
 }
 
@@ -457,7 +521,26 @@ fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_j
         a.task,
         questions.len()
     );
-    let curve = relearn_passages(&mut lm, train, &questions, &a.cfg, full.as_deref())?;
+    // Kept at every measurement (OUT/checkpoint), so a cut-off attack goes on; the key names
+    // everything the curve depends on, the unlearned run by its manifest.
+    let manifest = match &a.unlearned {
+        Some(d) => Some(crate::util::sha256_file(&d.join("manifest.json"))?),
+        None => None,
+    };
+    let key = serde_json::json!({"tool": crate::util::tool_id(), "model": a.model,
+        "unlearned": manifest, "task": a.task, "measure": set, "config": a.cfg, "full": full});
+    let resume = Resume {
+        dir: a.out.join("checkpoint"),
+        key: hex::encode(sha2::Sha256::digest(key.to_string().as_bytes())),
+    };
+    let curve = relearn_passages(
+        &mut lm,
+        train,
+        &questions,
+        &a.cfg,
+        full.as_deref(),
+        Some(&resume),
+    )?;
     for (s, m) in curve.steps.iter().zip(&curve.measured) {
         println!(
             "step {s:>3}: {set} accuracy {:.1}% ± {:.1}",
@@ -472,6 +555,99 @@ fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_j
     });
     let p = a.out.join("relearn.json");
     crate::util::write_json(&p, &out)?;
+    std::fs::remove_dir_all(&resume.dir).ok();
     eprintln!("wrote {}", p.display());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (LanguageModel, Vec<Seq>, RelearnConfig) {
+        let lm = LanguageModel::load("random:tiny", &candle_core::Device::Cpu).unwrap();
+        let passages = crate::data::corpus::load("wmdp-qa:4").unwrap();
+        let (train, _) = crate::forget::seqs::passage_seqs(&lm, &passages[..12], 64).unwrap();
+        let cfg = RelearnConfig {
+            steps: 6,
+            eval_every: 2,
+            batch_size: 4,
+            ..Default::default()
+        };
+        (lm, train, cfg)
+    }
+
+    /// A measurement that reads the trained model: the sum of one prompt's last logits.
+    fn probe(lm: &LanguageModel) -> Result<f64> {
+        let l = lm.model.last_logits(&[vec![3, 7, 11, 5]], 0)?;
+        Ok(l[0].iter().map(|&x| x as f64).sum())
+    }
+
+    /// An attack cut off after a kept measurement goes on from there to the same curve as one
+    /// run straight through (LoRA and full fine-tuning); under another key it starts over.
+    #[test]
+    fn a_cut_off_attack_goes_on_to_the_same_curve() {
+        for full in [
+            None,
+            Some(vec!["model.layers.1.mlp.up_proj.weight".to_string()]),
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            let keep = |name: &str, key: &str| Resume {
+                dir: t.path().join(name),
+                key: key.into(),
+            };
+            let (mut lm, train, cfg) = setup();
+            let straight = attack(
+                &mut lm,
+                train.clone(),
+                vec![],
+                &cfg,
+                full.as_deref(),
+                Some(&keep("a", "k")),
+                probe,
+            )
+            .unwrap();
+            assert_eq!(straight.steps, [0, 2, 4, 6]);
+            let (mut lm, train, cfg) = setup();
+            let mut calls = 0;
+            let cut = attack(
+                &mut lm,
+                train.clone(),
+                vec![],
+                &cfg,
+                full.as_deref(),
+                Some(&keep("b", "k")),
+                |lm| {
+                    calls += 1;
+                    if calls == 3 {
+                        bail!("cut off");
+                    }
+                    probe(lm)
+                },
+            );
+            assert!(cut.is_err());
+            assert_eq!(keep("b", "k").saved_step(), Some(2));
+            let (mut lm, train, cfg) = setup();
+            let mut calls = 0;
+            let resumed = attack(
+                &mut lm,
+                train.clone(),
+                vec![],
+                &cfg,
+                full.as_deref(),
+                Some(&keep("b", "k")),
+                |lm| {
+                    calls += 1;
+                    probe(lm)
+                },
+            )
+            .unwrap();
+            assert_eq!(calls, 2, "steps 4 and 6 only");
+            assert_eq!(resumed.steps, straight.steps);
+            assert_eq!(resumed.measured, straight.measured, "{full:?}");
+            assert_eq!(resumed.losses, straight.losses, "{full:?}");
+            // Under another key the kept state is not read.
+            assert_eq!(keep("b", "other").saved_step(), None);
+        }
+    }
 }

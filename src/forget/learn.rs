@@ -320,13 +320,13 @@ fn learn_adapters(
         lm,
         plan,
         cfg,
-        cfg.optim.lr,
         Tuned::Adapters(lora),
         "learning",
+        None,
         |_, total, _| {
             bar.set_message(format!("loss {total:.3}"));
             bar.inc(1);
-            Ok(())
+            Ok(false)
         },
     )?;
     bar.finish_and_clear();

@@ -237,24 +237,83 @@ pub enum Tuned<'a> {
     Weights,
 }
 
-/// Fine-tune `tuned` on `plan` for `cfg.steps` steps (AdamW at `lr`, no weight decay,
+/// Where a [`fine_tune`] keeps its state between steps so that a run cut off goes on from
+/// there: `dir/state.safetensors` (the trained tensors and Adam's moments) and
+/// `dir/state.json` (`key` and the steps done). A state written under another key (other
+/// settings, data, model or code) is not read.
+pub struct Resume {
+    pub dir: std::path::PathBuf,
+    pub key: String,
+}
+
+impl Resume {
+    /// The steps done by the state kept under this key (None: none kept).
+    pub fn saved_step(&self) -> Option<usize> {
+        let v = crate::util::read_json(&self.dir.join("state.json")).ok()??;
+        (v["key"].as_str()? == self.key)
+            .then(|| v["step"].as_u64())?
+            .map(|s| s as usize)
+    }
+
+    fn save(
+        &self,
+        step: usize,
+        params: &BTreeMap<String, Tensor>,
+        opt: &crate::forget::optim::Optimizer,
+    ) -> Result<()> {
+        let mut t = opt.state_tensors()?;
+        for (k, v) in params {
+            t.insert(
+                format!("param/{k}"),
+                v.to_device(&candle_core::Device::Cpu)?,
+            );
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        crate::util::save_safetensors_atomic(&t, &self.dir.join("state.safetensors"))?;
+        crate::util::write_json(
+            &self.dir.join("state.json"),
+            &serde_json::json!({"key": self.key, "step": step}),
+        )
+    }
+
+    /// The kept trained tensors into `params` and moments into `opt`, at `step`.
+    fn load(
+        &self,
+        step: usize,
+        params: &mut BTreeMap<String, Tensor>,
+        opt: &mut crate::forget::optim::Optimizer,
+    ) -> Result<()> {
+        let path = self.dir.join("state.safetensors");
+        let t = crate::forget::optim::load_tensors(&path)?;
+        for (k, v) in params.iter_mut() {
+            let saved = t
+                .get(&format!("param/{k}"))
+                .with_context(|| format!("{}: no `{k}`", path.display()))?;
+            *v = saved.to_device(v.device())?.to_dtype(v.dtype())?;
+        }
+        let device = params.values().next().map(|v| v.device().clone());
+        opt.restore(&t, step, &device.unwrap_or(candle_core::Device::Cpu))
+    }
+}
+
+/// Fine-tune `tuned` on `plan` for `cfg.steps` steps (AdamW at `cfg.optim.lr`, no weight decay,
 /// `cfg.optim`'s schedule and clipping, the trainer's data order). `after_step(step,
 /// total_loss, lm)` runs after each step, with the model holding the trained weights (adapters
 /// without dropout, run beside their matrices and left there at the end: [`Lora::merge`]
-/// writes them into the weights); `what` names the run in errors. Returns the last step's loss
-/// per term.
+/// writes them into the weights), and says whether to keep the state there (with `resume`);
+/// a run whose state is kept goes on from its last kept step. `what` names the run in errors.
+/// Returns the last step's loss per term (none when every step was done before).
 pub fn fine_tune(
     lm: &mut crate::model::LanguageModel,
     plan: &crate::forget::trainer::Plan,
     cfg: &crate::forget::config::ForgetConfig,
-    lr: f64,
     mut tuned: Tuned,
     what: &str,
-    mut after_step: impl FnMut(usize, f64, &crate::model::LanguageModel) -> Result<()>,
+    resume: Option<&Resume>,
+    mut after_step: impl FnMut(usize, f64, &crate::model::LanguageModel) -> Result<bool>,
 ) -> Result<BTreeMap<String, f64>> {
     use crate::forget::optim::{global_norm, Optimizer};
     let mut ocfg = cfg.optim.clone();
-    ocfg.lr = lr;
     ocfg.weight_decay = 0.0;
     let mut opt = Optimizer::new(ocfg.clone());
     let mut weights = BTreeMap::new();
@@ -273,8 +332,27 @@ pub fn fine_tune(
             }
         }
     }
+    let start = resume
+        .and_then(Resume::saved_step)
+        .unwrap_or(0)
+        .min(cfg.steps);
+    if start > 0 {
+        let r = resume.expect("a kept step has a state");
+        match &mut tuned {
+            Tuned::Adapters(lora) => {
+                r.load(start, &mut lora.params, &mut opt)?;
+                lora.without_masks().attach(&mut lm.model)?;
+            }
+            Tuned::Weights => {
+                r.load(start, &mut weights, &mut opt)?;
+                for (k, w) in &weights {
+                    lm.model.set_param(k, w.clone())?;
+                }
+            }
+        }
+    }
     let mut last = BTreeMap::new();
-    for step in 0..cfg.steps {
+    for step in start..cfg.steps {
         if let Tuned::Adapters(lora) = &mut tuned {
             if lora.cfg.dropout > 0.0 {
                 lora.new_masks(cfg.seed, step)?;
@@ -316,7 +394,15 @@ pub fn fine_tune(
                 }
             }
         }
-        after_step(step, total, lm)?;
+        if after_step(step, total, lm)? {
+            if let Some(r) = resume {
+                let params = match &tuned {
+                    Tuned::Adapters(lora) => &lora.params,
+                    Tuned::Weights => &weights,
+                };
+                r.save(step + 1, params, &opt)?;
+            }
+        }
         last = losses;
     }
     Ok(last)
