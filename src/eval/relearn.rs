@@ -596,52 +596,34 @@ mod tests {
                 dir: t.path().join(name),
                 key: key.into(),
             };
-            let (mut lm, train, cfg) = setup();
-            let straight = attack(
-                &mut lm,
-                train.clone(),
-                vec![],
-                &cfg,
-                full.as_deref(),
-                Some(&keep("a", "k")),
-                probe,
-            )
-            .unwrap();
+            // The attack on a fresh model, kept in `name`; the measurement fails at call
+            // `fail_at`. Returns the attack and the measurements made.
+            let run = |name: &str, fail_at: usize| {
+                let (mut lm, train, cfg) = setup();
+                let mut calls = 0;
+                let a = attack(
+                    &mut lm,
+                    train,
+                    vec![],
+                    &cfg,
+                    full.as_deref(),
+                    Some(&keep(name, "k")),
+                    |lm| {
+                        calls += 1;
+                        if calls == fail_at {
+                            bail!("cut off");
+                        }
+                        probe(lm)
+                    },
+                );
+                (a, calls)
+            };
+            let straight = run("a", 0).0.unwrap();
             assert_eq!(straight.steps, [0, 2, 4, 6]);
-            let (mut lm, train, cfg) = setup();
-            let mut calls = 0;
-            let cut = attack(
-                &mut lm,
-                train.clone(),
-                vec![],
-                &cfg,
-                full.as_deref(),
-                Some(&keep("b", "k")),
-                |lm| {
-                    calls += 1;
-                    if calls == 3 {
-                        bail!("cut off");
-                    }
-                    probe(lm)
-                },
-            );
-            assert!(cut.is_err());
+            assert!(run("b", 3).0.is_err());
             assert_eq!(keep("b", "k").saved_step(), Some(2));
-            let (mut lm, train, cfg) = setup();
-            let mut calls = 0;
-            let resumed = attack(
-                &mut lm,
-                train.clone(),
-                vec![],
-                &cfg,
-                full.as_deref(),
-                Some(&keep("b", "k")),
-                |lm| {
-                    calls += 1;
-                    probe(lm)
-                },
-            )
-            .unwrap();
+            let (resumed, calls) = run("b", 0);
+            let resumed = resumed.unwrap();
             assert_eq!(calls, 2, "steps 4 and 6 only");
             assert_eq!(resumed.steps, straight.steps);
             assert_eq!(resumed.measured, straight.measured, "{full:?}");
