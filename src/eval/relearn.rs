@@ -17,7 +17,6 @@ use crate::forget::trainer::{DataSet, Loss, Plan, Term};
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use std::path::PathBuf;
 
 /// Settings of the attack.
@@ -176,21 +175,11 @@ pub fn relearn_passages(
 }
 
 /// An attack's measurements so far, as kept for a resumed run (`curve.json`).
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Kept<M> {
-    step: usize,
     steps: Vec<usize>,
     measured: Vec<M>,
     losses: Vec<f64>,
-    seconds: f64,
-}
-
-#[derive(Serialize)]
-struct KeptRef<'a, M> {
-    step: usize,
-    steps: &'a [usize],
-    measured: &'a [M],
-    losses: &'a [f64],
     seconds: f64,
 }
 
@@ -269,33 +258,32 @@ fn attack<M: Serialize + serde::de::DeserializeOwned>(
         seed: cfg.seed,
         ..ForgetConfig::default()
     };
+    // The measurements kept with the trainer's state (the same step), else step 0's.
     let kept = resume.and_then(|r| {
         let step = r.saved_step()?;
         let v = crate::util::read_json(&r.dir.join("curve.json")).ok()??;
-        (v["step"].as_u64()? as usize == step).then_some(())?;
-        let s: Kept<M> = serde_json::from_value(v).ok()?;
-        Some(s)
+        let k: Kept<M> = serde_json::from_value(v).ok()?;
+        (k.steps.last() == Some(&step)).then_some(k)
     });
-    let mut out = match kept {
+    let k = match kept {
         Some(k) => {
-            eprintln!("relearning: going on from step {}", k.step);
-            Attack {
-                steps: k.steps,
-                measured: k.measured,
-                losses: k.losses,
-                lora_params: lora.as_ref().map_or(0, |l| l.param_count()),
-                full_params,
-                seconds: k.seconds,
-            }
+            eprintln!("relearning: going on from step {}", k.losses.len());
+            k
         }
-        None => Attack {
+        None => Kept {
             steps: vec![0],
             measured: vec![measure(lm)?],
             losses: Vec::new(),
-            lora_params: lora.as_ref().map_or(0, |l| l.param_count()),
-            full_params,
             seconds: 0.0,
         },
+    };
+    let mut out = Attack {
+        steps: k.steps,
+        measured: k.measured,
+        losses: k.losses,
+        lora_params: lora.as_ref().map_or(0, |l| l.param_count()),
+        full_params,
+        seconds: k.seconds,
     };
     let seconds_before = out.seconds;
     let bar = crate::util::progress(cfg.steps as u64, "relearning");
@@ -325,11 +313,10 @@ fn attack<M: Serialize + serde::de::DeserializeOwned>(
                 out.steps.push(step + 1);
                 out.measured.push(measure(lm)?);
                 if let Some(r) = resume {
-                    let kept = KeptRef {
-                        step: step + 1,
-                        steps: &out.steps,
-                        measured: &out.measured,
-                        losses: &out.losses,
+                    let kept = Kept {
+                        steps: out.steps.clone(),
+                        measured: out.measured.iter().collect(),
+                        losses: out.losses.clone(),
                         seconds: seconds_before + t0.elapsed().as_secs_f64(),
                     };
                     std::fs::create_dir_all(&r.dir)?;
@@ -531,7 +518,7 @@ fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_j
         "unlearned": manifest, "task": a.task, "measure": set, "config": a.cfg, "full": full});
     let resume = Resume {
         dir: a.out.join("checkpoint"),
-        key: hex::encode(sha2::Sha256::digest(key.to_string().as_bytes())),
+        key: crate::forget::run::hash_json(&key),
     };
     let curve = relearn_passages(
         &mut lm,
