@@ -13,8 +13,9 @@
 #    perplexity stays within +5 %; when none qualifies, the one with the highest MMLU-val
 #    accuracy among those within +5 % perplexity (else the lowest perplexity).
 #    `python3 scripts/wmdp-table.py --choose OUT` applies it, prints the validation table and
-#    writes OUT/chosen.json. The chosen run of each method (and the original model) is then
-#    retrained on splits 0-2 and measured on split 3: the validation counterpart of (b).
+#    writes OUT/chosen.json. The chosen run of each method (and the original model) is also
+#    retrained on splits 0-2 and measured on split 3, the validation counterpart of (b); no
+#    choice reads it, so the unlearned runs' ones come last.
 # 2. The reported tables, on the chosen runs (unlearning is deterministic: the chosen run is
 #    the model the tables measure):
 #    (a) WMDP by split, MMLU (570) and the five subjects nearest WMDP; perplexity from (1);
@@ -25,7 +26,10 @@
 #   experiments/wmdp-qwen.sh OUT [UNLEARN]
 #   python3 scripts/wmdp-table.py OUT
 # Every step writes its files once; a rerun skips what exists, so an interrupted run goes on
-# where it stopped. METHODS="rmu npo" limits the methods (a later run with more methods adds
+# where it stopped. Only the JSON has to outlive a sitting (scripts/keep-results.sh OUT DEST, and
+# the copy as OUT next time): a step whose files are there is not made again, and a chosen model
+# whose tensors are gone is made again by the same seeded command before what still needs it.
+# METHODS="rmu npo" limits the methods (a later run with more methods adds
 # theirs; the choice of a method does not depend on the others); MODEL and LAYERS (the
 # baselines' MLP layers, RMU steering at the last) change the model (MODEL=random:tiny
 # LAYERS=1-2 METHODS="rmu ga" runs the whole script in minutes, to check it). JOBS=2 runs two
@@ -109,19 +113,30 @@ declare -A WHERE=(
   [simnpo]="--layers $layers"
   [ga]="--layers $layers"
 )
-sweep_run() { # method, learning-rate factor: unlearn, then measure on validation
-  local m=$1 f=$2 base lr
-  local d="$out/sweep/$m-lr$f" e="$out/measured/$m-lr$f"
+unlearned() { # name: the model OUT/sweep/NAME (method-lrFACTOR), made unless its tensors are
+  # there; made again when only its JSON was kept (scripts/keep-results.sh): unlearning is
+  # deterministic, so the model the validation chose is the model the tables measure
+  local n=$1 m=${1%-lr*} f=${1##*-lr} d="$out/sweep/$1" base lr
   if needs_window "$m"; then find_window; fi
+  [ -s "$d/changed.safetensors" ] || rm -f "$d/manifest.json"
   base=$(default_lr "$m")
   lr=$(python3 -c "print(f'{$base * $f:.3g}')")
   # shellcheck disable=SC2086
   once "$d/manifest.json" "$bin" forget --model $model --method "$m" --task wmdp-qa \
     ${WHERE[$m]} --set "optim.lr=$lr" --out "$d"
+}
+all_made() { # file...: whether every one is there
+  local f
+  for f in "$@"; do [ -s "$f" ] || return 1; done
+}
+sweep_run() { # method, learning-rate factor: unlearn, then measure on validation
+  local n="$1-lr$2"
+  local d="$out/sweep/$n" e="$out/measured/$n"
+  all_made "$d/metrics.json" "$e/mcq-wmdp-3.json" "$e/mcq-mmlu-val.json" && return 0
+  unlearned "$n"
   mkdir -p "$e"
   mcqs "$d" "$e" wmdp:3 mmlu-val
 }
-
 # The original model: what there is to remove, and the retraining ceilings.
 # Unlearned models go to OUT/sweep/NAME, what is measured of them to OUT/measured/NAME.
 o="$out/measured/original"
@@ -138,21 +153,29 @@ for m in $methods; do ! needs_window "$m" || for f in $lr_factors; do spawn swee
 drain
 python3 "$here/scripts/wmdp-table.py" --choose "$out"
 chosen() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$out/chosen.json" "$1"; }
-for m in $methods; do
-  n=$(chosen "$m")
-  spawn retrain "$out/measured/$n/retrain-val" 0,1,2 3 --unlearned "$out/sweep/$n"
-done
 
-# 2. The reported tables.
+# 2. The reported tables (the chosen models made again where only their JSON was kept).
 spawn mcqs $model "$o" wmdp mmlu mmlu-near
 spawn retrain "$o/retrain" 0,1,2,3 4
 spawn retrain "$o/retrain-full" 0,1,2,3 4 --full --layers "$layers"
+reported_run() { # name, what: the chosen run's reported measurements
+  local n=$1 d="$out/sweep/$1" e="$out/measured/$1"
+  case $2 in
+    mcq) all_made "$e/mcq-wmdp.json" "$e/mcq-mmlu.json" "$e/mcq-mmlu-near.json" && return 0
+      unlearned "$n"; mcqs "$d" "$e" wmdp mmlu mmlu-near ;;
+    lora) all_made "$e/retrain/relearn.json" && return 0
+      unlearned "$n"; retrain "$e/retrain" 0,1,2,3 4 --unlearned "$d" ;;
+    full) all_made "$e/retrain-full/relearn.json" && return 0
+      unlearned "$n"; retrain "$e/retrain-full" 0,1,2,3 4 --unlearned "$d" --full ;;
+    val) all_made "$e/retrain-val/relearn.json" && return 0
+      unlearned "$n"; retrain "$e/retrain-val" 0,1,2 3 --unlearned "$d" ;;
+  esac
+}
 for m in $methods; do
   n=$(chosen "$m")
-  d="$out/sweep/$n" e="$out/measured/$n"
-  spawn mcqs "$d" "$e" wmdp mmlu mmlu-near
-  spawn retrain "$e/retrain" 0,1,2,3 4 --unlearned "$d"
-  spawn retrain "$e/retrain-full" 0,1,2,3 4 --unlearned "$d" --full
+  for what in mcq lora full; do spawn reported_run "$n" $what; done
 done
+# The validation counterpart of (b), last: no choice reads it.
+for m in $methods; do spawn reported_run "$(chosen "$m")" val; done
 drain
 echo "done: tables with python3 scripts/wmdp-table.py $out" >&2

@@ -70,4 +70,42 @@ fn side_by_side_runs_make_each_step_once_and_a_rerun_makes_none() {
     );
     let table = pyscript::run("wmdp-table.py", &[out.to_str().unwrap()]);
     assert!(table.contains("| kuda (lr 0.0005) |"), "{table}");
+
+    // On a fresh machine with only the kept JSON: nothing is made again until a reported
+    // measurement is missing; then its chosen model is made again first, and only that.
+    let kept = t.path().join("kept");
+    let status = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/keep-results.sh"))
+        .args([&out, &kept])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let log2 = t.path().join("calls2.log");
+    finish(driver(&kept, &log2));
+    assert!(
+        !log2.exists(),
+        "made again from kept JSON: {:?}",
+        std::fs::read_to_string(&log2)
+    );
+    let chosen: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(kept.join("chosen.json")).unwrap()).unwrap();
+    let ga = chosen["ga"].as_str().unwrap();
+    std::fs::remove_file(
+        kept.join("measured")
+            .join(ga)
+            .join("retrain-full/relearn.json"),
+    )
+    .unwrap();
+    finish(driver(&kept, &log2));
+    let again = std::fs::read_to_string(&log2).unwrap();
+    let lines: Vec<&str> = again.lines().collect();
+    assert_eq!(lines.len(), 2, "{again}");
+    assert!(
+        lines[0].starts_with("forget ") && lines[0].contains(&format!("sweep/{ga}")),
+        "{again}"
+    );
+    assert!(
+        lines[1].starts_with("relearn ") && lines[1].contains("--full"),
+        "{again}"
+    );
 }

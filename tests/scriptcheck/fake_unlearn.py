@@ -35,6 +35,8 @@ elif cmd == "forget":
     out, lr = opt("--out"), float(next(a for a in args if a.startswith("optim.lr=")).split("=")[1])
     write(os.path.join(out, "metrics.json"), {"before": {"wikitext": {"perplexity": 10.0}},
                                              "after": {"wikitext": {"perplexity": 10.2}}})
+    with open(os.path.join(out, "changed.safetensors"), "w") as f:
+        f.write("tensors")
     write(os.path.join(out, "manifest.json"), {"config": {"optim": {"lr": lr}}})
 elif cmd == "locate":
     write(os.path.join(opt("--out"), "localization.json"), {})
