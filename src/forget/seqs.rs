@@ -297,7 +297,9 @@ impl SeqSet {
     }
 
     /// Cache what the frozen model gives: the residual entering `start_layer`, the residual
-    /// after `rep_layer`, and the targets' log-probabilities. One pass per batch of `bs`.
+    /// after `rep_layer`, and the targets' log-probabilities. One pass per batch of at most
+    /// `bs` sequences of similar length (right padding leaves the real positions as they are
+    /// alone, so the batches only decide how little padding is computed).
     pub fn precompute(
         &mut self,
         model: &Transformer,
@@ -307,13 +309,10 @@ impl SeqSet {
         logp: bool,
         bs: usize,
     ) -> Result<()> {
-        let mut starts = Vec::new();
-        let mut reps = Vec::new();
-        let mut lps = Vec::new();
-        let all: Vec<usize> = (0..self.len()).collect();
-        for chunk in all.chunks(bs.max(1)) {
-            let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| self.seqs[i].ids.clone()).collect();
-            let batch = Batch::new(&ids, pad, PadSide::Right, model.device())?;
+        let ids: Vec<Vec<u32>> = self.seqs.iter().map(|s| s.ids.clone()).collect();
+        let seqs = &self.seqs;
+        let rows = crate::model::scoring::bucketed(&ids, bs, |chunk, chunk_ids| {
+            let batch = Batch::new(chunk_ids, pad, PadSide::Right, model.device())?;
             let mut hooks = Hooks::new();
             if start_layer > 0 {
                 hooks = hooks.cache(HookPoint::ResidPre(start_layer));
@@ -340,27 +339,41 @@ impl SeqSet {
                 Some(t) => t,
                 None => &out.resid,
             };
-            for (k, &i) in chunk.iter().enumerate() {
-                let n = self.seqs[i].ids.len();
-                if start_layer > 0 {
-                    starts.push(start_resid.get(k)?.narrow(0, 0, n)?);
-                }
-                if let Some(r) = rep_layer {
-                    reps.push(
-                        out.cache[&HookPoint::ResidPost(r)]
-                            .get(k)?
-                            .narrow(0, 0, n)?,
-                    );
-                }
-            }
-            if logp {
-                let targets = target_ids(&self.seqs, chunk);
-                let rows = target_rows(&self.seqs, chunk);
+            let lps = if logp {
+                let targets = target_ids(seqs, chunk);
+                let rows = target_rows(seqs, chunk);
                 let lp = resid_logprobs(model, &out.resid, &rows, &targets, false)?
                     .0
                     .lp;
-                lps.extend(per_seq_sums(&self.seqs, chunk, &lp));
+                Some(per_seq_sums(seqs, chunk, &lp))
+            } else {
+                None
+            };
+            let mut got = Vec::with_capacity(chunk.len());
+            for (k, &i) in chunk.iter().enumerate() {
+                let n = seqs[i].ids.len();
+                let start = if start_layer > 0 {
+                    Some(start_resid.get(k)?.narrow(0, 0, n)?)
+                } else {
+                    None
+                };
+                let rep = match rep_layer {
+                    Some(r) => Some(
+                        out.cache[&HookPoint::ResidPost(r)]
+                            .get(k)?
+                            .narrow(0, 0, n)?,
+                    ),
+                    None => None,
+                };
+                got.push((start, rep, lps.as_ref().map(|v| v[k])));
             }
+            Ok(got)
+        })?;
+        let (mut starts, mut reps, mut lps) = (Vec::new(), Vec::new(), Vec::new());
+        for (start, rep, lp) in rows {
+            starts.extend(start);
+            reps.extend(rep);
+            lps.extend(lp);
         }
         self.start = (start_layer > 0).then_some((start_layer, starts));
         self.rep_ref = rep_layer.map(|r| (r, reps));
@@ -439,6 +452,54 @@ mod tests {
             rep_positions: (3..8).collect(),
             subject: Some(3..5),
             rivals: vec![],
+        }
+    }
+
+    /// Sequences of mixed lengths cached in length buckets give each sequence what it gives
+    /// alone, in the set's order.
+    #[test]
+    fn bucketed_precompute_equals_one_sequence_at_a_time() {
+        let model = crate::model::transformer::tests::tiny_model(crate::model::Arch::Llama);
+        let lens = [9usize, 3, 17, 4, 12, 3, 30, 8];
+        let seqs: Vec<Seq> = lens
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                Seq::text((0..n as u32).map(|i| 1 + (i * 7 + k as u32) % 20).collect()).unwrap()
+            })
+            .collect();
+        let mut together = SeqSet::new("t", seqs.clone());
+        together.precompute(&model, 0, 1, Some(1), true, 4).unwrap();
+        let mut alone = SeqSet::new("a", seqs);
+        alone.precompute(&model, 0, 1, Some(1), true, 1).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f64 {
+            assert_eq!(a.dims(), b.dims());
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_dtype(DType::F64).unwrap().to_scalar().unwrap()
+        };
+        let (t, a) = (
+            &together.start.as_ref().unwrap().1,
+            &alone.start.as_ref().unwrap().1,
+        );
+        let (tr, ar) = (
+            &together.rep_ref.as_ref().unwrap().1,
+            &alone.rep_ref.as_ref().unwrap().1,
+        );
+        for (k, &n) in lens.iter().enumerate() {
+            assert_eq!(t[k].dims()[0], n);
+            assert!(diff(&t[k], &a[k]) < 1e-5, "start of sequence {k}");
+            assert!(
+                diff(&tr[k], &ar[k]) < 1e-5,
+                "representation of sequence {k}"
+            );
+            let (lt, la) = (
+                together.logp_ref.as_ref().unwrap()[k],
+                alone.logp_ref.as_ref().unwrap()[k],
+            );
+            assert!(
+                (lt - la).abs() < 1e-4 * la.abs().max(1.0),
+                "log-probability of sequence {k}: {lt} vs {la}"
+            );
         }
     }
 
