@@ -226,6 +226,9 @@ pub struct SeqSet {
     /// What batches are drawn from: indices into `seqs`, a sequence repeated to weigh it
     /// more (None: each sequence once). The cached values stay one per sequence.
     pool: Option<Vec<usize>>,
+    /// What the cache holds: (start layer, representation layer, log-probabilities), so that
+    /// asking again for the same is free (RMU reads its forget set's norms before the plan).
+    made: Option<(usize, Option<usize>, bool)>,
 }
 
 /// A batch ready to run: padded ids, the starting residual, and the rows of the sequences.
@@ -246,6 +249,7 @@ impl SeqSet {
             logp_ref: None,
             rep_centre: None,
             pool: None,
+            made: None,
         }
     }
 
@@ -309,6 +313,10 @@ impl SeqSet {
         logp: bool,
         bs: usize,
     ) -> Result<()> {
+        let what = (start_layer, rep_layer, logp);
+        if self.made == Some(what) {
+            return Ok(());
+        }
         let ids: Vec<Vec<u32>> = self.seqs.iter().map(|s| s.ids.clone()).collect();
         let seqs = &self.seqs;
         let rows = crate::model::scoring::bucketed(&ids, bs, |chunk, chunk_ids| {
@@ -378,6 +386,7 @@ impl SeqSet {
         self.start = (start_layer > 0).then_some((start_layer, starts));
         self.rep_ref = rep_layer.map(|r| (r, reps));
         self.logp_ref = logp.then_some(lps);
+        self.made = Some(what);
         Ok(())
     }
 }
@@ -458,7 +467,7 @@ mod tests {
     /// Sequences of mixed lengths cached in length buckets give each sequence what it gives
     /// alone, in the set's order.
     #[test]
-    fn bucketed_precompute_equals_one_sequence_at_a_time() {
+    fn bucketed_precompute_equals_one_sequence_at_a_time_and_is_made_once() {
         let model = crate::model::transformer::tests::tiny_model(crate::model::Arch::Llama);
         let lens = [9usize, 3, 17, 4, 12, 3, 30, 8];
         let seqs: Vec<Seq> = lens
@@ -501,6 +510,16 @@ mod tests {
                 "log-probability of sequence {k}: {lt} vs {la}"
             );
         }
+        // The same again is not computed again (a changed reference stays); something else is.
+        let marked = (&tr[0] + 1.0).unwrap();
+        together.rep_ref.as_mut().unwrap().1[0] = marked.clone();
+        together.precompute(&model, 0, 1, Some(1), true, 4).unwrap();
+        assert_eq!(diff(&together.rep_ref.as_ref().unwrap().1[0], &marked), 0.0);
+        together
+            .precompute(&model, 0, 1, Some(1), false, 4)
+            .unwrap();
+        assert!(together.logp_ref.is_none());
+        assert!(diff(&together.rep_ref.as_ref().unwrap().1[0], &ar[0]) < 1e-5);
     }
 
     #[test]
