@@ -114,9 +114,10 @@ declare -A WHERE=(
   [ga]="--layers $layers"
 )
 unlearned() { # name: the model OUT/sweep/NAME (method-lrFACTOR), made unless its tensors are
-  # there; made again when only its JSON was kept (scripts/keep-results.sh): unlearning is
-  # deterministic, so the model the validation chose is the model the tables measure
-  local n=$1 m=${1%-lr*} f=${1##*-lr} d="$out/sweep/$1" base lr
+  # there; made again when only its JSON was kept (scripts/keep-results.sh), by the same
+  # seeded command as the run the validation chose (the same up to float rounding where the
+  # thread count differs)
+  local m=${1%-lr*} f=${1##*-lr} d="$out/sweep/$1" base lr
   if needs_window "$m"; then find_window; fi
   [ -s "$d/changed.safetensors" ] || rm -f "$d/manifest.json"
   base=$(default_lr "$m")
