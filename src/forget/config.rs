@@ -4,7 +4,7 @@
 
 use crate::forget::nullspace::Projection;
 use crate::forget::optim::OptimConfig;
-use crate::forget::seqs::ForgetPositions;
+use crate::forget::seqs::{ForgetPositions, Sink};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -342,6 +342,9 @@ pub struct ForgetConfig {
     /// Positions of a forget fact that KUDA's deviation and RMU's steering act on: `prompt`
     /// (subject to the last prompt token), `subject`, `last-subject`, or `named` (last subject token to the last prompt token).
     pub forget_positions: ForgetPositions,
+    /// Whether each sequence's first row (the attention sink) enters the representation
+    /// losses and their scales: `keep` or `drop` (see [`Sink`]).
+    pub sink: Sink,
     /// Steps between two readings of the forget facts' standing (their answers against the
     /// other candidates), for `kuda.focus` and `stop_at_forget_acc`.
     pub standing_every: usize,
@@ -381,6 +384,7 @@ impl Default for ForgetConfig {
             retain_unknown_facts: 0,
             retain_namesakes: false,
             forget_positions: ForgetPositions::Prompt,
+            sink: Sink::Keep,
             standing_every: 10,
             stop_at_forget_acc: None,
             optim: OptimConfig::default(),

@@ -12,10 +12,10 @@ use crate::forget::config::{Centre, ForgetConfig, Method};
 use crate::forget::export::{base_spec, write_output, Manifest};
 use crate::forget::methods;
 use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
-use crate::forget::seqs::{passage_seqs, text_chunks, Place, Seq, SeqSet};
+use crate::forget::seqs::{passage_seqs, text_chunks, Place, Seq, SeqSet, Sink};
 use crate::forget::trainer::{
-    answer_balanced, first_layer, layer_of, mean_ref_norm, mean_ref_row, mean_ref_row_by_place,
-    steering_vector, train, Plan, ProjectAt, RowMove, TrainSummary,
+    answer_balanced, first_layer, first_row_ratio, layer_of, mean_ref_norm, mean_ref_row,
+    mean_ref_row_by_place, steering_vector, train, Plan, ProjectAt, RowMove, TrainSummary,
 };
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;
@@ -345,7 +345,8 @@ fn run_corpus(
         new_answers: None,
         base_fp: base_fp.clone(),
         partitions: a.partitions,
-    };
+    }
+    .with_sink(cfg.sink)?;
     let stop = std::env::var("UNLEARN_STOP_AFTER_STEP")
         .ok()
         .and_then(|s| s.parse().ok());
@@ -742,7 +743,8 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         new_answers: new_answers.clone(),
         base_fp: base_fp.clone(),
         partitions: a.partitions,
-    };
+    }
+    .with_sink(cfg.sink)?;
     let mut cfg = cfg;
     let mut tuning = None;
     if let Some(t) = &a.tune {
@@ -953,6 +955,26 @@ struct TrainCtx {
     partitions: usize,
 }
 
+impl TrainCtx {
+    /// The sequences with their first rows left out of the representation losses under
+    /// [`Sink::Drop`] (see there); an error names the sequence that would have none left.
+    fn with_sink(mut self, sink: Sink) -> Result<TrainCtx> {
+        let pick = |seqs: Vec<Seq>, ids: &[String], set: &str| -> Result<Vec<Seq>> {
+            seqs.into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let id = ids.get(i).map_or_else(|| i.to_string(), |x| x.clone());
+                    s.with_sink(sink).with_context(|| format!("{set} {id}"))
+                })
+                .collect()
+        };
+        self.forget_seqs = pick(self.forget_seqs, &self.forget_ids, "forget")?;
+        self.retain_seqs = pick(self.retain_seqs, &self.retain_ids, "retain")?;
+        self.text_seqs = pick(self.text_seqs, &[], "text chunk")?;
+        Ok(self)
+    }
+}
+
 /// Key statistics over the training retain facts and general text, cached on disk.
 fn retain_key_sums(
     lm: &LanguageModel,
@@ -1005,6 +1027,16 @@ fn plan_for(
         let first = first_layer(&ctx.params);
         fset.precompute(model, pad, first, ctx.rep_layer, false, 16)?;
         let norm = mean_ref_norm(&fset)?;
+        eprintln!(
+            "rmu: steering norm {:.1} ({} × the mean row norm {norm:.1} at layer {}){}",
+            cfg.rmu.steer_coeff * norm,
+            cfg.rmu.steer_coeff,
+            ctx.rep_layer.unwrap_or_default(),
+            first_row_ratio(&fset)?.map_or(String::new(), |r| format!(
+                "; the first rows (attention sink) are {r:.0} × the median of the others: \
+                 `--set sink=drop` leaves them out"
+            ))
+        );
         Some(steering_vector(
             model.config.hidden_size,
             cfg.rmu.steer_coeff * norm,

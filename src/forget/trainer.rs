@@ -1182,6 +1182,32 @@ pub fn mean_ref_norm(set: &SeqSet) -> Result<f64> {
     Ok(s / n.max(1) as f64)
 }
 
+/// How many times larger a first-position reference row (the attention sink, see
+/// [`crate::forget::seqs::Sink`]) is than the median of the other rows, as the median over the
+/// set's sequences whose representation rows include their first position; `None` when none
+/// does.
+pub fn first_row_ratio(set: &SeqSet) -> Result<Option<f64>> {
+    let (mut first, mut others) = (Vec::new(), Vec::new());
+    for (seq, rows) in set.seqs.iter().zip(ref_rows(set)?) {
+        let norms: Vec<f64> = rows.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+        for (&p, n) in seq.rep_positions.iter().zip(norms) {
+            if p == 0 {
+                first.push(n)
+            } else {
+                others.push(n)
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    if first.is_empty() || others.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(median(first) / median(others).max(1e-12)))
+}
+
 /// Mean reference row over the rep positions of several sets (KUDA's centre μ).
 pub fn mean_ref_row(sets: &[&SeqSet]) -> Result<Tensor> {
     let mut sum: Option<Tensor> = None;
