@@ -591,4 +591,68 @@ mod tests {
             vec![(7, 9)]
         );
     }
+
+    /// `sink = "drop"` leaves each sequence's first row out of the representation rows, so
+    /// the scales RMU and the retain MSEs read no longer count it, and the sink diagnostic has
+    /// nothing left to report; a sequence left with no row at all is an error, not an empty
+    /// loss.
+    #[test]
+    fn dropping_the_sink_leaves_the_first_rows_out_of_the_scales() {
+        use crate::forget::trainer::{first_row_ratio, mean_ref_norm};
+        let model = crate::model::transformer::tests::tiny_model(crate::model::Arch::Llama);
+        let seqs: Vec<Seq> = [9usize, 5, 12]
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                Seq::text((0..n as u32).map(|i| 1 + (i * 5 + k as u32) % 20).collect()).unwrap()
+            })
+            .collect();
+        let set = |sink: Sink| {
+            let picked = seqs.iter().map(|s| s.clone().with_sink(sink).unwrap());
+            let mut set = SeqSet::new("s", picked.collect());
+            set.precompute(&model, 0, 1, Some(1), false, 4).unwrap();
+            set
+        };
+        let (kept, dropped) = (set(Sink::Keep), set(Sink::Drop));
+        let (mut first, mut others) = (Vec::new(), Vec::new());
+        for r in &kept.rep_ref.as_ref().unwrap().1 {
+            let r = r.to_dtype(DType::F64).unwrap();
+            let norms: Vec<f64> = r
+                .sqr()
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .sqrt()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            first.push(norms[0]);
+            others.extend_from_slice(&norms[1..]);
+        }
+        for (s, d) in kept.seqs.iter().zip(&dropped.seqs) {
+            assert_eq!(s.rep_positions.len(), s.ids.len());
+            assert_eq!(d.rep_positions, (1..d.ids.len()).collect::<Vec<_>>());
+        }
+        let want = others.iter().sum::<f64>() / others.len() as f64;
+        let got = mean_ref_norm(&dropped).unwrap();
+        assert!((got - want).abs() < 1e-6 * want, "{got} vs {want}");
+        let all =
+            (want * others.len() as f64 + first.iter().sum::<f64>()) / (others.len() + 3) as f64;
+        let got = mean_ref_norm(&kept).unwrap();
+        assert!((got - all).abs() < 1e-6 * all, "{got} vs {all}");
+        assert_eq!(first_row_ratio(&dropped).unwrap(), None);
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let ratio = first_row_ratio(&kept).unwrap().unwrap();
+        let want = median(first) / median(others);
+        assert!((ratio - want).abs() < 1e-9 * want, "{ratio} vs {want}");
+
+        let mut lone = Seq::text(vec![3, 4, 5]).unwrap();
+        lone.rep_positions = vec![0];
+        assert!(lone.clone().with_sink(Sink::Keep).is_ok());
+        let err = lone.with_sink(Sink::Drop).unwrap_err().to_string();
+        assert!(err.contains("sink = \"drop\""), "{err}");
+    }
 }
