@@ -157,11 +157,16 @@ pub fn projector_as(
         bail!("null-space projection: tau must be a positive number (got {tau_rel})");
     }
     let n = sum.dim(0)?;
-    let s: Vec<f64> = sum.flatten_all()?.to_vec1()?;
-    let sigma = faer::Mat::<f64>::from_fn(n, n, |i, j| s[i * n + j] / count as f64);
+    // One n×n matrix at a time beside the eigenvectors: at an MLP's down projection of the
+    // 1.5B model (n = 8960) each is 0.64 GB in f64.
+    let sigma = {
+        let s: Vec<f64> = sum.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        faer::Mat::<f64>::from_fn(n, n, |i, j| s[i * n + j] / count as f64)
+    };
     let evd = sigma
         .self_adjoint_eigen(faer::Side::Lower)
         .map_err(|e| anyhow::anyhow!("eigendecomposition of the key covariance failed: {e:?}"))?;
+    drop(sigma);
     let (u, lam) = (evd.U(), evd.S().column_vector());
     let mean = (0..n).map(|i| lam[i]).sum::<f64>() / n as f64;
     let tau = tau_rel * mean.max(f64::MIN_POSITIVE);
@@ -174,10 +179,86 @@ pub fn projector_as(
             }
         })
         .collect();
-    let uw = faer::Mat::<f64>::from_fn(n, n, |i, j| u[(i, j)] * w[j]);
-    let p = &uw * u.transpose();
-    let v: Vec<f64> = (0..n * n).map(|k| p[(k / n, k % n)]).collect();
-    Ok(Some(Tensor::from_vec(v, (n, n), device)?.to_dtype(dtype)?))
+    // P = U·diag(w)·Uᵀ = (U·√w)(U·√w)ᵀ, every w ≥ 0.
+    let half = faer::Mat::<f64>::from_fn(n, n, |i, j| u[(i, j)] * w[j].sqrt());
+    drop(evd);
+    let p = &half * half.transpose();
+    drop(half);
+    let at = |k: usize| p[(k / n, k % n)];
+    Ok(Some(if dtype == DType::F64 {
+        Tensor::from_vec((0..n * n).map(at).collect::<Vec<f64>>(), (n, n), device)?
+    } else {
+        let v: Vec<f32> = (0..n * n).map(|k| at(k) as f32).collect();
+        Tensor::from_vec(v, (n, n), device)?.to_dtype(dtype)?
+    }))
+}
+
+/// [`projector_as`] in the model's dtype, kept on disk (`projectors/` in the cache) under a key
+/// of the code, the key sum itself and the settings: runs that differ in anything else (the
+/// learning rate of a sweep, the steps) share one eigendecomposition, minutes each at an MLP's
+/// down projection of a 1.5B model.
+fn cached_projector(
+    point: &str,
+    sum: &Tensor,
+    count: usize,
+    mode: Projection,
+    tau_rel: f64,
+    model: &Transformer,
+) -> Result<Option<Tensor>> {
+    let dir = crate::model::source::cache_dir()?.join("projectors");
+    projector_in(
+        &dir,
+        point,
+        sum,
+        count,
+        mode,
+        tau_rel,
+        model.device(),
+        model.dtype(),
+    )
+}
+
+/// [`cached_projector`] with the cache folder given.
+#[allow(clippy::too_many_arguments)]
+fn projector_in(
+    dir: &Path,
+    point: &str,
+    sum: &Tensor,
+    count: usize,
+    mode: Projection,
+    tau_rel: f64,
+    device: &Device,
+    dtype: DType,
+) -> Result<Option<Tensor>> {
+    use sha2::{Digest, Sha256};
+    if mode == Projection::None {
+        return Ok(None);
+    }
+    let mut h = Sha256::new();
+    h.update(crate::util::code_fingerprint().as_bytes());
+    h.update(format!("{mode:?}|{tau_rel:e}|{count}|{dtype:?}|{:?}|", sum.dims()).as_bytes());
+    for x in sum.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()? {
+        h.update(x.to_le_bytes());
+    }
+    let path = dir.join(format!("{}.safetensors", &hex::encode(h.finalize())[..32]));
+    if path.exists() {
+        let mut t = crate::util::load_safetensors(&path, device)
+            .with_context(|| format!("reading the cached projector {}", path.display()))?;
+        let p = t
+            .remove("projector")
+            .with_context(|| format!("{}: no `projector` tensor", path.display()))?;
+        return Ok(Some(p.to_dtype(dtype)?));
+    }
+    let sp = crate::util::spinner(&format!(
+        "null-space projector at {point} (eigendecomposition)"
+    ));
+    let p = projector_as(sum, count, mode, tau_rel, device, dtype)?;
+    sp.finish_and_clear();
+    if let Some(p) = &p {
+        let map = std::collections::HashMap::from([("projector".to_string(), p.clone())]);
+        crate::util::save_safetensors_atomic(&map, &path)?;
+    }
+    Ok(p)
 }
 
 /// Projectors of the updated matrices, by parameter name.
@@ -206,10 +287,9 @@ impl Projectors {
                 let (s, n) = sums
                     .get(&key)
                     .with_context(|| format!("no key statistics for `{key}`"))?;
-                let dt = model.dtype();
                 by_point.insert(
                     key.clone(),
-                    projector_as(s, *n, mode, tau_rel, model.device(), dt)?,
+                    cached_projector(&key, s, *n, mode, tau_rel, model)?,
                 );
             }
             if let Some(pm) = &by_point[&key] {
@@ -259,6 +339,83 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    /// A projector is made once per key sum and settings: the second request reads the file
+    /// the first wrote (a file changed on disk is what comes back), other settings make
+    /// another one, and what is kept equals what is computed.
+    #[test]
+    fn a_projector_is_computed_once_and_read_back() {
+        let dev = Device::Cpu;
+        let k = keys(6, 10, 3);
+        let sum = k
+            .t()
+            .unwrap()
+            .matmul(&k)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let get = |tau: f64| {
+            projector_in(
+                dir.path(),
+                "p",
+                &sum,
+                6,
+                Projection::Relaxed,
+                tau,
+                &dev,
+                DType::F32,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let direct = projector(&sum, 6, Projection::Relaxed, 0.1, &dev)
+            .unwrap()
+            .unwrap();
+        let first = get(0.1);
+        let same = |a: &Tensor, b: &Tensor| {
+            let d: f32 = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            d == 0.0
+        };
+        assert!(same(&first, &direct));
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files(), 1);
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let marked = (&first * 2.0).unwrap();
+        let map = std::collections::HashMap::from([("projector".to_string(), marked.clone())]);
+        crate::util::save_safetensors_atomic(&map, &file).unwrap();
+        assert!(
+            same(&get(0.1), &marked),
+            "the second request was computed again"
+        );
+        let other = get(0.2);
+        assert_eq!(files(), 2);
+        assert!(!same(&other, &first));
+        assert!(projector_in(
+            dir.path(),
+            "p",
+            &sum,
+            6,
+            Projection::None,
+            0.1,
+            &dev,
+            DType::F32
+        )
+        .unwrap()
+        .is_none());
     }
 
     #[test]
