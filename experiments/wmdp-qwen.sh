@@ -105,18 +105,17 @@ find_window() {
   once "$out/locate/localization.json" "$bin" locate --model $model --method kuda-window \
     --forget validation:first-16 --samples 5 --max-facts 8 --no-heads --out "$out/locate"
 }
-# KUDA and RMU leave each sequence's first row out of their representation losses (sink=drop):
-# on this model it is the attention sink, 174 times the median row norm at layer 6, and kept it
-# set RMU's steering norm and retain scale (the first validation runs, kept under
-# OUT/rmu-sink-kept: perplexity +36 % and +152 %, every MCQ answer "A"). RMU's retain weight is
-# 100: at 1 (OUT/rmu-retain-1) the steering reached ordinary English text too (layer-6 rows of
-# a sentence about Paris 32 -> 55 long, toward the target's 134), perplexity +21 %, every MCQ
-# answer "A". (The published recipe weighs its retain MSE 1200 times its steering MSE, in
-# squared activation units; ours are relative, which puts weight 1 about 75 times lower.)
+# KUDA and RMU run with sink=drop: each sequence's first row (on this model the attention sink,
+# 174 times the median row norm at layer 6) is no forget row and sets no scale, while the retain
+# MSEs still hold it where it was. With the sink in the scales, RMU's steering norm came out 5.8
+# times and the retain MSEs' normaliser some 400 times (estimated from the row norms) what they
+# were meant to be, and every run broke the model (perplexity +21 % to +307 %; RMU's MCQ answers
+# all "A"). Those runs are kept under OUT/rmu-sink-kept, OUT/rmu-sink-in-retain-scale and
+# OUT/kuda-sink-in-retain-scale.
 declare -A WHERE=(
   [kuda]="--localization $out/locate/localization.json --set sink=drop"
   [localized-ft]="--localization $out/locate/localization.json"
-  [rmu]="--layers $layers --set rmu.layer=${layers##*-} --set sink=drop --set rmu.retain_weight=100"
+  [rmu]="--layers $layers --set rmu.layer=${layers##*-} --set sink=drop"
   [npo]="--layers $layers"
   [simnpo]="--layers $layers"
   [ga]="--layers $layers"

@@ -342,8 +342,8 @@ pub struct ForgetConfig {
     /// Positions of a forget fact that KUDA's deviation and RMU's steering act on: `prompt`
     /// (subject to the last prompt token), `subject`, `last-subject`, or `named` (last subject token to the last prompt token).
     pub forget_positions: ForgetPositions,
-    /// Whether each sequence's first row (the attention sink) enters the representation
-    /// losses and their scales: `keep` or `drop` (see [`Sink`]).
+    /// How each sequence's first row (the attention sink) enters the representation losses:
+    /// `keep` (like any other) or `drop` (no forget row, no scale; see [`Sink`]).
     pub sink: Sink,
     /// Steps between two readings of the forget facts' standing (their answers against the
     /// other candidates), for `kuda.focus` and `stop_at_forget_acc`.

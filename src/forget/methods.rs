@@ -44,7 +44,7 @@ pub fn terms(
     Ok(match m {
         Method::Kuda => {
             let k = &cfg.kuda;
-            let mse = ReprLoss::RefMse;
+            let mse = ReprLoss::RefMse { sink: cfg.sink };
             vec![
                 Term {
                     project: k.projection != Projection::None,
@@ -163,7 +163,7 @@ pub fn terms(
                     a,
                     DataSet::Retain,
                     Loss::Repr {
-                        loss: ReprLoss::RefMse,
+                        loss: ReprLoss::RefMse { sink: cfg.sink },
                         sample: 1.0,
                     },
                 ),
@@ -172,7 +172,7 @@ pub fn terms(
                     a,
                     DataSet::Text,
                     Loss::Repr {
-                        loss: ReprLoss::RefMse,
+                        loss: ReprLoss::RefMse { sink: cfg.sink },
                         sample: 1.0,
                     },
                 ),

@@ -28,19 +28,20 @@ pub struct Seq {
     pub rivals: Vec<u32>,
 }
 
-/// Whether the row at a sequence's first position enters the representation losses (KUDA's
-/// deviation and retain MSEs, RMU's steering and retain MSE) and their scales. That position
+/// How the row at a sequence's first position enters the representation losses. That position
 /// is the attention sink: the BOS token, or the first token where the model adds none, and its
 /// residual is far larger than any other (at Qwen2.5-Coder 1.5B's layer 6, 174 times the median
-/// row norm; Gemma 3 270M's BOS row, 15 times). Kept, it dominates the means that scale RMU's
-/// steering and normalise the retain MSEs.
+/// row norm; Gemma 3 270M's BOS row, 15 times). Counted like any other row, it sets the means
+/// that scale RMU's steering and normalise the retain MSEs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Sink {
     /// The first row counts like any other.
     #[default]
     Keep,
-    /// The first row is left out.
+    /// The first row is no forget row (KUDA's deviation and RMU's steering leave it alone) and
+    /// sets no scale (RMU's steering norm, the retain MSEs' normaliser); the retain MSEs still
+    /// count its change, so it is held where it was.
     Drop,
 }
 
@@ -146,8 +147,9 @@ impl Seq {
         self
     }
 
-    /// This sequence with its first row left out of the representation rows under
-    /// [`Sink::Drop`]; an error when no row would be left (a one-token subject at the start
+    /// This sequence with its first row left out of its representation rows under
+    /// [`Sink::Drop`] (the forget rows and the rows the scales are taken over; the retain
+    /// MSEs read every row of a retain sequence); an error when no row would be left (a one-token subject at the start
     /// of a prompt, read at that token only).
     pub fn with_sink(mut self, sink: Sink) -> Result<Seq> {
         if sink == Sink::Drop {

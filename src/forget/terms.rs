@@ -3,6 +3,7 @@
 //! representation layer (KUDA's deviation loss, MSE to the frozen model, RMU's steering).
 //! Each returns the loss and d(loss)/d(output); the transformer's backward does the rest.
 
+use crate::forget::seqs::Sink;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -108,25 +109,29 @@ pub enum ReprLoss {
     /// KUDA: mean exp(−β·(1 − cos(h, h₀))) (the trainer passes the rows relative to a
     /// centre when KUDA's `center` sets one).
     Deviation { beta: f64 },
-    /// Σ‖h − h₀‖² / (M · mean‖h₀‖²): stay where the frozen model was.
-    RefMse,
+    /// Σ‖h − h₀‖² / (M · mean‖h₀‖²): stay where the frozen model was. Under
+    /// [`Sink::Drop`] the mean in the scale leaves out the rows at a sequence's first position
+    /// (the attention sink, whose norm would set it), while the sum still counts their change.
+    RefMse { sink: Sink },
     /// RMU: Σ‖h − c·u‖² / (M · c²) for the fixed vector `target` = c·u.
     Steer { target: Vec<f32> },
 }
 
 /// Loss and d(loss)/dh for rows `h` and their references `h0` (same shape).
 pub fn repr_loss(kind: &ReprLoss, h: &Tensor, h0: &Tensor) -> Result<(f64, Tensor)> {
-    repr_loss_weighted(kind, h, h0, None)
+    repr_loss_weighted(kind, h, h0, None, None)
 }
 
 /// [`repr_loss`] with each row's share scaled by `weights` (one per row; a loss that is a
 /// mean over rows becomes the weighted sum (1/M)·Σ wᵣ·lᵣ): KUDA's focus weighs the rows of
-/// the forget facts the model still knows more.
+/// the forget facts the model still knows more. `firsts` marks the rows at a sequence's first
+/// position (for [`ReprLoss::RefMse`]'s scale under [`Sink::Drop`]; none: no row is).
 pub fn repr_loss_weighted(
     kind: &ReprLoss,
     h: &Tensor,
     h0: &Tensor,
     weights: Option<&[f64]>,
+    firsts: Option<&[bool]>,
 ) -> Result<(f64, Tensor)> {
     // f32 for the model's tensors; f64 stays f64 (finite-difference checks).
     let dt = if h.dtype() == DType::F64 {
@@ -140,7 +145,13 @@ pub fn repr_loss_weighted(
     if m == 0 {
         bail!("representation loss over no rows");
     }
-    let (rows, grad) = per_row(kind, &h, &h0, d)?;
+    if firsts.is_some_and(|f| f.len() != m) {
+        bail!(
+            "{} first-row marks for {m} rows",
+            firsts.map_or(0, |f| f.len())
+        );
+    }
+    let (rows, grad) = per_row(kind, &h, &h0, d, firsts)?;
     let (rows, grad) = match weights {
         None => (rows, grad),
         Some(w) => {
@@ -158,17 +169,39 @@ pub fn repr_loss_weighted(
 }
 
 /// Each row's share of the loss `[M, 1]` (they sum to the loss) and d(loss)/dh `[M, D]`.
-fn per_row(kind: &ReprLoss, h: &Tensor, h0: &Tensor, d: usize) -> Result<(Tensor, Tensor)> {
+fn per_row(
+    kind: &ReprLoss,
+    h: &Tensor,
+    h0: &Tensor,
+    d: usize,
+    firsts: Option<&[bool]>,
+) -> Result<(Tensor, Tensor)> {
     let mf = h.dim(0)? as f64;
     let dt = h.dtype();
     match kind {
-        ReprLoss::RefMse => {
-            let ms0 = h0
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?
-                / mf;
+        ReprLoss::RefMse { sink } => {
+            let all = || -> Result<f64> {
+                Ok(h0
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+                    / mf)
+            };
+            let ms0 = match (sink, firsts) {
+                (Sink::Drop, Some(firsts)) if firsts.contains(&false) => {
+                    let sq: Vec<f64> = h0.sqr()?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?;
+                    let kept: Vec<f64> = sq
+                        .iter()
+                        .zip(firsts)
+                        .filter(|(_, &first)| !first)
+                        .map(|(&q, _)| q)
+                        .collect();
+                    kept.iter().sum::<f64>() / kept.len() as f64
+                }
+                // Every row counts (a batch of first rows only is scaled by them).
+                _ => all()?,
+            };
             let diff = (h - h0)?;
             let rows = diff.sqr()?.sum_keepdim(1)?.affine(1.0 / (mf * ms0), 0.0)?;
             Ok((rows, diff.affine(2.0 / (mf * ms0), 0.0)?))
@@ -294,7 +327,7 @@ mod tests {
         let h0 = Tensor::from_slice(&h0v, (2, 3), &dev).unwrap();
         for kind in [
             ReprLoss::Deviation { beta: 3.0 },
-            ReprLoss::RefMse,
+            ReprLoss::RefMse { sink: Sink::Keep },
             ReprLoss::Steer {
                 target: vec![1.0, 2.0, -1.0],
             },
@@ -324,14 +357,14 @@ mod tests {
         let w = [0.25, 1.75];
         for kind in [
             ReprLoss::Deviation { beta: 0.3 },
-            ReprLoss::RefMse,
+            ReprLoss::RefMse { sink: Sink::Keep },
             ReprLoss::Steer {
                 target: vec![1.0, 2.0, -1.0],
             },
         ] {
             let loss = |x: &[f64], w: Option<&[f64]>| {
                 let h = Tensor::from_slice(x, (2, 3), &dev).unwrap();
-                repr_loss_weighted(&kind, &h, &h0, w).unwrap().0
+                repr_loss_weighted(&kind, &h, &h0, w, None).unwrap().0
             };
             // Weights (1, 1) change nothing; (2, 0) counts the first row twice, the second not.
             assert!((loss(&hv, Some(&[1.0, 1.0])) - loss(&hv, None)).abs() < 1e-12);
@@ -340,7 +373,7 @@ mod tests {
                 let h0r = h0.narrow(0, r, 1).unwrap();
                 repr_loss(&kind, &h, &h0r).unwrap().0
             };
-            if kind != ReprLoss::RefMse {
+            if !matches!(kind, ReprLoss::RefMse { .. }) {
                 // (RefMse's scale is the mean reference norm of all rows.)
                 assert!(
                     (loss(&hv, Some(&[2.0, 0.0])) - one(0)).abs() < 1e-9,
@@ -348,7 +381,7 @@ mod tests {
                 );
             }
             let h = Tensor::from_slice(&hv, (2, 3), &dev).unwrap();
-            let (_, g) = repr_loss_weighted(&kind, &h, &h0, Some(&w)).unwrap();
+            let (_, g) = repr_loss_weighted(&kind, &h, &h0, Some(&w), None).unwrap();
             let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
             for (a, b) in g.iter().zip(fd(&|x| loss(x, Some(&w)), &hv)) {
                 assert!(
@@ -358,8 +391,58 @@ mod tests {
             }
         }
         let h = Tensor::from_slice(&hv, (2, 3), &dev).unwrap();
-        let e = repr_loss_weighted(&ReprLoss::RefMse, &h, &h0, Some(&[1.0])).unwrap_err();
+        let e = repr_loss_weighted(
+            &ReprLoss::RefMse { sink: Sink::Keep },
+            &h,
+            &h0,
+            Some(&[1.0]),
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("1 row weights for 2 rows"), "{e}");
+    }
+
+    /// Under `sink = "drop"` the retain MSE's scale leaves out the first rows (a sink of norm
+    /// 100 here would set it) while their change still counts, against the other rows' scale;
+    /// the gradient matches finite differences, and without first rows, or kept, nothing changes.
+    #[test]
+    fn a_dropped_sink_leaves_the_retain_scale_and_stays_in_the_loss() {
+        let dev = Device::Cpu;
+        let h0v = [100.0f64, 0.0, 0.0, 0.4, -0.8, 2.5, -0.2, 1.0, 0.6];
+        let hv = [98.0f64, 0.5, 0.0, 0.5, -1.0, 2.0, 0.1, 1.5, -0.3];
+        let h0 = Tensor::from_slice(&h0v, (3, 3), &dev).unwrap();
+        let firsts = [true, false, false];
+        let drop = ReprLoss::RefMse { sink: Sink::Drop };
+        let keep = ReprLoss::RefMse { sink: Sink::Keep };
+        let loss = |kind: &ReprLoss, x: &[f64], firsts: Option<&[bool]>| {
+            let h = Tensor::from_slice(x, (3, 3), &dev).unwrap();
+            repr_loss_weighted(kind, &h, &h0, None, firsts).unwrap().0
+        };
+        let sq = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
+        let diff: Vec<f64> = hv.iter().zip(&h0v).map(|(a, b)| a - b).collect();
+        let ordinary = (sq(&h0v[3..6]) + sq(&h0v[6..9])) / 2.0;
+        let want = sq(&diff) / (3.0 * ordinary);
+        let got = loss(&drop, &hv, Some(&firsts));
+        assert!((got - want).abs() < 1e-12 * want, "{got} vs {want}");
+        // The sink's change is most of it; with the sink in the scale, everything would count
+        // about 740 times less.
+        assert!(sq(&diff[..3]) / (3.0 * ordinary) > 0.5 * got);
+        let kept = loss(&keep, &hv, Some(&firsts));
+        assert!((kept - sq(&diff) / (3.0 * sq(&h0v) / 3.0)).abs() < 1e-12);
+        assert!(got > 500.0 * kept);
+        assert_eq!(loss(&drop, &hv, None), kept);
+        assert!((loss(&drop, &hv, Some(&[false; 3])) - kept).abs() < 1e-12 * kept);
+        let h = Tensor::from_slice(&hv, (3, 3), &dev).unwrap();
+        let (_, g) = repr_loss_weighted(&drop, &h, &h0, None, Some(&firsts)).unwrap();
+        let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in g.iter().zip(fd(&|x| loss(&drop, x, Some(&firsts)), &hv)) {
+            assert!((a - b).abs() < 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        let e = repr_loss_weighted(&drop, &h, &h0, None, Some(&[true])).unwrap_err();
+        assert!(
+            e.to_string().contains("1 first-row marks for 3 rows"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::forget::config::ForgetConfig;
 use crate::forget::guard::Guard;
 use crate::forget::nullspace::Projectors;
 use crate::forget::optim::{global_norm, load_tensors, Optimizer};
-use crate::forget::seqs::{logprobs_of, Place, SeqSet};
+use crate::forget::seqs::{logprobs_of, Place, SeqSet, Sink};
 use crate::forget::terms::{
     logit_loss, logits_grad, repr_loss, repr_loss_weighted, LogitLoss, ReprLoss,
 };
@@ -365,7 +365,8 @@ pub(crate) fn term_grads(
                         .flat_map(|(&i, pos)| std::iter::repeat_n(w[i], pos.len()))
                         .collect()
                 });
-            let (l, dh) = repr_loss_weighted(loss, &h, &h0, row_weights.as_deref())?;
+            let firsts: Vec<bool> = positions.iter().flatten().map(|&p| p == 0).collect();
+            let (l, dh) = repr_loss_weighted(loss, &h, &h0, row_weights.as_deref(), Some(&firsts))?;
             let dres = flat
                 .zeros_like()?
                 .index_add(&idx, &dh.to_dtype(flat.dtype())?, 0)?
@@ -452,7 +453,7 @@ pub fn repr_drift(
         set,
         |s| (0..s.ids.len()).collect(),
         |chunk, _, h, h0| {
-            let (l, _) = repr_loss(&ReprLoss::RefMse, &h, &h0)?;
+            let (l, _) = repr_loss(&ReprLoss::RefMse { sink: Sink::Keep }, &h, &h0)?;
             sum += l * chunk.len() as f64;
             n += chunk.len();
             Ok(())
