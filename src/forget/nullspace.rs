@@ -324,6 +324,16 @@ mod tests {
             .unwrap()
     }
 
+    /// Σ kᵀk of keys `[n, d]`, in f64 (a key sum).
+    fn gram(k: &Tensor) -> Tensor {
+        k.t()
+            .unwrap()
+            .matmul(k)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    }
+
     fn moved(g: &Tensor, p: Option<&Tensor>, k: &Tensor) -> f32 {
         let dw = match p {
             Some(p) => g.matmul(p).unwrap(),
@@ -348,13 +358,7 @@ mod tests {
     fn a_projector_is_computed_once_and_read_back() {
         let dev = Device::Cpu;
         let k = keys(6, 10, 3);
-        let sum = k
-            .t()
-            .unwrap()
-            .matmul(&k)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap();
+        let sum = gram(&k);
         let dir = tempfile::tempdir().unwrap();
         let get = |tau: f64| {
             projector_in(
@@ -423,13 +427,7 @@ mod tests {
         let dev = Device::Cpu;
         // 6 keys in 10 dimensions: Σ has a 4-dimensional null space.
         let k = keys(6, 10, 3);
-        let sum = k
-            .t()
-            .unwrap()
-            .matmul(&k)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap();
+        let sum = gram(&k);
         let g = keys(4, 10, 9);
         let strict = projector(&sum, 6, Projection::Strict, 1e-6, &dev).unwrap();
         let relaxed = projector(&sum, 6, Projection::Relaxed, 0.1, &dev).unwrap();
