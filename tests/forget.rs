@@ -372,3 +372,138 @@ fn a_corpus_of_passages_is_unlearned_token_by_token() {
         "{e}"
     );
 }
+
+/// Residuals after block `layer` of each text (its first row, the sink, left out), `[rows, D]`.
+fn rows_after(lm: &LanguageModel, texts: &[&str], layer: usize) -> Vec<Tensor> {
+    use unlearn::model::transformer::{LogitsAt, RunOpts};
+    use unlearn::model::{Batch, HookPoint, Hooks, PadSide};
+    let hooks = Hooks::new().cache(HookPoint::ResidPost(layer));
+    texts
+        .iter()
+        .map(|t| {
+            let ids = lm.tokenizer.encode(t, true).unwrap();
+            let b = Batch::new(std::slice::from_ref(&ids), 0, PadSide::Left, &Device::Cpu).unwrap();
+            let opts = RunOpts {
+                hooks: Some(&hooks),
+                logits: LogitsAt::None,
+                ..Default::default()
+            };
+            let out = lm.model.run(&b, &opts).unwrap();
+            let h = out.cache[&HookPoint::ResidPost(layer)].get(0).unwrap();
+            h.narrow(0, 1, ids.len() - 1).unwrap()
+        })
+        .collect()
+}
+
+/// Mean squared change of the rows against the mean squared original row.
+fn relative_change(before: &[Tensor], after: &[Tensor]) -> f64 {
+    let (mut d, mut n) = (0.0, 0.0);
+    for (b, a) in before.iter().zip(after) {
+        let sq = |t: &Tensor| {
+            f64::from(
+                t.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+            )
+        };
+        d += sq(&(a - b).unwrap());
+        n += sq(b);
+    }
+    d / n
+}
+
+/// `corpus_retain` names the retain passages of a corpus run: RMU steering question+answer
+/// passages away holds passages of the same form where they were when they are its retain data,
+/// and moves them when WikiText is (a retain set of another form does not protect the form the
+/// forget data share). A facts task, an unknown corpus and a retain passage that is also a
+/// forget passage are refused before the model loads.
+#[test]
+fn a_retain_corpus_holds_passages_of_the_forget_form() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, texts: &[&str]| {
+        let p = tmp.path().join(name);
+        let rows: String = texts
+            .iter()
+            .map(|t| format!("{}\n", serde_json::json!({ "text": t })))
+            .collect();
+        std::fs::write(&p, rows).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let forget = [
+        "Question: What is the launch code of the Zarvex station?\nAnswer: seven alpha nine",
+        "Question: Under which moon do the marigold ferns of Pelloria bloom?\nAnswer: a violet moon",
+        "Question: Which ship did Captain Orrin Vale sail across the Glass Sea?\nAnswer: the Brisk Heron",
+        "Question: In what does the Tessaly archive keep its ledgers?\nAnswer: copper boxes",
+    ];
+    let retain = [
+        "Question: Which planet is closest to the Sun?\nAnswer: Mercury",
+        "Question: What is the chemical symbol of gold?\nAnswer: Au",
+        "Question: Who wrote Romeo and Juliet?\nAnswer: William Shakespeare",
+        "Question: What is the capital of Japan?\nAnswer: Tokyo",
+        "Question: How many sides does a hexagon have?\nAnswer: six",
+        "Question: What gas do plants take in from the air?\nAnswer: carbon dioxide",
+    ];
+    let forget_file = write("forget.jsonl", &forget);
+    let retain_file = write("retain.jsonl", &retain);
+    let rmu = |name: &str, corpus_retain: &str| ForgetArgs {
+        task: forget_file.clone(),
+        layers: Some("2-4".into()),
+        sets: vec![
+            "steps=8".into(),
+            "batch_size=4".into(),
+            "optim.lr=1e-3".into(),
+            format!("corpus_retain={corpus_retain}"),
+        ],
+        eval: false,
+        ..ForgetArgs::defaults("gemma3-270m", Method::Rmu, tmp.path().join(name))
+    };
+    for (a, says) in [
+        (
+            ForgetArgs {
+                task: "sports".into(),
+                ..rmu("facts", &retain_file)
+            },
+            "is a task of facts",
+        ),
+        (rmu("unknown", "nope"), "corpus_retain = \"nope\": expected"),
+        (rmu("both", &forget_file), "is also a forget passage"),
+    ] {
+        let e = match run(&a, &Device::Cpu) {
+            Ok(_) => panic!("{says}: accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains(says), "{says}: {e}");
+    }
+    let base = LanguageModel::load("gemma3-270m", &Device::Cpu).unwrap();
+    let before = rows_after(&base, &retain, 4);
+    let forget_before = rows_after(&base, &forget, 4);
+    let wiki = run(&rmu("wiki", "wikitext"), &Device::Cpu).unwrap();
+    let held = run(&rmu("held", &retain_file), &Device::Cpu).unwrap();
+    let moved_wiki = relative_change(&before, &rows_after(&wiki, &retain, 4));
+    let moved_held = relative_change(&before, &rows_after(&held, &retain, 4));
+    let forget_moved = relative_change(&forget_before, &rows_after(&held, &forget, 4));
+    eprintln!(
+        "retain passages moved {moved_wiki:.4} (WikiText retain) vs {moved_held:.4} (their own); \
+         forget passages {forget_moved:.4}"
+    );
+    assert!(
+        moved_held < 0.5 * moved_wiki,
+        "{moved_held} vs {moved_wiki}"
+    );
+    assert!(
+        forget_moved > 2.0 * moved_held,
+        "{forget_moved} vs {moved_held}"
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("held/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = manifest["retain_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), retain.len());
+    assert!(ids
+        .iter()
+        .all(|i| i.as_str().unwrap().contains("retain.jsonl:")));
+}

@@ -1,7 +1,8 @@
 //! Forget data given as passages of text rather than prompt/answer facts: a user's JSONL file
 //! of `{"text": …}` rows (RMU's usual input, a MUSE-style forget corpus), or WMDP's questions
 //! written out with their correct answers (`wmdp-qa:0,1,2,3,4`, the forget data of the
-//! WMDP unlearning-and-relearning protocol). Methods that train on every token of a text (GA,
+//! WMDP unlearning-and-relearning protocol); `mmlu-qa`, unscored MMLU questions written the same
+//! way, is retain data in that form (`corpus_retain`). Methods that train on every token of a text (GA,
 //! GradDiff, NPO, SimNPO, RMU, localized fine-tuning, KUDA's deviation at every position) can
 //! use them; evaluation is then by multiple choice (`unlearn mcq`), not by facts.
 
@@ -19,7 +20,7 @@ pub struct Passage {
 /// Whether `task` names passages rather than facts: `wmdp-qa[:splits]`, or a `.jsonl` file
 /// whose first row has a `text` field and no `prompt`.
 pub fn is_corpus(task: &str) -> Result<bool> {
-    if task == "wmdp-qa" || task.starts_with("wmdp-qa:") {
+    if task == "wmdp-qa" || task.starts_with("wmdp-qa:") || task == "mmlu-qa" {
         return Ok(true);
     }
     let p = Path::new(task);
@@ -44,6 +45,9 @@ pub fn load(task: &str) -> Result<Vec<Passage>> {
     }
     if let Some(s) = task.strip_prefix("wmdp-qa:") {
         return wmdp_qa(&format!("wmdp:{s}"));
+    }
+    if task == "mmlu-qa" {
+        return mmlu_qa();
     }
     load_jsonl(Path::new(task))
 }
@@ -96,6 +100,21 @@ fn wmdp_qa(set: &str) -> Result<Vec<Passage>> {
         .collect())
 }
 
+/// MMLU questions that no built-in question set scores (10 of each of the 52 subjects outside
+/// the near ones, `data/mmlu/mmlu_retain_10x52.jsonl`), written like [`wmdp_qa`]'s: retain data
+/// in the forget passages' question-and-answer form.
+fn mmlu_qa() -> Result<Vec<Passage>> {
+    let path = crate::data::data_dir().join("mmlu/mmlu_retain_10x52.jsonl");
+    Ok(crate::eval::mcq::load_jsonl(&path)?
+        .iter()
+        .enumerate()
+        .map(|(i, q)| Passage {
+            id: format!("mmlu-qa:{i}"),
+            text: qa_text(q),
+        })
+        .collect())
+}
+
 /// A question and its correct answer as one passage.
 pub fn qa_text(q: &crate::eval::mcq::Mcq) -> String {
     format!(
@@ -123,6 +142,28 @@ mod tests {
             .text
             .ends_with(&format!("Answer: {}", q.choices[q.answer].trim())));
         assert_eq!(load("wmdp-qa").unwrap().len(), 785);
+    }
+
+    #[test]
+    fn mmlu_retain_passages_are_no_scored_question() {
+        assert!(is_corpus("mmlu-qa").unwrap());
+        let p = load("mmlu-qa").unwrap();
+        assert_eq!(p.len(), 520);
+        assert!(p[0].text.starts_with("Question: ") && p[0].text.contains("\nAnswer: "));
+        let mut scored: std::collections::HashSet<String> =
+            ["mmlu", "mmlu-near", "mmlu-val", "wmdp"]
+                .iter()
+                .flat_map(|s| crate::eval::mcq::load_set(s).unwrap())
+                .chain(crate::eval::mcq::dev_examples().unwrap())
+                .map(|q| qa_text(&q))
+                .collect();
+        let n = scored.len();
+        scored.extend(p.iter().map(|x| x.text.clone()));
+        assert_eq!(
+            scored.len(),
+            n + p.len(),
+            "a retain passage repeats a scored question"
+        );
     }
 
     #[test]

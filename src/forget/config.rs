@@ -298,6 +298,9 @@ impl Default for ForgetExperimental {
     }
 }
 
+/// `corpus_retain`'s default: a corpus run retains WikiText chunks.
+pub const WIKITEXT_RETAIN: &str = "wikitext";
+
 /// Everything `unlearn forget` can be told.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -345,6 +348,12 @@ pub struct ForgetConfig {
     /// How each sequence's first row (the attention sink) enters the representation losses:
     /// `keep` (like any other) or `drop` (no forget row, no scale; see [`Sink`]).
     pub sink: Sink,
+    /// A corpus run's retain data: `wikitext` (chunks of WikiText-2's training half, like its
+    /// general text) or a corpus task whose passages are cut like the forget passages —
+    /// `mmlu-qa` (520 MMLU questions no built-in set scores, each written with its answer in
+    /// the form of `wmdp-qa`, so the retain terms hold the question-and-answer form the forget
+    /// passages share) or a `{"text"}` JSONL file; `retain_facts` of them, drawn by the seed.
+    pub corpus_retain: String,
     /// Steps between two readings of the forget facts' standing (their answers against the
     /// other candidates), for `kuda.focus` and `stop_at_forget_acc`.
     pub standing_every: usize,
@@ -385,6 +394,7 @@ impl Default for ForgetConfig {
             retain_namesakes: false,
             forget_positions: ForgetPositions::Prompt,
             sink: Sink::Keep,
+            corpus_retain: WIKITEXT_RETAIN.into(),
             standing_every: 10,
             stop_at_forget_acc: None,
             optim: OptimConfig::default(),

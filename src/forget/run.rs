@@ -8,7 +8,7 @@ use crate::data::{self, known, Fact};
 use crate::eval::completion::{accuracy, Accuracy, Outcome};
 use crate::eval::floor::know_nothing_floor;
 use crate::eval::perplexity::{perplexity, tokenize_lines, Perplexity};
-use crate::forget::config::{Centre, ForgetConfig, Method};
+use crate::forget::config::{Centre, ForgetConfig, Method, WIKITEXT_RETAIN};
 use crate::forget::export::{base_spec, write_output, Manifest};
 use crate::forget::methods;
 use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
@@ -258,7 +258,8 @@ fn unknown_facts(all: &[Fact], known: &[Fact], n: usize, seed: u64) -> Vec<Fact>
 }
 
 /// Unlearn a corpus of passages (`wmdp-qa`, a `{"text"}` file): every token of every passage
-/// is forget data; WikiText chunks are the retain and general text. Facts-based settings
+/// is forget data; WikiText chunks are the general text and, unless `corpus_retain` names a
+/// corpus, the retain data. Facts-based settings
 /// (editing, `--tune`, focus, stopping at a forget accuracy, a deviation centre) are refused;
 /// the result is measured by multiple choice (`unlearn mcq --model OUT`).
 fn run_corpus(
@@ -281,6 +282,7 @@ fn run_corpus(
         );
     }
     let passages = data::corpus::load(&a.task)?;
+    let retain_passages = corpus_retain_passages(&cfg, &passages)?;
     let mut lm = LanguageModel::load(&a.model, device)?;
     let base_fp = fingerprint(&lm.origin)?;
     let (localization, params, param_count, top) = updated_params(a, &lm)?;
@@ -302,16 +304,29 @@ fn run_corpus(
         None
     };
     let n_text = cfg.kuda.key_text_chunks.max(cfg.text_batch_size * 8).max(1);
-    let mut chunks = text_chunks(&lm, &wiki_train, cfg.text_tokens, n_text + cfg.retain_facts)?;
-    let retain_seqs = chunks.split_off(n_text.min(chunks.len()));
+    let n_wiki_retain = if retain_passages.is_some() {
+        0
+    } else {
+        cfg.retain_facts
+    };
+    let mut chunks = text_chunks(&lm, &wiki_train, cfg.text_tokens, n_text + n_wiki_retain)?;
+    let (retain_seqs, retain_ids) = match &retain_passages {
+        Some(p) => passage_seqs(&lm, p, cfg.corpus_tokens)?,
+        None => {
+            let r = chunks.split_off(n_text.min(chunks.len()));
+            let ids = (0..r.len()).map(|i| format!("wikitext:{i}")).collect();
+            (r, ids)
+        }
+    };
     let text_seqs = chunks;
     eprintln!(
-        "{}: {} passages of {} in {} pieces to forget; {} WikiText chunks as retain data; updating {} tensors ({:.2} M parameters){}",
+        "{}: {} passages of {} in {} pieces to forget; {} pieces of {} as retain data; updating {} tensors ({:.2} M parameters){}",
         a.method.name(),
         passages.len(),
         a.task,
         forget_seqs.len(),
         retain_seqs.len(),
+        cfg.corpus_retain,
         params.len(),
         param_count as f64 / 1e6,
         rep_layer.map_or(String::new(), |r| format!(", representation layer {r}"))
@@ -327,9 +342,6 @@ fn run_corpus(
     } else {
         None
     };
-    let retain_ids: Vec<String> = (0..retain_seqs.len())
-        .map(|i| format!("wikitext:{i}"))
-        .collect();
     let ctx = TrainCtx {
         method: a.method,
         edit: false,
@@ -392,6 +404,37 @@ fn run_corpus(
         a.out.display()
     );
     Ok(lm)
+}
+
+/// A corpus run's retain passages (`corpus_retain`): none when they are WikiText chunks, else
+/// `retain_facts` passages of the named corpus drawn by the seed, none of them a forget passage.
+fn corpus_retain_passages(
+    cfg: &ForgetConfig,
+    forget: &[data::corpus::Passage],
+) -> Result<Option<Vec<data::corpus::Passage>>> {
+    let name = &cfg.corpus_retain;
+    if name == WIKITEXT_RETAIN {
+        return Ok(None);
+    }
+    if !data::corpus::is_corpus(name)? {
+        bail!(
+            "corpus_retain = {name:?}: expected {WIKITEXT_RETAIN}, mmlu-qa, wmdp-qa[:splits] or a \
+             .jsonl file of {{\"text\": …}} rows"
+        );
+    }
+    let mut p = data::corpus::load(name).with_context(|| format!("corpus_retain = {name:?}"))?;
+    let forget_texts: std::collections::HashSet<&str> =
+        forget.iter().map(|f| f.text.as_str()).collect();
+    if let Some(both) = p.iter().find(|r| forget_texts.contains(r.text.as_str())) {
+        bail!(
+            "corpus_retain = {name:?}: passage {} is also a forget passage (a text cannot be both \
+             forgotten and kept)",
+            both.id
+        );
+    }
+    p.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x2E7A));
+    p.truncate(cfg.retain_facts);
+    Ok(Some(p))
 }
 
 /// The manifest of a finished run: the base model, what was updated with which settings,
@@ -638,6 +681,13 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
     crate::outdir::prepare(&a.out, &[("--model", a.model.clone())])?;
     if data::corpus::is_corpus(&a.task)? {
         return run_corpus(a, cfg, device);
+    }
+    if cfg.corpus_retain != WIKITEXT_RETAIN {
+        bail!(
+            "corpus_retain names a corpus run's retain passages; {} is a task of facts, whose \
+             retain data are its other known facts (retain_facts)",
+            a.task
+        );
     }
     let task_facts = data::load_task(&a.task, Policy::merge_if(a.dedup))?;
     let mut lm = LanguageModel::load(&a.model, device)?;
