@@ -5,8 +5,9 @@
     python3 scripts/wmdp-table.py OUT            # the reported tables, on the chosen runs
 
 Validation (--choose): per method and learning rate, WMDP split 3, MMLU-val and WikiText-2
-perplexity; the rule of experiments/wmdp-qwen.sh picks one run per method; then split 3 after
-retraining the chosen runs on splits 0-2.
+perplexity (and MMLU-val's commonest answer, which shows a collapse onto one letter); the rule of
+experiments/wmdp-qwen.sh picks one run per method; then split 3 after retraining the chosen runs
+on splits 0-2.
 Reported: (a) WMDP accuracy by split, MMLU (570), the near subjects and perplexity, per method
 and the original; (b) split 4 after retraining on splits 0-3 (LoRA, and full fine-tuning of the
 updated tensors), and the share of what unlearning removed that came back:
@@ -38,6 +39,16 @@ def load(*p):
 
 def pct(s):
     return f"{100 * s['accuracy']:.1f} ± {100 * s['stderr']:.1f}" if s else "–"
+
+
+def commonest(s):
+    """The letter chosen most often and its share ("A 89 %"): near 100 % the model answers by
+    position, not by question (a collapse that an accuracy near chance alone does not show)."""
+    c = s.get("chosen") if s else None
+    if not c or not sum(c):
+        return "–"
+    i = max(range(len(c)), key=lambda k: c[k])
+    return f"{'ABCDEFGH'[i]} {100 * c[i] / sum(c):.0f} %"
 
 
 def score(d, name):
@@ -89,10 +100,10 @@ def validation(out):
     o3, oval = score(orig, "wmdp-3"), score(orig, "mmlu-val")
     if not (o3 and oval):
         sys.exit(f"{orig}: the original model's mcq-wmdp-3.json and mcq-mmlu-val.json are missing")
-    print(f"Original model: WMDP split 3 {pct(o3)}, MMLU-val {pct(oval)}")
+    print(f"Original model: WMDP split 3 {pct(o3)}, MMLU-val {pct(oval)} (commonest answer {commonest(oval)})")
     print()
-    print("| method | learning rate | WMDP split 3 | MMLU-val | perplexity | chosen |")
-    print("|---|---|---|---|---|---|")
+    print("| method | learning rate | WMDP split 3 | MMLU-val | MMLU-val's commonest answer | perplexity | chosen |")
+    print("|---|---|---|---|---|---|---|")
     chosen = {}
     for m in METHODS:
         rows = []
@@ -102,7 +113,7 @@ def validation(out):
             before, after = ppl(d)
             man = load(d, "manifest.json")
             if not (s3 and sval and after and man):
-                print(f"| {m} | {n} | – | – | – | (not finished) |")
+                print(f"| {m} | {n} | – | – | – | – | (not finished) |")
                 continue
             rows.append((n, s3["accuracy"], sval["accuracy"], before, after, s3, sval, man["config"]["optim"]["lr"]))
         if not rows:
@@ -111,7 +122,7 @@ def validation(out):
         chosen[m] = pick
         for n, _, _, before, after, s3, sval, lr in rows:
             mark = f"**yes** ({reason})" if n == pick else ""
-            print(f"| {m} | {lr:g} | {pct(s3)} | {pct(sval)} | {after:.2f} ({100 * (after / before - 1):+.1f} %) | {mark} |")
+            print(f"| {m} | {lr:g} | {pct(s3)} | {pct(sval)} | {commonest(sval)} | {after:.2f} ({100 * (after / before - 1):+.1f} %) | {mark} |")
     print()
     print("| method | split 3 after retraining on splits 0-2 (steps: accuracy) | recovered share |")
     print("|---|---|---|")

@@ -80,9 +80,15 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
         serde_json::from_str(&std::fs::read_to_string(root.join("chosen.json")).unwrap()).unwrap();
     assert_eq!(chosen, json!({"rmu": "rmu-lr2", "npo": "npo-lr1"}), "{v}");
     assert!(
-        v.contains("| npo | 5e-05 | 30.0 ± 2.0 | 49.0 ± 2.0 | 10.30 (+3.0 %) | **yes**"),
+        v.contains("| npo | 5e-05 | 30.0 ± 2.0 | 49.0 ± 2.0 | – | 10.30 (+3.0 %) | **yes**"),
         "{v}"
     );
+    // An MMLU-val file with its answers counted shows the commonest letter's share.
+    let mut val = score(0.25, &[]);
+    val["score"]["chosen"] = json!([10, 70, 10, 10]);
+    write(&root.join("measured/rmu-lr0.5/mcq-mmlu-val.json"), val);
+    let v = table(&["--choose", root.to_str().unwrap()]);
+    assert!(v.contains("| 25.0 ± 2.0 | B 70 % | 10.10 (+1.0 %)"), "{v}");
     assert!(v.contains("none within both bounds"), "{v}");
 
     // The reported tables on the chosen runs.
