@@ -1,10 +1,10 @@
 //! Forget data given as passages of text rather than prompt/answer facts: a user's JSONL file
 //! of `{"text": …}` rows (RMU's usual input, a MUSE-style forget corpus), or WMDP's questions
 //! written out with their correct answers (`wmdp-qa:0,1,2,3,4`, the forget data of the
-//! WMDP unlearning-and-relearning protocol); `mmlu-qa`, unscored MMLU questions written the same
-//! way, is retain data in that form (`corpus_retain`). Methods that train on every token of a text (GA,
-//! GradDiff, NPO, SimNPO, RMU, localized fine-tuning, KUDA's deviation at every position) can
-//! use them; evaluation is then by multiple choice (`unlearn mcq`), not by facts.
+//! WMDP unlearning-and-relearning protocol); `mmlu-qa`, unscored MMLU questions written the
+//! same way, is retain data in that form (`corpus_retain`). Methods that train on every token
+//! of a text (GA, GradDiff, NPO, SimNPO, RMU, localized fine-tuning, KUDA's deviation at every
+//! position) can use them; evaluation is then by multiple choice (`unlearn mcq`), not by facts.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;

@@ -259,9 +259,9 @@ fn unknown_facts(all: &[Fact], known: &[Fact], n: usize, seed: u64) -> Vec<Fact>
 
 /// Unlearn a corpus of passages (`wmdp-qa`, a `{"text"}` file): every token of every passage
 /// is forget data; WikiText chunks are the general text and, unless `corpus_retain` names a
-/// corpus, the retain data. Facts-based settings
-/// (editing, `--tune`, focus, stopping at a forget accuracy, a deviation centre) are refused;
-/// the result is measured by multiple choice (`unlearn mcq --model OUT`).
+/// corpus, the retain data. Facts-based settings (editing, `--tune`, focus, stopping at a
+/// forget accuracy, a deviation centre) are refused; the result is measured by multiple choice
+/// (`unlearn mcq --model OUT`).
 fn run_corpus(
     a: &ForgetArgs,
     cfg: ForgetConfig,
