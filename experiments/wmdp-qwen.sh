@@ -35,7 +35,8 @@
 # LAYERS=1-2 METHODS="rmu ga" runs the whole script in minutes, to check it). JOBS=2 runs two
 # independent steps at a time (each on cores/JOBS threads unless UNLEARN_THREADS is set): on a
 # 2-core CPU, two one-thread steps get through about 1.6 times the work of one two-thread step
-# (README, WMDP).
+# (README, WMDP); but two forget runs of the 1.5B model need some 28 GB side by side (README,
+# Memory), so on a 24 GB machine keep JOBS=1.
 # A step is made under a lock (OUT/locks), so two runs of the script on one OUT never make the
 # same file twice. On a 2-core CPU one full WMDP + MMLU evaluation of the 1.5B model takes
 # about an hour, a 40-step retraining about an hour, and the whole protocol more than a day;
