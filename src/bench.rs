@@ -335,6 +335,7 @@ fn unlearning_steps(lm: &mut LanguageModel, repeats: usize) -> Result<Vec<(Strin
             project_at: crate::forget::trainer::ProjectAt::Gradient,
             pad: lm.pad_id(),
             text_rows: cfg.text_ce_rows,
+            ppl_probe: None,
         };
         plan.precompute(&lm.model, 16)?;
         lm.model.set_trainable(&params)?;

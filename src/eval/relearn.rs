@@ -248,6 +248,7 @@ fn attack<M: Serialize + serde::de::DeserializeOwned>(
         project_at: crate::forget::trainer::ProjectAt::Gradient,
         pad: lm.pad_id(),
         text_rows: 16,
+        ppl_probe: None,
     };
     plan.precompute(&lm.model, 16)?;
     let mut fcfg = ForgetConfig {

@@ -298,6 +298,9 @@ impl Default for ForgetExperimental {
     }
 }
 
+/// Tokens of general text read by the training's perplexity probe (`ppl_every`).
+pub const PPL_PROBE_TOKENS: usize = 1024;
+
 /// `corpus_retain`'s default: a corpus run retains WikiText chunks.
 pub const WIKITEXT_RETAIN: &str = "wikitext";
 
@@ -357,6 +360,11 @@ pub struct ForgetConfig {
     /// Steps between two readings of the forget facts' standing (their answers against the
     /// other candidates), for `kuda.focus` and `stop_at_forget_acc`.
     pub standing_every: usize,
+    /// Steps between readings of the model's perplexity on general text that no term trains
+    /// on (the last [`PPL_PROBE_TOKENS`] tokens of WikiText-2's training half; windows of 512,
+    /// stride 256), logged as `text_ppl` before the step: a model that stops working shows
+    /// while it trains, not only in the closing metrics. 0 = never.
+    pub ppl_every: usize,
     /// Stop training at the first reading where the forget facts' accuracy (top-1 among the
     /// candidates) is at or below this share; none = run every step.
     pub stop_at_forget_acc: Option<f64>,
@@ -396,6 +404,7 @@ impl Default for ForgetConfig {
             sink: Sink::Keep,
             corpus_retain: WIKITEXT_RETAIN.into(),
             standing_every: 10,
+            ppl_every: 10,
             stop_at_forget_acc: None,
             optim: OptimConfig::default(),
             kuda: KudaConfig::default(),

@@ -91,6 +91,7 @@ fn planted_ctx(model: &Transformer, method: Method, cfg: &ForgetConfig) -> Train
         new_answers: None,
         base_fp: "planted".into(),
         partitions: 1,
+        ppl_probe: None,
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Manifest {
     /// Forget vs retain gradient angles before/after projection, at the first and last step.
     #[serde(default)]
     pub gradient_angles: Option<crate::forget::trainer::AnglesAtEnds>,
+    /// KUDA: the share of key energy each null-space projector lets through, by key point
+    /// (its own key data, held-out text).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub projector_pass: BTreeMap<String, crate::forget::nullspace::PassShare>,
     /// Worker threads the run trained with (its weights depend on the count; 0 in manifests
     /// written before it was recorded).
     #[serde(default)]

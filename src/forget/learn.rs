@@ -15,7 +15,7 @@ use crate::forget::config::{ForgetConfig, Method};
 use crate::forget::export::{base_spec, write_output, Manifest};
 use crate::forget::lora::{fine_tune, Lora, LoraConfig, Tuned};
 use crate::forget::run::{all_block_params, hash_json, parse_layers};
-use crate::forget::seqs::{text_chunks, Seq, SeqSet};
+use crate::forget::seqs::{ppl_probe, text_chunks, Seq, SeqSet};
 use crate::forget::terms::LogitLoss;
 use crate::forget::trainer::{train, DataSet, Loss, Plan, Term};
 use crate::model::source::fingerprint;
@@ -239,6 +239,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         project_at: crate::forget::trainer::ProjectAt::Gradient,
         pad: lm.pad_id(),
         text_rows: cfg.text_ce_rows,
+        ppl_probe: Some(ppl_probe(&lm, &wiki_train)?),
     };
     plan.precompute(&lm.model, 8)?;
     let (final_losses, seconds) = match &mut lora {
@@ -277,6 +278,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         steps_done: vec![cfg.steps],
         final_losses: final_losses.clone(),
         gradient_angles: None,
+        projector_pass: Default::default(),
         threads: crate::util::threads(),
         precision: crate::model::precision_label(),
         weights: "changed".into(),

@@ -51,6 +51,29 @@ pub fn key_sums(
     pad: u32,
     bs: usize,
 ) -> Result<KeySums> {
+    let mut sums: KeySums = BTreeMap::new();
+    for_key_rows(model, seqs, params, pad, bs, |point, k| {
+        let kk = k.t()?.matmul(k)?.to_dtype(DType::F64)?;
+        let e = sums
+            .entry(point.to_string())
+            .or_insert_with(|| (kk.zeros_like().expect("zeros"), 0));
+        e.0 = (&e.0 + kk)?;
+        e.1 += k.dim(0)?;
+        Ok(())
+    })?;
+    Ok(sums)
+}
+
+/// Call `f(point, keys)` with the keys `[positions, n]` of every real position of a batch of
+/// `seqs`, for each key point of `params`, a batch of `bs` at a time.
+fn for_key_rows(
+    model: &Transformer,
+    seqs: &[Seq],
+    params: &[String],
+    pad: u32,
+    bs: usize,
+    mut f: impl FnMut(&HookPoint, &Tensor) -> Result<()>,
+) -> Result<()> {
     let mut points: BTreeMap<HookPoint, Vec<&String>> = BTreeMap::new();
     for p in params {
         let kp = model.key_point(p).with_context(|| {
@@ -59,13 +82,12 @@ pub fn key_sums(
         points.entry(kp).or_default().push(p);
     }
     let Some(top) = points.keys().filter_map(|p| p.layer()).max() else {
-        return Ok(KeySums::new());
+        return Ok(());
     };
     let mut hooks = Hooks::new();
     for p in points.keys() {
         hooks = hooks.cache(*p);
     }
-    let mut sums: KeySums = BTreeMap::new();
     for chunk in seqs.chunks(bs.max(1)) {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|s| s.ids.clone()).collect();
         let batch = Batch::new(&ids, pad, PadSide::Right, model.device())?;
@@ -85,16 +107,10 @@ pub fn key_sums(
                 .enumerate()
                 .map(|(k, s)| x.get(k)?.narrow(0, 0, s.ids.len()))
                 .collect::<candle_core::Result<_>>()?;
-            let k = Tensor::cat(&rows, 0)?;
-            let kk = k.t()?.matmul(&k)?.to_dtype(DType::F64)?;
-            let e = sums
-                .entry(point.to_string())
-                .or_insert_with(|| (kk.zeros_like().expect("zeros"), 0));
-            e.0 = (&e.0 + kk)?;
-            e.1 += k.dim(0)?;
+            f(point, &Tensor::cat(&rows, 0)?)?;
         }
     }
-    Ok(sums)
+    Ok(())
 }
 
 /// Load key sums from `path` if it exists, else compute and save them there (atomically).
@@ -261,10 +277,24 @@ fn projector_in(
     Ok(p)
 }
 
+/// How much of a set of keys' energy a projector lets through, ‖K·P‖²_F / ‖K‖²_F (= tr(PΣP) /
+/// tr(Σ)): the share of an update's effect on those keys that survives the projection. Near
+/// 0 for the key data it was built from; general text the statistics never saw can pass far
+/// more, and what passes is what the forget update may move.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PassShare {
+    /// Over the key data (retain rows and the key text) the projector was built from.
+    pub key_data: f64,
+    /// Over held-out general text (the training's perplexity probe), when measured.
+    pub held_out_text: Option<f64>,
+}
+
 /// Projectors of the updated matrices, by parameter name.
 #[derive(Clone, Default)]
 pub struct Projectors {
     by_param: BTreeMap<String, Tensor>,
+    /// The projectors' [`PassShare`]s, by key point.
+    pub pass: BTreeMap<String, PassShare>,
 }
 
 impl Projectors {
@@ -278,6 +308,7 @@ impl Projectors {
     ) -> Result<Projectors> {
         let mut by_point: BTreeMap<String, Option<Tensor>> = BTreeMap::new();
         let mut by_param = BTreeMap::new();
+        let mut pass = BTreeMap::new();
         for p in params {
             let Some(kp) = model.key_point(p) else {
                 continue;
@@ -287,16 +318,53 @@ impl Projectors {
                 let (s, n) = sums
                     .get(&key)
                     .with_context(|| format!("no key statistics for `{key}`"))?;
-                by_point.insert(
-                    key.clone(),
-                    cached_projector(&key, s, *n, mode, tau_rel, model)?,
-                );
+                let pm = cached_projector(&key, s, *n, mode, tau_rel, model)?;
+                if let Some(pm) = &pm {
+                    let key_data = sum_pass_share(pm, s)?;
+                    pass.insert(
+                        key.clone(),
+                        PassShare {
+                            key_data,
+                            held_out_text: None,
+                        },
+                    );
+                }
+                by_point.insert(key.clone(), pm);
             }
             if let Some(pm) = &by_point[&key] {
                 by_param.insert(p.clone(), pm.clone());
             }
         }
-        Ok(Projectors { by_param })
+        Ok(Projectors { by_param, pass })
+    }
+
+    /// Measure each projector's [`PassShare::held_out_text`] on the keys of `seqs` (general
+    /// text no key statistic read).
+    pub fn measure_held_out(&mut self, model: &Transformer, seqs: &[Seq], pad: u32) -> Result<()> {
+        let params: Vec<String> = self.by_param.keys().cloned().collect();
+        let mut energy: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        let by_point: BTreeMap<String, Tensor> = params
+            .iter()
+            .filter_map(|p| Some((model.key_point(p)?.to_string(), self.by_param[p].clone())))
+            .collect();
+        for_key_rows(model, seqs, &params, pad, 1, |point, k| {
+            let point = point.to_string();
+            let Some(pm) = by_point.get(&point) else {
+                return Ok(());
+            };
+            let k = k.to_dtype(pm.dtype())?;
+            let passed = sq_sum(&k.matmul(pm)?)?;
+            let e = energy.entry(point).or_default();
+            e.0 += passed;
+            e.1 += sq_sum(&k)?;
+            Ok(())
+        })?;
+        for (point, (passed, all)) in energy {
+            if let Some(ps) = self.pass.get_mut(&point) {
+                ps.held_out_text = Some(passed / all.max(f64::MIN_POSITIVE));
+            }
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -312,6 +380,33 @@ impl Projectors {
         }
         Ok(())
     }
+}
+
+/// Σ of the squared entries of `t`, in f64.
+fn sq_sum(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()?)
+}
+
+/// tr(PΣP) / tr(Σ) for a symmetric projector `p` and a key sum `sum` (any count: it cancels).
+fn sum_pass_share(p: &Tensor, sum: &Tensor) -> Result<f64> {
+    let n = sum.dim(0)?;
+    let s = sum.to_dtype(p.dtype())?;
+    let num = (p.matmul(&s)? * p)?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    let at: Vec<u32> = (0..n).map(|i| (i * (n + 1)) as u32).collect();
+    let diag = Tensor::new(at.as_slice(), sum.device())?;
+    let tr = sum
+        .flatten_all()?
+        .index_select(&diag, 0)?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    Ok(num / tr.max(f64::MIN_POSITIVE))
 }
 
 #[cfg(test)]
@@ -468,6 +563,44 @@ mod tests {
         for tau in [0.0, -1.0, f64::NAN] {
             let e = projector(&sum, 3, Projection::Relaxed, tau, &Device::Cpu).unwrap_err();
             assert!(e.to_string().contains("tau"), "{e}");
+        }
+    }
+
+    /// The pass share from a key sum equals ‖K·P‖²/‖K‖² over the keys themselves; a strict
+    /// projector built from keys in a 6-dimensional subspace passes none of their energy and
+    /// all of keys orthogonal to them, and a relaxed one sits between.
+    #[test]
+    fn the_pass_share_is_what_the_projector_lets_through() {
+        let dev = Device::Cpu;
+        // 40 keys in the span of the first 6 of 10 coordinates; 20 in the other 4.
+        let mask = |lo: usize, hi: usize| {
+            let m: Vec<f32> = (0..10)
+                .map(|i| f32::from(u8::from((lo..hi).contains(&i))))
+                .collect();
+            Tensor::new(m.as_slice(), &dev).unwrap()
+        };
+        let inside = keys(40, 10, 5).broadcast_mul(&mask(0, 6)).unwrap();
+        let outside = keys(20, 10, 6).broadcast_mul(&mask(6, 10)).unwrap();
+        let sum = gram(&inside);
+        let direct =
+            |p: &Tensor, k: &Tensor| sq_sum(&k.matmul(p).unwrap()).unwrap() / sq_sum(k).unwrap();
+        for mode in [Projection::Strict, Projection::Relaxed] {
+            let p = projector(&sum, 40, mode, 0.01, &dev).unwrap().unwrap();
+            let from_sum = sum_pass_share(&p, &sum).unwrap();
+            let from_keys = direct(&p, &inside);
+            assert!(
+                (from_sum - from_keys).abs() < 1e-5,
+                "{mode:?}: {from_sum} vs {from_keys}"
+            );
+            let out = direct(&p, &outside);
+            assert!(out > 0.999, "{mode:?}: keys outside the data pass {out}");
+            match mode {
+                Projection::Strict => assert!(from_sum < 1e-8, "strict passes {from_sum}"),
+                _ => assert!(
+                    from_sum > 1e-6 && from_sum < 0.05,
+                    "relaxed passes {from_sum}"
+                ),
+            }
         }
     }
 }

@@ -12,10 +12,11 @@ use crate::forget::config::{Centre, ForgetConfig, Method, WIKITEXT_RETAIN};
 use crate::forget::export::{base_spec, write_output, Manifest};
 use crate::forget::methods;
 use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
-use crate::forget::seqs::{passage_seqs, text_chunks, Place, Seq, SeqSet, Sink};
+use crate::forget::seqs::{passage_seqs, ppl_probe, text_chunks, Place, Seq, SeqSet, Sink};
 use crate::forget::trainer::{
     answer_balanced, first_layer, first_row_ratio, layer_of, mean_ref_norm, mean_ref_row,
-    mean_ref_row_by_place, steering_vector, train, Plan, ProjectAt, RowMove, TrainSummary,
+    mean_ref_row_by_place, steering_vector, train, Plan, PplProbe, ProjectAt, RowMove,
+    TrainSummary,
 };
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;
@@ -357,6 +358,7 @@ fn run_corpus(
         new_answers: None,
         base_fp: base_fp.clone(),
         partitions: a.partitions,
+        ppl_probe: Some(ppl_probe(&lm, &wiki_train)?),
     }
     .with_sink(cfg.sink)?;
     let stop = std::env::var("UNLEARN_STOP_AFTER_STEP")
@@ -471,6 +473,10 @@ fn manifest_of(
             .map(|s| s.final_losses.clone())
             .unwrap_or_default(),
         gradient_angles: summaries.last().and_then(|s| s.gradient_angles.clone()),
+        projector_pass: summaries
+            .last()
+            .map(|s| s.projector_pass.clone())
+            .unwrap_or_default(),
         threads: crate::util::threads(),
         precision: crate::model::precision_label(),
         weights: if a.full {
@@ -793,6 +799,7 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         new_answers: new_answers.clone(),
         base_fp: base_fp.clone(),
         partitions: a.partitions,
+        ppl_probe: Some(ppl_probe(&lm, &wiki_train)?),
     }
     .with_sink(cfg.sink)?;
     let mut cfg = cfg;
@@ -1003,6 +1010,8 @@ struct TrainCtx {
     new_answers: Option<Vec<String>>,
     base_fp: String,
     partitions: usize,
+    /// General text whose perplexity the trainer reads (none: not read).
+    ppl_probe: Option<PplProbe>,
 }
 
 impl TrainCtx {
@@ -1100,12 +1109,29 @@ fn plan_for(
     } else {
         Projection::None
     };
-    let projectors = match (&ctx.key_sums, projection) {
+    let mut projectors = match (&ctx.key_sums, projection) {
         (Some(sums), p) if p != Projection::None => {
             Projectors::build(model, sums, &ctx.params, p, cfg.kuda.tau)?
         }
         _ => Projectors::default(),
     };
+    if let (Some(probe), false) = (&ctx.ppl_probe, projectors.is_empty()) {
+        let seqs: Vec<Seq> = probe
+            .ids
+            .chunks(512)
+            .filter(|c| c.len() >= 2)
+            .map(|c| Seq::text(probe.bos.into_iter().chain(c.iter().copied()).collect()))
+            .collect::<Result<_>>()?;
+        projectors.measure_held_out(model, &seqs, pad)?;
+        for (point, ps) in &projectors.pass {
+            eprintln!(
+                "projector at {point}: lets through {:.2} % of its key data's energy, {} of held-out text's",
+                100.0 * ps.key_data,
+                ps.held_out_text
+                    .map_or("?".into(), |h| format!("{:.2} %", 100.0 * h))
+            );
+        }
+    }
     let mut plan = Plan {
         terms: methods::terms(ctx.method, cfg, ctx.edit, steer)?,
         forget: fset,
@@ -1133,6 +1159,7 @@ fn plan_for(
         },
         pad,
         text_rows: cfg.text_ce_rows,
+        ppl_probe: ctx.ppl_probe.clone(),
     };
     plan.precompute(model, 16)?;
     if ctx.method == Method::Kuda {
@@ -1545,6 +1572,7 @@ mod tests {
             project_at: crate::forget::trainer::ProjectAt::Gradient,
             pad: 0,
             text_rows: 0,
+            ppl_probe: None,
         };
         center_deviation(&mut plan, centre, 0..3, 3..5)?;
         match plan.forget.rep_centre {

@@ -4,6 +4,9 @@
 //! representation layer, and the reference log-probabilities of the targets.
 
 use crate::data::Fact;
+use crate::eval::perplexity::tokenize_lines;
+use crate::forget::config::PPL_PROBE_TOKENS;
+use crate::forget::trainer::PplProbe;
 use crate::model::head_logprobs::resid_logprobs;
 use crate::model::{
     Batch, HookPoint, Hooks, LanguageModel, LogitsAt, PadSide, RunOpts, Transformer,
@@ -176,6 +179,28 @@ impl Seq {
             rivals: Vec::new(),
         })
     }
+}
+
+/// The training's perplexity probe ([`crate::forget::config::ForgetConfig::ppl_every`]): the
+/// last [`PPL_PROBE_TOKENS`] tokens of `lines` (WikiText's training half, whose start holds
+/// the text chunks the terms train on and the key statistics read).
+pub fn ppl_probe(lm: &LanguageModel, lines: &[String]) -> Result<PplProbe> {
+    let (mut n, mut from) = (0, lines.len());
+    while from > 0 && n <= PPL_PROBE_TOKENS {
+        from -= 1;
+        n += lm
+            .tokenizer
+            .encode(&format!("{}\n", lines[from]), false)?
+            .len();
+    }
+    let mut ids = tokenize_lines(lm, &lines[from..], usize::MAX - 1)?;
+    ids.drain(..ids.len().saturating_sub(PPL_PROBE_TOKENS));
+    let bos = lm
+        .tokenizer
+        .add_bos
+        .then_some(lm.tokenizer.bos_id)
+        .flatten();
+    Ok(PplProbe { bos, ids })
 }
 
 /// Chunks of `tokens_per_chunk` tokens of the lines of a text (BOS first when the model adds

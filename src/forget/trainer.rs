@@ -91,6 +91,16 @@ pub struct Plan {
     pub pad: u32,
     /// Next-token targets sampled per text chunk for cross-entropy (0 = all).
     pub text_rows: usize,
+    /// General text whose perplexity is read every `ppl_every` steps (none: not read).
+    pub ppl_probe: Option<PplProbe>,
+}
+
+/// Token ids of general text that no term trains on, with the BOS token the model puts
+/// before each perplexity window (if any).
+#[derive(Clone, Debug)]
+pub struct PplProbe {
+    pub bos: Option<u32>,
+    pub ids: Vec<u32>,
 }
 
 impl Plan {
@@ -202,6 +212,8 @@ pub struct TrainSummary {
     /// How far each forget fact's rows moved (representation losses only), in the order of
     /// the plan's forget facts.
     pub forget_moves: Option<Vec<RowMove>>,
+    /// The null-space projectors' pass shares (see [`crate::forget::nullspace::PassShare`]).
+    pub projector_pass: BTreeMap<String, crate::forget::nullspace::PassShare>,
 }
 
 /// [`GradAngles`] at the weights the run started from and those it ended with.
@@ -779,6 +791,14 @@ fn train_with(
                 break;
             }
         }
+        let text_ppl = match &plan.ppl_probe {
+            Some(p) if cfg.ppl_every > 0 && step % cfg.ppl_every == 0 => Some(
+                crate::eval::perplexity::perplexity_of(model, p.bos, plan.pad, &p.ids, 512, 256)
+                    .with_context(|| format!("step {}: reading the text perplexity", step + 1))?
+                    .perplexity,
+            ),
+            _ => None,
+        };
         let (grads, losses) = match step_grads(model, plan, cfg, step, focus.as_deref()) {
             Ok(x) => x,
             Err(e) => {
@@ -901,6 +921,10 @@ fn train_with(
             // How many forget facts the model still answers, read before this step.
             line["forget_kept"] = json!(k);
         }
+        if let Some(p) = text_ppl {
+            // Perplexity of the probe text, read before this step.
+            line["text_ppl"] = json!(p);
+        }
         writeln!(log, "{line}")?;
         log.flush()?;
         bar.set_message(format!("loss {total:.4}"));
@@ -951,6 +975,7 @@ fn train_with(
         seconds: t0.elapsed().as_secs_f64(),
         gradient_angles,
         forget_moves: forget_moves(model, plan)?,
+        projector_pass: plan.projectors.pass.clone(),
     })
 }
 
@@ -1327,6 +1352,7 @@ mod tests {
             project_at: ProjectAt::Update,
             pad: 0,
             text_rows: 0,
+            ppl_probe: None,
         };
         plan.precompute(model, 4).unwrap();
         plan
