@@ -133,6 +133,71 @@ pub fn repr_loss_weighted(
     weights: Option<&[f64]>,
     firsts: Option<&[bool]>,
 ) -> Result<(f64, Tensor)> {
+    let scale = repr_scale(kind, h0, firsts)?;
+    repr_loss_scaled(kind, h, h0, weights, firsts, scale)
+}
+
+/// The denominator a representation loss divides its row sum by, from the reference rows
+/// `h0` `[M, D]` of the whole batch: M for [`ReprLoss::Deviation`], M·mean‖h₀‖² for
+/// [`ReprLoss::RefMse`] (first rows left out of the mean under [`Sink::Drop`]), M·c² for
+/// [`ReprLoss::Steer`]. A batch whose rows are taken a part at a time
+/// ([`repr_loss_scaled`]) gets the loss and gradient of the whole batch.
+pub fn repr_scale(kind: &ReprLoss, h0: &Tensor, firsts: Option<&[bool]>) -> Result<f64> {
+    let (m, _) = h0.dims2()?;
+    if m == 0 {
+        bail!("representation loss over no rows");
+    }
+    if firsts.is_some_and(|f| f.len() != m) {
+        bail!(
+            "{} first-row marks for {m} rows",
+            firsts.map_or(0, |f| f.len())
+        );
+    }
+    let mf = m as f64;
+    Ok(match kind {
+        ReprLoss::Deviation { .. } => mf,
+        ReprLoss::RefMse { sink } => {
+            let h0 = if h0.dtype() == DType::F64 {
+                h0.clone()
+            } else {
+                h0.to_dtype(DType::F32)?
+            };
+            let ms0 = match (sink, firsts) {
+                (Sink::Drop, Some(firsts)) if firsts.contains(&false) => {
+                    let sq: Vec<f64> = h0.sqr()?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?;
+                    let kept: Vec<f64> = sq
+                        .iter()
+                        .zip(firsts)
+                        .filter(|(_, &first)| !first)
+                        .map(|(&q, _)| q)
+                        .collect();
+                    kept.iter().sum::<f64>() / kept.len() as f64
+                }
+                // Every row counts (a batch of first rows only is scaled by them).
+                _ => {
+                    h0.sqr()?
+                        .sum_all()?
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?
+                        / mf
+                }
+            };
+            mf * ms0
+        }
+        ReprLoss::Steer { target } => mf * target.iter().map(|&x| (x as f64).powi(2)).sum::<f64>(),
+    })
+}
+
+/// [`repr_loss_weighted`] over some rows of a batch, divided by the whole batch's
+/// [`repr_scale`]: the parts' losses and gradients add up to the whole batch's.
+pub fn repr_loss_scaled(
+    kind: &ReprLoss,
+    h: &Tensor,
+    h0: &Tensor,
+    weights: Option<&[f64]>,
+    firsts: Option<&[bool]>,
+    scale: f64,
+) -> Result<(f64, Tensor)> {
     // f32 for the model's tensors; f64 stays f64 (finite-difference checks).
     let dt = if h.dtype() == DType::F64 {
         DType::F64
@@ -151,7 +216,7 @@ pub fn repr_loss_weighted(
             firsts.map_or(0, |f| f.len())
         );
     }
-    let (rows, grad) = per_row(kind, &h, &h0, d, firsts)?;
+    let (rows, grad) = per_row(kind, &h, &h0, d, scale)?;
     let (rows, grad) = match weights {
         None => (rows, grad),
         Some(w) => {
@@ -168,43 +233,21 @@ pub fn repr_loss_weighted(
     Ok((loss, grad))
 }
 
-/// Each row's share of the loss `[M, 1]` (they sum to the loss) and d(loss)/dh `[M, D]`.
+/// Each row's share of the loss `[M, 1]` (they sum to the loss) and d(loss)/dh `[M, D]`,
+/// the row sum divided by `scale` ([`repr_scale`]).
 fn per_row(
     kind: &ReprLoss,
     h: &Tensor,
     h0: &Tensor,
     d: usize,
-    firsts: Option<&[bool]>,
+    scale: f64,
 ) -> Result<(Tensor, Tensor)> {
-    let mf = h.dim(0)? as f64;
     let dt = h.dtype();
     match kind {
-        ReprLoss::RefMse { sink } => {
-            let all = || -> Result<f64> {
-                Ok(h0
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?
-                    / mf)
-            };
-            let ms0 = match (sink, firsts) {
-                (Sink::Drop, Some(firsts)) if firsts.contains(&false) => {
-                    let sq: Vec<f64> = h0.sqr()?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?;
-                    let kept: Vec<f64> = sq
-                        .iter()
-                        .zip(firsts)
-                        .filter(|(_, &first)| !first)
-                        .map(|(&q, _)| q)
-                        .collect();
-                    kept.iter().sum::<f64>() / kept.len() as f64
-                }
-                // Every row counts (a batch of first rows only is scaled by them).
-                _ => all()?,
-            };
+        ReprLoss::RefMse { .. } => {
             let diff = (h - h0)?;
-            let rows = diff.sqr()?.sum_keepdim(1)?.affine(1.0 / (mf * ms0), 0.0)?;
-            Ok((rows, diff.affine(2.0 / (mf * ms0), 0.0)?))
+            let rows = diff.sqr()?.sum_keepdim(1)?.affine(1.0 / scale, 0.0)?;
+            Ok((rows, diff.affine(2.0 / scale, 0.0)?))
         }
         ReprLoss::Steer { target } => {
             if target.len() != d {
@@ -213,11 +256,10 @@ fn per_row(
                     target.len()
                 );
             }
-            let c2: f64 = target.iter().map(|&x| (x as f64).powi(2)).sum();
             let t = Tensor::from_slice(target, (1, d), h.device())?.to_dtype(dt)?;
             let diff = h.broadcast_sub(&t)?;
-            let rows = diff.sqr()?.sum_keepdim(1)?.affine(1.0 / (mf * c2), 0.0)?;
-            Ok((rows, diff.affine(2.0 / (mf * c2), 0.0)?))
+            let rows = diff.sqr()?.sum_keepdim(1)?.affine(1.0 / scale, 0.0)?;
+            Ok((rows, diff.affine(2.0 / scale, 0.0)?))
         }
         ReprLoss::Deviation { beta } => {
             let dot = (h * h0)?.sum_keepdim(1)?;
@@ -228,8 +270,8 @@ fn per_row(
             let li = cos.affine(*beta, -*beta)?.exp()?;
             let dcos =
                 (h0.broadcast_div(&(&nh * &n0)?)? - h.broadcast_mul(&(&cos / nh.sqr()?)?)?)?;
-            let scale = li.affine(*beta / mf, 0.0)?;
-            Ok((li.affine(1.0 / mf, 0.0)?, dcos.broadcast_mul(&scale)?))
+            let s = li.affine(*beta / scale, 0.0)?;
+            Ok((li.affine(1.0 / scale, 0.0)?, dcos.broadcast_mul(&s)?))
         }
     }
 }
