@@ -24,6 +24,13 @@ pub enum LogitLoss {
     SimNpo { beta: f64, gamma: f64 },
 }
 
+impl LogitLoss {
+    /// A mean over sequences (NPO, SimNPO) rather than over target rows.
+    pub fn per_sequence(&self) -> bool {
+        matches!(self, LogitLoss::Npo { .. } | LogitLoss::SimNpo { .. })
+    }
+}
+
 /// Loss and d(loss)/d(log p of each row), given the rows' log-probabilities, the number of
 /// rows of each sequence, and (NPO) the reference sum per sequence.
 pub fn logit_loss(

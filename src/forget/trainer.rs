@@ -300,7 +300,6 @@ fn term_grads_in_parts(
     let set = plan.set(term.data);
     match &term.loss {
         Loss::Logit(kind) => {
-            let prep = set.prepare(model, members, plan.pad)?;
             // Text chunks: a seeded sample of their next-token targets (the LM head over the
             // whole vocabulary is the expensive part of a step).
             let picked: Vec<Vec<(usize, u32)>> = members
@@ -316,50 +315,28 @@ fn term_grads_in_parts(
                     t
                 })
                 .collect();
-            let rows: Vec<(usize, usize)> = picked
-                .iter()
-                .enumerate()
-                .flat_map(|(k, t)| t.iter().map(move |&(p, _)| (k, p)))
-                .collect();
-            let targets: Vec<u32> = picked.iter().flatten().map(|&(_, t)| t).collect();
-            let per: Vec<usize> = picked.iter().map(Vec::len).collect();
-            let reference: Option<Vec<f64>> = set
-                .logp_ref
-                .as_ref()
-                .map(|r| members.iter().map(|&i| r[i]).collect());
-            // A frozen head: log-probabilities and their row gradients a chunk of rows at a
-            // time (no [rows, vocabulary] matrix); a trained head needs the logits' gradient.
-            let head_frozen = !model.head_is_trainable();
-            let out = model.run(
-                &prep.batch,
-                &RunOpts {
-                    start: prep.start.clone(),
-                    logits: if head_frozen {
-                        LogitsAt::None
-                    } else {
-                        LogitsAt::Rows(rows.clone())
-                    },
-                    grad: true,
-                    checkpoint: Checkpoint::Auto,
-                    ..Default::default()
-                },
-            )?;
-            let (loss, g) = if head_frozen {
-                let (tl, at) = resid_logprobs(model, &out.resid, &rows, &targets, true)?;
-                let (loss, c) = logit_loss(*kind, &tl.lp, &per, reference.as_deref())?;
-                let d_rows = scale_rows(tl.d_rows.as_ref().expect("asked"), &c)?;
-                (
-                    loss,
-                    model.backward(&out, None, Some(&at.scatter(&d_rows)?))?,
-                )
-            } else {
-                let logits = out.logits.as_ref().expect("asked for logits");
-                let (lp, sm) = logprobs_of(logits, &targets)?;
-                let (loss, c) = logit_loss(*kind, &lp, &per, reference.as_deref())?;
-                let dl = logits_grad(&c, &targets, &sm)?.to_dtype(logits.dtype())?;
-                (loss, model.backward(&out, Some(&dl), None)?)
-            };
-            Ok((loss, g.params))
+            // The batch a part at a time; each part's loss is a mean over its own rows (or
+            // sequences), weighted by its share of the batch's, so that the parts add up to
+            // the whole batch's loss and gradient.
+            let n_rows: usize = picked.iter().map(Vec::len).sum();
+            let lens: Vec<usize> = members.iter().map(|&i| set.seqs[i].ids.len()).collect();
+            let (mut total, mut grads) = (0.0, BTreeMap::new());
+            for part in token_parts(&lens, part_tokens) {
+                let share = if kind.per_sequence() {
+                    part.len() as f64 / members.len() as f64
+                } else {
+                    part.iter().map(|&k| picked[k].len()).sum::<usize>() as f64 / n_rows as f64
+                };
+                if share == 0.0 {
+                    continue;
+                }
+                let pm: Vec<usize> = part.iter().map(|&k| members[k]).collect();
+                let pp: Vec<&Vec<(usize, u32)>> = part.iter().map(|&k| &picked[k]).collect();
+                let (l, g) = logit_part(model, plan, set, *kind, &pm, &pp)?;
+                total += share * l;
+                add_into(&mut grads, g, share)?;
+            }
+            Ok((total, grads))
         }
         Loss::Repr { loss, sample } => {
             let positions: Vec<Vec<usize>> = members
@@ -436,6 +413,63 @@ fn term_grads_in_parts(
             Ok((total, grads))
         }
     }
+}
+
+/// A logit loss and its parameter gradients on some members of a set, with their picked
+/// (position, target) rows.
+fn logit_part(
+    model: &Transformer,
+    plan: &Plan,
+    set: &SeqSet,
+    kind: LogitLoss,
+    members: &[usize],
+    picked: &[&Vec<(usize, u32)>],
+) -> Result<(f64, BTreeMap<String, Tensor>)> {
+    let prep = set.prepare(model, members, plan.pad)?;
+    let rows: Vec<(usize, usize)> = picked
+        .iter()
+        .enumerate()
+        .flat_map(|(k, t)| t.iter().map(move |&(p, _)| (k, p)))
+        .collect();
+    let targets: Vec<u32> = picked.iter().copied().flatten().map(|&(_, t)| t).collect();
+    let per: Vec<usize> = picked.iter().map(|t| t.len()).collect();
+    let reference: Option<Vec<f64>> = set
+        .logp_ref
+        .as_ref()
+        .map(|r| members.iter().map(|&i| r[i]).collect());
+    // A frozen head: log-probabilities and their row gradients a chunk of rows at a
+    // time (no [rows, vocabulary] matrix); a trained head needs the logits' gradient.
+    let head_frozen = !model.head_is_trainable();
+    let out = model.run(
+        &prep.batch,
+        &RunOpts {
+            start: prep.start.clone(),
+            logits: if head_frozen {
+                LogitsAt::None
+            } else {
+                LogitsAt::Rows(rows.clone())
+            },
+            grad: true,
+            checkpoint: Checkpoint::Auto,
+            ..Default::default()
+        },
+    )?;
+    let (loss, g) = if head_frozen {
+        let (tl, at) = resid_logprobs(model, &out.resid, &rows, &targets, true)?;
+        let (loss, c) = logit_loss(kind, &tl.lp, &per, reference.as_deref())?;
+        let d_rows = scale_rows(tl.d_rows.as_ref().expect("asked"), &c)?;
+        (
+            loss,
+            model.backward(&out, None, Some(&at.scatter(&d_rows)?))?,
+        )
+    } else {
+        let logits = out.logits.as_ref().expect("asked for logits");
+        let (lp, sm) = logprobs_of(logits, &targets)?;
+        let (loss, c) = logit_loss(kind, &lp, &per, reference.as_deref())?;
+        let dl = logits_grad(&c, &targets, &sm)?.to_dtype(logits.dtype())?;
+        (loss, model.backward(&out, Some(&dl), None)?)
+    };
+    Ok((loss, g.params))
 }
 
 /// Tokens (sequences × their longest length) at most in one part of a representation term's
@@ -1575,9 +1609,10 @@ mod tests {
         );
     }
 
-    /// A representation term's batch taken one sequence at a time gives the loss and gradients
-    /// of the whole batch (each loss divides by the whole batch's scale): KUDA's deviation with
-    /// focus weights, the reference MSE with the sink dropped, RMU's steering.
+    /// A term's batch taken one sequence at a time gives the loss and gradients of the whole
+    /// batch (each part divides by the whole batch's scale, or is weighted by its share of it):
+    /// KUDA's deviation with focus weights, the reference MSE with the sink dropped, RMU's
+    /// steering, cross-entropy, −log(1 − p) and SimNPO (a mean over sequences).
     #[test]
     fn a_batch_in_parts_has_the_whole_batchs_loss_and_gradient() {
         let m = tiny_model(Arch::Gemma3);
@@ -1607,15 +1642,23 @@ mod tests {
             },
         ];
         let focus = [2.0, 0.5, 1.0];
-        for kind in kinds {
+        let losses = kinds
+            .into_iter()
+            .map(|loss| Loss::Repr { loss, sample: 0.5 })
+            .chain([
+                Loss::Logit(LogitLoss::Ce),
+                Loss::Logit(LogitLoss::Unlikely),
+                Loss::Logit(LogitLoss::SimNpo {
+                    beta: 2.5,
+                    gamma: 0.5,
+                }),
+            ]);
+        for kind in losses {
             let term = Term {
                 name: "t".into(),
                 weight: 1.0,
                 data: DataSet::Forget,
-                loss: Loss::Repr {
-                    loss: kind.clone(),
-                    sample: 0.5,
-                },
+                loss: kind.clone(),
                 project: false,
             };
             let run = |part_tokens: usize| {
