@@ -10,7 +10,7 @@
 
 use super::{plan_for, TrainCtx};
 use crate::forget::config::{ForgetConfig, Method};
-use crate::forget::nullspace::{key_sums, Projection};
+use crate::forget::nullspace::{key_sums, Projection, Projectors};
 use crate::forget::seqs::Seq;
 use crate::forget::trainer::train;
 use crate::locate::planted::{self, PlantedFact, ANSWERS, PLANTED_LAYER};
@@ -72,10 +72,13 @@ fn planted_ctx(model: &Transformer, method: Method, cfg: &ForgetConfig) -> Train
     let retain_seqs: Vec<Seq> = facts[12..36].iter().map(seq).collect();
     let text_seqs = text();
     let projected = method == Method::Kuda && cfg.kuda.projection != Projection::None;
-    let key_sums = projected.then(|| {
+    let projectors = if projected {
         let keys: Vec<Seq> = retain_seqs.iter().chain(&text_seqs).cloned().collect();
-        key_sums(model, &keys, &params, PAD, 8).unwrap()
-    });
+        let sums = key_sums(model, &keys, &params, PAD, 8).unwrap();
+        Projectors::build(model, &sums, &params, cfg.kuda.projection, cfg.kuda.tau).unwrap()
+    } else {
+        Projectors::default()
+    };
     TrainCtx {
         method,
         edit: false,
@@ -85,7 +88,7 @@ fn planted_ctx(model: &Transformer, method: Method, cfg: &ForgetConfig) -> Train
         text_seqs,
         params,
         rep_layer: crate::forget::methods::rep_layer(method, cfg, PLANTED_LAYER).unwrap(),
-        key_sums,
+        projectors,
         forget_ids: (0..12).map(|i| i.to_string()).collect(),
         retain_ids: (12..36).map(|i| i.to_string()).collect(),
         new_answers: None,

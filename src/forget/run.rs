@@ -332,17 +332,15 @@ fn run_corpus(
         param_count as f64 / 1e6,
         rep_layer.map_or(String::new(), |r| format!(", representation layer {r}"))
     );
-    let key_sums = if a.method == Method::Kuda && cfg.kuda.projection != Projection::None {
-        Some(retain_key_sums(
-            &lm,
-            &cfg,
-            &params,
-            &retain_seqs,
-            &text_seqs,
-        )?)
-    } else {
-        None
-    };
+    let ppl_probe = ppl_probe(&lm, &wiki_train)?;
+    let projectors = kuda_projectors(
+        &lm,
+        a.method,
+        &cfg,
+        &params,
+        (&retain_seqs, &text_seqs),
+        &ppl_probe,
+    )?;
     let ctx = TrainCtx {
         method: a.method,
         edit: false,
@@ -352,13 +350,13 @@ fn run_corpus(
         text_seqs,
         params: params.clone(),
         rep_layer,
-        key_sums,
+        projectors,
         forget_ids,
         retain_ids,
         new_answers: None,
         base_fp: base_fp.clone(),
         partitions: a.partitions,
-        ppl_probe: Some(ppl_probe(&lm, &wiki_train)?),
+        ppl_probe: Some(ppl_probe),
     }
     .with_sink(cfg.sink)?;
     let stop = std::env::var("UNLEARN_STOP_AFTER_STEP")
@@ -773,17 +771,15 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         None
     };
 
-    let key_sums = if a.method == Method::Kuda && cfg.kuda.projection != Projection::None {
-        Some(retain_key_sums(
-            &lm,
-            &cfg,
-            &params,
-            &retain_seqs,
-            &text_seqs,
-        )?)
-    } else {
-        None
-    };
+    let ppl_probe = ppl_probe(&lm, &wiki_train)?;
+    let projectors = kuda_projectors(
+        &lm,
+        a.method,
+        &cfg,
+        &params,
+        (&retain_seqs, &text_seqs),
+        &ppl_probe,
+    )?;
     let ctx = TrainCtx {
         method: a.method,
         edit: a.edit,
@@ -793,13 +789,13 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         text_seqs,
         params: params.clone(),
         rep_layer,
-        key_sums,
+        projectors,
         forget_ids: forget.iter().map(|f| f.id.clone()).collect(),
         retain_ids: retain.iter().map(|f| f.id.clone()).collect(),
         new_answers: new_answers.clone(),
         base_fp: base_fp.clone(),
         partitions: a.partitions,
-        ppl_probe: Some(ppl_probe(&lm, &wiki_train)?),
+        ppl_probe: Some(ppl_probe),
     }
     .with_sink(cfg.sink)?;
     let mut cfg = cfg;
@@ -1004,7 +1000,8 @@ struct TrainCtx {
     text_seqs: Vec<Seq>,
     params: Vec<String>,
     rep_layer: Option<usize>,
-    key_sums: Option<crate::forget::nullspace::KeySums>,
+    /// KUDA's null-space projectors (empty: nothing is projected).
+    projectors: Projectors,
     forget_ids: Vec<String>,
     retain_ids: Vec<String>,
     new_answers: Option<Vec<String>>,
@@ -1070,6 +1067,42 @@ fn retain_key_sums(
     })
 }
 
+/// KUDA's null-space projectors from the key statistics of the retain data and `key_text_chunks`
+/// text chunks (`seqs`), with their pass shares over the probe text printed (empty for the
+/// other methods and `projection = none`). Built once per run; the key sums go when they are.
+fn kuda_projectors(
+    lm: &LanguageModel,
+    method: Method,
+    cfg: &ForgetConfig,
+    params: &[String],
+    (retain_seqs, text_seqs): (&[Seq], &[Seq]),
+    probe: &PplProbe,
+) -> Result<Projectors> {
+    if method != Method::Kuda || cfg.kuda.projection == Projection::None {
+        return Ok(Projectors::default());
+    }
+    let sums = retain_key_sums(lm, cfg, params, retain_seqs, text_seqs)?;
+    let mut projectors =
+        Projectors::build(&lm.model, &sums, params, cfg.kuda.projection, cfg.kuda.tau)?;
+    drop(sums);
+    let seqs: Vec<Seq> = probe
+        .ids
+        .chunks(512)
+        .filter(|c| c.len() >= 2)
+        .map(|c| Seq::text(probe.bos.into_iter().chain(c.iter().copied()).collect()))
+        .collect::<Result<_>>()?;
+    projectors.measure_held_out(&lm.model, &seqs, lm.pad_id())?;
+    for (point, ps) in &projectors.pass {
+        eprintln!(
+            "projector at {point}: lets through {:.2} % of its key data's energy, {} of held-out text's",
+            100.0 * ps.key_data,
+            ps.held_out_text
+                .map_or("?".into(), |h| format!("{:.2} %", 100.0 * h))
+        );
+    }
+    Ok(projectors)
+}
+
 /// The plan of one part of the forget facts under `cfg`.
 fn plan_for(
     model: &Transformer,
@@ -1104,34 +1137,6 @@ fn plan_for(
     } else {
         None
     };
-    let projection = if ctx.method == Method::Kuda {
-        cfg.kuda.projection
-    } else {
-        Projection::None
-    };
-    let mut projectors = match (&ctx.key_sums, projection) {
-        (Some(sums), p) if p != Projection::None => {
-            Projectors::build(model, sums, &ctx.params, p, cfg.kuda.tau)?
-        }
-        _ => Projectors::default(),
-    };
-    if let (Some(probe), false) = (&ctx.ppl_probe, projectors.is_empty()) {
-        let seqs: Vec<Seq> = probe
-            .ids
-            .chunks(512)
-            .filter(|c| c.len() >= 2)
-            .map(|c| Seq::text(probe.bos.into_iter().chain(c.iter().copied()).collect()))
-            .collect::<Result<_>>()?;
-        projectors.measure_held_out(model, &seqs, pad)?;
-        for (point, ps) in &projectors.pass {
-            eprintln!(
-                "projector at {point}: lets through {:.2} % of its key data's energy, {} of held-out text's",
-                100.0 * ps.key_data,
-                ps.held_out_text
-                    .map_or("?".into(), |h| format!("{:.2} %", 100.0 * h))
-            );
-        }
-    }
     let mut plan = Plan {
         terms: methods::terms(ctx.method, cfg, ctx.edit, steer)?,
         forget: fset,
@@ -1147,7 +1152,7 @@ fn plan_for(
         text: SeqSet::new("text", ctx.text_seqs.clone()),
         params: ctx.params.clone(),
         rep_layer: ctx.rep_layer,
-        projectors,
+        projectors: ctx.projectors.clone(),
         project_at: match (
             cfg.kuda.experimental.project_update,
             cfg.kuda.experimental.moments_per_term,
