@@ -29,6 +29,8 @@
 # where it stopped. Only the JSON has to outlive a sitting (scripts/keep-results.sh OUT DEST, and
 # the copy as OUT next time): a step whose files are there is not made again, and a chosen model
 # whose tensors are gone is made again by the same seeded command before what still needs it.
+# PHASE=validation stops after the validation sweep and the choice (while a method's sweep is
+# still growing, so that no reported number is measured of a run that may not be chosen).
 # METHODS="rmu npo" limits the methods (a later run with more methods adds
 # theirs; the choice of a method does not depend on the others); MODEL and LAYERS (the
 # baselines' MLP layers, RMU steering at the last) change the model (MODEL=random:tiny
@@ -167,6 +169,10 @@ for m in $methods; do needs_window "$m" || for f in $lr_factors; do spawn sweep_
 for m in $methods; do ! needs_window "$m" || for f in $lr_factors; do spawn sweep_run "$m" "$f"; done; done
 drain
 python3 "$here/scripts/wmdp-table.py" --choose "$out"
+if [ "${PHASE:-all}" = validation ]; then
+  echo "wmdp-qwen: validation done (PHASE=validation); run again without it for the reported tables" >&2
+  exit 0
+fi
 chosen() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$out/chosen.json" "$1"; }
 
 # 2. The reported tables (the chosen models made again where only their JSON was kept).
