@@ -112,16 +112,19 @@ def validation(out):
             s3, sval = score(e, "wmdp-3"), score(e, "mmlu-val")
             before, after = ppl(d)
             man = load(d, "manifest.json")
-            if not (s3 and sval and after and man):
+            # A run outside the perplexity bound is decided without its MMLU-val: the rule
+            # reads MMLU-val only of runs within it (so a broken model need not be measured).
+            beyond = after is not None and after > before * (1 + PPL_RISE)
+            if not (s3 and man and after and (sval or beyond)):
                 print(f"| {m} | {n} | – | – | – | – | (not finished) |")
                 continue
-            rows.append((n, s3["accuracy"], sval["accuracy"], before, after, s3, sval, man["config"]["optim"]["lr"]))
+            rows.append((n, s3["accuracy"], sval["accuracy"] if sval else None, before, after, s3, sval, man["config"]["optim"]["lr"]))
         if not rows:
             continue
         pick, reason = choose([r[:5] for r in rows], oval["accuracy"])
         chosen[m] = pick
         for n, _, _, before, after, s3, sval, lr in rows:
-            mark = f"**yes** ({reason})" if n == pick else ""
+            mark = f"**yes** ({reason})" if n == pick else ("" if sval else "(MMLU-val not measured: outside +5 % perplexity)")
             print(f"| {m} | {lr:g} | {pct(s3)} | {pct(sval)} | {commonest(sval)} | {after:.2f} ({100 * (after / before - 1):+.1f} %) | {mark} |")
     print()
     print("| method | split 3 after retraining on splits 0-2 (steps: accuracy) | recovered share |")

@@ -75,7 +75,21 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     candidate(root, "rmu-lr1", 1e-4, 0.25, 0.47, 11.0);
     candidate(root, "rmu-lr2", 2e-4, 0.30, 0.45, 10.4);
     candidate(root, "rmu-lr0.5", 5e-5, 0.35, 0.44, 10.1);
+    // RMU at 4x broke the model: outside the perplexity bound, it is decided without its
+    // MMLU-val (never measured) and not chosen; a run within the bound without one is not.
+    candidate(root, "rmu-lr4", 4e-4, 0.20, 0.20, 9000.0);
+    std::fs::remove_file(root.join("measured/rmu-lr4/mcq-mmlu-val.json")).unwrap();
+    candidate(root, "npo-lr4", 2e-4, 0.10, 0.50, 10.1);
+    std::fs::remove_file(root.join("measured/npo-lr4/mcq-mmlu-val.json")).unwrap();
     let v = table(&["--choose", root.to_str().unwrap()]);
+    assert!(
+        v.contains("| rmu | 0.0004 | 20.0 ± 2.0 | – | – | 9000.00 (+89900.0 %) | (MMLU-val not measured: outside +5 % perplexity) |"),
+        "{v}"
+    );
+    assert!(
+        v.contains("| npo | npo-lr4 | – | – | – | – | (not finished) |"),
+        "{v}"
+    );
     let chosen: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("chosen.json")).unwrap()).unwrap();
     assert_eq!(chosen, json!({"rmu": "rmu-lr2", "npo": "npo-lr1"}), "{v}");
