@@ -319,7 +319,20 @@ fn loss_chart(log: &[Value]) -> String {
             (n.clone(), pts)
         })
         .collect();
-    lines("loss terms per step", "step", &series)
+    let mut h = lines("loss terms per step", "step", &series);
+    // The perplexity of held-out text, read every `ppl_every` steps (before the step).
+    let ppl: Vec<(f64, f64)> = log
+        .iter()
+        .filter_map(|l| Some((l["step"].as_f64()?, l["text_ppl"].as_f64()?)))
+        .collect();
+    if !ppl.is_empty() {
+        h.push_str(&lines(
+            "perplexity of held-out text during training (before the step)",
+            "step",
+            &[("text_ppl".to_string(), ppl)],
+        ));
+    }
+    h
 }
 
 /// Side-by-side of the unlearned values of several evaluations.
@@ -671,7 +684,7 @@ mod tests {
             std::fs::write(dir.join("metrics.json"), serde_json::to_string(&m).unwrap()).unwrap();
             std::fs::write(
                 dir.join("train.jsonl"),
-                "{\"step\":1,\"terms\":{\"f\":1.0}}\n{\"step\":2,\"terms\":{\"f\":0.5}}\n",
+                "{\"step\":1,\"terms\":{\"f\":1.0},\"text_ppl\":12.5}\n{\"step\":2,\"terms\":{\"f\":0.5}}\n",
             )
             .unwrap();
         }
@@ -700,6 +713,7 @@ mod tests {
             "unseen half",
             "unlearned, true answer",
             "loss terms per step",
+            "perplexity of held-out text during training",
             "trace.svg",
             "p &lt;1&gt;",
             "class=\"good\"",
