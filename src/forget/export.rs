@@ -53,6 +53,10 @@ pub struct Manifest {
     /// (its own key data, held-out text).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub projector_pass: BTreeMap<String, crate::forget::nullspace::PassShare>,
+    /// The training's perplexity probe with the final weights (`text_ppl` in `train.jsonl`
+    /// holds the readings during training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_ppl_end: Option<f64>,
     /// Worker threads the run trained with (its weights depend on the count; 0 in manifests
     /// written before it was recorded).
     #[serde(default)]

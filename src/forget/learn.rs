@@ -242,13 +242,16 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         ppl_probe: Some(ppl_probe(&lm, &wiki_train)?),
     };
     plan.precompute(&lm.model, 8)?;
-    let (final_losses, seconds) = match &mut lora {
-        Some(l) => learn_adapters(&mut lm, &plan, &cfg, l)?,
+    let (final_losses, seconds, text_ppl_end) = match &mut lora {
+        Some(l) => {
+            let (losses, seconds) = learn_adapters(&mut lm, &plan, &cfg, l)?;
+            (losses, seconds, None)
+        }
         None => {
             let key = hash_json(&json!({"cfg": cfg, "params": params, "base": base_fp,
                 "data": crate::util::sha256_file(&a.data)?, "max_chunks": a.max_chunks}));
             let s = train(&mut lm.model, &plan, &cfg, &key, &a.out, None)?;
-            (s.final_losses, s.seconds)
+            (s.final_losses, s.seconds, s.text_ppl_end)
         }
     };
     let manifest = Manifest {
@@ -279,6 +282,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
         final_losses: final_losses.clone(),
         gradient_angles: None,
         projector_pass: Default::default(),
+        text_ppl_end,
         threads: crate::util::threads(),
         precision: crate::model::precision_label(),
         weights: "changed".into(),

@@ -475,6 +475,7 @@ fn manifest_of(
             .last()
             .map(|s| s.projector_pass.clone())
             .unwrap_or_default(),
+        text_ppl_end: summaries.last().and_then(|s| s.text_ppl_end),
         threads: crate::util::threads(),
         precision: crate::model::precision_label(),
         weights: if a.full {

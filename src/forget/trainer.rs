@@ -214,6 +214,9 @@ pub struct TrainSummary {
     pub forget_moves: Option<Vec<RowMove>>,
     /// The null-space projectors' pass shares (see [`crate::forget::nullspace::PassShare`]).
     pub projector_pass: BTreeMap<String, crate::forget::nullspace::PassShare>,
+    /// The probe text's perplexity with the final weights (the log holds the readings before
+    /// every `ppl_every`-th step); none without a probe or with `ppl_every = 0`.
+    pub text_ppl_end: Option<f64>,
 }
 
 /// [`GradAngles`] at the weights the run started from and those it ended with.
@@ -932,9 +935,8 @@ fn train_with(
         }
         let text_ppl = match &plan.ppl_probe {
             Some(p) if cfg.ppl_every > 0 && step % cfg.ppl_every == 0 => Some(
-                crate::eval::perplexity::perplexity_of(model, p.bos, plan.pad, &p.ids, 512, 256)
-                    .with_context(|| format!("step {}: reading the text perplexity", step + 1))?
-                    .perplexity,
+                text_ppl(model, plan, p)
+                    .with_context(|| format!("step {}: reading the text perplexity", step + 1))?,
             ),
             _ => None,
         };
@@ -1087,6 +1089,10 @@ fn train_with(
         }
     }
     bar.finish_and_clear();
+    let text_ppl_end = match &plan.ppl_probe {
+        Some(p) if cfg.ppl_every > 0 => Some(text_ppl(model, plan, p)?),
+        _ => None,
+    };
     // Neither the update to undo nor the optimizer is read again: on a 1.5B model Adam's
     // moments alone are a gigabyte, which the gradients of the angles below then reuse.
     drop(undo);
@@ -1115,7 +1121,16 @@ fn train_with(
         gradient_angles,
         forget_moves: forget_moves(model, plan)?,
         projector_pass: plan.projectors.pass.clone(),
+        text_ppl_end,
     })
+}
+
+/// The probe text's perplexity under the model's current weights.
+fn text_ppl(model: &Transformer, plan: &Plan, p: &PplProbe) -> Result<f64> {
+    Ok(
+        crate::eval::perplexity::perplexity_of(model, p.bos, plan.pad, &p.ids, 512, 256)?
+            .perplexity,
+    )
 }
 
 fn open_log(path: &Path, keep_steps: usize) -> Result<std::fs::File> {
@@ -1701,6 +1716,56 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    /// The probe text's perplexity is read before every `ppl_every`-th step (into the log) and
+    /// with the final weights (into the summary), and it is the perplexity of those weights.
+    #[test]
+    fn the_probe_perplexity_is_logged_every_few_steps_and_at_the_end() {
+        let mut m = tiny_model(Arch::Gemma3);
+        let orig = tiny_model(Arch::Gemma3);
+        let mut cfg = tiny_cfg();
+        cfg.ppl_every = 2;
+        let mut plan = kuda_plan(&m, Projection::None, &cfg);
+        let probe = PplProbe {
+            bos: None,
+            ids: (0..40).map(|i| (i * 7 % 20) as u32 + 1).collect(),
+        };
+        plan.ppl_probe = Some(probe.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let s = train(&mut m, &plan, &cfg, "k", dir.path(), None).unwrap();
+        let ppl = |model: &Transformer| {
+            crate::eval::perplexity::perplexity_of(model, None, 0, &probe.ids, 512, 256)
+                .unwrap()
+                .perplexity
+        };
+        let log: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("train.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let read: Vec<u64> = log
+            .iter()
+            .filter(|l| l.get("text_ppl").is_some())
+            .map(|l| l["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(read, vec![1, 3, 5]);
+        assert_eq!(log[0]["text_ppl"].as_f64().unwrap(), ppl(&orig));
+        let end = s.text_ppl_end.unwrap();
+        assert_eq!(end, ppl(&m));
+        assert_ne!(end, ppl(&orig), "training moved nothing");
+        cfg.ppl_every = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let s = train(
+            &mut tiny_model(Arch::Gemma3),
+            &plan,
+            &cfg,
+            "k",
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        assert!(s.text_ppl_end.is_none());
     }
 
     fn tiny_cfg() -> ForgetConfig {
