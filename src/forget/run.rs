@@ -332,14 +332,13 @@ fn run_corpus(
         param_count as f64 / 1e6,
         rep_layer.map_or(String::new(), |r| format!(", representation layer {r}"))
     );
-    let ppl_probe = ppl_probe(&lm, &wiki_train)?;
-    let projectors = kuda_projectors(
+    let (ppl_probe, projectors) = probe_and_projectors(
         &lm,
         a.method,
         &cfg,
         &params,
         (&retain_seqs, &text_seqs),
-        &ppl_probe,
+        &wiki_train,
     )?;
     let ctx = TrainCtx {
         method: a.method,
@@ -772,14 +771,13 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
         None
     };
 
-    let ppl_probe = ppl_probe(&lm, &wiki_train)?;
-    let projectors = kuda_projectors(
+    let (ppl_probe, projectors) = probe_and_projectors(
         &lm,
         a.method,
         &cfg,
         &params,
         (&retain_seqs, &text_seqs),
-        &ppl_probe,
+        &wiki_train,
     )?;
     let ctx = TrainCtx {
         method: a.method,
@@ -1066,6 +1064,20 @@ fn retain_key_sums(
         sp.finish_and_clear();
         r
     })
+}
+
+/// The training's perplexity probe (the end of `wiki_train`) and KUDA's projectors measured on it.
+fn probe_and_projectors(
+    lm: &LanguageModel,
+    method: Method,
+    cfg: &ForgetConfig,
+    params: &[String],
+    seqs: (&[Seq], &[Seq]),
+    wiki_train: &[String],
+) -> Result<(PplProbe, Projectors)> {
+    let probe = ppl_probe(lm, wiki_train)?;
+    let projectors = kuda_projectors(lm, method, cfg, params, seqs, &probe)?;
+    Ok((probe, projectors))
 }
 
 /// KUDA's null-space projectors from the key statistics of the retain data and `key_text_chunks`

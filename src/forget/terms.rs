@@ -151,15 +151,7 @@ pub fn repr_loss_weighted(
 /// ([`repr_loss_scaled`]) gets the loss and gradient of the whole batch.
 pub fn repr_scale(kind: &ReprLoss, h0: &Tensor, firsts: Option<&[bool]>) -> Result<f64> {
     let (m, _) = h0.dims2()?;
-    if m == 0 {
-        bail!("representation loss over no rows");
-    }
-    if firsts.is_some_and(|f| f.len() != m) {
-        bail!(
-            "{} first-row marks for {m} rows",
-            firsts.map_or(0, |f| f.len())
-        );
-    }
+    check_rows(m, firsts)?;
     let mf = m as f64;
     Ok(match kind {
         ReprLoss::Deviation { .. } => mf,
@@ -195,6 +187,20 @@ pub fn repr_scale(kind: &ReprLoss, h0: &Tensor, firsts: Option<&[bool]>) -> Resu
     })
 }
 
+/// A representation loss needs rows, and one first-row mark per row when marks are given.
+fn check_rows(m: usize, firsts: Option<&[bool]>) -> Result<()> {
+    if m == 0 {
+        bail!("representation loss over no rows");
+    }
+    if firsts.is_some_and(|f| f.len() != m) {
+        bail!(
+            "{} first-row marks for {m} rows",
+            firsts.map_or(0, |f| f.len())
+        );
+    }
+    Ok(())
+}
+
 /// [`repr_loss_weighted`] over some rows of a batch, divided by the whole batch's
 /// [`repr_scale`]: the parts' losses and gradients add up to the whole batch's.
 pub fn repr_loss_scaled(
@@ -214,15 +220,7 @@ pub fn repr_loss_scaled(
     let h = h.to_dtype(dt)?;
     let h0 = h0.to_dtype(dt)?;
     let (m, d) = h.dims2()?;
-    if m == 0 {
-        bail!("representation loss over no rows");
-    }
-    if firsts.is_some_and(|f| f.len() != m) {
-        bail!(
-            "{} first-row marks for {m} rows",
-            firsts.map_or(0, |f| f.len())
-        );
-    }
+    check_rows(m, firsts)?;
     let (rows, grad) = per_row(kind, &h, &h0, d, scale)?;
     let (rows, grad) = match weights {
         None => (rows, grad),
