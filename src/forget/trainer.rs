@@ -289,8 +289,7 @@ pub(crate) fn term_grads(
     term_grads_in_parts(model, plan, term, members, rng, focus, REPR_PART_TOKENS)
 }
 
-/// [`term_grads`], a representation term's batch run in parts of at most `part_tokens` padded
-/// tokens.
+/// [`term_grads`], the term's batch run in parts of at most `part_tokens` padded tokens.
 fn term_grads_in_parts(
     model: &Transformer,
     plan: &Plan,
@@ -378,18 +377,19 @@ fn term_grads_in_parts(
             let lens: Vec<usize> = members.iter().map(|&i| set.seqs[i].ids.len()).collect();
             let mut total = 0.0;
             let mut grads = BTreeMap::new();
+            // Each member's first row in the batch's row order.
+            let mut at = 0;
+            let starts: Vec<usize> = positions
+                .iter()
+                .map(|p| {
+                    let s = at;
+                    at += p.len();
+                    s
+                })
+                .collect();
             for part in token_parts(&lens, part_tokens) {
                 // Rows of this part in the batch's row order.
                 let mut row_of = Vec::with_capacity(part.len());
-                let mut at = 0;
-                let starts: Vec<usize> = positions
-                    .iter()
-                    .map(|p| {
-                        let s = at;
-                        at += p.len();
-                        s
-                    })
-                    .collect();
                 for &k in &part {
                     row_of.extend(starts[k]..starts[k] + positions[k].len());
                 }
@@ -701,7 +701,12 @@ fn add_into(
     scale: f64,
 ) -> Result<()> {
     for (n, t) in g {
-        let t = t.affine(scale, 0.0)?;
+        // A whole batch (scale 1) adds its gradients as they are, without a scaled copy.
+        let t = if scale == 1.0 {
+            t
+        } else {
+            t.affine(scale, 0.0)?
+        };
         match acc.get_mut(&n) {
             Some(a) => *a = (&*a + t)?,
             None => {
