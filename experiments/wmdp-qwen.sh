@@ -31,6 +31,11 @@
 # whose tensors are gone is made again by the same seeded command before what still needs it.
 # PHASE=validation stops after the validation sweep and the choice (while a method's sweep is
 # still growing, so that no reported number is measured of a run that may not be chosen).
+# A run is named METHOD[.VARIANT]-lrFACTOR: a variant is a named change of the method's
+# protocol settings (VARIANT below), a candidate of its method like another learning rate; the
+# rule chooses among all of a method's runs. RUNS="kuda.text1024-lr1 rmu-lr0.5" makes exactly
+# those validation runs instead of every method at every LR_FACTORS (a search that goes on
+# from what the earlier runs showed; docs/results.md says which runs were made and why).
 # METHODS="rmu npo" limits the methods (a later run with more methods adds
 # theirs; the choice of a method does not depend on the others); MODEL and LAYERS (the
 # baselines' MLP layers, RMU steering at the last) change the model (MODEL=random:tiny
@@ -129,25 +134,41 @@ declare -A WHERE=(
 # at its default rate (sink dropped) kept perplexity within 5 % but steered the question-and-answer
 # form itself: MMLU-val fell from 46.2 to 21.9 %, 231 of 260 answers "A" (OUT/rmu-wikitext-retain).
 retain="--set corpus_retain=mmlu-qa"
-unlearned() { # name: the model OUT/sweep/NAME (method-lrFACTOR), made unless its tensors are
-  # there; made again when only its JSON was kept (scripts/keep-results.sh), by the same
-  # seeded command as the run the validation chose (the same up to float rounding where the
-  # thread count differs)
-  local m=${1%-lr*} f=${1##*-lr} d="$out/sweep/$1" base lr
+# Variants (METHOD.NAME): settings added to the method's own.
+# kuda.text1024: the key statistics read 1,024 WikiText chunks of 64 tokens instead of 64. With
+# 64, the projectors of MLPs 3-5 let through 0.1 % of their key data's energy but 3.6-7.3 % of
+# held-out text's; with 1,024 (MLP 3), 0.08 % and 0.41 % (docs/results.md).
+declare -A VARIANT=(
+  [kuda.text1024]="--set kuda.key_text_chunks=1024"
+)
+run_method() { local b=${1%-lr*}; echo "${b%%.*}"; } # name: its method
+run_variant() { # name: its variant's settings (none for a plain METHOD-lrFACTOR)
+  local b=${1%-lr*}
+  [[ "$b" == *.* ]] || return 0
+  [ -n "${VARIANT[$b]+x}" ] || { echo "wmdp-qwen: $1: no variant $b (VARIANT in $0)" >&2; exit 2; }
+  echo "${VARIANT[$b]}"
+}
+unlearned() { # name: the model OUT/sweep/NAME (METHOD[.VARIANT]-lrFACTOR), made unless its
+  # tensors are there; made again when only its JSON was kept (scripts/keep-results.sh), by the
+  # same seeded command as the run the validation chose (the same up to float rounding where
+  # the thread count differs)
+  local m f=${1##*-lr} d="$out/sweep/$1" base lr v
+  m=$(run_method "$1")
+  v=$(run_variant "$1")
   if needs_window "$m"; then find_window; fi
   [ -s "$d/changed.safetensors" ] || rm -f "$d/manifest.json"
   base=$(default_lr "$m")
   lr=$(python3 -c "print(f'{$base * $f:.3g}')")
   # shellcheck disable=SC2086
   once "$d/manifest.json" "$bin" forget --model $model --method "$m" --task wmdp-qa \
-    ${WHERE[$m]} $retain --set "optim.lr=$lr" --out "$d"
+    ${WHERE[$m]} $retain $v --set "optim.lr=$lr" --out "$d"
 }
 all_made() { # file...: whether every one is there
   local f
   for f in "$@"; do [ -s "$f" ] || return 1; done
 }
-sweep_run() { # method, learning-rate factor: unlearn, then measure on validation
-  local n="$1-lr$2"
+sweep_run() { # name: unlearn, then measure on validation
+  local n=$1
   local d="$out/sweep/$n" e="$out/measured/$n"
   all_made "$d/metrics.json" "$e/mcq-wmdp-3.json" "$e/mcq-mmlu-val.json" && return 0
   unlearned "$n"
@@ -160,13 +181,18 @@ o="$out/measured/original"
 mkdir -p "$o"
 
 # 1. Validation sweep (the window first: the runs that need it wait for it).
-for m in $methods; do
-  if needs_window "$m"; then spawn find_window; break; fi
+runs=${RUNS:-}
+if [ -z "$runs" ]; then
+  for m in $methods; do for f in $lr_factors; do runs+=" $m-lr$f"; done; done
+fi
+for n in $runs; do run_variant "$n" > /dev/null; done # an unknown variant stops before any work
+for n in $runs; do
+  if needs_window "$(run_method "$n")"; then spawn find_window; break; fi
 done
 spawn mcqs $model "$o" wmdp:3 mmlu-val
 spawn retrain "$o/retrain-val" 0,1,2 3
-for m in $methods; do needs_window "$m" || for f in $lr_factors; do spawn sweep_run "$m" "$f"; done; done
-for m in $methods; do ! needs_window "$m" || for f in $lr_factors; do spawn sweep_run "$m" "$f"; done; done
+for n in $runs; do needs_window "$(run_method "$n")" || spawn sweep_run "$n"; done
+for n in $runs; do ! needs_window "$(run_method "$n")" || spawn sweep_run "$n"; done
 drain
 python3 "$here/scripts/wmdp-table.py" --choose "$out"
 if [ "${PHASE:-all}" = validation ]; then

@@ -4,10 +4,10 @@
     python3 scripts/wmdp-table.py --choose OUT   # validation: apply the rule, write OUT/chosen.json
     python3 scripts/wmdp-table.py OUT            # the reported tables, on the chosen runs
 
-Validation (--choose): per method and learning rate, WMDP split 3, MMLU-val and WikiText-2
-perplexity (and MMLU-val's commonest answer, which shows a collapse onto one letter); the rule of
-experiments/wmdp-qwen.sh picks one run per method; then split 3 after retraining the chosen runs
-on splits 0-2.
+Validation (--choose): per method and run (learning rate, variant), WMDP split 3, MMLU-val and
+WikiText-2 perplexity (and MMLU-val's commonest answer, which shows a collapse onto one letter);
+the rule of experiments/wmdp-qwen.sh picks one run per method; then split 3 after retraining the
+chosen runs on splits 0-2.
 Reported: (a) WMDP accuracy by split, MMLU (570), the near subjects and perplexity, per method
 and the original; (b) split 4 after retraining on splits 0-3 (LoRA, and full fine-tuning of the
 updated tensors), and the share of what unlearning removed that came back:
@@ -64,14 +64,34 @@ def ppl(d):
     return m["before"]["wikitext"]["perplexity"], m["after"]["wikitext"]["perplexity"]
 
 
+def parse_run(name):
+    """A run's name METHOD[.VARIANT]-lrFACTOR as (method, variant or "", factor); None for a
+    name of another form."""
+    base, sep, factor = name.rpartition("-lr")
+    try:
+        f = float(factor)
+    except ValueError:
+        return None
+    if not sep:
+        return None
+    method, _, variant = base.partition(".")
+    return method, variant, f
+
+
 def candidates(out, method):
-    """The names of a method's validation runs: models in OUT/sweep/NAME, what was measured of
-    them in OUT/measured/NAME."""
+    """The names of a method's validation runs (every variant, every learning rate): models in
+    OUT/sweep/NAME, what was measured of them in OUT/measured/NAME."""
     sweep = os.path.join(out, "sweep")
     if not os.path.isdir(sweep):
         return []
-    names = [n for n in os.listdir(sweep) if n.startswith(method + "-lr")]
-    return sorted(names, key=lambda n: float(n[len(method) + 3:]))
+    runs = [(n, parse_run(n)) for n in os.listdir(sweep)]
+    return [n for n, r in sorted((x for x in runs if x[1] and x[1][0] == method), key=lambda x: x[1][1:])]
+
+
+def settings(name, lr):
+    """A run's learning rate and variant, as the tables show them ("0.00025, text1024")."""
+    v = parse_run(name)[1]
+    return f"{lr:g}, {v}" if v else f"{lr:g}"
 
 
 def choose(rows, original_val):
@@ -102,7 +122,7 @@ def validation(out):
         sys.exit(f"{orig}: the original model's mcq-wmdp-3.json and mcq-mmlu-val.json are missing")
     print(f"Original model: WMDP split 3 {pct(o3)}, MMLU-val {pct(oval)} (commonest answer {commonest(oval)})")
     print()
-    print("| method | learning rate | WMDP split 3 | MMLU-val | MMLU-val's commonest answer | perplexity | chosen |")
+    print("| method | learning rate, variant | WMDP split 3 | MMLU-val | MMLU-val's commonest answer | perplexity | chosen |")
     print("|---|---|---|---|---|---|---|")
     chosen = {}
     for m in METHODS:
@@ -125,7 +145,7 @@ def validation(out):
         chosen[m] = pick
         for n, _, _, before, after, s3, sval, lr in rows:
             mark = f"**yes** ({reason})" if n == pick else ("" if sval else "(MMLU-val not measured: outside +5 % perplexity)")
-            print(f"| {m} | {lr:g} | {pct(s3)} | {pct(sval)} | {commonest(sval)} | {after:.2f} ({100 * (after / before - 1):+.1f} %) | {mark} |")
+            print(f"| {m} | {settings(n, lr)} | {pct(s3)} | {pct(sval)} | {commonest(sval)} | {after:.2f} ({100 * (after / before - 1):+.1f} %) | {mark} |")
     print()
     print("| method | split 3 after retraining on splits 0-2 (steps: accuracy) | recovered share |")
     print("|---|---|---|")
@@ -172,7 +192,7 @@ def reported(out):
         lr = ""
         if m != "original":
             man = load(d, "manifest.json")
-            lr = f" (lr {man['config']['optim']['lr']:g})" if man else ""
+            lr = f" (lr {settings(chosen[m], man['config']['optim']['lr'])})" if man else ""
         p = f"{after:.2f} ({100 * (after / before - 1):+.1f} %)" if after else "–"
         cells = [pct(w)] + [pct(g[f"split_{i}"]) for i in range(5)] + [pct(mm), pct(near), p]
         print(f"| {m}{lr} | " + " | ".join(cells) + " |")

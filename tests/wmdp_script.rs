@@ -109,3 +109,45 @@ fn side_by_side_runs_make_each_step_once_and_a_rerun_makes_none() {
         "{again}"
     );
 }
+
+#[test]
+fn named_runs_make_exactly_those_with_their_variants_settings() {
+    let t = tempfile::tempdir().unwrap();
+    let (out, log) = (t.path().join("out"), t.path().join("calls.log"));
+    let run = |runs: &str| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Command::new("bash")
+            .arg(root.join("experiments/wmdp-qwen.sh"))
+            .arg(&out)
+            .arg(root.join("tests/scriptcheck/fake_unlearn.py"))
+            .env("FAKE_LOG", &log)
+            .env("RUNS", runs)
+            .env("PHASE", "validation")
+            .env("MODEL", "fake")
+            .output()
+            .expect("bash runs")
+    };
+    // An unknown variant stops the run before anything is made, naming the run.
+    let bad = run("ga-lr1 kuda.nosuch-lr1");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("kuda.nosuch-lr1: no variant kuda.nosuch"), "{err}");
+    assert!(!log.exists(), "made something: {:?}", std::fs::read_to_string(&log));
+
+    let ok = run("kuda.text1024-lr1 ga-lr0.5");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let forgets: Vec<&str> = calls.lines().filter(|l| l.starts_with("forget ")).collect();
+    assert_eq!(forgets.len(), 2, "{calls}");
+    let kuda = forgets.iter().find(|l| l.contains("--method kuda ")).unwrap();
+    assert!(
+        kuda.contains("--set kuda.key_text_chunks=1024")
+            && kuda.contains("sweep/kuda.text1024-lr1")
+            && kuda.contains("--localization"),
+        "{calls}"
+    );
+    let ga = forgets.iter().find(|l| l.contains("--method ga ")).unwrap();
+    assert!(!ga.contains("key_text_chunks"), "{calls}");
+    let chosen = std::fs::read_to_string(out.join("chosen.json")).unwrap();
+    assert!(chosen.contains("\"kuda.text1024-lr1\""), "{chosen}");
+}

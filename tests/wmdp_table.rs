@@ -81,7 +81,17 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     std::fs::remove_file(root.join("measured/rmu-lr4/mcq-mmlu-val.json")).unwrap();
     candidate(root, "npo-lr4", 2e-4, 0.10, 0.50, 10.1);
     std::fs::remove_file(root.join("measured/npo-lr4/mcq-mmlu-val.json")).unwrap();
+    // A variant (METHOD.VARIANT-lrFACTOR) is a candidate of its method like another rate;
+    // a folder of another name is no run.
+    candidate(root, "kuda-lr1", 1e-3, 0.30, 0.50, 10.2);
+    candidate(root, "kuda.text1024-lr1", 1e-3, 0.27, 0.50, 10.2);
+    std::fs::create_dir_all(root.join("sweep/kuda-notes")).unwrap();
     let v = table(&["--choose", root.to_str().unwrap()]);
+    assert!(
+        v.contains("| kuda | 0.001, text1024 | 27.0 ± 2.0 | 50.0 ± 2.0 | – | 10.20 (+2.0 %) | **yes**"),
+        "{v}"
+    );
+    assert!(!v.contains("kuda-notes"), "{v}");
     assert!(
         v.contains("| rmu | 0.0004 | 20.0 ± 2.0 | – | – | 9000.00 (+89900.0 %) | (MMLU-val not measured: outside +5 % perplexity) |"),
         "{v}"
@@ -92,7 +102,7 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     );
     let chosen: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("chosen.json")).unwrap()).unwrap();
-    assert_eq!(chosen, json!({"rmu": "rmu-lr2", "npo": "npo-lr1"}), "{v}");
+    assert_eq!(chosen, json!({"kuda": "kuda.text1024-lr1", "rmu": "rmu-lr2", "npo": "npo-lr1"}), "{v}");
     assert!(
         v.contains("| npo | 5e-05 | 30.0 ± 2.0 | 49.0 ± 2.0 | – | 10.30 (+3.0 %) | **yes**"),
         "{v}"
