@@ -42,8 +42,10 @@
 # LAYERS=1-2 METHODS="rmu ga" runs the whole script in minutes, to check it). JOBS=2 runs two
 # independent steps at a time (each on cores/JOBS threads unless UNLEARN_THREADS is set): on a
 # 2-core CPU, two one-thread steps get through about 1.6 times the work of one two-thread step
-# (README, WMDP); but two forget runs of the 1.5B model need some 28 GB side by side (README,
-# Memory), so on a 24 GB machine keep JOBS=1.
+# (README, WMDP). Whatever JOBS, at most FORGETS (default 1) forget runs go at a time, across
+# every run of the script on OUT: a forget of the 1.5B model needs up to 13 GB, two of them did
+# not fit in 24 GB side by side, while a measurement beside one (MCQ 7.6 GB, retraining 8.3 GB)
+# does (README, Memory). On a 24 GB machine JOBS=2 then keeps both cores busy.
 # A step is made under a lock (OUT/locks), so two runs of the script on one OUT never make the
 # same file twice. On a 2-core CPU one full WMDP + MMLU evaluation of the 1.5B model takes
 # about an hour, a 40-step retraining about an hour, and the whole protocol more than a day;
@@ -56,6 +58,7 @@ layers=${LAYERS:-4-6}
 methods=${METHODS:-kuda rmu npo simnpo ga localized-ft}
 lr_factors=${LR_FACTORS:-0.5 1 2}
 jobs_max=${JOBS:-1}
+forgets_max=${FORGETS:-1}
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ "$jobs_max" -gt 1 ] && [ -z "${UNLEARN_THREADS:-}" ]; then
   t=$(( $(nproc) / jobs_max ))
@@ -73,6 +76,21 @@ once() { # file, command...: make the file unless it exists, one maker at a time
     "$@"
   fi
   exec {fd}>&-
+}
+forget_slot() { # command...: run it holding one of the FORGETS slots (OUT/locks/forget-K.slot)
+  local k fd
+  while :; do
+    for k in $(seq 1 "$forgets_max"); do
+      exec {fd}>"$out/locks/forget-$k.slot"
+      if flock -n "$fd"; then
+        "$@"
+        exec {fd}>&-
+        return 0
+      fi
+      exec {fd}>&-
+    done
+    sleep 5
+  done
 }
 running=0
 spawn() { # command...: run it beside the others, at most JOBS at a time
@@ -160,7 +178,7 @@ unlearned() { # name: the model OUT/sweep/NAME (METHOD[.VARIANT]-lrFACTOR), made
   base=$(default_lr "$m")
   lr=$(python3 -c "print(f'{$base * $f:.3g}')")
   # shellcheck disable=SC2086
-  once "$d/manifest.json" "$bin" forget --model $model --method "$m" --task wmdp-qa \
+  once "$d/manifest.json" forget_slot "$bin" forget --model $model --method "$m" --task wmdp-qa \
     ${WHERE[$m]} $retain $v --set "optim.lr=$lr" --out "$d"
 }
 all_made() { # file...: whether every one is there
@@ -181,9 +199,11 @@ o="$out/measured/original"
 mkdir -p "$o"
 
 # 1. Validation sweep (the window first: the runs that need it wait for it).
-runs=${RUNS:-}
+runs=${RUNS:-} # in RUNS's order; by default the methods without a window first (the window
+# is found meanwhile)
 if [ -z "$runs" ]; then
-  for m in $methods; do for f in $lr_factors; do runs+=" $m-lr$f"; done; done
+  for m in $methods; do needs_window "$m" || for f in $lr_factors; do runs+=" $m-lr$f"; done; done
+  for m in $methods; do ! needs_window "$m" || for f in $lr_factors; do runs+=" $m-lr$f"; done; done
 fi
 for n in $runs; do run_variant "$n" > /dev/null; done # an unknown variant stops before any work
 for n in $runs; do
@@ -191,8 +211,7 @@ for n in $runs; do
 done
 spawn mcqs $model "$o" wmdp:3 mmlu-val
 spawn retrain "$o/retrain-val" 0,1,2 3
-for n in $runs; do needs_window "$(run_method "$n")" || spawn sweep_run "$n"; done
-for n in $runs; do ! needs_window "$(run_method "$n")" || spawn sweep_run "$n"; done
+for n in $runs; do spawn sweep_run "$n"; done
 drain
 python3 "$here/scripts/wmdp-table.py" --choose "$out"
 if [ "${PHASE:-all}" = validation ]; then

@@ -1,8 +1,10 @@
 //! `experiments/wmdp-qwen.sh`, the WMDP protocol's driver, with a stand-in binary
 //! (`tests/scriptcheck/fake_unlearn.py`) that logs its calls: two runs side by side on one
-//! output folder, each with two steps at a time, make every step exactly once (the locks) and
-//! in order (the window before the runs that need it); a third run makes nothing (every step
-//! is a file); the tables are made from what they wrote.
+//! output folder, each with two steps at a time, make every step exactly once (the locks), in
+//! order (the window before the runs that need it) and at most one forget run at a time (the
+//! stand-in fails otherwise); a third run makes nothing (every step is a file); the tables are
+//! made from what they wrote. Named runs (RUNS) make exactly those, with their variants'
+//! settings.
 
 mod pyscript;
 

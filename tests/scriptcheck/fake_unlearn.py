@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A stand-in for the unlearn binary in tests of the experiment scripts: it logs each call to
 $FAKE_LOG (one line each) and writes the files the real command would, with made-up numbers,
-after a short pause (so that steps run side by side overlap)."""
+after a short pause (so that steps run side by side overlap). Forget runs fail when another one
+is running at the same time (the script runs at most one: its memory)."""
 import json
 import os
 import sys
@@ -26,7 +27,17 @@ if cmd == "forget" and "--print-config" in args:
     sys.exit(0)
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(" ".join(args) + "\n")
+running = os.environ["FAKE_LOG"] + ".forgets"
+if cmd == "forget":
+    os.makedirs(running, exist_ok=True)
+    mine = os.path.join(running, str(os.getpid()))
+    open(mine, "w").close()
+    if len(os.listdir(running)) > 1:
+        os.remove(mine)
+        sys.exit("fake unlearn: two forget runs at the same time")
 time.sleep(0.3)
+if cmd == "forget":
+    os.remove(mine)
 score = {"accuracy": 0.3, "stderr": 0.04,
          "groups": [{"name": f"split_{i}", "accuracy": 0.3, "stderr": 0.04} for i in range(5)]}
 if cmd == "mcq":
