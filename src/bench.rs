@@ -160,8 +160,13 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     lm.model.set_trainable(&names)?;
     let trainable_params: usize = names
         .iter()
-        .map(|x| lm.model.weights().tensors[x].elem_count())
-        .sum();
+        .map(|x| {
+            lm.model
+                .weights()
+                .dims(x)
+                .map(|d| d.iter().product::<usize>())
+        })
+        .sum::<anyhow::Result<usize>>()?;
     let (s, peak) = time_it(&device, repeats, || fwd_bwd(&lm, &batch, &targets))?;
     record(
         "fwd_bwd_3_mlps",
@@ -172,7 +177,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     // Full fine-tuning widens every weight to f32 and keeps a gradient of each: timed up to
     // 2 B parameters (a 7–8 B model would need 64 GB for that alone).
     if lm.model.weights().num_params() <= 2_000_000_000 {
-        let all: Vec<String> = lm.model.weights().tensors.keys().cloned().collect();
+        let all: Vec<String> = lm.model.weights().names();
         lm.model.set_trainable(&all)?;
         let (s, peak) = time_it(&device, repeats, || fwd_bwd(&lm, &batch, &targets))?;
         record(
@@ -255,6 +260,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
         "device": format!("{:?}", device.location()),
         "compute_dtype": compute,
         "weights_dtype": crate::model::dtype_name(crate::model::weights_dtype()),
+        "weights_as_gguf_blocks": crate::model::keeps_blocks(),
         "load_seconds": load_s,
         "rss_after_load_bytes": rss_model,
         "gemm_1024_gflops": gflops,

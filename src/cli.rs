@@ -349,7 +349,7 @@ pub fn export(spec: &str, out: &std::path::Path) -> Result<()> {
     eprintln!(
         "wrote {} ({} tensors)",
         out.display(),
-        lm.model.weights().tensors.len()
+        lm.model.weights().names().len()
     );
     Ok(())
 }

@@ -34,12 +34,14 @@ struct Cli {
     /// Trained weights depend on the count; a run resumes only with the count it started with.
     #[arg(long, global = true, env = "UNLEARN_THREADS")]
     threads: Option<usize>,
-    /// How frozen weight matrices are held in memory: f32, or bf16/f16 for half the memory
+    /// How frozen weight matrices are held in memory: f32; bf16/f16 for half the memory
     /// (trainable weights and norms stay f32, and so does the arithmetic unless --compute says
     /// otherwise; results differ from f32 storage by the weights' rounding, about 1e-2 in
-    /// log-probabilities).
-    #[arg(long, global = true, env = "UNLEARN_WEIGHTS", default_value = "f32", value_parser = unlearn::model::parse_weights_dtype)]
-    weights: candle_core::DType,
+    /// log-probabilities); or gguf: a GGUF model's matrices kept as the file's quantized blocks
+    /// and dequantized where used — the same numbers as f32 in a quarter of the memory or less,
+    /// each forward paying for the dequantizing (other sources load as f32).
+    #[arg(long, global = true, env = "UNLEARN_WEIGHTS", default_value = "f32", value_parser = unlearn::model::parse_weights)]
+    weights: unlearn::model::WeightsStorage,
     /// The dtype forward passes compute in: f32, or bf16/f16 (matrix products and activations
     /// in half precision, as GPUs run them fastest; norms, softmax and logits in f32; the weight
     /// matrices stored in the same dtype). Training is mixed precision: trainable weights,
@@ -752,7 +754,7 @@ fn parse_cli() -> Cli {
 fn main() {
     unlearn::util::tune_allocator();
     let cli = parse_cli();
-    unlearn::model::set_weights_dtype(cli.weights);
+    unlearn::model::set_weights(cli.weights);
     if cli.compute != candle_core::DType::F32 {
         unlearn::model::set_compute_dtype(cli.compute);
     }

@@ -133,15 +133,29 @@ fn named_runs_make_exactly_those_with_their_variants_settings() {
     let bad = run("ga-lr1 kuda.nosuch-lr1");
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("kuda.nosuch-lr1: no variant kuda.nosuch"), "{err}");
-    assert!(!log.exists(), "made something: {:?}", std::fs::read_to_string(&log));
+    assert!(
+        err.contains("kuda.nosuch-lr1: no variant kuda.nosuch"),
+        "{err}"
+    );
+    assert!(
+        !log.exists(),
+        "made something: {:?}",
+        std::fs::read_to_string(&log)
+    );
 
     let ok = run("kuda.text1024-lr1 ga-lr0.5");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let calls = std::fs::read_to_string(&log).unwrap();
     let forgets: Vec<&str> = calls.lines().filter(|l| l.starts_with("forget ")).collect();
     assert_eq!(forgets.len(), 2, "{calls}");
-    let kuda = forgets.iter().find(|l| l.contains("--method kuda ")).unwrap();
+    let kuda = forgets
+        .iter()
+        .find(|l| l.contains("--method kuda "))
+        .unwrap();
     assert!(
         kuda.contains("--set kuda.key_text_chunks=1024")
             && kuda.contains("sweep/kuda.text1024-lr1")

@@ -88,7 +88,9 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     std::fs::create_dir_all(root.join("sweep/kuda-notes")).unwrap();
     let v = table(&["--choose", root.to_str().unwrap()]);
     assert!(
-        v.contains("| kuda | 0.001, text1024 | 27.0 ± 2.0 | 50.0 ± 2.0 | – | 10.20 (+2.0 %) | **yes**"),
+        v.contains(
+            "| kuda | 0.001, text1024 | 27.0 ± 2.0 | 50.0 ± 2.0 | – | 10.20 (+2.0 %) | **yes**"
+        ),
         "{v}"
     );
     assert!(!v.contains("kuda-notes"), "{v}");
@@ -102,7 +104,11 @@ fn settings_are_chosen_on_validation_and_the_target_is_judged() {
     );
     let chosen: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("chosen.json")).unwrap()).unwrap();
-    assert_eq!(chosen, json!({"kuda": "kuda.text1024-lr1", "rmu": "rmu-lr2", "npo": "npo-lr1"}), "{v}");
+    assert_eq!(
+        chosen,
+        json!({"kuda": "kuda.text1024-lr1", "rmu": "rmu-lr2", "npo": "npo-lr1"}),
+        "{v}"
+    );
     assert!(
         v.contains("| npo | 5e-05 | 30.0 ± 2.0 | 49.0 ± 2.0 | – | 10.30 (+3.0 %) | **yes**"),
         "{v}"

@@ -87,7 +87,7 @@ pub fn write_output(dir: &Path, lm: &LanguageModel, manifest: &Manifest, full: b
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut changed = HashMap::new();
     for p in &manifest.params {
-        let t = lm.model.weights().get(p)?;
+        let t = lm.model.weights().dense(p, &Device::Cpu)?;
         changed.insert(
             p.clone(),
             t.to_dtype(DType::F32)?

@@ -190,7 +190,7 @@ pub fn run(a: &LearnArgs, device: &candle_core::Device) -> Result<LanguageModel>
     };
     let param_count: usize = params
         .iter()
-        .map(|p| Ok(lm.model.weights().get(p)?.elem_count()))
+        .map(|p| lm.model.weights().elem_count(p))
         .sum::<Result<usize>>()?;
     let n_tokens: usize = seqs.iter().map(|s| s.targets.len()).sum();
     let how = match &lora {

@@ -182,7 +182,10 @@ impl Lora {
         let s = self.scale();
         for name in self.inputs.keys() {
             let (na, nb) = adapter::grad_names(name);
-            let w0 = model.weights().get(name)?.to_dtype(model.dtype())?;
+            let w0 = model
+                .weights()
+                .dense(name, model.device())?
+                .to_dtype(model.dtype())?;
             let delta = self.params[&nb].matmul(&self.params[&na])?.affine(s, 0.0)?;
             model.set_param(name, (w0 + delta)?)?;
         }

@@ -502,7 +502,7 @@ fn updated_params(
                 let loc: Localization = serde_json::from_str(&text)
                     .with_context(|| format!("{}: not a localization.json", p.display()))?;
                 for q in &loc.params {
-                    lm.model.weights().get(q).with_context(|| {
+                    lm.model.weights().dims(q).with_context(|| {
                         format!("{}: parameter `{q}` is not in this model", p.display())
                     })?;
                 }
@@ -515,7 +515,7 @@ fn updated_params(
         };
     let param_count: usize = params
         .iter()
-        .map(|p| Ok(lm.model.weights().get(p)?.elem_count()))
+        .map(|p| lm.model.weights().elem_count(p))
         .sum::<Result<usize>>()?;
     let top = params
         .iter()
@@ -869,10 +869,9 @@ pub fn run(a: &ForgetArgs, device: &candle_core::Device) -> Result<LanguageModel
 pub(crate) fn all_block_params(lm: &LanguageModel) -> Vec<String> {
     lm.model
         .weights()
-        .tensors
-        .keys()
+        .names()
+        .into_iter()
         .filter(|k| k.starts_with("model.layers."))
-        .cloned()
         .collect()
 }
 
@@ -1457,7 +1456,7 @@ fn tune(
     let original: Vec<(String, candle_core::Tensor)> = ctx
         .params
         .iter()
-        .map(|p| Ok((p.clone(), lm.model.weights().get(p)?.clone())))
+        .map(|p| Ok((p.clone(), lm.model.weights().dense(p, lm.model.device())?)))
         .collect::<Result<_>>()?;
     let restore = |lm: &mut LanguageModel| -> Result<()> {
         for (p, w) in &original {

@@ -58,7 +58,7 @@ impl Localization {
         params.dedup();
         let mut count = 0;
         for p in &params {
-            count += model.weights().get(p)?.elem_count();
+            count += model.weights().elem_count(p)?;
         }
         Ok(Localization {
             method: method.into(),

@@ -404,7 +404,7 @@ fn choose_layers(
         .model
         .mlp_param_names(&[0])
         .iter()
-        .map(|n| lm.model.weights().get(n).map(|t| t.elem_count()))
+        .map(|n| lm.model.weights().elem_count(n))
         .sum::<Result<usize>>()?;
     let k = match budget {
         Some(b) => b.div_ceil(mlp_params.max(1)).clamp(1, n_layers),

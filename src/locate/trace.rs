@@ -99,9 +99,12 @@ pub fn subject_embedding_std(model: &Transformer, subjects: &[Vec<u32>]) -> Resu
     if ids.is_empty() {
         bail!("trace: no subject tokens to measure the noise level on");
     }
-    let w = model.weights().get("model.embed_tokens.weight")?;
-    let rows = w
-        .index_select(&Tensor::from_vec(ids.clone(), ids.len(), w.device())?, 0)?
+    let rows = model
+        .weights()
+        .rows(
+            "model.embed_tokens.weight",
+            &Tensor::from_vec(ids.clone(), ids.len(), model.device())?,
+        )?
         .to_dtype(DType::F64)?;
     let n = rows.elem_count() as f64;
     let mean = rows.sum_all()?.to_scalar::<f64>()? / n;
@@ -111,7 +114,10 @@ pub fn subject_embedding_std(model: &Transformer, subjects: &[Vec<u32>]) -> Resu
 
 /// Standard deviation of the embedding output over the whole vocabulary (Gemma: scaled).
 pub fn embedding_std(model: &Transformer) -> Result<f64> {
-    let w = model.weights().get("model.embed_tokens.weight")?;
+    // Blocks are dequantized whole (once per run): the same numbers, the same sums as f32.
+    let w = &model
+        .weights()
+        .dense("model.embed_tokens.weight", model.device())?;
     if let Some((_, std)) = crate::model::fastmath::mean_std(w)? {
         return Ok(std * model.config.embed_scale());
     }

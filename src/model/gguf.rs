@@ -286,6 +286,63 @@ fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
         .contiguous()?)
 }
 
+/// The names of the tensors kept as quantized blocks under `--weights gguf`: every block
+/// matrix the model computes with as it is stored — not the LM head (all its rows are read by
+/// every logit; it stays f32), nor tensors an architecture converts at load (Phi-3's fused
+/// projections, which are not among these names). Empty without `--weights gguf`.
+fn keep_as_blocks(config: &ModelConfig) -> std::collections::BTreeSet<String> {
+    if !crate::model::keeps_blocks() {
+        return Default::default();
+    }
+    let head = if config.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    Weights::expected_shapes(config)
+        .into_iter()
+        .filter(|(n, shape)| shape.len() == 2 && n != head)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Whether a GGUF tensor type is quantized blocks (not plain floats).
+fn is_quantized(t: candle_core::quantized::GgmlDType) -> bool {
+    use candle_core::quantized::GgmlDType as G;
+    !matches!(t, G::F32 | G::F16 | G::BF16)
+}
+
+/// [`unpermute`] of a matrix held as quantized blocks: each row is a whole number of blocks,
+/// so rows move as bytes, and the dequantized result equals [`unpermute`] of the dequantized
+/// matrix.
+fn unpermute_blocks(
+    q: &candle_core::quantized::QTensor,
+    heads: usize,
+    device: &Device,
+) -> Result<candle_core::quantized::QTensor> {
+    let (rows, cols) = q.shape().dims2()?;
+    let (bs, ts) = (q.dtype().block_size(), q.dtype().type_size());
+    if cols % bs != 0 {
+        anyhow::bail!("rows of {cols} values are not whole blocks of {bs}");
+    }
+    // Where each row comes from: unpermute applied to the row numbers.
+    let idx = Tensor::arange(0f32, rows as f32, &Device::Cpu)?.reshape((rows, 1))?;
+    let from: Vec<f32> = unpermute(&idx, heads)?.flatten_all()?.to_vec1()?;
+    let data = q.data()?;
+    let row_bytes = cols / bs * ts;
+    let mut out = Vec::with_capacity(data.len());
+    for r in from {
+        let r = r as usize;
+        out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+    }
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        q.dtype(),
+        &out,
+        vec![rows, cols],
+        device,
+    )?)
+}
+
 /// Load config, weights and tokenizer from a GGUF file.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, TextTokenizer)> {
     let (mut f, ct) = read_content(path)?;
@@ -302,6 +359,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
     let mut weights = Weights::default();
     let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
     let bar = crate::util::progress(names.len() as u64, "dequantizing");
+    let as_blocks = keep_as_blocks(&config);
     for name in names {
         bar.inc(1);
         let Some(hf) = hf_name(&name, config.arch) else {
@@ -310,6 +368,21 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
         let q = ct
             .tensor(&mut f, &name, device)
             .map_err(|e| anyhow::anyhow!("{}: cannot read tensor `{name}`: {e}", path.display()))?;
+        if as_blocks.contains(&hf) && is_quantized(q.dtype()) && q.rank() == 2 {
+            let heads = match name {
+                _ if !permuted => None,
+                _ if name.contains(".attn_q.") => Some(config.num_heads),
+                _ if name.contains(".attn_k.") => Some(config.num_kv_heads),
+                _ => None,
+            };
+            let q = match heads {
+                Some(h) => unpermute_blocks(&q, h, device)
+                    .with_context(|| format!("{}: tensor `{name}`", path.display()))?,
+                None => q,
+            };
+            weights.blocks.insert(hf, std::sync::Arc::new(q));
+            continue;
+        }
         let mut t = q.dequantize(device).map_err(|e| {
             anyhow::anyhow!("{}: cannot dequantize tensor `{name}`: {e}", path.display())
         })?;

@@ -184,10 +184,11 @@ pub fn export_hf_dir(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut chosen: BTreeMap<String, Tensor> = BTreeMap::new();
-    for (name, t) in &weights.tensors {
-        if only.is_none_or(|o| o.contains(name)) {
+    for name in weights.names() {
+        if only.is_none_or(|o| o.contains(&name)) {
+            let t = weights.dense(&name, &Device::Cpu)?;
             chosen.insert(
-                name.clone(),
+                name,
                 t.to_dtype(DType::F32)?
                     .to_device(&Device::Cpu)?
                     .contiguous()?,
@@ -196,7 +197,7 @@ pub fn export_hf_dir(
     }
     if let Some(o) = only {
         for n in o {
-            if !weights.tensors.contains_key(n) {
+            if !weights.contains(n) {
                 bail!("export: the model has no tensor `{n}`");
             }
         }

@@ -35,16 +35,54 @@ pub use weights::Weights;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// How frozen weight matrices are stored (0: f32, 1: bf16, 2: f16); vectors (norms, biases)
 /// and trainable parameters stay in f32, and ops compute in the compute dtype (f32 unless
 /// [`set_compute_dtype`] says otherwise).
 static WEIGHTS_DTYPE: AtomicU8 = AtomicU8::new(0);
 
-/// Parse a `--weights` value: f32, bf16 or f16.
-pub fn parse_weights_dtype(s: &str) -> Result<DType> {
-    parse_float_dtype("--weights", s)
+/// Whether the weight matrices of GGUF files are kept as the file's quantized blocks.
+static KEEP_BLOCKS: AtomicBool = AtomicBool::new(false);
+
+/// How frozen weight matrices are held (`--weights`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WeightsStorage {
+    /// Numbers in f32, bf16 or f16.
+    Float(DType),
+    /// A GGUF file's block matrices as its quantized blocks, dequantized where used (the same
+    /// numbers as f32 storage, in the file's size); everything else in f32.
+    Blocks,
+}
+
+/// Parse a `--weights` value: f32, bf16, f16 or gguf.
+pub fn parse_weights(s: &str) -> Result<WeightsStorage> {
+    Ok(match s {
+        "gguf" => WeightsStorage::Blocks,
+        _ => WeightsStorage::Float(
+            parse_float_dtype("--weights", s)
+                .map_err(|_| anyhow::anyhow!("--weights {s:?}: expected f32, bf16, f16 or gguf"))?,
+        ),
+    })
+}
+
+/// Hold the weights of models loaded from now on as `w` says (process-wide).
+pub fn set_weights(w: WeightsStorage) {
+    match w {
+        WeightsStorage::Float(d) => {
+            KEEP_BLOCKS.store(false, Ordering::SeqCst);
+            set_weights_dtype(d);
+        }
+        WeightsStorage::Blocks => {
+            set_weights_dtype(DType::F32);
+            KEEP_BLOCKS.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Whether GGUF block matrices are kept as quantized blocks (`--weights gguf`).
+pub fn keeps_blocks() -> bool {
+    KEEP_BLOCKS.load(Ordering::Relaxed)
 }
 
 /// Store the weight matrices of models loaded from now on in `dtype` (process-wide).
@@ -129,11 +167,13 @@ pub fn dtype_name(d: DType) -> String {
 }
 
 /// How models are held and computed, in words: `f32`, `weights bf16` (or f16), `compute bf16`
-/// (or f16; the weights then stored alike) — the cases of [`weights_tag`].
+/// (or f16; the weights then stored alike) — the cases of [`weights_tag`] — and `f32, weights
+/// gguf` (the same numbers as `f32`, so under the same tag).
 pub fn precision_label() -> String {
     match (weights_dtype(), compute_dtype()) {
         (_, c) if ops::is_half(c) => format!("compute {}", dtype_name(c)),
         (w, _) if ops::is_half(w) => format!("weights {}", dtype_name(w)),
+        _ if keeps_blocks() => "f32, weights gguf".into(),
         _ => "f32".into(),
     }
 }
@@ -185,21 +225,20 @@ pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
             let (base, changed) = crate::forget::export::read_delta(&origin.path, device)?;
             let mut weights = base.weights;
             for (name, t) in changed {
-                let old = weights.get(&name).map_err(|_| {
+                let old = weights.dims(&name).map_err(|_| {
                     anyhow::anyhow!(
                         "{}: changed tensor `{name}` is not in the base model",
                         origin.path.display()
                     )
                 })?;
-                if old.dims() != t.dims() {
+                if old != t.dims() {
                     anyhow::bail!(
-                        "{}: changed tensor `{name}` has shape {:?}, the base model's {:?}",
+                        "{}: changed tensor `{name}` has shape {:?}, the base model's {old:?}",
                         origin.path.display(),
-                        t.dims(),
-                        old.dims()
+                        t.dims()
                     );
                 }
-                weights.tensors.insert(name, t);
+                weights.insert(&name, t);
             }
             (base.config, weights, base.tokenizer)
         }

@@ -382,15 +382,16 @@ impl Transformer {
     pub fn new(config: ModelConfig, weights: Weights) -> Result<Self> {
         config.validate()?;
         weights.check_against(&config)?;
-        let emb = weights.get("model.embed_tokens.weight")?;
-        // Weights stored in bf16/f16 are computed with in f32 unless a half compute dtype is
-        // chosen (`set_compute_dtype`).
-        let dtype = if emb.dtype() == DType::F64 {
+        // The final norm is held as numbers in f32 (f64 in the finite-difference tests) however
+        // the matrices are held. Weights stored in bf16/f16 or as blocks are computed with in
+        // f32 unless a half compute dtype is chosen (`set_compute_dtype`).
+        let norm = weights.get("model.norm.weight")?;
+        let dtype = if norm.dtype() == DType::F64 {
             DType::F64
         } else {
             DType::F32
         };
-        let device = emb.device().clone();
+        let device = norm.device().clone();
         let max_pos = config.max_position_embeddings.clamp(1, ROPE_TABLE_LEN);
         let mut rope = Vec::new();
         for l in 0..config.num_layers {
@@ -520,15 +521,14 @@ impl Transformer {
 
     /// Replace one parameter (same shape), e.g. after an optimizer step.
     pub fn set_param(&mut self, name: &str, value: Tensor) -> Result<()> {
-        let old = self.weights.get(name)?;
-        if old.dims() != value.dims() {
+        let old = self.weights.dims(name)?;
+        if old != value.dims() {
             bail!(
-                "parameter `{name}`: new value has shape {:?}, expected {:?}",
-                value.dims(),
-                old.dims()
+                "parameter `{name}`: new value has shape {:?}, expected {old:?}",
+                value.dims()
             );
         }
-        self.weights.tensors.insert(name.to_string(), value);
+        self.weights.insert(name, value);
         Ok(())
     }
 
@@ -537,7 +537,7 @@ impl Transformer {
         let mut set = BTreeSet::new();
         for n in names {
             let n = n.as_ref();
-            if !self.weights.tensors.contains_key(n) {
+            if !self.weights.contains(n) {
                 bail!("cannot train `{n}`: the model has no such parameter (names look like `model.layers.3.mlp.down_proj.weight`)");
             }
             set.insert(n.to_string());
@@ -547,6 +547,7 @@ impl Transformer {
         // forward computes, in bf16/f16.
         let master = if self.half() { DType::F32 } else { self.dtype };
         for n in &set {
+            self.weights.densify(n, master)?;
             let t = &self.weights.tensors[n];
             if t.dtype() != master {
                 let widened = t.to_dtype(master)?;
@@ -568,7 +569,7 @@ impl Transformer {
             if self.key_point(name).is_none() {
                 bail!("cannot adapt `{name}`: not a weight matrix of a block");
             }
-            a.check(name, self.weights.get(name)?.dims())?;
+            a.check(name, &self.weights.dims(name)?)?;
         }
         self.adapters = adapters;
         Ok(())
@@ -671,12 +672,12 @@ impl Transformer {
         self.trainable.contains(name)
     }
 
-    /// A weight in the compute dtype (weights stored in bf16/f16 are widened here, one
-    /// matrix at a time).
+    /// A weight in the compute dtype (weights stored in bf16/f16 are widened here, and blocks
+    /// dequantized, one matrix at a time).
     fn w(&self, name: &str) -> Result<Tensor> {
-        let t = self.weights.get(name)?;
+        let t = self.weights.dense(name, &self.device)?;
         Ok(if t.dtype() == self.dtype {
-            t.clone()
+            t
         } else {
             t.to_dtype(self.dtype)?
         })
@@ -764,9 +765,9 @@ impl Transformer {
     /// Token embeddings `[B, T, D]` (Gemma: scaled by sqrt(D)), in the compute dtype.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let e = self.weights.get("model.embed_tokens.weight")?;
-        let x = e
-            .index_select(&ids.flatten_all()?, 0)?
+        let x = self
+            .weights
+            .rows("model.embed_tokens.weight", &ids.flatten_all()?)?
             .to_dtype(self.dtype)?
             .reshape((b, t, self.config.hidden_size))?;
         let s = self.config.embed_scale();
@@ -1150,8 +1151,7 @@ impl Transformer {
         let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), &self.device)?;
         let selected = self
             .weights
-            .get(self.lm_name())?
-            .index_select(&ids, 0)?
+            .rows(self.lm_name(), &ids)?
             .to_dtype(self.dtype)?;
         self.head_with(rows, &selected)
     }
