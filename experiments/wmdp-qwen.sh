@@ -49,7 +49,9 @@
 # A step is made under a lock (OUT/locks), so two runs of the script on one OUT never make the
 # same file twice. On a 2-core CPU one full WMDP + MMLU evaluation of the 1.5B model takes
 # about an hour, a 40-step retraining about an hour, and the whole protocol more than a day;
-# run it where there is a GPU (UNLEARN_WEIGHTS=bf16 halves the memory).
+# run it where there is a GPU. UNLEARN_WEIGHTS=gguf holds the model's matrices as the GGUF
+# file's blocks: the numbers of f32 storage bit for bit (README, Precision) with 5.3 GB less per
+# step, so that FORGETS=2 (two forget runs side by side) fits in 24 GB.
 set -euo pipefail
 out=${1:?usage: wmdp-qwen.sh OUT [UNLEARN binary]}
 bin=${2:-target/release/unlearn}

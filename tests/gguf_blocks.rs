@@ -1,7 +1,7 @@
 //! `--weights gguf`: a GGUF model's block matrices kept as the file's quantized blocks and
 //! dequantized where used give the numbers of f32 storage bit for bit — logits at every
-//! position, the LM head's rows of a few tokens, gradients of trained matrices — in a fraction
-//! of the memory. Gemma 3 270M (Q4_K_M, its embedding the tied head, so held as numbers),
+//! position, the LM head's rows of a few tokens, gradients of trained matrices, an export — in
+//! a fraction of the memory. Gemma 3 270M (Q4_K_M, its embedding the tied head, so held as numbers),
 //! SmolLM2 135M (Q4_1, converted as `llama`: its q/k rows moved as rows of blocks), Qwen2.5-Coder
 //! 0.5B (qwen2); the 1.5B model (its own embedding held as blocks, looked up a row at a time)
 //! with UNLEARN_TEST_QWEN15=1. Its own test binary: how weights are held is process-wide.
@@ -105,6 +105,21 @@ fn same_numbers_in_less_memory(alias: &str) {
     );
     assert_eq!(wf.names(), wb.names(), "{alias}: the same tensors");
     assert_eq!(wf.num_params(), wb.num_params());
+    // An export writes the dequantized numbers (here one matrix of each model).
+    let only = ["model.layers.0.self_attn.q_proj.weight".to_string()];
+    let t = tempfile::tempdir().unwrap();
+    for (lm, d) in [(&f32s, "f32"), (&blocks, "blocks")] {
+        unlearn::model::hf_dir::export_hf_dir(
+            &lm.model.config,
+            lm.model.weights(),
+            &lm.tokenizer,
+            &t.path().join(d),
+            Some(&only),
+        )
+        .unwrap();
+    }
+    let read = |d: &str| std::fs::read(t.path().join(d).join("model.safetensors")).unwrap();
+    assert!(read("f32") == read("blocks"), "{alias}: exports differ");
     let bytes = (wf.bytes(), wb.bytes());
     let n_blocks = wb.blocks.len();
     let (lf, hf, gf) = outputs(&mut f32s);
