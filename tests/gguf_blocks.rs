@@ -4,9 +4,13 @@
 //! a fraction of the memory. Gemma 3 270M (Q4_K_M, its embedding the tied head, so held as numbers),
 //! SmolLM2 135M (Q4_1, converted as `llama`: its q/k rows moved as rows of blocks), Qwen2.5-Coder
 //! 0.5B (qwen2); the 1.5B model (its own embedding held as blocks, looked up a row at a time)
-//! with UNLEARN_TEST_QWEN15=1. Its own test binary: how weights are held is process-wide.
+//! with UNLEARN_TEST_QWEN15=1. Short KUDA and RMU runs through the trainer write the same
+//! weights either way. Its own test binary: how weights are held is process-wide.
+
+mod refcheck;
 
 use candle_core::{DType, Device, Tensor};
+use refcheck::short_unlearning_runs_write_f32;
 use unlearn::model::{
     ops, set_weights, Batch, LanguageModel, LogitsAt, PadSide, RunOpts, WeightsStorage,
 };
@@ -143,6 +147,21 @@ fn same_numbers_in_less_memory(alias: &str) {
 fn gguf_blocks_give_the_numbers_of_f32_storage() {
     for alias in ["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"] {
         same_numbers_in_less_memory(alias);
+    }
+    // Through the trainer (Gemma 3 270M, two steps each): KUDA with its null-space projection
+    // and RMU write the same weights with blocks as with f32 storage.
+    set_weights(WeightsStorage::Float(DType::F32));
+    let f32_runs = short_unlearning_runs_write_f32("f32");
+    set_weights(WeightsStorage::Blocks);
+    let block_runs = short_unlearning_runs_write_f32("f32, weights gguf");
+    set_weights(WeightsStorage::Float(DType::F32));
+    for (a, b) in f32_runs.iter().zip(&block_runs) {
+        let mut names: Vec<&String> = a.keys().collect();
+        names.sort();
+        assert_eq!(names.len(), b.len());
+        for n in names {
+            assert!(bits(&a[n]) == bits(&b[n]), "trained {n} differs");
+        }
     }
     if std::env::var("UNLEARN_TEST_QWEN15").is_ok_and(|v| v == "1") {
         same_numbers_in_less_memory("qwen2.5-coder-1.5b");

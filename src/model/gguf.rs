@@ -306,10 +306,10 @@ fn keep_as_blocks(config: &ModelConfig) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// Whether a GGUF tensor type is quantized blocks (not plain floats).
-fn is_quantized(t: candle_core::quantized::GgmlDType) -> bool {
-    use candle_core::quantized::GgmlDType as G;
-    !matches!(t, G::F32 | G::F16 | G::BF16)
+/// Whether a GGUF tensor type holds its numbers in less than f32 (quantized blocks, f16, bf16:
+/// each widens exactly to the f32 numbers a load would make of it).
+fn narrower_than_f32(t: candle_core::quantized::GgmlDType) -> bool {
+    !matches!(t, candle_core::quantized::GgmlDType::F32)
 }
 
 /// [`unpermute`] of a matrix held as quantized blocks: each row is a whole number of blocks,
@@ -368,7 +368,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
         let q = ct
             .tensor(&mut f, &name, device)
             .map_err(|e| anyhow::anyhow!("{}: cannot read tensor `{name}`: {e}", path.display()))?;
-        if as_blocks.contains(&hf) && is_quantized(q.dtype()) && q.rank() == 2 {
+        if as_blocks.contains(&hf) && narrower_than_f32(q.dtype()) && q.rank() == 2 {
             let heads = match name {
                 _ if !permuted => None,
                 _ if name.contains(".attn_q.") => Some(config.num_heads),

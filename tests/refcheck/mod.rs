@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
+use std::collections::HashMap;
 
 pub fn reference(name: &str, file: &str) -> Value {
     let p = format!(
@@ -154,9 +155,10 @@ pub fn against_gemma_reference(lm: &unlearn::model::LanguageModel) -> (usize, us
 /// KUDA (with its null-space projection) and RMU (its steering target) run through the real
 /// trainer for two steps on Gemma 3 270M under the process-wide dtypes of the moment, which
 /// `precision` names as the manifest must (`weights bf16`, `compute f16`); what they write is f32.
-pub fn short_unlearning_runs_write_f32(precision: &str) {
+pub fn short_unlearning_runs_write_f32(precision: &str) -> Vec<HashMap<String, Tensor>> {
     use unlearn::forget::config::Method;
     use unlearn::forget::run::{run, ForgetArgs};
+    let mut written = Vec::new();
     for method in [Method::Kuda, Method::Rmu] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
@@ -173,14 +175,16 @@ pub fn short_unlearning_runs_write_f32(precision: &str) {
             ..ForgetArgs::defaults("gemma3-270m", method, out.clone())
         };
         run(&args, &Device::Cpu).unwrap_or_else(|e| panic!("{method:?} ({precision}): {e:#}"));
-        let changed: std::collections::HashMap<String, Tensor> =
+        let changed: HashMap<String, Tensor> =
             candle_core::safetensors::load(out.join("changed.safetensors"), &Device::Cpu).unwrap();
         assert!(!changed.is_empty() && changed.values().all(|t| t.dtype() == DType::F32));
         // The manifest says how the run held and computed the model.
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
         assert_eq!(manifest["precision"], precision, "{method:?}");
+        written.push(changed);
     }
+    written
 }
 
 /// Gradients of the next-token loss (`target` after `ids`) with respect to the matrices
