@@ -157,7 +157,7 @@ retain="--set corpus_retain=mmlu-qa"
 # Variants (METHOD.NAME): settings added to the method's own.
 # kuda.text1024: the key statistics read 1,024 WikiText chunks of 64 tokens instead of 64. With
 # 64, the projectors of MLPs 3-5 let through 0.1 % of their key data's energy but 3.6-7.3 % of
-# held-out text's; with 1,024 (MLP 3), 0.08 % and 0.41 % (docs/results.md).
+# held-out text's; with 1,024, 0.05-0.08 % and 0.13-0.41 % (docs/results.md).
 declare -A VARIANT=(
   [kuda.text1024]="--set kuda.key_text_chunks=1024"
 )

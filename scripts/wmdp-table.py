@@ -68,11 +68,11 @@ def parse_run(name):
     """A run's name METHOD[.VARIANT]-lrFACTOR as (method, variant or "", factor); None for a
     name of another form."""
     base, sep, factor = name.rpartition("-lr")
+    if not sep:
+        return None
     try:
         f = float(factor)
     except ValueError:
-        return None
-    if not sep:
         return None
     method, _, variant = base.partition(".")
     return method, variant, f
@@ -84,8 +84,12 @@ def candidates(out, method):
     sweep = os.path.join(out, "sweep")
     if not os.path.isdir(sweep):
         return []
-    runs = [(n, parse_run(n)) for n in os.listdir(sweep)]
-    return [n for n, r in sorted((x for x in runs if x[1] and x[1][0] == method), key=lambda x: x[1][1:])]
+    runs = []
+    for n in os.listdir(sweep):
+        r = parse_run(n)
+        if r and r[0] == method:
+            runs.append((r[1:], n))  # (variant, factor): plain runs first, then by rate
+    return [n for _, n in sorted(runs)]
 
 
 def settings(name, lr):

@@ -160,12 +160,7 @@ pub fn run(spec: &str, out: &Path, repeats: usize, pytorch: bool) -> Result<()> 
     lm.model.set_trainable(&names)?;
     let trainable_params: usize = names
         .iter()
-        .map(|x| {
-            lm.model
-                .weights()
-                .dims(x)
-                .map(|d| d.iter().product::<usize>())
-        })
+        .map(|x| lm.model.weights().elem_count(x))
         .sum::<anyhow::Result<usize>>()?;
     let (s, peak) = time_it(&device, repeats, || fwd_bwd(&lm, &batch, &targets))?;
     record(

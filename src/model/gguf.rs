@@ -368,13 +368,13 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
         let q = ct
             .tensor(&mut f, &name, device)
             .map_err(|e| anyhow::anyhow!("{}: cannot read tensor `{name}`: {e}", path.display()))?;
+        // The heads whose q/k rows llama.cpp permuted in this tensor, if it did.
+        let heads = match permuted {
+            true if name.contains(".attn_q.") => Some(config.num_heads),
+            true if name.contains(".attn_k.") => Some(config.num_kv_heads),
+            _ => None,
+        };
         if as_blocks.contains(&hf) && narrower_than_f32(q.dtype()) && q.rank() == 2 {
-            let heads = match name {
-                _ if !permuted => None,
-                _ if name.contains(".attn_q.") => Some(config.num_heads),
-                _ if name.contains(".attn_k.") => Some(config.num_kv_heads),
-                _ => None,
-            };
             let q = match heads {
                 Some(h) => unpermute_blocks(&q, h, device)
                     .with_context(|| format!("{}: tensor `{name}`", path.display()))?,
@@ -390,12 +390,8 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, Weights, 
         if config.arch.layout().norm_plus_one && hf.contains("norm") {
             t = t.affine(1.0, -1.0)?;
         }
-        if permuted {
-            if name.contains(".attn_q.") {
-                t = unpermute(&t, config.num_heads)?;
-            } else if name.contains(".attn_k.") {
-                t = unpermute(&t, config.num_kv_heads)?;
-            }
+        if let Some(h) = heads {
+            t = unpermute(&t, h)?;
         }
         weights.tensors.insert(hf, crate::model::stored(t)?);
     }

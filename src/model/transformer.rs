@@ -547,12 +547,7 @@ impl Transformer {
         // forward computes, in bf16/f16.
         let master = if self.half() { DType::F32 } else { self.dtype };
         for n in &set {
-            self.weights.densify(n, master)?;
-            let t = &self.weights.tensors[n];
-            if t.dtype() != master {
-                let widened = t.to_dtype(master)?;
-                self.weights.tensors.insert(n.clone(), widened);
-            }
+            self.weights.hold_as(n, master)?;
         }
         self.trainable = set;
         Ok(())

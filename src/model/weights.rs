@@ -3,7 +3,7 @@
 //! Llama q/k in the HF (un-permuted) layout), so that export is a plain write — but for Phi-3's
 //! fused projections, which are held split into q/k/v and gate/up (see
 //! [`crate::model::arch::phi3`]). With `--weights gguf` the block matrices stay as the GGUF
-//! file's quantized blocks and are widened where they are used.
+//! file holds them (quantized blocks, f16/bf16) and are widened where they are used.
 
 use crate::model::config::ModelConfig;
 use anyhow::{bail, Result};
@@ -15,9 +15,9 @@ use std::sync::Arc;
 #[derive(Clone, Default)]
 pub struct Weights {
     pub tensors: BTreeMap<String, Tensor>,
-    /// Matrices held as a GGUF file's quantized blocks (`--weights gguf`): dequantized where
-    /// they are used — the same f32 numbers as dequantizing them at load, in the file's size
-    /// (a quarter to an eighth of f32). A name is in `tensors` or here, never both.
+    /// Matrices held as a GGUF file holds them (`--weights gguf`: quantized blocks, or f16/bf16):
+    /// dequantized where they are used — the same f32 numbers as dequantizing them at load, in
+    /// the file's size (half to an eighth of f32). A name is in `tensors` or here, never both.
     pub blocks: BTreeMap<String, Arc<QTensor>>,
 }
 
@@ -78,11 +78,15 @@ impl Weights {
         self.tensors.insert(name.to_string(), t);
     }
 
-    /// Hold `name`'s blocks as numbers in `dtype` from now on (a matrix about to be trained).
-    pub fn densify(&mut self, name: &str, dtype: DType) -> Result<()> {
-        if let Some(q) = self.blocks.remove(name) {
-            let t = q.dequantize(&q.device())?.to_dtype(dtype)?;
-            self.tensors.insert(name.to_string(), t);
+    /// Hold `name` as numbers in `dtype` from now on (a matrix about to be trained): blocks
+    /// dequantized, half-precision numbers widened; already so, it stays as it is.
+    pub fn hold_as(&mut self, name: &str, dtype: DType) -> Result<()> {
+        let t = match self.blocks.remove(name) {
+            Some(q) => q.dequantize(&q.device())?,
+            None => self.get(name)?.clone(),
+        };
+        if t.dtype() != dtype || !self.tensors.contains_key(name) {
+            self.tensors.insert(name.to_string(), t.to_dtype(dtype)?);
         }
         Ok(())
     }
