@@ -324,7 +324,8 @@ pub struct ForgetConfig {
     /// Micro-batches whose gradients are summed before one optimizer step.
     pub grad_accum: usize,
     pub seed: u64,
-    /// Write a checkpoint every this many steps (and at the end).
+    /// Write a checkpoint every this many steps (and at the end, and after a step that ends
+    /// ten minutes or more after the last checkpoint).
     pub checkpoint_every: usize,
     /// A loss term larger than this in magnitude counts as divergence.
     pub max_abs_loss: f64,

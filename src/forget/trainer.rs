@@ -25,6 +25,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Which data a term trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -898,6 +899,7 @@ fn train_with(
         None
     };
     // The checkpoint of the weights after `$step` steps, with the optimizer, focus and guard.
+    let mut saved_at = std::time::Instant::now();
     macro_rules! save {
         ($step:expr) => {
             ck.save(
@@ -1077,8 +1079,9 @@ fn train_with(
         bar.inc(1);
         last = losses;
         let stop = stop_after == Some(step + 1);
-        if stop || (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
+        if stop || checkpoint_due(step + 1, cfg, saved_at.elapsed()) {
             save!(step + 1);
+            saved_at = std::time::Instant::now();
         }
         if undo_on_disk {
             // Out of memory until the next update (on a 1.5B model a gigabyte that the next
@@ -1185,6 +1188,16 @@ impl Drop for RemovedOnDrop {
 }
 
 /// [`Checkpoints::undo_in_memory_bytes`] of a run.
+/// Wall time after which a step writes a checkpoint whatever `checkpoint_every` says, so that
+/// an interrupted run of long steps loses at most this (and a step). A checkpoint is exact, so
+/// when they are written does not change the weights.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(600);
+
+/// Whether the state after `done` steps is checkpointed, `since` after the last checkpoint.
+fn checkpoint_due(done: usize, cfg: &ForgetConfig, since: Duration) -> bool {
+    done % cfg.checkpoint_every == 0 || done == cfg.steps || since >= CHECKPOINT_AFTER
+}
+
 const UNDO_IN_MEMORY_BYTES: usize = 256 << 20;
 
 /// Bytes of the updated parameters.
@@ -1978,6 +1991,20 @@ mod tests {
             own < 1e-4 * gradient && update < 1e-4 * gradient,
             "own moments {own}, whole update {update}, gradient before Adam {gradient}"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_is_written_every_checkpoint_every_steps_at_the_end_and_after_ten_minutes() {
+        let mut cfg = ForgetConfig::default();
+        cfg.steps = 30;
+        cfg.checkpoint_every = 10;
+        let (soon, late) = (Duration::from_secs(5), Duration::from_secs(600));
+        let due: Vec<usize> = (1..=30).filter(|&d| checkpoint_due(d, &cfg, soon)).collect();
+        assert_eq!(due, [10, 20, 30]);
+        assert!(checkpoint_due(7, &cfg, late), "a step ten minutes after the last checkpoint");
+        assert!(!checkpoint_due(7, &cfg, late - Duration::from_secs(1)));
+        cfg.steps = 25;
+        assert!(checkpoint_due(25, &cfg, soon), "the last step");
     }
 
     #[test]
