@@ -1195,7 +1195,7 @@ const CHECKPOINT_AFTER: Duration = Duration::from_secs(600);
 
 /// Whether the state after `done` steps is checkpointed, `since` after the last checkpoint.
 fn checkpoint_due(done: usize, cfg: &ForgetConfig, since: Duration) -> bool {
-    done % cfg.checkpoint_every == 0 || done == cfg.steps || since >= CHECKPOINT_AFTER
+    done.is_multiple_of(cfg.checkpoint_every) || done == cfg.steps || since >= CHECKPOINT_AFTER
 }
 
 const UNDO_IN_MEMORY_BYTES: usize = 256 << 20;
@@ -1995,13 +1995,20 @@ mod tests {
 
     #[test]
     fn a_checkpoint_is_written_every_checkpoint_every_steps_at_the_end_and_after_ten_minutes() {
-        let mut cfg = ForgetConfig::default();
-        cfg.steps = 30;
-        cfg.checkpoint_every = 10;
+        let mut cfg = ForgetConfig {
+            steps: 30,
+            checkpoint_every: 10,
+            ..Default::default()
+        };
         let (soon, late) = (Duration::from_secs(5), Duration::from_secs(600));
-        let due: Vec<usize> = (1..=30).filter(|&d| checkpoint_due(d, &cfg, soon)).collect();
+        let due: Vec<usize> = (1..=30)
+            .filter(|&d| checkpoint_due(d, &cfg, soon))
+            .collect();
         assert_eq!(due, [10, 20, 30]);
-        assert!(checkpoint_due(7, &cfg, late), "a step ten minutes after the last checkpoint");
+        assert!(
+            checkpoint_due(7, &cfg, late),
+            "a step ten minutes after the last checkpoint"
+        );
         assert!(!checkpoint_due(7, &cfg, late - Duration::from_secs(1)));
         cfg.steps = 25;
         assert!(checkpoint_due(25, &cfg, soon), "the last step");
