@@ -108,7 +108,7 @@ fn unlearn(method: Method, cfg: &ForgetConfig) -> Outcome {
     let before = (accuracy(&model, forget), accuracy(&model, held_out));
     let ctx = planted_ctx(&model, method, cfg);
     let part: Vec<usize> = (0..12).collect();
-    let plan = plan_for(&model, PAD, &ctx, cfg, &part).unwrap();
+    let plan = plan_for(&model, PAD, &ctx, cfg, &part, None).unwrap();
     let dir = tempfile::tempdir().unwrap();
     train(&mut model, &plan, cfg, method.name(), dir.path(), None).unwrap();
     let after = (accuracy(&model, forget), accuracy(&model, held_out));
@@ -227,7 +227,7 @@ fn planted_plan(method: Method) -> (Transformer, crate::forget::trainer::Plan) {
     let model = planted::model();
     let cfg = ForgetConfig::for_method(method);
     let ctx = planted_ctx(&model, method, &cfg);
-    let plan = plan_for(&model, PAD, &ctx, &cfg, &(0..12).collect::<Vec<_>>()).unwrap();
+    let plan = plan_for(&model, PAD, &ctx, &cfg, &(0..12).collect::<Vec<_>>(), None).unwrap();
     (model, plan)
 }
 

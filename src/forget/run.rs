@@ -1115,18 +1115,23 @@ fn kuda_projectors(
     Ok(projectors)
 }
 
-/// The plan of one part of the forget facts under `cfg`.
+/// The plan of one part of the forget facts under `cfg`; `logp_file` keeps the forget
+/// sequences' reference log-probabilities (NPO) across interruptions.
 fn plan_for(
     model: &Transformer,
     pad: u32,
     ctx: &TrainCtx,
     cfg: &ForgetConfig,
     part: &[usize],
+    logp_file: Option<PathBuf>,
 ) -> Result<Plan> {
     let mut fset = SeqSet::new(
         "forget",
         part.iter().map(|&i| ctx.forget_seqs[i].clone()).collect(),
     );
+    if let Some(f) = logp_file {
+        fset.keep_logp_in(f);
+    }
     let steer = if ctx.method == Method::Rmu {
         let first = first_layer(&ctx.params);
         fset.precompute(model, pad, first, ctx.rep_layer, false, 16)?;
@@ -1396,7 +1401,6 @@ fn train_all(
     let parts = partitions(ctx.forget_seqs.len(), ctx.partitions);
     let mut summaries = Vec::new();
     for (pi, part) in parts.iter().enumerate() {
-        let plan = plan_for(&lm.model, lm.pad_id(), ctx, cfg, part)?;
         let key = hash_json(&json!({
             "cfg": cfg, "method": ctx.method, "edit": ctx.edit, "params": ctx.params, "base": ctx.base_fp,
             "forget": part.iter().map(|&i| &ctx.forget_ids[i]).collect::<Vec<_>>(),
@@ -1407,6 +1411,17 @@ fn train_all(
         } else {
             out.join(format!("part-{}", pi + 1))
         };
+        // The reference log-probabilities depend on the weights this part starts from (the
+        // model and the parts before it: the run's key), the storage, the code and the
+        // thread count.
+        let logp_key = hash_json(&json!({
+            "run": key, "weights": crate::model::weights_tag(),
+            "code": crate::util::code_fingerprint(), "threads": crate::util::threads(),
+        }));
+        let logp_file = dir
+            .join("checkpoint")
+            .join(format!("reference-logp-{}.json", &logp_key[..16]));
+        let plan = plan_for(&lm.model, lm.pad_id(), ctx, cfg, part, Some(logp_file))?;
         let s = train(&mut lm.model, &plan, cfg, &key, &dir, stop)?;
         eprintln!(
             "{}: {} steps in {:.1}s",

@@ -13,6 +13,7 @@ use crate::model::{
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
+use std::path::{Path, PathBuf};
 
 /// One tokenized training sequence.
 #[derive(Clone, Debug)]
@@ -285,6 +286,9 @@ pub struct SeqSet {
     /// What the cache holds: (start layer, representation layer, log-probabilities), so that
     /// asking again for the same is free (RMU reads its forget set's norms before the plan).
     made: Option<(usize, Option<usize>, bool)>,
+    /// Where the targets' log-probabilities are kept once computed (NPO's reference: the only
+    /// cached value that needs the whole model, so that a resumed run need not run it again).
+    logp_file: Option<PathBuf>,
 }
 
 /// A batch ready to run: padded ids, the starting residual, and the rows of the sequences.
@@ -306,7 +310,15 @@ impl SeqSet {
             rep_centre: None,
             pool: None,
             made: None,
+            logp_file: None,
         }
+    }
+
+    /// Keep the log-probabilities [`SeqSet::precompute`] computes in `file`, and read them from
+    /// there when it holds one per sequence. The caller names the file by everything the values
+    /// depend on (the model's weights, the sequences, the code, the thread count).
+    pub fn keep_logp_in(&mut self, file: PathBuf) {
+        self.logp_file = Some(file);
     }
 
     /// A set whose batches are drawn from `pool` (indices into `seqs`, repeats allowed).
@@ -373,6 +385,11 @@ impl SeqSet {
         if self.made == Some(what) {
             return Ok(());
         }
+        let kept = match (&self.logp_file, logp) {
+            (Some(f), true) => read_kept_logp(f, self.seqs.len()),
+            _ => None,
+        };
+        let logp_run = logp && kept.is_none();
         let ids: Vec<Vec<u32>> = self.seqs.iter().map(|s| s.ids.clone()).collect();
         let seqs = &self.seqs;
         let rows = crate::model::scoring::bucketed(&ids, bs, |chunk, chunk_ids| {
@@ -384,7 +401,7 @@ impl SeqSet {
             if let Some(r) = rep_layer {
                 hooks = hooks.cache(HookPoint::ResidPost(r));
             }
-            let stop = if logp {
+            let stop = if logp_run {
                 None
             } else {
                 Some(rep_layer.map_or(start_layer, |r| r + 1).max(start_layer))
@@ -403,7 +420,7 @@ impl SeqSet {
                 Some(t) => t,
                 None => &out.resid,
             };
-            let lps = if logp {
+            let lps = if logp_run {
                 let targets = target_ids(seqs, chunk);
                 let rows = target_rows(seqs, chunk);
                 let lp = resid_logprobs(model, &out.resid, &rows, &targets, false)?
@@ -441,10 +458,33 @@ impl SeqSet {
         }
         self.start = (start_layer > 0).then_some((start_layer, starts));
         self.rep_ref = rep_layer.map(|r| (r, reps));
-        self.logp_ref = logp.then_some(lps);
+        if let (Some(f), true) = (&self.logp_file, logp_run) {
+            let text = serde_json::to_vec(&lps)?;
+            crate::util::write_atomic(f, &text).with_context(|| {
+                format!("keeping the reference log-probabilities in {}", f.display())
+            })?;
+        }
+        self.logp_ref = if logp { kept.or(Some(lps)) } else { None };
         self.made = Some(what);
         Ok(())
     }
+}
+
+/// The log-probabilities kept in `file` when it holds `n` of them (none otherwise: they are
+/// computed again).
+fn read_kept_logp(file: &Path, n: usize) -> Option<Vec<f64>> {
+    let text = std::fs::read(file).ok()?;
+    let v: Vec<f64> = serde_json::from_slice(&text).ok()?;
+    if v.len() != n {
+        eprintln!(
+            "note: {} holds {} log-probabilities for {n} sequences; computing them again",
+            file.display(),
+            v.len()
+        );
+        return None;
+    }
+    eprintln!("reference log-probabilities read from {}", file.display());
+    Some(v)
 }
 
 /// `LogitsAt::Rows` entries for the targets of the members, in order.
@@ -576,6 +616,51 @@ mod tests {
             .unwrap();
         assert!(together.logp_ref.is_none());
         assert!(diff(&together.rep_ref.as_ref().unwrap().1[0], &ar[0]) < 1e-5);
+    }
+
+    #[test]
+    fn kept_log_probabilities_are_read_back_instead_of_computed() {
+        let model = crate::model::transformer::tests::tiny_model(crate::model::Arch::Llama);
+        let seqs: Vec<Seq> = [5usize, 9, 3]
+            .iter()
+            .map(|&n| Seq::text((1..=n as u32).collect()).unwrap())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("checkpoint/logp.json");
+        let mut first = SeqSet::new("f", seqs.clone());
+        first.keep_logp_in(file.clone());
+        first.precompute(&model, 0, 1, None, true, 4).unwrap();
+        let computed = first.logp_ref.clone().unwrap();
+        let kept: Vec<f64> = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(kept, computed, "written bit for bit");
+        // Marked values in the file are what a later run reads (the model is not run for
+        // them), while its start residuals are computed as before.
+        let marked: Vec<f64> = computed.iter().map(|v| v - 1.0).collect();
+        std::fs::write(&file, serde_json::to_vec(&marked).unwrap()).unwrap();
+        let mut again = SeqSet::new("f", seqs.clone());
+        again.keep_logp_in(file.clone());
+        again.precompute(&model, 0, 1, None, true, 4).unwrap();
+        assert_eq!(again.logp_ref.as_ref().unwrap(), &marked);
+        let (a, b) = (
+            &first.start.as_ref().unwrap().1,
+            &again.start.as_ref().unwrap().1,
+        );
+        for (x, y) in a.iter().zip(b) {
+            let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(
+                d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(),
+                0.0
+            );
+        }
+        // A file for other sequences (another count) is not used.
+        let mut other = SeqSet::new("f", seqs[..2].to_vec());
+        other.keep_logp_in(file);
+        other.precompute(&model, 0, 1, None, true, 4).unwrap();
+        let got = other.logp_ref.as_ref().unwrap();
+        assert_eq!(got.len(), 2);
+        for (g, c) in got.iter().zip(&computed) {
+            assert!((g - c).abs() <= 1e-9 * c.abs().max(1.0), "{g} vs {c}");
+        }
     }
 
     #[test]
