@@ -257,17 +257,29 @@ pub fn mcq(
     };
     let lm = load(spec)?;
     let chat = chat_format(&lm, chat)?;
+    // Each batch's letter logits are kept as it is done: an interrupted run resumes, and the
+    // same questions asked again of the same model are read back.
+    let memo = crate::model::memo::BatchMemo::for_model(&lm)?;
     let how = mcq::Asking {
         chat: chat.as_ref(),
         shots,
         examples: &examples,
+        memo: Some(&memo),
     };
     let t = std::time::Instant::now();
     let s = mcq::score_with(&lm, &qs, batch, &how)?;
     let secs = t.elapsed().as_secs_f64();
+    if memo.hits() > 0 {
+        eprintln!(
+            "{} batch(es) read back from {} (scored before by this model and code)",
+            memo.hits(),
+            memo.path().display()
+        );
+    }
     if as_json {
         let v = json!({"model": spec, "set": set, "chat": chat.is_some(), "shots": shots,
-            "seconds": secs, "tool": crate::util::tool_id(), "score": s});
+            "seconds": secs, "batches_read_back": memo.hits(),
+            "tool": crate::util::tool_id(), "score": s});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }

@@ -195,7 +195,9 @@ enum Command {
     /// Multiple-choice accuracy as lm-eval-harness scores it (the letter with the largest
     /// log-likelihood after "Answer:", with its standard error) on MMLU (570), the MMLU
     /// subjects nearest WMDP (820), WMDP (785, by split) or a JSONL file of {"question",
-    /// "choices", "answer"} rows; zero-shot or with worked examples from MMLU dev.
+    /// "choices", "answer"} rows; zero-shot or with worked examples from MMLU dev. Each
+    /// batch's letter logits are kept in the cache as it is done (by model, code and thread
+    /// count), so an interrupted run resumes and the same questions asked again are read back.
     Mcq {
         #[arg(long, short, default_value = "gemma3-270m", help = MODEL_HELP)]
         model: String,

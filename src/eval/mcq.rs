@@ -7,6 +7,7 @@
 
 use crate::data::Fact;
 use crate::model::chat::ChatFormat;
+use crate::model::memo::BatchMemo;
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -75,6 +76,9 @@ pub struct Asking<'a> {
     pub shots: usize,
     /// The pool of worked examples (MMLU dev), looked up by subject.
     pub examples: &'a [Mcq],
+    /// Where each batch's letter logits are kept, so that an interrupted scoring resumes
+    /// (none: nothing kept).
+    pub memo: Option<&'a BatchMemo>,
 }
 
 /// How a model does on a set of questions.
@@ -192,12 +196,13 @@ pub fn score_with(lm: &LanguageModel, qs: &[Mcq], bs: usize, how: &Asking) -> Re
             }
         }
         if !tails.is_empty() {
-            let z = lm.model.last_token_logits_after(
+            let z = lm.model.last_token_logits_after_kept(
                 &head_ids,
                 &tails,
                 &letter_ids,
                 lm.pad_id(),
                 bs,
+                how.memo,
             )?;
             for (i, row) in tail_of.into_iter().zip(z) {
                 logits[i] = Some(row);
@@ -205,10 +210,13 @@ pub fn score_with(lm: &LanguageModel, qs: &[Mcq], bs: usize, how: &Asking) -> Re
         }
         if !alone.is_empty() {
             let ids: Vec<Vec<u32>> = alone.iter().map(|(_, s)| s.clone()).collect();
-            for ((i, _), row) in alone
-                .iter()
-                .zip(lm.last_token_logits(&ids, &letter_ids, bs)?)
-            {
+            for ((i, _), row) in alone.iter().zip(lm.model.last_token_logits_kept(
+                &ids,
+                &letter_ids,
+                lm.pad_id(),
+                bs,
+                how.memo,
+            )?) {
                 logits[*i] = Some(row);
             }
         }

@@ -1411,12 +1411,12 @@ fn train_all(
         } else {
             out.join(format!("part-{}", pi + 1))
         };
-        // The reference log-probabilities depend on the weights this part starts from (the
-        // model and the parts before it: the run's key), the storage, the code and the
-        // thread count.
+        // The reference log-probabilities are part of the run's state, like its checkpoint:
+        // named by what the checkpoint must match (the run's key, which covers the weights this
+        // part starts from, the storage and the thread count), not by the code, so that a run
+        // resumed by a later build goes on from the reference it started with.
         let logp_key = hash_json(&json!({
-            "run": key, "weights": crate::model::weights_tag(),
-            "code": crate::util::code_fingerprint(), "threads": crate::util::threads(),
+            "run": key, "weights": crate::model::weights_tag(), "threads": crate::util::threads(),
         }));
         let logp_file = dir
             .join("checkpoint")

@@ -316,7 +316,7 @@ impl SeqSet {
 
     /// Keep the log-probabilities [`SeqSet::precompute`] computes in `file`, and read them from
     /// there when it holds one per sequence. The caller names the file by everything the values
-    /// depend on (the model's weights, the sequences, the code, the thread count).
+    /// depend on (the model's weights, the sequences, the thread count).
     pub fn keep_logp_in(&mut self, file: PathBuf) {
         self.logp_file = Some(file);
     }

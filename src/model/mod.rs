@@ -15,6 +15,7 @@ pub mod head_logprobs;
 pub mod hf_dir;
 pub mod hooks;
 pub mod hub;
+pub mod memo;
 pub mod ops;
 pub mod predict;
 pub mod random;

@@ -5,6 +5,7 @@
 
 use crate::model::batch::{Batch, PadSide};
 use crate::model::hooks::{ActivationCache, Hooks};
+use crate::model::memo::BatchMemo;
 use crate::model::transformer::{KvCache, LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Result};
 use candle_core::DType;
@@ -78,19 +79,62 @@ impl Transformer {
         pad: u32,
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
+        self.last_token_logits_kept(seqs, tokens, pad, batch_size, None)
+    }
+
+    /// [`last_token_logits`](Self::last_token_logits), each batch read from `memo` when it
+    /// holds it and kept there when computed.
+    pub fn last_token_logits_kept(
+        &self,
+        seqs: &[Vec<u32>],
+        tokens: &[u32],
+        pad: u32,
+        batch_size: usize,
+        memo: Option<&BatchMemo>,
+    ) -> Result<Vec<Vec<f32>>> {
         bucketed(seqs, batch_size, |_, chunk| {
-            let b = Batch::new(chunk, pad, PadSide::Left, self.device())?;
-            let opts = RunOpts {
-                logits: LogitsAt::None,
-                ..Default::default()
-            };
-            let resid = self.run(&b, &opts)?.resid;
-            // Left padding: every row's last token is in the last column.
-            let last = resid.narrow(1, b.len() - 1, 1)?.squeeze(1)?;
-            let z = self.head_tokens(&last, tokens)?;
-            Ok(z.to_dtype(DType::F32)?.to_vec2()?)
+            kept_or(memo, &[&[0], tokens, &[pad]], chunk, || {
+                self.last_logits_of(chunk, tokens, pad)
+            })
         })
     }
+
+    /// The logits of `tokens` at the last position of each of `chunk` (one batch).
+    fn last_logits_of(
+        &self,
+        chunk: &[Vec<u32>],
+        tokens: &[u32],
+        pad: u32,
+    ) -> Result<Vec<Vec<f32>>> {
+        let b = Batch::new(chunk, pad, PadSide::Left, self.device())?;
+        let opts = RunOpts {
+            logits: LogitsAt::None,
+            ..Default::default()
+        };
+        let resid = self.run(&b, &opts)?.resid;
+        // Left padding: every row's last token is in the last column.
+        let last = resid.narrow(1, b.len() - 1, 1)?.squeeze(1)?;
+        let z = self.head_tokens(&last, tokens)?;
+        Ok(z.to_dtype(DType::F32)?.to_vec2()?)
+    }
+}
+
+/// The rows of a batch: read from `memo` under (`kind`, `chunk`) when kept there, else
+/// computed by `f` and kept.
+fn kept_or(
+    memo: Option<&BatchMemo>,
+    kind: &[&[u32]],
+    chunk: &[Vec<u32>],
+    f: impl FnOnce() -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    let Some(m) = memo else { return f() };
+    let key = BatchMemo::key(kind, chunk);
+    if let Some(rows) = m.get(&key) {
+        return Ok(rows);
+    }
+    let rows = f()?;
+    m.put(&key, &rows)?;
+    Ok(rows)
 }
 
 impl Transformer {
@@ -107,8 +151,23 @@ impl Transformer {
         pad: u32,
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
+        self.last_token_logits_after_kept(prefix, suffixes, tokens, pad, batch_size, None)
+    }
+
+    /// [`last_token_logits_after`](Self::last_token_logits_after), each batch read from `memo`
+    /// when it holds it and kept there when computed (the prefix is run only if a batch is
+    /// computed).
+    pub fn last_token_logits_after_kept(
+        &self,
+        prefix: &[u32],
+        suffixes: &[Vec<u32>],
+        tokens: &[u32],
+        pad: u32,
+        batch_size: usize,
+        memo: Option<&BatchMemo>,
+    ) -> Result<Vec<Vec<f32>>> {
         if prefix.is_empty() {
-            return self.last_token_logits(suffixes, tokens, pad, batch_size);
+            return self.last_token_logits_kept(suffixes, tokens, pad, batch_size, memo);
         }
         let table = |len: usize| self.config.rope_table_of(len);
         if suffixes
@@ -118,8 +177,39 @@ impl Transformer {
             // The whole prompt takes another RoPE table than the prefix alone (LongRoPE past
             // its original context): the prefix's cached keys would not hold.
             let whole: Vec<Vec<u32>> = suffixes.iter().map(|s| [prefix, s].concat()).collect();
-            return self.last_token_logits(&whole, tokens, pad, batch_size);
+            return self.last_token_logits_kept(&whole, tokens, pad, batch_size, memo);
         }
+        let mut shared: Option<KvCache> = None;
+        let start = prefix.len() as u32;
+        bucketed(suffixes, batch_size, |_, chunk| {
+            kept_or(memo, &[&[1], tokens, &[pad], prefix], chunk, || {
+                if shared.is_none() {
+                    shared = Some(self.prefix_cache(prefix, pad)?);
+                }
+                let shared = shared.as_ref().expect("made above");
+                let mut b = Batch::new(chunk, pad, PadSide::Left, self.device())?;
+                for p in b.positions.iter_mut().flatten() {
+                    *p += start;
+                }
+                let mut kv = shared.repeated(b.size())?;
+                let (resid, _) = self.run_cached(
+                    &b,
+                    self.embed(&b.ids)?,
+                    0,
+                    &mut kv,
+                    &Hooks::default(),
+                    &mut ActivationCache::new(),
+                    &LogitsAt::None,
+                )?;
+                let last = resid.narrow(1, b.len() - 1, 1)?.squeeze(1)?;
+                let z = self.head_tokens(&last, tokens)?;
+                Ok(z.to_dtype(DType::F32)?.to_vec2()?)
+            })
+        })
+    }
+
+    /// The keys and values of `prefix` run alone, to be repeated for each batch after it.
+    fn prefix_cache(&self, prefix: &[u32], pad: u32) -> Result<KvCache> {
         let mut shared = KvCache::new(self.config.num_layers);
         let pb = Batch::new(&[prefix.to_vec()], pad, PadSide::Left, self.device())?;
         self.run_cached(
@@ -131,26 +221,7 @@ impl Transformer {
             &mut ActivationCache::new(),
             &LogitsAt::None,
         )?;
-        let start = prefix.len() as u32;
-        bucketed(suffixes, batch_size, |_, chunk| {
-            let mut b = Batch::new(chunk, pad, PadSide::Left, self.device())?;
-            for p in b.positions.iter_mut().flatten() {
-                *p += start;
-            }
-            let mut kv = shared.repeated(b.size())?;
-            let (resid, _) = self.run_cached(
-                &b,
-                self.embed(&b.ids)?,
-                0,
-                &mut kv,
-                &Hooks::default(),
-                &mut ActivationCache::new(),
-                &LogitsAt::None,
-            )?;
-            let last = resid.narrow(1, b.len() - 1, 1)?.squeeze(1)?;
-            let z = self.head_tokens(&last, tokens)?;
-            Ok(z.to_dtype(DType::F32)?.to_vec2()?)
-        })
+        Ok(shared)
     }
 }
 
