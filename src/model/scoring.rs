@@ -191,16 +191,7 @@ impl Transformer {
                 for p in b.positions.iter_mut().flatten() {
                     *p += start;
                 }
-                let mut kv = shared.repeated(b.size())?;
-                let (resid, _) = self.run_cached(
-                    &b,
-                    self.embed(&b.ids)?,
-                    0,
-                    &mut kv,
-                    &Hooks::default(),
-                    &mut ActivationCache::new(),
-                    &LogitsAt::None,
-                )?;
+                let resid = self.run_on(&b, &mut shared.repeated(b.size())?)?;
                 let last = resid.narrow(1, b.len() - 1, 1)?.squeeze(1)?;
                 let z = self.head_tokens(&last, tokens)?;
                 Ok(z.to_dtype(DType::F32)?.to_vec2()?)
@@ -212,16 +203,23 @@ impl Transformer {
     fn prefix_cache(&self, prefix: &[u32], pad: u32) -> Result<KvCache> {
         let mut shared = KvCache::new(self.config.num_layers);
         let pb = Batch::new(&[prefix.to_vec()], pad, PadSide::Left, self.device())?;
-        self.run_cached(
-            &pb,
-            self.embed(&pb.ids)?,
+        self.run_on(&pb, &mut shared)?;
+        Ok(shared)
+    }
+
+    /// The final residual of batch `b` run after the keys and values in `kv` (which it
+    /// extends), without hooks or logits.
+    fn run_on(&self, b: &Batch, kv: &mut KvCache) -> Result<candle_core::Tensor> {
+        let (resid, _) = self.run_cached(
+            b,
+            self.embed(&b.ids)?,
             0,
-            &mut shared,
+            kv,
             &Hooks::default(),
             &mut ActivationCache::new(),
             &LogitsAt::None,
         )?;
-        Ok(shared)
+        Ok(resid)
     }
 }
 
