@@ -142,21 +142,8 @@ impl Transformer {
     /// with the shared prefix run once: its keys and values are cached and repeated for each
     /// batch, so a few-shot prompt costs about what its question alone does. Suffixes are
     /// length-bucketed and left-padded after the prefix; each suffix's tokens take the
-    /// positions right after the prefix.
-    pub fn last_token_logits_after(
-        &self,
-        prefix: &[u32],
-        suffixes: &[Vec<u32>],
-        tokens: &[u32],
-        pad: u32,
-        batch_size: usize,
-    ) -> Result<Vec<Vec<f32>>> {
-        self.last_token_logits_after_kept(prefix, suffixes, tokens, pad, batch_size, None)
-    }
-
-    /// [`last_token_logits_after`](Self::last_token_logits_after), each batch read from `memo`
-    /// when it holds it and kept there when computed (the prefix is run only if a batch is
-    /// computed).
+    /// positions right after the prefix. Each batch is read from `memo` when it holds it and
+    /// kept there when computed (the prefix is run only if a batch is computed).
     pub fn last_token_logits_after_kept(
         &self,
         prefix: &[u32],
@@ -278,7 +265,7 @@ mod tests {
                     .collect();
                 let suffixes: Vec<Vec<u32>> = seqs.iter().map(|s| s[1..].to_vec()).collect();
                 let shared = m
-                    .last_token_logits_after(prefix, &suffixes, &tokens, 0, 2)
+                    .last_token_logits_after_kept(prefix, &suffixes, &tokens, 0, 2, None)
                     .unwrap();
                 let plain = m.last_token_logits(&whole, &tokens, 0, 1).unwrap();
                 for (got, want) in shared.iter().zip(&plain) {
