@@ -390,6 +390,14 @@ impl SeqSet {
             _ => None,
         };
         let logp_run = logp && kept.is_none();
+        if !logp_run && start_layer == 0 && rep_layer.is_none() {
+            // Nothing to run the model for (log-probabilities, if asked for, were kept).
+            self.start = None;
+            self.rep_ref = None;
+            self.logp_ref = kept;
+            self.made = Some(what);
+            return Ok(());
+        }
         let ids: Vec<Vec<u32>> = self.seqs.iter().map(|s| s.ids.clone()).collect();
         let seqs = &self.seqs;
         let rows = crate::model::scoring::bucketed(&ids, bs, |chunk, chunk_ids| {

@@ -1187,7 +1187,6 @@ impl Drop for RemovedOnDrop {
     }
 }
 
-/// [`Checkpoints::undo_in_memory_bytes`] of a run.
 /// Wall time after which a step writes a checkpoint whatever `checkpoint_every` says, so that
 /// an interrupted run of long steps loses at most this (and a step). A checkpoint is exact, so
 /// when they are written does not change the weights.
@@ -1198,6 +1197,7 @@ fn checkpoint_due(done: usize, cfg: &ForgetConfig, since: Duration) -> bool {
     done.is_multiple_of(cfg.checkpoint_every) || done == cfg.steps || since >= CHECKPOINT_AFTER
 }
 
+/// [`Checkpoints::undo_in_memory_bytes`] of a run.
 const UNDO_IN_MEMORY_BYTES: usize = 256 << 20;
 
 /// Bytes of the updated parameters.
