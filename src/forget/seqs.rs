@@ -467,8 +467,7 @@ impl SeqSet {
         self.start = (start_layer > 0).then_some((start_layer, starts));
         self.rep_ref = rep_layer.map(|r| (r, reps));
         if let (Some(f), true) = (&self.logp_file, logp_run) {
-            let text = serde_json::to_vec(&lps)?;
-            crate::util::write_atomic(f, &text).with_context(|| {
+            crate::util::write_json(f, &lps).with_context(|| {
                 format!("keeping the reference log-probabilities in {}", f.display())
             })?;
         }

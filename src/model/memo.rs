@@ -10,10 +10,10 @@
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Kept batch scores of one model (see the module doc).
@@ -23,7 +23,7 @@ pub struct BatchMemo {
     kept: RefCell<HashMap<String, Vec<Vec<f32>>>>,
     file: RefCell<Option<File>>,
     /// Batches read back, for the caller's report.
-    hits: RefCell<usize>,
+    hits: Cell<usize>,
     /// The file ends inside a line (an interrupted write): the next line starts a new one.
     cut: bool,
 }
@@ -52,21 +52,18 @@ impl BatchMemo {
 
     /// The memo kept in `path` (created on the first batch).
     pub fn open(path: &Path) -> Result<BatchMemo> {
-        let mut kept = HashMap::new();
-        let cut = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
-        if let Ok(f) = File::open(path) {
-            for line in BufReader::new(f).lines() {
-                let line = line.with_context(|| format!("reading {}", path.display()))?;
-                if let Ok(l) = serde_json::from_str::<Line>(&line) {
-                    kept.insert(l.k, l.rows);
-                }
-            }
-        }
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let cut = !text.is_empty() && !text.ends_with('\n');
+        let kept = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+            .map(|l| (l.k, l.rows))
+            .collect();
         Ok(BatchMemo {
             path: path.to_path_buf(),
             kept: RefCell::new(kept),
             file: RefCell::new(None),
-            hits: RefCell::new(0),
+            hits: Cell::new(0),
             cut,
         })
     }
@@ -91,7 +88,7 @@ impl BatchMemo {
     pub fn get(&self, key: &str) -> Option<Vec<Vec<f32>>> {
         let rows = self.kept.borrow().get(key).cloned();
         if rows.is_some() {
-            *self.hits.borrow_mut() += 1;
+            self.hits.set(self.hits.get() + 1);
         }
         rows
     }
@@ -130,7 +127,7 @@ impl BatchMemo {
 
     /// How many batches were read back so far.
     pub fn hits(&self) -> usize {
-        *self.hits.borrow()
+        self.hits.get()
     }
 
     pub fn path(&self) -> &Path {

@@ -112,8 +112,13 @@ impl Transformer {
             ..Default::default()
         };
         let resid = self.run(&b, &opts)?.resid;
-        // Left padding: every row's last token is in the last column.
-        let last = resid.narrow(1, b.len() - 1, 1)?.squeeze(1)?;
+        self.last_rows(&resid, tokens)
+    }
+
+    /// The logits of `tokens` at the last column of a left-padded batch's residual (every
+    /// row's last token is there).
+    fn last_rows(&self, resid: &candle_core::Tensor, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let last = resid.narrow(1, resid.dim(1)? - 1, 1)?.squeeze(1)?;
         let z = self.head_tokens(&last, tokens)?;
         Ok(z.to_dtype(DType::F32)?.to_vec2()?)
     }
@@ -179,9 +184,7 @@ impl Transformer {
                     *p += start;
                 }
                 let resid = self.run_on(&b, &mut shared.repeated(b.size())?)?;
-                let last = resid.narrow(1, b.len() - 1, 1)?.squeeze(1)?;
-                let z = self.head_tokens(&last, tokens)?;
-                Ok(z.to_dtype(DType::F32)?.to_vec2()?)
+                self.last_rows(&resid, tokens)
             })
         })
     }
