@@ -258,8 +258,9 @@ fn npo_reference_log_probabilities_are_the_original_models() {
 /// moves the forget rows toward it while the retain rows stay.
 #[test]
 fn rmu_steers_the_forget_rows_at_its_layer_toward_a_seeded_target() {
+    use crate::forget::refs::mean_ref_norm;
     use crate::forget::terms::ReprLoss;
-    use crate::forget::trainer::{mean_ref_norm, Loss};
+    use crate::forget::trainer::Loss;
     let (_, plan) = planted_plan(Method::Rmu);
     assert_eq!(plan.rep_layer, Some(PLANTED_LAYER));
     let target = plan

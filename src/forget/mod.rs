@@ -1,10 +1,13 @@
 //! Unlearning and editing: the training sequences ([`seqs`]), loss terms ([`terms`]), the
 //! methods as weighted term lists ([`methods`]: KUDA, localized fine-tuning, GA, GradDiff,
-//! NPO, SimNPO, RMU), KUDA's null-space projection ([`nullspace`]) and focus ([`focus`]), the optimizer
-//! ([`optim`]), the trainer with checkpoints and resume ([`trainer`]), the output on disk
-//! ([`export`]), settings ([`config`]) and the `forget` / `edit` commands ([`run`]).
+//! NPO, SimNPO, RMU), KUDA's null-space projection ([`nullspace`]) and focus ([`focus`]), the
+//! frozen model's reference rows and the targets built on them ([`refs`]), the optimizer
+//! ([`optim`]), the trainer ([`trainer`]) with its checkpoints and resume ([`checkpoint`]), the
+//! output on disk ([`export`]), settings ([`config`]) and the `forget` / `edit` commands
+//! ([`run`]).
 
 pub mod angles;
+pub mod checkpoint;
 pub mod config;
 pub mod export;
 pub mod focus;
@@ -15,6 +18,7 @@ pub mod methods;
 pub mod nullspace;
 pub mod optim;
 pub mod presets;
+pub mod refs;
 pub mod run;
 pub mod seqs;
 pub mod terms;

@@ -12,11 +12,13 @@ use crate::forget::config::{Centre, ForgetConfig, Method, WIKITEXT_RETAIN};
 use crate::forget::export::{base_spec, write_output, Manifest};
 use crate::forget::methods;
 use crate::forget::nullspace::{cached_key_sums, key_sums, Projection, Projectors};
+use crate::forget::refs::{
+    answer_balanced, first_row_ratio, mean_ref_norm, mean_ref_row, mean_ref_row_by_place,
+    steering_vector,
+};
 use crate::forget::seqs::{passage_seqs, ppl_probe, text_chunks, Place, Seq, SeqSet, Sink};
 use crate::forget::trainer::{
-    answer_balanced, first_layer, first_row_ratio, layer_of, mean_ref_norm, mean_ref_row,
-    mean_ref_row_by_place, steering_vector, train, Plan, PplProbe, ProjectAt, RowMove,
-    TrainSummary,
+    first_layer, layer_of, train, Plan, PplProbe, ProjectAt, RowMove, TrainSummary,
 };
 use crate::locate::localization::Localization;
 use crate::model::source::fingerprint;

@@ -717,7 +717,7 @@ mod tests {
     /// loss.
     #[test]
     fn dropping_the_sink_leaves_the_first_rows_out_of_the_scales() {
-        use crate::forget::trainer::{first_row_ratio, mean_ref_norm};
+        use crate::forget::refs::{first_row_ratio, mean_ref_norm};
         let model = crate::model::transformer::tests::tiny_model(crate::model::Arch::Llama);
         let seqs: Vec<Seq> = [9usize, 5, 12]
             .iter()

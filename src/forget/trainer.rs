@@ -6,11 +6,15 @@
 //! that keeps the last good weights.
 
 use crate::forget::angles::{gradient_angles, GradAngles};
+use crate::forget::checkpoint::{
+    checkpoint_due, param_map, restore_state, trainable_bytes, BeforeUpdate, Checkpoints,
+    RemovedOnDrop, Undo, RETAIN_FIRST_KEY, UNDO_IN_MEMORY_BYTES,
+};
 use crate::forget::config::ForgetConfig;
 use crate::forget::guard::Guard;
 use crate::forget::nullspace::Projectors;
-use crate::forget::optim::{global_norm, load_tensors, Optimizer};
-use crate::forget::seqs::{logprobs_of, Place, SeqSet, Sink};
+use crate::forget::optim::{global_norm, Optimizer};
+use crate::forget::seqs::{logprobs_of, SeqSet, Sink};
 use crate::forget::terms::{
     logit_loss, logits_grad, repr_loss, repr_loss_scaled, repr_scale, LogitLoss, ReprLoss,
 };
@@ -19,13 +23,12 @@ use crate::model::{Checkpoint, LogitsAt, RunOpts, Transformer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 /// Which data a term trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,17 +230,6 @@ pub struct AnglesAtEnds {
     pub start_step: usize,
     pub start: GradAngles,
     pub end: GradAngles,
-}
-
-#[derive(Serialize, Deserialize)]
-struct CheckpointMeta {
-    /// Steps completed.
-    step: usize,
-    /// Hash of what determines the run (config, data, parameters, base model).
-    run_key: String,
-    /// Worker threads of the run (none in checkpoints written before it was recorded).
-    #[serde(default)]
-    threads: Option<usize>,
 }
 
 /// Members of `d` (indices of its sequences) drawn for step `step`, micro-batch `micro`.
@@ -1162,319 +1154,6 @@ fn open_log(path: &Path, keep_steps: usize) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// Checkpoint entry of KUDA's focus weights (a run resumed between two readings uses them).
-const FOCUS_KEY: &str = "focus/weights";
-
-/// The state before the last update: the updated weights, the optimizer and KUDA's focus.
-struct BeforeUpdate {
-    weights: BTreeMap<String, Tensor>,
-    opt: Optimizer,
-    focus: Option<Vec<f64>>,
-}
-
-/// The state before the last update, to go back to: held, or written to the undo checkpoint.
-enum Undo {
-    Held(Box<BeforeUpdate>),
-    Written,
-}
-
-/// A directory removed when this goes out of scope.
-struct RemovedOnDrop(PathBuf);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-/// Wall time after which a step writes a checkpoint whatever `checkpoint_every` says, so that
-/// an interrupted run of long steps loses at most this (and a step). A checkpoint is exact, so
-/// when they are written does not change the weights.
-const CHECKPOINT_AFTER: Duration = Duration::from_secs(600);
-
-/// Whether the state after `done` steps is checkpointed, `since` after the last checkpoint.
-fn checkpoint_due(done: usize, cfg: &ForgetConfig, since: Duration) -> bool {
-    done.is_multiple_of(cfg.checkpoint_every) || done == cfg.steps || since >= CHECKPOINT_AFTER
-}
-
-/// [`Checkpoints::undo_in_memory_bytes`] of a run.
-const UNDO_IN_MEMORY_BYTES: usize = 256 << 20;
-
-/// Bytes of the updated parameters.
-fn trainable_bytes(model: &Transformer, plan: &Plan) -> Result<usize> {
-    plan.params.iter().try_fold(0, |sum, p| {
-        let w = model.weights().get(p)?;
-        Ok(sum + w.elem_count() * w.dtype().size_in_bytes())
-    })
-}
-
-/// Put the state of a checkpoint written after `step` steps back into the model, the
-/// optimizer and the focus weights.
-fn restore_state(
-    model: &mut Transformer,
-    plan: &Plan,
-    opt: &mut Optimizer,
-    focus: &mut Option<Vec<f64>>,
-    step: usize,
-    tensors: &HashMap<String, Tensor>,
-) -> Result<()> {
-    for p in &plan.params {
-        let w = tensors
-            .get(&format!("param/{p}"))
-            .with_context(|| format!("checkpoint lacks `{p}`"))?;
-        model.set_param(p, w.to_device(model.device())?)?;
-    }
-    opt.restore(tensors, step, model.device())?;
-    if let Some(w) = tensors.get(FOCUS_KEY) {
-        *focus = Some(w.to_dtype(DType::F64)?.to_vec1()?);
-    }
-    Ok(())
-}
-
-/// Checkpoint entry of the divergence guard's first retain loss.
-const RETAIN_FIRST_KEY: &str = "guard/retain_first";
-
-/// The updated parameters' current values.
-fn param_map(model: &Transformer, plan: &Plan) -> Result<BTreeMap<String, Tensor>> {
-    plan.params
-        .iter()
-        .map(|p| Ok((p.clone(), model.weights().get(p)?.clone())))
-        .collect()
-}
-
-/// Where a run's checkpoints go and what they must match to be resumed: the run's key and
-/// the thread count (results depend on it, see [`crate::util::threads`]).
-struct Checkpoints<'a> {
-    dir: PathBuf,
-    run_key: &'a str,
-    threads: usize,
-    /// Trainable state (weights and Adam's moments) up to which the copy kept to undo an
-    /// update is held in memory; above it, it is written to `undo/` beside the checkpoint.
-    undo_in_memory_bytes: usize,
-}
-
-impl Checkpoints<'_> {
-    /// Write the state after `step` steps.
-    fn save(
-        &self,
-        model: &Transformer,
-        plan: &Plan,
-        opt: &Optimizer,
-        focus: Option<&[f64]>,
-        retain_first: Option<f64>,
-        step: usize,
-    ) -> Result<()> {
-        let dir = &self.dir;
-        std::fs::create_dir_all(dir)?;
-        let cpu = &candle_core::Device::Cpu;
-        let mut tensors: HashMap<String, Tensor> = opt.state_tensors()?;
-        if let Some(w) = focus {
-            tensors.insert(FOCUS_KEY.into(), Tensor::from_slice(w, w.len(), cpu)?);
-        }
-        if let Some(v) = retain_first {
-            tensors.insert(RETAIN_FIRST_KEY.into(), Tensor::from_slice(&[v], 1, cpu)?);
-        }
-        for p in &plan.params {
-            tensors.insert(
-                format!("param/{p}"),
-                model.weights().get(p)?.to_device(cpu)?,
-            );
-        }
-        crate::util::save_safetensors_atomic(&tensors, &dir.join("state.safetensors"))?;
-        let meta = CheckpointMeta {
-            step,
-            run_key: self.run_key.into(),
-            threads: Some(self.threads),
-        };
-        crate::util::write_atomic(
-            &dir.join("state.json"),
-            serde_json::to_string(&meta)?.as_bytes(),
-        )
-    }
-
-    /// Put the state of this run's checkpoint back (see [`restore_state`]); its step.
-    fn restore(
-        &self,
-        model: &mut Transformer,
-        plan: &Plan,
-        opt: &mut Optimizer,
-        focus: &mut Option<Vec<f64>>,
-    ) -> Result<usize> {
-        let (step, t) = self
-            .read()?
-            .with_context(|| format!("{} holds no state of this run", self.dir.display()))?;
-        restore_state(model, plan, opt, focus, step, &t)?;
-        Ok(step)
-    }
-
-    /// The step and state of this run's checkpoint; none when there is none or it belongs to
-    /// another run; an error when it was written with another thread count.
-    fn read(&self) -> Result<Option<(usize, HashMap<String, Tensor>)>> {
-        let dir = &self.dir;
-        let meta_path = dir.join("state.json");
-        let Ok(text) = std::fs::read_to_string(&meta_path) else {
-            return Ok(None);
-        };
-        let meta: CheckpointMeta = serde_json::from_str(&text)
-            .with_context(|| format!("reading {}", meta_path.display()))?;
-        if meta.run_key != self.run_key {
-            eprintln!(
-                "note: {} belongs to a different run (other settings or data); starting from step 0",
-                dir.display()
-            );
-            return Ok(None);
-        }
-        if let Some(t) = meta.threads.filter(|&t| t != self.threads) {
-            bail!(
-                "{}: the run was checkpointed after step {} with --threads {t}, and this \
-                 process runs with --threads {}; the results depend on the thread count (sums are added in \
-                 another order), so resuming would not give the weights of an uninterrupted \
-                 run. Resume with --threads {t}, or delete {} to start again",
-                dir.display(),
-                meta.step,
-                self.threads,
-                dir.display()
-            );
-        }
-        Ok(Some((
-            meta.step,
-            load_tensors(&dir.join("state.safetensors"))?,
-        )))
-    }
-}
-
-/// A fixed random unit vector of dimension `d` scaled to `norm` (RMU's c·u), seeded.
-pub fn steering_vector(d: usize, norm: f64, seed: u64) -> Vec<f32> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x524D_5500);
-    let v: Vec<f64> = (0..d).map(|_| rng.random::<f64>()).collect();
-    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
-    v.iter().map(|x| (x / n * norm) as f32).collect()
-}
-
-/// The reference rows (at the representation layer) of a set's rep positions, one `[n, D]`
-/// f64 tensor per sequence.
-fn ref_rows(set: &SeqSet) -> Result<Vec<Tensor>> {
-    let (_, refs) = set
-        .rep_ref
-        .as_ref()
-        .with_context(|| format!("{}: reference residuals not computed", set.name))?;
-    set.seqs
-        .iter()
-        .zip(refs)
-        .map(|(seq, r)| {
-            let pos: Vec<u32> = seq.rep_positions.iter().map(|&p| p as u32).collect();
-            let pi = Tensor::from_vec(pos, seq.rep_positions.len(), r.device())?;
-            Ok(r.index_select(&pi, 0)?.to_dtype(DType::F64)?)
-        })
-        .collect()
-}
-
-/// Mean L2 norm of the reference rows (at the representation layer) of a set's rep positions.
-pub fn mean_ref_norm(set: &SeqSet) -> Result<f64> {
-    let (mut s, mut n) = (0.0, 0usize);
-    for rows in ref_rows(set)? {
-        let norms: Vec<f64> = rows.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
-        s += norms.iter().sum::<f64>();
-        n += norms.len();
-    }
-    Ok(s / n.max(1) as f64)
-}
-
-/// How many times larger a first-position reference row (the attention sink, see
-/// [`crate::forget::seqs::Sink`]) is than the median of the other rows, as the median over the
-/// set's sequences whose representation rows include their first position; `None` when none
-/// does.
-pub fn first_row_ratio(set: &SeqSet) -> Result<Option<f64>> {
-    let (mut first, mut others) = (Vec::new(), Vec::new());
-    for (seq, rows) in set.seqs.iter().zip(ref_rows(set)?) {
-        let norms: Vec<f64> = rows.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
-        for (&p, n) in seq.rep_positions.iter().zip(norms) {
-            if p == 0 {
-                first.push(n)
-            } else {
-                others.push(n)
-            }
-        }
-    }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    if first.is_empty() || others.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(median(first) / median(others).max(1e-12)))
-}
-
-/// Mean reference row over the rep positions of several sets (KUDA's centre μ).
-pub fn mean_ref_row(sets: &[&SeqSet]) -> Result<Tensor> {
-    let mut sum: Option<Tensor> = None;
-    let mut n = 0usize;
-    for set in sets {
-        for rows in ref_rows(set)? {
-            n += rows.dim(0)?;
-            let s = rows.sum(0)?;
-            sum = Some(match sum {
-                Some(acc) => (acc + s)?,
-                None => s,
-            });
-        }
-    }
-    let sum = sum.context("no reference rows to average")?;
-    Ok((sum / n as f64)?.to_dtype(DType::F32)?)
-}
-
-/// Weighted mean reference row of some members of a fact set, per place in the prompt (rep
-/// positions only), with the count of rows behind each. `members` pairs a member with its
-/// weight (every row of a member counts with the member's weight).
-pub fn mean_ref_row_by_place(
-    set: &SeqSet,
-    members: &[(usize, f64)],
-) -> Result<BTreeMap<Place, (Tensor, usize)>> {
-    let rows = ref_rows(set)?;
-    let mut acc: BTreeMap<Place, (Tensor, f64, usize)> = BTreeMap::new();
-    for &(i, w) in members {
-        let seq = set
-            .seqs
-            .get(i)
-            .with_context(|| format!("{}: no member {i}", set.name))?;
-        for (j, &p) in seq.rep_positions.iter().enumerate() {
-            let Some(place) = seq.place(p) else { continue };
-            let r = rows[i].get(j)?.affine(w, 0.0)?;
-            match acc.get_mut(&place) {
-                Some((s, tw, n)) => {
-                    *s = (&*s + r)?;
-                    *tw += w;
-                    *n += 1;
-                }
-                None => {
-                    acc.insert(place, (r, w, 1));
-                }
-            }
-        }
-    }
-    acc.into_iter()
-        .map(|(k, (s, w, n))| Ok((k, ((s / w)?.to_dtype(DType::F32)?, n))))
-        .collect()
-}
-
-/// Weights that give each answer (a fact's first target token) the same total weight among
-/// `members` of a fact set: 1 / (number of answers × facts with this answer).
-pub fn answer_balanced(set: &SeqSet, members: impl Iterator<Item = usize>) -> Vec<(usize, f64)> {
-    let members: Vec<(usize, Option<u32>)> = members
-        .map(|i| (i, set.seqs[i].targets.first().map(|&(_, t)| t)))
-        .collect();
-    let mut count: HashMap<Option<u32>, usize> = HashMap::new();
-    for (_, a) in &members {
-        *count.entry(*a).or_default() += 1;
-    }
-    let k = count.len() as f64;
-    members
-        .iter()
-        .map(|(i, a)| (*i, 1.0 / (k * count[a] as f64)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1528,70 +1207,6 @@ mod tests {
         };
         plan.precompute(model, 4).unwrap();
         plan
-    }
-
-    #[test]
-    fn the_centre_by_place_averages_one_place_over_subjects_of_any_length() {
-        let dev = candle_core::Device::Cpu;
-        // Three facts whose subjects have 1, 2 and 3 tokens, then two template tokens.
-        let fact = |len: usize| Seq {
-            ids: (0..(2 + len + 2) as u32).collect(),
-            targets: vec![(len + 3, 0)],
-            rep_positions: (2..len + 4).collect(),
-            subject: Some(2..2 + len),
-            rivals: vec![],
-        };
-        let seqs = vec![fact(1), fact(2), fact(3)];
-        // Reference row at position p of fact i: [10·i + p, 1].
-        let refs: Vec<Tensor> = seqs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let v: Vec<f32> = (0..s.ids.len())
-                    .flat_map(|p| [(10 * i + p) as f32, 1.0])
-                    .collect();
-                Tensor::from_vec(v, (s.ids.len(), 2), &dev).unwrap()
-            })
-            .collect();
-        let mut set = SeqSet::new("retain", seqs);
-        set.rep_ref = Some((1, refs));
-        // Facts 1 and 2 only (fact 0 is a known subject).
-        let means = mean_ref_row_by_place(&set, &[(1, 1.0), (2, 1.0)]).unwrap();
-        let at = |pl: Place| {
-            let (m, n) = &means[&pl];
-            (m.to_vec1::<f32>().unwrap()[0], *n)
-        };
-        // Last subject token: fact 1 at 3, fact 2 at 4 → (13 + 24) / 2.
-        assert_eq!(at(Place::LastSubject), (18.5, 2));
-        // Other subject tokens: fact 1 at 2, fact 2 at 2 and 3 → (12 + 22 + 23) / 3.
-        assert_eq!(at(Place::Subject), (19.0, 3));
-        // First template token: fact 1 at 4, fact 2 at 5.
-        assert_eq!(at(Place::After(0)), (19.5, 2));
-        assert_eq!(at(Place::After(1)), (20.5, 2));
-        assert_eq!(means.len(), 4);
-        // Weighted: fact 1 three times fact 2 at the last subject token: (3·13 + 24) / 4.
-        let w = mean_ref_row_by_place(&set, &[(1, 3.0), (2, 1.0)]).unwrap();
-        assert_eq!(w[&Place::LastSubject].0.to_vec1::<f32>().unwrap()[0], 15.75);
-        assert!(mean_ref_row_by_place(&set, &[(3, 1.0)]).is_err());
-    }
-
-    #[test]
-    fn balanced_weights_give_each_answer_the_same_total() {
-        let fact = |answer: u32| Seq {
-            ids: vec![1, 2, 3],
-            targets: vec![(2, answer)],
-            rep_positions: vec![1, 2],
-            subject: Some(1..2),
-            rivals: vec![],
-        };
-        let set = SeqSet::new("retain", vec![fact(7), fact(7), fact(7), fact(9), fact(5)]);
-        let w = answer_balanced(&set, 0..4);
-        // Answers 7 (three facts) and 9 (one) among members 0..4: 1/6 each, and 1/2.
-        let want = [1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 0.5];
-        for ((i, got), (j, want)) in w.iter().zip(want.iter().enumerate()) {
-            assert_eq!(*i, j);
-            assert!((got - want).abs() < 1e-12, "{w:?}");
-        }
     }
 
     #[test]
@@ -1991,27 +1606,6 @@ mod tests {
             own < 1e-4 * gradient && update < 1e-4 * gradient,
             "own moments {own}, whole update {update}, gradient before Adam {gradient}"
         );
-    }
-
-    #[test]
-    fn a_checkpoint_is_written_every_checkpoint_every_steps_at_the_end_and_after_ten_minutes() {
-        let mut cfg = ForgetConfig {
-            steps: 30,
-            checkpoint_every: 10,
-            ..Default::default()
-        };
-        let (soon, late) = (Duration::from_secs(5), Duration::from_secs(600));
-        let due: Vec<usize> = (1..=30)
-            .filter(|&d| checkpoint_due(d, &cfg, soon))
-            .collect();
-        assert_eq!(due, [10, 20, 30]);
-        assert!(
-            checkpoint_due(7, &cfg, late),
-            "a step ten minutes after the last checkpoint"
-        );
-        assert!(!checkpoint_due(7, &cfg, late - Duration::from_secs(1)));
-        cfg.steps = 25;
-        assert!(checkpoint_due(25, &cfg, soon), "the last step");
     }
 
     #[test]
