@@ -584,7 +584,7 @@ struct ForgetCli {
     /// about made-up subjects, plus a margin). Among a few candidates a model that knows
     /// nothing still scores the floor (about 36 % on Sports), not 0.
     #[arg(long, default_value = "0.05")]
-    forget_target: unlearn::forget::run::ForgetTarget,
+    forget_target: unlearn::forget::tune::ForgetTarget,
     /// Also write the full model as a Hugging Face directory in OUT.
     #[arg(long)]
     full: bool,
@@ -695,7 +695,7 @@ fn forget_args(c: ForgetCli, edit: bool) -> Result<Option<unlearn::forget::run::
         edit,
         new_answer: c.new_answer,
         partitions: c.partitions,
-        tune: c.tune.then_some(unlearn::forget::run::TuneArgs {
+        tune: c.tune.then_some(unlearn::forget::tune::TuneArgs {
             taus: c.tune_tau,
             max_drift: c.max_retain_drift,
             betas: c.tune_beta,

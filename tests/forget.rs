@@ -237,7 +237,7 @@ fn namesakes_of_forgotten_athletes_are_found_in_the_real_data() {
 /// (or runs through the list); the report lands in OUT/tune/tuning.json.
 #[test]
 fn tuning_to_the_floor_stops_at_the_first_beta_that_reaches_it() {
-    use unlearn::forget::run::{ForgetTarget, TuneArgs};
+    use unlearn::forget::tune::{ForgetTarget, TuneArgs};
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("tuned");
     let betas = vec![0.5, 3.0, 10.0];

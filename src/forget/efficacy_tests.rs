@@ -8,9 +8,9 @@
 //! below with the held-out facts kept; gradient ascent reaches chance only by taking the
 //! held-out facts along; GradDiff and NPO stop above chance at the settings that keep them.
 
-use super::{plan_for, TrainCtx};
 use crate::forget::config::{ForgetConfig, Method};
 use crate::forget::nullspace::{key_sums, Projection, Projectors};
+use crate::forget::plan::{plan_for, TrainCtx};
 use crate::forget::seqs::Seq;
 use crate::forget::trainer::train;
 use crate::locate::planted::{self, PlantedFact, ANSWERS, PLANTED_LAYER};
