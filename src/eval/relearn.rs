@@ -14,6 +14,7 @@ use crate::forget::lora::{fine_tune, Lora, LoraConfig, Resume, Tuned};
 use crate::forget::seqs::{text_chunks, Seq, SeqSet};
 use crate::forget::terms::LogitLoss;
 use crate::forget::trainer::{DataSet, Loss, Plan, Term};
+use crate::model::memo::BatchMemo;
 use crate::model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -109,7 +110,7 @@ pub fn relearn(
     };
     let (train, keep) = (facts(seen)?, facts(retain)?);
     let truth = |f: &Fact| f.answer.clone();
-    let a = attack(lm, train, keep, cfg, full, None, |lm| {
+    let a = attack(lm, train, keep, cfg, full, None, |_, lm| {
         Ok((accuracy(lm, unseen, truth)?, accuracy(lm, seen, truth)?))
     })?;
     let (unseen, seen) = a.measured.into_iter().unzip();
@@ -141,7 +142,10 @@ pub struct RelearnMcqCurve {
 
 /// Attack `lm` in place: LoRA (or, with `full`, those weights) on the passages `train` (every
 /// token a target; WikiText as retain data and general text), scoring the questions `measure`
-/// every few steps (kept at each measurement with `resume`: see [`attack`]).
+/// every few steps (kept at each measurement with `resume`: see [`attack`]). Step 0 measures
+/// the model as given: with `memo`, its batches are read from (and kept in) that model's
+/// scores, so questions already asked of it by `unlearn mcq` (or by another attack on it) are
+/// not computed again.
 pub fn relearn_passages(
     lm: &mut LanguageModel,
     train: Vec<Seq>,
@@ -149,6 +153,7 @@ pub fn relearn_passages(
     cfg: &RelearnConfig,
     full: Option<&[String]>,
     resume: Option<&Resume>,
+    memo: Option<&BatchMemo>,
 ) -> Result<RelearnMcqCurve> {
     if train.is_empty() || measure.is_empty() {
         bail!(
@@ -161,8 +166,12 @@ pub fn relearn_passages(
     // WikiText chunks after the ones `attack` uses as general text.
     let n = cfg.text_batch_size.max(1) * 8;
     let keep = text_chunks(lm, &wiki_train, 64, n + cfg.retain_batch_size.max(1) * 4)?.split_off(n);
-    let a = attack(lm, train, keep, cfg, full, resume, |lm| {
-        crate::eval::mcq::score(lm, measure, 8)
+    let a = attack(lm, train, keep, cfg, full, resume, |step, lm| {
+        let how = crate::eval::mcq::Asking {
+            memo: memo.filter(|_| step == 0),
+            ..Default::default()
+        };
+        crate::eval::mcq::score_with(lm, measure, 8, &how)
     })?;
     Ok(RelearnMcqCurve {
         steps: a.steps,
@@ -195,7 +204,8 @@ struct Attack<M> {
 
 /// The attack: LoRA adapters (or, with `full`, those weights themselves at `cfg.full_lr`)
 /// trained with cross-entropy on `train` (+ `retain`, + general text), `measure` called at
-/// step 0, every `eval_every` steps and at the end. With `resume`, the state and the
+/// step 0 (the model as given), every `eval_every` steps and at the end (`measure` is told the
+/// step). With `resume`, the state and the
 /// measurements so far are kept at every measurement (`curve.json` beside the trainer's
 /// state), and a run cut off goes on from its last measurement.
 fn attack<M: Serialize + serde::de::DeserializeOwned>(
@@ -205,7 +215,7 @@ fn attack<M: Serialize + serde::de::DeserializeOwned>(
     cfg: &RelearnConfig,
     full: Option<&[String]>,
     resume: Option<&Resume>,
-    mut measure: impl FnMut(&LanguageModel) -> Result<M>,
+    mut measure: impl FnMut(usize, &LanguageModel) -> Result<M>,
 ) -> Result<Attack<M>> {
     cfg.validate()?;
     let t0 = std::time::Instant::now();
@@ -273,7 +283,7 @@ fn attack<M: Serialize + serde::de::DeserializeOwned>(
         }
         None => Kept {
             steps: vec![0],
-            measured: vec![measure(lm)?],
+            measured: vec![measure(0, lm)?],
             losses: Vec::new(),
             seconds: 0.0,
         },
@@ -312,7 +322,7 @@ fn attack<M: Serialize + serde::de::DeserializeOwned>(
             bar.inc(1);
             if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
                 out.steps.push(step + 1);
-                out.measured.push(measure(lm)?);
+                out.measured.push(measure(step + 1, lm)?);
                 if let Some(r) = resume {
                     let kept = Kept {
                         steps: out.steps.clone(),
@@ -521,6 +531,7 @@ fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_j
         dir: a.out.join("checkpoint"),
         key: crate::forget::run::hash_json(&key),
     };
+    let memo = BatchMemo::for_model(&lm)?;
     let curve = relearn_passages(
         &mut lm,
         train,
@@ -528,7 +539,15 @@ fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_j
         &a.cfg,
         full.as_deref(),
         Some(&resume),
+        Some(&memo),
     )?;
+    if memo.hits() > 0 {
+        eprintln!(
+            "step 0: {} batch(es) read back from {} (scored before by this model and code)",
+            memo.hits(),
+            memo.path().display()
+        );
+    }
     for (s, m) in curve.steps.iter().zip(&curve.measured) {
         println!(
             "step {s:>3}: {set} accuracy {:.1}% ± {:.1}",
@@ -540,6 +559,7 @@ fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_j
         "tool": crate::util::tool_id(),
         "model": a.model, "unlearned": a.unlearned, "task": a.task, "measure": set,
         "config": a.cfg, "full_weights": full, "curve": curve,
+        "batches_read_back": memo.hits(),
     });
     let p = a.out.join("relearn.json");
     crate::util::write_json(&p, &out)?;
@@ -596,7 +616,7 @@ mod tests {
                     &cfg,
                     full.as_deref(),
                     Some(&keep(name, "k")),
-                    |lm| {
+                    |_, lm| {
                         calls += 1;
                         if calls == fail_at {
                             bail!("cut off");
@@ -619,5 +639,55 @@ mod tests {
             // Under another key the kept state is not read.
             assert_eq!(keep("b", "other").saved_step(), None);
         }
+    }
+
+    /// Step 0 measures the model as given: with a memo, the batches kept of this model (by
+    /// `unlearn mcq`) are read back — a marked memo's numbers are the ones step 0 reports —
+    /// and every later step is computed.
+    #[test]
+    fn step_zero_reads_back_the_batches_kept_of_the_model() {
+        use crate::eval::mcq::{score_with, Asking, Mcq};
+        let (mut lm, train, cfg) = setup();
+        let qs: Vec<Mcq> = (0..12)
+            .map(|i| Mcq {
+                question: format!("Which number comes after {i}?"),
+                choices: (0..4).map(|k| format!("{}", i + k)).collect(),
+                answer: 1,
+                subject: None,
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let kept = dir.path().join("kept.jsonl");
+        let asked = |memo| Asking {
+            memo: Some(memo),
+            ..Default::default()
+        };
+        let first = score_with(&lm, &qs, 8, &asked(&BatchMemo::open(&kept).unwrap())).unwrap();
+        let text = std::fs::read_to_string(&kept).unwrap();
+        let batches = text.lines().count();
+        assert_eq!(batches, 2, "12 questions in batches of 8");
+        // Marked: every question's letter logits say "A".
+        let marked = dir.path().join("marked.jsonl");
+        let mut out = String::new();
+        for l in text.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for row in v["rows"].as_array_mut().unwrap() {
+                *row = serde_json::json!([1.0, 0.0, 0.0, 0.0]);
+            }
+            out += &format!("{v}\n");
+        }
+        std::fs::write(&marked, out).unwrap();
+        let memo = BatchMemo::open(&marked).unwrap();
+        let curve = relearn_passages(&mut lm, train, &qs, &cfg, None, None, Some(&memo)).unwrap();
+        assert_eq!(curve.steps, [0, 2, 4, 6]);
+        assert_eq!(curve.measured[0].chosen, [12, 0, 0, 0], "step 0 read back");
+        assert_eq!(memo.hits(), batches, "only step 0 reads the memo");
+        assert_ne!(curve.measured[0], first);
+        // Without the mark, step 0 is what `mcq` scored.
+        let (mut lm, train, cfg) = setup();
+        let memo = BatchMemo::open(&kept).unwrap();
+        let curve = relearn_passages(&mut lm, train, &qs, &cfg, None, None, Some(&memo)).unwrap();
+        assert_eq!(curve.measured[0], first);
+        assert_eq!(memo.hits(), batches);
     }
 }
