@@ -269,13 +269,7 @@ pub fn mcq(
     let t = std::time::Instant::now();
     let s = mcq::score_with(&lm, &qs, batch, &how)?;
     let secs = t.elapsed().as_secs_f64();
-    if memo.hits() > 0 {
-        eprintln!(
-            "{} batch(es) read back from {} (scored before by this model and code)",
-            memo.hits(),
-            memo.path().display()
-        );
-    }
+    memo.report_hits("");
     if as_json {
         let v = json!({"model": spec, "set": set, "chat": chat.is_some(), "shots": shots,
             "seconds": secs, "batches_read_back": memo.hits(),

@@ -541,13 +541,7 @@ fn run_passages(a: &RelearnArgs, device: &candle_core::Device) -> Result<serde_j
         Some(&resume),
         Some(&memo),
     )?;
-    if memo.hits() > 0 {
-        eprintln!(
-            "step 0: {} batch(es) read back from {} (scored before by this model and code)",
-            memo.hits(),
-            memo.path().display()
-        );
-    }
+    memo.report_hits("step 0: ");
     for (s, m) in curve.steps.iter().zip(&curve.measured) {
         println!(
             "step {s:>3}: {set} accuracy {:.1}% ± {:.1}",

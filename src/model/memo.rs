@@ -130,6 +130,17 @@ impl BatchMemo {
         self.hits.get()
     }
 
+    /// Say on stderr how many batches were read back, if any (`what`: whose batches).
+    pub fn report_hits(&self, what: &str) {
+        if self.hits() > 0 {
+            eprintln!(
+                "{what}{} batch(es) read back from {} (scored before by this model and code)",
+                self.hits(),
+                self.path.display()
+            );
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
